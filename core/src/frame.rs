@@ -1,0 +1,277 @@
+//! The data-plane frame: a fixed 32-byte header, then `len_bytes` of payload.
+//!
+//! Every transport carries the same frames. TCP writes the header on the wire in front of the
+//! payload; RDMA carries the header in the slot next to the payload; the in-process transport
+//! passes the decoded struct. Layout (little endian):
+//!
+//! ```text
+//! 0      1     2       4         8          16            24          32
+//! | 0xB1 | kind | 0 0 | len u32 | file u64 | offset u64 | xxh3 u64 |
+//! ```
+//!
+//! A *bundle* payload packs many small files: a 8-byte prefix (`count u32`, `0 u32`), `count`
+//! 16-byte records (`file_id u64`, `len u32`, `flags u32`), then the files' bytes back to back.
+
+use crate::manifest::FileId;
+
+pub const FRAME_HEADER_BYTES: usize = 32;
+const FRAME_MAGIC: u8 = 0xB1;
+const BUNDLE_PREFIX_BYTES: usize = 8;
+const BUNDLE_RECORD_BYTES: usize = 16;
+/// Largest number of files one bundle may carry; bounds the index a peer can make us parse.
+pub const BUNDLE_FILES_MAX: usize = 16 * 1024;
+
+/// Bundle record flag: the source could not read this file; its bytes are absent.
+pub const BUNDLE_FLAG_FAILED: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// One chunk of a large file: `len_bytes` bytes at `offset_bytes`.
+    Chunk = 1,
+    /// A chunk that is entirely a hole in a sparse file: no payload, nothing to write.
+    Hole = 2,
+    /// Many small files; `file_id` holds the bundle's sequence number.
+    Bundle = 3,
+    /// The sender has no more frames on this stream.
+    End = 4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub kind: FrameKind,
+    pub file_id: FileId,
+    pub offset_bytes: u64,
+    pub len_bytes: u32,
+    /// xxh3-64 of the payload (0 for frames without payload).
+    pub checksum: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("bad frame magic {0:#04x}")]
+    Magic(u8),
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("frame payload of {len_bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    TooLong { len_bytes: u32, max_bytes: u32 },
+    #[error(
+        "checksum mismatch for file {file_id} at offset {offset_bytes}: sent {sent:#x}, received {received:#x}"
+    )]
+    Checksum { file_id: FileId, offset_bytes: u64, sent: u64, received: u64 },
+    #[error("malformed bundle: {0}")]
+    Bundle(&'static str),
+}
+
+/// The payload checksum (xxh3-64).
+pub fn checksum(payload: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(payload)
+}
+
+impl FrameHeader {
+    pub fn end() -> Self {
+        FrameHeader { kind: FrameKind::End, file_id: 0, offset_bytes: 0, len_bytes: 0, checksum: 0 }
+    }
+
+    pub fn encode(&self) -> [u8; FRAME_HEADER_BYTES] {
+        let mut b = [0u8; FRAME_HEADER_BYTES];
+        b[0] = FRAME_MAGIC;
+        b[1] = self.kind as u8;
+        b[4..8].copy_from_slice(&self.len_bytes.to_le_bytes());
+        b[8..16].copy_from_slice(&self.file_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.offset_bytes.to_le_bytes());
+        b[24..32].copy_from_slice(&self.checksum.to_le_bytes());
+        b
+    }
+
+    /// Decodes a header from a peer; `max_payload_bytes` bounds what we are willing to receive.
+    pub fn decode(
+        b: &[u8; FRAME_HEADER_BYTES],
+        max_payload_bytes: u32,
+    ) -> Result<Self, FrameError> {
+        if b[0] != FRAME_MAGIC {
+            return Err(FrameError::Magic(b[0]));
+        }
+        let kind = match b[1] {
+            1 => FrameKind::Chunk,
+            2 => FrameKind::Hole,
+            3 => FrameKind::Bundle,
+            4 => FrameKind::End,
+            k => return Err(FrameError::Kind(k)),
+        };
+        let le64 = |r: std::ops::Range<usize>| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[r]);
+            u64::from_le_bytes(a)
+        };
+        let len_bytes = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        if len_bytes > max_payload_bytes {
+            return Err(FrameError::TooLong { len_bytes, max_bytes: max_payload_bytes });
+        }
+        if matches!(kind, FrameKind::Hole | FrameKind::End) && len_bytes != 0 {
+            return Err(FrameError::TooLong { len_bytes, max_bytes: 0 });
+        }
+        Ok(FrameHeader {
+            kind,
+            len_bytes,
+            file_id: le64(8..16),
+            offset_bytes: le64(16..24),
+            checksum: le64(24..32),
+        })
+    }
+
+    /// Checks a received payload against the header's checksum.
+    pub fn verify(&self, payload: &[u8]) -> Result<(), FrameError> {
+        let received = checksum(payload);
+        if received != self.checksum {
+            return Err(FrameError::Checksum {
+                file_id: self.file_id,
+                offset_bytes: self.offset_bytes,
+                sent: self.checksum,
+                received,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One file inside a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleItem {
+    pub file_id: FileId,
+    pub len_bytes: u32,
+    pub flags: u32,
+    /// Where the file's bytes start within the payload.
+    pub data_offset: usize,
+}
+
+impl BundleItem {
+    pub fn failed(&self) -> bool {
+        self.flags & BUNDLE_FLAG_FAILED != 0
+    }
+}
+
+/// Bytes the index of a bundle with `count` files takes.
+pub fn bundle_index_bytes(count: usize) -> usize {
+    BUNDLE_PREFIX_BYTES + count * BUNDLE_RECORD_BYTES
+}
+
+/// Writes a bundle index for `items` (file id, length, flags) at the start of `buf`; returns
+/// the index size. The caller then places each file's bytes after it, in order.
+pub fn write_bundle_index(buf: &mut [u8], items: &[(FileId, u32, u32)]) -> usize {
+    let n = bundle_index_bytes(items.len());
+    assert!(buf.len() >= n, "bundle index does not fit the buffer");
+    assert!(items.len() <= BUNDLE_FILES_MAX, "too many files in one bundle");
+    let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
+    buf[0..4].copy_from_slice(&count.to_le_bytes());
+    buf[4..8].fill(0);
+    for (i, (id, len, flags)) in items.iter().enumerate() {
+        let at = BUNDLE_PREFIX_BYTES + i * BUNDLE_RECORD_BYTES;
+        buf[at..at + 8].copy_from_slice(&id.to_le_bytes());
+        buf[at + 8..at + 12].copy_from_slice(&len.to_le_bytes());
+        buf[at + 12..at + 16].copy_from_slice(&flags.to_le_bytes());
+    }
+    n
+}
+
+/// Parses and validates a bundle payload from a peer: the index must fit, and the files' bytes
+/// must exactly fill the rest of the payload.
+pub fn parse_bundle(payload: &[u8]) -> Result<Vec<BundleItem>, FrameError> {
+    if payload.len() < BUNDLE_PREFIX_BYTES {
+        return Err(FrameError::Bundle("shorter than its prefix"));
+    }
+    let count = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
+    if count > BUNDLE_FILES_MAX {
+        return Err(FrameError::Bundle("too many files"));
+    }
+    let index_bytes = bundle_index_bytes(count);
+    if payload.len() < index_bytes {
+        return Err(FrameError::Bundle("index longer than payload"));
+    }
+    let mut items = Vec::with_capacity(count);
+    let mut data_offset = index_bytes;
+    for i in 0..count {
+        let at = BUNDLE_PREFIX_BYTES + i * BUNDLE_RECORD_BYTES;
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&payload[at..at + 8]);
+        let len_bytes = u32::from_le_bytes([
+            payload[at + 8],
+            payload[at + 9],
+            payload[at + 10],
+            payload[at + 11],
+        ]);
+        let flags = u32::from_le_bytes([
+            payload[at + 12],
+            payload[at + 13],
+            payload[at + 14],
+            payload[at + 15],
+        ]);
+        items.push(BundleItem { file_id: u64::from_le_bytes(id), len_bytes, flags, data_offset });
+        data_offset = data_offset
+            .checked_add(len_bytes as usize)
+            .ok_or(FrameError::Bundle("length overflow"))?;
+        if data_offset > payload.len() {
+            return Err(FrameError::Bundle("file bytes run past the payload"));
+        }
+    }
+    if data_offset != payload.len() {
+        return Err(FrameError::Bundle("trailing bytes after the last file"));
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn header_roundtrip() {
+        let h = FrameHeader {
+            kind: FrameKind::Chunk,
+            file_id: 7,
+            offset_bytes: 1 << 40,
+            len_bytes: 4096,
+            checksum: 0xdead_beef,
+        };
+        assert_eq!(FrameHeader::decode(&h.encode(), 1 << 20).unwrap(), h);
+        assert!(matches!(FrameHeader::decode(&h.encode(), 100), Err(FrameError::TooLong { .. })));
+        let mut bad = h.encode();
+        bad[0] = 0;
+        assert!(matches!(FrameHeader::decode(&bad, 1 << 20), Err(FrameError::Magic(0))));
+    }
+
+    #[test]
+    fn bundle_roundtrip() {
+        let files: [(&[u8], u64); 3] = [(b"hello", 1), (b"", 2), (b"world!", 9)];
+        let items: Vec<_> = files.iter().map(|(d, id)| (*id, d.len() as u32, 0)).collect();
+        let mut buf = vec![0u8; 256];
+        let mut at = write_bundle_index(&mut buf, &items);
+        for (d, _) in &files {
+            buf[at..at + d.len()].copy_from_slice(d);
+            at += d.len();
+        }
+        let parsed = parse_bundle(&buf[..at]).unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(&buf[parsed[2].data_offset..parsed[2].data_offset + 6], b"world!");
+        assert!(parse_bundle(&buf[..at - 1]).is_err());
+        assert!(parse_bundle(&buf[..at + 1]).is_err());
+    }
+
+    proptest! {
+        /// Anything a peer sends as a bundle either parses into in-bounds items or is refused.
+        #[test]
+        fn bundle_parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(items) = parse_bundle(&bytes) {
+                for it in items {
+                    prop_assert!(it.data_offset + it.len_bytes as usize <= bytes.len());
+                }
+            }
+        }
+
+        #[test]
+        fn header_decode_never_panics(bytes in proptest::array::uniform32(any::<u8>())) {
+            let _ = FrameHeader::decode(&bytes, 1 << 20);
+        }
+    }
+}

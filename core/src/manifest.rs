@@ -1,0 +1,80 @@
+//! Manifest entries: what the source side knows about each path it walked.
+
+use serde::{Deserialize, Serialize};
+
+use crate::path::RelPath;
+
+/// Identifies one source entry within a session. Assigned by the source walker, unique and
+/// never reused within a session; frames and need lists refer to files by it.
+pub type FileId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    /// FIFOs, sockets and device nodes: listed so they can be reported, never copied.
+    Special,
+}
+
+/// Modification time as seconds and nanoseconds since the epoch.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// Device and inode of a file with more than one link, so hard links can be recreated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InodeKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// One walked path and its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: FileId,
+    pub path: RelPath,
+    pub kind: EntryKind,
+    pub size_bytes: u64,
+    pub mtime: Timestamp,
+    /// Permission bits including setuid/setgid/sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Symlink target bytes, verbatim.
+    pub link_target: Option<Vec<u8>>,
+    /// Set for regular files whose link count is above one.
+    pub inode: Option<InodeKey>,
+    /// The file allocates fewer blocks than its size: it has holes worth preserving.
+    pub sparse: bool,
+    /// Content hash (xxh3-128), present only in `--checksum` sessions.
+    pub content_hash: Option<u128>,
+}
+
+impl Entry {
+    pub fn is_file(&self) -> bool {
+        self.kind == EntryKind::File
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+}
+
+/// What the target side knows about an existing path (the counterpart of [`Entry`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetEntry {
+    pub name: Vec<u8>,
+    pub kind: EntryKind,
+    pub size_bytes: u64,
+    pub mtime: Timestamp,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub link_target: Option<Vec<u8>>,
+    pub inode: Option<InodeKey>,
+    pub content_hash: Option<u128>,
+}

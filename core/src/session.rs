@@ -1,0 +1,165 @@
+//! Messages between the two halves of a transfer.
+//!
+//! A transfer has a *source* half (walks, reads, sends) and a *target* half (diffs, writes,
+//! finalizes). In a local copy both run in one process and exchange these messages over
+//! channels; in a remote transfer the control plane carries them. The data itself travels as
+//! frames over a [`crate::transport`] and never in these messages.
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{Entry, FileId};
+use crate::path::RelPath;
+
+/// Default size of one chunk of a large file (a frame's payload). Chosen by measurement: see
+/// docs/benchmarks.md.
+pub const CHUNK_BYTES_DEFAULT: u32 = 4 << 20;
+/// Files up to this size travel packed into bundles.
+pub const SMALL_FILE_BYTES_DEFAULT: u32 = 256 << 10;
+/// Target payload of one bundle.
+pub const BUNDLE_BYTES_DEFAULT: u32 = 1 << 20;
+/// Largest chunk any peer may ask for; bounds every buffer allocation a peer can cause.
+pub const CHUNK_BYTES_MAX: u32 = 64 << 20;
+/// Smallest chunk (one page, so chunks stay page aligned).
+pub const CHUNK_BYTES_MIN: u32 = 4096;
+
+const _: () = assert!(CHUNK_BYTES_DEFAULT % CHUNK_BYTES_MIN == 0);
+const _: () = assert!(SMALL_FILE_BYTES_DEFAULT <= BUNDLE_BYTES_DEFAULT);
+const _: () = assert!(BUNDLE_BYTES_DEFAULT <= CHUNK_BYTES_DEFAULT);
+
+/// How a file is judged up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Compare {
+    /// Same size and same modification time (rsync's quick check).
+    #[default]
+    SizeMtime,
+    /// Same content hash.
+    Checksum,
+}
+
+/// Parameters both halves agree on before any data moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionParams {
+    pub chunk_bytes: u32,
+    pub small_file_bytes_max: u32,
+    pub bundle_bytes: u32,
+    pub compare: Compare,
+    /// Delete target paths that the source lacks (after everything else succeeded).
+    pub mirror: bool,
+    pub dry_run: bool,
+    /// Glob patterns of paths to leave out (and, in mirror mode, to leave alone on the target).
+    pub excludes: Vec<String>,
+    /// Apply owner and group (only effective when the target runs as root).
+    pub preserve_owner: bool,
+}
+
+impl Default for SessionParams {
+    fn default() -> Self {
+        SessionParams {
+            chunk_bytes: CHUNK_BYTES_DEFAULT,
+            small_file_bytes_max: SMALL_FILE_BYTES_DEFAULT,
+            bundle_bytes: BUNDLE_BYTES_DEFAULT,
+            compare: Compare::SizeMtime,
+            mirror: false,
+            dry_run: false,
+            excludes: Vec::new(),
+            preserve_owner: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamsError {
+    #[error(
+        "chunk size {0} bytes is outside {CHUNK_BYTES_MIN}..={CHUNK_BYTES_MAX} or not a multiple of 4096"
+    )]
+    ChunkBytes(u32),
+    #[error("small-file limit {small} bytes exceeds the bundle size {bundle} bytes")]
+    SmallFile { small: u32, bundle: u32 },
+    #[error("bundle size {bundle} bytes exceeds the chunk size {chunk} bytes")]
+    Bundle { bundle: u32, chunk: u32 },
+}
+
+impl SessionParams {
+    /// Checks the relationships every later stage relies on: a bundle fits in one chunk-sized
+    /// buffer, a small file fits in a bundle, chunks are page multiples and bounded.
+    pub fn validate(&self) -> Result<(), ParamsError> {
+        let chunk = self.chunk_bytes;
+        if !(CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX).contains(&chunk) || chunk % CHUNK_BYTES_MIN != 0 {
+            return Err(ParamsError::ChunkBytes(chunk));
+        }
+        if self.bundle_bytes > chunk {
+            return Err(ParamsError::Bundle { bundle: self.bundle_bytes, chunk });
+        }
+        if self.small_file_bytes_max > self.bundle_bytes {
+            return Err(ParamsError::SmallFile {
+                small: self.small_file_bytes_max,
+                bundle: self.bundle_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// True when a file of this size travels inside a bundle rather than as chunks.
+    pub fn is_small(&self, size_bytes: u64) -> bool {
+        size_bytes <= u64::from(self.small_file_bytes_max)
+    }
+
+    /// Number of frames a non-bundled file of `size_bytes` is split into (at least one).
+    pub fn chunk_count(&self, size_bytes: u64) -> u64 {
+        size_bytes.div_ceil(u64::from(self.chunk_bytes)).max(1)
+    }
+}
+
+/// Source half → target half.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceMsg {
+    /// The source root itself (its metadata is applied to the target root). Always first.
+    Root(Entry),
+    /// The complete listing of one source directory. A directory's listing always comes after
+    /// the listing that contains the directory itself.
+    Listing { dir: RelPath, entries: Vec<Entry> },
+    /// A source directory that could not be read; the target must not delete anything under it.
+    WalkError { path: RelPath, message: String },
+    /// No more listings.
+    ManifestEnd,
+    /// A needed file could not be read (or changed while being read). The target discards
+    /// whatever it received for it.
+    FileFailed { id: FileId, path: RelPath, message: String },
+    /// Every frame of every needed file has been handed to the transport.
+    DataEnd,
+}
+
+/// Target half → source half.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetMsg {
+    /// These files' contents must be sent.
+    Need(Vec<FileId>),
+    /// No more needs will follow (the target has diffed the whole manifest).
+    NeedEnd,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_params_are_valid() {
+        SessionParams::default().validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_params_are_refused() {
+        let p = SessionParams { chunk_bytes: 1000, ..SessionParams::default() };
+        assert_eq!(p.validate(), Err(ParamsError::ChunkBytes(1000)));
+        let p = SessionParams { bundle_bytes: 8 << 20, ..SessionParams::default() };
+        assert!(matches!(p.validate(), Err(ParamsError::Bundle { .. })));
+    }
+
+    #[test]
+    fn chunk_counts() {
+        let p = SessionParams { chunk_bytes: 4096, ..SessionParams::default() };
+        assert_eq!(p.chunk_count(0), 1);
+        assert_eq!(p.chunk_count(4096), 1);
+        assert_eq!(p.chunk_count(4097), 2);
+    }
+}
