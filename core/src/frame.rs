@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! 0      1     2       4         8          16            24          32
-//! | 0xB1 | kind | 0 0 | len u32 | file u64 | offset u64 | xxh3 u64 |
+//! | 0xB1 | kind | flags u16 | len u32 | file u64 | offset u64 | xxh3 u64 |
 //! ```
 //!
 //! A *bundle* payload packs many small files: a 8-byte prefix (`count u32`, `0 u32`), `count`
@@ -20,6 +20,10 @@ const BUNDLE_PREFIX_BYTES: usize = 8;
 const BUNDLE_RECORD_BYTES: usize = 16;
 /// Largest number of files one bundle may carry; bounds the index a peer can make us parse.
 pub const BUNDLE_FILES_MAX: usize = 16 * 1024;
+
+/// Header flag: the source re-checked the file after the last of its chunks was read and it had
+/// not changed; the target may commit the file once every chunk has arrived.
+pub const FLAG_FILE_VERIFIED: u16 = 1;
 
 /// Bundle record flag: the source could not read this file; its bytes are absent.
 pub const BUNDLE_FLAG_FAILED: u32 = 1;
@@ -40,6 +44,7 @@ pub enum FrameKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub kind: FrameKind,
+    pub flags: u16,
     pub file_id: FileId,
     pub offset_bytes: u64,
     pub len_bytes: u32,
@@ -70,13 +75,21 @@ pub fn checksum(payload: &[u8]) -> u64 {
 
 impl FrameHeader {
     pub fn end() -> Self {
-        FrameHeader { kind: FrameKind::End, file_id: 0, offset_bytes: 0, len_bytes: 0, checksum: 0 }
+        FrameHeader {
+            kind: FrameKind::End,
+            flags: 0,
+            file_id: 0,
+            offset_bytes: 0,
+            len_bytes: 0,
+            checksum: 0,
+        }
     }
 
     pub fn encode(&self) -> [u8; FRAME_HEADER_BYTES] {
         let mut b = [0u8; FRAME_HEADER_BYTES];
         b[0] = FRAME_MAGIC;
         b[1] = self.kind as u8;
+        b[2..4].copy_from_slice(&self.flags.to_le_bytes());
         b[4..8].copy_from_slice(&self.len_bytes.to_le_bytes());
         b[8..16].copy_from_slice(&self.file_id.to_le_bytes());
         b[16..24].copy_from_slice(&self.offset_bytes.to_le_bytes());
@@ -113,6 +126,7 @@ impl FrameHeader {
         }
         Ok(FrameHeader {
             kind,
+            flags: u16::from_le_bytes([b[2], b[3]]),
             len_bytes,
             file_id: le64(8..16),
             offset_bytes: le64(16..24),
@@ -229,6 +243,7 @@ mod tests {
     fn header_roundtrip() {
         let h = FrameHeader {
             kind: FrameKind::Chunk,
+            flags: FLAG_FILE_VERIFIED,
             file_id: 7,
             offset_bytes: 1 << 40,
             len_bytes: 4096,

@@ -115,9 +115,10 @@ impl SessionParams {
 pub enum SourceMsg {
     /// The source root itself (its metadata is applied to the target root). Always first.
     Root(Entry),
-    /// The complete listing of one source directory. A directory's listing always comes after
-    /// the listing that contains the directory itself.
-    Listing { dir: RelPath, entries: Vec<Entry> },
+    /// One part of the listing of a source directory (large directories come in several
+    /// parts; `last_part` marks the end). A directory's listing always comes after the part
+    /// that contains the directory itself.
+    Listing { dir: RelPath, entries: Vec<Entry>, last_part: bool },
     /// A source directory that could not be read; the target must not delete anything under it.
     WalkError { path: RelPath, message: String },
     /// No more listings.

@@ -113,8 +113,9 @@ pub trait FrameSender: Send + Sync {
 
 /// The receiving half of a data plane.
 pub trait FrameReceiver: Send + Sync {
-    /// The next frame (checksum already verified for `Buffer` payloads), or `None` after the
-    /// sender finished and every frame was delivered.
+    /// The next frame, or `None` after the sender finished and every frame was delivered.
+    /// Payload checksums are verified by the consumer (the storage writer), in one place for
+    /// every backend.
     fn recv(&self) -> Result<Option<Frame>, TransportError>;
     fn abort(&self);
 }
@@ -302,6 +303,7 @@ mod tests {
         lease.set_len(10);
         let header = FrameHeader {
             kind: FrameKind::Chunk,
+            flags: 0,
             file_id: id,
             offset_bytes: 0,
             len_bytes: 10,

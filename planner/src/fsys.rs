@@ -1,0 +1,158 @@
+//! Small file-system helpers shared by the walk (source side) and the storage engine (target
+//! side): confined directory opening and stat → manifest conversion. All path resolution is
+//! relative to an open directory handle; nothing here canonicalizes paths.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use blitx_core::manifest::{Entry, EntryKind, InodeKey, TargetEntry, Timestamp};
+use blitx_core::RelPath;
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Statx, StatxFlags};
+
+/// Opens directory `rel` below the directory `root`. With `confine`, the kernel refuses any
+/// resolution that leaves `root` or crosses a symlink (openat2 RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS), which is how a daemon keeps clients inside its export root.
+pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &RelPath, confine: bool) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    if confine {
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(root, rel.as_path(), flags, Mode::empty(), how) {
+            Err(rustix::io::Errno::NOSYS) => {}
+            other => return other.map_err(io::Error::from),
+        }
+        // openat2 missing (kernel < 5.6): walk component by component with O_NOFOLLOW, which
+        // gives the same guarantee for paths that RelPath already validated.
+        let mut fd = rustix::fs::openat(root, ".", flags, Mode::empty())?;
+        for c in rel.components() {
+            fd = rustix::fs::openat(&fd, c, flags, Mode::empty())?;
+        }
+        return Ok(fd);
+    }
+    Ok(rustix::fs::openat(root, rel.as_path(), flags, Mode::empty())?)
+}
+
+/// Stats `name` in directory `dir` without following a final symlink.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Statx> {
+    Ok(rustix::fs::statx(dir, os(name), AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)?)
+}
+
+/// A file name as an `OsStr` (Unix names are bytes).
+pub fn os(name: &[u8]) -> &OsStr {
+    OsStr::from_bytes(name)
+}
+
+pub fn kind_of(mode: u32) -> EntryKind {
+    match mode & libc_s::S_IFMT {
+        libc_s::S_IFREG => EntryKind::File,
+        libc_s::S_IFDIR => EntryKind::Dir,
+        libc_s::S_IFLNK => EntryKind::Symlink,
+        _ => EntryKind::Special,
+    }
+}
+
+mod libc_s {
+    pub const S_IFMT: u32 = 0o170000;
+    pub const S_IFREG: u32 = 0o100000;
+    pub const S_IFDIR: u32 = 0o040000;
+    pub const S_IFLNK: u32 = 0o120000;
+}
+
+pub fn mtime_of(st: &Statx) -> Timestamp {
+    Timestamp { sec: st.stx_mtime.tv_sec, nsec: st.stx_mtime.tv_nsec }
+}
+
+fn dev_of(st: &Statx) -> u64 {
+    (u64::from(st.stx_dev_major) << 32) | u64::from(st.stx_dev_minor)
+}
+
+/// The inode key of a file with several links (used for hard-link detection).
+pub fn inode_of(st: &Statx) -> Option<InodeKey> {
+    let kind = kind_of(u32::from(st.stx_mode));
+    (kind == EntryKind::File && st.stx_nlink > 1)
+        .then(|| InodeKey { dev: dev_of(st), ino: st.stx_ino })
+}
+
+/// Builds a source manifest entry from a stat of `name` in `dir`.
+pub fn entry_from_stat(
+    dir: BorrowedFd<'_>,
+    id: u64,
+    path: RelPath,
+    name: &[u8],
+    st: &Statx,
+) -> io::Result<Entry> {
+    let mode = u32::from(st.stx_mode);
+    let kind = kind_of(mode);
+    let link_target = if kind == EntryKind::Symlink { Some(read_link(dir, name)?) } else { None };
+    let size_bytes = if kind == EntryKind::File { st.stx_size } else { 0 };
+    Ok(Entry {
+        id,
+        path,
+        kind,
+        size_bytes,
+        mtime: mtime_of(st),
+        mode: mode & 0o7777,
+        uid: st.stx_uid,
+        gid: st.stx_gid,
+        link_target,
+        inode: inode_of(st),
+        sparse: kind == EntryKind::File && st.stx_blocks.saturating_mul(512) < st.stx_size,
+        content_hash: None,
+    })
+}
+
+/// Builds the target-side view of an existing path.
+pub fn target_from_stat(dir: BorrowedFd<'_>, name: &[u8], st: &Statx) -> io::Result<TargetEntry> {
+    let mode = u32::from(st.stx_mode);
+    let kind = kind_of(mode);
+    let link_target = if kind == EntryKind::Symlink { Some(read_link(dir, name)?) } else { None };
+    Ok(TargetEntry {
+        name: name.to_vec(),
+        kind,
+        size_bytes: if kind == EntryKind::File { st.stx_size } else { 0 },
+        mtime: mtime_of(st),
+        mode: mode & 0o7777,
+        uid: st.stx_uid,
+        gid: st.stx_gid,
+        link_target,
+        inode: (kind == EntryKind::File).then(|| InodeKey { dev: dev_of(st), ino: st.stx_ino }),
+        content_hash: None,
+    })
+}
+
+pub fn read_link(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
+    let target = rustix::fs::readlinkat(dir, os(name), Vec::new())?;
+    Ok(target.into_bytes())
+}
+
+/// Reads every entry name of an open directory (without `.` and `..`).
+pub fn read_dir_names(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    let mut d = rustix::fs::Dir::read_from(dir.as_fd())?;
+    while let Some(item) = d.read() {
+        let item = item?;
+        let name = item.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        names.push(name.to_vec());
+    }
+    Ok(names)
+}
+
+/// xxh3-128 of a whole file (for `--checksum`), read in bounded pieces.
+pub fn hash_file(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u128> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, os(name), flags, Mode::empty())?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = rustix::io::read(&fd, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.digest128())
+}

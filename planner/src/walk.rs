@@ -1,0 +1,347 @@
+//! The parallel directory walk (an I/O shell around the pure planner).
+//!
+//! A small pool of threads (sized to the machine, blocking on a condition variable when idle)
+//! reads directories through handles opened relative to the root, stats each entry once, and
+//! streams [`SourceMsg::Listing`]s into a bounded channel while the walk is still running. A
+//! directory is queued for reading only after the listing that names it was sent, so the
+//! consumer always sees a parent before its children.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use blitx_core::manifest::{Entry, EntryKind};
+use blitx_core::session::SourceMsg;
+use blitx_core::RelPath;
+use crossbeam_channel::Sender;
+use rustix::fs::{Mode, OFlags};
+
+use crate::exclude::Excludes;
+use crate::fsys;
+
+/// Largest number of entries in one listing message; bigger directories are sent in parts.
+pub const LISTING_ENTRIES_MAX: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct WalkOptions {
+    pub threads: usize,
+    pub excludes: Excludes,
+    /// Compute content hashes (`--checksum`).
+    pub checksum: bool,
+    /// Refuse to resolve through symlinks or out of the root (daemon exports).
+    pub confine: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error("cannot open source root {path}")]
+    OpenRoot { path: String, source: std::io::Error },
+    #[error("source root {path} is not a directory")]
+    RootNotDir { path: String },
+}
+
+/// What the walk saw, for the summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WalkStats {
+    pub entries: u64,
+    pub dirs: u64,
+    pub file_bytes: u64,
+    pub errors: u64,
+}
+
+struct Queue {
+    dirs: VecDeque<RelPath>,
+    busy: usize,
+    done: bool,
+}
+
+struct Shared<'a> {
+    root: OwnedFd,
+    opts: &'a WalkOptions,
+    out: &'a Sender<SourceMsg>,
+    cancel: &'a AtomicBool,
+    next_id: &'a AtomicU64,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    stats: Mutex<WalkStats>,
+}
+
+/// Walks `root`, sending `Root`, `Listing`s, `WalkError`s and finally `ManifestEnd` to `out`.
+/// Entry ids are drawn from `next_id`. Returns early (without `ManifestEnd`) when `cancel` is
+/// set or the receiver goes away.
+pub fn walk(
+    root: &Path,
+    opts: &WalkOptions,
+    out: &Sender<SourceMsg>,
+    cancel: &AtomicBool,
+    next_id: &AtomicU64,
+) -> Result<WalkStats, WalkError> {
+    let display = root.display().to_string();
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        if e == rustix::io::Errno::NOTDIR {
+            WalkError::RootNotDir { path: display.clone() }
+        } else {
+            WalkError::OpenRoot { path: display.clone(), source: e.into() }
+        }
+    })?;
+    let st = rustix::fs::statx(
+        &root_fd,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::BASIC_STATS,
+    )
+    .map_err(|e| WalkError::OpenRoot { path: display.clone(), source: e.into() })?;
+    let mut root_entry = fsys::entry_from_stat(
+        root_fd.as_fd(),
+        next_id.fetch_add(1, Ordering::Relaxed),
+        RelPath::root(),
+        b".",
+        &st,
+    )
+    .map_err(|e| WalkError::OpenRoot { path: display.clone(), source: e })?;
+    root_entry.inode = None;
+    if out.send(SourceMsg::Root(root_entry)).is_err() {
+        return Ok(WalkStats::default());
+    }
+    let shared = Shared {
+        root: root_fd,
+        opts,
+        out,
+        cancel,
+        next_id,
+        queue: Mutex::new(Queue { dirs: VecDeque::from([RelPath::root()]), busy: 0, done: false }),
+        wake: Condvar::new(),
+        stats: Mutex::new(WalkStats { dirs: 1, ..WalkStats::default() }),
+    };
+    let threads = opts.threads.max(1);
+    std::thread::scope(|s| {
+        for i in 1..threads {
+            let shared = &shared;
+            std::thread::Builder::new()
+                .name(format!("blit-walk-{i}"))
+                .spawn_scoped(s, move || worker(shared))
+                .map(|_| ())
+                .unwrap_or_else(|e| tracing::warn!("walk thread not started: {e}"));
+        }
+        worker(&shared);
+    });
+    let stats = *shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+    if !cancel.load(Ordering::Acquire) {
+        let _ = out.send(SourceMsg::ManifestEnd);
+    }
+    Ok(stats)
+}
+
+fn worker(shared: &Shared<'_>) {
+    loop {
+        let dir = {
+            let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if q.done {
+                    return;
+                }
+                if let Some(d) = q.dirs.pop_front() {
+                    q.busy += 1;
+                    break d;
+                }
+                if q.busy == 0 {
+                    q.done = true;
+                    shared.wake.notify_all();
+                    return;
+                }
+                q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let children = if shared.cancel.load(Ordering::Acquire) {
+            Vec::new()
+        } else {
+            read_one(shared, &dir)
+        };
+        let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.busy -= 1;
+        if shared.cancel.load(Ordering::Acquire) {
+            q.done = true;
+        }
+        q.dirs.extend(children);
+        shared.wake.notify_all();
+    }
+}
+
+/// Reads one directory, sends its listing, returns its subdirectories to walk next.
+fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
+    let fail = |message: String| {
+        shared.stats.lock().unwrap_or_else(|p| p.into_inner()).errors += 1;
+        let _ = shared.out.send(SourceMsg::WalkError { path: dir.clone(), message });
+        Vec::new()
+    };
+    let fd = match fsys::open_dir_beneath(shared.root.as_fd(), dir, shared.opts.confine) {
+        Ok(fd) => fd,
+        Err(e) => return fail(format!("cannot open directory: {e}")),
+    };
+    let mut names = match fsys::read_dir_names(&fd) {
+        Ok(n) => n,
+        Err(e) => return fail(format!("cannot read directory: {e}")),
+    };
+    names.sort_unstable();
+    let mut entries: Vec<Entry> = Vec::with_capacity(names.len().min(LISTING_ENTRIES_MAX));
+    let mut children = Vec::new();
+    let mut local = WalkStats::default();
+    let total_parts = names.len().div_ceil(LISTING_ENTRIES_MAX).max(1);
+    let mut parts_sent = 0;
+    for name in names {
+        let Ok(path) = dir.join(&name) else {
+            local.errors += 1;
+            let _ = shared.out.send(SourceMsg::WalkError {
+                path: dir.clone(),
+                message: format!("skipping unusable name {:?}", String::from_utf8_lossy(&name)),
+            });
+            continue;
+        };
+        if shared.opts.excludes.matches(&path) {
+            continue;
+        }
+        let st = match fsys::stat_at(fd.as_fd(), &name) {
+            Ok(st) => st,
+            Err(e) => {
+                local.errors += 1;
+                let _ = shared.out.send(SourceMsg::WalkError {
+                    path,
+                    message: format!("vanished or unreadable: {e}"),
+                });
+                continue;
+            }
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut entry = match fsys::entry_from_stat(fd.as_fd(), id, path.clone(), &name, &st) {
+            Ok(e) => e,
+            Err(e) => {
+                local.errors += 1;
+                let _ = shared.out.send(SourceMsg::WalkError {
+                    path,
+                    message: format!("cannot read symlink: {e}"),
+                });
+                continue;
+            }
+        };
+        if shared.opts.checksum && entry.kind == EntryKind::File {
+            match fsys::hash_file(fd.as_fd(), &name) {
+                Ok(h) => entry.content_hash = Some(h),
+                Err(e) => {
+                    local.errors += 1;
+                    let _ = shared.out.send(SourceMsg::WalkError {
+                        path,
+                        message: format!("cannot read for --checksum: {e}"),
+                    });
+                    continue;
+                }
+            }
+        }
+        local.entries += 1;
+        match entry.kind {
+            EntryKind::Dir => {
+                local.dirs += 1;
+                children.push(path);
+            }
+            EntryKind::File => local.file_bytes += entry.size_bytes,
+            _ => {}
+        }
+        entries.push(entry);
+        if entries.len() == LISTING_ENTRIES_MAX {
+            parts_sent += 1;
+            let last_part = parts_sent == total_parts;
+            let msg = SourceMsg::Listing { dir: dir.clone(), entries: std::mem::take(&mut entries), last_part };
+            if shared.out.send(msg).is_err() {
+                shared.cancel.store(true, Ordering::Release);
+                return Vec::new();
+            }
+            if last_part {
+                break;
+            }
+        }
+    }
+    if parts_sent < total_parts || parts_sent == 0 {
+        let msg = SourceMsg::Listing { dir: dir.clone(), entries, last_part: true };
+        if shared.out.send(msg).is_err() {
+            shared.cancel.store(true, Ordering::Release);
+            return Vec::new();
+        }
+    }
+    let mut stats = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+    stats.entries += local.entries;
+    stats.dirs += local.dirs;
+    stats.file_bytes += local.file_bytes;
+    stats.errors += local.errors;
+    children
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn walks_tree_parents_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        std::fs::write(root.join("a/b/c/f"), b"x").unwrap();
+        std::fs::write(root.join("top"), b"hello").unwrap();
+        std::fs::write(root.join("skip.tmp"), b"no").unwrap();
+        std::os::unix::fs::symlink("nowhere", root.join("dangling")).unwrap();
+        let opts = WalkOptions {
+            threads: 2,
+            excludes: Excludes::new(&["*.tmp".into()]).unwrap(),
+            checksum: true,
+            confine: true,
+        };
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let cancel = AtomicBool::new(false);
+        let ids = AtomicU64::new(0);
+        let mut msgs = Vec::new();
+        let stats = std::thread::scope(|s| {
+            let h = s.spawn(|| walk(root, &opts, &tx, &cancel, &ids).unwrap());
+            while let Ok(m) = rx.recv() {
+                let end = m == SourceMsg::ManifestEnd;
+                msgs.push(m);
+                if end {
+                    break;
+                }
+            }
+            h.join().unwrap()
+        });
+        assert!(matches!(msgs[0], SourceMsg::Root(_)));
+        let mut seen_dirs: HashSet<RelPath> = HashSet::from([RelPath::root()]);
+        let mut all = Vec::new();
+        for m in &msgs {
+            if let SourceMsg::Listing { dir, entries, last_part } = m {
+                assert!(seen_dirs.contains(dir), "listing of {dir} before its parent");
+                assert!(last_part);
+                for e in entries {
+                    if e.is_dir() {
+                        seen_dirs.insert(e.path.clone());
+                    }
+                    all.push(e.clone());
+                }
+            }
+        }
+        let names: HashSet<String> = all.iter().map(|e| e.path.display()).collect();
+        assert!(names.contains("a/b/c/f") && names.contains("dangling") && names.contains("top"));
+        assert!(!names.contains("skip.tmp"));
+        let link = all.iter().find(|e| e.path.display() == "dangling").unwrap();
+        assert_eq!(link.link_target.as_deref(), Some(&b"nowhere"[..]));
+        let top = all.iter().find(|e| e.path.display() == "top").unwrap();
+        assert_eq!(top.content_hash, Some(xxhash_rust::xxh3::xxh3_128(b"hello")));
+        assert_eq!(stats.entries, 6);
+        let mut ids: Vec<u64> = all.iter().map(|e| e.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), all.len());
+    }
+}
