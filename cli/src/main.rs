@@ -1,1 +1,49 @@
-fn main() {}
+//! `blit`: the command-line front end. Parses arguments, wires the engine, maps errors to
+//! documented exit codes. All transfer logic lives in the library crates.
+
+mod exit;
+mod output;
+mod units;
+mod xfer;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "blit", version, about = "Fast file transfer: RDMA first, zero-copy TCP fallback")]
+struct Cli {
+    /// More log output (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make TARGET a copy of SOURCE's contents (like `rsync -a SOURCE/ TARGET/`).
+    Xfer(xfer::XferArgs),
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let code = match cli.command {
+        Command::Xfer(args) => xfer::run(args, cli.verbose),
+    };
+    std::process::exit(code.into());
+}

@@ -133,6 +133,8 @@ pub struct MemFaults {
 
 struct MemShared {
     aborted: AtomicBool,
+    /// The End frame was delivered: every later `recv`, on any thread, returns `None`.
+    ended: AtomicBool,
     vanished: AtomicBool,
     frames: AtomicU64,
     bytes: AtomicU64,
@@ -184,6 +186,7 @@ pub fn mem_pair(
     let (tx, rx) = crossbeam_channel::bounded(depth.max(1));
     let shared = Arc::new(MemShared {
         aborted: AtomicBool::new(false),
+        ended: AtomicBool::new(false),
         vanished: AtomicBool::new(false),
         frames: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
@@ -249,9 +252,15 @@ impl FrameSender for MemSender {
 impl MemReceiver {
     fn next_raw(&self) -> Result<Option<Frame>, TransportError> {
         loop {
+            if self.shared.ended.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             self.shared.check()?;
             match self.rx.recv_timeout(CANCEL_POLL) {
-                Ok(f) if f.header.kind == FrameKind::End => return Ok(None),
+                Ok(f) if f.header.kind == FrameKind::End => {
+                    self.shared.ended.store(true, Ordering::Release);
+                    return Ok(None);
+                }
                 Ok(f) => return Ok(Some(f)),
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => {

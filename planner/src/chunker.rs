@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use blitx_core::frame::{bundle_index_bytes, BUNDLE_FILES_MAX};
+use blitx_core::frame::{BUNDLE_FILES_MAX, bundle_index_bytes};
 use blitx_core::manifest::FileId;
 use blitx_core::session::SessionParams;
 
@@ -89,7 +89,8 @@ impl Chunker {
             }
             self.bundle.push(file);
             self.bundle_data_bytes += file.size_bytes;
-            if self.bundle_data_bytes >= self.bundle_bytes || self.bundle.len() == BUNDLE_FILES_MAX {
+            if self.bundle_data_bytes >= self.bundle_bytes || self.bundle.len() == BUNDLE_FILES_MAX
+            {
                 return self.take_bundle();
             }
         }
@@ -149,7 +150,14 @@ mod tests {
         c.push(NeededFile { id: 1, size_bytes: 20000 });
         let units = drain(&mut c);
         assert_eq!(units.len(), 3);
-        assert_eq!(units[2], Unit::Chunk { file: NeededFile { id: 1, size_bytes: 20000 }, offset_bytes: 16384, len_bytes: 3616 });
+        assert_eq!(
+            units[2],
+            Unit::Chunk {
+                file: NeededFile { id: 1, size_bytes: 20000 },
+                offset_bytes: 16384,
+                len_bytes: 3616
+            }
+        );
     }
 
     #[test]

@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 
+use blitx_core::RelPath;
 use blitx_core::manifest::{Entry, EntryKind, TargetEntry};
 use blitx_core::session::Compare;
-use blitx_core::RelPath;
 
 use crate::exclude::Excludes;
 use crate::hardlink::{HardlinkTracker, LinkRole};
@@ -36,7 +36,9 @@ pub enum Action {
     MakeSymlink,
     /// A hard link to `leader`, an earlier source path with the same inode; made at the end,
     /// once the leader is in place.
-    Hardlink { leader: RelPath },
+    Hardlink {
+        leader: RelPath,
+    },
     /// Not copied (FIFOs, sockets, devices); reported.
     Unsupported,
 }
@@ -49,7 +51,9 @@ pub enum Clear {
     NonDir,
     /// A directory stands where a file or symlink must go; `recursive` only in mirror mode
     /// (otherwise only an empty directory is removed, as rsync does).
-    Dir { recursive: bool },
+    Dir {
+        recursive: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

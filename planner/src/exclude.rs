@@ -39,15 +39,17 @@ impl Excludes {
                 .map_err(|source| ExcludeError { pattern: pattern.clone(), source })?;
             set.add(glob);
         }
-        let build = |b: GlobSetBuilder, n: usize, p: &[String]| -> Result<Option<GlobSet>, ExcludeError> {
-            if n == 0 {
-                return Ok(None);
-            }
-            b.build()
-                .map(Some)
-                .map_err(|source| ExcludeError { pattern: p.join(" "), source })
-        };
-        Ok(Excludes { by_name: build(names, n_names, patterns)?, by_path: build(paths, n_paths, patterns)? })
+        let build =
+            |b: GlobSetBuilder, n: usize, p: &[String]| -> Result<Option<GlobSet>, ExcludeError> {
+                if n == 0 {
+                    return Ok(None);
+                }
+                b.build().map(Some).map_err(|source| ExcludeError { pattern: p.join(" "), source })
+            };
+        Ok(Excludes {
+            by_name: build(names, n_names, patterns)?,
+            by_path: build(paths, n_paths, patterns)?,
+        })
     }
 
     pub fn is_empty(&self) -> bool {

@@ -4,11 +4,11 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
-use blitx_core::manifest::{Entry, EntryKind, InodeKey, TargetEntry, Timestamp};
 use blitx_core::RelPath;
+use blitx_core::manifest::{Entry, EntryKind, InodeKey, TargetEntry, Timestamp};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Statx, StatxFlags};
 
 /// Opens directory `rel` below the directory `root`. With `confine`, the kernel refuses any

@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 
-use blitx_core::manifest::InodeKey;
 use blitx_core::RelPath;
+use blitx_core::manifest::InodeKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkRole {
     Leader,
     /// Link this path to `leader` once the leader is in place.
-    Follower { leader: RelPath },
+    Follower {
+        leader: RelPath,
+    },
     /// The target path is already the same inode as the leader's target: nothing to do.
     AlreadyLinked,
 }

@@ -8,10 +8,10 @@
 pub mod chunker;
 pub mod diff;
 pub mod exclude;
-pub mod hardlink;
 pub mod fsys;
+pub mod hardlink;
 pub mod walk;
 
 pub use chunker::{Chunker, NeededFile, Unit};
-pub use diff::{Action, Clear, Decision, DiffOptions, DirPlan, Differ};
+pub use diff::{Action, Clear, Decision, DiffOptions, Differ, DirPlan};
 pub use exclude::Excludes;

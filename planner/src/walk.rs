@@ -12,9 +12,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
+use blitx_core::RelPath;
 use blitx_core::manifest::{Entry, EntryKind};
 use blitx_core::session::SourceMsg;
-use blitx_core::RelPath;
 use crossbeam_channel::Sender;
 use rustix::fs::{Mode, OFlags};
 
@@ -79,18 +79,15 @@ pub fn walk(
     next_id: &AtomicU64,
 ) -> Result<WalkStats, WalkError> {
     let display = root.display().to_string();
-    let root_fd = rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| {
-        if e == rustix::io::Errno::NOTDIR {
-            WalkError::RootNotDir { path: display.clone() }
-        } else {
-            WalkError::OpenRoot { path: display.clone(), source: e.into() }
-        }
-    })?;
+    let root_fd =
+        rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| {
+                if e == rustix::io::Errno::NOTDIR {
+                    WalkError::RootNotDir { path: display.clone() }
+                } else {
+                    WalkError::OpenRoot { path: display.clone(), source: e.into() }
+                }
+            })?;
     let st = rustix::fs::statx(
         &root_fd,
         "",
@@ -159,11 +156,8 @@ fn worker(shared: &Shared<'_>) {
                 q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let children = if shared.cancel.load(Ordering::Acquire) {
-            Vec::new()
-        } else {
-            read_one(shared, &dir)
-        };
+        let children =
+            if shared.cancel.load(Ordering::Acquire) { Vec::new() } else { read_one(shared, &dir) };
         let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.busy -= 1;
         if shared.cancel.load(Ordering::Acquire) {
@@ -256,7 +250,11 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
         if entries.len() == LISTING_ENTRIES_MAX {
             parts_sent += 1;
             let last_part = parts_sent == total_parts;
-            let msg = SourceMsg::Listing { dir: dir.clone(), entries: std::mem::take(&mut entries), last_part };
+            let msg = SourceMsg::Listing {
+                dir: dir.clone(),
+                entries: std::mem::take(&mut entries),
+                last_part,
+            };
             if shared.out.send(msg).is_err() {
                 shared.cancel.store(true, Ordering::Release);
                 return Vec::new();

@@ -1,0 +1,124 @@
+//! What a transfer tells its caller: per-path events, live progress counters and final reports.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use blitx_core::RelPath;
+use serde::Serialize;
+
+/// Errors kept verbatim in a report; beyond this only the count grows (bounded memory).
+pub const ERRORS_KEPT_MAX: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// File contents were transferred (or would be, in a dry run).
+    Copied,
+    /// Only metadata (mode, times, owner) was updated.
+    MetaUpdated,
+    DirCreated,
+    Symlinked,
+    Hardlinked,
+    Deleted,
+    /// Not copied: special file (FIFO, socket, device).
+    Unsupported,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub path: RelPath,
+    pub bytes: u64,
+    pub message: Option<String>,
+}
+
+/// Receives events as they happen (printing, JSON, or the control plane).
+pub trait Reporter: Send + Sync {
+    fn event(&self, event: Event);
+}
+
+/// A reporter that drops everything.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Reporter for Quiet {
+    fn event(&self, _event: Event) {}
+}
+
+/// Live counters, read by progress bars while the transfer runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub entries_seen: AtomicU64,
+    pub files_needed: AtomicU64,
+    pub bytes_needed: AtomicU64,
+    pub files_done: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub walk_done: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn read(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileError {
+    pub path: RelPath,
+    pub message: String,
+}
+
+/// A bounded list of errors plus the total count.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    inner: Mutex<(Vec<FileError>, u64)>,
+}
+
+impl ErrorLog {
+    pub fn push(&self, path: RelPath, message: String) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 += 1;
+        if g.0.len() < ERRORS_KEPT_MAX {
+            g.0.push(FileError { path, message });
+        }
+    }
+    pub fn count(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+    pub fn take(&self) -> (Vec<FileError>, u64) {
+        std::mem::take(&mut *self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// What the source half did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceReport {
+    pub entries: u64,
+    pub dirs: u64,
+    pub source_bytes: u64,
+    pub files_sent: u64,
+    pub bytes_sent: u64,
+    pub errors: Vec<FileError>,
+    pub error_count: u64,
+}
+
+/// What the target half did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetReport {
+    pub files_copied: u64,
+    pub bytes_copied: u64,
+    pub meta_updated: u64,
+    pub dirs_created: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    pub deleted: u64,
+    pub unsupported: u64,
+    /// Mirror deletions were skipped because something failed.
+    pub deletions_skipped: bool,
+    pub errors: Vec<FileError>,
+    pub error_count: u64,
+}

@@ -1,0 +1,573 @@
+//! The source half of a transfer: walk, answer needs, read, send.
+//!
+//! Threads (all blocking, none spinning): the walk pool; a forwarder that records each listing's
+//! files and passes the listing on to the target; this thread, which turns the target's needs
+//! into work units; and `read_threads` readers that fill the transport's buffers (or describe
+//! file regions for transports that move bytes themselves) and send frames.
+//!
+//! A file is re-checked (fstat: size and mtime) after its last piece was read. Only then is its
+//! final frame marked verified; a file that changed is reported to the target with
+//! [`SourceMsg::FileFailed`] and never committed there.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use blitx_core::frame::{self, BUNDLE_FLAG_FAILED, FLAG_FILE_VERIFIED, FrameHeader, FrameKind};
+use blitx_core::manifest::{Entry, EntryKind, FileId, Timestamp};
+use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
+use blitx_core::transport::{FileRegion, Frame, FrameSender, Payload, PayloadPref, TransportError};
+use blitx_core::{BufLease, RelPath};
+use blitx_planner::walk::{self, WalkOptions};
+use blitx_planner::{Chunker, Excludes, NeededFile, Unit, fsys};
+use crossbeam_channel::{Receiver, Sender};
+use rustix::fs::{Mode, OFlags};
+
+use crate::dircache::DirCache;
+use crate::report::{ErrorLog, Progress, SourceReport};
+
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    pub root: PathBuf,
+    pub params: SessionParams,
+    pub walk_threads: usize,
+    pub read_threads: usize,
+    /// Keep every path inside `root` (daemon exports).
+    pub confine: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Walk(#[from] walk::WalkError),
+    #[error(transparent)]
+    Exclude(#[from] blitx_planner::exclude::ExcludeError),
+    #[error("data transport failed")]
+    Transport(#[source] TransportError),
+    #[error("the target half went away before the transfer finished")]
+    ControlClosed,
+    #[error("protocol violation by the target: {0}")]
+    Protocol(String),
+    #[error("the transfer was cancelled")]
+    Cancelled,
+}
+
+/// What the source remembers about a walked file until the target has decided about it.
+#[derive(Debug, Clone)]
+struct FileRef {
+    id: FileId,
+    path: RelPath,
+    size_bytes: u64,
+    mtime: Timestamp,
+    sparse: bool,
+}
+
+impl FileRef {
+    fn of(e: &Entry) -> Self {
+        FileRef {
+            id: e.id,
+            path: e.path.clone(),
+            size_bytes: e.size_bytes,
+            mtime: e.mtime,
+            sparse: e.sparse,
+        }
+    }
+}
+
+/// A large file being read chunk by chunk by possibly several readers.
+struct OpenFile {
+    file: Option<Arc<File>>,
+    reads_left: u64,
+    failed: bool,
+}
+
+struct Work {
+    chunker: Chunker,
+    needed: HashMap<FileId, FileRef>,
+    needs_done: bool,
+    busy_readers: usize,
+}
+
+struct Shared<'a> {
+    opts: &'a SourceOptions,
+    dirs: DirCache,
+    work: Mutex<Work>,
+    more_work: Condvar,
+    open: Mutex<HashMap<FileId, OpenFile>>,
+    to_target: Sender<SourceMsg>,
+    transport: &'a dyn FrameSender,
+    progress: &'a Progress,
+    cancel: &'a AtomicBool,
+    errors: ErrorLog,
+    fatal: Mutex<Option<SourceError>>,
+    files_sent: AtomicU64,
+    bundle_seq: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the source half to completion. Returns when every needed file was sent (or failed) and
+/// the transport was finished, or on the first fatal error.
+pub fn run_source(
+    opts: &SourceOptions,
+    to_target: Sender<SourceMsg>,
+    from_target: Receiver<TargetMsg>,
+    transport: &dyn FrameSender,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<SourceReport, SourceError> {
+    let excludes = Excludes::new(&opts.params.excludes)?;
+    let walk_opts = WalkOptions {
+        threads: opts.walk_threads,
+        excludes,
+        checksum: opts.params.compare == blitx_core::session::Compare::Checksum,
+        confine: opts.confine,
+    };
+    let root_fd = rustix::fs::open(
+        &opts.root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| walk::WalkError::OpenRoot {
+        path: opts.root.display().to_string(),
+        source: e.into(),
+    })?;
+    let shared = Shared {
+        opts,
+        dirs: DirCache::new(root_fd, opts.confine),
+        work: Mutex::new(Work {
+            chunker: Chunker::new(&opts.params),
+            needed: HashMap::new(),
+            needs_done: false,
+            busy_readers: 0,
+        }),
+        more_work: Condvar::new(),
+        open: Mutex::new(HashMap::new()),
+        to_target: to_target.clone(),
+        transport,
+        progress,
+        cancel,
+        errors: ErrorLog::default(),
+        fatal: Mutex::new(None),
+        files_sent: AtomicU64::new(0),
+        bundle_seq: AtomicU64::new(0),
+    };
+    let pending: Mutex<VecDeque<Vec<FileRef>>> = Mutex::new(VecDeque::new());
+    let (walk_tx, walk_rx) = crossbeam_channel::bounded::<SourceMsg>(64);
+    let next_id = AtomicU64::new(1);
+
+    let outcome = std::thread::scope(|s| -> Result<walk::WalkStats, SourceError> {
+        let walker = s.spawn(|| {
+            let r = walk::walk(&opts.root, &walk_opts, &walk_tx, cancel, &next_id);
+            drop(walk_tx);
+            r
+        });
+        let forwarder = s.spawn(|| forward(&walk_rx, &pending, &to_target, progress, cancel));
+        let readers: Vec<_> =
+            (0..opts.read_threads.max(1)).map(|_| s.spawn(|| reader(&shared))).collect();
+
+        let dispatched = dispatch(&shared, &from_target, &pending);
+        if let Err(e) = dispatched {
+            shared.fail(e);
+        }
+        for r in readers {
+            let _ = r.join();
+        }
+        let walked = walker.join().unwrap_or_else(|_| Ok(walk::WalkStats::default()));
+        let _ = forwarder.join();
+        if let Some(e) = lock(&shared.fatal).take() {
+            return Err(e);
+        }
+        if cancel.load(Ordering::Acquire) {
+            return Err(SourceError::Cancelled);
+        }
+        Ok(walked?)
+    });
+    let stats = match outcome {
+        Ok(stats) => stats,
+        Err(e) => {
+            transport.abort();
+            return Err(e);
+        }
+    };
+    transport.finish().map_err(SourceError::Transport)?;
+    if to_target.send(SourceMsg::DataEnd).is_err() {
+        return Err(SourceError::ControlClosed);
+    }
+    let (errors, error_count) = shared.errors.take();
+    let t = transport.stats();
+    Ok(SourceReport {
+        entries: stats.entries,
+        dirs: stats.dirs,
+        source_bytes: stats.file_bytes,
+        files_sent: shared.files_sent.load(Ordering::Relaxed),
+        bytes_sent: t.payload_bytes,
+        errors,
+        error_count: error_count + stats.errors,
+    })
+}
+
+/// Records each listing's files (in the order the target will answer) and passes it on.
+fn forward(
+    walk_rx: &Receiver<SourceMsg>,
+    pending: &Mutex<VecDeque<Vec<FileRef>>>,
+    to_target: &Sender<SourceMsg>,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) {
+    for msg in walk_rx.iter() {
+        if let SourceMsg::Listing { entries, .. } = &msg {
+            Progress::add(&progress.entries_seen, entries.len() as u64);
+            let files =
+                entries.iter().filter(|e| e.kind == EntryKind::File).map(FileRef::of).collect();
+            lock(pending).push_back(files);
+        }
+        if matches!(msg, SourceMsg::ManifestEnd) {
+            progress.walk_done.store(true, Ordering::Release);
+        }
+        if to_target.send(msg).is_err() {
+            cancel.store(true, Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// Turns the target's answers into work for the readers.
+fn dispatch(
+    shared: &Shared<'_>,
+    from_target: &Receiver<TargetMsg>,
+    pending: &Mutex<VecDeque<Vec<FileRef>>>,
+) -> Result<(), SourceError> {
+    loop {
+        if shared.cancel.load(Ordering::Acquire) {
+            return Err(SourceError::Cancelled);
+        }
+        let msg = match from_target.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(m) => m,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if lock(&shared.fatal).is_some() {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(SourceError::ControlClosed);
+            }
+        };
+        match msg {
+            TargetMsg::Need(ids) => {
+                let Some(files) = lock(pending).pop_front() else {
+                    return Err(SourceError::Protocol("a need answer for no listing".into()));
+                };
+                let mut by_id: HashMap<FileId, FileRef> =
+                    files.into_iter().map(|f| (f.id, f)).collect();
+                let mut work = lock(&shared.work);
+                for id in ids {
+                    let Some(f) = by_id.remove(&id) else {
+                        return Err(SourceError::Protocol(format!(
+                            "need for file {id}, which is not a file of that listing"
+                        )));
+                    };
+                    Progress::add(&shared.progress.files_needed, 1);
+                    Progress::add(&shared.progress.bytes_needed, f.size_bytes);
+                    work.chunker.push(NeededFile { id, size_bytes: f.size_bytes });
+                    work.needed.insert(id, f);
+                }
+                drop(work);
+                shared.more_work.notify_all();
+            }
+            TargetMsg::NeedEnd => {
+                lock(&shared.work).needs_done = true;
+                shared.more_work.notify_all();
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Shared<'_> {
+    fn fail(&self, e: SourceError) {
+        let mut f = lock(&self.fatal);
+        if f.is_none() {
+            *f = Some(e);
+        }
+        drop(f);
+        self.cancel.store(true, Ordering::Release);
+        self.transport.abort();
+        lock(&self.work).needs_done = true;
+        self.more_work.notify_all();
+    }
+
+    fn file_failed(&self, f: &FileRef, message: String) {
+        self.errors.push(f.path.clone(), message.clone());
+        let _ =
+            self.to_target.send(SourceMsg::FileFailed { id: f.id, path: f.path.clone(), message });
+    }
+
+    /// Opens a source file relative to its directory handle.
+    fn open_file(&self, f: &FileRef) -> std::io::Result<File> {
+        let (dir, name) =
+            f.path.split_last().ok_or_else(|| std::io::Error::other("the root is not a file"))?;
+        let dfd = self.dirs.get(&dir)?;
+        let fd: OwnedFd = rustix::fs::openat(
+            dfd.as_fd(),
+            fsys::os(name),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(File::from(fd))
+    }
+}
+
+/// Checks that an open file still matches what the walk saw.
+fn unchanged(file: &File, f: &FileRef) -> Result<(), String> {
+    let st = rustix::fs::statx(
+        file.as_fd(),
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::BASIC_STATS,
+    )
+    .map_err(|e| format!("cannot stat after reading: {e}"))?;
+    if st.stx_size != f.size_bytes || fsys::mtime_of(&st) != f.mtime {
+        return Err(format!(
+            "changed while being read (size {} -> {}); not copied, run again",
+            f.size_bytes, st.stx_size
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes at `offset` into `buf` exactly; a short read means the file shrank.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), String> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(file, &mut buf[done..], offset + done as u64) {
+            Ok(0) => return Err("file shrank while being read; not copied, run again".into()),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn reader(shared: &Shared<'_>) {
+    loop {
+        let (unit, input) = {
+            let mut work = lock(&shared.work);
+            loop {
+                if shared.cancel.load(Ordering::Acquire) {
+                    return;
+                }
+                // Hold a partial bundle back only while more needs may arrive and other readers
+                // still have work (they may produce more input soon).
+                let flush = work.needs_done || work.busy_readers == 0;
+                if let Some(unit) = work.chunker.next(flush) {
+                    let input = unit_files(&unit, &mut work.needed);
+                    work.busy_readers += 1;
+                    break (unit, input);
+                }
+                if work.needs_done && work.chunker.is_empty() {
+                    return;
+                }
+                work = shared.more_work.wait(work).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let result = match unit {
+            Unit::Bundle(_) => send_bundle(shared, &input),
+            Unit::Chunk { offset_bytes, len_bytes, .. } => {
+                send_chunk(shared, &input[0], offset_bytes, len_bytes)
+            }
+        };
+        lock(&shared.work).busy_readers -= 1;
+        shared.more_work.notify_all();
+        if let Err(e) = result {
+            shared.fail(SourceError::Transport(e));
+            return;
+        }
+    }
+}
+
+/// The file references a unit needs; a chunked file's reference stays until its last chunk.
+fn unit_files(unit: &Unit, needed: &mut HashMap<FileId, FileRef>) -> Vec<FileRef> {
+    match unit {
+        Unit::Bundle(files) => files.iter().filter_map(|f| needed.remove(&f.id)).collect(),
+        Unit::Chunk { file, offset_bytes, len_bytes } => {
+            let last = offset_bytes + u64::from(*len_bytes) >= file.size_bytes;
+            let r = if last { needed.remove(&file.id) } else { needed.get(&file.id).cloned() };
+            r.into_iter().collect()
+        }
+    }
+}
+
+fn send_bundle(shared: &Shared<'_>, files: &[FileRef]) -> Result<(), TransportError> {
+    let mut lease: BufLease = shared.transport.pool().acquire()?;
+    let index_bytes = frame::bundle_index_bytes(files.len());
+    let mut items = Vec::with_capacity(files.len());
+    let mut at = index_bytes;
+    let buf = lease.full_mut();
+    for f in files {
+        let len = f.size_bytes as usize;
+        let read = shared.open_file(f).map_err(|e| format!("cannot open: {e}")).and_then(|file| {
+            read_exact_at(&file, &mut buf[at..at + len], 0)?;
+            unchanged(&file, f)
+        });
+        match read {
+            Ok(()) => {
+                items.push((f.id, len as u32, 0));
+                at += len;
+            }
+            Err(message) => {
+                items.push((f.id, 0, BUNDLE_FLAG_FAILED));
+                shared.file_failed(f, message);
+            }
+        }
+    }
+    frame::write_bundle_index(buf, &items);
+    lease.set_len(at);
+    let header = FrameHeader {
+        kind: FrameKind::Bundle,
+        flags: FLAG_FILE_VERIFIED,
+        file_id: shared.bundle_seq.fetch_add(1, Ordering::Relaxed),
+        offset_bytes: 0,
+        len_bytes: at as u32,
+        checksum: frame::checksum(lease.data()),
+    };
+    let sent_files = items.iter().filter(|i| i.2 == 0).count() as u64;
+    let sent_bytes = (at - index_bytes) as u64;
+    shared.transport.send(Frame { header, payload: Payload::Buffer(lease) })?;
+    shared.files_sent.fetch_add(sent_files, Ordering::Relaxed);
+    Progress::add(&shared.progress.files_done, sent_files);
+    Progress::add(&shared.progress.bytes_done, sent_bytes);
+    Ok(())
+}
+
+fn send_chunk(
+    shared: &Shared<'_>,
+    f: &FileRef,
+    offset_bytes: u64,
+    len_bytes: u32,
+) -> Result<(), TransportError> {
+    let result = read_chunk(shared, f, offset_bytes, len_bytes);
+    // Every chunk counts down, read or not, so the bookkeeping ends with the file.
+    let (last_read, failed_before) = {
+        let mut open = lock(&shared.open);
+        let Some(o) = open.get_mut(&f.id) else { return Ok(()) };
+        o.reads_left -= 1;
+        let state = (o.reads_left == 0, o.failed);
+        if o.reads_left == 0 {
+            open.remove(&f.id);
+        }
+        state
+    };
+    let (mut header, payload, file) = match result {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(()),
+        Err(message) => {
+            mark_failed(shared, f, message);
+            return Ok(());
+        }
+    };
+    if failed_before {
+        return Ok(());
+    }
+    // The reader that finishes the last read re-checks the file; only its frame is verified.
+    // File regions are read later by the transport, so the target re-checks those itself.
+    if last_read && matches!(payload, Payload::Buffer(_) | Payload::Empty) {
+        if let Err(message) = unchanged(&file, f) {
+            mark_failed(shared, f, message);
+            return Ok(());
+        }
+        header.flags = FLAG_FILE_VERIFIED;
+    }
+    shared.transport.send(Frame { header, payload })?;
+    Progress::add(&shared.progress.bytes_done, u64::from(len_bytes));
+    if last_read {
+        shared.files_sent.fetch_add(1, Ordering::Relaxed);
+        Progress::add(&shared.progress.files_done, 1);
+    }
+    Ok(())
+}
+
+type ReadChunk = Option<(FrameHeader, Payload, Arc<File>)>;
+
+/// Reads (or describes) one chunk. `Ok(None)`: the file already failed; `Err`: it fails now.
+fn read_chunk(
+    shared: &Shared<'_>,
+    f: &FileRef,
+    offset_bytes: u64,
+    len_bytes: u32,
+) -> Result<ReadChunk, String> {
+    let file = {
+        let mut open = lock(&shared.open);
+        let o = open.entry(f.id).or_insert_with(|| {
+            let reads_left = shared.opts.params.chunk_count(f.size_bytes);
+            match shared.open_file(f) {
+                Ok(file) => OpenFile { file: Some(Arc::new(file)), reads_left, failed: false },
+                Err(e) => {
+                    shared.file_failed(f, format!("cannot open: {e}"));
+                    OpenFile { file: None, reads_left, failed: true }
+                }
+            }
+        });
+        match (&o.file, o.failed) {
+            (Some(file), false) => Arc::clone(file),
+            _ => return Ok(None),
+        }
+    };
+    let mut header = FrameHeader {
+        kind: FrameKind::Chunk,
+        flags: 0,
+        file_id: f.id,
+        offset_bytes,
+        len_bytes,
+        checksum: 0,
+    };
+    if f.sparse && is_hole(&file, offset_bytes, len_bytes) {
+        header.kind = FrameKind::Hole;
+        header.len_bytes = 0;
+        return Ok(Some((header, Payload::Empty, file)));
+    }
+    if shared.transport.payload_pref() == PayloadPref::FileRegion {
+        let region = FileRegion { file: Arc::clone(&file), offset_bytes, len_bytes };
+        return Ok(Some((header, Payload::File(region), file)));
+    }
+    let mut lease = shared.transport.pool().acquire().map_err(|e| e.to_string())?;
+    let len = len_bytes as usize;
+    read_exact_at(&file, &mut lease.full_mut()[..len], offset_bytes)?;
+    lease.set_len(len);
+    header.checksum = frame::checksum(lease.data());
+    Ok(Some((header, Payload::Buffer(lease), file)))
+}
+
+fn mark_failed(shared: &Shared<'_>, f: &FileRef, message: String) {
+    let first = {
+        let mut open = lock(&shared.open);
+        match open.get_mut(&f.id) {
+            Some(o) if !o.failed => {
+                o.failed = true;
+                true
+            }
+            // Already counted down to zero and removed: this was the last chunk.
+            None => true,
+            _ => false,
+        }
+    };
+    if first {
+        shared.file_failed(f, message);
+    }
+}
+
+/// True when `[offset, offset+len)` of a sparse file holds no data.
+fn is_hole(file: &File, offset_bytes: u64, len_bytes: u32) -> bool {
+    match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset_bytes)) {
+        Ok(next_data) => next_data >= offset_bytes + u64::from(len_bytes),
+        Err(rustix::io::Errno::NXIO) => true,
+        Err(_) => false,
+    }
+}

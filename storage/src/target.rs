@@ -1,0 +1,1185 @@
+//! The target half of a transfer: diff, create, write, commit, finalize.
+//!
+//! The calling thread handles the control messages in order: for each source listing it stats
+//! the same names on the target (through one directory handle per directory), asks the pure
+//! [`Differ`] what to do, applies directory/symlink/metadata actions at once, and answers with the
+//! files whose contents it needs. `write_threads` writers take frames from the transport
+//! concurrently: a large file's chunks land in one temporary file (preallocated, holes kept);
+//! a bundle's small files are each written and committed in one go.
+//!
+//! A file is renamed into place only when every chunk arrived and the source vouched that the
+//! file did not change while it was read (or, for file-region frames, the target re-checked the
+//! source file itself). Hard links, mirror deletions and directory metadata come last, in that
+//! order, so directory times survive everything else; deletions only happen when nothing failed.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use blitx_core::RelPath;
+use blitx_core::frame::{self, FLAG_FILE_VERIFIED, FrameKind};
+use blitx_core::manifest::{Entry, EntryKind, FileId, TargetEntry};
+use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
+use blitx_core::transport::{Frame, FrameReceiver, Payload, TransportError};
+use blitx_planner::diff::{Action, Clear, DiffOptions, Differ, needs_target_hash};
+use blitx_planner::{Excludes, fsys};
+use crossbeam_channel::{Receiver, Sender};
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use crate::dircache::DirCache;
+use crate::meta::{self, Identity, Meta};
+use crate::report::{ErrorLog, Event, EventKind, Progress, Reporter, TargetReport};
+
+#[derive(Debug, Clone)]
+pub struct TargetOptions {
+    /// Must exist and be a directory.
+    pub root: PathBuf,
+    pub params: SessionParams,
+    pub write_threads: usize,
+    /// Keep every path inside `root` (daemon exports).
+    pub confine: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot open target root {path}")]
+    OpenRoot { path: String, source: io::Error },
+    #[error(transparent)]
+    Exclude(#[from] blitx_planner::exclude::ExcludeError),
+    #[error("data transport failed")]
+    Transport(#[source] TransportError),
+    #[error("the source half went away before the transfer finished")]
+    ControlClosed,
+    #[error("protocol violation by the source: {0}")]
+    Protocol(String),
+    #[error("the transfer was cancelled")]
+    Cancelled,
+}
+
+/// Live temp files are named `.NAME.PID.N.blit-tmp` in the file's own directory.
+const TEMP_SUFFIX: &str = ".blit-tmp";
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn temp_name(name: &[u8]) -> Vec<u8> {
+    let tag = format!(
+        ".{}.{}{TEMP_SUFFIX}",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    // Keep within NAME_MAX: shorten the visible part of long names.
+    let keep = name.len().min(blitx_core::path::NAME_BYTES_MAX - 1 - tag.len());
+    let mut t = Vec::with_capacity(1 + keep + tag.len());
+    t.push(b'.');
+    t.extend_from_slice(&name[..keep]);
+    t.extend_from_slice(tag.as_bytes());
+    t
+}
+
+/// Which chunks of a file have been written (per-chunk completion, the basis for resuming).
+#[derive(Debug, Clone)]
+pub struct ChunkSet {
+    bits: Vec<u64>,
+    total: u64,
+    done: u64,
+}
+
+impl ChunkSet {
+    pub fn new(total: u64) -> Self {
+        ChunkSet { bits: vec![0; total.div_ceil(64) as usize], total, done: 0 }
+    }
+    /// Marks chunk `i`; false if it was already marked or out of range.
+    pub fn mark(&mut self, i: u64) -> bool {
+        if i >= self.total {
+            return false;
+        }
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if self.bits[w] & (1 << b) != 0 {
+            return false;
+        }
+        self.bits[w] |= 1 << b;
+        self.done += 1;
+        true
+    }
+    pub fn is_complete(&self) -> bool {
+        self.done == self.total
+    }
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+}
+
+struct Temp {
+    file: Arc<File>,
+    name: Vec<u8>,
+    dir: Arc<OwnedFd>,
+}
+
+struct WriteState {
+    temp: Option<Temp>,
+    chunks: ChunkSet,
+    verified: bool,
+    /// File-region frames: the source file, re-checked by the target before commit.
+    source_file: Option<Arc<File>>,
+    failed: bool,
+    committed: bool,
+}
+
+/// A file whose contents are on their way.
+struct Pending {
+    path: RelPath,
+    meta: Meta,
+    size_bytes: u64,
+    sparse: bool,
+    state: Mutex<WriteState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct Counters {
+    files_copied: AtomicU64,
+    bytes_copied: AtomicU64,
+    meta_updated: AtomicU64,
+    dirs_created: AtomicU64,
+    symlinks: AtomicU64,
+    hardlinks: AtomicU64,
+    deleted: AtomicU64,
+    unsupported: AtomicU64,
+}
+
+struct Shared<'a> {
+    opts: &'a TargetOptions,
+    dirs: DirCache,
+    id: Identity,
+    pending: Mutex<HashMap<FileId, Arc<Pending>>>,
+    reporter: &'a dyn Reporter,
+    progress: &'a Progress,
+    cancel: &'a AtomicBool,
+    errors: ErrorLog,
+    counters: Counters,
+    fatal: Mutex<Option<TargetError>>,
+    transport: &'a dyn FrameReceiver,
+}
+
+/// A directory listing still arriving in parts (mirror mode needs all of its names).
+#[derive(Default)]
+struct OpenListing {
+    source_names: HashSet<Vec<u8>>,
+}
+
+/// Everything the diff loop defers to the end.
+#[derive(Default)]
+struct Deferred {
+    dirs: Vec<(RelPath, Meta)>,
+    root_meta: Option<Meta>,
+    links: Vec<(RelPath, RelPath)>,
+    deletions: Vec<(RelPath, EntryKind)>,
+    /// Directories created (or, in a dry run, that would be): their target listing is empty.
+    fresh_dirs: HashSet<RelPath>,
+    listings: HashMap<RelPath, OpenListing>,
+    walk_errors: u64,
+}
+
+/// Runs the target half to completion.
+#[allow(clippy::too_many_arguments)]
+pub fn run_target(
+    opts: &TargetOptions,
+    from_source: Receiver<SourceMsg>,
+    to_source: Sender<TargetMsg>,
+    transport: &dyn FrameReceiver,
+    reporter: &dyn Reporter,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<TargetReport, TargetError> {
+    let excludes = Excludes::new(&opts.params.excludes)?;
+    let root_fd = rustix::fs::open(
+        &opts.root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| TargetError::OpenRoot {
+        path: opts.root.display().to_string(),
+        source: e.into(),
+    })?;
+    let id = Identity::current();
+    let shared = Shared {
+        opts,
+        dirs: DirCache::new(root_fd, opts.confine),
+        id,
+        pending: Mutex::new(HashMap::new()),
+        reporter,
+        progress,
+        cancel,
+        errors: ErrorLog::default(),
+        counters: Counters::default(),
+        fatal: Mutex::new(None),
+        transport,
+    };
+    let diff_opts = DiffOptions {
+        compare: opts.params.compare,
+        mirror: opts.params.mirror,
+        owner: opts.params.preserve_owner && id.root,
+    };
+    let mut differ = Differ::new(diff_opts, excludes);
+    let mut deferred = Deferred::default();
+
+    std::thread::scope(|s| {
+        let writers: Vec<_> =
+            (0..opts.write_threads.max(1)).map(|_| s.spawn(|| writer(&shared))).collect();
+        if let Err(e) = control_loop(&shared, &mut differ, &mut deferred, &from_source, &to_source)
+        {
+            shared.fail(e);
+        }
+        for w in writers {
+            let _ = w.join();
+        }
+    });
+
+    if let Some(e) = lock(&shared.fatal).take() {
+        cleanup_temps(&shared);
+        return Err(e);
+    }
+    if cancel.load(Ordering::Acquire) {
+        cleanup_temps(&shared);
+        return Err(TargetError::Cancelled);
+    }
+    // Every needed file must have been committed or reported failed by the source.
+    let leftovers: Vec<Arc<Pending>> = lock(&shared.pending).drain().map(|(_, p)| p).collect();
+    for p in leftovers {
+        let st = lock(&p.state);
+        if !st.committed && !st.failed {
+            drop(st);
+            abort_file(&p);
+            shared.errors.push(p.path.clone(), "incomplete: not all of its data arrived".into());
+        }
+    }
+    finalize(&shared, &mut deferred);
+
+    let c = &shared.counters;
+    let (errors, error_count) = shared.errors.take();
+    let mirror_skipped = opts.params.mirror
+        && !deferred.deletions.is_empty()
+        && error_count + deferred.walk_errors > 0;
+    Ok(TargetReport {
+        files_copied: c.files_copied.load(Ordering::Relaxed),
+        bytes_copied: c.bytes_copied.load(Ordering::Relaxed),
+        meta_updated: c.meta_updated.load(Ordering::Relaxed),
+        dirs_created: c.dirs_created.load(Ordering::Relaxed),
+        symlinks: c.symlinks.load(Ordering::Relaxed),
+        hardlinks: c.hardlinks.load(Ordering::Relaxed),
+        deleted: c.deleted.load(Ordering::Relaxed),
+        unsupported: c.unsupported.load(Ordering::Relaxed),
+        deletions_skipped: mirror_skipped,
+        errors,
+        error_count,
+    })
+}
+
+impl Shared<'_> {
+    fn fail(&self, e: TargetError) {
+        let mut f = lock(&self.fatal);
+        if f.is_none() {
+            *f = Some(e);
+        }
+        drop(f);
+        self.cancel.store(true, Ordering::Release);
+        self.transport.abort();
+    }
+
+    fn event(&self, kind: EventKind, path: &RelPath, bytes: u64, message: Option<String>) {
+        self.reporter.event(Event { kind, path: path.clone(), bytes, message });
+    }
+
+    fn error(&self, path: &RelPath, message: String) {
+        self.event(EventKind::Failed, path, 0, Some(message.clone()));
+        self.errors.push(path.clone(), message);
+    }
+
+    fn dry_run(&self) -> bool {
+        self.opts.params.dry_run
+    }
+}
+
+fn control_loop(
+    shared: &Shared<'_>,
+    differ: &mut Differ,
+    deferred: &mut Deferred,
+    from_source: &Receiver<SourceMsg>,
+    to_source: &Sender<TargetMsg>,
+) -> Result<(), TargetError> {
+    loop {
+        if shared.cancel.load(Ordering::Acquire) {
+            return Err(TargetError::Cancelled);
+        }
+        let msg = match from_source.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(m) => m,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if lock(&shared.fatal).is_some() {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(TargetError::ControlClosed);
+            }
+        };
+        match msg {
+            SourceMsg::Root(entry) => {
+                if entry.kind != EntryKind::Dir {
+                    return Err(TargetError::Protocol("the source root is not a directory".into()));
+                }
+                deferred.root_meta = Some(Meta::of(&entry));
+            }
+            SourceMsg::Listing { dir, entries, last_part } => {
+                let needs = handle_listing(shared, differ, deferred, &dir, &entries, last_part);
+                if to_source.send(TargetMsg::Need(needs)).is_err() {
+                    return Err(TargetError::ControlClosed);
+                }
+            }
+            SourceMsg::WalkError { path, message } => {
+                deferred.walk_errors += 1;
+                shared.error(&path, format!("source: {message}"));
+            }
+            SourceMsg::ManifestEnd => {
+                if to_source.send(TargetMsg::NeedEnd).is_err() {
+                    return Err(TargetError::ControlClosed);
+                }
+            }
+            SourceMsg::FileFailed { id, path, message } => {
+                let p = lock(&shared.pending).get(&id).cloned();
+                if let Some(p) = p {
+                    abort_file(&p);
+                }
+                shared.error(&path, format!("source: {message}"));
+            }
+            SourceMsg::DataEnd => return Ok(()),
+        }
+    }
+}
+
+/// Stats `name` in `dir` on the target; `None` when absent.
+fn target_entry(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<TargetEntry>> {
+    match fsys::stat_at(dir, name) {
+        Ok(st) => Ok(Some(fsys::target_from_stat(dir, name, &st)?)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn handle_listing(
+    shared: &Shared<'_>,
+    differ: &mut Differ,
+    deferred: &mut Deferred,
+    dir: &RelPath,
+    entries: &[Entry],
+    last_part: bool,
+) -> Vec<FileId> {
+    let mut needs = Vec::new();
+    let fresh = deferred.fresh_dirs.contains(dir);
+    let dfd = if fresh && shared.dry_run() {
+        None
+    } else {
+        match shared.dirs.get(dir) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                shared.error(dir, format!("cannot open target directory: {e}"));
+                return needs;
+            }
+        }
+    };
+    let mirror = shared.opts.params.mirror;
+    if mirror {
+        let open = deferred.listings.entry(dir.clone()).or_default();
+        open.source_names.extend(entries.iter().map(|e| e.path.file_name().to_vec()));
+    }
+    for entry in entries {
+        let name = entry.path.file_name();
+        let target = match (&dfd, fresh) {
+            (Some(fd), false) => match target_entry(fd.as_fd(), name) {
+                Ok(t) => t,
+                Err(e) => {
+                    shared.error(&entry.path, format!("cannot stat target: {e}"));
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        let mut target = target;
+        if let (Some(t), Some(fd)) = (target.as_mut(), &dfd)
+            && needs_target_hash(shared.opts.params.compare, entry, t)
+        {
+            t.content_hash = fsys::hash_file(fd.as_fd(), name).ok();
+        }
+        let decision = differ.decide(entry, target.as_ref());
+        differ.leader_target_inode(entry, target.as_ref());
+        apply(shared, deferred, dfd.as_deref(), entry, decision, &mut needs);
+    }
+    if mirror && last_part {
+        let open = deferred.listings.remove(dir).unwrap_or_default();
+        if let (Some(fd), false) = (&dfd, fresh) {
+            collect_deletions(shared, differ, deferred, fd, dir, &open.source_names);
+        }
+    }
+    needs
+}
+
+fn collect_deletions(
+    shared: &Shared<'_>,
+    differ: &mut Differ,
+    deferred: &mut Deferred,
+    fd: &OwnedFd,
+    dir: &RelPath,
+    source_names: &HashSet<Vec<u8>>,
+) {
+    let names = match fsys::read_dir_names(fd) {
+        Ok(n) => n,
+        Err(e) => {
+            shared.error(dir, format!("cannot list target directory for --mirror: {e}"));
+            return;
+        }
+    };
+    let mut extra = Vec::new();
+    for name in names {
+        if source_names.contains(&name) || is_our_temp(&name) {
+            continue;
+        }
+        match target_entry(fd.as_fd(), &name) {
+            Ok(Some(t)) => extra.push(t),
+            Ok(None) => {}
+            Err(e) => {
+                shared.error(dir, format!("cannot stat {:?}: {e}", String::from_utf8_lossy(&name)))
+            }
+        }
+    }
+    let in_source = |n: &[u8]| source_names.contains(n);
+    let plan = differ.diff_dir(dir, &[], &extra, Some(&in_source));
+    for (name, kind) in plan.deletions {
+        if let Ok(path) = dir.join(&name) {
+            deferred.deletions.push((path, kind));
+        }
+    }
+}
+
+fn is_our_temp(name: &[u8]) -> bool {
+    name.first() == Some(&b'.') && name.ends_with(TEMP_SUFFIX.as_bytes())
+}
+
+fn apply(
+    shared: &Shared<'_>,
+    deferred: &mut Deferred,
+    dfd: Option<&OwnedFd>,
+    entry: &Entry,
+    decision: blitx_planner::Decision,
+    needs: &mut Vec<FileId>,
+) {
+    let path = &entry.path;
+    let name = entry.path.file_name();
+    let meta = Meta::of(entry);
+    let dry = shared.dry_run();
+    let c = &shared.counters;
+    if !dry
+        && decision.clear != Clear::Nothing
+        && let Some(fd) = dfd
+        && let Err(e) = clear(shared, fd, path, decision.clear)
+    {
+        shared.error(path, e);
+        return;
+    }
+    let res: Result<(), String> = match decision.action {
+        Action::Skip => Ok(()),
+        Action::Unsupported => {
+            c.unsupported.fetch_add(1, Ordering::Relaxed);
+            shared.event(EventKind::Unsupported, path, 0, Some("special file not copied".into()));
+            Ok(())
+        }
+        Action::KeepDir => {
+            deferred.dirs.push((path.clone(), meta));
+            Ok(())
+        }
+        Action::MakeDir => {
+            deferred.fresh_dirs.insert(path.clone());
+            deferred.dirs.push((path.clone(), meta));
+            c.dirs_created.fetch_add(1, Ordering::Relaxed);
+            shared.event(EventKind::DirCreated, path, 0, None);
+            match dfd {
+                Some(fd) if !dry => {
+                    // Owner-writable until finalization sets the real mode.
+                    rustix::fs::mkdirat(fd, fsys::os(name), Mode::from_raw_mode(0o700))
+                        .map_err(|e| format!("cannot create directory: {e}"))
+                }
+                _ => Ok(()),
+            }
+        }
+        Action::MakeSymlink => {
+            c.symlinks.fetch_add(1, Ordering::Relaxed);
+            shared.event(EventKind::Symlinked, path, 0, None);
+            match dfd {
+                Some(fd) if !dry => make_symlink(shared, fd, entry, &meta),
+                _ => Ok(()),
+            }
+        }
+        Action::FixMeta => {
+            c.meta_updated.fetch_add(1, Ordering::Relaxed);
+            shared.event(EventKind::MetaUpdated, path, 0, None);
+            match dfd {
+                Some(fd) if !dry => meta::apply_at(
+                    fd.as_fd(),
+                    name,
+                    entry.kind,
+                    &meta,
+                    &shared.id,
+                    shared.opts.params.preserve_owner,
+                )
+                .map_err(|e| format!("cannot update metadata: {e}")),
+                _ => Ok(()),
+            }
+        }
+        Action::Hardlink { leader } => {
+            deferred.links.push((path.clone(), leader));
+            Ok(())
+        }
+        Action::CopyFile => {
+            if dry {
+                c.files_copied.fetch_add(1, Ordering::Relaxed);
+                c.bytes_copied.fetch_add(entry.size_bytes, Ordering::Relaxed);
+                shared.event(EventKind::Copied, path, entry.size_bytes, None);
+            } else {
+                let chunks = if shared.opts.params.is_small(entry.size_bytes) {
+                    1
+                } else {
+                    shared.opts.params.chunk_count(entry.size_bytes)
+                };
+                let p = Pending {
+                    path: path.clone(),
+                    meta,
+                    size_bytes: entry.size_bytes,
+                    sparse: entry.sparse,
+                    state: Mutex::new(WriteState {
+                        temp: None,
+                        chunks: ChunkSet::new(chunks),
+                        verified: false,
+                        source_file: None,
+                        failed: false,
+                        committed: false,
+                    }),
+                };
+                lock(&shared.pending).insert(entry.id, Arc::new(p));
+                needs.push(entry.id);
+                Progress::add(&shared.progress.files_needed, 1);
+                Progress::add(&shared.progress.bytes_needed, entry.size_bytes);
+            }
+            Ok(())
+        }
+    };
+    if let Err(message) = res {
+        shared.error(path, message);
+    }
+}
+
+fn clear(shared: &Shared<'_>, fd: &OwnedFd, path: &RelPath, how: Clear) -> Result<(), String> {
+    let name = fsys::os(path.file_name());
+    match how {
+        Clear::Nothing => Ok(()),
+        Clear::NonDir => rustix::fs::unlinkat(fd, name, AtFlags::empty())
+            .map_err(|e| format!("cannot remove the file in the way: {e}")),
+        Clear::Dir { recursive } => {
+            shared.dirs.forget(path);
+            if recursive {
+                remove_tree(fd.as_fd(), path.file_name())
+                    .map_err(|e| format!("cannot remove the directory in the way: {e}"))
+            } else {
+                rustix::fs::unlinkat(fd, name, AtFlags::REMOVEDIR).map_err(|e| {
+                    format!("a non-empty directory is in the way ({e}); use --mirror to replace it")
+                })
+            }
+        }
+    }
+}
+
+/// Removes `name` in `dir` and, if it is a directory, everything below it, without ever
+/// following a symlink.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let os = fsys::os(name);
+    match rustix::fs::unlinkat(dir, os, AtFlags::empty()) {
+        Ok(()) => return Ok(()),
+        Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        os,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for child in fsys::read_dir_names(&sub)? {
+        remove_tree(sub.as_fd(), &child)?;
+    }
+    rustix::fs::unlinkat(dir, os, AtFlags::REMOVEDIR)?;
+    Ok(())
+}
+
+fn make_symlink(
+    shared: &Shared<'_>,
+    fd: &OwnedFd,
+    entry: &Entry,
+    meta: &Meta,
+) -> Result<(), String> {
+    let name = entry.path.file_name();
+    let target = entry.link_target.as_deref().unwrap_or_default();
+    let tmp = temp_name(name);
+    rustix::fs::symlinkat(fsys::os(target), fd, fsys::os(&tmp))
+        .map_err(|e| format!("cannot create symlink: {e}"))?;
+    let done = meta::apply_at(
+        fd.as_fd(),
+        &tmp,
+        EntryKind::Symlink,
+        meta,
+        &shared.id,
+        shared.opts.params.preserve_owner,
+    )
+    .map_err(|e| format!("cannot set symlink metadata: {e}"))
+    .and_then(|()| {
+        rustix::fs::renameat(fd, fsys::os(&tmp), fd, fsys::os(name))
+            .map_err(|e| format!("cannot rename symlink into place: {e}"))
+    });
+    if done.is_err() {
+        let _ = rustix::fs::unlinkat(fd, fsys::os(&tmp), AtFlags::empty());
+    }
+    done
+}
+
+fn abort_file(p: &Pending) {
+    let mut st = lock(&p.state);
+    st.failed = true;
+    if let Some(t) = st.temp.take() {
+        let _ = rustix::fs::unlinkat(t.dir.as_fd(), fsys::os(&t.name), AtFlags::empty());
+    }
+}
+
+fn cleanup_temps(shared: &Shared<'_>) {
+    let all: Vec<Arc<Pending>> = lock(&shared.pending).drain().map(|(_, p)| p).collect();
+    for p in all {
+        abort_file(&p);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writers
+
+fn writer(shared: &Shared<'_>) {
+    loop {
+        let frame = match shared.transport.recv() {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(TransportError::Cancelled) => return,
+            Err(e) => {
+                shared.fail(TargetError::Transport(e));
+                return;
+            }
+        };
+        let result = match frame.header.kind {
+            FrameKind::Bundle => write_bundle(shared, &frame),
+            FrameKind::Chunk | FrameKind::Hole => write_chunk(shared, frame),
+            FrameKind::End => Ok(()),
+        };
+        if let Err(e) = result {
+            shared.fail(e);
+            return;
+        }
+    }
+}
+
+fn pending(shared: &Shared<'_>, id: FileId) -> Result<Arc<Pending>, TargetError> {
+    lock(&shared.pending)
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| TargetError::Protocol(format!("data for file {id}, which was not needed")))
+}
+
+fn create_temp(shared: &Shared<'_>, p: &Pending, mode: u32) -> io::Result<Temp> {
+    let (dir, name) =
+        p.path.split_last().ok_or_else(|| io::Error::other("the root is not a file"))?;
+    let dfd = shared.dirs.get(&dir)?;
+    let tmp = temp_name(name);
+    let fd = rustix::fs::openat(
+        dfd.as_fd(),
+        fsys::os(&tmp),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )?;
+    Ok(Temp { file: Arc::new(File::from(fd)), name: tmp, dir: dfd })
+}
+
+/// Applies metadata and renames the temp file into place.
+fn commit(shared: &Shared<'_>, p: &Pending, temp: &Temp) -> io::Result<()> {
+    meta::apply_to_new_file(
+        temp.file.as_fd(),
+        &p.meta,
+        &shared.id,
+        shared.opts.params.preserve_owner,
+    )?;
+    let name = p.path.file_name();
+    rustix::fs::renameat(temp.dir.as_fd(), fsys::os(&temp.name), temp.dir.as_fd(), fsys::os(name))?;
+    Ok(())
+}
+
+fn file_done(shared: &Shared<'_>, p: &Pending) {
+    Progress::add(&shared.progress.files_done, 1);
+    let c = &shared.counters;
+    c.files_copied.fetch_add(1, Ordering::Relaxed);
+    c.bytes_copied.fetch_add(p.size_bytes, Ordering::Relaxed);
+    shared.event(EventKind::Copied, &p.path, p.size_bytes, None);
+}
+
+fn write_bundle(shared: &Shared<'_>, frame: &Frame) -> Result<(), TargetError> {
+    let Payload::Buffer(lease) = &frame.payload else {
+        return Err(TargetError::Protocol("bundle without a buffer payload".into()));
+    };
+    let data = lease.data();
+    if data.len() != frame.header.len_bytes as usize {
+        return Err(TargetError::Protocol("bundle length differs from its header".into()));
+    }
+    frame.header.verify(data).map_err(|e| TargetError::Protocol(e.to_string()))?;
+    let items = frame::parse_bundle(data).map_err(|e| TargetError::Protocol(e.to_string()))?;
+    for item in items {
+        let p = pending(shared, item.file_id)?;
+        if item.failed() {
+            continue; // the source reports it with FileFailed
+        }
+        if u64::from(item.len_bytes) != p.size_bytes {
+            return Err(TargetError::Protocol(format!(
+                "bundle carries {} bytes for {}, expected {}",
+                item.len_bytes, p.path, p.size_bytes
+            )));
+        }
+        let bytes = &data[item.data_offset..item.data_offset + item.len_bytes as usize];
+        let mut st = lock(&p.state);
+        if st.failed || st.committed {
+            continue;
+        }
+        if !st.chunks.mark(0) {
+            return Err(TargetError::Protocol(format!("file {} sent twice", p.path)));
+        }
+        let written = create_temp(shared, &p, p.meta.mode).and_then(|temp| {
+            let r = write_all_at(&temp.file, bytes, 0, p.sparse)
+                .and_then(|()| commit(shared, &p, &temp));
+            if r.is_err() {
+                let _ =
+                    rustix::fs::unlinkat(temp.dir.as_fd(), fsys::os(&temp.name), AtFlags::empty());
+            }
+            r
+        });
+        match written {
+            Ok(()) => {
+                st.committed = true;
+                drop(st);
+                lock(&shared.pending).remove(&item.file_id);
+                Progress::add(&shared.progress.bytes_done, p.size_bytes);
+                file_done(shared, &p);
+            }
+            Err(e) => {
+                st.failed = true;
+                drop(st);
+                shared.error(&p.path, format!("cannot write: {e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
+    let h = frame.header;
+    let p = pending(shared, h.file_id)?;
+    let chunk_bytes = u64::from(shared.opts.params.chunk_bytes);
+    // Both ends agree on chunk boundaries; anything else is a peer bug, not a file problem.
+    let expected_len = p.size_bytes.saturating_sub(h.offset_bytes).min(chunk_bytes);
+    if h.offset_bytes % chunk_bytes != 0
+        || (h.offset_bytes >= p.size_bytes && p.size_bytes > 0)
+        || (h.kind == FrameKind::Chunk && u64::from(h.len_bytes) != expected_len)
+        || frame.payload.len_bytes() != u64::from(h.len_bytes)
+    {
+        return Err(TargetError::Protocol(format!(
+            "bad chunk for {}: offset {} length {}",
+            p.path, h.offset_bytes, h.len_bytes
+        )));
+    }
+    if let Payload::Buffer(lease) = &frame.payload {
+        h.verify(lease.data()).map_err(|e| TargetError::Protocol(e.to_string()))?;
+    }
+    let temp = {
+        let mut st = lock(&p.state);
+        if st.failed || st.committed {
+            return Ok(());
+        }
+        if st.temp.is_none() {
+            match create_temp(shared, &p, p.meta.mode).and_then(|t| {
+                preallocate(&t.file, p.size_bytes, p.sparse)?;
+                Ok(t)
+            }) {
+                Ok(t) => st.temp = Some(t),
+                Err(e) => {
+                    st.failed = true;
+                    drop(st);
+                    shared.error(&p.path, format!("cannot create: {e}"));
+                    return Ok(());
+                }
+            }
+        }
+        st.temp.as_ref().map(|t| Arc::clone(&t.file))
+    };
+    let Some(temp_file) = temp else { return Ok(()) };
+    let written = match &frame.payload {
+        Payload::Empty => Ok(()),
+        Payload::Buffer(lease) => write_all_at(&temp_file, lease.data(), h.offset_bytes, p.sparse),
+        Payload::File(region) if p.sparse => copy_data_segments(
+            &region.file,
+            &temp_file,
+            h.offset_bytes,
+            u64::from(region.len_bytes),
+        ),
+        Payload::File(region) => {
+            copy_range(&region.file, &temp_file, h.offset_bytes, u64::from(region.len_bytes))
+        }
+    };
+    drop(temp_file);
+    let mut st = lock(&p.state);
+    if st.failed {
+        return Ok(());
+    }
+    if let Err(e) = written {
+        drop(st);
+        abort_file(&p);
+        shared.error(&p.path, format!("cannot write: {e}"));
+        return Ok(());
+    }
+    if !st.chunks.mark(h.offset_bytes / chunk_bytes) {
+        return Err(TargetError::Protocol(format!(
+            "chunk at {} of {} sent twice",
+            h.offset_bytes, p.path
+        )));
+    }
+    Progress::add(&shared.progress.bytes_done, u64::from(h.len_bytes));
+    if h.flags & FLAG_FILE_VERIFIED != 0 {
+        st.verified = true;
+    }
+    if let Payload::File(region) = &frame.payload {
+        st.source_file = Some(Arc::clone(&region.file));
+    }
+    if !st.chunks.is_complete() || !(st.verified || st.source_file.is_some()) {
+        return Ok(());
+    }
+    let check = match &st.source_file {
+        Some(src) if !st.verified => source_unchanged(src, &p),
+        _ => Ok(()),
+    };
+    let Some(temp) = st.temp.take() else { return Ok(()) };
+    let result =
+        check.and_then(|()| commit(shared, &p, &temp).map_err(|e| format!("cannot commit: {e}")));
+    match result {
+        Ok(()) => {
+            st.committed = true;
+            drop(st);
+            lock(&shared.pending).remove(&h.file_id);
+            file_done(shared, &p);
+        }
+        Err(message) => {
+            st.failed = true;
+            drop(st);
+            let _ = rustix::fs::unlinkat(temp.dir.as_fd(), fsys::os(&temp.name), AtFlags::empty());
+            shared.error(&p.path, message);
+        }
+    }
+    Ok(())
+}
+
+fn source_unchanged(src: &File, p: &Pending) -> Result<(), String> {
+    let st = rustix::fs::statx(
+        src.as_fd(),
+        "",
+        AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::BASIC_STATS,
+    )
+    .map_err(|e| format!("cannot re-check the source: {e}"))?;
+    if st.stx_size != p.size_bytes || fsys::mtime_of(&st) != p.meta.mtime {
+        return Err("source changed while being copied; not copied, run again".into());
+    }
+    Ok(())
+}
+
+fn preallocate(file: &File, size_bytes: u64, sparse: bool) -> io::Result<()> {
+    if size_bytes == 0 {
+        return Ok(());
+    }
+    if !sparse {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size_bytes) {
+            Ok(()) => return Ok(()),
+            // Not every file system can preallocate; the size is what matters.
+            Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::ftruncate(file, size_bytes)?;
+    Ok(())
+}
+
+const ZERO_BLOCK_BYTES: usize = 4096;
+
+/// Writes `data` at `offset`. For sparse files, all-zero 4 KiB blocks are skipped (the file was
+/// already extended to its full size), so holes stay holes.
+fn write_all_at(file: &File, data: &[u8], offset: u64, sparse: bool) -> io::Result<()> {
+    if !sparse {
+        return pwrite_all(file, data, offset);
+    }
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + ZERO_BLOCK_BYTES).min(data.len());
+        if data[at..end].iter().all(|&b| b == 0) {
+            at = end;
+            continue;
+        }
+        // Extend the run over following non-zero blocks and write it in one call.
+        let mut run_end = end;
+        while run_end < data.len() {
+            let next = (run_end + ZERO_BLOCK_BYTES).min(data.len());
+            if data[run_end..next].iter().all(|&b| b == 0) {
+                break;
+            }
+            run_end = next;
+        }
+        pwrite_all(file, &data[at..run_end], offset + at as u64)?;
+        at = run_end;
+    }
+    Ok(())
+}
+
+fn pwrite_all(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::io::pwrite(file, data, offset) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "pwrite wrote nothing")),
+            Ok(n) => {
+                data = &data[n..];
+                offset += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Copies a range between files in the kernel (copy_file_range: no user-space copy, reflinks
+/// where the file system can), falling back to read/write when the kernel refuses.
+fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let mut off_in = offset + done;
+        let mut off_out = offset + done;
+        let want = usize::try_from(len - done).unwrap_or(usize::MAX);
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "source shrank while being copied",
+                ));
+            }
+            Ok(n) => done += n as u64,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::INVAL,
+            ) => {
+                return copy_range_buffered(src, dst, offset + done, len - done);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Copies only the data segments of `[offset, offset+len)` of a sparse source (SEEK_DATA /
+/// SEEK_HOLE), so holes stay holes in the target (which was already extended to full size).
+fn copy_data_segments(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
+    use rustix::fs::SeekFrom;
+    let end = offset + len;
+    let mut at = offset;
+    while at < end {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(at)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => return Ok(()),
+            Err(_) => return copy_range(src, dst, at, end - at),
+        };
+        if data >= end {
+            return Ok(());
+        }
+        let hole = rustix::fs::seek(src, SeekFrom::Hole(data)).unwrap_or(end).min(end);
+        copy_range(src, dst, data, hole - data)?;
+        at = hole;
+    }
+    Ok(())
+}
+
+fn copy_range_buffered(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; (256 << 10).min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let want = buf.len().min((len - done) as usize);
+        let n = rustix::io::pread(src, &mut buf[..want], offset + done)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "source shrank while being copied",
+            ));
+        }
+        pwrite_all(dst, &buf[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finalization
+
+fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
+    let dry = shared.dry_run();
+    let c = &shared.counters;
+    for (path, leader) in std::mem::take(&mut deferred.links) {
+        c.hardlinks.fetch_add(1, Ordering::Relaxed);
+        shared.event(EventKind::Hardlinked, &path, 0, Some(format!("=> {leader}")));
+        if !dry && let Err(e) = make_hardlink(shared, &path, &leader) {
+            shared.error(&path, e);
+        }
+    }
+    if shared.opts.params.mirror {
+        let failures = shared.errors.count() + deferred.walk_errors;
+        if failures > 0 {
+            if !deferred.deletions.is_empty() {
+                tracing::warn!(
+                    "{} deletions skipped because {failures} errors occurred",
+                    deferred.deletions.len()
+                );
+            }
+        } else {
+            // Deepest first, so a directory is empty by the time its own deletion comes.
+            deferred.deletions.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
+            for (path, _kind) in &deferred.deletions {
+                c.deleted.fetch_add(1, Ordering::Relaxed);
+                shared.event(EventKind::Deleted, path, 0, None);
+                if dry {
+                    continue;
+                }
+                let Some((dir, name)) = path.split_last() else { continue };
+                let r = shared.dirs.get(&dir).and_then(|fd| {
+                    shared.dirs.forget(path);
+                    remove_tree(fd.as_fd(), name)
+                });
+                if let Err(e) = r {
+                    shared.error(path, format!("cannot delete: {e}"));
+                }
+            }
+        }
+    }
+    if dry {
+        return;
+    }
+    // Directory metadata last and deepest first: nothing changes a directory after its times
+    // are set.
+    deferred.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
+    for (path, meta) in &deferred.dirs {
+        let Some((dir, name)) = path.split_last() else { continue };
+        let r = shared.dirs.get(&dir).and_then(|fd| {
+            meta::apply_at(
+                fd.as_fd(),
+                name,
+                EntryKind::Dir,
+                meta,
+                &shared.id,
+                shared.opts.params.preserve_owner,
+            )
+        });
+        if let Err(e) = r {
+            shared.error(path, format!("cannot set directory metadata: {e}"));
+        }
+    }
+    if let Some(meta) = deferred.root_meta {
+        let id = &shared.id;
+        let root = shared.dirs.root();
+        let r = (|| -> io::Result<()> {
+            if id.chown_needed(shared.opts.params.preserve_owner, &meta) {
+                rustix::fs::fchown(
+                    root,
+                    Some(rustix::fs::Uid::from_raw(meta.uid)),
+                    Some(rustix::fs::Gid::from_raw(meta.gid)),
+                )?;
+            }
+            rustix::fs::fchmod(root, Mode::from_raw_mode(meta.mode))?;
+            rustix::fs::futimens(
+                root,
+                &rustix::fs::Timestamps {
+                    last_access: rustix::fs::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: rustix::fs::UTIME_OMIT,
+                    },
+                    last_modification: rustix::fs::Timespec {
+                        tv_sec: meta.mtime.sec,
+                        tv_nsec: i64::from(meta.mtime.nsec),
+                    },
+                },
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            shared.error(&RelPath::root(), format!("cannot set root metadata: {e}"));
+        }
+    }
+}
+
+fn make_hardlink(shared: &Shared<'_>, path: &RelPath, leader: &RelPath) -> Result<(), String> {
+    let (ldir, lname) = leader.split_last().ok_or("bad leader")?;
+    let (dir, name) = path.split_last().ok_or("bad path")?;
+    let lfd = shared.dirs.get(&ldir).map_err(|e| format!("cannot open {ldir}: {e}"))?;
+    let fd = shared.dirs.get(&dir).map_err(|e| format!("cannot open {dir}: {e}"))?;
+    let tmp = temp_name(name);
+    rustix::fs::linkat(lfd.as_fd(), fsys::os(lname), fd.as_fd(), fsys::os(&tmp), AtFlags::empty())
+        .map_err(|e| format!("cannot link to {leader}: {e}"))?;
+    rustix::fs::renameat(fd.as_fd(), fsys::os(&tmp), fd.as_fd(), fsys::os(name)).map_err(|e| {
+        let _ = rustix::fs::unlinkat(fd.as_fd(), fsys::os(&tmp), AtFlags::empty());
+        format!("cannot rename link into place: {e}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_set_counts_once() {
+        let mut s = ChunkSet::new(130);
+        assert!(s.mark(0));
+        assert!(!s.mark(0));
+        assert!(!s.mark(130));
+        for i in 1..130 {
+            assert!(s.mark(i));
+        }
+        assert!(s.is_complete());
+        assert_eq!(s.done(), 130);
+    }
+
+    #[test]
+    fn temp_names_fit_and_are_recognized() {
+        let long = vec![b'x'; 255];
+        let t = temp_name(&long);
+        assert!(t.len() <= 255);
+        assert!(is_our_temp(&t));
+        assert!(!is_our_temp(b"normal"));
+        assert_ne!(temp_name(b"a"), temp_name(b"a"));
+    }
+}
