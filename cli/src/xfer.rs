@@ -207,12 +207,11 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     }
     let (source, target) = result?;
     let seconds = Summary::seconds_since(start);
-    let mut errors = source.errors;
-    errors.extend(target.errors);
+    // Every source-side failure is also sent to the target half, which reports it: the
+    // target's list is the complete one.
+    let mut errors = target.errors;
     errors.sort_by(|a, b| a.path.cmp(&b.path));
-    errors.dedup();
-    // Source-side failures are also reported to (and counted by) the target; count each once.
-    let error_count = target.error_count.max(source.error_count);
+    let error_count = target.error_count;
     let summary = Summary {
         ok: error_count == 0,
         dry_run: args.dry_run,

@@ -102,7 +102,7 @@ impl BufferPool {
     pub fn new(slots: usize, slot_bytes: usize, try_huge_pages: bool) -> Result<Self, PoolError> {
         if slots == 0
             || slot_bytes == 0
-            || slot_bytes % SLOT_ALIGN_BYTES != 0
+            || !slot_bytes.is_multiple_of(SLOT_ALIGN_BYTES)
             || slots > u32::MAX as usize
         {
             return Err(PoolError::Shape { slots, slot_bytes });

@@ -22,7 +22,7 @@ pub const CHUNK_BYTES_MAX: u32 = 64 << 20;
 /// Smallest chunk (one page, so chunks stay page aligned).
 pub const CHUNK_BYTES_MIN: u32 = 4096;
 
-const _: () = assert!(CHUNK_BYTES_DEFAULT % CHUNK_BYTES_MIN == 0);
+const _: () = assert!(CHUNK_BYTES_DEFAULT.is_multiple_of(CHUNK_BYTES_MIN));
 const _: () = assert!(SMALL_FILE_BYTES_DEFAULT <= BUNDLE_BYTES_DEFAULT);
 const _: () = assert!(BUNDLE_BYTES_DEFAULT <= CHUNK_BYTES_DEFAULT);
 
@@ -84,7 +84,9 @@ impl SessionParams {
     /// buffer, a small file fits in a bundle, chunks are page multiples and bounded.
     pub fn validate(&self) -> Result<(), ParamsError> {
         let chunk = self.chunk_bytes;
-        if !(CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX).contains(&chunk) || chunk % CHUNK_BYTES_MIN != 0 {
+        if !(CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX).contains(&chunk)
+            || !chunk.is_multiple_of(CHUNK_BYTES_MIN)
+        {
             return Err(ParamsError::ChunkBytes(chunk));
         }
         if self.bundle_bytes > chunk {

@@ -13,6 +13,9 @@ use blitx_core::session::Compare;
 use crate::exclude::Excludes;
 use crate::hardlink::{HardlinkTracker, LinkRole};
 
+/// Answers whether a name is in the source's complete listing of a directory.
+pub type NameInSource<'a> = dyn Fn(&[u8]) -> bool + 'a;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiffOptions {
     pub compare: Compare,
@@ -103,7 +106,7 @@ impl Differ {
         dir: &RelPath,
         source: &[Entry],
         target: &[TargetEntry],
-        deletions_for: Option<&dyn Fn(&[u8]) -> bool>,
+        deletions_for: Option<&NameInSource<'_>>,
     ) -> DirPlan {
         let by_name: HashMap<&[u8], &TargetEntry> =
             target.iter().map(|t| (t.name.as_slice(), t)).collect();

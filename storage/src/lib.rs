@@ -12,12 +12,16 @@
 //! Remote transfers run one half here and the other in a daemon; the control plane carries the
 //! [`blitx_core::session`] messages and a network transport carries the frames.
 
+#[cfg(feature = "testkit")]
+pub mod conformance;
 pub mod dircache;
 pub mod local;
 pub mod meta;
 pub mod report;
 pub mod source;
 pub mod target;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use report::{Event, EventKind, Progress, Reporter, SourceReport, TargetReport};
 

@@ -1,13 +1,17 @@
-//! A local transfer: both halves in this process, joined by channels and the in-process
-//! transport (file regions, so large files move with copy_file_range and never pass through
-//! user space; small-file bundles move as pooled buffers without copying).
+//! A transfer with both halves in this process.
+//!
+//! [`run_pair`] joins a source half and a target half with channels for the control messages
+//! and any transport for the frames; the transport conformance suite uses it with every backend.
+//! [`run_local`] is `blit xfer A B`: the in-process transport with file regions, so large files
+//! move with copy_file_range and never pass through user space, while small-file bundles move as
+//! pooled buffers without copying.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use blitx_core::BufferPool;
 use blitx_core::session::SessionParams;
-use blitx_core::transport::{MemFaults, PayloadPref, mem_pair};
+use blitx_core::transport::{FrameReceiver, FrameSender, MemFaults, PayloadPref, mem_pair};
 
 use crate::report::{Progress, Reporter, SourceReport, TargetReport};
 use crate::source::{SourceError, SourceOptions, run_source};
@@ -39,6 +43,48 @@ pub enum LocalError {
     Pool(#[from] blitx_core::pool::PoolError),
 }
 
+/// Buffer slots for `threads` readers and writers: each side can hold one per thread while the
+/// queue between them holds as many again.
+pub fn pool_slots(threads: usize) -> usize {
+    2 * threads.max(1) + 4
+}
+
+/// Runs both halves over the given transport halves. `progress` is the target's.
+#[allow(clippy::too_many_arguments)]
+pub fn run_pair(
+    source: &SourceOptions,
+    target: &TargetOptions,
+    tx: &dyn FrameSender,
+    rx: &dyn FrameReceiver,
+    reporter: &dyn Reporter,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<(SourceReport, TargetReport), LocalError> {
+    let (to_target, from_source) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
+    let (to_source, from_target) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
+    let source_progress = Progress::default();
+    let (s, t) = std::thread::scope(|sc| {
+        let s = sc.spawn(|| {
+            let r = run_source(source, to_target, from_target, tx, &source_progress, cancel);
+            if r.is_err() {
+                tx.abort();
+            }
+            r
+        });
+        let t = run_target(target, from_source, to_source, rx, reporter, progress, cancel);
+        if t.is_err() {
+            rx.abort();
+        }
+        let s = s.join().unwrap_or(Err(SourceError::Cancelled));
+        (s, t)
+    });
+    // The target's error is the more specific one when both failed (the source usually only
+    // saw the other half go away).
+    let t = t.map_err(LocalError::Target)?;
+    let s = s.map_err(LocalError::Source)?;
+    Ok((s, t))
+}
+
 /// Runs a local transfer. `progress` is the target's (what has been written).
 pub fn run_local(
     opts: &LocalOptions,
@@ -47,43 +93,21 @@ pub fn run_local(
     cancel: &AtomicBool,
 ) -> Result<(SourceReport, TargetReport), LocalError> {
     let threads = opts.threads.max(1);
-    let slots = 2 * threads + 4;
+    let slots = pool_slots(threads);
     let pool = BufferPool::new(slots, opts.params.chunk_bytes as usize, true)?;
     let (tx, rx) = mem_pair(pool, opts.payload, opts.params.chunk_bytes, slots, opts.faults);
-    let (to_target, from_source) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
-    let (to_source, from_target) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
-    let source_opts = SourceOptions {
+    let source = SourceOptions {
         root: opts.source.clone(),
         params: opts.params.clone(),
         walk_threads: threads,
         read_threads: threads,
         confine: false,
     };
-    let target_opts = TargetOptions {
+    let target = TargetOptions {
         root: opts.target.clone(),
         params: opts.params.clone(),
         write_threads: threads,
         confine: false,
     };
-    let source_progress = Progress::default();
-    let (s, t) = std::thread::scope(|sc| {
-        let source = sc.spawn(|| {
-            let r = run_source(&source_opts, to_target, from_target, &tx, &source_progress, cancel);
-            if r.is_err() {
-                blitx_core::transport::FrameSender::abort(&tx);
-            }
-            r
-        });
-        let t = run_target(&target_opts, from_source, to_source, &rx, reporter, progress, cancel);
-        if t.is_err() {
-            blitx_core::transport::FrameReceiver::abort(&rx);
-        }
-        let s = source.join().unwrap_or(Err(SourceError::Cancelled));
-        (s, t)
-    });
-    // The target's error is the more specific one when both failed (the source usually only
-    // saw the other half go away).
-    let t = t.map_err(LocalError::Target)?;
-    let s = s.map_err(LocalError::Source)?;
-    Ok((s, t))
+    run_pair(&source, &target, &tx, &rx, reporter, progress, cancel)
 }

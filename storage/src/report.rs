@@ -25,7 +25,7 @@ pub enum EventKind {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub kind: EventKind,
     pub path: RelPath,
@@ -66,10 +66,20 @@ impl Progress {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileError {
     pub path: RelPath,
     pub message: String,
+}
+
+impl Serialize for FileError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("FileError", 2)?;
+        st.serialize_field("path", &self.path.display())?;
+        st.serialize_field("message", &self.message)?;
+        st.end()
+    }
 }
 
 /// A bounded list of errors plus the total count.

@@ -592,6 +592,7 @@ fn clear(shared: &Shared<'_>, fd: &OwnedFd, path: &RelPath, how: Clear) -> Resul
             shared.dirs.forget(path);
             if recursive {
                 remove_tree(fd.as_fd(), path.file_name())
+                    .map(|_| ())
                     .map_err(|e| format!("cannot remove the directory in the way: {e}"))
             } else {
                 rustix::fs::unlinkat(fd, name, AtFlags::REMOVEDIR).map_err(|e| {
@@ -603,13 +604,13 @@ fn clear(shared: &Shared<'_>, fd: &OwnedFd, path: &RelPath, how: Clear) -> Resul
 }
 
 /// Removes `name` in `dir` and, if it is a directory, everything below it, without ever
-/// following a symlink.
-pub fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+/// following a symlink. Returns how many paths were removed.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
     let os = fsys::os(name);
     match rustix::fs::unlinkat(dir, os, AtFlags::empty()) {
-        Ok(()) => return Ok(()),
+        Ok(()) => return Ok(1),
         Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
-        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(rustix::io::Errno::NOENT) => return Ok(0),
         Err(e) => return Err(e.into()),
     }
     let sub = rustix::fs::openat(
@@ -618,11 +619,12 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
+    let mut removed = 1;
     for child in fsys::read_dir_names(&sub)? {
-        remove_tree(sub.as_fd(), &child)?;
+        removed += remove_tree(sub.as_fd(), &child)?;
     }
     rustix::fs::unlinkat(dir, os, AtFlags::REMOVEDIR)?;
-    Ok(())
+    Ok(removed)
 }
 
 fn make_symlink(
@@ -800,7 +802,7 @@ fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
     let chunk_bytes = u64::from(shared.opts.params.chunk_bytes);
     // Both ends agree on chunk boundaries; anything else is a peer bug, not a file problem.
     let expected_len = p.size_bytes.saturating_sub(h.offset_bytes).min(chunk_bytes);
-    if h.offset_bytes % chunk_bytes != 0
+    if !h.offset_bytes.is_multiple_of(chunk_bytes)
         || (h.offset_bytes >= p.size_bytes && p.size_bytes > 0)
         || (h.kind == FrameKind::Chunk && u64::from(h.len_bytes) != expected_len)
         || frame.payload.len_bytes() != u64::from(h.len_bytes)
@@ -1071,9 +1073,9 @@ fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
             // Deepest first, so a directory is empty by the time its own deletion comes.
             deferred.deletions.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
             for (path, _kind) in &deferred.deletions {
-                c.deleted.fetch_add(1, Ordering::Relaxed);
                 shared.event(EventKind::Deleted, path, 0, None);
                 if dry {
+                    c.deleted.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let Some((dir, name)) = path.split_last() else { continue };
@@ -1081,8 +1083,11 @@ fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
                     shared.dirs.forget(path);
                     remove_tree(fd.as_fd(), name)
                 });
-                if let Err(e) = r {
-                    shared.error(path, format!("cannot delete: {e}"));
+                match r {
+                    Ok(n) => {
+                        c.deleted.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => shared.error(path, format!("cannot delete: {e}")),
                 }
             }
         }

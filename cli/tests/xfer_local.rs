@@ -1,0 +1,378 @@
+//! End-to-end tests of `blit xfer SOURCE TARGET` on real trees.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use blitx_storage::testkit::{compare_trees, edge_tree, list, mixed_tree, set_mtime, temp_files};
+
+fn blit() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_blit"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    blit().args(args).output().expect("run blit")
+}
+
+fn xfer(src: &Path, dst: &Path, extra: &[&str]) -> Output {
+    let mut c = blit();
+    c.arg("xfer").arg(src).arg(dst).arg("--no-progress").args(extra);
+    c.output().expect("run blit")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("blit-cli-").tempdir().expect("tempdir")
+}
+
+fn assert_ok(out: &Output) {
+    assert_eq!(code(out), 0, "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn copies_usr_share_doc_exactly() {
+    let doc = Path::new("/usr/share/doc");
+    if !doc.is_dir() {
+        eprintln!("SKIPPED: /usr/share/doc does not exist on this machine");
+        return;
+    }
+    let t = scratch();
+    let src = t.path().join("src");
+    // A private copy (built at test time) so the test controls the source; cp -a is the peer.
+    let st = Command::new("cp").arg("-a").arg(doc).arg(&src).status().expect("cp");
+    assert!(st.success());
+    let dst = t.path().join("dst");
+    let out = xfer(&src, &dst, &["--json"]);
+    assert_ok(&out);
+    compare_trees(&src, &dst).unwrap();
+    let j = json(&out);
+    assert!(j["files"].as_u64().unwrap() > 10);
+    // Second run copies nothing.
+    let out = xfer(&src, &dst, &["--json"]);
+    assert_ok(&out);
+    let j = json(&out);
+    assert_eq!(j["files"], 0, "second run copied files: {j}");
+    assert_eq!(j["bytes"], 0);
+    compare_trees(&src, &dst).unwrap();
+}
+
+#[test]
+fn edge_cases_round_trip_in_both_data_paths() {
+    for extra in [&[][..], &["--buffered"][..]] {
+        let t = scratch();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        edge_tree(&src);
+        let dst = t.path().join("new/deeper/dst");
+        let out = xfer(&src, &dst, extra);
+        assert_ok(&out);
+        compare_trees(&src, &dst).unwrap();
+        assert!(temp_files(&dst).is_empty());
+    }
+}
+
+#[test]
+fn sparse_gigabyte_stays_sparse() {
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let f = std::fs::File::create(src.join("sparse.img")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"header", 0).unwrap();
+    f.write_all_at(b"middle", 512 << 20).unwrap();
+    f.write_all_at(b"tail", (1 << 30) - 4).unwrap();
+    drop(f);
+    for extra in [&[][..], &["--buffered"][..]] {
+        let dst = t.path().join(format!("dst{}", extra.len()));
+        let out = xfer(&src, &dst, extra);
+        assert_ok(&out);
+        compare_trees(&src, &dst).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(dst.join("sparse.img")).unwrap().blocks();
+        assert!(blocks * 512 < 64 << 20, "target allocates {} bytes ({extra:?})", blocks * 512);
+    }
+}
+
+#[test]
+fn mirror_deletes_extraneous_paths_including_nested_dirs() {
+    let t = scratch();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    mixed_tree(&src, 1, 40, 1, 100_000);
+    assert_ok(&xfer(&src, &dst, &[]));
+    std::fs::create_dir_all(dst.join("gone/deeper/deepest")).unwrap();
+    std::fs::write(dst.join("gone/deeper/deepest/file"), b"x").unwrap();
+    std::fs::write(dst.join("d0/stray.txt"), b"x").unwrap();
+    std::os::unix::fs::symlink("/etc", dst.join("stray-link")).unwrap();
+    std::fs::write(dst.join("d1/keep.log"), b"excluded, so kept").unwrap();
+    // Without --mirror, extraneous paths stay.
+    assert_ok(&xfer(&src, &dst, &[]));
+    assert!(dst.join("gone/deeper/deepest/file").exists());
+    // Dry run reports the deletions and changes nothing.
+    let out = xfer(&src, &dst, &["--mirror", "--dry-run", "--exclude", "*.log"]);
+    assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("would delete gone"), "{stdout}");
+    assert!(stdout.contains("would delete d0/stray.txt"), "{stdout}");
+    assert!(dst.join("gone/deeper/deepest/file").exists());
+    let out = xfer(&src, &dst, &["--mirror", "--exclude", "*.log", "--json"]);
+    assert_ok(&out);
+    assert!(!dst.join("gone").exists());
+    assert!(!dst.join("d0/stray.txt").exists());
+    assert!(std::fs::symlink_metadata(dst.join("stray-link")).is_err());
+    assert!(dst.join("d1/keep.log").exists(), "excluded paths are protected from deletion");
+    let j = json(&out);
+    assert_eq!(j["deleted"], 6, "{j}");
+    std::fs::remove_file(dst.join("d1/keep.log")).unwrap();
+    // A plain run puts d1's time back (the removal above changed it).
+    assert_ok(&xfer(&src, &dst, &[]));
+    compare_trees(&src, &dst).unwrap();
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    edge_tree(&src);
+    // Missing target: not created.
+    let dst = t.path().join("dst");
+    let out = xfer(&src, &dst, &["--dry-run"]);
+    assert_ok(&out);
+    assert!(!dst.exists());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("would copy nested/chunky.bin"), "{stdout}");
+    // Existing, stale target: byte-for-byte unchanged afterwards.
+    assert_ok(&xfer(&src, &dst, &[]));
+    std::fs::write(src.join("new-file"), b"new").unwrap();
+    std::fs::write(dst.join("extra"), b"extra").unwrap();
+    let before = snapshot(&dst);
+    let out = xfer(&src, &dst, &["--dry-run", "--mirror"]);
+    assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("would copy new-file") && stdout.contains("would delete extra"),
+        "{stdout}"
+    );
+    assert_eq!(before, snapshot(&dst));
+}
+
+fn snapshot(root: &Path) -> Vec<(PathBuf, u64, i64, i64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    list(root)
+        .unwrap()
+        .into_iter()
+        .map(|(p, m)| (p, m.len(), m.mtime(), m.mtime_nsec(), m.mode()))
+        .collect()
+}
+
+#[test]
+fn target_that_is_a_file_is_refused() {
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let dst = t.path().join("file");
+    std::fs::write(&dst, b"x").unwrap();
+    let out = xfer(&src, &dst, &[]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists and is not a directory"));
+}
+
+#[test]
+fn nested_source_and_target_are_refused() {
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let out = xfer(&src, &src.join("sub/copy"), &[]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside SOURCE"));
+    let out = xfer(&src.join("sub"), &src, &[]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside TARGET"));
+}
+
+#[test]
+fn checksum_finds_same_size_same_mtime_changes() {
+    let t = scratch();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"aaaa").unwrap();
+    assert_ok(&xfer(&src, &dst, &[]));
+    std::fs::write(dst.join("f"), b"bbbb").unwrap();
+    set_mtime(&dst.join("f"), 1_500_000_000, 0);
+    set_mtime(&src.join("f"), 1_500_000_000, 0);
+    let out = xfer(&src, &dst, &["--json"]);
+    assert_eq!(json(&out)["files"], 0, "quick check trusts size+mtime");
+    let out = xfer(&src, &dst, &["--json", "--checksum"]);
+    assert_ok(&out);
+    assert_eq!(json(&out)["files"], 1);
+    assert_eq!(std::fs::read(dst.join("f")).unwrap(), b"aaaa");
+}
+
+#[test]
+fn excludes_leave_paths_out() {
+    let t = scratch();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    std::fs::create_dir_all(src.join("build/obj")).unwrap();
+    std::fs::write(src.join("build/obj/x.o"), b"o").unwrap();
+    std::fs::write(src.join("a.tmp"), b"t").unwrap();
+    std::fs::write(src.join("keep.txt"), b"k").unwrap();
+    assert_ok(&xfer(&src, &dst, &["--exclude", "build/", "--exclude", "*.tmp"]));
+    assert!(dst.join("keep.txt").exists());
+    assert!(!dst.join("build").exists());
+    assert!(!dst.join("a.tmp").exists());
+}
+
+/// Runs blit as `nobody` (root can read everything, so unreadable files need a real user).
+fn as_nobody(args: &[&Path]) -> Option<Output> {
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !setpriv.exists() || !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let mut c = Command::new(setpriv);
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_blit"),
+        "xfer",
+        "--no-progress",
+        "--json",
+    ]);
+    c.args(args);
+    Some(c.output().expect("setpriv"))
+}
+
+#[test]
+fn unreadable_source_file_is_reported_and_the_rest_copied() {
+    let t = tempfile::Builder::new().prefix("blit-perm-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("ok.txt"), b"fine").unwrap();
+    std::fs::write(src.join("secret.txt"), b"no").unwrap();
+    std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000))
+        .unwrap();
+    let mut rng = blitx_storage::testkit::Rng::new(3);
+    blitx_storage::testkit::write_random(&src.join("big-secret.bin"), 9 << 20, &mut rng);
+    std::fs::set_permissions(src.join("big-secret.bin"), std::fs::Permissions::from_mode(0o000))
+        .unwrap();
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    std::os::unix::fs::chown(&dst, Some(65534), Some(65534)).unwrap();
+    let Some(out) = as_nobody(&[&src, &dst]) else {
+        eprintln!("SKIPPED: needs root and setpriv to drop privileges");
+        return;
+    };
+    assert_eq!(
+        code(&out),
+        23,
+        "partial transfer exit code; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let j = json(&out);
+    let errs = j["errors"].to_string();
+    assert!(errs.contains("secret.txt") && errs.contains("big-secret.bin"), "{errs} {stderr}");
+    assert!(stderr.contains("secret.txt"), "errors are printed with their path: {stderr}");
+    assert_eq!(std::fs::read(dst.join("ok.txt")).unwrap(), b"fine");
+    assert!(!dst.join("secret.txt").exists());
+    assert!(!dst.join("big-secret.bin").exists());
+    assert!(temp_files(&dst).is_empty());
+}
+
+#[test]
+fn file_changing_during_copy_is_reported_never_corrupted() {
+    for extra in [&[][..], &["--buffered"][..]] {
+        let t = scratch();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let path = src.join("growing.log");
+        let mut rng = blitx_storage::testkit::Rng::new(9);
+        blitx_storage::testkit::write_random(&path, 64 << 20, &mut rng);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let p2 = path.clone();
+        // Rewrites the file's bytes continuously while blit copies it.
+        let writer = std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&p2).unwrap();
+            let mut i = 0u64;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all_at(&i.to_le_bytes(), (i * 4096) % (64 << 20)).unwrap();
+                i += 1;
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let dst = t.path().join("dst");
+        let out = xfer(&src, &dst, &[&["--json", "--chunk-size", "1M"][..], extra].concat());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(code(&out), 23, "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let j = json(&out);
+        assert!(j["errors"].to_string().contains("changed while being"), "{j}");
+        assert!(!dst.join("growing.log").exists(), "a changing file must not be committed");
+        assert!(temp_files(&dst).is_empty());
+    }
+}
+
+#[test]
+fn sigint_removes_temp_files() {
+    let t = tempfile::Builder::new().prefix("blit-int-").tempdir_in("/tmp").unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut rng = blitx_storage::testkit::Rng::new(5);
+    for i in 0..6 {
+        blitx_storage::testkit::write_random(&src.join(format!("f{i}")), 48 << 20, &mut rng);
+    }
+    let dst = t.path().join("dst");
+    let mut child = blit()
+        .arg("xfer")
+        .arg(&src)
+        .arg(&dst)
+        .args(["--no-progress", "--buffered", "--threads", "1", "--chunk-size", "256K"])
+        .spawn()
+        .unwrap();
+    // Wait until a temp file exists, then interrupt.
+    for _ in 0..500 {
+        if !temp_files(&dst).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    if status.code() == Some(0) {
+        eprintln!("NOTE: the transfer finished before the interrupt arrived");
+        return;
+    }
+    assert_eq!(status.code(), Some(130));
+    assert!(temp_files(&dst).is_empty(), "temp files left: {:?}", temp_files(&dst));
+}
+
+#[test]
+fn version_and_help() {
+    let out = run(&["--version"]);
+    assert_ok(&out);
+    let out = run(&["xfer", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--mirror"));
+}
