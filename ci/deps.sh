@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing blit needs on a fresh Debian bookworm machine.
+# Idempotent; installs only what is missing; never upgrades systemd/udev (no rdma-core).
+set -euo pipefail
+pkgs=(
+  pkg-config                # probes libibverbs for rdma-sys
+  libibverbs-dev librdmacm-dev ibverbs-providers libibverbs1  # verbs headers (build) and providers (run)
+  libclang1-14 libclang-common-14-dev                          # bindgen (rdma-sys) at build time
+  rsync iperf3 perftest     # peers for benchmarks and tests
+  util-linux                # setpriv: drop privileges in permission tests
+  iproute2 iptables         # network-namespace tests (two hosts, packet loss)
+  time                      # /usr/bin/time -v for peak RSS in benchmarks
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  echo "ci/deps.sh: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "ci/deps.sh: cargo (Rust 1.90+) is required: https://rustup.rs" >&2; exit 1; }
