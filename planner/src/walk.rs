@@ -7,8 +7,7 @@
 //! consumer always sees a parent before its children.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
@@ -16,7 +15,6 @@ use blitx_core::RelPath;
 use blitx_core::manifest::{Entry, EntryKind};
 use blitx_core::session::SourceMsg;
 use crossbeam_channel::Sender;
-use rustix::fs::{Mode, OFlags};
 
 use crate::exclude::Excludes;
 use crate::fsys;
@@ -72,29 +70,24 @@ struct Shared<'a> {
 /// Entry ids are drawn from `next_id`. Returns early (without `ManifestEnd`) when `cancel` is
 /// set or the receiver goes away.
 pub fn walk(
-    root: &Path,
+    root: BorrowedFd<'_>,
     opts: &WalkOptions,
     out: &Sender<SourceMsg>,
     cancel: &AtomicBool,
     next_id: &AtomicU64,
 ) -> Result<WalkStats, WalkError> {
-    let display = root.display().to_string();
-    let root_fd =
-        rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| {
-                if e == rustix::io::Errno::NOTDIR {
-                    WalkError::RootNotDir { path: display.clone() }
-                } else {
-                    WalkError::OpenRoot { path: display.clone(), source: e.into() }
-                }
-            })?;
+    let fail = |source: std::io::Error| WalkError::OpenRoot { path: ".".into(), source };
+    let root_fd = rustix::io::fcntl_dupfd_cloexec(root, 0).map_err(|e| fail(e.into()))?;
     let st = rustix::fs::statx(
         &root_fd,
         "",
         rustix::fs::AtFlags::EMPTY_PATH,
         rustix::fs::StatxFlags::BASIC_STATS,
     )
-    .map_err(|e| WalkError::OpenRoot { path: display.clone(), source: e.into() })?;
+    .map_err(|e| fail(e.into()))?;
+    if fsys::kind_of(u32::from(st.stx_mode)) != EntryKind::Dir {
+        return Err(WalkError::RootNotDir { path: ".".into() });
+    }
     let mut root_entry = fsys::entry_from_stat(
         root_fd.as_fd(),
         next_id.fetch_add(1, Ordering::Relaxed),
@@ -102,7 +95,7 @@ pub fn walk(
         b".",
         &st,
     )
-    .map_err(|e| WalkError::OpenRoot { path: display.clone(), source: e })?;
+    .map_err(fail)?;
     root_entry.inode = None;
     if out.send(SourceMsg::Root(root_entry)).is_err() {
         return Ok(WalkStats::default());
@@ -304,7 +297,8 @@ mod tests {
         let ids = AtomicU64::new(0);
         let mut msgs = Vec::new();
         let stats = std::thread::scope(|s| {
-            let h = s.spawn(|| walk(root, &opts, &tx, &cancel, &ids).unwrap());
+            let root_fd = std::fs::File::open(root).unwrap();
+            let h = s.spawn(move || walk(root_fd.as_fd(), &opts, &tx, &cancel, &ids).unwrap());
             while let Ok(m) = rx.recv() {
                 let end = m == SourceMsg::ManifestEnd;
                 msgs.push(m);

@@ -16,6 +16,7 @@ use blitx_core::transport::{FrameReceiver, FrameSender};
 
 use crate::local::{LocalError, run_pair};
 use crate::report::{Progress, Quiet};
+use crate::root::RootDir;
 use crate::source::SourceOptions;
 use crate::target::TargetOptions;
 use crate::testkit;
@@ -49,14 +50,14 @@ fn transfer(
     cancel: &AtomicBool,
 ) -> Result<(), LocalError> {
     let source = SourceOptions {
-        root: src.to_path_buf(),
+        root: RootDir::open(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())),
         params: params.clone(),
         walk_threads: 2,
         read_threads: 2,
         confine: false,
     };
     let target = TargetOptions {
-        root: dst.to_path_buf(),
+        root: RootDir::open(dst).unwrap_or_else(|e| panic!("{}: {e}", dst.display())),
         params: params.clone(),
         write_threads: 2,
         confine: true,

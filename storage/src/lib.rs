@@ -18,12 +18,14 @@ pub mod dircache;
 pub mod local;
 pub mod meta;
 pub mod report;
+pub mod root;
 pub mod source;
 pub mod target;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use report::{Event, EventKind, Progress, Reporter, SourceReport, TargetReport};
+pub use root::RootDir;
 
 /// Threads that move file data on each side: the machine's cores, at least two (one can block in
 /// I/O while the other works), at most eight (beyond that, threads only contend).

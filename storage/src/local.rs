@@ -14,6 +14,7 @@ use blitx_core::session::SessionParams;
 use blitx_core::transport::{FrameReceiver, FrameSender, MemFaults, PayloadPref, mem_pair};
 
 use crate::report::{Progress, Reporter, SourceReport, TargetReport};
+use crate::root::RootDir;
 use crate::source::{SourceError, SourceOptions, run_source};
 use crate::target::{TargetError, TargetOptions, run_target};
 
@@ -39,6 +40,8 @@ pub enum LocalError {
     Source(#[source] SourceError),
     #[error("target side: {0}")]
     Target(#[source] TargetError),
+    #[error("cannot open {path}")]
+    Open { path: String, source: std::io::Error },
     #[error("cannot allocate the buffer pool")]
     Pool(#[from] blitx_core::pool::PoolError),
 }
@@ -96,15 +99,18 @@ pub fn run_local(
     let slots = pool_slots(threads);
     let pool = BufferPool::new(slots, opts.params.chunk_bytes as usize, true)?;
     let (tx, rx) = mem_pair(pool, opts.payload, opts.params.chunk_bytes, slots, opts.faults);
+    let open = |p: &std::path::Path| {
+        RootDir::open(p).map_err(|e| LocalError::Open { path: p.display().to_string(), source: e })
+    };
     let source = SourceOptions {
-        root: opts.source.clone(),
+        root: open(&opts.source)?,
         params: opts.params.clone(),
         walk_threads: threads,
         read_threads: threads,
         confine: false,
     };
     let target = TargetOptions {
-        root: opts.target.clone(),
+        root: open(&opts.target)?,
         params: opts.params.clone(),
         write_threads: threads,
         confine: false,

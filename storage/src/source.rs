@@ -12,7 +12,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -28,10 +27,11 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::dircache::DirCache;
 use crate::report::{ErrorLog, Progress, SourceReport};
+use crate::root::RootDir;
 
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
-    pub root: PathBuf,
+    pub root: RootDir,
     pub params: SessionParams,
     pub walk_threads: usize,
     pub read_threads: usize,
@@ -128,14 +128,9 @@ pub fn run_source(
         checksum: opts.params.compare == blitx_core::session::Compare::Checksum,
         confine: opts.confine,
     };
-    let root_fd = rustix::fs::open(
-        &opts.root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| walk::WalkError::OpenRoot {
+    let root_fd = opts.root.dup().map_err(|e| walk::WalkError::OpenRoot {
         path: opts.root.display().to_string(),
-        source: e.into(),
+        source: e,
     })?;
     let shared = Shared {
         opts,
@@ -163,7 +158,7 @@ pub fn run_source(
 
     let outcome = std::thread::scope(|s| -> Result<walk::WalkStats, SourceError> {
         let walker = s.spawn(|| {
-            let r = walk::walk(&opts.root, &walk_opts, &walk_tx, cancel, &next_id);
+            let r = walk::walk(opts.root.fd(), &walk_opts, &walk_tx, cancel, &next_id);
             drop(walk_tx);
             r
         });

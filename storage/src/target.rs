@@ -16,7 +16,6 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -33,11 +32,11 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use crate::dircache::DirCache;
 use crate::meta::{self, Identity, Meta};
 use crate::report::{ErrorLog, Event, EventKind, Progress, Reporter, TargetReport};
+use crate::root::RootDir;
 
 #[derive(Debug, Clone)]
 pub struct TargetOptions {
-    /// Must exist and be a directory.
-    pub root: PathBuf,
+    pub root: RootDir,
     pub params: SessionParams,
     pub write_threads: usize,
     /// Keep every path inside `root` (daemon exports).
@@ -198,15 +197,10 @@ pub fn run_target(
     cancel: &AtomicBool,
 ) -> Result<TargetReport, TargetError> {
     let excludes = Excludes::new(&opts.params.excludes)?;
-    let root_fd = rustix::fs::open(
-        &opts.root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| TargetError::OpenRoot {
-        path: opts.root.display().to_string(),
-        source: e.into(),
-    })?;
+    let root_fd = opts
+        .root
+        .dup()
+        .map_err(|e| TargetError::OpenRoot { path: opts.root.display().to_string(), source: e })?;
     let id = Identity::current();
     let shared = Shared {
         opts,
