@@ -1,6 +1,7 @@
 //! `blit`: the command-line front end. Parses arguments, wires the engine, maps errors to
 //! documented exit codes. All transfer logic lives in the library crates.
 
+mod daemon;
 mod exit;
 mod output;
 mod units;
@@ -20,8 +21,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Make TARGET a copy of SOURCE's contents (like `rsync -a SOURCE/ TARGET/`).
+    /// Make TARGET a copy of SOURCE's contents (like `rsync -a SOURCE/ TARGET/`); either side
+    /// may be a daemon (`blit://HOST[:PORT]/path`).
     Xfer(xfer::XferArgs),
+    /// Serve a directory to blit clients (push and pull).
+    Daemon(daemon::DaemonArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -44,6 +48,7 @@ fn main() {
     init_logging(cli.verbose);
     let code = match cli.command {
         Command::Xfer(args) => xfer::run(args, cli.verbose),
+        Command::Daemon(args) => daemon::run(args),
     };
     std::process::exit(code.into());
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use blitx_storage::report::{Event, EventKind, FileError, Progress, Reporter};
 use serde::Serialize;
@@ -112,10 +112,6 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn seconds_since(start: Instant) -> f64 {
-        start.elapsed().as_secs_f64()
-    }
-
     pub fn print(&self, json: bool) {
         if json {
             match serde_json::to_string_pretty(self) {

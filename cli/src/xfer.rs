@@ -1,15 +1,20 @@
-//! `blit xfer SOURCE TARGET`.
+//! `blit xfer SOURCE TARGET`: local copies, pushes (`blit xfer DIR blit://HOST/path`) and pulls
+//! (`blit xfer blit://HOST/path DIR`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use blitx_control::client::{self, ClientError, ClientOptions, Local};
+use blitx_control::convert::TransportChoice;
+use blitx_control::url::RemoteSpec;
 use blitx_core::session::{Compare, SessionParams};
 use blitx_core::transport::{MemFaults, PayloadPref};
+use blitx_storage::RootDir;
 use blitx_storage::local::{LocalOptions, run_local};
-use blitx_storage::report::Progress;
+use blitx_storage::report::{FileError, Progress, SourceReport, TargetReport};
 
 use crate::exit::Exit;
 use crate::output::{PrintReporter, Summary, drive_bar, make_bar};
@@ -17,10 +22,11 @@ use crate::units::parse_bytes;
 
 #[derive(Debug, clap::Args)]
 pub struct XferArgs {
-    /// Directory to copy from.
-    pub source: PathBuf,
-    /// Directory to make a copy of SOURCE (created if missing).
-    pub target: PathBuf,
+    /// Directory to copy from, or blit://HOST[:PORT]/path to pull from a daemon.
+    pub source: String,
+    /// Directory to make a copy of SOURCE (created if missing), or blit://HOST[:PORT]/path to
+    /// push to a daemon.
+    pub target: String,
     /// Also delete what is in TARGET but not in SOURCE (only after everything else succeeded).
     #[arg(long)]
     pub mirror: bool,
@@ -41,6 +47,18 @@ pub struct XferArgs {
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Data plane for remote transfers: auto (RDMA when both sides can, else TCP), tcp or rdma.
+    #[arg(long, value_name = "KIND", default_value = "auto", value_parser = ["auto", "tcp", "rdma"])]
+    pub transport: String,
+    /// Parallel TCP data streams for remote transfers (default: the daemon's, 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub streams: Option<u32>,
+    /// Socket buffer per TCP stream (default: sized by the kernel's autotuning / BDP).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub tcp_buffer: Option<u64>,
+    /// Seconds without data-plane progress before a remote transfer fails.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub stall_timeout: u64,
     /// Size of one chunk of a large file (e.g. 1M, 4M, 16M).
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_bytes)]
     pub chunk_size: u64,
@@ -104,7 +122,7 @@ fn resolve_lexically(p: &Path) -> std::io::Result<PathBuf> {
     }
 }
 
-fn check_paths(source: &Path, target: &Path) -> anyhow::Result<()> {
+fn check_source(source: &Path) -> anyhow::Result<()> {
     let meta = std::fs::metadata(source)
         .with_context(|| format!("cannot read SOURCE {}", source.display()))?;
     if !meta.is_dir() {
@@ -113,12 +131,22 @@ fn check_paths(source: &Path, target: &Path) -> anyhow::Result<()> {
             source.display()
         );
     }
+    Ok(())
+}
+
+fn check_target(target: &Path) -> anyhow::Result<()> {
     if let Ok(m) = std::fs::symlink_metadata(target)
         && !m.is_dir()
         && !(m.file_type().is_symlink() && target.is_dir())
     {
         bail!("TARGET {} exists and is not a directory", target.display());
     }
+    Ok(())
+}
+
+fn check_paths(source: &Path, target: &Path) -> anyhow::Result<()> {
+    check_source(source)?;
+    check_target(target)?;
     let s = resolve_lexically(source)?;
     let t = resolve_lexically(target)?;
     if t.starts_with(&s) {
@@ -142,30 +170,45 @@ pub fn run(args: XferArgs, verbose: u8) -> Exit {
     match run_inner(&args, verbose) {
         Ok(code) => code,
         Err(e) => {
+            let code = match e.downcast_ref::<ClientError>() {
+                Some(c) if c.is_transport_unavailable() => Exit::TransportUnavailable,
+                Some(c) if c.is_stall() => Exit::Stalled,
+                _ => Exit::Fatal,
+            };
             eprintln!("blit: error: {e:#}");
-            Exit::Fatal
+            code
         }
     }
 }
 
+/// Creates TARGET, or for a dry run with a missing TARGET, an empty stand-in.
+fn open_target(target: &Path, dry_run: bool) -> anyhow::Result<RootDir> {
+    if dry_run && !target.exists() {
+        return RootDir::empty_stand_in().context("cannot create a dry-run stand-in");
+    }
+    std::fs::create_dir_all(target)
+        .with_context(|| format!("cannot create TARGET {}", target.display()))?;
+    RootDir::open(target).with_context(|| format!("cannot open TARGET {}", target.display()))
+}
+
 fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     let params = session_params(args)?;
-    check_paths(&args.source, &args.target)?;
+    let remote_source = RemoteSpec::is_remote(&args.source);
+    let remote_target = RemoteSpec::is_remote(&args.target);
+    if remote_source && remote_target {
+        bail!("SOURCE and TARGET are both remote; one side must be a local directory");
+    }
+    if !remote_source && !remote_target {
+        if args.transport == "rdma" || args.streams.is_some() {
+            tracing::info!("--transport/--streams apply to remote transfers; this copy is local");
+        }
+        check_paths(Path::new(&args.source), Path::new(&args.target))?;
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&cancel))
             .context("cannot install signal handler")?;
     }
-    // A dry run never creates TARGET; a missing TARGET is diffed as an empty stand-in.
-    let _stand_in;
-    let target = if args.dry_run && !args.target.exists() {
-        _stand_in = tempfile_dir()?;
-        _stand_in.path.clone()
-    } else {
-        std::fs::create_dir_all(&args.target)
-            .with_context(|| format!("cannot create TARGET {}", args.target.display()))?;
-        args.target.clone()
-    };
     let show_bar = if args.progress {
         true
     } else if args.no_progress {
@@ -182,22 +225,18 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         out: std::sync::Mutex::new(()),
     };
     let threads = args.threads.unwrap_or_else(blitx_storage::default_io_threads);
-    let opts = LocalOptions {
-        source: args.source.clone(),
-        target,
-        params,
-        threads,
-        payload: if args.buffered { PayloadPref::Buffer } else { PayloadPref::FileRegion },
-        faults: MemFaults::default(),
-    };
     let progress = Progress::default();
     let start = Instant::now();
     let done = AtomicBool::new(false);
-    let result = std::thread::scope(|s| {
+    let outcome = std::thread::scope(|s| {
         if let Some(bar) = &bar {
             s.spawn(|| drive_bar(bar, &progress, &done));
         }
-        let r = run_local(&opts, &reporter, &progress, &cancel);
+        let r = if remote_source || remote_target {
+            run_remote(args, params, threads, &reporter, &progress, &cancel)
+        } else {
+            run_local_copy(args, params, threads, &reporter, &progress, &cancel)
+        };
         done.store(true, Ordering::Release);
         r
     });
@@ -205,59 +244,109 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         eprintln!("blit: interrupted; temporary files removed");
         return Ok(Exit::Interrupted);
     }
-    let (source, target) = result?;
-    let seconds = Summary::seconds_since(start);
-    // Every source-side failure is also sent to the target half, which reports it: the
-    // target's list is the complete one.
-    let mut errors = target.errors;
+    let outcome = outcome?;
+    let seconds = start.elapsed().as_secs_f64();
+    let t = &outcome.target;
+    let mut errors: Vec<FileError> = t.errors.clone();
     errors.sort_by(|a, b| a.path.cmp(&b.path));
-    let error_count = target.error_count;
     let summary = Summary {
-        ok: error_count == 0,
+        ok: t.error_count == 0,
         dry_run: args.dry_run,
-        transport: "local".into(),
-        streams: 1,
-        files: target.files_copied,
-        bytes: target.bytes_copied,
+        transport: outcome.transport,
+        streams: outcome.streams,
+        files: t.files_copied,
+        bytes: t.bytes_copied,
         seconds,
-        throughput_bytes_per_sec: if seconds > 0.0 {
-            target.bytes_copied as f64 / seconds
-        } else {
-            0.0
-        },
-        entries_scanned: source.entries,
-        meta_updated: target.meta_updated,
-        dirs_created: target.dirs_created,
-        symlinks: target.symlinks,
-        hardlinks: target.hardlinks,
-        deleted: target.deleted,
-        unsupported: target.unsupported,
-        deletions_skipped: target.deletions_skipped,
-        error_count,
+        throughput_bytes_per_sec: if seconds > 0.0 { t.bytes_copied as f64 / seconds } else { 0.0 },
+        entries_scanned: outcome.source.entries,
+        meta_updated: t.meta_updated,
+        dirs_created: t.dirs_created,
+        symlinks: t.symlinks,
+        hardlinks: t.hardlinks,
+        deleted: t.deleted,
+        unsupported: t.unsupported,
+        deletions_skipped: t.deletions_skipped,
+        error_count: t.error_count,
         errors,
     };
     summary.print(args.json);
-    Ok(if error_count > 0 { Exit::Partial } else { Exit::Ok })
+    Ok(if t.error_count > 0 { Exit::Partial } else { Exit::Ok })
 }
 
-/// An empty directory that is removed on drop (the stand-in target of a dry run).
-struct TempDir {
-    path: PathBuf,
+/// What either kind of transfer produced. The target's report is the complete one: every
+/// source-side failure is also sent to, and reported by, the target half.
+struct Outcome {
+    transport: String,
+    streams: u32,
+    source: SourceReport,
+    target: TargetReport,
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.path);
-    }
+fn run_local_copy(
+    args: &XferArgs,
+    params: SessionParams,
+    threads: usize,
+    reporter: &PrintReporter,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Outcome> {
+    let target = Path::new(&args.target);
+    // A dry run never creates TARGET.
+    let target_root = open_target(target, args.dry_run)?;
+    let opts = LocalOptions {
+        source: PathBuf::from(&args.source),
+        target: target.to_path_buf(),
+        target_root: Some(target_root),
+        params,
+        threads,
+        payload: if args.buffered { PayloadPref::Buffer } else { PayloadPref::FileRegion },
+        faults: MemFaults::default(),
+    };
+    let (source, target) = run_local(&opts, reporter, progress, cancel)?;
+    Ok(Outcome { transport: "local".into(), streams: 1, source, target })
 }
 
-fn tempfile_dir() -> anyhow::Result<TempDir> {
-    let base = std::env::temp_dir();
-    for i in 0..100u32 {
-        let path = base.join(format!("blit-dry-run-{}-{i}", std::process::id()));
-        if std::fs::create_dir(&path).is_ok() {
-            return Ok(TempDir { path });
-        }
-    }
-    bail!("cannot create a scratch directory under {}", base.display())
+fn run_remote(
+    args: &XferArgs,
+    params: SessionParams,
+    threads: usize,
+    reporter: &PrintReporter,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Outcome> {
+    let transport = match args.transport.as_str() {
+        "tcp" => TransportChoice::Tcp,
+        "rdma" => TransportChoice::Rdma,
+        _ => TransportChoice::Auto,
+    };
+    let opts = ClientOptions {
+        params,
+        transport,
+        streams: args.streams.unwrap_or(0),
+        tcp_buffer_bytes: args.tcp_buffer.unwrap_or(0),
+        events: reporter.verbose || reporter.dry_run,
+        threads,
+        stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+    };
+    let (remote, local) = if RemoteSpec::is_remote(&args.source) {
+        let remote = RemoteSpec::parse(&args.source)?;
+        let target = Path::new(&args.target);
+        check_target(target)?;
+        (remote, Local::Target(open_target(target, args.dry_run)?))
+    } else {
+        let remote = RemoteSpec::parse(&args.target)?;
+        let source = Path::new(&args.source);
+        check_source(source)?;
+        let root = RootDir::open(source)
+            .with_context(|| format!("cannot open SOURCE {}", source.display()))?;
+        (remote, Local::Source(root))
+    };
+    let report = client::transfer(&remote, local, &opts, reporter, progress, cancel)?;
+    tracing::info!(transport = %report.transport, streams = report.streams, reason = %report.reason, "data plane");
+    let (source, target) = match (report.local_source, report.local_target) {
+        (Some(s), _) => (s, report.remote.target),
+        (None, Some(t)) => (report.remote.source, t),
+        (None, None) => bail!("internal error: no local report"),
+    };
+    Ok(Outcome { transport: report.transport, streams: report.streams, source, target })
 }

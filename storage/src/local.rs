@@ -24,8 +24,11 @@ pub const CONTROL_QUEUE_MAX: usize = 256;
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
     pub source: PathBuf,
-    /// Must exist (the caller creates it, or points a dry run at an empty stand-in).
+    /// Must exist (the caller creates it).
     pub target: PathBuf,
+    /// An already opened target (e.g. the empty stand-in of a dry run); `target` is only
+    /// displayed then.
+    pub target_root: Option<RootDir>,
     pub params: SessionParams,
     pub threads: usize,
     /// How readers hand data over: file regions (kernel copy) or buffers (the network path).
@@ -109,8 +112,12 @@ pub fn run_local(
         read_threads: threads,
         confine: false,
     };
+    let target_root = match &opts.target_root {
+        Some(r) => r.clone(),
+        None => open(&opts.target)?,
+    };
     let target = TargetOptions {
-        root: open(&opts.target)?,
+        root: target_root,
         params: opts.params.clone(),
         write_threads: threads,
         confine: false,

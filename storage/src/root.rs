@@ -55,6 +55,28 @@ impl RootDir {
         Ok(RootDir { fd: Arc::new(cur), display })
     }
 
+    /// An empty directory that no path leads to (a fresh temporary directory, opened and then
+    /// removed): the stand-in target of a dry run whose target does not exist. Every lookup in it
+    /// finds nothing, and nothing can be created in it.
+    pub fn empty_stand_in() -> io::Result<Self> {
+        let base = std::env::temp_dir();
+        for i in 0..100u32 {
+            let path = base.join(format!(".blit-empty-{}-{i}", std::process::id()));
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    let r = RootDir::open(&path);
+                    let _ = std::fs::remove_dir(&path);
+                    let mut r = r?;
+                    r.display = "(missing target)".into();
+                    return Ok(r);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("cannot create a scratch directory"))
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }

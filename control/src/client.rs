@@ -1,0 +1,443 @@
+//! The client's side of a session: `blit xfer LOCAL blit://HOST/path` (push) and
+//! `blit xfer blit://HOST/path LOCAL` (pull). The local half of the engine runs here, the other
+//! half in the daemon; this module carries their messages over gRPC and sets up the data plane
+//! the daemon offers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
+use blitx_storage::RootDir;
+use blitx_storage::report::{Progress, Reporter, SourceReport, TargetReport};
+use blitx_storage::source::{SourceError, SourceOptions, run_source};
+use blitx_storage::target::{TargetError, TargetOptions, run_target};
+use tokio::sync::mpsc;
+
+use crate::convert::{
+    self, Accepted, Direction, ErrorCode, OpenRequest, RemoteError, RemoteSummary, TransportChoice,
+};
+use crate::dataplane::{self, DataPlaneError, DataPlaneOptions, Role};
+use crate::pb;
+use crate::pb::blit_client::BlitClient;
+use crate::server::{next_or_cancel, source_chain};
+use crate::url::RemoteSpec;
+use crate::{BUILD_VERSION, CONTROL_MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the daemon's summary once the local half finished.
+const SUMMARY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub params: SessionParams,
+    pub transport: TransportChoice,
+    /// 0: the daemon's default.
+    pub streams: u32,
+    pub tcp_buffer_bytes: u64,
+    /// Ask the daemon for every per-path event (verbose / dry run), not only failures.
+    pub events: bool,
+    pub threads: usize,
+    pub stall_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct ClientReport {
+    pub transport: String,
+    pub streams: u32,
+    pub reason: String,
+    pub server_version: String,
+    /// The local half's report (source for a push, target for a pull).
+    pub local_source: Option<SourceReport>,
+    pub local_target: Option<TargetReport>,
+    pub remote: RemoteSummary,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the blit daemon at {endpoint}: {detail}")]
+    Connect { endpoint: String, detail: String },
+    #[error("the daemon refused the transfer: {0}")]
+    Refused(RemoteError),
+    #[error("lost the connection to the daemon: {0}")]
+    Lost(String),
+    #[error("cannot set up the data plane: {0}")]
+    DataPlane(#[from] DataPlaneError),
+    #[error("local source half failed: {0} ({1})")]
+    Source(SourceError, String),
+    #[error("local target half failed: {0} ({1})")]
+    Target(TargetError, String),
+    #[error("the daemon's half failed: {0}")]
+    Remote(String),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the transfer was cancelled")]
+    Cancelled,
+}
+
+impl ClientError {
+    /// True when the requested transport is unavailable (exit code 3).
+    pub fn is_transport_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Refused(RemoteError { code: ErrorCode::TransportUnavailable, .. })
+        )
+    }
+    /// True when the data plane stalled (exit code 30).
+    pub fn is_stall(&self) -> bool {
+        let text = self.to_string();
+        text.contains("stall")
+    }
+}
+
+/// Daemon facts from `Hello`.
+#[derive(Debug, Clone)]
+pub struct HelloInfo {
+    pub protocol_version: u32,
+    pub server_version: String,
+    pub transports: Vec<String>,
+    pub read_only: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("blit-grpc")
+        .enable_all()
+        .build()
+        .map_err(ClientError::Runtime)
+}
+
+async fn connect(
+    remote: &RemoteSpec,
+) -> Result<BlitClient<tonic::transport::Channel>, ClientError> {
+    let endpoint = remote.endpoint();
+    let err = |detail: String| ClientError::Connect { endpoint: remote.to_string(), detail };
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .map_err(|e| err(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| err(format!("{e}: {}", source_chain(&e))))?;
+    Ok(BlitClient::new(channel)
+        .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX))
+}
+
+/// Asks the daemon for its version and capabilities.
+pub fn hello(remote: &RemoteSpec) -> Result<HelloInfo, ClientError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut client = connect(remote).await?;
+        let reply = client
+            .hello(pb::HelloRequest {
+                protocol_version: PROTOCOL_VERSION,
+                client_version: BUILD_VERSION.into(),
+            })
+            .await
+            .map_err(|s| ClientError::Lost(s.message().to_string()))?
+            .into_inner();
+        Ok(HelloInfo {
+            protocol_version: reply.protocol_version,
+            server_version: reply.server_version,
+            transports: reply.transports,
+            read_only: reply.read_only,
+        })
+    })
+}
+
+/// What the local half works on.
+pub enum Local {
+    /// Push: the local directory to send.
+    Source(RootDir),
+    /// Pull: the local directory to write (must exist; may be an empty stand-in for dry runs).
+    Target(RootDir),
+}
+
+/// Runs one transfer against a daemon.
+pub fn transfer(
+    remote: &RemoteSpec,
+    local: Local,
+    opts: &ClientOptions,
+    reporter: &dyn Reporter,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<ClientReport, ClientError> {
+    let rt = runtime()?;
+    let direction = match local {
+        Local::Source(_) => Direction::Push,
+        Local::Target(_) => Direction::Pull,
+    };
+    let open = OpenRequest {
+        protocol_version: PROTOCOL_VERSION,
+        client_version: BUILD_VERSION.into(),
+        direction,
+        path: remote.path.clone(),
+        params: opts.params.clone(),
+        transport: opts.transport,
+        tcp_streams: opts.streams,
+        tcp_buffer_bytes: opts.tcp_buffer_bytes,
+        events: opts.events,
+        client_rdma: dataplane::local_rdma_device(),
+        rdma_qps: 0,
+        stall_timeout_secs: u32::try_from(opts.stall_timeout.as_secs()).unwrap_or(u32::MAX),
+    };
+    let (out_tx, out_rx) = mpsc::channel::<pb::ClientFrame>(64);
+    let mut inbound = rt.block_on(async {
+        let mut client = connect(remote).await?;
+        out_tx
+            .send(convert::open_to_pb(&open))
+            .await
+            .map_err(|_| ClientError::Lost("control stream closed".into()))?;
+        let resp = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+            .await
+            .map_err(|s| ClientError::Lost(format!("{}: {}", s.code(), s.message())))?;
+        Ok::<_, ClientError>(resp.into_inner())
+    })?;
+    let never = AtomicBool::new(false);
+    let accepted: Accepted = match next_or_cancel(rt.handle(), &mut inbound, &never) {
+        Some(Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Accept(a)) }))) => {
+            convert::accept_from_pb(&a).map_err(|e| ClientError::Lost(e.to_string()))?
+        }
+        Some(Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Error(e)) }))) => {
+            return Err(ClientError::Refused(convert::error_from_pb(&e)));
+        }
+        Some(Ok(_)) | None => {
+            return Err(ClientError::Lost("the daemon closed the session before accepting".into()));
+        }
+        Some(Err(s)) => return Err(ClientError::Lost(format!("{}: {}", s.code(), s.message()))),
+    };
+    tracing::info!(transport = %accepted.transport, reason = %accepted.reason, "daemon accepted the session");
+    let tcp = accepted
+        .tcp
+        .clone()
+        .ok_or_else(|| ClientError::Lost("the daemon offered no data plane".into()))?;
+    let dp_opts = DataPlaneOptions {
+        streams: tcp.streams,
+        chunk_bytes: opts.params.chunk_bytes,
+        socket_buffer_bytes: opts.tcp_buffer_bytes,
+        stall_timeout: opts.stall_timeout,
+        threads: opts.threads,
+    };
+    let role = if direction == Direction::Push { Role::Send } else { Role::Receive };
+    let plane = dataplane::tcp_connect(&tcp, role, &dp_opts)?;
+    let (transport_name, streams) = plane.describe();
+
+    let summary: Mutex<Option<Result<RemoteSummary, String>>> = Mutex::new(None);
+    let lost: Mutex<Option<String>> = Mutex::new(None);
+    let session_cancel = Arc::new(AtomicBool::new(false));
+    let (to_engine_src, engine_src) = crossbeam_channel::bounded::<SourceMsg>(256);
+    let (to_engine_tgt, engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(256);
+    let (engine_out_src, from_engine_src) = crossbeam_channel::bounded::<SourceMsg>(256);
+    let (engine_out_tgt, from_engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(256);
+    let push = direction == Direction::Push;
+    let handle = rt.handle().clone();
+
+    let local_result = std::thread::scope(|s| {
+        // Propagates the caller's cancel (SIGINT) to this session.
+        let watcher = s.spawn(|| {
+            while !session_cancel.load(Ordering::Acquire) {
+                if cancel.load(Ordering::Acquire) {
+                    session_cancel.store(true, Ordering::Release);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        // Daemon → engine / reporter.
+        let inbound_thread = s.spawn(|| {
+            let mut inbound = inbound;
+            loop {
+                let frame = match next_or_cancel(&handle, &mut inbound, &session_cancel) {
+                    None => break,
+                    Some(Ok(Some(f))) => f,
+                    Some(Ok(None)) => {
+                        if summary.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+                            *lost.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some("the daemon ended the session without a summary".into());
+                            session_cancel.store(true, Ordering::Release);
+                        }
+                        break;
+                    }
+                    Some(Err(status)) => {
+                        *lost.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("{}: {}", status.code(), status.message()));
+                        session_cancel.store(true, Ordering::Release);
+                        break;
+                    }
+                };
+                use pb::server_frame::Msg;
+                let ok = match frame.msg {
+                    Some(Msg::Source(m)) if !push => match convert::source_msg_from_pb(&m) {
+                        Ok(m) => to_engine_src.send(m).is_ok(),
+                        Err(e) => {
+                            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                            false
+                        }
+                    },
+                    Some(Msg::Target(m)) if push => match convert::target_msg_from_pb(&m) {
+                        Ok(m) => to_engine_tgt.send(m).is_ok(),
+                        Err(e) => {
+                            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                            false
+                        }
+                    },
+                    Some(Msg::Events(ev)) => {
+                        for e in &ev.events {
+                            if let Ok(e) = convert::event_from_pb(e) {
+                                reporter.event(e);
+                            }
+                        }
+                        true
+                    }
+                    Some(Msg::Summary(sm)) => {
+                        let r = convert::summary_from_pb(&sm).map_err(|e| e.to_string());
+                        let fatal = r.as_ref().ok().and_then(|r| r.fatal.clone());
+                        *summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                        if fatal.is_some() {
+                            session_cancel.store(true, Ordering::Release);
+                        }
+                        true
+                    }
+                    Some(Msg::Error(e)) => {
+                        *lost.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(convert::error_from_pb(&e).message);
+                        false
+                    }
+                    _ => {
+                        *lost.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some("unexpected message from the daemon".into());
+                        false
+                    }
+                };
+                if !ok {
+                    session_cancel.store(true, Ordering::Release);
+                    break;
+                }
+            }
+            drop(to_engine_src);
+            drop(to_engine_tgt);
+        });
+        // Engine → daemon.
+        let out = out_tx.clone();
+        let fwd = s.spawn(move || {
+            if push {
+                for m in from_engine_src.iter() {
+                    if out.blocking_send(convert::client_source(&m)).is_err() {
+                        break;
+                    }
+                }
+            } else {
+                for m in from_engine_tgt.iter() {
+                    if out.blocking_send(convert::client_target(&m)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let result = match local {
+            Local::Source(root) => {
+                drop(engine_out_tgt);
+                let o = SourceOptions {
+                    root,
+                    params: opts.params.clone(),
+                    walk_threads: opts.threads,
+                    read_threads: opts.threads,
+                    confine: false,
+                };
+                run_source(
+                    &o,
+                    engine_out_src,
+                    engine_tgt,
+                    plane.sender(),
+                    progress,
+                    &session_cancel,
+                )
+                .map(|r| (Some(r), None))
+                .map_err(|e| {
+                    let chain = source_chain(&e);
+                    ClientError::Source(e, chain)
+                })
+            }
+            Local::Target(root) => {
+                drop(engine_out_src);
+                let o = TargetOptions {
+                    root,
+                    params: opts.params.clone(),
+                    write_threads: opts.threads,
+                    confine: false,
+                };
+                run_target(
+                    &o,
+                    engine_src,
+                    engine_out_tgt,
+                    plane.receiver(),
+                    reporter,
+                    progress,
+                    &session_cancel,
+                )
+                .map(|r| (None, Some(r)))
+                .map_err(|e| {
+                    let chain = source_chain(&e);
+                    ClientError::Target(e, chain)
+                })
+            }
+        };
+        let _ = fwd.join();
+        // Our half is done: close our side of the control stream and wait for the summary.
+        drop(out_tx);
+        if result.is_ok() {
+            let deadline = std::time::Instant::now() + SUMMARY_TIMEOUT;
+            while std::time::Instant::now() < deadline
+                && summary.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+                && lost.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        session_cancel.store(true, Ordering::Release);
+        let _ = inbound_thread.join();
+        let _ = watcher.join();
+        result
+    });
+
+    if cancel.load(Ordering::Acquire) {
+        return Err(ClientError::Cancelled);
+    }
+    let remote_summary = summary.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(Ok(r)) = &remote_summary
+        && let Some(fatal) = &r.fatal
+    {
+        return Err(ClientError::Remote(fatal.clone()));
+    }
+    let lost = lost.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (local_source, local_target) = match local_result {
+        Ok(v) => v,
+        Err(e) => {
+            // A broken control stream explains the local failure better than "channel closed".
+            return Err(match lost {
+                Some(l) => ClientError::Lost(l),
+                None => e,
+            });
+        }
+    };
+    let remote = match remote_summary {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return Err(ClientError::Lost(format!("bad summary from the daemon: {e}"))),
+        None => {
+            return Err(ClientError::Lost(
+                lost.unwrap_or_else(|| "no summary from the daemon".into()),
+            ));
+        }
+    };
+    Ok(ClientReport {
+        transport: transport_name.into(),
+        streams,
+        reason: accepted.reason,
+        server_version: accepted.server_version,
+        local_source,
+        local_target,
+        remote,
+    })
+}

@@ -1,0 +1,664 @@
+//! Generated protobuf types ⇄ validated domain types. Everything arriving from a peer passes
+//! through here: paths are parsed into `RelPath`s (no `..`, no absolute paths, no NUL),
+//! parameters validated, enums checked, hashes and tokens length-checked.
+
+use std::net::SocketAddr;
+
+use blitx_core::RelPath;
+use blitx_core::manifest::{Entry, EntryKind, InodeKey, Timestamp};
+use blitx_core::session::{Compare, SessionParams, SourceMsg, TargetMsg};
+use blitx_storage::report::{Event, EventKind, FileError, SourceReport, TargetReport};
+
+use crate::pb;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid message from peer: {0}")]
+pub struct ConvertError(pub String);
+
+fn bad(what: impl Into<String>) -> ConvertError {
+    ConvertError(what.into())
+}
+
+fn path(bytes: &[u8]) -> Result<RelPath, ConvertError> {
+    RelPath::parse(bytes).map_err(|e| bad(e.to_string()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The client is the source.
+    Push,
+    /// The daemon is the source.
+    Pull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportChoice {
+    Auto,
+    Tcp,
+    Rdma,
+}
+
+impl TransportChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportChoice::Auto => "auto",
+            TransportChoice::Tcp => "tcp",
+            TransportChoice::Rdma => "rdma",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, ConvertError> {
+        match s {
+            "auto" | "" => Ok(TransportChoice::Auto),
+            "tcp" => Ok(TransportChoice::Tcp),
+            "rdma" => Ok(TransportChoice::Rdma),
+            other => Err(bad(format!("unknown transport {other:?}"))),
+        }
+    }
+}
+
+/// A usable RDMA device as one side advertises it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RdmaDeviceInfo {
+    pub name: String,
+    pub active: bool,
+    pub gid: [u8; 16],
+    pub gid_index: u32,
+    pub link_gbps: f64,
+    pub numa_node: Option<u32>,
+}
+
+/// A validated Open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenRequest {
+    pub protocol_version: u32,
+    pub client_version: String,
+    pub direction: Direction,
+    pub path: RelPath,
+    pub params: SessionParams,
+    pub transport: TransportChoice,
+    pub tcp_streams: u32,
+    pub tcp_buffer_bytes: u64,
+    pub events: bool,
+    pub client_rdma: Option<RdmaDeviceInfo>,
+    pub rdma_qps: u32,
+    pub stall_timeout_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpEndpoint {
+    pub addr: SocketAddr,
+    pub token: [u8; 32],
+    pub streams: u32,
+    pub buffer_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub protocol_version: u32,
+    pub server_version: String,
+    pub transport: String,
+    pub reason: String,
+    pub tcp: Option<TcpEndpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    VersionMismatch,
+    BadPath,
+    ReadOnly,
+    TransportUnavailable,
+    BadRequest,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The daemon half's result.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteSummary {
+    pub target: TargetReport,
+    pub source: SourceReport,
+    /// The daemon's half failed as a whole.
+    pub fatal: Option<String>,
+}
+
+// ----- params
+
+pub fn params_to_pb(p: &SessionParams) -> pb::Params {
+    pb::Params {
+        chunk_bytes: p.chunk_bytes,
+        small_file_bytes_max: p.small_file_bytes_max,
+        bundle_bytes: p.bundle_bytes,
+        compare: match p.compare {
+            Compare::SizeMtime => pb::CompareKind::SizeMtime as i32,
+            Compare::Checksum => pb::CompareKind::Checksum as i32,
+        },
+        mirror: p.mirror,
+        dry_run: p.dry_run,
+        excludes: p.excludes.clone(),
+        preserve_owner: p.preserve_owner,
+    }
+}
+
+pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
+    let compare = match pb::CompareKind::try_from(p.compare) {
+        Ok(pb::CompareKind::SizeMtime) => Compare::SizeMtime,
+        Ok(pb::CompareKind::Checksum) => Compare::Checksum,
+        Err(_) => return Err(bad("unknown compare kind")),
+    };
+    if p.excludes.len() > 10_000 {
+        return Err(bad("too many exclude patterns"));
+    }
+    let params = SessionParams {
+        chunk_bytes: p.chunk_bytes,
+        small_file_bytes_max: p.small_file_bytes_max,
+        bundle_bytes: p.bundle_bytes,
+        compare,
+        mirror: p.mirror,
+        dry_run: p.dry_run,
+        excludes: p.excludes.clone(),
+        preserve_owner: p.preserve_owner,
+    };
+    params.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(params)
+}
+
+// ----- open / accept / error
+
+pub fn open_to_pb(o: &OpenRequest) -> pb::ClientFrame {
+    pb::ClientFrame {
+        msg: Some(pb::client_frame::Msg::Open(pb::Open {
+            protocol_version: o.protocol_version,
+            client_version: o.client_version.clone(),
+            direction: match o.direction {
+                Direction::Push => pb::Direction::Push as i32,
+                Direction::Pull => pb::Direction::Pull as i32,
+            },
+            path: o.path.as_bytes().to_vec(),
+            params: Some(params_to_pb(&o.params)),
+            transport: o.transport.as_str().into(),
+            tcp_streams: o.tcp_streams,
+            tcp_buffer_bytes: o.tcp_buffer_bytes,
+            events: o.events,
+            client_rdma: o.client_rdma.as_ref().map(rdma_device_to_pb),
+            rdma_qps: o.rdma_qps,
+            stall_timeout_secs: o.stall_timeout_secs,
+        })),
+    }
+}
+
+/// Only the protocol version is read before checking it, so a newer client gets a clean
+/// version error rather than a parse error about fields it added.
+pub fn open_version(o: &pb::Open) -> u32 {
+    o.protocol_version
+}
+
+pub fn open_from_pb(o: &pb::Open) -> Result<OpenRequest, ConvertError> {
+    let direction = match pb::Direction::try_from(o.direction) {
+        Ok(pb::Direction::Push) => Direction::Push,
+        Ok(pb::Direction::Pull) => Direction::Pull,
+        _ => return Err(bad("missing or unknown direction")),
+    };
+    let params = params_from_pb(o.params.as_ref().ok_or_else(|| bad("Open without params"))?)?;
+    Ok(OpenRequest {
+        protocol_version: o.protocol_version,
+        client_version: o.client_version.chars().take(64).collect(),
+        direction,
+        path: path(&o.path)?,
+        params,
+        transport: TransportChoice::parse(&o.transport)?,
+        tcp_streams: o.tcp_streams,
+        tcp_buffer_bytes: o.tcp_buffer_bytes,
+        events: o.events,
+        client_rdma: o.client_rdma.as_ref().map(rdma_device_from_pb).transpose()?,
+        rdma_qps: o.rdma_qps,
+        stall_timeout_secs: o.stall_timeout_secs,
+    })
+}
+
+pub fn rdma_device_to_pb(d: &RdmaDeviceInfo) -> pb::RdmaDevice {
+    pb::RdmaDevice {
+        name: d.name.clone(),
+        active: d.active,
+        gid: d.gid.to_vec(),
+        gid_index: d.gid_index,
+        link_gbps: d.link_gbps,
+        numa_node: d.numa_node.map(|n| n as i32).unwrap_or(-1),
+    }
+}
+
+pub fn rdma_device_from_pb(d: &pb::RdmaDevice) -> Result<RdmaDeviceInfo, ConvertError> {
+    Ok(RdmaDeviceInfo {
+        name: d.name.chars().take(64).collect(),
+        active: d.active,
+        gid: d.gid.as_slice().try_into().map_err(|_| bad("GID must be 16 bytes"))?,
+        gid_index: d.gid_index,
+        link_gbps: d.link_gbps,
+        numa_node: u32::try_from(d.numa_node).ok(),
+    })
+}
+
+pub fn accept_to_pb(a: &Accepted) -> pb::ServerFrame {
+    pb::ServerFrame {
+        msg: Some(pb::server_frame::Msg::Accept(pb::Accept {
+            protocol_version: a.protocol_version,
+            server_version: a.server_version.clone(),
+            transport: a.transport.clone(),
+            reason: a.reason.clone(),
+            tcp: a.tcp.as_ref().map(|t| pb::TcpEndpoint {
+                addr: t.addr.to_string(),
+                token: t.token.to_vec(),
+                streams: t.streams,
+                buffer_bytes: t.buffer_bytes,
+            }),
+            rdma: None,
+        })),
+    }
+}
+
+pub fn accept_from_pb(a: &pb::Accept) -> Result<Accepted, ConvertError> {
+    let tcp = match &a.tcp {
+        None => None,
+        Some(t) => Some(TcpEndpoint {
+            addr: t.addr.parse().map_err(|_| bad(format!("bad data address {:?}", t.addr)))?,
+            token: t
+                .token
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("session token must be 32 bytes"))?,
+            streams: t.streams,
+            buffer_bytes: t.buffer_bytes,
+        }),
+    };
+    Ok(Accepted {
+        protocol_version: a.protocol_version,
+        server_version: a.server_version.chars().take(64).collect(),
+        transport: a.transport.chars().take(16).collect(),
+        reason: a.reason.chars().take(1024).collect(),
+        tcp,
+    })
+}
+
+pub fn error_to_pb(e: &RemoteError) -> pb::ServerFrame {
+    let code = match e.code {
+        ErrorCode::VersionMismatch => pb::ErrorCode::VersionMismatch,
+        ErrorCode::BadPath => pb::ErrorCode::BadPath,
+        ErrorCode::ReadOnly => pb::ErrorCode::ReadOnly,
+        ErrorCode::TransportUnavailable => pb::ErrorCode::TransportUnavailable,
+        ErrorCode::BadRequest => pb::ErrorCode::BadRequest,
+        ErrorCode::Internal => pb::ErrorCode::Internal,
+    };
+    pb::ServerFrame {
+        msg: Some(pb::server_frame::Msg::Error(pb::Error {
+            code: code as i32,
+            message: e.message.clone(),
+        })),
+    }
+}
+
+pub fn error_from_pb(e: &pb::Error) -> RemoteError {
+    let code = match pb::ErrorCode::try_from(e.code) {
+        Ok(pb::ErrorCode::VersionMismatch) => ErrorCode::VersionMismatch,
+        Ok(pb::ErrorCode::BadPath) => ErrorCode::BadPath,
+        Ok(pb::ErrorCode::ReadOnly) => ErrorCode::ReadOnly,
+        Ok(pb::ErrorCode::TransportUnavailable) => ErrorCode::TransportUnavailable,
+        Ok(pb::ErrorCode::BadRequest) => ErrorCode::BadRequest,
+        _ => ErrorCode::Internal,
+    };
+    RemoteError { code, message: e.message.chars().take(4096).collect() }
+}
+
+// ----- manifest
+
+fn kind_to_pb(k: EntryKind) -> i32 {
+    (match k {
+        EntryKind::File => pb::EntryKind::File,
+        EntryKind::Dir => pb::EntryKind::Dir,
+        EntryKind::Symlink => pb::EntryKind::Symlink,
+        EntryKind::Special => pb::EntryKind::Special,
+    }) as i32
+}
+
+fn kind_from_pb(k: i32) -> Result<EntryKind, ConvertError> {
+    Ok(match pb::EntryKind::try_from(k) {
+        Ok(pb::EntryKind::File) => EntryKind::File,
+        Ok(pb::EntryKind::Dir) => EntryKind::Dir,
+        Ok(pb::EntryKind::Symlink) => EntryKind::Symlink,
+        Ok(pb::EntryKind::Special) => EntryKind::Special,
+        Err(_) => return Err(bad("unknown entry kind")),
+    })
+}
+
+pub fn entry_to_pb(e: &Entry) -> pb::Entry {
+    pb::Entry {
+        id: e.id,
+        path: e.path.as_bytes().to_vec(),
+        kind: kind_to_pb(e.kind),
+        size_bytes: e.size_bytes,
+        mtime: Some(pb::Timestamp { sec: e.mtime.sec, nsec: e.mtime.nsec }),
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        link_target: e.link_target.clone(),
+        inode: e.inode.map(|k| pb::InodeKey { dev: k.dev, ino: k.ino }),
+        sparse: e.sparse,
+        content_hash: e.content_hash.map(|h| h.to_le_bytes().to_vec()),
+    }
+}
+
+pub fn entry_from_pb(e: &pb::Entry) -> Result<Entry, ConvertError> {
+    let kind = kind_from_pb(e.kind)?;
+    let mtime =
+        e.mtime.as_ref().map(|t| Timestamp { sec: t.sec, nsec: t.nsec }).unwrap_or_default();
+    if mtime.nsec >= 1_000_000_000 {
+        return Err(bad("mtime nanoseconds out of range"));
+    }
+    if kind == EntryKind::Symlink && e.link_target.is_none() {
+        return Err(bad("symlink without a target"));
+    }
+    if e.link_target
+        .as_ref()
+        .is_some_and(|t| t.len() > blitx_core::path::PATH_BYTES_MAX || t.contains(&0))
+    {
+        return Err(bad("bad symlink target"));
+    }
+    let content_hash = match &e.content_hash {
+        None => None,
+        Some(h) => Some(u128::from_le_bytes(
+            h.as_slice().try_into().map_err(|_| bad("content hash must be 16 bytes"))?,
+        )),
+    };
+    Ok(Entry {
+        id: e.id,
+        path: path(&e.path)?,
+        kind,
+        size_bytes: e.size_bytes,
+        mtime,
+        mode: e.mode & 0o7777,
+        uid: e.uid,
+        gid: e.gid,
+        link_target: e.link_target.clone(),
+        inode: e.inode.as_ref().map(|k| InodeKey { dev: k.dev, ino: k.ino }),
+        sparse: e.sparse,
+        content_hash,
+    })
+}
+
+pub fn source_msg_to_pb(m: &SourceMsg) -> pb::SourceMsg {
+    use pb::source_msg::Msg;
+    let msg = match m {
+        SourceMsg::Root(e) => Msg::Root(entry_to_pb(e)),
+        SourceMsg::Listing { dir, entries, last_part } => Msg::Listing(pb::Listing {
+            dir: dir.as_bytes().to_vec(),
+            entries: entries.iter().map(entry_to_pb).collect(),
+            last_part: *last_part,
+        }),
+        SourceMsg::WalkError { path, message } => Msg::WalkError(pb::WalkError {
+            path: path.as_bytes().to_vec(),
+            message: message.clone(),
+        }),
+        SourceMsg::ManifestEnd => Msg::ManifestEnd(pb::Empty {}),
+        SourceMsg::FileFailed { id, path, message } => Msg::FileFailed(pb::FileFailed {
+            id: *id,
+            path: path.as_bytes().to_vec(),
+            message: message.clone(),
+        }),
+        SourceMsg::DataEnd => Msg::DataEnd(pb::Empty {}),
+    };
+    pb::SourceMsg { msg: Some(msg) }
+}
+
+pub fn source_msg_from_pb(m: &pb::SourceMsg) -> Result<SourceMsg, ConvertError> {
+    use pb::source_msg::Msg;
+    Ok(match m.msg.as_ref().ok_or_else(|| bad("empty source message"))? {
+        Msg::Root(e) => SourceMsg::Root(entry_from_pb(e)?),
+        Msg::Listing(l) => {
+            let dir = path(&l.dir)?;
+            if l.entries.len() > blitx_planner::walk::LISTING_ENTRIES_MAX {
+                return Err(bad("listing part too long"));
+            }
+            let mut entries = Vec::with_capacity(l.entries.len());
+            for e in &l.entries {
+                let e = entry_from_pb(e)?;
+                // Every entry must be a direct child of the listed directory.
+                match e.path.split_last() {
+                    Some((parent, _)) if parent == dir => entries.push(e),
+                    _ => return Err(bad(format!("entry {} is not in directory {dir}", e.path))),
+                }
+            }
+            SourceMsg::Listing { dir, entries, last_part: l.last_part }
+        }
+        Msg::WalkError(w) => {
+            SourceMsg::WalkError { path: path(&w.path)?, message: w.message.clone() }
+        }
+        Msg::ManifestEnd(_) => SourceMsg::ManifestEnd,
+        Msg::FileFailed(f) => {
+            SourceMsg::FileFailed { id: f.id, path: path(&f.path)?, message: f.message.clone() }
+        }
+        Msg::DataEnd(_) => SourceMsg::DataEnd,
+    })
+}
+
+pub fn target_msg_to_pb(m: &TargetMsg) -> pb::TargetMsg {
+    use pb::target_msg::Msg;
+    let msg = match m {
+        TargetMsg::Need(ids) => Msg::Need(pb::Need { ids: ids.clone() }),
+        TargetMsg::NeedEnd => Msg::NeedEnd(pb::Empty {}),
+    };
+    pb::TargetMsg { msg: Some(msg) }
+}
+
+pub fn target_msg_from_pb(m: &pb::TargetMsg) -> Result<TargetMsg, ConvertError> {
+    use pb::target_msg::Msg;
+    Ok(match m.msg.as_ref().ok_or_else(|| bad("empty target message"))? {
+        Msg::Need(n) => TargetMsg::Need(n.ids.clone()),
+        Msg::NeedEnd(_) => TargetMsg::NeedEnd,
+    })
+}
+
+// ----- events and summaries
+
+fn event_kind_to_pb(k: EventKind) -> i32 {
+    (match k {
+        EventKind::Copied => pb::EventKind::Copied,
+        EventKind::MetaUpdated => pb::EventKind::MetaUpdated,
+        EventKind::DirCreated => pb::EventKind::DirCreated,
+        EventKind::Symlinked => pb::EventKind::Symlinked,
+        EventKind::Hardlinked => pb::EventKind::Hardlinked,
+        EventKind::Deleted => pb::EventKind::Deleted,
+        EventKind::Unsupported => pb::EventKind::Unsupported,
+        EventKind::Failed => pb::EventKind::Failed,
+    }) as i32
+}
+
+pub fn event_to_pb(e: &Event) -> pb::Event {
+    pb::Event {
+        kind: event_kind_to_pb(e.kind),
+        path: e.path.as_bytes().to_vec(),
+        bytes: e.bytes,
+        message: e.message.clone(),
+    }
+}
+
+pub fn event_from_pb(e: &pb::Event) -> Result<Event, ConvertError> {
+    let kind = match pb::EventKind::try_from(e.kind) {
+        Ok(pb::EventKind::Copied) => EventKind::Copied,
+        Ok(pb::EventKind::MetaUpdated) => EventKind::MetaUpdated,
+        Ok(pb::EventKind::DirCreated) => EventKind::DirCreated,
+        Ok(pb::EventKind::Symlinked) => EventKind::Symlinked,
+        Ok(pb::EventKind::Hardlinked) => EventKind::Hardlinked,
+        Ok(pb::EventKind::Deleted) => EventKind::Deleted,
+        Ok(pb::EventKind::Unsupported) => EventKind::Unsupported,
+        Ok(pb::EventKind::Failed) => EventKind::Failed,
+        Err(_) => return Err(bad("unknown event kind")),
+    };
+    Ok(Event { kind, path: path(&e.path)?, bytes: e.bytes, message: e.message.clone() })
+}
+
+fn errors_to_pb(errors: &[FileError]) -> Vec<pb::FileError> {
+    errors
+        .iter()
+        .map(|e| pb::FileError { path: e.path.as_bytes().to_vec(), message: e.message.clone() })
+        .collect()
+}
+
+pub fn target_summary_to_pb(t: &TargetReport) -> pb::ServerFrame {
+    summary_frame(pb::Summary {
+        files_copied: t.files_copied,
+        bytes_copied: t.bytes_copied,
+        meta_updated: t.meta_updated,
+        dirs_created: t.dirs_created,
+        symlinks: t.symlinks,
+        hardlinks: t.hardlinks,
+        deleted: t.deleted,
+        unsupported: t.unsupported,
+        deletions_skipped: t.deletions_skipped,
+        errors: errors_to_pb(&t.errors),
+        error_count: t.error_count,
+        ..Default::default()
+    })
+}
+
+pub fn source_summary_to_pb(s: &SourceReport) -> pb::ServerFrame {
+    summary_frame(pb::Summary {
+        entries: s.entries,
+        dirs: s.dirs,
+        source_bytes: s.source_bytes,
+        files_sent: s.files_sent,
+        bytes_sent: s.bytes_sent,
+        errors: errors_to_pb(&s.errors),
+        error_count: s.error_count,
+        ..Default::default()
+    })
+}
+
+pub fn fatal_summary_to_pb(message: &str) -> pb::ServerFrame {
+    summary_frame(pb::Summary { fatal: message.to_string(), error_count: 1, ..Default::default() })
+}
+
+fn summary_frame(s: pb::Summary) -> pb::ServerFrame {
+    pb::ServerFrame { msg: Some(pb::server_frame::Msg::Summary(s)) }
+}
+
+pub fn summary_from_pb(s: &pb::Summary) -> Result<RemoteSummary, ConvertError> {
+    let mut errors = Vec::with_capacity(s.errors.len().min(blitx_storage::report::ERRORS_KEPT_MAX));
+    for e in s.errors.iter().take(blitx_storage::report::ERRORS_KEPT_MAX) {
+        errors.push(FileError { path: path(&e.path)?, message: e.message.clone() });
+    }
+    Ok(RemoteSummary {
+        target: TargetReport {
+            files_copied: s.files_copied,
+            bytes_copied: s.bytes_copied,
+            meta_updated: s.meta_updated,
+            dirs_created: s.dirs_created,
+            symlinks: s.symlinks,
+            hardlinks: s.hardlinks,
+            deleted: s.deleted,
+            unsupported: s.unsupported,
+            deletions_skipped: s.deletions_skipped,
+            errors: errors.clone(),
+            error_count: s.error_count,
+        },
+        source: SourceReport {
+            entries: s.entries,
+            dirs: s.dirs,
+            source_bytes: s.source_bytes,
+            files_sent: s.files_sent,
+            bytes_sent: s.bytes_sent,
+            errors,
+            error_count: s.error_count,
+        },
+        fatal: (!s.fatal.is_empty()).then(|| s.fatal.clone()),
+    })
+}
+
+// ----- frame wrappers
+
+pub fn client_source(m: &SourceMsg) -> pb::ClientFrame {
+    pb::ClientFrame { msg: Some(pb::client_frame::Msg::Source(source_msg_to_pb(m))) }
+}
+
+pub fn client_target(m: &TargetMsg) -> pb::ClientFrame {
+    pb::ClientFrame { msg: Some(pb::client_frame::Msg::Target(target_msg_to_pb(m))) }
+}
+
+pub fn server_source(m: &SourceMsg) -> pb::ServerFrame {
+    pb::ServerFrame { msg: Some(pb::server_frame::Msg::Source(source_msg_to_pb(m))) }
+}
+
+pub fn server_target(m: &TargetMsg) -> pb::ServerFrame {
+    pb::ServerFrame { msg: Some(pb::server_frame::Msg::Target(target_msg_to_pb(m))) }
+}
+
+pub fn server_events(events: &[Event]) -> pb::ServerFrame {
+    pb::ServerFrame {
+        msg: Some(pb::server_frame::Msg::Events(pb::Events {
+            events: events.iter().map(event_to_pb).collect(),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            id: 9,
+            path: RelPath::parse_str("d/f").unwrap(),
+            kind: EntryKind::File,
+            size_bytes: 10,
+            mtime: Timestamp { sec: 5, nsec: 7 },
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            link_target: None,
+            inode: Some(InodeKey { dev: 3, ino: 4 }),
+            sparse: true,
+            content_hash: Some(u128::MAX - 3),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let e = entry();
+        assert_eq!(entry_from_pb(&entry_to_pb(&e)).unwrap(), e);
+        let m = SourceMsg::Listing {
+            dir: RelPath::parse_str("d").unwrap(),
+            entries: vec![e],
+            last_part: true,
+        };
+        assert_eq!(source_msg_from_pb(&source_msg_to_pb(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn hostile_messages_are_refused() {
+        let mut p = entry_to_pb(&entry());
+        p.path = b"../../etc/passwd".to_vec();
+        assert!(entry_from_pb(&p).is_err());
+        let mut p = entry_to_pb(&entry());
+        p.path = b"/etc/passwd".to_vec();
+        assert!(entry_from_pb(&p).is_err());
+        let mut p = entry_to_pb(&entry());
+        p.content_hash = Some(vec![1, 2, 3]);
+        assert!(entry_from_pb(&p).is_err());
+        // An entry outside its listing's directory.
+        let l = pb::SourceMsg {
+            msg: Some(pb::source_msg::Msg::Listing(pb::Listing {
+                dir: b"a".to_vec(),
+                entries: vec![entry_to_pb(&entry())],
+                last_part: true,
+            })),
+        };
+        assert!(source_msg_from_pb(&l).is_err());
+        assert!(source_msg_from_pb(&pb::SourceMsg { msg: None }).is_err());
+        let mut params = params_to_pb(&SessionParams::default());
+        params.chunk_bytes = 3;
+        assert!(params_from_pb(&params).is_err());
+    }
+}

@@ -1,0 +1,33 @@
+//! blit's control plane: the gRPC protocol (proto/blit.proto, specified in docs/protocol.md),
+//! the daemon's service and the client's side of a session.
+//!
+//! The generated protobuf types stay in this crate ([`pb`] is private): every message from a
+//! peer is turned into a validated domain type ([`convert`]) before the rest of the code sees it,
+//! and anything a peer sends can produce an error, never a panic. The data itself never travels
+//! here; the control plane negotiates a data plane ([`dataplane`]: TCP streams now, RDMA queue
+//! pairs next) and then carries the source and target halves' messages while the data moves.
+
+pub mod client;
+pub mod convert;
+pub mod dataplane;
+pub mod server;
+pub mod url;
+
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+mod pb {
+    tonic::include_proto!("blit.v1");
+}
+
+/// Version of the control protocol. Two builds talk only when they speak the same version; the
+/// daemon answers a mismatch with `VERSION_MISMATCH` and both versions in the message.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The daemon's default control port.
+pub const DEFAULT_PORT: u16 = 9031;
+
+/// This build's version, sent in Open/Accept for diagnostics.
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Largest control message either side accepts (a listing part of 4096 entries with long paths
+/// stays far below this).
+pub const CONTROL_MESSAGE_BYTES_MAX: usize = 64 << 20;

@@ -1,0 +1,548 @@
+//! The daemon: serves pushes (client → daemon) and pulls (daemon → client) below one export
+//! root.
+//!
+//! Each session runs on its own OS threads (the engine is blocking by design); the async gRPC
+//! stream is bridged to the engine's channels by two small forwarding threads. Every path a
+//! client names is parsed into a `RelPath` and opened beneath the export root with
+//! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, so `..`, absolute paths, NUL bytes and symlinks out of
+//! the root are refused. SIGINT/SIGTERM cancel every session: writers stop, temporary files are
+//! removed, and the daemon exits once the sessions have wound down.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blitx_core::session::{SourceMsg, TargetMsg};
+use blitx_storage::RootDir;
+use blitx_storage::report::{Event, EventKind, Progress, Reporter};
+use blitx_storage::source::{SourceOptions, run_source};
+use blitx_storage::target::{TargetOptions, run_target};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{
+    self, Accepted, Direction, ErrorCode, OpenRequest, RemoteError, TransportChoice,
+};
+use crate::dataplane::{self, DataPlaneOptions, Role};
+use crate::pb;
+use crate::pb::blit_server::{Blit, BlitServer};
+use crate::{BUILD_VERSION, CONTROL_MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
+
+/// Frames queued towards one client at most.
+const OUTBOUND_QUEUE_MAX: usize = 64;
+/// Events batched into one message.
+const EVENTS_PER_MESSAGE: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub root: PathBuf,
+    pub listen: SocketAddr,
+    pub read_only: bool,
+    /// I/O threads per session side.
+    pub threads: usize,
+    /// TCP streams when the client does not ask for a number.
+    pub default_streams: u32,
+    pub stall_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the export root {path}")]
+    Root { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("the gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+struct Daemon {
+    cfg: DaemonConfig,
+    root: RootDir,
+    shutdown: Arc<AtomicBool>,
+    active: Arc<AtomicU64>,
+    next_session: AtomicU64,
+}
+
+/// Runs the daemon until SIGINT/SIGTERM (or `shutdown` is set). `on_listening` receives the bound
+/// address (useful with port 0).
+pub fn run_daemon(
+    cfg: DaemonConfig,
+    shutdown: Arc<AtomicBool>,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), DaemonError> {
+    let root = RootDir::open(&cfg.root)
+        .map_err(|source| DaemonError::Root { path: cfg.root.display().to_string(), source })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("blit-grpc")
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let active = Arc::new(AtomicU64::new(0));
+    let daemon = Daemon {
+        cfg: cfg.clone(),
+        root,
+        shutdown: Arc::clone(&shutdown),
+        active: Arc::clone(&active),
+        next_session: AtomicU64::new(1),
+    };
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
+        let local = listener.local_addr().map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
+        tracing::info!(root = %cfg.root.display(), "blit daemon listening on {local}");
+        on_listening(local);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let stop = Arc::clone(&shutdown);
+        let signal = async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if stop.load(Ordering::Acquire) { break; }
+                    }
+                }
+            }
+            tracing::info!("shutting down: cancelling sessions");
+            stop.store(true, Ordering::Release);
+        };
+        let service = BlitServer::new(daemon)
+            .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX);
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .map_err(DaemonError::Serve)?;
+        // Let cancelled sessions remove their temporary files before the process exits.
+        for _ in 0..100 {
+            if active.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    })
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Blit for Daemon {
+    async fn hello(
+        &self,
+        request: Request<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloReply>, Status> {
+        let req = request.into_inner();
+        tracing::debug!(client_protocol = req.protocol_version, "hello");
+        let rdma = dataplane::local_rdma_device();
+        let mut transports = vec!["tcp".to_string()];
+        if rdma.is_some() {
+            transports.push("rdma".into());
+        }
+        Ok(Response::new(pb::HelloReply {
+            protocol_version: PROTOCOL_VERSION,
+            server_version: BUILD_VERSION.into(),
+            transports,
+            read_only: self.cfg.read_only,
+            rdma_devices: rdma.iter().map(convert::rdma_device_to_pb).collect(),
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::ClientFrame>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        // Data listeners bind the address this control connection arrived on, never a
+        // wildcard the operator did not ask for.
+        let control_ip = request.local_addr().map(|a| a.ip()).unwrap_or(self.cfg.listen.ip());
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+        let inbound = request.into_inner();
+        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let ctx = SessionCtx {
+            id,
+            peer,
+            control_ip,
+            cfg: self.cfg.clone(),
+            root: self.root.clone(),
+            shutdown: Arc::clone(&self.shutdown),
+            rt: tokio::runtime::Handle::current(),
+        };
+        let active = Arc::clone(&self.active);
+        active.fetch_add(1, Ordering::AcqRel);
+        std::thread::Builder::new()
+            .name(format!("blit-session-{id}"))
+            .spawn(move || {
+                ctx.run(inbound, out_tx);
+                active.fetch_sub(1, Ordering::AcqRel);
+            })
+            .map_err(|e| Status::internal(format!("cannot start session thread: {e}")))?;
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))))
+    }
+}
+
+type Out = mpsc::Sender<Result<pb::ServerFrame, Status>>;
+
+struct SessionCtx {
+    id: u64,
+    peer: String,
+    control_ip: IpAddr,
+    cfg: DaemonConfig,
+    root: RootDir,
+    shutdown: Arc<AtomicBool>,
+    rt: tokio::runtime::Handle,
+}
+
+fn send(out: &Out, frame: pb::ServerFrame) -> bool {
+    out.blocking_send(Ok(frame)).is_ok()
+}
+
+fn refuse(out: &Out, code: ErrorCode, message: String) {
+    tracing::warn!("refused session: {message}");
+    send(out, convert::error_to_pb(&RemoteError { code, message }));
+}
+
+/// Sends events to the client in batches; failures always, the rest only when asked for.
+struct RemoteReporter {
+    out: Out,
+    all: bool,
+    buf: Mutex<Vec<Event>>,
+}
+
+impl RemoteReporter {
+    fn flush(&self) {
+        let batch = std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()));
+        if !batch.is_empty() {
+            send(&self.out, convert::server_events(&batch));
+        }
+    }
+}
+
+impl Reporter for RemoteReporter {
+    fn event(&self, e: Event) {
+        if !self.all && e.kind != EventKind::Failed {
+            return;
+        }
+        let full = {
+            let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+            b.push(e);
+            b.len() >= EVENTS_PER_MESSAGE
+        };
+        if full {
+            self.flush();
+        }
+    }
+}
+
+impl SessionCtx {
+    fn run(self, mut inbound: Streaming<pb::ClientFrame>, out: Out) {
+        let open = match self.rt.block_on(inbound.message()) {
+            Ok(Some(pb::ClientFrame { msg: Some(pb::client_frame::Msg::Open(o)) })) => o,
+            Ok(_) => {
+                return refuse(&out, ErrorCode::BadRequest, "the first message must be Open".into());
+            }
+            Err(status) => {
+                tracing::warn!(peer = %self.peer, "session ended before Open: {status}");
+                return;
+            }
+        };
+        let version = convert::open_version(&open);
+        if version != PROTOCOL_VERSION {
+            return refuse(
+                &out,
+                ErrorCode::VersionMismatch,
+                format!(
+                    "protocol version mismatch: the client (blit {}) speaks version {version}, this daemon (blit {BUILD_VERSION}) speaks version {PROTOCOL_VERSION}; use the same blit release on both ends",
+                    open.client_version
+                ),
+            );
+        }
+        let open = match convert::open_from_pb(&open) {
+            Ok(o) => o,
+            Err(e) => {
+                let code =
+                    if e.0.contains("path") || e.0.contains("component") || e.0.contains("NUL") {
+                        ErrorCode::BadPath
+                    } else {
+                        ErrorCode::BadRequest
+                    };
+                return refuse(&out, code, e.to_string());
+            }
+        };
+        tracing::info!(
+            session = self.id,
+            peer = %self.peer,
+            direction = ?open.direction,
+            path = %open.path,
+            "session opened"
+        );
+        let cancel = Arc::new(AtomicBool::new(false));
+        // Daemon shutdown cancels every session.
+        let watch = {
+            let (cancel, shutdown) = (Arc::clone(&cancel), Arc::clone(&self.shutdown));
+            std::thread::spawn(move || {
+                while !cancel.load(Ordering::Acquire) {
+                    if shutdown.load(Ordering::Acquire) {
+                        cancel.store(true, Ordering::Release);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        let result = self.serve(&open, inbound, &out, &cancel);
+        cancel.store(true, Ordering::Release);
+        let _ = watch.join();
+        if let Err(message) = result {
+            tracing::warn!(session = self.id, "session failed: {message}");
+            send(&out, convert::fatal_summary_to_pb(&message));
+        }
+    }
+
+    /// Runs the daemon's half; the Summary is sent here on success, by the caller on failure.
+    fn serve(
+        &self,
+        open: &OpenRequest,
+        inbound: Streaming<pb::ClientFrame>,
+        out: &Out,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<(), String> {
+        let push = open.direction == Direction::Push;
+        if push && self.cfg.read_only && !open.params.dry_run {
+            refuse(
+                out,
+                ErrorCode::ReadOnly,
+                "this daemon exports its root read-only (pull only)".into(),
+            );
+            return Ok(());
+        }
+        // Push: the target directory (created if missing); pull: the source directory.
+        let dry_missing = push && open.params.dry_run;
+        let root = match RootDir::beneath(&self.root, &open.path, push && !open.params.dry_run) {
+            Ok(r) => r,
+            Err(e) if dry_missing && e.kind() == std::io::ErrorKind::NotFound => {
+                match dataplane::empty_stand_in() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        refuse(
+                            out,
+                            ErrorCode::Internal,
+                            format!("cannot create a dry-run stand-in: {e}"),
+                        );
+                        return Ok(());
+                    }
+                }
+            }
+            Err(e) => {
+                refuse(
+                    out,
+                    ErrorCode::BadPath,
+                    format!("cannot use {} below the export root: {e}", open.path),
+                );
+                return Ok(());
+            }
+        };
+        if open.transport == TransportChoice::Rdma {
+            refuse(
+                out,
+                ErrorCode::TransportUnavailable,
+                "RDMA was requested but this daemon cannot serve it yet".into(),
+            );
+            return Ok(());
+        }
+        let streams =
+            if open.tcp_streams == 0 { self.cfg.default_streams } else { open.tcp_streams };
+        let stall = if open.stall_timeout_secs == 0 {
+            self.cfg.stall_timeout
+        } else {
+            Duration::from_secs(u64::from(open.stall_timeout_secs))
+        };
+        let dp_opts = DataPlaneOptions {
+            streams,
+            chunk_bytes: open.params.chunk_bytes,
+            socket_buffer_bytes: open.tcp_buffer_bytes,
+            stall_timeout: stall,
+            threads: self.cfg.threads,
+        };
+        let listening = match dataplane::tcp_listen(self.control_ip, &dp_opts) {
+            Ok(l) => l,
+            Err(e) => {
+                refuse(out, ErrorCode::Internal, format!("cannot open a data listener: {e}"));
+                return Ok(());
+            }
+        };
+        let reason = match open.transport {
+            TransportChoice::Tcp => "tcp requested".to_string(),
+            _ => format!("auto: {}", dataplane::rdma_unavailable_reason(open.client_rdma.as_ref())),
+        };
+        let accepted = Accepted {
+            protocol_version: PROTOCOL_VERSION,
+            server_version: BUILD_VERSION.into(),
+            transport: "tcp".into(),
+            reason,
+            tcp: Some(listening.endpoint()),
+        };
+        if !send(out, convert::accept_to_pb(&accepted)) {
+            return Err("client went away".into());
+        }
+        let role = if push { Role::Receive } else { Role::Send };
+        let plane = listening.accept(role, &dp_opts, cancel).map_err(|e| e.to_string())?;
+
+        let progress = Progress::default();
+        let reporter =
+            RemoteReporter { out: out.clone(), all: open.events, buf: Mutex::new(Vec::new()) };
+        let (to_engine_src, engine_src) = crossbeam_channel::bounded::<SourceMsg>(256);
+        let (to_engine_tgt, engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(256);
+        let (engine_out_src, from_engine_src) = crossbeam_channel::bounded::<SourceMsg>(256);
+        let (engine_out_tgt, from_engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(256);
+        let threads = self.cfg.threads;
+        let params = open.params.clone();
+        std::thread::scope(|s| {
+            // Client → engine.
+            let rt = self.rt.clone();
+            let cancel_in = Arc::clone(cancel);
+            s.spawn(move || {
+                let mut inbound = inbound;
+                loop {
+                    let msg = match next_or_cancel(&rt, &mut inbound, &cancel_in) {
+                        None => break,
+                        Some(Ok(Some(m))) => m,
+                        Some(Ok(None)) => break,
+                        Some(Err(status)) => {
+                            tracing::warn!("control stream from client failed: {status}");
+                            cancel_in.store(true, Ordering::Release);
+                            break;
+                        }
+                    };
+                    let ok = match (msg.msg, push) {
+                        (Some(pb::client_frame::Msg::Source(m)), true) => {
+                            match convert::source_msg_from_pb(&m) {
+                                Ok(m) => to_engine_src.send(m).is_ok(),
+                                Err(e) => {
+                                    tracing::warn!("{e}");
+                                    false
+                                }
+                            }
+                        }
+                        (Some(pb::client_frame::Msg::Target(m)), false) => {
+                            match convert::target_msg_from_pb(&m) {
+                                Ok(m) => to_engine_tgt.send(m).is_ok(),
+                                Err(e) => {
+                                    tracing::warn!("{e}");
+                                    false
+                                }
+                            }
+                        }
+                        _ => {
+                            tracing::warn!("unexpected message from client");
+                            false
+                        }
+                    };
+                    if !ok {
+                        cancel_in.store(true, Ordering::Release);
+                        break;
+                    }
+                }
+            });
+            // Engine → client.
+            let out_fwd = out.clone();
+            let fwd = s.spawn(move || {
+                if push {
+                    for m in from_engine_tgt.iter() {
+                        if !send(&out_fwd, convert::server_target(&m)) {
+                            break;
+                        }
+                    }
+                } else {
+                    for m in from_engine_src.iter() {
+                        if !send(&out_fwd, convert::server_source(&m)) {
+                            break;
+                        }
+                    }
+                }
+            });
+            let result = if push {
+                drop(engine_out_src);
+                let opts = TargetOptions {
+                    root: root.clone(),
+                    params: params.clone(),
+                    write_threads: threads,
+                    confine: true,
+                };
+                let rx = plane.receiver();
+                run_target(&opts, engine_src, engine_out_tgt, rx, &reporter, &progress, cancel)
+                    .map(|r| convert::target_summary_to_pb(&r))
+                    .map_err(|e| format!("{e}: {}", source_chain(&e)))
+            } else {
+                drop(engine_out_tgt);
+                let opts = SourceOptions {
+                    root: root.clone(),
+                    params: params.clone(),
+                    walk_threads: threads,
+                    read_threads: threads,
+                    confine: true,
+                };
+                let tx = plane.sender();
+                run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel)
+                    .map(|r| convert::source_summary_to_pb(&r))
+                    .map_err(|e| format!("{e}: {}", source_chain(&e)))
+            };
+            let _ = fwd.join();
+            reporter.flush();
+            match result {
+                Ok(summary) => {
+                    tracing::info!(session = self.id, "session done");
+                    send(out, summary);
+                    // Stop waiting for the client's half-close.
+                    cancel.store(true, Ordering::Release);
+                    Ok(())
+                }
+                Err(e) => {
+                    cancel.store(true, Ordering::Release);
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// The causes of an error, joined (the top-level message is printed separately).
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        parts.push(c.to_string());
+        cur = c.source();
+    }
+    if parts.is_empty() { "no further detail".into() } else { parts.join(": ") }
+}
+
+/// The next message of an inbound gRPC stream, or `None` once `cancel` is set (so a peer that
+/// never closes its side cannot keep a session thread alive).
+pub(crate) fn next_or_cancel<T>(
+    rt: &tokio::runtime::Handle,
+    stream: &mut Streaming<T>,
+    cancel: &AtomicBool,
+) -> Option<Result<Option<T>, Status>> {
+    rt.block_on(async {
+        tokio::select! {
+            m = stream.message() => Some(m),
+            _ = async {
+                while !cancel.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            } => None,
+        }
+    })
+}

@@ -1,0 +1,228 @@
+//! The receiving half: one thread per stream reads frames into pooled buffers and hands them to
+//! the target's writer threads through one bounded channel.
+//!
+//! A stream thread reads a header, decodes it against the session's chunk size (a peer cannot
+//! make us allocate or read more), leases a slot from this side's pool, reads the payload into
+//! it and queues the frame. Checksums are left to the consumer, which verifies every buffer
+//! payload (one place for every backend). End on a stream ends its thread; when every stream
+//! ended, the channel closes and every caller of `recv` gets `None`. A stream that closes or
+//! breaks before its End fails the session with `PeerGone`, and one that stops moving mid-frame
+//! for the stall timeout fails it with `Stalled`.
+//!
+//! In flight on this side: `pool_slots` buffers (one per stream being read, the channel's
+//! `streams × queue_frames` frames, and what the writers hold).
+
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use blitx_core::frame::{FRAME_HEADER_BYTES, FrameHeader, FrameKind};
+use blitx_core::pool::BufferPool;
+use blitx_core::transport::{Frame, FrameReceiver, Payload, TransportError, TransportStats};
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::TRANSPORT_NAME;
+use crate::cancel::Canceller;
+use crate::config::TcpConfig;
+use crate::error::{ConfigError, Failure, SetupError};
+use crate::tune::{self, Role};
+use crate::wire::Link;
+
+struct Shared {
+    cancel: Canceller,
+    failure: Mutex<Option<Failure>>,
+    sockets: Vec<TcpStream>,
+    pool: BufferPool,
+    chunk_bytes: u32,
+    streams: u32,
+    streams_ended: AtomicU32,
+    frames: AtomicU64,
+    payload_bytes: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single read or assignment; poisoning cannot leave it torn.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Records the first failure, wakes every thread (blocked reads via shutdown, blocked pool
+    /// leases via close, blocked channel operations via the canceller).
+    fn fail(&self, failure: Failure) {
+        {
+            let mut f = lock(&self.failure);
+            if f.is_none() {
+                tracing::debug!(?failure, "tcp receiver failed");
+                *f = Some(failure);
+            }
+        }
+        self.cancel.fire();
+        self.pool.close();
+        for s in &self.sockets {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn failure_error(&self) -> Option<TransportError> {
+        lock(&self.failure).as_ref().map(Failure::to_error)
+    }
+}
+
+/// The receiving half of a TCP data session.
+pub struct TcpReceiver {
+    shared: Arc<Shared>,
+    frames: Receiver<Frame>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl TcpReceiver {
+    /// Takes over a session's connected streams; `config.streams` must match their number.
+    pub fn new(streams: Vec<TcpStream>, config: &TcpConfig) -> Result<Self, SetupError> {
+        config.validate()?;
+        if streams.len() != config.streams as usize {
+            return Err(ConfigError::StreamCount {
+                connected: streams.len(),
+                configured: config.streams,
+            }
+            .into());
+        }
+        let pool = BufferPool::new(config.pool_slots, config.chunk_bytes as usize, true)?;
+        let mut links = Vec::with_capacity(streams.len());
+        let mut sockets = Vec::with_capacity(streams.len());
+        for (i, stream) in streams.into_iter().enumerate() {
+            let link = Link::new(stream, i, config.stall_secs());
+            let opt_err = |source| SetupError::SocketOption {
+                op: "session options",
+                peer: link.name.clone(),
+                source,
+            };
+            tune::apply_session(&link.stream, Role::Receive, config, &link.name)
+                .map_err(opt_err)?;
+            sockets.push(link.stream.try_clone().map_err(opt_err)?);
+            links.push(link);
+        }
+        let shared = Arc::new(Shared {
+            cancel: Canceller::new(),
+            failure: Mutex::new(None),
+            sockets,
+            pool,
+            chunk_bytes: config.chunk_bytes,
+            streams: config.streams,
+            streams_ended: AtomicU32::new(0),
+            frames: AtomicU64::new(0),
+            payload_bytes: AtomicU64::new(0),
+        });
+        let depth = config.streams as usize * config.queue_frames;
+        let (tx, rx) = crossbeam_channel::bounded(depth);
+        let receiver = TcpReceiver {
+            shared: Arc::clone(&shared),
+            frames: rx,
+            threads: Mutex::new(Vec::with_capacity(links.len())),
+        };
+        for (i, link) in links.into_iter().enumerate() {
+            let (tx, shared) = (tx.clone(), Arc::clone(&shared));
+            let handle = std::thread::Builder::new()
+                .name(format!("blit-tcp-rx{i}"))
+                .spawn(move || stream_main(&link, &tx, &shared))
+                // Dropping `receiver` stops and joins the threads spawned so far.
+                .map_err(SetupError::Thread)?;
+            lock(&receiver.threads).push(handle);
+        }
+        Ok(receiver)
+    }
+
+    /// Counters so far (the trait only asks the sender for them).
+    pub fn stats(&self) -> TransportStats {
+        TransportStats {
+            name: TRANSPORT_NAME.into(),
+            streams: self.shared.streams,
+            frames: self.shared.frames.load(Ordering::Relaxed),
+            payload_bytes: self.shared.payload_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The pool frames' payloads are leased from (for tests and diagnostics).
+    pub fn pool(&self) -> &BufferPool {
+        &self.shared.pool
+    }
+}
+
+impl FrameReceiver for TcpReceiver {
+    fn recv(&self) -> Result<Option<Frame>, TransportError> {
+        if let Some(e) = self.shared.failure_error() {
+            return Err(e);
+        }
+        crossbeam_channel::select! {
+            recv(self.frames) -> frame => match frame {
+                Ok(frame) => Ok(Some(frame)),
+                // Every stream thread is gone and every queued frame was delivered.
+                Err(_) => match self.shared.failure_error() {
+                    Some(e) => Err(e),
+                    None if self.shared.streams_ended.load(Ordering::Acquire) == self.shared.streams => {
+                        Ok(None)
+                    }
+                    None => Err(TransportError::PeerGone {
+                        detail: "every stream ended, some without an End frame".into(),
+                    }),
+                },
+            },
+            recv(self.shared.cancel.wake()) -> _ => {
+                Err(self.shared.failure_error().unwrap_or(TransportError::Cancelled))
+            }
+        }
+    }
+
+    fn abort(&self) {
+        self.shared.fail(Failure::Cancelled);
+    }
+}
+
+impl Drop for TcpReceiver {
+    fn drop(&mut self) {
+        if self.shared.streams_ended.load(Ordering::Acquire) != self.shared.streams {
+            self.shared.fail(Failure::Cancelled);
+        }
+        let handles = std::mem::take(&mut *lock(&self.threads));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+fn stream_main(link: &Link, tx: &Sender<Frame>, shared: &Shared) {
+    match receive_frames(link, tx, shared) {
+        Ok(()) => {
+            shared.streams_ended.fetch_add(1, Ordering::AcqRel);
+        }
+        Err(f) => shared.fail(f),
+    }
+}
+
+fn receive_frames(link: &Link, tx: &Sender<Frame>, shared: &Shared) -> Result<(), Failure> {
+    let mut raw = [0u8; FRAME_HEADER_BYTES];
+    loop {
+        link.read_exact(&mut raw, true, &shared.cancel)?;
+        let header = FrameHeader::decode(&raw, shared.chunk_bytes)
+            .map_err(|e| Failure::Protocol { peer: link.name.clone(), detail: e.to_string() })?;
+        let payload = match header.kind {
+            FrameKind::End => return Ok(()),
+            FrameKind::Hole => Payload::Empty,
+            FrameKind::Chunk | FrameKind::Bundle => {
+                // Blocks while the writers hold every buffer: back-pressure onto the socket.
+                let mut lease = shared.pool.acquire().map_err(|_| Failure::Cancelled)?;
+                let len = header.len_bytes as usize;
+                link.read_exact(&mut lease.full_mut()[..len], false, &shared.cancel)?;
+                lease.set_len(len);
+                Payload::Buffer(lease)
+            }
+        };
+        shared.frames.fetch_add(1, Ordering::Relaxed);
+        shared.payload_bytes.fetch_add(u64::from(header.len_bytes), Ordering::Relaxed);
+        let frame = Frame { header, payload };
+        crossbeam_channel::select! {
+            send(tx, frame) -> sent => if sent.is_err() { return Err(Failure::Cancelled) },
+            recv(shared.cancel.wake()) -> _ => return Err(Failure::Cancelled),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Blocking frame I/O on one data connection, with the stall detector built into every call.
+//!
+//! Every socket has SO_SNDTIMEO/SO_RCVTIMEO set to the stall timeout (see [`crate::tune`]), so a
+//! call that moves no byte for that long returns EAGAIN. A read that is waiting for the *next*
+//! frame treats that as idleness (the sender may simply have nothing to send) and waits on; any
+//! other EAGAIN — a partly received frame, or a write the peer does not drain — is a stall.
+
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::net::TcpStream;
+use std::os::fd::AsFd;
+
+use blitx_core::frame::FRAME_HEADER_BYTES;
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
+
+use crate::cancel::Canceller;
+use crate::error::{Failure, classify};
+
+/// Bytes hashed per `pread` when checksumming a file region: small enough to stay in L2, so the
+/// copy out of the page cache costs little more than the hash reading it.
+pub(crate) const SCRATCH_BYTES: usize = 256 << 10;
+
+/// One data connection and how to name it in errors.
+pub(crate) struct Link {
+    pub(crate) stream: TcpStream,
+    /// "stream 2 (10.0.0.5:41234)".
+    pub(crate) name: String,
+    pub(crate) stall_secs: u64,
+}
+
+impl Link {
+    pub(crate) fn new(stream: TcpStream, index: usize, stall_secs: u64) -> Self {
+        let peer =
+            stream.peer_addr().map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
+        Link { stream, name: format!("stream {index} ({peer})"), stall_secs }
+    }
+
+    fn fail(&self, op: &'static str, err: Errno) -> Failure {
+        classify(&io::Error::from(err), op, &self.name, self.stall_secs)
+    }
+
+    /// Writes a header and its payload with as few syscalls as the socket buffer allows.
+    pub(crate) fn write_frame(
+        &self,
+        header: &[u8; FRAME_HEADER_BYTES],
+        payload: &[u8],
+    ) -> Result<(), Failure> {
+        let mut bufs = [IoSlice::new(header), IoSlice::new(payload)];
+        // An empty trailing slice would make the last sendmsg write nothing.
+        let used = if payload.is_empty() { 1 } else { 2 };
+        let mut rest: &mut [IoSlice<'_>] = &mut bufs[..used];
+        while !rest.is_empty() {
+            // NOSIGNAL: a vanished peer is an EPIPE error here, not a process-killing SIGPIPE.
+            match rustix::net::sendmsg(
+                self.stream.as_fd(),
+                rest,
+                &mut SendAncillaryBuffer::default(),
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(0) => return Err(self.fail("write", Errno::PIPE)),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(self.fail("write", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a header that a `sendfile` payload follows; MSG_MORE keeps it from leaving as a
+    /// segment of its own.
+    pub(crate) fn write_header_more(
+        &self,
+        header: &[u8; FRAME_HEADER_BYTES],
+    ) -> Result<(), Failure> {
+        let mut done = 0;
+        while done < header.len() {
+            match rustix::net::send(
+                self.stream.as_fd(),
+                &header[done..],
+                SendFlags::NOSIGNAL | SendFlags::MORE,
+            ) {
+                Ok(0) => return Err(self.fail("write", Errno::PIPE)),
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(self.fail("write", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `len_bytes` of `file` from `offset_bytes` without copying through user space.
+    pub(crate) fn sendfile_all(
+        &self,
+        file: &File,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> Result<(), Failure> {
+        let mut offset = offset_bytes;
+        let end = offset_bytes + len_bytes;
+        while offset < end {
+            let want = usize::try_from(end - offset).unwrap_or(usize::MAX).min(1 << 30);
+            match rustix::fs::sendfile(self.stream.as_fd(), file, Some(&mut offset), want) {
+                Ok(0) => return Err(file_shrank(&self.name, offset)),
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(self.fail("sendfile", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `buf.len()` bytes. `at_boundary`: nothing of this frame arrived yet, so a
+    /// quiet peer is idle rather than stalled (until `cancel` fires). A clean close is `PeerGone`:
+    /// streams end with an End frame, never with a bare close.
+    pub(crate) fn read_exact(
+        &self,
+        buf: &mut [u8],
+        at_boundary: bool,
+        cancel: &Canceller,
+    ) -> Result<(), Failure> {
+        let mut done = 0;
+        while done < buf.len() {
+            // WAITALL: one syscall per payload in the common case instead of one per segment
+            // batch; with SO_RCVTIMEO it still returns what arrived when the timeout runs out.
+            match rustix::net::recv(self.stream.as_fd(), &mut buf[done..], RecvFlags::WAITALL) {
+                Ok((_, 0)) => {
+                    let when =
+                        if done == 0 && at_boundary { "before its End frame" } else { "mid-frame" };
+                    return Err(Failure::PeerGone {
+                        detail: format!("{}: the peer closed the connection {when}", self.name),
+                    });
+                }
+                Ok((_, n)) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) if done == 0 && at_boundary && !cancel.is_fired() => continue,
+                Err(e) => return Err(self.fail("read", e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn file_shrank(link: &str, at_bytes: u64) -> Failure {
+    Failure::Io {
+        op: "read source file",
+        peer: link.to_string(),
+        kind: io::ErrorKind::UnexpectedEof,
+        message: format!("the file ends at {at_bytes}, inside a chunk being sent (it shrank)"),
+    }
+}
+
+/// xxh3-64 of `len_bytes` of `file` at `offset_bytes`, read through `scratch` (kept small and
+/// hot in cache) so the region is never copied whole.
+pub(crate) fn region_checksum(
+    file: &File,
+    offset_bytes: u64,
+    len_bytes: u64,
+    scratch: &mut [u8],
+    link: &str,
+) -> Result<u64, Failure> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut at = offset_bytes;
+    let end = offset_bytes + len_bytes;
+    while at < end {
+        let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(scratch.len());
+        match rustix::io::pread(file, &mut scratch[..want], at) {
+            Ok(0) => return Err(file_shrank(link, at)),
+            Ok(n) => {
+                hasher.update(&scratch[..n]);
+                at += n as u64;
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => {
+                return Err(Failure::Io {
+                    op: "read source file",
+                    peer: link.to_string(),
+                    kind: io::Error::from(e).kind(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(hasher.digest())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn region_checksum_matches_the_frame_checksum() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        let mut scratch = vec![0u8; 4096];
+        for (off, len) in [(0usize, 0usize), (0, 1), (5, 4096), (1000, 600_000), (0, 700_000)] {
+            let got = region_checksum(&f, off as u64, len as u64, &mut scratch, "t").unwrap();
+            assert_eq!(got, blitx_core::frame::checksum(&data[off..off + len]), "{off}+{len}");
+        }
+        assert!(region_checksum(&f, 699_000, 2000, &mut scratch, "t").is_err());
+    }
+}
