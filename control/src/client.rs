@@ -441,3 +441,51 @@ pub fn transfer(
         remote,
     })
 }
+
+/// Sends an Open naming `path_bytes` verbatim (bypassing the client's own path validation) and
+/// returns the daemon's answer; for tests that check the daemon's confinement.
+#[doc(hidden)]
+pub fn raw_open_for_tests(
+    remote: &RemoteSpec,
+    path_bytes: &[u8],
+    push: bool,
+) -> Result<String, ClientError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut client = connect(remote).await?;
+        let open = OpenRequest {
+            protocol_version: PROTOCOL_VERSION,
+            client_version: BUILD_VERSION.into(),
+            direction: if push { Direction::Push } else { Direction::Pull },
+            path: blitx_core::RelPath::root(),
+            params: SessionParams::default(),
+            transport: TransportChoice::Tcp,
+            tcp_streams: 1,
+            tcp_buffer_bytes: 0,
+            events: false,
+            client_rdma: None,
+            rdma_qps: 0,
+            stall_timeout_secs: 5,
+        };
+        let mut frame = convert::open_to_pb(&open);
+        if let Some(pb::client_frame::Msg::Open(o)) = frame.msg.as_mut() {
+            o.path = path_bytes.to_vec();
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let _ = tx.send(frame).await;
+        let mut inbound = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| ClientError::Lost(s.message().to_string()))?
+            .into_inner();
+        match inbound.message().await {
+            Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Error(e)) })) => {
+                Err(ClientError::Refused(convert::error_from_pb(&e)))
+            }
+            Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Accept(a)) })) => {
+                Ok(a.transport)
+            }
+            other => Err(ClientError::Lost(format!("unexpected answer {other:?}"))),
+        }
+    })
+}

@@ -34,6 +34,10 @@ use crate::{BUILD_VERSION, CONTROL_MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
 
 /// Frames queued towards one client at most.
 const OUTBOUND_QUEUE_MAX: usize = 64;
+/// How long shutdown waits for cancelled sessions to clean up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long one control message may wait for a slow client once the session is cancelled.
+const CANCELLED_SEND_WAIT: Duration = Duration::from_secs(2);
 /// Events batched into one message.
 const EVENTS_PER_MESSAGE: usize = 256;
 
@@ -118,17 +122,30 @@ pub fn run_daemon(
         let service = BlitServer::new(daemon)
             .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX);
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await
-            .map_err(DaemonError::Serve)?;
-        // Let cancelled sessions remove their temporary files before the process exits.
-        for _ in 0..100 {
-            if active.load(Ordering::Acquire) == 0 {
-                break;
-            }
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, signal),
+        );
+        // Wait for the shutdown signal (or a server failure).
+        while !shutdown.load(Ordering::Acquire) && !server.is_finished() {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if server.is_finished() && !shutdown.load(Ordering::Acquire) {
+            return match server.await {
+                Ok(r) => r.map_err(DaemonError::Serve),
+                Err(e) => Err(DaemonError::Runtime(std::io::Error::other(e))),
+            };
+        }
+        // Cancelled sessions remove their temporary files; give them a bounded time (a frozen
+        // client must not keep the daemon alive), then exit.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = active.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!("{left} sessions still winding down at exit");
         }
         Ok(())
     })
@@ -209,6 +226,18 @@ fn send(out: &Out, frame: pb::ServerFrame) -> bool {
     out.blocking_send(Ok(frame)).is_ok()
 }
 
+/// Like [`send`], but gives up after a short wait: used once a session is cancelled, when the
+/// client may be frozen and must not hold the session (and daemon shutdown) hostage.
+fn send_bounded(rt: &tokio::runtime::Handle, out: &Out, frame: pb::ServerFrame) -> bool {
+    match out.try_send(Ok(frame)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(f)) => rt
+            .block_on(async { tokio::time::timeout(CANCELLED_SEND_WAIT, out.send(f)).await })
+            .is_ok_and(|r| r.is_ok()),
+    }
+}
+
 fn refuse(out: &Out, code: ErrorCode, message: String) {
     tracing::warn!("refused session: {message}");
     send(out, convert::error_to_pb(&RemoteError { code, message }));
@@ -216,16 +245,25 @@ fn refuse(out: &Out, code: ErrorCode, message: String) {
 
 /// Sends events to the client in batches; failures always, the rest only when asked for.
 struct RemoteReporter {
+    rt: tokio::runtime::Handle,
     out: Out,
     all: bool,
     buf: Mutex<Vec<Event>>,
 }
 
 impl RemoteReporter {
-    fn flush(&self) {
+    /// Sends what is batched. The final flush is bounded: the session is over and a frozen
+    /// client must not hold it.
+    fn flush(&self, last: bool) {
         let batch = std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()));
-        if !batch.is_empty() {
-            send(&self.out, convert::server_events(&batch));
+        if batch.is_empty() {
+            return;
+        }
+        let frame = convert::server_events(&batch);
+        if last {
+            send_bounded(&self.rt, &self.out, frame);
+        } else {
+            send(&self.out, frame);
         }
     }
 }
@@ -241,7 +279,7 @@ impl Reporter for RemoteReporter {
             b.len() >= EVENTS_PER_MESSAGE
         };
         if full {
-            self.flush();
+            self.flush(false);
         }
     }
 }
@@ -251,7 +289,11 @@ impl SessionCtx {
         let open = match self.rt.block_on(inbound.message()) {
             Ok(Some(pb::ClientFrame { msg: Some(pb::client_frame::Msg::Open(o)) })) => o,
             Ok(_) => {
-                return refuse(&out, ErrorCode::BadRequest, "the first message must be Open".into());
+                return refuse(
+                    &out,
+                    ErrorCode::BadRequest,
+                    "the first message must be Open".into(),
+                );
             }
             Err(status) => {
                 tracing::warn!(peer = %self.peer, "session ended before Open: {status}");
@@ -306,7 +348,7 @@ impl SessionCtx {
         let _ = watch.join();
         if let Err(message) = result {
             tracing::warn!(session = self.id, "session failed: {message}");
-            send(&out, convert::fatal_summary_to_pb(&message));
+            send_bounded(&self.rt, &out, convert::fatal_summary_to_pb(&message));
         }
     }
 
@@ -400,8 +442,12 @@ impl SessionCtx {
         let plane = listening.accept(role, &dp_opts, cancel).map_err(|e| e.to_string())?;
 
         let progress = Progress::default();
-        let reporter =
-            RemoteReporter { out: out.clone(), all: open.events, buf: Mutex::new(Vec::new()) };
+        let reporter = RemoteReporter {
+            rt: self.rt.clone(),
+            out: out.clone(),
+            all: open.events,
+            buf: Mutex::new(Vec::new()),
+        };
         let (to_engine_src, engine_src) = crossbeam_channel::bounded::<SourceMsg>(256);
         let (to_engine_tgt, engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(256);
         let (engine_out_src, from_engine_src) = crossbeam_channel::bounded::<SourceMsg>(256);
@@ -457,16 +503,25 @@ impl SessionCtx {
             });
             // Engine → client.
             let out_fwd = out.clone();
+            let rt_fwd = self.rt.clone();
+            let cancel_fwd = Arc::clone(cancel);
             let fwd = s.spawn(move || {
+                let forward = |frame| {
+                    if cancel_fwd.load(Ordering::Acquire) {
+                        send_bounded(&rt_fwd, &out_fwd, frame)
+                    } else {
+                        send(&out_fwd, frame)
+                    }
+                };
                 if push {
                     for m in from_engine_tgt.iter() {
-                        if !send(&out_fwd, convert::server_target(&m)) {
+                        if !forward(convert::server_target(&m)) {
                             break;
                         }
                     }
                 } else {
                     for m in from_engine_src.iter() {
-                        if !send(&out_fwd, convert::server_source(&m)) {
+                        if !forward(convert::server_source(&m)) {
                             break;
                         }
                     }
@@ -499,7 +554,7 @@ impl SessionCtx {
                     .map_err(|e| format!("{e}: {}", source_chain(&e)))
             };
             let _ = fwd.join();
-            reporter.flush();
+            reporter.flush(true);
             match result {
                 Ok(summary) => {
                     tracing::info!(session = self.id, "session done");
