@@ -25,6 +25,10 @@ pub const BUNDLE_FILES_MAX: usize = 16 * 1024;
 /// not changed; the target may commit the file once every chunk has arrived.
 pub const FLAG_FILE_VERIFIED: u16 = 1;
 
+/// Header flag: the payload never left this process (in-process transport), so no checksum was
+/// computed and none is verified. Network transports never set it.
+pub const FLAG_UNCHECKED: u16 = 2;
+
 /// Bundle record flag: the source could not read this file; its bytes are absent.
 pub const BUNDLE_FLAG_FAILED: u32 = 1;
 
@@ -134,8 +138,12 @@ impl FrameHeader {
         })
     }
 
-    /// Checks a received payload against the header's checksum.
+    /// Checks a received payload against the header's checksum (unless the frame is marked
+    /// [`FLAG_UNCHECKED`]).
     pub fn verify(&self, payload: &[u8]) -> Result<(), FrameError> {
+        if self.flags & FLAG_UNCHECKED != 0 {
+            return Ok(());
+        }
         let received = checksum(payload);
         if received != self.checksum {
             return Err(FrameError::Checksum {

@@ -78,3 +78,26 @@ pub struct TargetEntry {
     pub inode: Option<InodeKey>,
     pub content_hash: Option<u128>,
 }
+
+/// Hasher for maps keyed by [`FileId`]: ids are small unique integers chosen by our own walker
+/// (a peer choosing them adversarially only slows its own session), so one
+/// multiplication spreads them well; SipHash would cost more than the lookup.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by file id.
+pub type IdMap<V> = std::collections::HashMap<FileId, V, std::hash::BuildHasherDefault<IdHasher>>;

@@ -102,6 +102,11 @@ pub trait FrameSender: Send + Sync {
     fn pool(&self) -> &BufferPool;
     /// Largest payload one frame may carry.
     fn frame_bytes_max(&self) -> u32;
+    /// Whether frames need payload checksums. Only a transport whose bytes never leave the
+    /// process may say no (readers then mark frames `FLAG_UNCHECKED` and skip hashing).
+    fn needs_checksums(&self) -> bool {
+        true
+    }
     /// Sends one frame; blocks while the in-flight window is full.
     fn send(&self, frame: Frame) -> Result<(), TransportError>;
     /// No more frames will be sent: flush and tell the receiver.
@@ -212,6 +217,9 @@ impl FrameSender for MemSender {
     }
     fn frame_bytes_max(&self) -> u32 {
         self.frame_bytes_max
+    }
+    fn needs_checksums(&self) -> bool {
+        false
     }
     fn send(&self, frame: Frame) -> Result<(), TransportError> {
         let mut frame = frame;

@@ -9,14 +9,16 @@
 //! final frame marked verified; a file that changed is reported to the target with
 //! [`SourceMsg::FileFailed`] and never committed there.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use blitx_core::frame::{self, BUNDLE_FLAG_FAILED, FLAG_FILE_VERIFIED, FrameHeader, FrameKind};
-use blitx_core::manifest::{Entry, EntryKind, FileId, Timestamp};
+use blitx_core::frame::{
+    self, BUNDLE_FLAG_FAILED, FLAG_FILE_VERIFIED, FLAG_UNCHECKED, FrameHeader, FrameKind,
+};
+use blitx_core::manifest::{Entry, EntryKind, FileId, IdMap, Timestamp};
 use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
 use blitx_core::transport::{FileRegion, Frame, FrameSender, Payload, PayloadPref, TransportError};
 use blitx_core::{BufLease, RelPath};
@@ -86,7 +88,7 @@ struct OpenFile {
 
 struct Work {
     chunker: Chunker,
-    needed: HashMap<FileId, FileRef>,
+    needed: IdMap<FileRef>,
     needs_done: bool,
     busy_readers: usize,
 }
@@ -96,7 +98,7 @@ struct Shared<'a> {
     dirs: DirCache,
     work: Mutex<Work>,
     more_work: Condvar,
-    open: Mutex<HashMap<FileId, OpenFile>>,
+    open: Mutex<IdMap<OpenFile>>,
     to_target: Sender<SourceMsg>,
     transport: &'a dyn FrameSender,
     progress: &'a Progress,
@@ -137,12 +139,12 @@ pub fn run_source(
         dirs: DirCache::new(root_fd, opts.confine),
         work: Mutex::new(Work {
             chunker: Chunker::new(&opts.params),
-            needed: HashMap::new(),
+            needed: IdMap::default(),
             needs_done: false,
             busy_readers: 0,
         }),
         more_work: Condvar::new(),
-        open: Mutex::new(HashMap::new()),
+        open: Mutex::new(IdMap::default()),
         to_target: to_target.clone(),
         transport,
         progress,
@@ -259,8 +261,7 @@ fn dispatch(
                 let Some(files) = lock(pending).pop_front() else {
                     return Err(SourceError::Protocol("a need answer for no listing".into()));
                 };
-                let mut by_id: HashMap<FileId, FileRef> =
-                    files.into_iter().map(|f| (f.id, f)).collect();
+                let mut by_id: IdMap<FileRef> = files.into_iter().map(|f| (f.id, f)).collect();
                 let mut work = lock(&shared.work);
                 for id in ids {
                     let Some(f) = by_id.remove(&id) else {
@@ -389,7 +390,7 @@ fn reader(shared: &Shared<'_>) {
 }
 
 /// The file references a unit needs; a chunked file's reference stays until its last chunk.
-fn unit_files(unit: &Unit, needed: &mut HashMap<FileId, FileRef>) -> Vec<FileRef> {
+fn unit_files(unit: &Unit, needed: &mut IdMap<FileRef>) -> Vec<FileRef> {
     match unit {
         Unit::Bundle(files) => files.iter().filter_map(|f| needed.remove(&f.id)).collect(),
         Unit::Chunk { file, offset_bytes, len_bytes } => {
@@ -425,13 +426,14 @@ fn send_bundle(shared: &Shared<'_>, files: &[FileRef]) -> Result<(), TransportEr
     }
     frame::write_bundle_index(buf, &items);
     lease.set_len(at);
+    let checked = shared.transport.needs_checksums();
     let header = FrameHeader {
         kind: FrameKind::Bundle,
-        flags: FLAG_FILE_VERIFIED,
+        flags: FLAG_FILE_VERIFIED | if checked { 0 } else { FLAG_UNCHECKED },
         file_id: shared.bundle_seq.fetch_add(1, Ordering::Relaxed),
         offset_bytes: 0,
         len_bytes: at as u32,
-        checksum: frame::checksum(lease.data()),
+        checksum: if checked { frame::checksum(lease.data()) } else { 0 },
     };
     let sent_files = items.iter().filter(|i| i.2 == 0).count() as u64;
     let sent_bytes = (at - index_bytes) as u64;
@@ -478,7 +480,7 @@ fn send_chunk(
             mark_failed(shared, f, message);
             return Ok(());
         }
-        header.flags = FLAG_FILE_VERIFIED;
+        header.flags |= FLAG_FILE_VERIFIED;
     }
     shared.transport.send(Frame { header, payload })?;
     Progress::add(&shared.progress.bytes_done, u64::from(len_bytes));
@@ -536,7 +538,11 @@ fn read_chunk(
     let len = len_bytes as usize;
     read_exact_at(&file, &mut lease.full_mut()[..len], offset_bytes)?;
     lease.set_len(len);
-    header.checksum = frame::checksum(lease.data());
+    if shared.transport.needs_checksums() {
+        header.checksum = frame::checksum(lease.data());
+    } else {
+        header.flags |= FLAG_UNCHECKED;
+    }
     Ok(Some((header, Payload::Buffer(lease), file)))
 }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use blitx_core::RelPath;
 use blitx_core::frame::{self, FLAG_FILE_VERIFIED, FrameKind};
-use blitx_core::manifest::{Entry, EntryKind, FileId, TargetEntry};
+use blitx_core::manifest::{Entry, EntryKind, FileId, IdMap, TargetEntry};
 use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
 use blitx_core::transport::{Frame, FrameReceiver, Payload, TransportError};
 use blitx_planner::diff::{Action, Clear, DiffOptions, Differ, needs_target_hash};
@@ -58,6 +58,9 @@ pub enum TargetError {
     #[error("the transfer was cancelled")]
     Cancelled,
 }
+
+/// Listings at least this long are stat'ed by two threads.
+const PARALLEL_STAT_MIN: usize = 256;
 
 /// Live temp files are named `.NAME.PID.N.blit-tmp` in the file's own directory.
 const TEMP_SUFFIX: &str = ".blit-tmp";
@@ -156,7 +159,7 @@ struct Shared<'a> {
     opts: &'a TargetOptions,
     dirs: DirCache,
     id: Identity,
-    pending: Mutex<HashMap<FileId, Arc<Pending>>>,
+    pending: Mutex<IdMap<Arc<Pending>>>,
     reporter: &'a dyn Reporter,
     progress: &'a Progress,
     cancel: &'a AtomicBool,
@@ -206,7 +209,7 @@ pub fn run_target(
         opts,
         dirs: DirCache::new(root_fd, opts.confine),
         id,
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::new(IdMap::default()),
         reporter,
         progress,
         cancel,
@@ -392,24 +395,40 @@ fn handle_listing(
         let open = deferred.listings.entry(dir.clone()).or_default();
         open.source_names.extend(entries.iter().map(|e| e.path.file_name().to_vec()));
     }
-    for entry in entries {
+    // Stat (and, for --checksum, hash) the target side of every entry first, in parallel for
+    // big listings: this is the whole cost of a no-op run.
+    let compare = shared.opts.params.compare;
+    let look = |entry: &Entry| -> io::Result<Option<TargetEntry>> {
+        let Some(fd) = dfd.as_ref().filter(|_| !fresh) else { return Ok(None) };
         let name = entry.path.file_name();
-        let target = match (&dfd, fresh) {
-            (Some(fd), false) => match target_entry(fd.as_fd(), name) {
-                Ok(t) => t,
-                Err(e) => {
-                    shared.error(&entry.path, format!("cannot stat target: {e}"));
-                    continue;
-                }
-            },
-            _ => None,
-        };
-        let mut target = target;
-        if let (Some(t), Some(fd)) = (target.as_mut(), &dfd)
-            && needs_target_hash(shared.opts.params.compare, entry, t)
+        let mut t = target_entry(fd.as_fd(), name)?;
+        if let Some(t) = t.as_mut()
+            && needs_target_hash(compare, entry, t)
         {
             t.content_hash = fsys::hash_file(fd.as_fd(), name).ok();
         }
+        Ok(t)
+    };
+    let targets: Vec<io::Result<Option<TargetEntry>>> =
+        if fresh || entries.len() < PARALLEL_STAT_MIN {
+            entries.iter().map(look).collect()
+        } else {
+            let half = entries.len() / 2;
+            std::thread::scope(|s| {
+                let second = s.spawn(|| entries[half..].iter().map(look).collect::<Vec<_>>());
+                let mut first: Vec<_> = entries[..half].iter().map(look).collect();
+                first.extend(second.join().unwrap_or_default());
+                first
+            })
+        };
+    for (entry, target) in entries.iter().zip(targets) {
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => {
+                shared.error(&entry.path, format!("cannot stat target: {e}"));
+                continue;
+            }
+        };
         let decision = differ.decide(entry, target.as_ref());
         differ.leader_target_inode(entry, target.as_ref());
         apply(shared, deferred, dfd.as_deref(), entry, decision, &mut needs);
@@ -744,8 +763,25 @@ fn write_bundle(shared: &Shared<'_>, frame: &Frame) -> Result<(), TargetError> {
     }
     frame.header.verify(data).map_err(|e| TargetError::Protocol(e.to_string()))?;
     let items = frame::parse_bundle(data).map_err(|e| TargetError::Protocol(e.to_string()))?;
-    for item in items {
-        let p = pending(shared, item.file_id)?;
+    // One lock for the whole bundle, not one per file.
+    let files: Vec<Arc<Pending>> = {
+        let pending = lock(&shared.pending);
+        items
+            .iter()
+            .map(|i| {
+                pending.get(&i.file_id).cloned().ok_or_else(|| {
+                    TargetError::Protocol(format!(
+                        "data for file {}, which was not needed",
+                        i.file_id
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let mut committed = Vec::with_capacity(items.len());
+    // Consecutive files usually share a directory: keep its handle.
+    let mut dir_cache: Option<(RelPath, Arc<OwnedFd>)> = None;
+    for (item, p) in items.iter().zip(&files) {
         if item.failed() {
             continue; // the source reports it with FileFailed
         }
@@ -763,22 +799,23 @@ fn write_bundle(shared: &Shared<'_>, frame: &Frame) -> Result<(), TargetError> {
         if !st.chunks.mark(0) {
             return Err(TargetError::Protocol(format!("file {} sent twice", p.path)));
         }
-        let written = create_temp(shared, &p, p.meta.mode).and_then(|temp| {
-            let r = write_all_at(&temp.file, bytes, 0, p.sparse)
-                .and_then(|()| commit(shared, &p, &temp));
-            if r.is_err() {
-                let _ =
-                    rustix::fs::unlinkat(temp.dir.as_fd(), fsys::os(&temp.name), AtFlags::empty());
+        let Some((dir, name)) = p.path.split_last() else {
+            return Err(TargetError::Protocol("file data for the root".into()));
+        };
+        let dfd = match &dir_cache {
+            Some((d, fd)) if *d == dir => Ok(Arc::clone(fd)),
+            _ => {
+                shared.dirs.get(&dir).inspect(|fd| dir_cache = Some((dir.clone(), Arc::clone(fd))))
             }
-            r
-        });
+        };
+        let written = dfd.and_then(|dfd| write_small(shared, p, &dfd, name, bytes));
         match written {
             Ok(()) => {
                 st.committed = true;
                 drop(st);
-                lock(&shared.pending).remove(&item.file_id);
+                committed.push(item.file_id);
                 Progress::add(&shared.progress.bytes_done, p.size_bytes);
-                file_done(shared, &p);
+                file_done(shared, p);
             }
             Err(e) => {
                 st.failed = true;
@@ -787,7 +824,107 @@ fn write_bundle(shared: &Shared<'_>, frame: &Frame) -> Result<(), TargetError> {
             }
         }
     }
+    let mut pending = lock(&shared.pending);
+    for id in committed {
+        pending.remove(&id);
+    }
     Ok(())
+}
+
+/// How a small file gets its name. `O_TMPFILE` creates it without any name, and `linkat` gives
+/// it its real name only once it is complete, so even SIGKILL leaves nothing behind; where the
+/// file system cannot do that, a named temporary file and a rename.
+const LINK_UNKNOWN: u8 = 0;
+const LINK_EMPTY_PATH: u8 = 1;
+const LINK_PROC: u8 = 2;
+const LINK_NONE: u8 = 3;
+static LINK_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(LINK_UNKNOWN);
+
+/// Writes and commits one small file in `dir` (all of its bytes are in `data`).
+fn write_small(
+    shared: &Shared<'_>,
+    p: &Pending,
+    dir: &Arc<OwnedFd>,
+    name: &[u8],
+    data: &[u8],
+) -> io::Result<()> {
+    let preserve = shared.opts.params.preserve_owner;
+    if LINK_MODE.load(Ordering::Relaxed) != LINK_NONE {
+        match rustix::fs::openat(
+            dir.as_fd(),
+            ".",
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(p.meta.mode),
+        ) {
+            Ok(fd) => {
+                let file = File::from(fd);
+                write_all_at(&file, data, 0, p.sparse)?;
+                meta::apply_to_new_file(file.as_fd(), &p.meta, &shared.id, preserve)?;
+                return link_anonymous(&file, dir, name);
+            }
+            Err(
+                rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL,
+            ) => {
+                LINK_MODE.store(LINK_NONE, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let temp = create_temp(shared, p, p.meta.mode)?;
+    let r = write_all_at(&temp.file, data, 0, p.sparse).and_then(|()| commit(shared, p, &temp));
+    if r.is_err() {
+        let _ = rustix::fs::unlinkat(temp.dir.as_fd(), fsys::os(&temp.name), AtFlags::empty());
+    }
+    r
+}
+
+/// Gives an `O_TMPFILE` file its name. When the name is taken (an update), the file is linked
+/// under a temporary name and renamed over the old one, so the replacement stays atomic.
+fn link_anonymous(file: &File, dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
+    let link = |target: &[u8]| -> rustix::io::Result<()> {
+        loop {
+            match LINK_MODE.load(Ordering::Relaxed) {
+                LINK_PROC => {
+                    let proc_path =
+                        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+                    return rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        proc_path.as_str(),
+                        dir,
+                        fsys::os(target),
+                        AtFlags::SYMLINK_FOLLOW,
+                    );
+                }
+                _ => match rustix::fs::linkat(file, "", dir, fsys::os(target), AtFlags::EMPTY_PATH)
+                {
+                    // Without CAP_DAC_READ_SEARCH the kernel refuses AT_EMPTY_PATH with ENOENT.
+                    Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM)
+                        if LINK_MODE.load(Ordering::Relaxed) != LINK_EMPTY_PATH =>
+                    {
+                        LINK_MODE.store(LINK_PROC, Ordering::Relaxed);
+                    }
+                    r => {
+                        if r.is_ok() {
+                            LINK_MODE.store(LINK_EMPTY_PATH, Ordering::Relaxed);
+                        }
+                        return r;
+                    }
+                },
+            }
+        }
+    };
+    match link(name) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => {
+            let tmp = temp_name(name);
+            link(&tmp)?;
+            rustix::fs::renameat(dir, fsys::os(&tmp), dir, fsys::os(name)).map_err(|e| {
+                let _ = rustix::fs::unlinkat(dir, fsys::os(&tmp), AtFlags::empty());
+                io::Error::from(e)
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
