@@ -448,10 +448,10 @@ impl SessionCtx {
             all: open.events,
             buf: Mutex::new(Vec::new()),
         };
-        let (to_engine_src, engine_src) = crossbeam_channel::bounded::<SourceMsg>(256);
-        let (to_engine_tgt, engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(256);
-        let (engine_out_src, from_engine_src) = crossbeam_channel::bounded::<SourceMsg>(256);
-        let (engine_out_tgt, from_engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(256);
+        let (to_engine_src, engine_src) = crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+        let (to_engine_tgt, engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+        let (engine_out_src, from_engine_src) = crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+        let (engine_out_tgt, from_engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
         let threads = self.cfg.threads;
         let params = open.params.clone();
         std::thread::scope(|s| {

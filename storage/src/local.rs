@@ -18,8 +18,9 @@ use crate::root::RootDir;
 use crate::source::{SourceError, SourceOptions, run_source};
 use crate::target::{TargetError, TargetOptions, run_target};
 
-/// Control messages queued between the halves at most (each is one listing part or one answer).
-pub const CONTROL_QUEUE_MAX: usize = 256;
+/// Control messages queued between the halves at most, per direction (each is one listing part
+/// of up to 4096 entries, or one answer): bounds the manifest held in flight.
+pub const CONTROL_QUEUE_MAX: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct LocalOptions {

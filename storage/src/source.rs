@@ -57,6 +57,9 @@ pub enum SourceError {
     Cancelled,
 }
 
+/// Needed files queued for the readers at most before the source stops taking answers.
+const QUEUED_FILES_MAX: usize = 32 * 1024;
+
 /// What the source remembers about a walked file until the target has decided about it.
 #[derive(Debug, Clone)]
 struct FileRef {
@@ -263,6 +266,16 @@ fn dispatch(
                 };
                 let mut by_id: IdMap<FileRef> = files.into_iter().map(|f| (f.id, f)).collect();
                 let mut work = lock(&shared.work);
+                // Back-pressure: while the readers are this far behind, stop taking answers, so
+                // the target stops diffing and the walk stops listing (memory stays bounded
+                // whatever the number of files).
+                while work.chunker.queued() >= QUEUED_FILES_MAX && !shared.cancel.load(Ordering::Acquire) {
+                    work = shared
+                        .more_work
+                        .wait_timeout(work, std::time::Duration::from_millis(100))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
                 for id in ids {
                     let Some(f) = by_id.remove(&id) else {
                         return Err(SourceError::Protocol(format!(
