@@ -3,7 +3,8 @@
 # Idempotent; installs only what is missing; never upgrades systemd/udev (no rdma-core).
 set -euo pipefail
 pkgs=(
-  pkg-config                # probes libibverbs for rdma-sys
+  pkg-config                # probes libibverbs (rdma-sys) and libhwloc (hwlocality)
+  libhwloc-dev              # NUMA topology and thread/memory placement (topology crate)
   libibverbs-dev librdmacm-dev ibverbs-providers libibverbs1  # verbs headers (build) and providers (run)
   libclang1-14 libclang-common-14-dev                          # bindgen (rdma-sys) at build time
   rsync iperf3 perftest     # peers for benchmarks and tests
