@@ -30,6 +30,10 @@ pub struct DaemonArgs {
     /// Seconds without data-plane progress before a session fails.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub stall_timeout: u64,
+    /// Where session threads and buffers go: auto (the NUMA node of the NIC that reaches the
+    /// client), off, or node=N.
+    #[arg(long, default_value = "auto")]
+    pub numa: blitx_topology::NumaPolicy,
 }
 
 pub fn run(args: DaemonArgs) -> Exit {
@@ -44,6 +48,7 @@ pub fn run(args: DaemonArgs) -> Exit {
         threads: args.threads.unwrap_or_else(blitx_storage::default_io_threads),
         default_streams: args.streams,
         stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        numa: args.numa,
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     match run_daemon(cfg, shutdown, |addr| eprintln!("blit daemon listening on {addr}")) {

@@ -4,6 +4,7 @@
 mod daemon;
 mod exit;
 mod output;
+mod topo;
 mod units;
 mod xfer;
 
@@ -26,6 +27,8 @@ enum Command {
     Xfer(xfer::XferArgs),
     /// Serve a directory to blit clients (push and pull).
     Daemon(daemon::DaemonArgs),
+    /// Show sockets, NUMA nodes, NICs, verbs devices and disks as blit sees them.
+    Topo(topo::TopoArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -49,6 +52,7 @@ fn main() {
     let code = match cli.command {
         Command::Xfer(args) => xfer::run(args, cli.verbose),
         Command::Daemon(args) => daemon::run(args),
+        Command::Topo(args) => topo::run(args),
     };
     std::process::exit(code.into());
 }

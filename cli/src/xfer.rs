@@ -71,6 +71,10 @@ pub struct XferArgs {
     /// Do not set owners even when running as root.
     #[arg(long)]
     pub no_owner: bool,
+    /// Where threads and buffers go: auto (the NUMA node of the NIC that reaches the daemon, or
+    /// of the target's disk for local copies), off, or node=N.
+    #[arg(long, default_value = "auto")]
+    pub numa: blitx_topology::NumaPolicy,
     /// Move data through buffers instead of the kernel's copy_file_range (for comparisons).
     #[arg(long, hide = true)]
     pub buffered: bool,
@@ -225,6 +229,9 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         out: std::sync::Mutex::new(()),
     };
     let threads = args.threads.unwrap_or_else(blitx_storage::default_io_threads);
+    // Placement first: every thread the transfer creates inherits it.
+    let device = placement_device(args, remote_source || remote_target);
+    crate::topo::place_here(args.numa, device.as_deref())?;
     let progress = Progress::default();
     let start = Instant::now();
     let done = AtomicBool::new(false);
@@ -271,6 +278,26 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     };
     summary.print(args.json);
     Ok(if t.error_count > 0 { Exit::Partial } else { Exit::Ok })
+}
+
+/// The device a transfer's data goes through: the interface that routes to the daemon, or the
+/// disk holding the local target.
+fn placement_device(args: &XferArgs, remote: bool) -> Option<String> {
+    if remote {
+        let url = if RemoteSpec::is_remote(&args.source) { &args.source } else { &args.target };
+        let spec = RemoteSpec::parse(url).ok()?;
+        let ip = std::net::ToSocketAddrs::to_socket_addrs(&(spec.host.as_str(), spec.port))
+            .ok()?
+            .next()?
+            .ip();
+        blitx_topology::interface_for_peer(ip)
+    } else {
+        let mut p = PathBuf::from(&args.target);
+        while !p.exists() {
+            p = p.parent()?.to_path_buf();
+        }
+        blitx_topology::block_device_of(&p)
+    }
 }
 
 /// What either kind of transfer produced. The target's report is the complete one: every

@@ -228,10 +228,14 @@ pub fn transfer(
     let summary: Mutex<Option<Result<RemoteSummary, String>>> = Mutex::new(None);
     let lost: Mutex<Option<String>> = Mutex::new(None);
     let session_cancel = Arc::new(AtomicBool::new(false));
-    let (to_engine_src, engine_src) = crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
-    let (to_engine_tgt, engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
-    let (engine_out_src, from_engine_src) = crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
-    let (engine_out_tgt, from_engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+    let (to_engine_src, engine_src) =
+        crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+    let (to_engine_tgt, engine_tgt) =
+        crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+    let (engine_out_src, from_engine_src) =
+        crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+    let (engine_out_tgt, from_engine_tgt) =
+        crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
     let push = direction == Direction::Push;
     let handle = rt.handle().clone();
 

@@ -51,6 +51,8 @@ pub struct DaemonConfig {
     /// TCP streams when the client does not ask for a number.
     pub default_streams: u32,
     pub stall_timeout: Duration,
+    /// Where each session's threads and buffers go: near the NIC that reaches the client.
+    pub numa: blitx_topology::NumaPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,7 @@ pub enum DaemonError {
 
 struct Daemon {
     cfg: DaemonConfig,
+    topology: Option<Arc<blitx_topology::Topology>>,
     root: RootDir,
     shutdown: Arc<AtomicBool>,
     active: Arc<AtomicU64>,
@@ -89,8 +92,20 @@ pub fn run_daemon(
         .build()
         .map_err(DaemonError::Runtime)?;
     let active = Arc::new(AtomicU64::new(0));
+    let topology = if cfg.numa == blitx_topology::NumaPolicy::Off {
+        None
+    } else {
+        match blitx_topology::Topology::discover() {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::warn!("NUMA placement off: cannot read the topology: {e}");
+                None
+            }
+        }
+    };
     let daemon = Daemon {
         cfg: cfg.clone(),
+        topology,
         root,
         shutdown: Arc::clone(&shutdown),
         active: Arc::clone(&active),
@@ -184,12 +199,27 @@ impl Blit for Daemon {
         // Data listeners bind the address this control connection arrived on, never a
         // wildcard the operator did not ask for.
         let control_ip = request.local_addr().map(|a| a.ip()).unwrap_or(self.cfg.listen.ip());
-        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+        let peer_addr = request.remote_addr();
+        let peer = peer_addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
         let inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let placement = match (&self.topology, peer_addr) {
+            (Some(topo), Some(addr)) => {
+                let dev = blitx_topology::interface_for_peer(addr.ip());
+                match blitx_topology::place(topo, self.cfg.numa, dev.as_deref()) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!("no NUMA placement for {addr}: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let ctx = SessionCtx {
             id,
+            placement,
             peer,
             control_ip,
             cfg: self.cfg.clone(),
@@ -214,6 +244,7 @@ type Out = mpsc::Sender<Result<pb::ServerFrame, Status>>;
 
 struct SessionCtx {
     id: u64,
+    placement: Option<blitx_topology::Placement>,
     peer: String,
     control_ip: IpAddr,
     cfg: DaemonConfig,
@@ -286,6 +317,11 @@ impl Reporter for RemoteReporter {
 
 impl SessionCtx {
     fn run(self, mut inbound: Streaming<pb::ClientFrame>, out: Out) {
+        // Every engine thread of this session is created by this thread and inherits this.
+        if let Some(p) = &self.placement {
+            blitx_topology::apply_to_current_thread(p);
+            tracing::info!(session = self.id, "placement: {p}");
+        }
         let open = match self.rt.block_on(inbound.message()) {
             Ok(Some(pb::ClientFrame { msg: Some(pb::client_frame::Msg::Open(o)) })) => o,
             Ok(_) => {
@@ -448,10 +484,14 @@ impl SessionCtx {
             all: open.events,
             buf: Mutex::new(Vec::new()),
         };
-        let (to_engine_src, engine_src) = crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
-        let (to_engine_tgt, engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
-        let (engine_out_src, from_engine_src) = crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
-        let (engine_out_tgt, from_engine_tgt) = crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+        let (to_engine_src, engine_src) =
+            crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+        let (to_engine_tgt, engine_tgt) =
+            crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+        let (engine_out_src, from_engine_src) =
+            crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
+        let (engine_out_tgt, from_engine_tgt) =
+            crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
         let threads = self.cfg.threads;
         let params = open.params.clone();
         std::thread::scope(|s| {

@@ -58,7 +58,9 @@ mod sysfs;
 pub use bind::{Binder, current_thread_cpus, pin_current_thread};
 pub use discover::SYSFS_ROOT;
 pub use error::{PlacementError, PolicyParseError, TopologyError};
-pub use membind::{MembindError, bind_memory, memory_node_of, try_bind_memory};
+pub use membind::{
+    MembindError, bind_memory, memory_node_of, prefer_node_for_current_thread, try_bind_memory,
+};
 pub use model::{
     BlockDevice, Devices, Nic, NumaNode, Package, RdmaDevice, RdmaPort, Topology, TopologySource,
     cpu_list,
@@ -66,3 +68,18 @@ pub use model::{
 pub use placement::{NumaPolicy, Placement, place};
 pub use route::interface_for_peer;
 pub use sysfs::block_device_of;
+
+/// Applies a placement to the calling thread: CPU affinity plus preferred memory node. Threads
+/// the caller creates afterwards inherit both, so calling this once at the start of a transfer
+/// (or of a daemon session) places every worker, buffer and socket the transfer creates.
+/// Best effort: returns whether the CPU pinning worked.
+pub fn apply_to_current_thread(placement: &Placement) -> bool {
+    if placement.node.is_none() && placement.cpus.is_empty() {
+        return false;
+    }
+    let pinned = pin_current_thread(placement);
+    if let Some(node) = placement.node {
+        prefer_node_for_current_thread(node);
+    }
+    pinned
+}

@@ -124,6 +124,34 @@ pub fn try_bind_memory(ptr: *const u8, len: usize, node: u32) -> Result<(), Memb
     }
 }
 
+/// Makes NUMA `node` the preferred node for every allocation the calling thread (and the
+/// threads it creates afterwards, which inherit the policy) makes from now on: one call at the
+/// start of a session puts its buffer pool, socket buffers and page-cache pages near the device.
+/// Best effort, like [`bind_memory`].
+pub fn prefer_node_for_current_thread(node: u32) -> bool {
+    if node > NODE_ID_MAX {
+        return false;
+    }
+    let words = node as usize / ULONG_BITS + 1;
+    let mut mask: Vec<libc::c_ulong> = vec![0; words];
+    mask[node as usize / ULONG_BITS] |= 1 << (node as usize % ULONG_BITS);
+    let maxnode = (words * ULONG_BITS + 1) as libc::c_ulong;
+    // SAFETY: set_mempolicy only changes the calling thread's allocation policy; the kernel
+    // reads `maxnode - 1` bits from `mask`, a live Vec covering them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_set_mempolicy,
+            libc::MPOL_PREFERRED as libc::c_ulong,
+            mask.as_ptr(),
+            maxnode,
+        )
+    };
+    if rc != 0 {
+        tracing::info!("memory policy left as is: set_mempolicy: {}", io::Error::last_os_error());
+    }
+    rc == 0
+}
+
 /// The NUMA node holding the page at `ptr`, for verifying a binding (`--profile`, tests).
 /// Call it on memory that has been written: for a page never touched the kernel reports where
 /// a read fault would put it. `None` if the kernel will not say.
