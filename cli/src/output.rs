@@ -109,6 +109,16 @@ pub struct Summary {
     pub deletions_skipped: bool,
     pub error_count: u64,
     pub errors: Vec<FileError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<ProfileRow>>,
+}
+
+/// One stage's time (`--profile`).
+#[derive(Debug, Serialize)]
+pub struct ProfileRow {
+    pub stage: &'static str,
+    pub seconds: f64,
+    pub meaning: &'static str,
 }
 
 impl Summary {

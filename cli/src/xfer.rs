@@ -13,8 +13,9 @@ use blitx_control::url::RemoteSpec;
 use blitx_core::session::{Compare, SessionParams};
 use blitx_core::transport::{MemFaults, PayloadPref};
 use blitx_storage::RootDir;
+use blitx_storage::local::PairProgress;
 use blitx_storage::local::{LocalOptions, run_local};
-use blitx_storage::report::{FileError, Progress, SourceReport, TargetReport};
+use blitx_storage::report::{FileError, SourceReport, TargetReport};
 
 use crate::exit::Exit;
 use crate::output::{PrintReporter, Summary, drive_bar, make_bar};
@@ -75,6 +76,10 @@ pub struct XferArgs {
     /// of the target's disk for local copies), off, or node=N.
     #[arg(long, default_value = "auto")]
     pub numa: blitx_topology::NumaPolicy,
+    /// Report where the time went (per-stage timings and waits) and record the run in the local
+    /// performance history (`blit bench --history`).
+    #[arg(long)]
+    pub profile: bool,
     /// Move data through buffers instead of the kernel's copy_file_range (for comparisons).
     #[arg(long, hide = true)]
     pub buffered: bool,
@@ -232,12 +237,15 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     // Placement first: every thread the transfer creates inherits it.
     let device = placement_device(args, remote_source || remote_target);
     crate::topo::place_here(args.numa, device.as_deref())?;
-    let progress = Progress::default();
+    let progress = PairProgress::default();
+    // The bar follows whichever half runs here and knows the totals: the target for local
+    // copies and pulls, the source for pushes.
+    let bar_progress = if remote_target { &progress.source } else { &progress.target };
     let start = Instant::now();
     let done = AtomicBool::new(false);
     let outcome = std::thread::scope(|s| {
         if let Some(bar) = &bar {
-            s.spawn(|| drive_bar(bar, &progress, &done));
+            s.spawn(|| drive_bar(bar, bar_progress, &done));
         }
         let r = if remote_source || remote_target {
             run_remote(args, params, threads, &reporter, &progress, &cancel)
@@ -275,9 +283,36 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         deletions_skipped: t.deletions_skipped,
         error_count: t.error_count,
         errors,
+        profile: args.profile.then(|| profile_rows(&progress)),
     };
     summary.print(args.json);
+    if args.profile && !args.json {
+        print_profile(&progress, seconds);
+    }
     Ok(if t.error_count > 0 { Exit::Partial } else { Exit::Ok })
+}
+
+fn profile_rows(progress: &PairProgress) -> Vec<crate::output::ProfileRow> {
+    let mut rows = Vec::new();
+    for half in [&progress.source, &progress.target] {
+        for (stage, seconds) in half.stages.snapshot() {
+            rows.push(crate::output::ProfileRow {
+                stage: stage.name(),
+                seconds,
+                meaning: stage.explain(),
+            });
+        }
+    }
+    rows
+}
+
+fn print_profile(progress: &PairProgress, wall_seconds: f64) {
+    eprintln!(
+        "profile (seconds; thread stages are summed over threads, wall {wall_seconds:.3} s):"
+    );
+    for row in profile_rows(progress) {
+        eprintln!("  {:<10} {:>9.3}  {}", row.stage, row.seconds, row.meaning);
+    }
 }
 
 /// The device a transfer's data goes through: the interface that routes to the daemon, or the
@@ -314,7 +349,7 @@ fn run_local_copy(
     params: SessionParams,
     threads: usize,
     reporter: &PrintReporter,
-    progress: &Progress,
+    progress: &PairProgress,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Outcome> {
     let target = Path::new(&args.target);
@@ -338,7 +373,7 @@ fn run_remote(
     params: SessionParams,
     threads: usize,
     reporter: &PrintReporter,
-    progress: &Progress,
+    progress: &PairProgress,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Outcome> {
     let transport = match args.transport.as_str() {
@@ -368,7 +403,11 @@ fn run_remote(
             .with_context(|| format!("cannot open SOURCE {}", source.display()))?;
         (remote, Local::Source(root))
     };
-    let report = client::transfer(&remote, local, &opts, reporter, progress, cancel)?;
+    let half = match local {
+        Local::Source(_) => &progress.source,
+        Local::Target(_) => &progress.target,
+    };
+    let report = client::transfer(&remote, local, &opts, reporter, half, cancel)?;
     tracing::info!(transport = %report.transport, streams = report.streams, reason = %report.reason, "data plane");
     let (source, target) = match (report.local_source, report.local_target) {
         (Some(s), _) => (s, report.remote.target),

@@ -14,8 +14,8 @@ use std::time::Duration;
 use blitx_core::session::SessionParams;
 use blitx_core::transport::{FrameReceiver, FrameSender};
 
-use crate::local::{LocalError, run_pair};
-use crate::report::{Progress, Quiet};
+use crate::local::{LocalError, PairProgress, run_pair};
+use crate::report::Quiet;
 use crate::root::RootDir;
 use crate::source::SourceOptions;
 use crate::target::TargetOptions;
@@ -63,8 +63,15 @@ fn transfer(
         confine: true,
     };
     let (tx, rx) = pair;
-    let r =
-        run_pair(&source, &target, tx.as_ref(), rx.as_ref(), &Quiet, &Progress::default(), cancel);
+    let r = run_pair(
+        &source,
+        &target,
+        tx.as_ref(),
+        rx.as_ref(),
+        &Quiet,
+        &PairProgress::default(),
+        cancel,
+    );
     if let Ok((s, t)) = &r {
         assert_eq!(t.error_count, 0, "{}: target errors {:?}", h.name(), t.errors);
         assert_eq!(s.error_count, 0, "{}: source errors {:?}", h.name(), s.errors);

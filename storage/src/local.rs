@@ -56,7 +56,14 @@ pub fn pool_slots(threads: usize) -> usize {
     2 * threads.max(1) + 4
 }
 
-/// Runs both halves over the given transport halves. `progress` is the target's.
+/// Live counters of both halves.
+#[derive(Debug, Default)]
+pub struct PairProgress {
+    pub source: Progress,
+    pub target: Progress,
+}
+
+/// Runs both halves over the given transport halves.
 #[allow(clippy::too_many_arguments)]
 pub fn run_pair(
     source: &SourceOptions,
@@ -64,21 +71,21 @@ pub fn run_pair(
     tx: &dyn FrameSender,
     rx: &dyn FrameReceiver,
     reporter: &dyn Reporter,
-    progress: &Progress,
+    progress: &PairProgress,
     cancel: &AtomicBool,
 ) -> Result<(SourceReport, TargetReport), LocalError> {
     let (to_target, from_source) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
     let (to_source, from_target) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
-    let source_progress = Progress::default();
+    let source_progress = &progress.source;
     let (s, t) = std::thread::scope(|sc| {
         let s = sc.spawn(|| {
-            let r = run_source(source, to_target, from_target, tx, &source_progress, cancel);
+            let r = run_source(source, to_target, from_target, tx, source_progress, cancel);
             if r.is_err() {
                 tx.abort();
             }
             r
         });
-        let t = run_target(target, from_source, to_source, rx, reporter, progress, cancel);
+        let t = run_target(target, from_source, to_source, rx, reporter, &progress.target, cancel);
         if t.is_err() {
             rx.abort();
         }
@@ -92,11 +99,11 @@ pub fn run_pair(
     Ok((s, t))
 }
 
-/// Runs a local transfer. `progress` is the target's (what has been written).
+/// Runs a local transfer.
 pub fn run_local(
     opts: &LocalOptions,
     reporter: &dyn Reporter,
-    progress: &Progress,
+    progress: &PairProgress,
     cancel: &AtomicBool,
 ) -> Result<(SourceReport, TargetReport), LocalError> {
     let threads = opts.threads.max(1);

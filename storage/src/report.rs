@@ -55,6 +55,90 @@ pub struct Progress {
     pub files_done: AtomicU64,
     pub bytes_done: AtomicU64,
     pub walk_done: std::sync::atomic::AtomicBool,
+    /// Where the time went (`blit xfer --profile`).
+    pub stages: Stages,
+}
+
+/// The pipeline's stages, for `--profile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Source: from the start until the walk finished (wall time).
+    Walk,
+    /// Target: stat'ing, diffing and applying each listing (thread time).
+    Plan,
+    /// Source readers: opening and reading files into buffers (thread time, summed).
+    Read,
+    /// Source readers: handing frames to the transport, including waiting for its window.
+    Send,
+    /// Source readers: idle, waiting for the target to say what it needs.
+    ReadIdle,
+    /// Target writers: waiting for the transport to deliver a frame.
+    Receive,
+    /// Target writers: writing, committing (metadata + rename/link).
+    Write,
+    /// Target: hard links, deletions, directory metadata (wall time).
+    Finalize,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 8] = [
+        Stage::Walk,
+        Stage::Plan,
+        Stage::Read,
+        Stage::Send,
+        Stage::ReadIdle,
+        Stage::Receive,
+        Stage::Write,
+        Stage::Finalize,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Walk => "walk",
+            Stage::Plan => "plan",
+            Stage::Read => "read",
+            Stage::Send => "send",
+            Stage::ReadIdle => "read-idle",
+            Stage::Receive => "receive",
+            Stage::Write => "write",
+            Stage::Finalize => "finalize",
+        }
+    }
+    pub fn explain(self) -> &'static str {
+        match self {
+            Stage::Walk => "wall time of the source walk",
+            Stage::Plan => "target stat + diff + mkdir/symlink/metadata per listing",
+            Stage::Read => "readers opening and reading files",
+            Stage::Send => {
+                "readers handing frames to the transport (waiting = transport is the bottleneck)"
+            }
+            Stage::ReadIdle => "readers waiting for needs (waiting = walk/diff is the bottleneck)",
+            Stage::Receive => {
+                "writers waiting for frames (waiting = sender/network is the bottleneck)"
+            }
+            Stage::Write => "writers writing and committing files",
+            Stage::Finalize => "hard links, deletions, directory times (wall time)",
+        }
+    }
+}
+
+/// Nanoseconds per stage, summed over threads.
+#[derive(Debug, Default)]
+pub struct Stages {
+    ns: [AtomicU64; 8],
+}
+
+impl Stages {
+    pub fn add(&self, stage: Stage, since: std::time::Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.ns[stage as usize].fetch_add(ns, Ordering::Relaxed);
+    }
+    pub fn seconds(&self, stage: Stage) -> f64 {
+        self.ns[stage as usize].load(Ordering::Relaxed) as f64 / 1e9
+    }
+    /// (stage, seconds) for every stage that saw any time.
+    pub fn snapshot(&self) -> Vec<(Stage, f64)> {
+        Stage::ALL.iter().map(|&s| (s, self.seconds(s))).filter(|(_, t)| *t > 0.0).collect()
+    }
 }
 
 impl Progress {

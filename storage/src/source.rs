@@ -14,6 +14,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use blitx_core::frame::{
     self, BUNDLE_FLAG_FAILED, FLAG_FILE_VERIFIED, FLAG_UNCHECKED, FrameHeader, FrameKind,
@@ -28,7 +29,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rustix::fs::{Mode, OFlags};
 
 use crate::dircache::DirCache;
-use crate::report::{ErrorLog, Progress, SourceReport};
+use crate::report::{ErrorLog, Progress, SourceReport, Stage};
 use crate::root::RootDir;
 
 #[derive(Debug, Clone)]
@@ -163,7 +164,9 @@ pub fn run_source(
 
     let outcome = std::thread::scope(|s| -> Result<walk::WalkStats, SourceError> {
         let walker = s.spawn(|| {
+            let started = Instant::now();
             let r = walk::walk(opts.root.fd(), &walk_opts, &walk_tx, cancel, &next_id);
+            progress.stages.add(Stage::Walk, started);
             drop(walk_tx);
             r
         });
@@ -269,7 +272,9 @@ fn dispatch(
                 // Back-pressure: while the readers are this far behind, stop taking answers, so
                 // the target stops diffing and the walk stops listing (memory stays bounded
                 // whatever the number of files).
-                while work.chunker.queued() >= QUEUED_FILES_MAX && !shared.cancel.load(Ordering::Acquire) {
+                while work.chunker.queued() >= QUEUED_FILES_MAX
+                    && !shared.cancel.load(Ordering::Acquire)
+                {
                     work = shared
                         .more_work
                         .wait_timeout(work, std::time::Duration::from_millis(100))
@@ -366,7 +371,9 @@ fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), String>
 }
 
 fn reader(shared: &Shared<'_>) {
+    let stages = &shared.progress.stages;
     loop {
+        let idle = Instant::now();
         let (unit, input) = {
             let mut work = lock(&shared.work);
             loop {
@@ -387,6 +394,7 @@ fn reader(shared: &Shared<'_>) {
                 work = shared.more_work.wait(work).unwrap_or_else(|p| p.into_inner());
             }
         };
+        stages.add(Stage::ReadIdle, idle);
         let result = match unit {
             Unit::Bundle(_) => send_bundle(shared, &input),
             Unit::Chunk { offset_bytes, len_bytes, .. } => {
@@ -415,7 +423,10 @@ fn unit_files(unit: &Unit, needed: &mut IdMap<FileRef>) -> Vec<FileRef> {
 }
 
 fn send_bundle(shared: &Shared<'_>, files: &[FileRef]) -> Result<(), TransportError> {
+    let waited = Instant::now();
     let mut lease: BufLease = shared.transport.pool().acquire()?;
+    shared.progress.stages.add(Stage::Send, waited);
+    let reading = Instant::now();
     let index_bytes = frame::bundle_index_bytes(files.len());
     let mut items = Vec::with_capacity(files.len());
     let mut at = index_bytes;
@@ -450,7 +461,10 @@ fn send_bundle(shared: &Shared<'_>, files: &[FileRef]) -> Result<(), TransportEr
     };
     let sent_files = items.iter().filter(|i| i.2 == 0).count() as u64;
     let sent_bytes = (at - index_bytes) as u64;
+    shared.progress.stages.add(Stage::Read, reading);
+    let sending = Instant::now();
     shared.transport.send(Frame { header, payload: Payload::Buffer(lease) })?;
+    shared.progress.stages.add(Stage::Send, sending);
     shared.files_sent.fetch_add(sent_files, Ordering::Relaxed);
     Progress::add(&shared.progress.files_done, sent_files);
     Progress::add(&shared.progress.bytes_done, sent_bytes);
@@ -463,7 +477,9 @@ fn send_chunk(
     offset_bytes: u64,
     len_bytes: u32,
 ) -> Result<(), TransportError> {
+    let reading = Instant::now();
     let result = read_chunk(shared, f, offset_bytes, len_bytes);
+    shared.progress.stages.add(Stage::Read, reading);
     // Every chunk counts down, read or not, so the bookkeeping ends with the file.
     let (last_read, failed_before) = {
         let mut open = lock(&shared.open);
@@ -495,7 +511,9 @@ fn send_chunk(
         }
         header.flags |= FLAG_FILE_VERIFIED;
     }
+    let sending = Instant::now();
     shared.transport.send(Frame { header, payload })?;
+    shared.progress.stages.add(Stage::Send, sending);
     Progress::add(&shared.progress.bytes_done, u64::from(len_bytes));
     if last_read {
         shared.files_sent.fetch_add(1, Ordering::Relaxed);

@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use blitx_core::RelPath;
 use blitx_core::frame::{self, FLAG_FILE_VERIFIED, FrameKind};
@@ -31,7 +32,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::dircache::DirCache;
 use crate::meta::{self, Identity, Meta};
-use crate::report::{ErrorLog, Event, EventKind, Progress, Reporter, TargetReport};
+use crate::report::{ErrorLog, Event, EventKind, Progress, Reporter, Stage, TargetReport};
 use crate::root::RootDir;
 
 #[derive(Debug, Clone)]
@@ -256,7 +257,9 @@ pub fn run_target(
             shared.errors.push(p.path.clone(), "incomplete: not all of its data arrived".into());
         }
     }
+    let finalizing = Instant::now();
     finalize(&shared, &mut deferred);
+    progress.stages.add(Stage::Finalize, finalizing);
 
     let c = &shared.counters;
     let (errors, error_count) = shared.errors.take();
@@ -334,7 +337,9 @@ fn control_loop(
                 deferred.root_meta = Some(Meta::of(&entry));
             }
             SourceMsg::Listing { dir, entries, last_part } => {
+                let planning = Instant::now();
                 let needs = handle_listing(shared, differ, deferred, &dir, &entries, last_part);
+                shared.progress.stages.add(Stage::Plan, planning);
                 if to_source.send(TargetMsg::Need(needs)).is_err() {
                     return Err(TargetError::ControlClosed);
                 }
@@ -689,8 +694,13 @@ fn cleanup_temps(shared: &Shared<'_>) {
 // Writers
 
 fn writer(shared: &Shared<'_>) {
+    let stages = &shared.progress.stages;
     loop {
-        let frame = match shared.transport.recv() {
+        let waiting = Instant::now();
+        let received = shared.transport.recv();
+        stages.add(Stage::Receive, waiting);
+        let writing = Instant::now();
+        let frame = match received {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(TransportError::Cancelled) => return,
@@ -704,6 +714,7 @@ fn writer(shared: &Shared<'_>) {
             FrameKind::Chunk | FrameKind::Hole => write_chunk(shared, frame),
             FrameKind::End => Ok(()),
         };
+        stages.add(Stage::Write, writing);
         if let Err(e) = result {
             shared.fail(e);
             return;
