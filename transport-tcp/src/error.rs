@@ -1,7 +1,7 @@
 //! Errors of session set-up and configuration, and the record of why a running session failed.
 //!
 //! Once frames move, errors are the core's [`TransportError`]; a session's first failure is
-//! kept as a [`Failure`] (cloneable, unlike `io::Error`) so every caller on every thread gets
+//! kept as a `Failure` (cloneable, unlike `io::Error`) so every caller on every thread gets
 //! the same error.
 
 use std::io;
@@ -98,7 +98,7 @@ impl Failure {
 /// Maps an I/O error on stream `link` to what went wrong, in the core's vocabulary.
 ///
 /// Socket timeouts are set to the stall timeout, so `WouldBlock` (SO_SNDTIMEO/SO_RCVTIMEO ran
-/// out with nothing moved) and `TimedOut` (TCP_USER_TIMEOUT or keepalive gave up) are stalls.
+/// out with nothing moved) and `TimedOut` (keepalive gave up on the peer) are stalls.
 pub(crate) fn classify(err: &io::Error, op: &'static str, link: &str, stall_secs: u64) -> Failure {
     use io::ErrorKind as K;
     match err.kind() {

@@ -91,7 +91,7 @@ impl TcpReceiver {
         let mut links = Vec::with_capacity(streams.len());
         let mut sockets = Vec::with_capacity(streams.len());
         for (i, stream) in streams.into_iter().enumerate() {
-            let link = Link::new(stream, i, config.stall_secs());
+            let link = Link::new(stream, i, config.stall_timeout);
             let opt_err = |source| SetupError::SocketOption {
                 op: "session options",
                 peer: link.name.clone(),

@@ -20,8 +20,8 @@
 //! (`TcpConfig::payload`) for measuring.
 
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use blitx_core::frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameKind};
@@ -95,7 +95,9 @@ pub struct TcpSender {
     shared: Arc<Shared>,
     queues: Vec<Sender<Job>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    finished: AtomicBool,
+    /// Set by `finish`. Sends hold the read side while they queue, so no frame can slip in
+    /// behind a stream's End.
+    finished: RwLock<bool>,
     /// Rotates the starting stream among equally loaded ones.
     next: AtomicUsize,
     chunk_bytes: u32,
@@ -118,7 +120,7 @@ impl TcpSender {
         let mut links = Vec::with_capacity(streams.len());
         let mut sockets = Vec::with_capacity(streams.len());
         for (i, stream) in streams.into_iter().enumerate() {
-            let link = Link::new(stream, i, config.stall_secs());
+            let link = Link::new(stream, i, config.stall_timeout);
             let opt_err = |source| SetupError::SocketOption {
                 op: "session options",
                 peer: link.name.clone(),
@@ -135,18 +137,17 @@ impl TcpSender {
             queued_bytes: links.iter().map(|_| AtomicU64::new(0)).collect(),
             frames: AtomicU64::new(0),
             payload_bytes: AtomicU64::new(0),
-            pool: pool.clone(),
+            pool,
         });
-        let sender = TcpSender {
+        let mut sender = TcpSender {
             shared: Arc::clone(&shared),
             queues: Vec::with_capacity(links.len()),
             threads: Mutex::new(Vec::with_capacity(links.len())),
-            finished: AtomicBool::new(false),
+            finished: RwLock::new(false),
             next: AtomicUsize::new(0),
             chunk_bytes: config.chunk_bytes,
             payload: config.payload,
         };
-        let mut sender = sender;
         for (i, link) in links.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded(config.queue_frames);
             let shared = Arc::clone(&shared);
@@ -241,7 +242,9 @@ impl FrameSender for TcpSender {
 
     fn send(&self, frame: Frame) -> Result<(), TransportError> {
         self.shared.check()?;
-        if self.finished.load(Ordering::Acquire) {
+        // Poisoning cannot tear a bool.
+        let finished = self.finished.read().unwrap_or_else(PoisonError::into_inner);
+        if *finished {
             return Err(TransportError::Protocol {
                 peer: "local sender".into(),
                 detail: "send after finish".into(),
@@ -283,7 +286,11 @@ impl FrameSender for TcpSender {
     }
 
     fn finish(&self) -> Result<(), TransportError> {
-        if self.finished.swap(true, Ordering::AcqRel) {
+        let already = std::mem::replace(
+            &mut *self.finished.write().unwrap_or_else(PoisonError::into_inner),
+            true,
+        );
+        if already {
             self.join_threads();
             return self.shared.check();
         }

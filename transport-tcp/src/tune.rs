@@ -131,10 +131,9 @@ pub(crate) fn apply_session(
     stream.set_read_timeout(Some(stall))?;
     stream.set_write_timeout(Some(stall))?;
     let fd = stream.as_fd();
-    // Unacknowledged data (or a zero window) for longer than the stall timeout kills the
-    // connection with ETIMEDOUT even after our write returned (e.g. the End frame).
-    let user_timeout_ms = u32::try_from(stall.as_millis()).unwrap_or(u32::MAX);
-    sockopt::set_tcp_user_timeout(fd, user_timeout_ms)?;
+    // No TCP_USER_TIMEOUT: it would tear the connection down under a blocked `sendfile`,
+    // which then reports a partial count followed by a bare EPIPE, hiding that this was a stall.
+    // The socket timeouts above cover a peer that stops acknowledging while a frame is pending.
     // Keepalive notices a peer host that vanished while the stream is idle between frames.
     let idle = Duration::from_secs(stall.as_secs().max(1));
     sockopt::set_socket_keepalive(fd, true)?;

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, IoSlice};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 use blitx_core::frame::FRAME_HEADER_BYTES;
 use rustix::io::Errno;
@@ -21,23 +22,35 @@ use crate::error::{Failure, classify};
 /// copy out of the page cache costs little more than the hash reading it.
 pub(crate) const SCRATCH_BYTES: usize = 256 << 10;
 
-/// One data connection and how to name it in errors.
+/// One data connection and how to name it in errors. Used by one thread at a time.
 pub(crate) struct Link {
     pub(crate) stream: TcpStream,
     /// "stream 2 (10.0.0.5:41234)".
     pub(crate) name: String,
-    pub(crate) stall_secs: u64,
+    stall_timeout: Duration,
 }
 
 impl Link {
-    pub(crate) fn new(stream: TcpStream, index: usize, stall_secs: u64) -> Self {
+    pub(crate) fn new(stream: TcpStream, index: usize, stall_timeout: Duration) -> Self {
         let peer =
             stream.peer_addr().map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
-        Link { stream, name: format!("stream {index} ({peer})"), stall_secs }
+        Link { stream, name: format!("stream {index} ({peer})"), stall_timeout }
     }
 
-    fn fail(&self, op: &'static str, err: Errno) -> Failure {
-        classify(&io::Error::from(err), op, &self.name, self.stall_secs)
+    /// Classifies the error of an operation whose last byte moved at `moved_at`.
+    ///
+    /// A connection the kernel tore down after a timeout (keepalive) reports ETIMEDOUT once and
+    /// EPIPE after that, and `sendfile` returns a partial count instead of the first error; so a
+    /// broken connection after a whole stall timeout without progress on a pending frame is a
+    /// stall, whatever the errno says.
+    fn fail(&self, op: &'static str, err: Errno, moved_at: Instant) -> Failure {
+        let stall_secs = self.stall_timeout.as_millis().div_ceil(1000) as u64;
+        match classify(&io::Error::from(err), op, &self.name, stall_secs) {
+            Failure::PeerGone { .. } if moved_at.elapsed() >= self.stall_timeout => {
+                Failure::Stalled { idle_secs: stall_secs }
+            }
+            f => f,
+        }
     }
 
     /// Writes a header and its payload with as few syscalls as the socket buffer allows.
@@ -50,6 +63,7 @@ impl Link {
         // An empty trailing slice would make the last sendmsg write nothing.
         let used = if payload.is_empty() { 1 } else { 2 };
         let mut rest: &mut [IoSlice<'_>] = &mut bufs[..used];
+        let mut moved_at = Instant::now();
         while !rest.is_empty() {
             // NOSIGNAL: a vanished peer is an EPIPE error here, not a process-killing SIGPIPE.
             match rustix::net::sendmsg(
@@ -58,10 +72,13 @@ impl Link {
                 &mut SendAncillaryBuffer::default(),
                 SendFlags::NOSIGNAL,
             ) {
-                Ok(0) => return Err(self.fail("write", Errno::PIPE)),
-                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Ok(0) => return Err(self.fail("write", Errno::PIPE, moved_at)),
+                Ok(n) => {
+                    IoSlice::advance_slices(&mut rest, n);
+                    moved_at = Instant::now();
+                }
                 Err(Errno::INTR) => continue,
-                Err(e) => return Err(self.fail("write", e)),
+                Err(e) => return Err(self.fail("write", e, moved_at)),
             }
         }
         Ok(())
@@ -74,16 +91,20 @@ impl Link {
         header: &[u8; FRAME_HEADER_BYTES],
     ) -> Result<(), Failure> {
         let mut done = 0;
+        let mut moved_at = Instant::now();
         while done < header.len() {
             match rustix::net::send(
                 self.stream.as_fd(),
                 &header[done..],
                 SendFlags::NOSIGNAL | SendFlags::MORE,
             ) {
-                Ok(0) => return Err(self.fail("write", Errno::PIPE)),
-                Ok(n) => done += n,
+                Ok(0) => return Err(self.fail("write", Errno::PIPE, moved_at)),
+                Ok(n) => {
+                    done += n;
+                    moved_at = Instant::now();
+                }
                 Err(Errno::INTR) => continue,
-                Err(e) => return Err(self.fail("write", e)),
+                Err(e) => return Err(self.fail("write", e, moved_at)),
             }
         }
         Ok(())
@@ -98,13 +119,14 @@ impl Link {
     ) -> Result<(), Failure> {
         let mut offset = offset_bytes;
         let end = offset_bytes + len_bytes;
+        let mut moved_at = Instant::now();
         while offset < end {
             let want = usize::try_from(end - offset).unwrap_or(usize::MAX).min(1 << 30);
             match rustix::fs::sendfile(self.stream.as_fd(), file, Some(&mut offset), want) {
                 Ok(0) => return Err(file_shrank(&self.name, offset)),
-                Ok(_) => {}
+                Ok(_) => moved_at = Instant::now(),
                 Err(Errno::INTR) => continue,
-                Err(e) => return Err(self.fail("sendfile", e)),
+                Err(e) => return Err(self.fail("sendfile", e, moved_at)),
             }
         }
         Ok(())
@@ -120,21 +142,27 @@ impl Link {
         cancel: &Canceller,
     ) -> Result<(), Failure> {
         let mut done = 0;
+        let mut moved_at = Instant::now();
         while done < buf.len() {
+            let idle = done == 0 && at_boundary;
             // WAITALL: one syscall per payload in the common case instead of one per segment
             // batch; with SO_RCVTIMEO it still returns what arrived when the timeout runs out.
             match rustix::net::recv(self.stream.as_fd(), &mut buf[done..], RecvFlags::WAITALL) {
                 Ok((_, 0)) => {
-                    let when =
-                        if done == 0 && at_boundary { "before its End frame" } else { "mid-frame" };
+                    let when = if idle { "before its End frame" } else { "mid-frame" };
                     return Err(Failure::PeerGone {
                         detail: format!("{}: the peer closed the connection {when}", self.name),
                     });
                 }
-                Ok((_, n)) => done += n,
+                Ok((_, n)) => {
+                    done += n;
+                    moved_at = Instant::now();
+                }
                 Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN) if done == 0 && at_boundary && !cancel.is_fired() => continue,
-                Err(e) => return Err(self.fail("read", e)),
+                Err(Errno::AGAIN) if idle && !cancel.is_fired() => continue,
+                // Waiting for the next frame is idleness, not a stall, whatever ends it.
+                Err(e) if idle => return Err(self.fail("read", e, Instant::now())),
+                Err(e) => return Err(self.fail("read", e, moved_at)),
             }
         }
         Ok(())

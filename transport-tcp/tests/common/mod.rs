@@ -57,7 +57,7 @@ pub enum Fault {
 /// A proxy between a client (the sending side) and a `DataListener`.
 pub struct Proxy {
     pub addr: SocketAddr,
-    sockets: Arc<Mutex<Vec<TcpStream>>>,
+    state: Arc<ProxyState>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -66,7 +66,8 @@ struct ProxyState {
     frames: AtomicU64,
     bytes: AtomicU64,
     tripped: AtomicBool,
-    sockets: Arc<Mutex<Vec<TcpStream>>>,
+    stopped: AtomicBool,
+    sockets: Mutex<Vec<TcpStream>>,
 }
 
 impl ProxyState {
@@ -88,14 +89,15 @@ impl Proxy {
     pub fn start(upstream: SocketAddr, streams: u32, fault: Fault) -> Proxy {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let addr = listener.local_addr().unwrap();
-        let sockets = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(ProxyState {
             fault,
             frames: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             tripped: AtomicBool::new(false),
-            sockets: Arc::clone(&sockets),
+            stopped: AtomicBool::new(false),
+            sockets: Mutex::new(Vec::new()),
         });
+        let proxy_state = Arc::clone(&state);
         let acceptor = std::thread::spawn(move || {
             let mut workers = Vec::new();
             for _ in 0..streams {
@@ -116,12 +118,13 @@ impl Proxy {
                 let _ = w.join();
             }
         });
-        Proxy { addr, sockets, threads: vec![acceptor] }
+        Proxy { addr, state: proxy_state, threads: vec![acceptor] }
     }
 
     /// Closes everything (ends a frozen link) and waits for the proxy's threads.
     pub fn stop(self) {
-        for s in self.sockets.lock().unwrap().iter() {
+        self.state.stopped.store(true, Ordering::Release);
+        for s in self.state.sockets.lock().unwrap().iter() {
             let _ = s.shutdown(Shutdown::Both);
         }
         for t in self.threads {
@@ -156,7 +159,7 @@ fn forward_frames(mut from: TcpStream, mut to: TcpStream, state: &ProxyState) {
             if matches!(state.fault, Fault::FreezeAfterBytes(_)) {
                 // Hold the connections open and silent until the test stops the proxy.
                 std::thread::sleep(Duration::from_millis(20));
-                if from.peek(&mut [0u8; 1]).is_ok_and(|n| n == 0) {
+                if state.stopped.load(Ordering::Acquire) {
                     break;
                 }
                 continue;
