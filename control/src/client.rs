@@ -393,7 +393,9 @@ pub fn transfer(
         drop(out_tx);
         if result.is_ok() {
             let deadline = std::time::Instant::now() + SUMMARY_TIMEOUT;
+            // (An interrupt stops the wait at once: the inbound thread stopped reading.)
             while std::time::Instant::now() < deadline
+                && !session_cancel.load(Ordering::Acquire)
                 && summary.lock().unwrap_or_else(|p| p.into_inner()).is_none()
                 && lost.lock().unwrap_or_else(|p| p.into_inner()).is_none()
             {

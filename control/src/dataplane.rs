@@ -39,6 +39,9 @@ pub enum DataPlaneError {
 
 fn tcp_config(opts: &DataPlaneOptions) -> tcp::TcpConfig {
     let mut cfg = tcp::TcpConfig::new(opts.streams, opts.chunk_bytes);
+    // Enough buffers that every writer (or reader) thread can hold one while every stream
+    // still has a frame in flight.
+    cfg.pool_slots = cfg.pool_slots.max(opts.streams as usize + 2 * opts.threads + 4);
     cfg.socket_buffer_bytes =
         (opts.socket_buffer_bytes > 0).then_some(opts.socket_buffer_bytes as usize);
     cfg.stall_timeout = opts.stall_timeout;

@@ -152,6 +152,21 @@ pub(crate) fn apply_session(
                 "socket buffers autotuned"
             );
         }
+        // Regression (netem VM pair, 2 ms + 0.5% loss): raising SO_RCVBUF on an established
+        // connection locks the buffer and switches autotuning off, but the window clamp the
+        // kernel fixed at the handshake stays (~64 KB), so the advertised window stuck at 56 KB
+        // and one stream ran at a tenth of the link. A receive buffer is therefore only ever
+        // set before the connection exists (an explicit --tcp-buffer, on the listener or the
+        // connecting socket); here we only say that the BDP calls for one.
+        BufferPlan::Set { bytes } if role == Role::Receive && cfg.socket_buffer_bytes.is_none() => {
+            tracing::info!(
+                peer,
+                rtt_us = info.rtt_us,
+                bdp_bytes = bdp,
+                wanted_bytes = bytes,
+                "the bandwidth-delay product exceeds what receive-buffer autotuning reaches; pass --tcp-buffer {bytes} (or raise net.ipv4.tcp_rmem) for full speed on this path"
+            );
+        }
         BufferPlan::Set { bytes } => {
             let granted = set_buffer(&fd, role, bytes)?;
             let window_max = 65_535usize << info.rcv_wscale.min(14);
