@@ -3,15 +3,19 @@
 # runs its tests for real on Soft-RoCE (rdma_rxe) in throw-away qemu VMs:
 #
 #   1. host: apt build deps (only if missing), release build of the test
-#      binaries and examples/verbs_selftest; run them on the host, where there
-#      is no RDMA: every hardware test must report SKIPPED with a typed reason,
-#      the binaries must not need libibverbs (DT_NEEDED guard), and a missing
-#      libibverbs must give LibraryMissing.
+#      binaries and examples/verbs_selftest + examples/rdma_bench; run them on
+#      the host, where there is no RDMA: every hardware test (verbs loopback
+#      and the transport's conformance suite) must report SKIPPED with a typed
+#      reason, the binaries must not need libibverbs (DT_NEEDED guard), and a
+#      missing libibverbs must give LibraryMissing.
 #   2. one VM (ci/rxe/rxe-vm, rxe0 loopback): all test binaries with
-#      BLIT_RDMA_REQUIRE=1 (skipping is a failure there), verbs_selftest
+#      BLIT_RDMA_REQUIRE=1 (skipping is a failure there; this runs the
+#      transport conformance suite with 1 and 2 QPs), verbs_selftest
 #      64 MiB busy-poll and 32 MiB event mode, MemlockTooLow under
-#      `ulimit -l 1024` without CAP_IPC_LOCK, and ib_write_bw at the selftest's
-#      message size (1 MiB) in the same VM run for comparison.
+#      `ulimit -l 1024` without CAP_IPC_LOCK, and the throughput comparison in
+#      one VM run: the transport alone (rdma_bench, 256 MiB of 1 MiB frames,
+#      busy-poll and event CQs) and ib_write_bw -s 1048576 -n 256, each with
+#      its CPU time.
 #   3. two VMs (ci/rxe/rxe-pair, two rxe devices on a private link):
 #      verbs_selftest --listen in A, --connect in B (32 MiB), then ib_write_bw
 #      A <- B, so local/remote GID, rkey and address cannot be mixed up.
@@ -30,7 +34,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 ROOT=$(cd "$HERE/.." && pwd -P)
 SELF=$HERE/rdma-stage.sh
 PKG=blitx-transport-rdma
-MSG_BYTES=1048576          # selftest slot size = perftest message size
+MSG_BYTES=1048576          # selftest slot size = transport chunk = perftest message size
+BENCH_MIB=256              # transport benchmark / ib_write_bw volume
 log() { echo "[rdma-stage] $*" >&2; }
 die() { echo "[rdma-stage] error: $*" >&2; exit 1; }
 
@@ -42,7 +47,8 @@ perftest_loopback() {  # SIZE ITERS LOGFILE: server + client on rxe0, retried on
   local size=$1 iters=$2 logf=$3 port=18515 attempt
   for attempt in 1 2 3; do
     port=$((port + 1))
-    ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" > "$logf.server" 2>&1 &
+    # the server waits for its client forever if the client fails: bound it
+    timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" > "$logf.server" 2>&1 &
     local spid=$!
     sleep 1
     ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" "$RXE_VM_IP" > "$logf" 2>&1
@@ -52,6 +58,39 @@ perftest_loopback() {  # SIZE ITERS LOGFILE: server + client on rxe0, retried on
       echo "(ib_write_bw: perftest clock calibration failed under TCG, retry $attempt)"
       continue
     fi
+    return "$crc"
+  done
+  return 1
+}
+
+busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
+
+perftest_cpu() {  # SIZE ITERS LOGFILE: like perftest_loopback, plus CPU time of both processes
+  local size=$1 iters=$2 logf=$3 port=18700 attempt
+  for attempt in 1 2 3; do
+    port=$((port + 1))
+    ( TIMEFORMAT='server real %R user %U sys %S'
+      time timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" > "$logf.server" 2>&1 ) 2> "$logf.server-time" &
+    local spid=$!
+    sleep 1
+    local b0 b1 crc
+    b0=$(busy_jiffies)
+    ( TIMEFORMAT='client real %R user %U sys %S'
+      time timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" "$RXE_VM_IP" > "$logf" 2>&1 ) 2> "$logf.client-time"
+    crc=$?
+    b1=$(busy_jiffies)
+    wait "$spid"
+    if grep -q "Can't produce a report" "$logf" "$logf.server"; then
+      echo "(ib_write_bw: perftest clock calibration failed under TCG, retry $attempt)"
+      continue
+    fi
+    # process CPU = user + sys of server and client; machine = busy jiffies (USER_HZ 100)
+    awk -v mib="$((size * iters >> 20))" -v jif="$((b1 - b0))" '
+      /real/ { real[$1] = $3; user += $5; sys += $7 }
+      END { gib = mib / 1024
+            printf "ib_write_bw CPU: process %.2f s user + %.2f s system (%.2f s/GiB, user %.2f s/GiB), machine %.2f s (%.2f s/GiB); client %.2f s wall\n",
+                   user, sys, (user + sys) / gib, user / gib, jif / 100, jif / 100 / gib, real["client"] }' \
+      "$logf.server-time" "$logf.client-time" | tee "$logf.cpu"
     return "$crc"
   done
   return 1
@@ -67,7 +106,8 @@ guest_loopback() {
   grep -E '"(name|state|active_mtu|gid|gid_type|chosen_gid_index|netdev)"' "$out/discover.json"
   for t in $STAGE_TESTS; do
     echo "== $(basename "$t")"
-    "$t" --test-threads=1 2>&1 | tee "$out/$(basename "$t").log" | grep -E '^test |test result|SKIPPED|panicked|MiB/s' \
+    "$t" --test-threads=1 2>&1 | tee "$out/$(basename "$t").log" \
+      | grep -E '^test |test result|SKIPPED|panicked|MiB/s|conformance rdma' \
       || { echo "FAIL: $(basename "$t")"; rc=1; }
   done
   echo "== verbs_selftest: 64 MiB, busy-poll CQs, 1 MiB slots, window 8"
@@ -84,6 +124,20 @@ guest_loopback() {
     grep -E '^ *#bytes|^ *[0-9]+ +[0-9]+ ' "$out/ib_write_bw-loopback.txt"
   else
     echo "WARN: ib_write_bw failed (reference only; see ib_write_bw-loopback.txt)"
+  fi
+  echo "== rdma_bench: the transport alone, $BENCH_MIB MiB of $MSG_BYTES-byte frames, busy-poll CQs"
+  "$STAGE_BENCH" --total-mib "$BENCH_MIB" --chunk-kib $((MSG_BYTES >> 10)) > "$out/bench-busy.txt" 2>&1 \
+    || { echo "FAIL: rdma_bench busy"; rc=1; }
+  grep -v '^RESULT' "$out/bench-busy.txt"
+  echo "== rdma_bench: event-mode CQs"
+  "$STAGE_BENCH" --total-mib "$BENCH_MIB" --chunk-kib $((MSG_BYTES >> 10)) --cq-mode event \
+    > "$out/bench-event.txt" 2>&1 || { echo "FAIL: rdma_bench event"; rc=1; }
+  grep -v '^RESULT' "$out/bench-event.txt"
+  echo "== ib_write_bw -s $MSG_BYTES -n $BENCH_MIB with CPU time (same VM run)"
+  if perftest_cpu "$MSG_BYTES" "$BENCH_MIB" "$out/ib_write_bw-bench.txt"; then
+    grep -E '^ *#bytes|^ *[0-9]+ +[0-9]+ ' "$out/ib_write_bw-bench.txt"
+  else
+    echo "WARN: ib_write_bw failed (reference only; see ib_write_bw-bench.txt)"
   fi
   return "$rc"
 }
@@ -138,7 +192,7 @@ while [ $# -gt 0 ]; do
     *) die "unknown option $1" ;;
   esac
 done
-export RXE_VM_TIMEOUT=${RXE_VM_TIMEOUT:-300}
+export RXE_VM_TIMEOUT=${RXE_VM_TIMEOUT:-420}
 T0=$(date +%s)
 
 # build dependencies (bindgen needs libclang + clang's headers; rdma-sys probes
@@ -166,7 +220,7 @@ LIST=$OUT/binaries.txt
 if [ "$BUILD" = 1 ]; then
   log "building $PKG (release): tests and examples"
   cargo build --release -p "$PKG" --examples --message-format=json 2>"$OUT/build.log" \
-    | grep -o '"executable":"[^"]*verbs_selftest"' | cut -d'"' -f4 > "$LIST.example" \
+    | grep -oE '"executable":"[^"]*(verbs_selftest|rdma_bench)"' | cut -d'"' -f4 > "$LIST.example" \
     || { tail -30 "$OUT/build.log" >&2; die "build failed"; }
   cargo test --release -p "$PKG" --no-run --message-format=json 2>>"$OUT/build.log" \
     | grep '"test":true' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 > "$LIST.tests" \
@@ -174,10 +228,12 @@ if [ "$BUILD" = 1 ]; then
   cat "$LIST.example" "$LIST.tests" > "$LIST"
 fi
 [ -s "$LIST" ] || die "no binaries listed in $LIST (run without --no-build)"
-STAGE_SELFTEST=$(head -1 "$LIST")
-STAGE_TESTS=$(tail -n +2 "$LIST" | xargs)
+STAGE_SELFTEST=$(grep '/verbs_selftest$' "$LIST" | head -1)
+STAGE_BENCH=$(grep '/rdma_bench$' "$LIST" | head -1)
+STAGE_TESTS=$(grep -vE '/(verbs_selftest|rdma_bench)$' "$LIST" | xargs)
 [ -x "$STAGE_SELFTEST" ] || die "verbs_selftest not built"
-export STAGE_SELFTEST STAGE_TESTS
+[ -x "$STAGE_BENCH" ] || die "rdma_bench not built"
+export STAGE_SELFTEST STAGE_BENCH STAGE_TESTS
 log "binaries: $(xargs -n1 basename < "$LIST" | xargs)"
 
 FAILS=()
@@ -195,6 +251,13 @@ else
   grep -h 'SKIPPED' "$OUT"/host-loopback-*.log | head -3 >&2 || true
   grep -q 'SKIPPED: no usable RDMA device: .*\[Unsupported' "$OUT"/host-loopback-*.log \
     || fail "host: loopback tests did not report a typed skip"
+  [ "$(grep -c 'SKIPPED: no usable RDMA device: .*\[Unsupported' "$OUT"/host-conformance_rdma-*.log)" -ge 2 ] \
+    || fail "host: the transport conformance tests did not report a typed skip"
+  set +e
+  env -u BLIT_RDMA_REQUIRE "$STAGE_BENCH" > "$OUT/host-bench.txt" 2>&1; rc=$?
+  set -e
+  [ "$rc" = 77 ] && grep -q 'SKIPPED: .*\[Unsupported' "$OUT/host-bench.txt" \
+    || fail "host: rdma_bench should exit 77 with the reason (got $rc)"
   set +e
   env -u BLIT_RDMA_REQUIRE "$STAGE_SELFTEST" > "$OUT/host-selftest.txt" 2>&1; rc=$?
   set -e
@@ -246,6 +309,7 @@ fi
 
 # --- summary -------------------------------------------------------------------
 mibs() { grep -h "^RESULT .*\"role\":\"$2\"" "$1" 2>/dev/null | grep -o '"mib_per_s":[0-9.]*' | cut -d: -f2 | head -1; }
+bench() { grep -h '^RESULT ' "$1" 2>/dev/null | grep -o "\"$2\":[0-9.]*" | head -1 | cut -d: -f2; }
 pbw() { awk '$1 ~ /^[0-9]+$/ && NF >= 4 {print $4; exit}' "$1" 2>/dev/null; }
 fmt() { if [ -n "$1" ]; then printf '%.1f' "$1"; else printf -- '-'; fi; }
 {
@@ -254,6 +318,19 @@ fmt() { if [ -n "$1" ]; then printf '%.1f' "$1"; else printf -- '-'; fi; }
   printf '%-34s %10s\n' "loopback selftest, busy-poll" "$(fmt "$(mibs "$OUT/selftest-busy.txt" sender)")"
   printf '%-34s %10s\n' "loopback selftest, event mode" "$(fmt "$(mibs "$OUT/selftest-event.txt" sender)")"
   printf '%-34s %10s\n' "loopback ib_write_bw (same VM)" "$(fmt "$(pbw "$OUT/ib_write_bw-loopback.txt")")"
+  echo "transport alone vs ib_write_bw, $BENCH_MIB MiB of $MSG_BYTES-byte messages, same VM run:"
+  for m in busy event; do
+    printf '%-34s %10s MiB/s  CPU s/GiB: process %s (user %s), machine %s\n' \
+      "  rdma_bench $m" "$(fmt "$(bench "$OUT/bench-$m.txt" mib_per_s)")" \
+      "$(fmt "$(bench "$OUT/bench-$m.txt" process_cpu_s_per_gib)")" \
+      "$(fmt "$(bench "$OUT/bench-$m.txt" process_user_cpu_s_per_gib)")" \
+      "$(fmt "$(bench "$OUT/bench-$m.txt" machine_cpu_s_per_gib)")"
+  done
+  printf '%-34s %10s MiB/s  %s\n' "  ib_write_bw" "$(fmt "$(pbw "$OUT/ib_write_bw-bench.txt")")" \
+    "$(cat "$OUT/ib_write_bw-bench.txt.cpu" 2>/dev/null || echo '-')"
+  printf '%-34s %10s WRs/MiB, %s payload bytes copied\n' "  rdma_bench busy-poll counters" \
+    "$(fmt "$(bench "$OUT/bench-busy.txt" wrs_per_mib)")" \
+    "$(grep -o '"payload_copy_bytes":[0-9]*' "$OUT/bench-busy.txt" 2>/dev/null | awk -F: '{s += $2} END {print NR ? s : "-"}')"
   if [ "$PAIR" = 1 ]; then
     printf '%-34s %10s\n' "pair selftest (B -> A)" "$(fmt "$(mibs "$OUT/pair-b-selftest.txt" sender)")"
     printf '%-34s %10s\n' "pair ib_write_bw (B -> A, same run)" "$(fmt "$(pbw "$OUT/pair-b-ib_write_bw.txt")")"

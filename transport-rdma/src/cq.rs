@@ -25,8 +25,9 @@ const POLL_BATCH: usize = 32;
 /// else runnable returns at once, so hardware NICs lose little.
 const SPINS_BEFORE_YIELD: u32 = 4;
 
-/// How a CQ reports new completions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// How a CQ reports new completions. Serialized as `"busy-poll"` / `"event"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CqMode {
     /// Spin on `ibv_poll_cq` (lowest latency, burns a core while waiting).
     #[default]

@@ -201,6 +201,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The buffer pool the transport registers could not be created.
+    #[error("cannot create the {what} buffer pool")]
+    Pool {
+        /// Which pool (sender pool, receiver ring).
+        what: &'static str,
+        /// Why.
+        source: blitx_core::pool::PoolError,
+    },
+
     /// The QP is not in a state that allows the operation.
     #[error("QP {qpn}: {op} needs state {needed}, the QP is in {state}")]
     WrongState {

@@ -12,6 +12,7 @@ use std::io;
 use std::mem;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,9 @@ use crate::types::{Access, Gid, LinkLayer, Mtu, PortState, imm_to_wire};
 /// Work requests linked into one `ibv_post_*` call (stack arrays); longer
 /// slices are posted in several chains.
 pub const CHAIN_MAX: usize = 16;
+/// Most local SGEs one [`RdmaWrite`] may gather (the transport uses two:
+/// payload and frame header). Also bounded by the QP's `max_send_sge`.
+pub const WRITE_SGE_MAX: usize = 4;
 /// PSNs and QP numbers are 24-bit.
 const PSN_MASK: u32 = 0x00ff_ffff;
 
@@ -142,6 +146,26 @@ pub enum QpState {
 }
 
 impl QpState {
+    fn from_u8(raw: u8) -> Self {
+        match raw {
+            0 => QpState::Reset,
+            1 => QpState::Init,
+            2 => QpState::Rtr,
+            3 => QpState::Rts,
+            _ => QpState::Error,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            QpState::Reset => 0,
+            QpState::Init => 1,
+            QpState::Rtr => 2,
+            QpState::Rts => 3,
+            QpState::Error => 4,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             QpState::Reset => "RESET",
@@ -183,6 +207,36 @@ pub struct WriteWithImm {
     /// Whether this WR produces a completion on this side. Unsignalled WRs
     /// still occupy the send queue until a later signalled WR completes.
     pub signaled: bool,
+}
+
+/// One RDMA WRITE, with or without immediate data, gathering up to
+/// [`WRITE_SGE_MAX`] local pieces into one contiguous remote range.
+///
+/// - `local` may be empty: a zero-length WRITE moves no data (the responder
+///   does not check the rkey for it) and still needs an ACK, which makes it
+///   a cheap liveness probe, or with `imm` a data-less notification.
+/// - With `imm`, the peer's next RECV completes with
+///   `IBV_WC_RECV_RDMA_WITH_IMM`, `byte_len` = the total length and the
+///   immediate in host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RdmaWrite<'a> {
+    /// Returned in this side's completion.
+    pub wr_id: u64,
+    /// Source pieces (this side's registered memory), written back to back.
+    pub local: &'a [LocalSlice],
+    /// Destination; must be at least the sum of `local`'s lengths.
+    pub remote: RemoteSlice,
+    /// Immediate data in host order (`None`: a plain RDMA WRITE).
+    pub imm: Option<u32>,
+    /// Whether this WR produces a completion on this side.
+    pub signaled: bool,
+}
+
+impl RdmaWrite<'_> {
+    /// Total bytes the WRITE moves.
+    pub fn len_bytes(&self) -> u64 {
+        self.local.iter().map(|s| u64::from(s.len_bytes())).sum()
+    }
 }
 
 /// The payload of a SEND.
@@ -229,13 +283,16 @@ pub struct QueuePair {
     caps: QpCaps,
     access: Access,
     timers: QpTimers,
-    state: QpState,
+    // Atomic so that `set_error` works through `&self`: a transport moves a
+    // QP that other threads post to into the error state (abort, injected
+    // link failure). Transitions are INIT → RTR → RTS (through `&mut self`)
+    // and anything → ERROR.
+    state: AtomicU8,
     remote: Option<RemoteQpParams>,
 }
 
 // SAFETY: ibv_post_send/ibv_post_recv/ibv_modify_qp are thread-safe in
-// rdma-core (providers lock the queues); `state` changes only through
-// `&mut self`.
+// rdma-core (providers lock the queues); `state` is an atomic.
 unsafe impl Send for QueuePair {}
 // SAFETY: see above.
 unsafe impl Sync for QueuePair {}
@@ -244,7 +301,7 @@ impl std::fmt::Debug for QueuePair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueuePair")
             .field("endpoint", &self.endpoint)
-            .field("state", &self.state)
+            .field("state", &self.state())
             .field("remote", &self.remote)
             .finish_non_exhaustive()
     }
@@ -335,7 +392,7 @@ impl QueuePair {
             caps,
             access: cfg.access,
             timers: cfg.timers,
-            state: QpState::Reset,
+            state: AtomicU8::new(QpState::Reset.as_u8()),
             remote: None,
         };
         qp.modify_to_init()?; // on error `qp` drops and destroys the QP
@@ -360,7 +417,11 @@ impl QueuePair {
 
     /// The current state.
     pub fn state(&self) -> QpState {
-        self.state
+        QpState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, state: QpState) {
+        self.state.store(state.as_u8(), Ordering::Release);
     }
 
     /// The link layer of its port.
@@ -378,7 +439,7 @@ impl QueuePair {
         &self.pd
     }
 
-    fn modify(&mut self, attr: &mut ibv_qp_attr, mask: u32, op: &'static str) -> Result<()> {
+    fn modify(&self, attr: &mut ibv_qp_attr, mask: u32, op: &'static str) -> Result<()> {
         let verbs = self.pd.context().verbs();
         // SAFETY: the QP is live and `attr` is a valid, fully initialised
         // attribute struct for the bits in `mask`.
@@ -402,7 +463,7 @@ impl QueuePair {
             | m::IBV_QP_PORT.0
             | m::IBV_QP_ACCESS_FLAGS.0;
         self.modify(&mut attr, mask, "ibv_modify_qp(INIT)")?;
-        self.state = QpState::Init;
+        self.set_state(QpState::Init);
         Ok(())
     }
 
@@ -410,7 +471,7 @@ impl QueuePair {
     /// smaller MTU) → RTS (with this side's PSN). Only valid in INIT.
     pub fn connect(&mut self, remote: &RemoteQpParams) -> Result<()> {
         use rdma_sys::ibv_qp_attr_mask as m;
-        if self.state != QpState::Init {
+        if self.state() != QpState::Init {
             return Err(self.wrong_state("connect", "INIT"));
         }
         remote.validate(self.link_layer)?;
@@ -451,7 +512,7 @@ impl QueuePair {
             | m::IBV_QP_MAX_DEST_RD_ATOMIC.0
             | m::IBV_QP_MIN_RNR_TIMER.0;
         self.modify(&mut rtr, mask, "ibv_modify_qp(RTR)")?;
-        self.state = QpState::Rtr;
+        self.set_state(QpState::Rtr);
         self.remote = Some(*remote);
 
         // SAFETY: as above.
@@ -469,30 +530,34 @@ impl QueuePair {
             | m::IBV_QP_SQ_PSN.0
             | m::IBV_QP_MAX_QP_RD_ATOMIC.0;
         self.modify(&mut rts, mask, "ibv_modify_qp(RTS)")?;
-        self.state = QpState::Rts;
+        self.set_state(QpState::Rts);
         Ok(())
     }
 
     /// Moves the QP to the error state: every outstanding WR completes with
     /// `IBV_WC_WR_FLUSH_ERR`, so their buffers can be reclaimed after polling.
-    pub fn set_error(&mut self) -> Result<()> {
+    /// The peer is not told; it notices when its next work request to this
+    /// QP runs out of transport retries (`IBV_WC_RETRY_EXC_ERR`). Callable
+    /// while other threads post (they then get [`Error::WrongState`] or a
+    /// flushed completion).
+    pub fn set_error(&self) -> Result<()> {
         use rdma_sys::ibv_qp_attr_mask as m;
         // SAFETY: ibv_qp_attr is plain old data; all-zero is valid.
         let mut attr: ibv_qp_attr = unsafe { mem::zeroed() };
         attr.qp_state = rdma_sys::ibv_qp_state::IBV_QPS_ERR;
         self.modify(&mut attr, m::IBV_QP_STATE.0, "ibv_modify_qp(ERR)")?;
-        self.state = QpState::Error;
+        self.set_state(QpState::Error);
         Ok(())
     }
 
     fn wrong_state(&self, op: &'static str, needed: &'static str) -> Error {
-        Error::WrongState { qpn: self.qpn(), op, needed, state: self.state.name() }
+        Error::WrongState { qpn: self.qpn(), op, needed, state: self.state().name() }
     }
 
     /// Posts RDMA WRITE_WITH_IMM requests, linked in chains of up to
     /// [`CHAIN_MAX`]. On error, the requests before `posted` were posted.
     pub fn post_write_with_imm(&self, wrs: &[WriteWithImm]) -> Result<()> {
-        if self.state != QpState::Rts {
+        if self.state() != QpState::Rts {
             return Err(self.wrong_state("post_write_with_imm", "RTS"));
         }
         for w in wrs {
@@ -531,6 +596,85 @@ impl QueuePair {
         Ok(())
     }
 
+    /// Posts RDMA WRITEs (gathering several local pieces each, with or
+    /// without immediate), linked in chains of up to [`CHAIN_MAX`]. On error,
+    /// the requests before `posted` were posted.
+    pub fn post_writes(&self, wrs: &[RdmaWrite<'_>]) -> Result<()> {
+        if self.state() != QpState::Rts {
+            return Err(self.wrong_state("post_writes", "RTS"));
+        }
+        let sge_max = WRITE_SGE_MAX.min(self.caps.max_send_sge as usize);
+        for w in wrs {
+            if w.local.len() > sge_max {
+                return Err(Error::InvalidConfig {
+                    reason: format!(
+                        "a WRITE with {} SGEs exceeds the QP's limit of {sge_max}",
+                        w.local.len()
+                    ),
+                });
+            }
+            if w.len_bytes() > u64::from(w.remote.len_bytes) {
+                return Err(Error::OutOfBounds {
+                    what: "remote slice of a WRITE",
+                    offset: 0,
+                    len_bytes: w.len_bytes(),
+                    region_bytes: u64::from(w.remote.len_bytes),
+                });
+            }
+        }
+        let mut done = 0;
+        for chunk in wrs.chunks(CHAIN_MAX) {
+            // SAFETY: plain old data (pointers, integers, unions of those).
+            let mut sges: [[ibv_sge; WRITE_SGE_MAX]; CHAIN_MAX] = unsafe { mem::zeroed() };
+            // SAFETY: as above.
+            let mut chain: [ibv_send_wr; CHAIN_MAX] = unsafe { mem::zeroed() };
+            for (i, w) in chunk.iter().enumerate() {
+                for (sge, piece) in sges[i].iter_mut().zip(w.local) {
+                    *sge = ibv_sge {
+                        addr: piece.addr(),
+                        length: piece.len_bytes(),
+                        lkey: piece.lkey(),
+                    };
+                }
+                let wr = &mut chain[i];
+                wr.wr_id = w.wr_id;
+                wr.num_sge = w.local.len() as i32; // <= WRITE_SGE_MAX, checked above
+                wr.send_flags = signaled_flag(w.signaled);
+                wr.opcode = match w.imm {
+                    Some(imm) => {
+                        wr.imm_data_invalidated_rkey_union.imm_data = imm_to_wire(imm);
+                        rdma_sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM
+                    }
+                    None => rdma_sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+                };
+                wr.wr.rdma = rdma_sys::rdma_t { remote_addr: w.remote.addr, rkey: w.remote.rkey };
+            }
+            let len = chunk.len();
+            let base = chain.as_mut_ptr();
+            for (i, sg_list) in sges.iter_mut().enumerate().take(len) {
+                // SAFETY: `i < len <= CHAIN_MAX`, so every offset is in bounds
+                // of `chain`; `chain` and `sges` outlive the post call below.
+                unsafe {
+                    let wr = base.add(i);
+                    (*wr).sg_list = sg_list.as_mut_ptr();
+                    (*wr).next = if i + 1 < len { base.add(i + 1) } else { ptr::null_mut() };
+                }
+            }
+            let mut bad: *mut ibv_send_wr = ptr::null_mut();
+            // SAFETY: the QP is live and in RTS; every SGE points into a
+            // registered region (LocalSlice is only made from a MemoryRegion,
+            // whose contract keeps the memory alive until the WR completes);
+            // `chain` and `sges` outlive the call.
+            let rc = unsafe { sys::post_send(self.raw.as_ptr(), base, &mut bad) };
+            if rc != 0 {
+                let posted = done + chain_index(base, bad, len);
+                return Err(post_error(QueueKind::Send, rc, posted, wrs.len()));
+            }
+            done += len;
+        }
+        Ok(())
+    }
+
     /// Posts one SEND (registered or inline payload).
     pub fn post_send(&self, req: SendRequest<'_>) -> Result<()> {
         self.post_sends(std::slice::from_ref(&req))
@@ -538,7 +682,7 @@ impl QueuePair {
 
     /// Posts SENDs, linked in chains of up to [`CHAIN_MAX`].
     pub fn post_sends(&self, reqs: &[SendRequest<'_>]) -> Result<()> {
-        if self.state != QpState::Rts {
+        if self.state() != QpState::Rts {
             return Err(self.wrong_state("post_send", "RTS"));
         }
         for r in reqs {
@@ -619,7 +763,7 @@ impl QueuePair {
     /// [`CHAIN_MAX`]. Valid from INIT on, so they can be pre-posted before
     /// `connect`.
     pub fn post_recv(&self, reqs: &[RecvRequest]) -> Result<()> {
-        if !matches!(self.state, QpState::Init | QpState::Rtr | QpState::Rts) {
+        if !matches!(self.state(), QpState::Init | QpState::Rtr | QpState::Rts) {
             return Err(self.wrong_state("post_recv", "INIT, RTR or RTS"));
         }
         let mut done = 0;

@@ -1,0 +1,945 @@
+//! The sending half: readers fill leases of a registered pool, `send` posts
+//! one WRITE_WITH_IMM per frame ([payload lease, 32-byte header] → the start
+//! of a credited receiver slot, `imm` = slot), and a progress thread polls
+//! completions (releasing leases) and credits (freeing slots).
+//!
+//! Owns the sender's QPs, CQ, pool registration, header ring and control
+//! receive buffers. Buffer lifetime is structural: a lease posted in a WRITE
+//! sits in its QP's in-flight queue until a completion at or after it was
+//! polled (or the QP is destroyed), so its slot cannot be reused while the
+//! NIC may still read it.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use blitx_core::frame::{FrameHeader, FrameKind};
+use blitx_core::transport::{
+    Frame, FrameSender, Payload, PayloadPref, TransportError, TransportStats,
+};
+use blitx_core::{BufLease, BufferPool};
+
+use crate::config::{RdmaConfig, ReceiverInfo, SenderInfo};
+use crate::counters::{Counters, RdmaCounters, add};
+use crate::cq::{Completion, CompletionQueue, CqMode, WcOpcode};
+use crate::device::Context;
+use crate::error::{Error, Result};
+use crate::link::{
+    ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
+    open_device, peer_name, transport_timers,
+};
+use crate::pd_mr::{LocalSlice, OwnedRegion, ProtectionDomain, RemoteSlice};
+use crate::pool_mr::RegisteredPool;
+use crate::queue_pair::{QpConfig, QueuePair, RdmaWrite, RecvRequest};
+use crate::types::Access;
+use crate::window::{Blocked, Grant, SenderWindow};
+use crate::wire::{CONTROL_BYTES, Control, HEADER_BYTES, Imm, WrKind, parse_wr_id, wr_id};
+
+/// Spacing of header-ring entries (one cache line each).
+const HEADER_STRIDE_BYTES: usize = 64;
+/// How often the progress thread checks for a stall.
+const STALL_CHECK: Duration = Duration::from_millis(50);
+
+const _: () = assert!(HEADER_BYTES <= HEADER_STRIDE_BYTES);
+
+/// A sender before it is connected: QPs in INIT with control RECVs posted,
+/// the pool registered. Send [`SenderInfo`] to the receiver and call
+/// [`SenderSetup::connect`] with its [`ReceiverInfo`].
+#[derive(Debug)]
+pub struct SenderSetup {
+    cfg: RdmaConfig,
+    info: SenderInfo,
+    sq_depth: u32,
+    recv_depth: u32,
+    // Field order is drop order: QP → CQ → MRs (+ pool) → context (the PD is
+    // held by the QPs and the MRs).
+    qps: Vec<QueuePair>,
+    cq: Arc<CompletionQueue>,
+    headers: OwnedRegion,
+    control: OwnedRegion,
+    pool: RegisteredPool,
+    ctx: Arc<Context>,
+}
+
+impl SenderSetup {
+    /// Opens the device, registers a pool of `cfg.pool_slots` buffers of
+    /// `chunk_bytes` (readers fill them), creates `cfg.qps` RC QPs and
+    /// pre-posts their control RECVs. `cfg.slots` is the largest receiver
+    /// ring this sender accepts (it sizes the queues). Errors with
+    /// [`Error::is_unavailable`] mean "no RDMA here": fall back to TCP.
+    pub fn new(cfg: &RdmaConfig) -> Result<(SenderSetup, SenderInfo)> {
+        cfg.validate()?;
+        let (ctx, port_num) = open_device(cfg)?;
+        let pd = ProtectionDomain::new(&ctx)?;
+        let sq_depth = cfg.sender_sq_depth(cfg.slots);
+        let recv_depth = RdmaConfig::recv_depth(cfg.slots);
+        let cq = CompletionQueue::new(&ctx, cfg.qps * (sq_depth + recv_depth), CqMode::Event)?; // see link::Poller
+        let pool = BufferPool::new(cfg.pool_slots as usize, cfg.chunk_bytes as usize, true)
+            .map_err(|source| Error::Pool { what: "sender", source })?;
+        let pool = RegisteredPool::new(&pd, pool, Access::LOCAL_WRITE)?;
+        let n = cfg.qps as usize;
+        let headers =
+            OwnedRegion::new(&pd, n * sq_depth as usize * HEADER_STRIDE_BYTES, Access::NONE)?;
+        let control =
+            OwnedRegion::new(&pd, n * recv_depth as usize * CONTROL_BYTES, Access::LOCAL_WRITE)?;
+        let qp_cfg = QpConfig {
+            port_num,
+            gid_index: cfg.gid_index,
+            max_send_wr: sq_depth,
+            max_recv_wr: recv_depth,
+            max_send_sge: 2,
+            max_recv_sge: 1,
+            max_inline_bytes: 0,
+            access: Access::NONE, // the receiver never touches this side's memory
+            timers: transport_timers(),
+        };
+        let mut qps = Vec::with_capacity(n);
+        for q in 0..n {
+            let qp = QueuePair::create_rc(&pd, &cq, &cq, &qp_cfg)?;
+            let recvs = (0..recv_depth as usize)
+                .map(|i| {
+                    let buf = q * recv_depth as usize + i;
+                    let slice = control.mr().slice(buf * CONTROL_BYTES, CONTROL_BYTES)?;
+                    Ok(RecvRequest {
+                        wr_id: wr_id(WrKind::ControlRecv, q as u8, buf as u64),
+                        buf: Some(slice),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            qp.post_recv(&recvs)?;
+            qps.push(qp);
+        }
+        let info = SenderInfo {
+            qps: qps.iter().map(QueuePair::endpoint).collect(),
+            chunk_bytes: cfg.chunk_bytes,
+        };
+        let setup = SenderSetup {
+            cfg: cfg.clone(),
+            info: info.clone(),
+            sq_depth,
+            recv_depth,
+            qps,
+            cq,
+            headers,
+            control,
+            pool,
+            ctx,
+        };
+        Ok((setup, info))
+    }
+
+    /// What to send to the receiver.
+    pub fn info(&self) -> &SenderInfo {
+        &self.info
+    }
+
+    /// The pool readers fill (available before connecting, e.g. to start
+    /// reading early).
+    pub fn pool(&self) -> &BufferPool {
+        self.pool.pool()
+    }
+
+    /// Validates the receiver's info (peer input), connects every QP and
+    /// starts the progress thread. Nothing is written until the receiver's
+    /// first credits arrive (after its own `connect`).
+    pub fn connect(mut self, peer: &ReceiverInfo) -> Result<RdmaSender> {
+        peer.validate(&self.cfg)?;
+        if peer.slots > self.cfg.slots {
+            return Err(Error::InvalidRemote {
+                reason: format!(
+                    "the receiver's ring has {} slots; this sender was set up for at most {}",
+                    peer.slots, self.cfg.slots
+                ),
+            });
+        }
+        for (qp, remote) in self.qps.iter_mut().zip(&peer.qps) {
+            qp.connect(remote)?;
+        }
+        let peers: Vec<String> = self
+            .qps
+            .iter()
+            .zip(&peer.qps)
+            .map(|(qp, remote)| peer_name(self.ctx.name(), qp, remote))
+            .collect();
+        let n = self.qps.len();
+        let window = SenderWindow::new(n, peer.slots, self.sq_depth, self.cfg.signal_interval);
+        let state = SendState {
+            window,
+            inflight: (0..n).map(|_| VecDeque::with_capacity(self.sq_depth as usize)).collect(),
+            headers: self.headers,
+            notices_posted: false,
+            waiters: 0,
+        };
+        let shared = Arc::new(SendShared {
+            qps: std::mem::take(&mut self.qps),
+            cq: Arc::clone(&self.cq),
+            post: Mutex::new(()),
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+            control: self.control,
+            pool: self.pool,
+            ctx: self.ctx,
+            cfg: self.cfg.clone(),
+            remote: peer.clone(),
+            peers,
+            sq_depth: u64::from(self.sq_depth),
+            recv_depth: self.recv_depth,
+            fault: FaultSlot::default(),
+            counters: Counters::default(),
+            stop: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            thread_running: AtomicBool::new(true),
+            logged: AtomicBool::new(false),
+            data_frames: AtomicU64::new(0),
+            break_after_frames: AtomicU64::new(u64::MAX),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("rdma-send-progress".into())
+                .spawn(move || shared.progress_loop())
+                .map_err(|e| Error::verbs("spawn the RDMA send progress thread", e))?
+        };
+        Ok(RdmaSender { shared, thread: Mutex::new(Some(thread)) })
+    }
+}
+
+#[derive(Debug)]
+struct SendState {
+    window: SenderWindow,
+    /// Per QP, the lease of every outstanding WRITE in posting order
+    /// (`None` for header-only frames and notices).
+    inflight: Vec<VecDeque<Option<BufLease>>>,
+    /// Per QP, `sq_depth` header entries; WR `seq` uses entry `seq % sq_depth`,
+    /// free because at most `sq_depth` WRs are outstanding (the window).
+    headers: OwnedRegion,
+    notices_posted: bool,
+    /// Callers blocked in `send`/`finish` waiting for the window.
+    waiters: usize,
+}
+
+#[derive(Debug)]
+struct SendShared {
+    // Field order is drop order: QPs → CQ → in-flight leases and the header
+    // MR (in `state`) → control MR → pool MR and pool → context (the PD,
+    // held by the QPs and MRs, goes with the last of them).
+    qps: Vec<QueuePair>,
+    cq: Arc<CompletionQueue>,
+    /// Serializes posting, so WRs reach each send queue in the order the
+    /// window numbered them. Held across the post itself, which can be slow
+    /// (Soft-RoCE does the NIC's work inside `ibv_post_send`), while `state`
+    /// is not: the progress thread keeps retiring WRITEs and applying
+    /// credits meanwhile. Lock order: `post`, then `state`.
+    post: Mutex<()>,
+    state: Mutex<SendState>,
+    wake: Condvar,
+    control: OwnedRegion,
+    pool: RegisteredPool,
+    ctx: Arc<Context>,
+    cfg: RdmaConfig,
+    remote: ReceiverInfo,
+    peers: Vec<String>,
+    sq_depth: u64,
+    recv_depth: u32,
+    fault: FaultSlot,
+    counters: Counters,
+    stop: AtomicBool,
+    finished: AtomicBool,
+    thread_running: AtomicBool,
+    logged: AtomicBool,
+    data_frames: AtomicU64,
+    break_after_frames: AtomicU64,
+}
+
+/// A data WRITE prepared under the window lock, posted after releasing it.
+#[derive(Debug, Clone, Copy)]
+struct PreparedWrite {
+    qp: usize,
+    wr_id: u64,
+    sges: [LocalSlice; 2],
+    sge_count: usize,
+    remote: RemoteSlice,
+    imm: u32,
+    signaled: bool,
+    payload_len: usize,
+}
+
+/// What [`SendShared::wait_grant`] hands back: the post lock, the window
+/// lock, and the grant (`None`: every QP already sent its End frame).
+type Granted<'a> = (MutexGuard<'a, ()>, MutexGuard<'a, SendState>, Option<Grant>);
+
+/// Takes `m` within `limit`, or gives up.
+fn lock_within<T>(m: &Mutex<T>, limit: Duration) -> Option<MutexGuard<'_, T>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
+/// Tracks how long one caller has waited for the window.
+struct WaitClock {
+    since: Option<Instant>,
+}
+
+impl WaitClock {
+    fn new() -> Self {
+        WaitClock { since: None }
+    }
+
+    /// Starts (or continues) a wait; `Err` once it exceeded `limit`.
+    fn tick(&mut self, limit: Duration) -> Result<(), Fault> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() > limit {
+            return Err(Fault::Stalled { idle_secs: limit.as_secs() });
+        }
+        Ok(())
+    }
+
+    fn finish(self, counters: &Counters) {
+        if let Some(since) = self.since {
+            add(&counters.send_waits, 1);
+            add(&counters.send_wait_ns, u64::try_from(since.elapsed().as_nanos()).unwrap_or(0));
+        }
+    }
+}
+
+impl SendShared {
+    fn peer(&self, qp: usize) -> &str {
+        self.peers.get(qp).map_or("RDMA peer", String::as_str)
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, SendState> {
+        lock(&self.state)
+    }
+
+    /// Records the fault; on the first one, sends the abort notice (unless
+    /// the receiver aborted), wakes every waiter and closes the pool so
+    /// readers blocked on it fail at once.
+    /// Must not be called while holding `post` or `state`.
+    fn fail(&self, fault: Fault) {
+        let notify = fault.notify_peer();
+        if !self.fault.raise(fault) {
+            return;
+        }
+        // waiters (which hold `post`) wake, see the fault and let go of it
+        self.wake.notify_all();
+        if notify && let Some(_post) = lock_within(&self.post, ABORT_GRACE) {
+            let mut st = self.lock_state();
+            self.post_notices(&mut st);
+        }
+        self.wake.notify_all();
+        self.pool.pool().close();
+        if !self.thread_running.load(Ordering::Acquire) {
+            for qp in &self.qps {
+                let _ = qp.set_error();
+            }
+        }
+    }
+
+    /// A zero-byte WRITE_WITH_IMM(IMM_ABORT) on every QP (best effort: a QP
+    /// that is full or already in error is skipped). Called holding `post`.
+    fn post_notices(&self, st: &mut SendState) {
+        let Ok(target) = self.remote.ring.slice(0, 0) else { return };
+        for q in 0..self.qps.len() {
+            let Ok(g) = st.window.reserve_notice(q) else { continue };
+            let write = RdmaWrite {
+                wr_id: wr_id(WrKind::Write, q as u8, g.seq),
+                local: &[],
+                remote: target,
+                imm: Some(Imm::Abort.encode()),
+                signaled: true,
+            };
+            st.inflight[q].push_back(None);
+            if self.qps[q].post_writes(&[write]).is_ok() {
+                add(&self.counters.wr_write_imm, 1);
+                add(&self.counters.wr_signaled, 1);
+                st.notices_posted = true;
+            }
+        }
+    }
+
+    /// A zero-byte RDMA WRITE (no immediate: the receiver sees nothing) on
+    /// each of `qps`, signalled. The receiver's NIC acknowledges it; a
+    /// receiver that is gone makes it fail with `IBV_WC_RETRY_EXC_ERR`.
+    /// Skipped when another thread is posting (then the QPs are busy anyway).
+    fn post_probes(&self, st: &mut SendState, qps: &[usize]) {
+        let Ok(target) = self.remote.ring.slice(0, 0) else { return };
+        // `try_lock` while holding `state` cannot deadlock; holding `post`
+        // means no other thread is between numbering a WR and posting it
+        let Ok(_post) = self.post.try_lock() else { return };
+        for &q in qps {
+            let Ok(g) = st.window.reserve_notice(q) else { continue };
+            let write = RdmaWrite {
+                wr_id: wr_id(WrKind::Write, q as u8, g.seq),
+                local: &[],
+                remote: target,
+                imm: None,
+                signaled: true,
+            };
+            st.inflight[q].push_back(None);
+            if let Err(e) = self.qps[q].post_writes(&[write]) {
+                tracing::debug!(target: "blit::rdma", error = %e, "keepalive probe not posted");
+                continue;
+            }
+            add(&self.counters.pings, 1);
+            add(&self.counters.wr_signaled, 1);
+        }
+    }
+
+    /// Waits for a grant from `reserve` (credit and send-queue room) and
+    /// returns it with `post` and `state` held, so the caller numbers and
+    /// posts the WR without another thread in between. `post` is let go
+    /// while waiting (the progress thread needs it for probes). Returns the
+    /// session's fault, or `Stalled` after the stall timeout, which the
+    /// caller raises with [`SendShared::fail`] once it let go of the locks.
+    fn wait_grant(
+        &self,
+        mut reserve: impl FnMut(&mut SendState, &BufferPool) -> Result<Grant, Blocked>,
+    ) -> Result<Granted<'_>, Fault> {
+        let mut clock = WaitClock::new();
+        loop {
+            let post = lock(&self.post);
+            let mut st = self.lock_state();
+            if let Some(f) = self.fault.get() {
+                clock.finish(&self.counters);
+                return Err(f);
+            }
+            match reserve(&mut st, self.pool.pool()) {
+                Ok(g) => {
+                    clock.finish(&self.counters);
+                    return Ok((post, st, Some(g)));
+                }
+                Err(Blocked::Ended) => {
+                    clock.finish(&self.counters);
+                    return Ok((post, st, None));
+                }
+                Err(Blocked::NoCredit | Blocked::SendQueueFull) => {
+                    if let Err(stalled) = clock.tick(self.cfg.stall_timeout) {
+                        clock.finish(&self.counters);
+                        return Err(stalled);
+                    }
+                    drop(post);
+                    st.waiters += 1;
+                    st = self.wake.wait_timeout(st, WAIT_SLICE).map(|(g, _)| g).unwrap_or_else(
+                        |p| {
+                            let (g, _) = p.into_inner();
+                            g
+                        },
+                    );
+                    st.waiters -= 1;
+                }
+            }
+        }
+    }
+
+    /// Prepares one frame under the window lock: header into the ring, the
+    /// lease into the QP's in-flight queue, the WRITE_WITH_IMM of [payload,
+    /// header] into slot `grant.slot` ready to post.
+    fn prepare_frame(
+        &self,
+        st: &mut SendState,
+        g: Grant,
+        header: &FrameHeader,
+        lease: Option<BufLease>,
+    ) -> Result<PreparedWrite, Fault> {
+        let peer = self.peer(g.qp);
+        let slot = g.slot.ok_or_else(|| Fault::protocol(peer, "a frame grant without a slot"))?;
+        let entry = g.qp * self.sq_depth as usize + (g.seq % self.sq_depth) as usize;
+        let at = entry * HEADER_STRIDE_BYTES;
+        let verbs = |e| Fault::verbs("post an RDMA WRITE_WITH_IMM", peer, e);
+        st.headers.write_at(at, &header.encode()).map_err(verbs)?;
+        let header_sge = st.headers.mr().slice(at, HEADER_BYTES).map_err(verbs)?;
+        let payload_len = lease.as_ref().map_or(0, BufLease::len);
+        let mut sges: [LocalSlice; 2] = [header_sge; 2];
+        let mut n = 0;
+        if let Some(l) = &lease
+            && payload_len > 0
+        {
+            sges[0] = self.pool.slice(l, 0, payload_len).map_err(verbs)?;
+            n = 1;
+        }
+        sges[n] = header_sge;
+        n += 1;
+        let len_bytes = (payload_len + HEADER_BYTES) as u32; // <= chunk + 32 (checked by send)
+        let remote = self
+            .remote
+            .ring
+            .slice(u64::from(slot) * self.remote.slot_bytes, len_bytes)
+            .map_err(verbs)?;
+        // in flight before posting: its completion cannot come earlier
+        st.inflight[g.qp].push_back(lease);
+        Ok(PreparedWrite {
+            qp: g.qp,
+            wr_id: wr_id(WrKind::Write, g.qp as u8, g.seq),
+            sges,
+            sge_count: n,
+            remote,
+            imm: Imm::Slot(slot).encode(),
+            signaled: g.signaled,
+            payload_len,
+        })
+    }
+
+    /// Posts a prepared WRITE (holding `post`, not `state`).
+    fn post_prepared(&self, w: &PreparedWrite) -> Result<(), Fault> {
+        let write = RdmaWrite {
+            wr_id: w.wr_id,
+            local: &w.sges[..w.sge_count],
+            remote: w.remote,
+            imm: Some(w.imm),
+            signaled: w.signaled,
+        };
+        self.qps[w.qp]
+            .post_writes(&[write])
+            .map_err(|e| Fault::verbs("post an RDMA WRITE_WITH_IMM", self.peer(w.qp), e))?;
+        let c = &self.counters;
+        add(&c.wr_write_imm, 1);
+        add(if w.signaled { &c.wr_signaled } else { &c.wr_unsignaled }, 1);
+        add(&c.nic_write_bytes, write.len_bytes());
+        add(&c.header_copy_bytes, HEADER_BYTES as u64);
+        add(&c.frames, 1);
+        add(&c.payload_bytes, w.payload_len as u64);
+        Ok(())
+    }
+
+    /// Fault injection: the link "breaks" (QPs to error, no notice).
+    fn maybe_break_link(&self) {
+        let n = self.data_frames.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == self.break_after_frames.load(Ordering::Acquire) {
+            tracing::debug!(target: "blit::rdma", frames = n, "injected link failure");
+            for qp in &self.qps {
+                let _ = qp.set_error();
+            }
+        }
+    }
+
+    /// The progress thread: polls the CQ, retires WRITEs (releasing their
+    /// leases), applies credits, reposts control RECVs, detects stalls.
+    fn progress_loop(&self) {
+        let mut wcs = [Completion::default(); POLL_BATCH];
+        let mut poller = Poller::new(self.cfg.cq_mode);
+        let mut released: Vec<BufLease> = Vec::with_capacity(POLL_BATCH * 4);
+        let mut last_progress = Instant::now();
+        let mut last_check = Instant::now();
+        let keepalive = keepalive_after(self.cfg.stall_timeout);
+        while !self.stop.load(Ordering::Acquire) && !self.fault.is_raised() {
+            let n = match poller.poll(&self.cq, &mut wcs, &self.counters) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.fail(Fault::verbs("ibv_poll_cq", self.peer(0), e));
+                    break;
+                }
+            };
+            if n > 0 {
+                last_progress = Instant::now();
+                let mut fault = None;
+                {
+                    let mut st = self.lock_state();
+                    for c in &wcs[..n] {
+                        if let Err(f) = self.on_completion(&mut st, c, &mut released) {
+                            fault = Some(f);
+                            break;
+                        }
+                    }
+                }
+                released.clear(); // leases go back to the pool outside the lock
+                self.wake.notify_all();
+                if let Some(f) = fault {
+                    self.fail(f);
+                }
+            } else if last_check.elapsed() >= STALL_CHECK {
+                last_check = Instant::now();
+                let mut st = self.lock_state();
+                let outstanding = st.window.outstanding();
+                let tails: Vec<usize> =
+                    (0..self.qps.len()).filter(|&q| st.window.has_unsignaled_tail(q)).collect();
+                if !tails.is_empty() && last_progress.elapsed() >= STALL_CHECK {
+                    // Quiet, with unsignalled WRITEs that only a later
+                    // signalled WR retires: post one, so their leases come
+                    // back and an idle sender is not mistaken for a stall.
+                    self.post_probes(&mut st, &tails);
+                } else if st.waiters > 0 && last_progress.elapsed() > keepalive {
+                    // Callers wait for credits and nothing completes: is the
+                    // receiver still there? A dead one fails the probe; a live
+                    // one acknowledges it, which also retires an unsignalled
+                    // tail. (A receiver that is alive but never credits is the
+                    // waiters' own stall timeout.)
+                    let all: Vec<usize> = (0..self.qps.len()).collect();
+                    self.post_probes(&mut st, &all);
+                    last_progress = last_check;
+                } else if outstanding == 0 {
+                    last_progress = last_check;
+                } else if last_progress.elapsed() > self.cfg.stall_timeout {
+                    drop(st);
+                    self.fail(Fault::Stalled { idle_secs: self.cfg.stall_timeout.as_secs() });
+                }
+            }
+        }
+        if self.fault.is_raised() {
+            self.shutdown_after_fault(&mut poller, &mut wcs);
+        }
+        self.thread_running.store(false, Ordering::Release);
+    }
+
+    /// After a fault: give the abort notices up to `ABORT_GRACE` to leave
+    /// (they are the last WR of each QP, so "nothing outstanding" means they
+    /// did), move the QPs to the error state, and retire what gets flushed
+    /// (bounded by another `ABORT_GRACE`; leases still in flight then go back
+    /// only when the QPs are destroyed).
+    fn shutdown_after_fault(&self, poller: &mut Poller, wcs: &mut [Completion]) {
+        let mut released = Vec::new();
+        let mut drain = |until: Instant, released: &mut Vec<BufLease>| {
+            while Instant::now() < until {
+                if self.lock_state().window.outstanding() == 0 {
+                    return;
+                }
+                let n = poller.poll(&self.cq, wcs, &self.counters).unwrap_or(0);
+                let mut st = self.lock_state();
+                for c in &wcs[..n] {
+                    if let Some((WrKind::Write, qp, seq)) = parse_wr_id(c.wr_id) {
+                        // flushed WRs retire too; stale ones are ignored
+                        let _ = self.retire(&mut st, usize::from(qp), seq, released);
+                    }
+                }
+                drop(st);
+                released.clear();
+            }
+        };
+        if self.lock_state().notices_posted {
+            drain(Instant::now() + ABORT_GRACE, &mut released);
+        }
+        for qp in &self.qps {
+            let _ = qp.set_error();
+        }
+        drain(Instant::now() + ABORT_GRACE, &mut released);
+        self.wake.notify_all();
+        self.log_counters();
+    }
+
+    /// WR `seq` on `qp` and all before it are done: release their leases.
+    fn retire(
+        &self,
+        st: &mut SendState,
+        qp: usize,
+        seq: u64,
+        released: &mut Vec<BufLease>,
+    ) -> Result<(), Fault> {
+        let retired =
+            st.window.on_completion(qp, seq).map_err(|e| Fault::protocol(self.peer(qp), e))?;
+        let inflight = st
+            .inflight
+            .get_mut(qp)
+            .ok_or_else(|| Fault::protocol(self.peer(qp), "completion for no QP"))?;
+        for _ in 0..retired {
+            if let Some(Some(lease)) = inflight.pop_front() {
+                released.push(lease);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_completion(
+        &self,
+        st: &mut SendState,
+        c: &Completion,
+        released: &mut Vec<BufLease>,
+    ) -> Result<(), Fault> {
+        let Some((kind, qp, index)) = parse_wr_id(c.wr_id) else {
+            return Err(Fault::protocol(self.peer(0), format!("unknown completion {c:?}")));
+        };
+        let q = usize::from(qp);
+        let peer = self.peer(q);
+        match kind {
+            WrKind::Write => {
+                if let Err(e) = c.check() {
+                    return Err(Fault::verbs("RDMA WRITE_WITH_IMM to the receiver", peer, e));
+                }
+                self.retire(st, q, index, released)
+            }
+            WrKind::ControlRecv => {
+                if let Err(e) = c.check() {
+                    return Err(Fault::verbs("receive of a control message", peer, e));
+                }
+                if c.opcode != WcOpcode::Recv {
+                    return Err(Fault::protocol(peer, format!("unexpected completion {c:?}")));
+                }
+                let buf = usize::try_from(index).unwrap_or(usize::MAX);
+                let len = c.byte_len as usize;
+                if buf >= self.qps.len() * self.recv_depth as usize || len > CONTROL_BYTES {
+                    return Err(Fault::protocol(peer, format!("bad control receive {c:?}")));
+                }
+                let mut msg = [0u8; CONTROL_BYTES];
+                let at = buf * CONTROL_BYTES;
+                self.control
+                    .read_at(at, &mut msg[..len])
+                    .map_err(|e| Fault::verbs("read a control message", peer, e))?;
+                let control = Control::decode(&msg[..len]).map_err(|e| Fault::protocol(peer, e))?;
+                let slice = self
+                    .control
+                    .mr()
+                    .slice(at, CONTROL_BYTES)
+                    .map_err(|e| Fault::verbs("post a RECV", peer, e))?;
+                self.qps[q]
+                    .post_recv(&[RecvRequest { wr_id: c.wr_id, buf: Some(slice) }])
+                    .map_err(|e| Fault::verbs("post a RECV", peer, e))?;
+                add(&self.counters.wr_recv, 1);
+                match control {
+                    Control::Credits(batch) => {
+                        for &slot in batch.slots() {
+                            st.window.on_credit(slot).map_err(|e| Fault::protocol(peer, e))?;
+                        }
+                        add(&self.counters.credit_messages, 1);
+                        add(&self.counters.credits, batch.slots().len() as u64);
+                        Ok(())
+                    }
+                    Control::Ping => Ok(()),
+                    Control::Abort => Err(Fault::PeerAborted {
+                        detail: format!("{peer}: the receiver aborted the transfer"),
+                    }),
+                }
+            }
+            _ => Err(Fault::protocol(peer, format!("unexpected completion {c:?}"))),
+        }
+    }
+
+    fn log_counters(&self) {
+        if !self.logged.swap(true, Ordering::AcqRel) {
+            self.counters.snapshot().log("sender", self.qps.len());
+        }
+    }
+}
+
+/// The sending half of an RDMA session (a [`FrameSender`]).
+#[derive(Debug)]
+pub struct RdmaSender {
+    shared: Arc<SendShared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RdmaSender {
+    /// A snapshot of this side's counters.
+    pub fn counters(&self) -> RdmaCounters {
+        self.shared.counters.snapshot()
+    }
+
+    /// Number of QPs.
+    pub fn qps(&self) -> usize {
+        self.shared.qps.len()
+    }
+
+    /// The device in use.
+    pub fn device(&self) -> &str {
+        self.shared.ctx.name()
+    }
+
+    /// Fault injection (the conformance suite's "peer disappears"): after
+    /// `frames` data frames were posted (at once for 0), this side's QPs go
+    /// to the error state without telling the receiver, as if the link
+    /// broke. The sender then fails on its flushed WRITEs, the receiver when
+    /// its next credit or keepalive SEND runs out of transport retries.
+    pub fn fail_link_after_frames(&self, frames: u64) {
+        if frames == 0 {
+            for qp in &self.shared.qps {
+                let _ = qp.set_error();
+            }
+            return;
+        }
+        self.shared.break_after_frames.store(frames, Ordering::Release);
+    }
+
+    fn stop_thread(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Turns a payload into a lease of this side's registered pool.
+    fn own_lease(
+        &self,
+        header: &FrameHeader,
+        payload: Payload,
+    ) -> Result<Option<BufLease>, TransportError> {
+        let shared = &self.shared;
+        let len = header.len_bytes as usize;
+        let mismatch = |got: u64| TransportError::Protocol {
+            peer: "local reader".into(),
+            detail: format!(
+                "frame header says {} payload bytes, the payload has {got}",
+                header.len_bytes
+            ),
+        };
+        match payload {
+            Payload::Empty if len == 0 => Ok(None),
+            Payload::Empty => Err(mismatch(0)),
+            Payload::Buffer(lease) if lease.len() != len => Err(mismatch(lease.len() as u64)),
+            Payload::Buffer(lease) if shared.pool.owns(&lease) => Ok(Some(lease)),
+            Payload::Buffer(foreign) => {
+                // Not from `pool()`: the NIC cannot read it, so copy (counted).
+                let mut own = shared.pool.pool().acquire()?;
+                own.full_mut()[..len].copy_from_slice(foreign.data());
+                own.set_len(len);
+                add(&shared.counters.payload_copies, 1);
+                add(&shared.counters.payload_copy_bytes, len as u64);
+                Ok(Some(own))
+            }
+            Payload::File(region) if region.len_bytes as usize != len => {
+                Err(mismatch(u64::from(region.len_bytes)))
+            }
+            Payload::File(region) => {
+                let mut own = shared.pool.pool().acquire()?;
+                region
+                    .file
+                    .read_exact_at(&mut own.full_mut()[..len], region.offset_bytes)
+                    .map_err(|source| TransportError::Io {
+                        op: "read a file region",
+                        peer: "local file".into(),
+                        source,
+                    })?;
+                own.set_len(len);
+                add(&shared.counters.file_reads, 1);
+                add(&shared.counters.file_read_bytes, len as u64);
+                Ok(Some(own))
+            }
+        }
+    }
+}
+
+impl FrameSender for RdmaSender {
+    fn payload_pref(&self) -> PayloadPref {
+        PayloadPref::Buffer
+    }
+
+    fn pool(&self) -> &BufferPool {
+        self.shared.pool.pool()
+    }
+
+    fn frame_bytes_max(&self) -> u32 {
+        self.shared.cfg.chunk_bytes
+    }
+
+    fn send(&self, frame: Frame) -> Result<(), TransportError> {
+        let shared = &self.shared;
+        shared.fault.check()?;
+        let Frame { header, payload } = frame;
+        let misuse =
+            |detail: String| TransportError::Protocol { peer: "local sender".into(), detail };
+        if shared.finished.load(Ordering::Acquire) {
+            return Err(misuse("send after finish".into()));
+        }
+        if header.kind == FrameKind::End {
+            return Err(misuse("End frames are sent by finish()".into()));
+        }
+        if header.len_bytes > shared.cfg.chunk_bytes {
+            return Err(misuse(format!(
+                "a {}-byte payload exceeds the chunk size {}",
+                header.len_bytes, shared.cfg.chunk_bytes
+            )));
+        }
+        let lease = self.own_lease(&header, payload)?;
+        let waited = shared.wait_grant(|st, pool| {
+            // An empty pool forces a signal (see window.rs).
+            st.window.reserve_frame(pool.available() == 0)
+        });
+        let posted = match waited {
+            Ok((_, _, None)) => return Err(misuse("send after finish".into())),
+            Ok((post, mut st, Some(grant))) => {
+                let prepared = shared.prepare_frame(&mut st, grant, &header, lease);
+                drop(st); // the progress thread goes on while the NIC takes the WR
+                let posted = prepared.and_then(|w| shared.post_prepared(&w));
+                drop(post);
+                posted
+            }
+            Err(fault) => Err(fault),
+        };
+        if let Err(fault) = posted {
+            shared.fail(fault);
+            return shared.fault.check();
+        }
+        shared.maybe_break_link();
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<(), TransportError> {
+        let shared = &self.shared;
+        shared.fault.check()?;
+        if shared.finished.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        for q in 0..shared.qps.len() {
+            let ended = match shared.wait_grant(|st, _| st.window.reserve_end(q)) {
+                Ok((post, mut st, Some(g))) => {
+                    let prepared = shared.prepare_frame(&mut st, g, &FrameHeader::end(), None);
+                    drop(st);
+                    let posted = prepared.and_then(|w| shared.post_prepared(&w));
+                    drop(post);
+                    posted
+                }
+                Ok(_) => Ok(()),
+                Err(fault) => Err(fault),
+            };
+            if let Err(fault) = ended {
+                shared.fail(fault);
+                return shared.fault.check();
+            }
+        }
+        let mut st = shared.lock_state();
+        // Every End is signalled: once all retire, everything was delivered.
+        let mut clock = WaitClock::new();
+        while st.window.outstanding() > 0 {
+            if let Some(f) = shared.fault.get() {
+                return Err(f.to_transport());
+            }
+            if let Err(stalled) = clock.tick(shared.cfg.stall_timeout) {
+                drop(st);
+                shared.fail(stalled);
+                return shared.fault.check();
+            }
+            st = shared.wake.wait_timeout(st, WAIT_SLICE).map(|(g, _)| g).unwrap_or_else(|p| {
+                let (g, _) = p.into_inner();
+                g
+            });
+        }
+        drop(st);
+        self.stop_thread();
+        shared.fault.check()?;
+        shared.log_counters();
+        Ok(())
+    }
+
+    fn abort(&self) {
+        self.shared.fail(Fault::Cancelled);
+    }
+
+    fn stats(&self) -> TransportStats {
+        let c = self.shared.counters.snapshot();
+        TransportStats {
+            name: "rdma".into(),
+            streams: self.shared.qps.len() as u32,
+            frames: c.frames,
+            payload_bytes: c.payload_bytes,
+        }
+    }
+}
+
+impl Drop for RdmaSender {
+    fn drop(&mut self) {
+        if !self.shared.finished.load(Ordering::Acquire) {
+            self.shared.fail(Fault::Cancelled);
+        }
+        self.stop_thread();
+        self.shared.log_counters();
+        // `shared` drops next: QPs are destroyed before the in-flight leases
+        // go back to the pool and before any MR is deregistered.
+    }
+}
