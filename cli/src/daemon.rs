@@ -34,6 +34,12 @@ pub struct DaemonArgs {
     /// client), off, or node=N.
     #[arg(long, default_value = "auto")]
     pub numa: blitx_topology::NumaPolicy,
+    /// The verbs device to serve RDMA on (default: the first with an active port).
+    #[arg(long, value_name = "NAME")]
+    pub rdma_device: Option<String>,
+    /// Never offer RDMA (TCP only).
+    #[arg(long)]
+    pub no_rdma: bool,
 }
 
 pub fn run(args: DaemonArgs) -> Exit {
@@ -49,6 +55,8 @@ pub fn run(args: DaemonArgs) -> Exit {
         default_streams: args.streams,
         stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
         numa: args.numa,
+        rdma_device: args.rdma_device,
+        no_rdma: args.no_rdma,
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     match run_daemon(cfg, shutdown, |addr| eprintln!("blit daemon listening on {addr}")) {

@@ -54,6 +54,12 @@ pub struct XferArgs {
     /// Parallel TCP data streams for remote transfers (default: the daemon's, 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub streams: Option<u32>,
+    /// RDMA queue pairs per session (frames are striped over them).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub qps: u32,
+    /// The local RDMA (verbs) device (default: the first with an active port).
+    #[arg(long, value_name = "NAME")]
+    pub rdma_device: Option<String>,
     /// Socket buffer per TCP stream (default: sized by the kernel's autotuning / BDP).
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub tcp_buffer: Option<u64>,
@@ -208,8 +214,10 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         bail!("SOURCE and TARGET are both remote; one side must be a local directory");
     }
     if !remote_source && !remote_target {
-        if args.transport == "rdma" || args.streams.is_some() {
-            tracing::info!("--transport/--streams apply to remote transfers; this copy is local");
+        if args.transport != "auto" || args.streams.is_some() {
+            tracing::info!(
+                "--transport/--streams/--qps apply to remote transfers; this copy is local"
+            );
         }
         check_paths(Path::new(&args.source), Path::new(&args.target))?;
     }
@@ -389,6 +397,8 @@ fn run_remote(
         events: reporter.verbose || reporter.dry_run,
         threads,
         stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        qps: args.qps,
+        rdma_device: args.rdma_device.clone(),
     };
     let (remote, local) = if RemoteSpec::is_remote(&args.source) {
         let remote = RemoteSpec::parse(&args.source)?;

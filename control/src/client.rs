@@ -39,6 +39,10 @@ pub struct ClientOptions {
     pub events: bool,
     pub threads: usize,
     pub stall_timeout: Duration,
+    /// RDMA queue pairs (frames are striped over them).
+    pub qps: u32,
+    /// The local verbs device (None: the first with an active port).
+    pub rdma_device: Option<String>,
 }
 
 #[derive(Debug)]
@@ -73,6 +77,8 @@ pub enum ClientError {
     Runtime(std::io::Error),
     #[error("the transfer was cancelled")]
     Cancelled,
+    #[error("RDMA is not available on this machine: {0}")]
+    RdmaUnavailable(String),
 }
 
 impl ClientError {
@@ -81,12 +87,20 @@ impl ClientError {
         matches!(
             self,
             ClientError::Refused(RemoteError { code: ErrorCode::TransportUnavailable, .. })
+                | ClientError::RdmaUnavailable(_)
         )
     }
     /// True when the data plane stalled (exit code 30).
     pub fn is_stall(&self) -> bool {
-        let text = self.to_string();
-        text.contains("stall")
+        let stalled = |e: &blitx_core::transport::TransportError| {
+            matches!(e, blitx_core::transport::TransportError::Stalled { .. })
+        };
+        match self {
+            ClientError::Source(blitx_storage::source::SourceError::Transport(e), _) => stalled(e),
+            ClientError::Target(blitx_storage::target::TargetError::Transport(e), _) => stalled(e),
+            ClientError::Remote(text) | ClientError::Lost(text) => text.contains("stall"),
+            _ => false,
+        }
     }
 }
 
@@ -169,6 +183,20 @@ pub fn transfer(
         Local::Source(_) => Direction::Push,
         Local::Target(_) => Direction::Pull,
     };
+    // Probe the local RDMA device only when RDMA might be used.
+    let client_rdma = match opts.transport {
+        TransportChoice::Tcp => None,
+        choice => match dataplane::local_rdma_device(opts.rdma_device.as_deref()) {
+            Ok(d) => Some(d),
+            Err(why) if choice == TransportChoice::Rdma => {
+                return Err(ClientError::RdmaUnavailable(why));
+            }
+            Err(why) => {
+                tracing::info!("no RDMA here ({why}); offering TCP only");
+                None
+            }
+        },
+    };
     let open = OpenRequest {
         protocol_version: PROTOCOL_VERSION,
         client_version: BUILD_VERSION.into(),
@@ -179,8 +207,8 @@ pub fn transfer(
         tcp_streams: opts.streams,
         tcp_buffer_bytes: opts.tcp_buffer_bytes,
         events: opts.events,
-        client_rdma: dataplane::local_rdma_device(),
-        rdma_qps: 0,
+        client_rdma,
+        rdma_qps: opts.qps,
         stall_timeout_secs: u32::try_from(opts.stall_timeout.as_secs()).unwrap_or(u32::MAX),
     };
     let (out_tx, out_rx) = mpsc::channel::<pb::ClientFrame>(64);
@@ -210,19 +238,49 @@ pub fn transfer(
         Some(Err(s)) => return Err(ClientError::Lost(format!("{}: {}", s.code(), s.message()))),
     };
     tracing::info!(transport = %accepted.transport, reason = %accepted.reason, "daemon accepted the session");
-    let tcp = accepted
-        .tcp
-        .clone()
-        .ok_or_else(|| ClientError::Lost("the daemon offered no data plane".into()))?;
     let dp_opts = DataPlaneOptions {
-        streams: tcp.streams,
+        streams: accepted.tcp.as_ref().map_or(1, |t| t.streams),
         chunk_bytes: opts.params.chunk_bytes,
         socket_buffer_bytes: opts.tcp_buffer_bytes,
         stall_timeout: opts.stall_timeout,
         threads: opts.threads,
+        qps: opts.qps.max(1),
+        rdma_device: opts.rdma_device.clone(),
     };
     let role = if direction == Direction::Push { Role::Send } else { Role::Receive };
-    let plane = dataplane::tcp_connect(&tcp, role, &dp_opts)?;
+    let plane = match (&accepted.tcp, &accepted.rdma) {
+        (_, Some(peer)) => {
+            // RDMA: answer with our QPs (and ring, for a pull). A pusher (sender) connects
+            // at once; a puller (receiver) waits until the daemon's sender has connected.
+            let (pending, mine) = dataplane::rdma_prepare(role, &dp_opts)?;
+            if rt.block_on(out_tx.send(convert::client_rdma(&mine))).is_err() {
+                return Err(ClientError::Lost("control stream closed during RDMA set-up".into()));
+            }
+            if role == Role::Receive {
+                use pb::server_frame::Msg;
+                match next_or_cancel(rt.handle(), &mut inbound, cancel) {
+                    Some(Ok(Some(pb::ServerFrame { msg: Some(Msg::Rdma(e)) }))) if e.ready => {}
+                    Some(Ok(Some(pb::ServerFrame { msg: Some(Msg::Summary(sm)) }))) => {
+                        let why = convert::summary_from_pb(&sm)
+                            .ok()
+                            .and_then(|s| s.fatal)
+                            .unwrap_or_else(|| "RDMA set-up failed on the daemon".into());
+                        return Err(ClientError::Remote(why));
+                    }
+                    _ => {
+                        return Err(ClientError::Lost(
+                            "the daemon did not complete the RDMA set-up".into(),
+                        ));
+                    }
+                }
+            }
+            pending.connect(peer)?
+        }
+        (Some(tcp), None) => dataplane::tcp_connect(tcp, role, &dp_opts)?,
+        (None, None) => {
+            return Err(ClientError::Lost("the daemon offered no data plane".into()));
+        }
+    };
     let (transport_name, streams) = plane.describe();
 
     let summary: Mutex<Option<Result<RemoteSummary, String>>> = Mutex::new(None);

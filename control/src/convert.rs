@@ -65,6 +65,32 @@ pub struct RdmaDeviceInfo {
     pub gid_index: u32,
     pub link_gbps: f64,
     pub numa_node: Option<u32>,
+    /// The GID's IPv4 address and prefix length (RoCE v2), for the common-subnet check.
+    pub ipv4: Option<(std::net::Ipv4Addr, u8)>,
+}
+
+impl RdmaDeviceInfo {
+    /// True when `peer`'s address lies in this device's IPv4 subnet.
+    pub fn shares_subnet(&self, peer: &RdmaDeviceInfo) -> bool {
+        match (self.ipv4, peer.ipv4) {
+            (Some((mine, len)), Some((theirs, _))) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+                u32::from(mine) & mask == u32::from(theirs) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One side's RDMA set-up as the peer sent it.
+#[derive(Debug, Clone)]
+pub enum RdmaPeer {
+    /// The peer receives: its QPs and the ring to write into.
+    Receiver(blitx_transport_rdma::ReceiverInfo),
+    /// The peer sends: its QPs.
+    Sender(blitx_transport_rdma::SenderInfo),
+    /// Pull: the daemon's sender connected; the client's receiver may connect.
+    Ready,
 }
 
 /// A validated Open.
@@ -92,13 +118,14 @@ pub struct TcpEndpoint {
     pub buffer_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Accepted {
     pub protocol_version: u32,
     pub server_version: String,
     pub transport: String,
     pub reason: String,
     pub tcp: Option<TcpEndpoint>,
+    pub rdma: Option<RdmaPeer>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +256,8 @@ pub fn rdma_device_to_pb(d: &RdmaDeviceInfo) -> pb::RdmaDevice {
         gid_index: d.gid_index,
         link_gbps: d.link_gbps,
         numa_node: d.numa_node.map(|n| n as i32).unwrap_or(-1),
+        ipv4: d.ipv4.map(|(a, _)| a.octets().to_vec()).unwrap_or_default(),
+        ipv4_prefix_len: d.ipv4.map(|(_, l)| u32::from(l)).unwrap_or(0),
     }
 }
 
@@ -240,7 +269,108 @@ pub fn rdma_device_from_pb(d: &pb::RdmaDevice) -> Result<RdmaDeviceInfo, Convert
         gid_index: d.gid_index,
         link_gbps: d.link_gbps,
         numa_node: u32::try_from(d.numa_node).ok(),
+        ipv4: match d.ipv4.len() {
+            0 => None,
+            4 => {
+                let o: [u8; 4] = d.ipv4.as_slice().try_into().map_err(|_| bad("bad IPv4"))?;
+                let len = u8::try_from(d.ipv4_prefix_len)
+                    .ok()
+                    .filter(|l| *l <= 32)
+                    .ok_or_else(|| bad("bad prefix length"))?;
+                Some((std::net::Ipv4Addr::from(o), len))
+            }
+            _ => return Err(bad("IPv4 address must be 4 bytes")),
+        },
     })
+}
+
+fn qp_to_pb(q: &blitx_transport_rdma::RemoteQpParams) -> pb::QpParams {
+    pb::QpParams {
+        qpn: q.qpn,
+        psn: q.psn,
+        gid: q.gid.to_bytes().to_vec(),
+        gid_index: q.gid_index,
+        mtu: q.mtu as u32,
+        lid: u32::from(q.lid),
+    }
+}
+
+fn qp_from_pb(q: &pb::QpParams) -> Result<blitx_transport_rdma::RemoteQpParams, ConvertError> {
+    let gid: [u8; 16] = q.gid.as_slice().try_into().map_err(|_| bad("GID must be 16 bytes"))?;
+    let p = blitx_transport_rdma::RemoteQpParams {
+        qpn: q.qpn,
+        psn: q.psn,
+        gid: blitx_transport_rdma::Gid::from_bytes(gid),
+        gid_index: q.gid_index,
+        lid: u16::try_from(q.lid).map_err(|_| bad("LID out of range"))?,
+        mtu: blitx_transport_rdma::Mtu::from_raw(q.mtu).ok_or_else(|| bad("unknown MTU"))?,
+    };
+    // Link-layer-specific checks (LID vs GID) happen when the local side connects, against its
+    // own port (`ReceiverSetup::connect` / `SenderSetup::connect` validate the peer's set-up).
+    Ok(p)
+}
+
+/// Largest number of QPs a peer may describe.
+const QPS_PEER_MAX: usize = 64;
+
+pub fn rdma_peer_to_pb(p: &RdmaPeer) -> pb::RdmaEndpoint {
+    match p {
+        RdmaPeer::Receiver(r) => pb::RdmaEndpoint {
+            qps: r.qps.iter().map(qp_to_pb).collect(),
+            ring: Some(pb::RdmaRing {
+                addr: r.ring.addr,
+                rkey: r.ring.rkey,
+                slot_bytes: r.slot_bytes,
+                slots: r.slots,
+                len_bytes: r.ring.len_bytes,
+            }),
+            chunk_bytes: r.chunk_bytes,
+            ready: false,
+        },
+        RdmaPeer::Sender(s) => pb::RdmaEndpoint {
+            qps: s.qps.iter().map(qp_to_pb).collect(),
+            ring: None,
+            chunk_bytes: s.chunk_bytes,
+            ready: false,
+        },
+        RdmaPeer::Ready => {
+            pb::RdmaEndpoint { qps: Vec::new(), ring: None, chunk_bytes: 0, ready: true }
+        }
+    }
+}
+
+pub fn rdma_peer_from_pb(e: &pb::RdmaEndpoint) -> Result<RdmaPeer, ConvertError> {
+    if e.ready {
+        return Ok(RdmaPeer::Ready);
+    }
+    if e.qps.is_empty() || e.qps.len() > QPS_PEER_MAX {
+        return Err(bad("RDMA endpoint with no or too many QPs"));
+    }
+    let qps = e.qps.iter().map(qp_from_pb).collect::<Result<Vec<_>, _>>()?;
+    Ok(match &e.ring {
+        Some(r) => RdmaPeer::Receiver(blitx_transport_rdma::ReceiverInfo {
+            qps,
+            ring: blitx_transport_rdma::RemoteRegion {
+                addr: r.addr,
+                len_bytes: r.len_bytes,
+                rkey: r.rkey,
+            },
+            slot_bytes: r.slot_bytes,
+            slots: r.slots,
+            chunk_bytes: e.chunk_bytes,
+        }),
+        None => {
+            RdmaPeer::Sender(blitx_transport_rdma::SenderInfo { qps, chunk_bytes: e.chunk_bytes })
+        }
+    })
+}
+
+pub fn client_rdma(p: &RdmaPeer) -> pb::ClientFrame {
+    pb::ClientFrame { msg: Some(pb::client_frame::Msg::Rdma(rdma_peer_to_pb(p))) }
+}
+
+pub fn server_rdma(p: &RdmaPeer) -> pb::ServerFrame {
+    pb::ServerFrame { msg: Some(pb::server_frame::Msg::Rdma(rdma_peer_to_pb(p))) }
 }
 
 pub fn accept_to_pb(a: &Accepted) -> pb::ServerFrame {
@@ -256,7 +386,7 @@ pub fn accept_to_pb(a: &Accepted) -> pb::ServerFrame {
                 streams: t.streams,
                 buffer_bytes: t.buffer_bytes,
             }),
-            rdma: None,
+            rdma: a.rdma.as_ref().map(rdma_peer_to_pb),
         })),
     }
 }
@@ -281,6 +411,7 @@ pub fn accept_from_pb(a: &pb::Accept) -> Result<Accepted, ConvertError> {
         transport: a.transport.chars().take(16).collect(),
         reason: a.reason.chars().take(1024).collect(),
         tcp,
+        rdma: a.rdma.as_ref().map(rdma_peer_from_pb).transpose()?,
     })
 }
 

@@ -10,7 +10,9 @@ use blitx_core::transport::{FrameReceiver, FrameSender};
 use blitx_storage::RootDir;
 use blitx_transport_tcp as tcp;
 
-use crate::convert::{RdmaDeviceInfo, TcpEndpoint};
+use blitx_transport_rdma as rdma;
+
+use crate::convert::{RdmaDeviceInfo, RdmaPeer, TcpEndpoint, TransportChoice};
 
 /// How long a listener waits for the client's data connections.
 pub const DATA_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,6 +25,10 @@ pub struct DataPlaneOptions {
     pub socket_buffer_bytes: u64,
     pub stall_timeout: Duration,
     pub threads: usize,
+    /// RDMA: queue pairs per session (frames are striped over them).
+    pub qps: u32,
+    /// RDMA: the verbs device to use (None: the first with an active port).
+    pub rdma_device: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +41,10 @@ pub enum Role {
 pub enum DataPlaneError {
     #[error("TCP data plane: {0}")]
     Tcp(String),
+    #[error("RDMA data plane: {0}")]
+    Rdma(#[from] rdma::Error),
+    #[error("RDMA set-up: the peer sent {0}")]
+    RdmaPeer(&'static str),
 }
 
 fn tcp_config(opts: &DataPlaneOptions) -> tcp::TcpConfig {
@@ -52,6 +62,8 @@ fn tcp_config(opts: &DataPlaneOptions) -> tcp::TcpConfig {
 pub enum DataPlane {
     TcpSend(tcp::TcpSender),
     TcpReceive(tcp::TcpReceiver),
+    RdmaSend(rdma::RdmaSender),
+    RdmaReceive(rdma::RdmaReceiver),
 }
 
 impl DataPlane {
@@ -60,21 +72,30 @@ impl DataPlane {
     pub fn sender(&self) -> &dyn FrameSender {
         match self {
             DataPlane::TcpSend(s) => s,
-            DataPlane::TcpReceive(_) => panic!("data plane role mismatch: this side receives"),
+            DataPlane::RdmaSend(s) => s,
+            DataPlane::TcpReceive(_) | DataPlane::RdmaReceive(_) => {
+                panic!("data plane role mismatch: this side receives")
+            }
         }
     }
 
     pub fn receiver(&self) -> &dyn FrameReceiver {
         match self {
             DataPlane::TcpReceive(r) => r,
-            DataPlane::TcpSend(_) => panic!("data plane role mismatch: this side sends"),
+            DataPlane::RdmaReceive(r) => r,
+            DataPlane::TcpSend(_) | DataPlane::RdmaSend(_) => {
+                panic!("data plane role mismatch: this side sends")
+            }
         }
     }
 
+    /// Transport name and parallelism (TCP streams or RDMA queue pairs).
     pub fn describe(&self) -> (&'static str, u32) {
         match self {
             DataPlane::TcpSend(s) => ("tcp", s.stats().streams),
             DataPlane::TcpReceive(r) => ("tcp", r.stats().streams),
+            DataPlane::RdmaSend(s) => ("rdma", s.stats().streams),
+            DataPlane::RdmaReceive(r) => ("rdma", u32::try_from(r.qps()).unwrap_or(u32::MAX)),
         }
     }
 }
@@ -150,16 +171,107 @@ fn build(
     })
 }
 
-/// This machine's usable RDMA device, if any (none until the RDMA data plane is wired).
-pub fn local_rdma_device() -> Option<RdmaDeviceInfo> {
-    None
+/// This machine's usable RDMA device (first active port, RoCE v2 GID preferred), or why there
+/// is none. Loading libibverbs is attempted here and only here; a machine without it simply
+/// has no device.
+pub fn local_rdma_device(device: Option<&str>) -> Result<RdmaDeviceInfo, String> {
+    let d = rdma::probe(device).map_err(|e| e.to_string())?;
+    Ok(RdmaDeviceInfo {
+        name: d.device.clone(),
+        active: true,
+        gid: d.gid.to_bytes(),
+        gid_index: d.gid_index,
+        link_gbps: d.link_gbps.unwrap_or(0.0),
+        numa_node: d.numa_node,
+        ipv4: d.ipv4.zip(d.ipv4_prefix_len),
+    })
 }
 
-/// Why `auto` did not pick RDMA.
-pub fn rdma_unavailable_reason(client: Option<&RdmaDeviceInfo>) -> String {
-    match client {
-        None => "the client has no usable RDMA device; using TCP".into(),
-        Some(_) => "the daemon has no usable RDMA device; using TCP".into(),
+/// Decides the transport for a session: `Ok(true)` for RDMA, `Ok(false)` for TCP, `Err` when
+/// RDMA was required and is impossible. The string is the reason, for logs and the summary.
+pub fn choose_rdma(
+    requested: TransportChoice,
+    client: Option<&RdmaDeviceInfo>,
+    server: &Result<RdmaDeviceInfo, String>,
+) -> Result<(bool, String), String> {
+    match requested {
+        TransportChoice::Tcp => Ok((false, "tcp requested".into())),
+        TransportChoice::Rdma => match (client, server) {
+            (None, _) => Err("RDMA was requested but the client has no usable RDMA device".into()),
+            (_, Err(why)) => {
+                Err(format!("RDMA was requested but the daemon has no usable RDMA device: {why}"))
+            }
+            (Some(c), Ok(s)) => {
+                Ok((true, format!("rdma requested: client {} ↔ daemon {}", c.name, s.name)))
+            }
+        },
+        TransportChoice::Auto => match (client, server) {
+            (None, _) => {
+                Ok((false, "auto: the client has no usable RDMA device; using TCP".into()))
+            }
+            (_, Err(why)) => Ok((
+                false,
+                format!("auto: the daemon has no usable RDMA device ({why}); using TCP"),
+            )),
+            (Some(c), Ok(s)) if s.shares_subnet(c) => Ok((
+                true,
+                format!("auto: both ends have RDMA on a common subnet ({} ↔ {})", c.name, s.name),
+            )),
+            (Some(c), Ok(s)) => Ok((
+                false,
+                format!(
+                    "auto: RDMA devices {} and {} are not on a common IPv4 subnet; using TCP",
+                    c.name, s.name
+                ),
+            )),
+        },
+    }
+}
+
+fn rdma_config(opts: &DataPlaneOptions) -> rdma::RdmaConfig {
+    let mut cfg = rdma::RdmaConfig::new(opts.qps.max(1), opts.chunk_bytes);
+    cfg.device = opts.rdma_device.clone();
+    cfg.stall_timeout = opts.stall_timeout;
+    cfg
+}
+
+/// One side's RDMA resources, created but not yet connected.
+pub enum RdmaPending {
+    Receiver(rdma::ReceiverSetup),
+    Sender(rdma::SenderSetup),
+}
+
+/// Creates this side's QPs (and, for a receiver, its registered ring); returns what the peer
+/// needs to connect.
+pub fn rdma_prepare(
+    role: Role,
+    opts: &DataPlaneOptions,
+) -> Result<(RdmaPending, RdmaPeer), DataPlaneError> {
+    let cfg = rdma_config(opts);
+    Ok(match role {
+        Role::Receive => {
+            let (setup, info) = rdma::ReceiverSetup::new(&cfg)?;
+            (RdmaPending::Receiver(setup), RdmaPeer::Receiver(info))
+        }
+        Role::Send => {
+            let (setup, info) = rdma::SenderSetup::new(&cfg)?;
+            (RdmaPending::Sender(setup), RdmaPeer::Sender(info))
+        }
+    })
+}
+
+impl RdmaPending {
+    /// Connects to the peer's QPs. A receiver must connect after (or shortly after) the sender.
+    pub fn connect(self, peer: &RdmaPeer) -> Result<DataPlane, DataPlaneError> {
+        match (self, peer) {
+            (RdmaPending::Receiver(setup), RdmaPeer::Sender(info)) => {
+                Ok(DataPlane::RdmaReceive(setup.connect(info)?))
+            }
+            (RdmaPending::Sender(setup), RdmaPeer::Receiver(info)) => {
+                Ok(DataPlane::RdmaSend(setup.connect(info)?))
+            }
+            _ => Err(DataPlaneError::RdmaPeer("set-up for the wrong role")),
+        }
     }
 }
 

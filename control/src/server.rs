@@ -25,7 +25,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{
-    self, Accepted, Direction, ErrorCode, OpenRequest, RemoteError, TransportChoice,
+    self, Accepted, Direction, ErrorCode, OpenRequest, RdmaDeviceInfo, RdmaPeer, RemoteError,
+    TransportChoice,
 };
 use crate::dataplane::{self, DataPlaneOptions, Role};
 use crate::pb;
@@ -53,6 +54,10 @@ pub struct DaemonConfig {
     pub stall_timeout: Duration,
     /// Where each session's threads and buffers go: near the NIC that reaches the client.
     pub numa: blitx_topology::NumaPolicy,
+    /// The verbs device to serve RDMA on (None: the first with an active port); `no_rdma`
+    /// turns RDMA off.
+    pub rdma_device: Option<String>,
+    pub no_rdma: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,8 @@ pub enum DaemonError {
 
 struct Daemon {
     cfg: DaemonConfig,
+    /// This machine's RDMA device, probed once at start (or why there is none).
+    rdma: Result<RdmaDeviceInfo, String>,
     topology: Option<Arc<blitx_topology::Topology>>,
     root: RootDir,
     shutdown: Arc<AtomicBool>,
@@ -103,8 +110,18 @@ pub fn run_daemon(
             }
         }
     };
+    let rdma = if cfg.no_rdma {
+        Err("RDMA disabled with --no-rdma".to_string())
+    } else {
+        dataplane::local_rdma_device(cfg.rdma_device.as_deref())
+    };
+    match &rdma {
+        Ok(d) => tracing::info!("RDMA device {} (GID index {}) available", d.name, d.gid_index),
+        Err(why) => tracing::info!("no RDMA: {why}"),
+    }
     let daemon = Daemon {
         cfg: cfg.clone(),
+        rdma: rdma.clone(),
         topology,
         root,
         shutdown: Arc::clone(&shutdown),
@@ -176,7 +193,7 @@ impl Blit for Daemon {
     ) -> Result<Response<pb::HelloReply>, Status> {
         let req = request.into_inner();
         tracing::debug!(client_protocol = req.protocol_version, "hello");
-        let rdma = dataplane::local_rdma_device();
+        let rdma = self.rdma.as_ref().ok();
         let mut transports = vec!["tcp".to_string()];
         if rdma.is_some() {
             transports.push("rdma".into());
@@ -186,7 +203,7 @@ impl Blit for Daemon {
             server_version: BUILD_VERSION.into(),
             transports,
             read_only: self.cfg.read_only,
-            rdma_devices: rdma.iter().map(convert::rdma_device_to_pb).collect(),
+            rdma_devices: rdma.into_iter().map(convert::rdma_device_to_pb).collect(),
         }))
     }
 
@@ -219,6 +236,7 @@ impl Blit for Daemon {
         };
         let ctx = SessionCtx {
             id,
+            rdma: self.rdma.clone(),
             placement,
             peer,
             control_ip,
@@ -244,6 +262,7 @@ type Out = mpsc::Sender<Result<pb::ServerFrame, Status>>;
 
 struct SessionCtx {
     id: u64,
+    rdma: Result<RdmaDeviceInfo, String>,
     placement: Option<blitx_topology::Placement>,
     peer: String,
     control_ip: IpAddr,
@@ -431,14 +450,6 @@ impl SessionCtx {
                 return Ok(());
             }
         };
-        if open.transport == TransportChoice::Rdma {
-            refuse(
-                out,
-                ErrorCode::TransportUnavailable,
-                "RDMA was requested but this daemon cannot serve it yet".into(),
-            );
-            return Ok(());
-        }
         let streams =
             if open.tcp_streams == 0 { self.cfg.default_streams } else { open.tcp_streams };
         let stall = if open.stall_timeout_secs == 0 {
@@ -452,30 +463,91 @@ impl SessionCtx {
             socket_buffer_bytes: open.tcp_buffer_bytes,
             stall_timeout: stall,
             threads: self.cfg.threads,
+            qps: open.rdma_qps.max(1),
+            rdma_device: self.cfg.rdma_device.clone(),
         };
-        let listening = match dataplane::tcp_listen(self.control_ip, &dp_opts) {
-            Ok(l) => l,
-            Err(e) => {
-                refuse(out, ErrorCode::Internal, format!("cannot open a data listener: {e}"));
-                return Ok(());
+        let role = if push { Role::Receive } else { Role::Send };
+        let (use_rdma, mut reason) =
+            match dataplane::choose_rdma(open.transport, open.client_rdma.as_ref(), &self.rdma) {
+                Ok(choice) => choice,
+                Err(why) => {
+                    refuse(out, ErrorCode::TransportUnavailable, why);
+                    return Ok(());
+                }
+            };
+        // RDMA first; if this side cannot set it up after all, `auto` falls back to TCP.
+        let mut rdma_pending = None;
+        if use_rdma {
+            match dataplane::rdma_prepare(role, &dp_opts) {
+                Ok(p) => rdma_pending = Some(p),
+                Err(e) if open.transport == TransportChoice::Rdma => {
+                    refuse(
+                        out,
+                        ErrorCode::TransportUnavailable,
+                        format!("cannot set up RDMA here: {e}"),
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    reason = format!("auto: RDMA set-up failed on the daemon ({e}); using TCP")
+                }
+            }
+        }
+        tracing::info!(session = self.id, "transport: {reason}");
+        let mut inbound = inbound;
+        let plane = match rdma_pending {
+            Some((pending, mine)) => {
+                let accepted = Accepted {
+                    protocol_version: PROTOCOL_VERSION,
+                    server_version: BUILD_VERSION.into(),
+                    transport: "rdma".into(),
+                    reason,
+                    tcp: None,
+                    rdma: Some(mine),
+                };
+                if !send(out, convert::accept_to_pb(&accepted)) {
+                    return Err("client went away".into());
+                }
+                // The client answers with its own QPs (and, for a pull, its ring).
+                let peer = match next_or_cancel(&self.rt, &mut inbound, cancel) {
+                    Some(Ok(Some(pb::ClientFrame {
+                        msg: Some(pb::client_frame::Msg::Rdma(e)),
+                    }))) => convert::rdma_peer_from_pb(&e).map_err(|e| e.to_string())?,
+                    _ => return Err("the client did not complete the RDMA set-up".into()),
+                };
+                let plane = pending.connect(&peer).map_err(|e| e.to_string())?;
+                if !push {
+                    // Our sender is connected: the client's receiver may connect now.
+                    send(out, convert::server_rdma(&RdmaPeer::Ready));
+                }
+                plane
+            }
+            None => {
+                let listening = match dataplane::tcp_listen(self.control_ip, &dp_opts) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        refuse(
+                            out,
+                            ErrorCode::Internal,
+                            format!("cannot open a data listener: {e}"),
+                        );
+                        return Ok(());
+                    }
+                };
+                let accepted = Accepted {
+                    protocol_version: PROTOCOL_VERSION,
+                    server_version: BUILD_VERSION.into(),
+                    transport: "tcp".into(),
+                    reason,
+                    tcp: Some(listening.endpoint()),
+                    rdma: None,
+                };
+                if !send(out, convert::accept_to_pb(&accepted)) {
+                    return Err("client went away".into());
+                }
+                listening.accept(role, &dp_opts, cancel).map_err(|e| e.to_string())?
             }
         };
-        let reason = match open.transport {
-            TransportChoice::Tcp => "tcp requested".to_string(),
-            _ => format!("auto: {}", dataplane::rdma_unavailable_reason(open.client_rdma.as_ref())),
-        };
-        let accepted = Accepted {
-            protocol_version: PROTOCOL_VERSION,
-            server_version: BUILD_VERSION.into(),
-            transport: "tcp".into(),
-            reason,
-            tcp: Some(listening.endpoint()),
-        };
-        if !send(out, convert::accept_to_pb(&accepted)) {
-            return Err("client went away".into());
-        }
-        let role = if push { Role::Receive } else { Role::Send };
-        let plane = listening.accept(role, &dp_opts, cancel).map_err(|e| e.to_string())?;
 
         let progress = Progress::default();
         let reporter = RemoteReporter {
