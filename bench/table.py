@@ -18,7 +18,8 @@ def main(path):
     print("| dataset | tool | median s | min–max s | CPU s (user+sys) | peak RSS MiB | time vs blit |")
     print("|---|---|---|---|---|---|---|")
     for ds in datasets:
-        blit = rows.get((ds, "blit"))
+        # The reference row is blit's (named "blit" or "blit <transport>").
+        blit = next((rs for (d, t), rs in rows.items() if d == ds and t.split()[0] == "blit"), None)
         blit_med = statistics.median(float(r["wall_s"]) for r in blit) if blit else None
         for (d, tool), rs in rows.items():
             if d != ds:

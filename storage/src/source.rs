@@ -567,12 +567,20 @@ fn read_chunk(
     }
     let mut lease = shared.transport.pool().acquire().map_err(|e| e.to_string())?;
     let len = len_bytes as usize;
-    read_exact_at(&file, &mut lease.full_mut()[..len], offset_bytes)?;
+    // Read and hash piece by piece, so each piece is hashed while it is still in cache.
+    let mut hasher = shared.transport.needs_checksums().then(frame::Hasher::default);
+    let mut at = offset_bytes;
+    for piece in lease.full_mut()[..len].chunks_mut(frame::HASH_PIECE_BYTES) {
+        read_exact_at(&file, piece, at)?;
+        at += piece.len() as u64;
+        if let Some(h) = hasher.as_mut() {
+            h.update(piece);
+        }
+    }
     lease.set_len(len);
-    if shared.transport.needs_checksums() {
-        header.checksum = frame::checksum(lease.data());
-    } else {
-        header.flags |= FLAG_UNCHECKED;
+    match hasher {
+        Some(h) => header.checksum = h.finish(),
+        None => header.flags |= FLAG_UNCHECKED,
     }
     Ok(Some((header, Payload::Buffer(lease), file)))
 }

@@ -954,7 +954,12 @@ fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
             p.path, h.offset_bytes, h.len_bytes
         )));
     }
-    if let Payload::Buffer(lease) = &frame.payload {
+    // Sparse files' buffers are verified up front (their writes skip zero blocks); plain
+    // chunks are verified piece by piece as they are written, while each piece is in cache. A
+    // mismatch fails the session either way, before the file could be committed.
+    if let Payload::Buffer(lease) = &frame.payload
+        && p.sparse
+    {
         h.verify(lease.data()).map_err(|e| TargetError::Protocol(e.to_string()))?;
     }
     let temp = {
@@ -981,7 +986,19 @@ fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
     let Some(temp_file) = temp else { return Ok(()) };
     let written = match &frame.payload {
         Payload::Empty => Ok(()),
-        Payload::Buffer(lease) => write_all_at(&temp_file, lease.data(), h.offset_bytes, p.sparse),
+        Payload::Buffer(lease) if p.sparse => {
+            write_all_at(&temp_file, lease.data(), h.offset_bytes, true)
+        }
+        Payload::Buffer(lease) => {
+            match write_verified(&temp_file, lease.data(), h.offset_bytes, &h) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    let e = h.verify(lease.data()).err().map(|e| e.to_string()).unwrap_or_default();
+                    return Err(TargetError::Protocol(e));
+                }
+                Err(e) => Err(e),
+            }
+        }
         Payload::File(region) if p.sparse => copy_data_segments(
             &region.file,
             &temp_file,
@@ -1071,6 +1088,27 @@ fn preallocate(file: &File, size_bytes: u64, sparse: bool) -> io::Result<()> {
     }
     rustix::fs::ftruncate(file, size_bytes)?;
     Ok(())
+}
+
+/// Writes `data` at `offset` piece by piece, hashing each piece just before writing it; returns
+/// whether the checksum matched the header's (always true for unchecked frames).
+fn write_verified(
+    file: &File,
+    data: &[u8],
+    offset: u64,
+    h: &frame::FrameHeader,
+) -> io::Result<bool> {
+    let unchecked = h.flags & frame::FLAG_UNCHECKED != 0;
+    let mut hasher = frame::Hasher::default();
+    let mut at = offset;
+    for piece in data.chunks(frame::HASH_PIECE_BYTES) {
+        if !unchecked {
+            hasher.update(piece);
+        }
+        pwrite_all(file, piece, at)?;
+        at += piece.len() as u64;
+    }
+    Ok(unchecked || hasher.finish() == h.checksum)
 }
 
 const ZERO_BLOCK_BYTES: usize = 4096;
