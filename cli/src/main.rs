@@ -1,6 +1,7 @@
 //! `blit`: the command-line front end. Parses arguments, wires the engine, maps errors to
 //! documented exit codes. All transfer logic lives in the library crates.
 
+mod bench;
 mod daemon;
 mod exit;
 mod output;
@@ -29,6 +30,9 @@ enum Command {
     Daemon(daemon::DaemonArgs),
     /// Show sockets, NUMA nodes, NICs, verbs devices and disks as blit sees them.
     Topo(topo::TopoArgs),
+    /// Measure blit across transports, streams, chunk sizes and datasets, next to iperf3,
+    /// ib_write_bw, rsync, cp and tar baselines; CPU cost per side; reports, plots, history.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn init_logging(verbose: u8) {
@@ -53,6 +57,7 @@ fn main() {
         Command::Xfer(args) => xfer::run(args, cli.verbose),
         Command::Daemon(args) => daemon::run(args),
         Command::Topo(args) => topo::run(args),
+        Command::Bench(args) => bench::run(*args),
     };
     std::process::exit(code.into());
 }
