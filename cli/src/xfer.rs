@@ -294,8 +294,11 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         profile: args.profile.then(|| profile_rows(&progress)),
     };
     summary.print(args.json);
-    if args.profile && !args.json {
-        print_profile(&progress, seconds);
+    if args.profile {
+        if !args.json {
+            print_profile(&progress, seconds);
+        }
+        record_history(args, &summary, &progress);
     }
     Ok(if t.error_count > 0 { Exit::Partial } else { Exit::Ok })
 }
@@ -312,6 +315,51 @@ fn profile_rows(progress: &PairProgress) -> Vec<crate::output::ProfileRow> {
         }
     }
     rows
+}
+
+/// Appends this run to the local performance history (`blit bench --history`); best effort.
+fn record_history(args: &XferArgs, summary: &Summary, progress: &PairProgress) {
+    use blitx_bench::history::{HistoryRecord, append, host_name, now_unix_s};
+    // utime + stime of this process (all threads), from /proc/self/stat fields 14 and 15.
+    let cpu_seconds = std::fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
+        let after = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / rustix::param::clock_ticks_per_second() as f64)
+    });
+    let direction = if RemoteSpec::is_remote(&args.source) {
+        Some("pull".to_string())
+    } else if RemoteSpec::is_remote(&args.target) {
+        Some("push".to_string())
+    } else {
+        None
+    };
+    let record = HistoryRecord {
+        time_unix_s: now_unix_s(),
+        command: "xfer".into(),
+        transport: summary.transport.clone(),
+        direction,
+        streams: summary.streams,
+        chunk_bytes: args.chunk_size,
+        dataset: None,
+        path: Some(format!("{} -> {}", args.source, args.target)),
+        bytes: summary.bytes,
+        files: summary.files,
+        seconds: summary.seconds,
+        throughput_bytes_per_sec: summary.throughput_bytes_per_sec,
+        cpu_seconds,
+        daemon_cpu_seconds: None,
+        runs: None,
+        host: host_name(),
+        blit_version: env!("CARGO_PKG_VERSION").into(),
+        stage_seconds: profile_rows(progress)
+            .into_iter()
+            .map(|r| (r.stage.to_string(), r.seconds))
+            .collect(),
+    };
+    if let Err(e) = append(&record) {
+        tracing::warn!("cannot record the run in the history: {e}");
+    }
 }
 
 fn print_profile(progress: &PairProgress, wall_seconds: f64) {

@@ -376,3 +376,47 @@ fn version_and_help() {
     let out = run(&["xfer", "--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("--mirror"));
 }
+
+#[test]
+fn profile_reports_stages_and_records_history() {
+    let t = scratch();
+    let src = t.path().join("src");
+    mixed_tree(&src, 4, 30, 1, 3 << 20);
+    let history = t.path().join("history.jsonl");
+    let out = blit()
+        .arg("xfer")
+        .arg(&src)
+        .arg(t.path().join("dst"))
+        .args(["--no-progress", "--json", "--profile"])
+        .env("BLIT_HISTORY", &history)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let j = json(&out);
+    let stages: Vec<String> = j["profile"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["stage"].as_str().unwrap().to_string())
+        .collect();
+    for s in ["walk", "read", "write"] {
+        assert!(stages.contains(&s.to_string()), "{stages:?}");
+    }
+    let lines = std::fs::read_to_string(&history).unwrap();
+    assert_eq!(lines.lines().count(), 1);
+    let rec: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(rec["command"], "xfer");
+    assert_eq!(rec["files"], 30);
+    assert!(rec["stage_seconds"]["write"].as_f64().unwrap() >= 0.0);
+    // Without --profile nothing is recorded.
+    let out = blit()
+        .arg("xfer")
+        .arg(&src)
+        .arg(t.path().join("dst2"))
+        .arg("--no-progress")
+        .env("BLIT_HISTORY", &history)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(&history).unwrap().lines().count(), 1);
+}
