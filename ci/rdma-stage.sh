@@ -1,32 +1,48 @@
 #!/usr/bin/env bash
-# rdma-stage.sh: the RDMA CI stage. Builds blitx-transport-rdma on the host and
-# runs its tests for real on Soft-RoCE (rdma_rxe) in throw-away qemu VMs:
+# rdma-stage.sh: the RDMA CI stage. Builds blitx-transport-rdma and blit on the
+# host and runs their tests for real on Soft-RoCE (rdma_rxe) in throw-away qemu
+# VMs:
 #
 #   1. host: apt build deps (only if missing), release build of the test
-#      binaries and examples/verbs_selftest + examples/rdma_bench; run them on
-#      the host, where there is no RDMA: every hardware test (verbs loopback
-#      and the transport's conformance suite) must report SKIPPED with a typed
-#      reason, the binaries must not need libibverbs (DT_NEEDED guard), and a
-#      missing libibverbs must give LibraryMissing.
-#   2. one VM (ci/rxe/rxe-vm, rxe0 loopback): all test binaries with
+#      binaries and examples/verbs_selftest + examples/rdma_bench, and of blit
+#      (blitx-cli); run the tests on the host, where there is no RDMA: every
+#      hardware test (verbs loopback and the transport's conformance suite)
+#      must report SKIPPED with a typed reason, the binaries must not need
+#      libibverbs (DT_NEEDED guard), and a missing libibverbs must give
+#      LibraryMissing. Generates the blit test tree (a tar in the out dir).
+#   2. one VM (ci/rxe/rxe-vm, rxe0 loopback, 2 GiB): all test binaries with
 #      BLIT_RDMA_REQUIRE=1 (skipping is a failure there; this runs the
 #      transport conformance suite with 1 and 2 QPs), verbs_selftest
 #      64 MiB busy-poll and 32 MiB event mode, MemlockTooLow under
 #      `ulimit -l 1024` without CAP_IPC_LOCK, and the throughput comparison in
 #      one VM run: the transport alone (rdma_bench, 256 MiB of 1 MiB frames,
 #      busy-poll and event CQs) and ib_write_bw -s 1048576 -n 256, each with
-#      its CPU time.
+#      its CPU time. Then blit end to end in the same boot: `blit daemon` on
+#      10.77.0.1:9031, the mixed tree pushed with --transport rdma, pulled
+#      back with --transport rdma and pushed with --transport auto (must pick
+#      rdma), each copy checked with diff -r --no-dereference and a sorted
+#      manifest (type, path, size, mode, owner, mtime in ns, link target; for
+#      directories too); --transport rdma against a --no-rdma daemon must exit
+#      3 and auto must pick tcp there. Last, the benchmark: a 256 MiB file on
+#      /dev/shm pushed by blit over rdma (4M and 1M chunks) and tcp, next to
+#      ib_write_bw at the same message sizes, with MiB/s, client + daemon CPU
+#      and the RDMA counters (WRs/MiB, payload copies) from both sides' logs.
 #   3. two VMs (ci/rxe/rxe-pair, two rxe devices on a private link):
 #      verbs_selftest --listen in A, --connect in B (32 MiB), then ib_write_bw
-#      A <- B, so local/remote GID, rkey and address cannot be mixed up.
+#      A <- B, so local/remote GID, rkey and address cannot be mixed up. Then
+#      blit: daemon in A (10.77.0.1:9031), B pushes the tree with
+#      --transport rdma (A verifies the copy) and pulls it back (B verifies).
 #
-# usage: ci/rdma-stage.sh [--out DIR] [--no-pair] [--no-build]
+# usage: ci/rdma-stage.sh [--out DIR] [--no-pair] [--no-build] [--no-blit | --blit-only]
 #   --out DIR    logs and summary (default: <cargo target dir>/rdma-stage)
 #   --no-pair    skip step 3
 #   --no-build   reuse the binaries of the last build
+#   --no-blit    leave out the blit end-to-end checks and benchmark
+#   --blit-only  only the blit parts (build blit, tree, VM checks + benchmark,
+#                pair checks); no transport tests, selftests or host checks
 # Exit status: 0 when every check passed. The VMs' guest commands are this
 # script again (--guest-loopback, --guest-pair-a, --guest-pair-b).
-# Environment: RXE_VM_TIMEOUT (per VM run, default here 300 s) and the other
+# Environment: RXE_VM_TIMEOUT (per VM run, default here 420 s) and the other
 # RXE_VM_* variables of ci/rxe/rxe-vm; CARGO_TARGET_DIR as usual.
 set -euo pipefail
 
@@ -65,8 +81,8 @@ perftest_loopback() {  # SIZE ITERS LOGFILE: server + client on rxe0, retried on
 
 busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
 
-perftest_cpu() {  # SIZE ITERS LOGFILE: like perftest_loopback, plus CPU time of both processes
-  local size=$1 iters=$2 logf=$3 port=18700 attempt
+perftest_cpu() {  # SIZE ITERS LOGFILE [PORT]: like perftest_loopback, plus CPU time of both processes
+  local size=$1 iters=$2 logf=$3 port=${4:-18700} attempt
   for attempt in 1 2 3; do
     port=$((port + 1))
     ( TIMEFORMAT='server real %R user %U sys %S'
@@ -96,79 +112,336 @@ perftest_cpu() {  # SIZE ITERS LOGFILE: like perftest_loopback, plus CPU time of
   return 1
 }
 
+# timing: `section NAME` prints "== NAME" and, first, how long the previous section took
+SECTION='' SECTION_T=''
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+section() {
+  [ -n "$SECTION" ] && echo "   [$SECTION: $(since "$SECTION_T") s]"
+  SECTION=$1 SECTION_T=$(now)
+  [ -n "$1" ] && echo "== $1"
+  return 0
+}
+
+# --- blit end to end (guest side) ---------------------------------------------
+# The tree comes from the host (blit-tree.tar + blit-tree.manifest in OUT, made by
+# gen_tree below); the manifest lists type, path, size, mode, owner, mtime (ns)
+# and link target of every entry, directories included (their size is left out:
+# it is filesystem-specific).
+manifest() {  # DIR
+  ( cd "$1" && find . \( -type d -printf 'd %p - %m %U:%G %T@\n' \) \
+      -o -printf '%y %p %s %m %U:%G %T@ %l\n' ) | LC_ALL=C sort
+}
+
+verify_copy() {  # SRC DST LABEL: contents (diff -r --no-dereference) and metadata (manifest)
+  local src=$1 dst=$2 label=$3 rc=0 v=$OUT/verify-$3
+  if [ ! -d "$dst" ]; then echo "FAIL: $label: $dst does not exist"; return 1; fi
+  if ! diff -r --no-dereference "$src" "$dst" > "$v.diff" 2>&1; then
+    echo "FAIL: $label: contents differ (diff -r --no-dereference $src $dst):"; head -20 "$v.diff"; rc=1
+  fi
+  manifest "$src" > "$v.src-manifest"
+  manifest "$dst" > "$v.dst-manifest"
+  if ! diff "$v.src-manifest" "$v.dst-manifest" > "$v.manifest-diff"; then
+    echo "FAIL: $label: metadata differs (type path size mode owner mtime link; < source, > copy):"
+    head -20 "$v.manifest-diff"; rc=1
+  fi
+  [ "$rc" = 0 ] && echo "ok: $label: $(wc -l < "$v.src-manifest") entries identical (content, type, size, mode, owner, mtime, link)"
+  return "$rc"
+}
+
+extract_tree() {  # DIR: the host's tree, checked against the host's manifest
+  rm -rf "$1" && mkdir -p "$1" && tar -C "$1" -xpf "$OUT/blit-tree.tar" || { echo "FAIL: cannot extract the tree"; return 1; }
+  manifest "$1" > "$1.manifest"
+  cmp -s "$1.manifest" "$OUT/blit-tree.manifest" \
+    || { echo "FAIL: the extracted tree differs from the host's manifest"; diff "$OUT/blit-tree.manifest" "$1.manifest" | head; return 1; }
+  echo "tree: $(wc -l < "$1.manifest") entries, $(du -sm "$1" | cut -f1) MiB in $1"
+}
+
+strip_ansi() { sed 's/\x1b\[[0-9;]*m//g'; }
+json_str() { sed -n "s/^ *\"$2\": *\"\\([^\"]*\\)\".*/\\1/p" "$1" | head -1; }
+json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
+
+blit_xfer() {  # LABEL WANT_TRANSPORT XFER_ARGS...: exit 0, the transport wanted, no file errors
+  local label=$1 want=$2 rc; shift 2
+  local j=$OUT/blit-$label.json
+  RUST_LOG=info NO_COLOR=1 /usr/bin/time -f 'real %e user %U sys %S' -o "$OUT/blit-$label.time" \
+    timeout 300 "$STAGE_BLIT" xfer "$@" --json --no-progress > "$j" 2> "$OUT/blit-$label.log"
+  rc=$?
+  if [ "$rc" != 0 ]; then
+    echo "FAIL: $label: blit xfer $* exited $rc"; strip_ansi < "$OUT/blit-$label.log" | tail -8; return 1
+  fi
+  local got errs
+  got=$(json_str "$j" transport) errs=$(json_num "$j" error_count)
+  if [ "$got" != "$want" ] || [ "$errs" != 0 ] || ! grep -q '"ok": true' "$j"; then
+    echo "FAIL: $label: transport '$got' (wanted $want), error_count '$errs'"; cat "$j"; return 1
+  fi
+  awk -v l="$label" -v t="$got" -v s="$(json_num "$j" streams)" -v f="$(json_num "$j" files)" \
+      -v b="$(json_num "$j" bytes)" -v sec="$(json_num "$j" seconds)" 'BEGIN {
+    printf "ok: %s: transport %s (%d stream/QP), %d files, %.1f MiB in %.2f s = %.1f MiB/s\n",
+           l, t, s, f, b / 1048576, sec, (sec > 0 ? b / 1048576 / sec : 0) }'
+}
+
+daemon_start() {  # ROOT ADDR LOG [ARGS...]: background blit daemon, DPID; waits for its listener
+  local root=$1 addr=$2 logf=$3 n=1200; shift 3
+  mkdir -p "$root"
+  RUST_LOG=info NO_COLOR=1 "$STAGE_BLIT" daemon --root "$root" --listen "$addr" "$@" > "$logf" 2>&1 &
+  DPID=$!
+  until ss -Hltn "sport = :${addr##*:}" | grep -q .; do
+    kill -0 "$DPID" 2>/dev/null || { echo "FAIL: blit daemon exited:"; strip_ansi < "$logf" | tail; return 1; }
+    n=$((n - 1)); [ "$n" -gt 0 ] || { echo "FAIL: blit daemon not listening on $addr"; return 1; }
+    sleep 0.1
+  done
+}
+daemon_stop() { kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; return 0; }
+RXE_HW=/sys/class/infiniband/rxe0/ports/1/hw_counters
+rxe_hw() { cat "$RXE_HW/completer_retry_err" "$RXE_HW/duplicate_request" 2>/dev/null | xargs; }  # "retries duplicates"
+proc_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }  # utime + stime, all threads
+
+counters_of() {  # LOGFILE...: the "RDMA session counters" lines
+  cat "$@" 2>/dev/null | strip_ansi | grep 'RDMA session counters'
+}
+
+blit_bench() {  # LABEL WANT_TRANSPORT XFER_ARGS...: push /dev/shm/blit-bench (256 MiB) with CPU time and counters
+  local label=$1 want=$2 rc=0; shift 2
+  local dst=/dev/shm/blit-root/bench-$label res=$OUT/blit-bench-$label.txt dl c0 c1 b0 b1 h0 h1 n
+  rm -rf "$dst"
+  dl=$(wc -l < "$OUT/blit-daemon.log")
+  c0=$(proc_ticks "$DPID") b0=$(busy_jiffies) h0=$(rxe_hw)
+  blit_xfer "bench-$label" "$want" /dev/shm/blit-bench "blit://$RXE_VM_IP:9031/bench-$label" "$@" || rc=1
+  if [ "$want" = rdma ]; then  # the daemon logs its counters when its session ends
+    for n in $(seq 50); do tail -n +$((dl + 1)) "$OUT/blit-daemon.log" | grep -q 'RDMA session counters' && break; sleep 0.1; done
+  fi
+  c1=$(proc_ticks "$DPID") b1=$(busy_jiffies) h1=$(rxe_hw)
+  cmp -s /dev/shm/blit-bench/big.bin "$dst/big.bin" || { echo "FAIL: $label: the copy differs"; rc=1; }
+  { tail -n +$((dl + 1)) "$OUT/blit-daemon.log" | counters_of; counters_of "$OUT/blit-bench-$label.log"; } \
+    > "$OUT/blit-bench-$label.counters"
+  rm -rf "$dst"
+  local j=$OUT/blit-bench-$label.json
+  awk -v label="$label" -v bytes="$(json_num "$j" bytes)" -v sec="$(json_num "$j" seconds)" \
+      -v dticks=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v jif=$((b1 - b0)) -v rc="$rc" -v h0="$h0" -v h1="$h1" '
+    FILENAME ~ /\.time$/ && /^real/ { wall = $2; cuser = $4; csys = $6 }
+    FILENAME ~ /\.log$/ && /daemon accepted the session|data plane transport=/ {  # client log timestamps
+      split(substr($1, 12, 15), hms, ":"); t = hms[1] * 3600 + hms[2] * 60 + hms[3]
+      if ($0 ~ /accepted/) t_acc = t; else t_end = t }
+    FILENAME ~ /\.counters$/ {
+      for (i = 1; i <= NF; i++) { split($i, kv, "="); gsub(/"/, "", kv[2]); c[kv[1]] += kv[2]; if (kv[1] == "role") roles++ }
+    }
+    END {
+      gib = bytes / 1073741824; mib = bytes / 1048576; d = dticks / hz
+      wrs = c["wr_write_imm"] + c["wr_send"] + c["wr_recv"]
+      printf "RESULT {\"label\":\"%s\",\"ok\":%s,\"bytes\":%d,\"seconds\":%.3f,\"mib_per_s\":%.2f,\"wall_s\":%.2f,", label, (rc == 0 ? "true" : "false"), bytes, sec, (sec > 0 ? mib / sec : 0), wall
+      if (t_acc != "" && t_end != "") { dt = t_end - t_acc; if (dt < 0) dt += 86400
+        printf "\"after_accept_s\":%.3f,\"mib_per_s_after_accept\":%.2f,", dt, (dt > 0 ? mib / dt : 0) }
+      printf "\"client_cpu_s\":%.2f,\"client_user_s\":%.2f,\"daemon_cpu_s\":%.2f,\"process_cpu_s_per_gib\":%.2f,\"machine_cpu_s_per_gib\":%.2f", cuser + csys, cuser, d, (gib > 0 ? (cuser + csys + d) / gib : 0), (gib > 0 ? jif / 100 / gib : 0)
+      if (roles) printf ",\"counter_sides\":%d,\"wrs\":%d,\"wrs_per_mib\":%.2f,\"frames\":%d,\"payload_copy_bytes\":%d,\"file_read_bytes\":%d,\"send_waits\":%d,\"credit_messages\":%d", roles, wrs, (mib > 0 ? wrs / mib : 0), c["frames"] / 2, c["payload_copy_bytes"], c["file_read_bytes"], c["send_waits"], c["credit_messages"]
+      split(h0, x, " "); split(h1, y, " ")
+      if (h0 != "" && h1 != "") printf ",\"rxe_retries\":%d,\"rxe_duplicate_packets\":%d", y[1] - x[1], y[2] - x[2]
+      printf "}\n"
+    }' "$OUT/blit-bench-$label.time" "$OUT/blit-bench-$label.counters" "$OUT/blit-bench-$label.log" > "$res"
+  # wrs_per_mib above is per MiB of file data (both sides' WRs); the counters' own payload_bytes include headers
+  grep -q '^RESULT {' "$res" || { echo "FAIL: $label: no result"; rc=1; }
+  if [ "$want" = rdma ]; then  # both sides' counters, and the transport copies no payload byte
+    grep -q '"counter_sides":2,' "$res" || { echo "FAIL: $label: RDMA counters missing from a log"; rc=1; }
+    grep -q '"payload_copy_bytes":0,' "$res" || { echo "FAIL: $label: payload bytes were copied"; rc=1; }
+  fi
+  sed 's/^RESULT //' "$res"
+  return "$rc"
+}
+
+guest_blit_loopback() {
+  local rc=0 ip=$RXE_VM_IP
+  section "blit: the test tree into /dev/shm"
+  extract_tree /dev/shm/blit-src || return 1
+  section "blit: daemon on $ip:9031 (rxe0), push/pull/auto with checks"
+  daemon_start /dev/shm/blit-root "$ip:9031" "$OUT/blit-daemon.log" || return 1
+  strip_ansi < "$OUT/blit-daemon.log" | grep -E 'RDMA device|listening' | sed 's/^[^ ]* *//'
+  blit_xfer push-rdma rdma /dev/shm/blit-src "blit://$ip:9031/push-rdma" --transport rdma \
+    && verify_copy /dev/shm/blit-src /dev/shm/blit-root/push-rdma push-rdma || rc=1
+  blit_xfer pull-rdma rdma "blit://$ip:9031/push-rdma" /dev/shm/blit-pull-rdma --transport rdma \
+    && verify_copy /dev/shm/blit-src /dev/shm/blit-pull-rdma pull-rdma || rc=1
+  blit_xfer push-auto rdma /dev/shm/blit-src "blit://$ip:9031/push-auto" --transport auto \
+    && verify_copy /dev/shm/blit-src /dev/shm/blit-root/push-auto push-auto || rc=1
+  counters_of "$OUT/blit-push-rdma.log" "$OUT/blit-pull-rdma.log" | grep -q . \
+    || { echo "FAIL: no RDMA session counters in the client logs"; rc=1; }
+  rm -rf /dev/shm/blit-root/push-rdma /dev/shm/blit-root/push-auto /dev/shm/blit-pull-rdma
+  section "blit: a --no-rdma daemon: --transport rdma must exit 3, auto must pick tcp"
+  local d1=$DPID x
+  if daemon_start /dev/shm/blit-root-tcp "$ip:9032" "$OUT/blit-daemon-nordma.log" --no-rdma; then
+    RUST_LOG=warn timeout 120 "$STAGE_BLIT" xfer /dev/shm/blit-src/a "blit://$ip:9032/x" --transport rdma --no-progress \
+      > "$OUT/blit-nordma-rdma.log" 2>&1
+    x=$?
+    if [ "$x" = 3 ]; then echo "ok: --transport rdma against a --no-rdma daemon: exit 3: $(tail -1 "$OUT/blit-nordma-rdma.log")"
+    else echo "FAIL: --transport rdma against a --no-rdma daemon exited $x, expected 3"; tail -5 "$OUT/blit-nordma-rdma.log"; rc=1; fi
+    blit_xfer nordma-auto tcp /dev/shm/blit-src/a "blit://$ip:9032/a" --transport auto \
+      && verify_copy /dev/shm/blit-src/a /dev/shm/blit-root-tcp/a nordma-auto || rc=1
+    daemon_stop "$DPID"
+  else
+    rc=1
+  fi
+  DPID=$d1
+  rm -rf /dev/shm/blit-root-tcp
+
+  section "blit benchmark: 256 MiB file on /dev/shm; blit rdma (4M, 1M chunks) and tcp, ib_write_bw (4M, 1M)"
+  mkdir -p /dev/shm/blit-bench
+  head -c 16M /dev/urandom > /dev/shm/blit-bench.part
+  for x in $(seq 16); do cat /dev/shm/blit-bench.part; done > /dev/shm/blit-bench/big.bin
+  rm -f /dev/shm/blit-bench.part
+  touch -d @1700000000.123456789 /dev/shm/blit-bench/big.bin
+  echo "guest load before: $(cat /proc/loadavg)"
+  section "ib_write_bw -s 4194304 -n 64 (256 MiB) with CPU time"
+  x=$(rxe_hw)
+  perftest_cpu 4194304 64 "$OUT/blit-ib_write_bw-4M.txt" 18800 \
+    || echo "WARN: ib_write_bw 4M failed (reference only)"
+  echo "rxe retries / duplicate packets (all attempts): $x -> $(rxe_hw)"
+  section "blit push --transport rdma (chunk 4M, default)"
+  blit_bench rdma-4M rdma --transport rdma || rc=1
+  section "blit push --transport rdma --chunk-size 1M"
+  blit_bench rdma-1M rdma --transport rdma --chunk-size 1M || rc=1
+  section "ib_write_bw -s 1048576 -n 256 (256 MiB) with CPU time"
+  x=$(rxe_hw)
+  perftest_cpu 1048576 256 "$OUT/blit-ib_write_bw-1M.txt" 18900 \
+    || echo "WARN: ib_write_bw 1M failed (reference only)"
+  echo "rxe retries / duplicate packets (all attempts): $x -> $(rxe_hw)"
+  section "blit push --transport tcp (chunk 4M, daemon's default streams)"
+  blit_bench tcp tcp --transport tcp || rc=1
+  echo "guest load after: $(cat /proc/loadavg)"
+  section ""
+  daemon_stop "$DPID"
+  rm -rf /dev/shm/blit-bench /dev/shm/blit-root /dev/shm/blit-src
+  return "$rc"
+}
+
 guest_loopback() {
   set +e -o pipefail
   local out=$1 rc=0 t
+  OUT=$out
   export BLIT_RDMA_REQUIRE=1
-  echo "== $(uname -r), $(nproc) vCPU, device ${RXE_VM_DEV:-?}"
-  echo "== discover"
-  "$STAGE_SELFTEST" --discover > "$out/discover.json" || { echo "FAIL: discover"; rc=1; }
-  grep -E '"(name|state|active_mtu|gid|gid_type|chosen_gid_index|netdev)"' "$out/discover.json"
-  for t in $STAGE_TESTS; do
-    echo "== $(basename "$t")"
-    "$t" --test-threads=1 2>&1 | tee "$out/$(basename "$t").log" \
-      | grep -E '^test |test result|SKIPPED|panicked|MiB/s|conformance rdma' \
-      || { echo "FAIL: $(basename "$t")"; rc=1; }
-  done
-  echo "== verbs_selftest: 64 MiB, busy-poll CQs, 1 MiB slots, window 8"
-  "$STAGE_SELFTEST" --total-mib 64 | tee "$out/selftest-busy.txt" || { echo "FAIL: selftest busy"; rc=1; }
-  echo "== verbs_selftest: 32 MiB, event-mode CQs"
-  "$STAGE_SELFTEST" --total-mib 32 --cq-mode event | tee "$out/selftest-event.txt" \
-    || { echo "FAIL: selftest event"; rc=1; }
-  echo "== MemlockTooLow: ulimit -l 1024 without CAP_IPC_LOCK, 16 MiB region"
-  ( ulimit -l 1024 && setpriv --bounding-set=-ipc_lock --inh-caps=-ipc_lock -- \
-      "$STAGE_SELFTEST" --expect-error memlock-too-low ) | tee "$out/memlock.txt" \
-    || { echo "FAIL: memlock"; rc=1; }
-  echo "== ib_write_bw -s $MSG_BYTES -n 64 (same VM run, reference)"
-  if perftest_loopback "$MSG_BYTES" 64 "$out/ib_write_bw-loopback.txt"; then
-    grep -E '^ *#bytes|^ *[0-9]+ +[0-9]+ ' "$out/ib_write_bw-loopback.txt"
-  else
-    echo "WARN: ib_write_bw failed (reference only; see ib_write_bw-loopback.txt)"
+  echo "== $(uname -r), $(nproc) vCPU, $(awk '/MemTotal/{printf "%d MiB", $2 / 1024}' /proc/meminfo), device ${RXE_VM_DEV:-?}"
+  if [ "${STAGE_BLIT_ONLY:-0}" != 1 ]; then
+    section "discover"
+    "$STAGE_SELFTEST" --discover > "$out/discover.json" || { echo "FAIL: discover"; rc=1; }
+    grep -E '"(name|state|active_mtu|gid|gid_type|chosen_gid_index|netdev)"' "$out/discover.json"
+    for t in $STAGE_TESTS; do
+      section "$(basename "$t")"
+      "$t" --test-threads=1 2>&1 | tee "$out/$(basename "$t").log" \
+        | grep -E '^test |test result|SKIPPED|panicked|MiB/s|conformance rdma' \
+        || { echo "FAIL: $(basename "$t")"; rc=1; }
+    done
+    section "verbs_selftest: 64 MiB, busy-poll CQs, 1 MiB slots, window 8"
+    "$STAGE_SELFTEST" --total-mib 64 | tee "$out/selftest-busy.txt" || { echo "FAIL: selftest busy"; rc=1; }
+    section "verbs_selftest: 32 MiB, event-mode CQs"
+    "$STAGE_SELFTEST" --total-mib 32 --cq-mode event | tee "$out/selftest-event.txt" \
+      || { echo "FAIL: selftest event"; rc=1; }
+    section "MemlockTooLow: ulimit -l 1024 without CAP_IPC_LOCK, 16 MiB region"
+    ( ulimit -l 1024 && setpriv --bounding-set=-ipc_lock --inh-caps=-ipc_lock -- \
+        "$STAGE_SELFTEST" --expect-error memlock-too-low ) | tee "$out/memlock.txt" \
+      || { echo "FAIL: memlock"; rc=1; }
+    section "ib_write_bw -s $MSG_BYTES -n 64 (same VM run, reference)"
+    if perftest_loopback "$MSG_BYTES" 64 "$out/ib_write_bw-loopback.txt"; then
+      grep -E '^ *#bytes|^ *[0-9]+ +[0-9]+ ' "$out/ib_write_bw-loopback.txt"
+    else
+      echo "WARN: ib_write_bw failed (reference only; see ib_write_bw-loopback.txt)"
+    fi
+    section "rdma_bench: the transport alone, $BENCH_MIB MiB of $MSG_BYTES-byte frames, busy-poll CQs"
+    "$STAGE_BENCH" --total-mib "$BENCH_MIB" --chunk-kib $((MSG_BYTES >> 10)) > "$out/bench-busy.txt" 2>&1 \
+      || { echo "FAIL: rdma_bench busy"; rc=1; }
+    grep -v '^RESULT' "$out/bench-busy.txt"
+    section "rdma_bench: event-mode CQs"
+    "$STAGE_BENCH" --total-mib "$BENCH_MIB" --chunk-kib $((MSG_BYTES >> 10)) --cq-mode event \
+      > "$out/bench-event.txt" 2>&1 || { echo "FAIL: rdma_bench event"; rc=1; }
+    grep -v '^RESULT' "$out/bench-event.txt"
+    section "ib_write_bw -s $MSG_BYTES -n $BENCH_MIB with CPU time (same VM run)"
+    if perftest_cpu "$MSG_BYTES" "$BENCH_MIB" "$out/ib_write_bw-bench.txt"; then
+      grep -E '^ *#bytes|^ *[0-9]+ +[0-9]+ ' "$out/ib_write_bw-bench.txt"
+    else
+      echo "WARN: ib_write_bw failed (reference only; see ib_write_bw-bench.txt)"
+    fi
   fi
-  echo "== rdma_bench: the transport alone, $BENCH_MIB MiB of $MSG_BYTES-byte frames, busy-poll CQs"
-  "$STAGE_BENCH" --total-mib "$BENCH_MIB" --chunk-kib $((MSG_BYTES >> 10)) > "$out/bench-busy.txt" 2>&1 \
-    || { echo "FAIL: rdma_bench busy"; rc=1; }
-  grep -v '^RESULT' "$out/bench-busy.txt"
-  echo "== rdma_bench: event-mode CQs"
-  "$STAGE_BENCH" --total-mib "$BENCH_MIB" --chunk-kib $((MSG_BYTES >> 10)) --cq-mode event \
-    > "$out/bench-event.txt" 2>&1 || { echo "FAIL: rdma_bench event"; rc=1; }
-  grep -v '^RESULT' "$out/bench-event.txt"
-  echo "== ib_write_bw -s $MSG_BYTES -n $BENCH_MIB with CPU time (same VM run)"
-  if perftest_cpu "$MSG_BYTES" "$BENCH_MIB" "$out/ib_write_bw-bench.txt"; then
-    grep -E '^ *#bytes|^ *[0-9]+ +[0-9]+ ' "$out/ib_write_bw-bench.txt"
-  else
-    echo "WARN: ib_write_bw failed (reference only; see ib_write_bw-bench.txt)"
+  if [ -n "${STAGE_BLIT:-}" ]; then
+    guest_blit_loopback || { echo "FAIL: blit end to end (loopback)"; rc=1; }
   fi
+  section ""
+  return "$rc"
+}
+
+pair_blit_a() {  # daemon side, 10.77.0.1
+  local rc=0
+  section "blit: daemon in A on $RXE_VM_IP:9031"
+  extract_tree /dev/shm/blit-src || rc=1
+  if daemon_start /dev/shm/blit-root "$RXE_VM_IP:9031" "$OUT/pair-a-blit-daemon.log"; then
+    "$HERE/rxe/pair-sync" listen 9031
+  else
+    "$HERE/rxe/pair-sync" signal port-9031   # let B fail at once
+    return 1
+  fi
+  section "blit: wait for B's push, verify it in A"
+  "$HERE/rxe/pair-sync" wait blit-pushed 300 || rc=1
+  verify_copy /dev/shm/blit-src /dev/shm/blit-root/push pair-push || rc=1
+  "$HERE/rxe/pair-sync" signal blit-push-verified
+  section "blit: serve B's pull"
+  "$HERE/rxe/pair-sync" wait blit-pulled 300 || rc=1
+  daemon_stop "$DPID"
+  strip_ansi < "$OUT/pair-a-blit-daemon.log" | grep -E 'session opened|accepted|transport:|RDMA session counters' | sed 's/^[^ ]* *//'
+  section ""
+  return "$rc"
+}
+
+pair_blit_b() {  # client side, 10.77.0.2
+  local rc=0
+  section "blit: client in B; push to A with --transport rdma"
+  extract_tree /dev/shm/blit-src || rc=1
+  "$HERE/rxe/pair-sync" peer-listen 9031 || return 1
+  blit_xfer pair-push rdma /dev/shm/blit-src "blit://$RXE_PEER_IP:9031/push" --transport rdma || rc=1
+  "$HERE/rxe/pair-sync" signal blit-pushed
+  "$HERE/rxe/pair-sync" wait blit-push-verified 300 || rc=1
+  section "blit: pull back from A with --transport rdma, verify in B"
+  blit_xfer pair-pull rdma "blit://$RXE_PEER_IP:9031/push" /dev/shm/blit-pull --transport rdma \
+    && verify_copy /dev/shm/blit-src /dev/shm/blit-pull pair-pull || rc=1
+  "$HERE/rxe/pair-sync" signal blit-pulled
+  counters_of "$OUT/blit-pair-push.log" "$OUT/blit-pair-pull.log" | sed 's/^[^ ]* *//'
+  section ""
   return "$rc"
 }
 
 guest_pair_a() {  # receiver side, 10.77.0.1
   set +e -o pipefail
   local out=$1 rc=0
+  OUT=$out
   export BLIT_RDMA_REQUIRE=1
-  "$STAGE_SELFTEST" --listen 18600 --total-mib 32 > "$out/pair-a-selftest.txt" 2>&1 &
-  local pid=$!
-  "$HERE/rxe/pair-sync" listen 18600
-  wait "$pid" || rc=1
-  cat "$out/pair-a-selftest.txt"
-  ib_write_bw -d rxe0 -F -p 18700 -s "$MSG_BYTES" -n 32 > "$out/pair-a-ib_write_bw.txt" 2>&1 &
-  pid=$!
-  "$HERE/rxe/pair-sync" listen 18700
-  wait "$pid" || echo "WARN: ib_write_bw server failed (reference only)"
+  if [ "${STAGE_BLIT_ONLY:-0}" != 1 ]; then
+    "$STAGE_SELFTEST" --listen 18600 --total-mib 32 > "$out/pair-a-selftest.txt" 2>&1 &
+    local pid=$!
+    "$HERE/rxe/pair-sync" listen 18600
+    wait "$pid" || rc=1
+    cat "$out/pair-a-selftest.txt"
+    ib_write_bw -d rxe0 -F -p 18700 -s "$MSG_BYTES" -n 32 > "$out/pair-a-ib_write_bw.txt" 2>&1 &
+    pid=$!
+    "$HERE/rxe/pair-sync" listen 18700
+    wait "$pid" || echo "WARN: ib_write_bw server failed (reference only)"
+  fi
+  if [ -n "${STAGE_BLIT:-}" ]; then
+    pair_blit_a || { echo "FAIL: blit in the pair (A)"; rc=1; }
+  fi
   return "$rc"
 }
 
 guest_pair_b() {  # sender side, 10.77.0.2
   set +e -o pipefail
   local out=$1 rc=0
+  OUT=$out
   export BLIT_RDMA_REQUIRE=1
-  "$HERE/rxe/pair-sync" peer-listen 18600 \
-    && "$STAGE_SELFTEST" --connect "$RXE_PEER_IP:18600" --total-mib 32 2>&1 | tee "$out/pair-b-selftest.txt" \
-    || rc=1
-  if "$HERE/rxe/pair-sync" peer-listen 18700; then
-    ib_write_bw -d rxe0 -F -p 18700 -s "$MSG_BYTES" -n 32 "$RXE_PEER_IP" > "$out/pair-b-ib_write_bw.txt" 2>&1 \
-      || echo "WARN: ib_write_bw client failed (reference only)"
-    grep -E '^ *#bytes|^ *[0-9]+ +[0-9]+ ' "$out/pair-b-ib_write_bw.txt"
+  if [ "${STAGE_BLIT_ONLY:-0}" != 1 ]; then
+    "$HERE/rxe/pair-sync" peer-listen 18600 \
+      && "$STAGE_SELFTEST" --connect "$RXE_PEER_IP:18600" --total-mib 32 2>&1 | tee "$out/pair-b-selftest.txt" \
+      || rc=1
+    if "$HERE/rxe/pair-sync" peer-listen 18700; then
+      ib_write_bw -d rxe0 -F -p 18700 -s "$MSG_BYTES" -n 32 "$RXE_PEER_IP" > "$out/pair-b-ib_write_bw.txt" 2>&1 \
+        || echo "WARN: ib_write_bw client failed (reference only)"
+      grep -E '^ *#bytes|^ *[0-9]+ +[0-9]+ ' "$out/pair-b-ib_write_bw.txt"
+    fi
+  fi
+  if [ -n "${STAGE_BLIT:-}" ]; then
+    pair_blit_b || { echo "FAIL: blit in the pair (B)"; rc=1; }
   fi
   return "$rc"
 }
@@ -182,21 +455,32 @@ esac
 # ---------------------------------------------------------------------------
 # host side
 # ---------------------------------------------------------------------------
-OUT= PAIR=1 BUILD=1
+OUT= PAIR=1 BUILD=1 BLIT=1 BLIT_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
     --no-pair) PAIR=0; shift ;;
     --no-build) BUILD=0; shift ;;
+    --no-blit) BLIT=0; shift ;;
+    --blit-only) BLIT_ONLY=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done
+[ "$BLIT" = 1 ] || [ "$BLIT_ONLY" = 0 ] || die "--no-blit and --blit-only exclude each other"
 export RXE_VM_TIMEOUT=${RXE_VM_TIMEOUT:-420}
 T0=$(date +%s)
+STEP='' STEP_T0=$T0 STEPS=()
+step() {  # NAME: log the time the previous host step took, start NAME
+  local t; t=$(date +%s)
+  if [ -n "$STEP" ]; then STEPS+=("$(printf '%4d s  %s' $((t - STEP_T0)) "$STEP")"); log "[$STEP: $((t - STEP_T0)) s]"; fi
+  STEP=$1 STEP_T0=$t
+  [ -z "$1" ] || log "$1"
+}
 
 # build dependencies (bindgen needs libclang + clang's headers; rdma-sys probes
 # libibverbs and librdmacm with pkg-config). Never removes a package.
+step "host: build dependencies"
 need=()
 for p in libibverbs-dev librdmacm-dev libclang1-14 libclang-common-14-dev pkg-config; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
@@ -217,8 +501,8 @@ OUT=${OUT:-$TARGET_DIR/rdma-stage}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd -P)
 LIST=$OUT/binaries.txt
-if [ "$BUILD" = 1 ]; then
-  log "building $PKG (release): tests and examples"
+if [ "$BUILD" = 1 ] && [ "$BLIT_ONLY" = 0 ]; then
+  step "host: build $PKG (release): tests and examples"
   cargo build --release -p "$PKG" --examples --message-format=json 2>"$OUT/build.log" \
     | grep -oE '"executable":"[^"]*(verbs_selftest|rdma_bench)"' | cut -d'"' -f4 > "$LIST.example" \
     || { tail -30 "$OUT/build.log" >&2; die "build failed"; }
@@ -227,20 +511,37 @@ if [ "$BUILD" = 1 ]; then
     || { tail -30 "$OUT/build.log" >&2; die "test build failed"; }
   cat "$LIST.example" "$LIST.tests" > "$LIST"
 fi
-[ -s "$LIST" ] || die "no binaries listed in $LIST (run without --no-build)"
-STAGE_SELFTEST=$(grep '/verbs_selftest$' "$LIST" | head -1)
-STAGE_BENCH=$(grep '/rdma_bench$' "$LIST" | head -1)
-STAGE_TESTS=$(grep -vE '/(verbs_selftest|rdma_bench)$' "$LIST" | xargs)
-[ -x "$STAGE_SELFTEST" ] || die "verbs_selftest not built"
-[ -x "$STAGE_BENCH" ] || die "rdma_bench not built"
-export STAGE_SELFTEST STAGE_BENCH STAGE_TESTS
-log "binaries: $(xargs -n1 basename < "$LIST" | xargs)"
+if [ "$BUILD" = 1 ] && [ "$BLIT" = 1 ]; then
+  step "host: build blit (blitx-cli, release)"
+  cargo build --release -p blitx-cli --message-format=json 2>"$OUT/build-blit.log" \
+    | grep -oE '"executable":"[^"]*/blit"' | cut -d'"' -f4 > "$OUT/blit-binary.txt" \
+    || { cargo build --release -p blitx-cli 2>&1 | grep -A8 -E '^(error|warning: unused)' | head -40 >&2; die "blit build failed"; }
+fi
+if [ "$BLIT_ONLY" = 0 ]; then
+  [ -s "$LIST" ] || die "no binaries listed in $LIST (run without --no-build)"
+  STAGE_SELFTEST=$(grep '/verbs_selftest$' "$LIST" | head -1)
+  STAGE_BENCH=$(grep '/rdma_bench$' "$LIST" | head -1)
+  STAGE_TESTS=$(grep -vE '/(verbs_selftest|rdma_bench)$' "$LIST" | xargs)
+  [ -x "$STAGE_SELFTEST" ] || die "verbs_selftest not built"
+  [ -x "$STAGE_BENCH" ] || die "rdma_bench not built"
+  export STAGE_SELFTEST STAGE_BENCH STAGE_TESTS
+  log "binaries: $(xargs -n1 basename < "$LIST" | xargs)"
+fi
+STAGE_BLIT=
+if [ "$BLIT" = 1 ]; then
+  STAGE_BLIT=$(head -1 "$OUT/blit-binary.txt" 2>/dev/null || true)
+  [ -n "$STAGE_BLIT" ] || STAGE_BLIT=$TARGET_DIR/release/blit   # --no-build into a new --out dir
+  [ -x "$STAGE_BLIT" ] || die "blit not built (run without --no-build)"
+  log "blit: $STAGE_BLIT"
+fi
+export STAGE_BLIT STAGE_BLIT_ONLY=$BLIT_ONLY
 
 FAILS=()
 fail() { FAILS+=("$1"); log "FAIL: $1"; }
 
 # --- 1. host: no RDMA here, so typed skips; no libibverbs in DT_NEEDED -----
-log "host: tests without RDMA (expect typed SKIPPED)"
+if [ "$BLIT_ONLY" = 0 ]; then
+step "host: tests without RDMA (expect typed SKIPPED)"
 for t in $STAGE_TESTS; do
   env -u BLIT_RDMA_REQUIRE "$t" --test-threads=1 --nocapture > "$OUT/host-$(basename "$t").log" 2>&1 \
     || fail "host: $(basename "$t")"
@@ -286,55 +587,176 @@ fi
 for b in $(cat "$LIST"); do
   if readelf -d "$b" | grep -E 'NEEDED.*(ibverbs|rdmacm)'; then fail "host: $(basename "$b") needs libibverbs"; fi
 done
+fi
+if [ "$BLIT" = 1 ] && readelf -d "$STAGE_BLIT" | grep -E 'NEEDED.*(ibverbs|rdmacm)'; then
+  fail "host: blit needs libibverbs (it must dlopen it)"
+fi
+
+# --- the blit test tree: generated here, extracted in every guest ---------------
+gen_tree() {  # DIR: ~54 MiB: 4 files of 4-16 MiB (one not chunk-aligned), 300 small files of
+  # 0-64 KiB (some empty) in nested dirs, an empty file and dir, three symlinks (to a file,
+  # to a dir, dangling), a read-only dir, a file owned by 1234:5678, varied modes, ns mtimes
+  local d=$1 i sz f t pool dirs modes
+  rm -rf "$d"; mkdir -p "$d"
+  mkdir -p "$d/big" "$d/a/b/c/d" "$d/e/f" "$d/sp ace/x" "$d/empty-dir" "$d/g" "$d/ro"
+  head -c $((4 << 20)) /dev/urandom > "$d/big/four-mib"
+  head -c $((9 << 20 | 12345)) /dev/urandom > "$d/big/nine-mib-odd"
+  head -c $((16 << 20)) /dev/urandom > "$d/big/sixteen-mib"
+  head -c $((5 << 20)) /dev/urandom > "$d/e/f/five-mib"
+  pool=$d/.pool; head -c $((2 << 20)) /dev/urandom > "$pool"
+  dirs=(. a a/b a/b/c a/b/c/d e e/f "sp ace" "sp ace/x" g ro)
+  modes=(644 600 640 755 444 664 700 604)
+  for i in $(seq 0 299); do
+    sz=$(( (i * 7919 + 13) % 65537 ))
+    [ $((i % 50)) = 7 ] && sz=0
+    f="$d/${dirs[$((i % ${#dirs[@]}))]}/small-$i.dat"
+    if [ "$sz" = 0 ]; then : > "$f"   # (tail -c 0 would not read its input: SIGPIPE)
+    else head -c $(( (i * 4099) % (1 << 20) + sz )) "$pool" | tail -c "$sz" > "$f"; fi
+    chmod "${modes[$((i % ${#modes[@]}))]}" "$f"
+    touch -d "@$((1600000000 + i * 3607)).$(printf '%09d' $(( (i * 123456791) % 1000000000 )))" "$f"
+  done
+  rm -f "$pool"
+  : > "$d/a/empty"; chmod 600 "$d/a/empty"
+  echo owned > "$d/e/owned"; chown 1234:5678 "$d/e/owned" 2>/dev/null || true
+  chmod 755 "$d/big/four-mib"; chmod 400 "$d/big/sixteen-mib"
+  ln -s ../big/four-mib "$d/a/link-to-four-mib"
+  ln -s "sp ace/x" "$d/link-to-dir"
+  ln -s does/not/exist "$d/g/dangling"
+  t=1650000000
+  for f in "$d"/big/* "$d/e/f/five-mib" "$d/a/empty" "$d/e/owned"; do
+    t=$((t + 86413)); touch -d "@$t.$(printf '%09d' $((t % 999999937)))" "$f"
+  done
+  touch -h -d @1660000000.111111111 "$d/a/link-to-four-mib"
+  touch -h -d @1660000001.222222222 "$d/link-to-dir"
+  touch -h -d @1660000002.333333333 "$d/g/dangling"
+  chmod 750 "$d/a/b"; chmod 700 "$d/e/f"; chmod 775 "$d/sp ace"; chmod 711 "$d/g"; chmod 555 "$d/ro"
+  i=0   # directory mtimes last, deepest first, the root included
+  find "$d" -depth -type d > "$d.dirs"
+  while IFS= read -r f; do
+    i=$((i + 1)); touch -d "@$((1670000000 + i * 977)).$(printf '%09d' $((i * 98765431 % 1000000000)))" "$f"
+  done < "$d.dirs"
+  rm -f "$d.dirs"
+}
+manifest() {  # same as the guest's
+  ( cd "$1" && find . \( -type d -printf 'd %p - %m %U:%G %T@\n' \) \
+      -o -printf '%y %p %s %m %U:%G %T@ %l\n' ) | LC_ALL=C sort
+}
+if [ "$BLIT" = 1 ]; then
+  step "host: blit test tree"
+  gen_tree "$OUT/blit-tree"
+  manifest "$OUT/blit-tree" > "$OUT/blit-tree.manifest"
+  tar --format=posix -C "$OUT/blit-tree" -cf "$OUT/blit-tree.tar" .
+  log "tree: $(wc -l < "$OUT/blit-tree.manifest") entries, $(du -sm "$OUT/blit-tree" | cut -f1) MiB"
+  chmod -R u+w "$OUT/blit-tree"; rm -rf "$OUT/blit-tree"
+fi
+
+LOADS=()
+hostload() { LOADS+=("$(printf '%-8s %s' "$1" "$(cut -d' ' -f1-3 /proc/loadavg)")"); log "host load $1: $(cat /proc/loadavg)"; }
 
 # --- 2. one VM: rxe0 loopback ------------------------------------------------
-log "VM: rxe0 loopback (tests, selftests, memlock, ib_write_bw)"
+VMMEM=()
+[ "$BLIT" = 1 ] && VMMEM=(--mem 2048)   # /dev/shm (half of it) holds the 256 MiB file twice
+what=(); [ "$BLIT_ONLY" = 0 ] && what+=("tests, selftests, memlock, ib_write_bw"); [ "$BLIT" = 1 ] && what+=("blit checks + benchmark")
+step "VM: rxe0 loopback ($(IFS=';'; echo "${what[*]}" | sed 's/;/; /g'))"
+hostload "vm start"
+rm -f "$OUT"/blit-*.json "$OUT"/blit-*.log "$OUT"/blit-*.time "$OUT"/blit-bench-* "$OUT"/blit-ib_write_bw-* "$OUT"/verify-*
 set +e
-"$HERE/rxe/rxe-vm" --share "$OUT" -- "$SELF" --guest-loopback "$OUT" 2>&1 | tee "$OUT/loopback.log"
+"$HERE/rxe/rxe-vm" "${VMMEM[@]}" --share "$OUT" -- "$SELF" --guest-loopback "$OUT" 2>&1 | tee "$OUT/loopback.log"
 rc=${PIPESTATUS[0]}
 set -e
+hostload "vm end"
 [ "$rc" = 0 ] || fail "VM loopback (exit $rc)"
 
 # --- 3. two VMs: distinct devices ---------------------------------------------
 if [ "$PAIR" = 1 ]; then
-  log "VM pair: receiver in A (10.77.0.1), sender in B (10.77.0.2)"
+  step "VM pair: A 10.77.0.1 (server), B 10.77.0.2 (client)"
+  hostload "pair start"
+  rm -f "$OUT"/verify-pair-*
   set +e
   "$HERE/rxe/rxe-pair" --share "$OUT" -- "$SELF" --guest-pair-a "$OUT" -- "$SELF" --guest-pair-b "$OUT" \
     2>&1 | tee "$OUT/pair.log"
   rc=${PIPESTATUS[0]}
   set -e
+  hostload "pair end"
   [ "$rc" = 0 ] || fail "VM pair (exit $rc)"
-  grep -q 'two devices' "$OUT/pair-b-selftest.txt" 2>/dev/null || fail "pair: GIDs were not distinct"
+  if [ "$BLIT_ONLY" = 0 ]; then
+    grep -q 'two devices' "$OUT/pair-b-selftest.txt" 2>/dev/null || fail "pair: GIDs were not distinct"
+  fi
 fi
+step ""
 
 # --- summary -------------------------------------------------------------------
 mibs() { grep -h "^RESULT .*\"role\":\"$2\"" "$1" 2>/dev/null | grep -o '"mib_per_s":[0-9.]*' | cut -d: -f2 | head -1; }
 bench() { grep -h '^RESULT ' "$1" 2>/dev/null | grep -o "\"$2\":[0-9.]*" | head -1 | cut -d: -f2; }
 pbw() { awk '$1 ~ /^[0-9]+$/ && NF >= 4 {print $4; exit}' "$1" 2>/dev/null; }
 fmt() { if [ -n "$1" ]; then printf '%.1f' "$1"; else printf -- '-'; fi; }
+fmt2() { if [ -n "$1" ]; then printf '%.2f' "$1"; else printf -- '-'; fi; }
+pcpu() { grep -o '(\([0-9.]*\) s/GiB' "$1" 2>/dev/null | head -1 | tr -d '(' | cut -d' ' -f1; }   # ib_write_bw process CPU s/GiB
+mcpu() { grep -o 'machine [0-9.]* s ([0-9.]* s/GiB' "$1" 2>/dev/null | head -1 | sed 's/.*(//; s/ .*//'; }   # ... machine
+ratio() { if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; else printf -- '-'; fi; }
+xmibs() { local j=$OUT/blit-$1.json; [ -s "$j" ] && awk -v b="$(json_num "$j" bytes)" -v s="$(json_num "$j" seconds)" 'BEGIN { if (s > 0) printf "%.1f", b / 1048576 / s }'; }
+json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
 {
   echo "RDMA stage summary ($(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - T0)) s wall)"
-  echo "throughput in MiB/s (2^20, perftest's MB/sec); message size $MSG_BYTES bytes; Soft-RoCE under qemu"
-  printf '%-34s %10s\n' "loopback selftest, busy-poll" "$(fmt "$(mibs "$OUT/selftest-busy.txt" sender)")"
-  printf '%-34s %10s\n' "loopback selftest, event mode" "$(fmt "$(mibs "$OUT/selftest-event.txt" sender)")"
-  printf '%-34s %10s\n' "loopback ib_write_bw (same VM)" "$(fmt "$(pbw "$OUT/ib_write_bw-loopback.txt")")"
-  echo "transport alone vs ib_write_bw, $BENCH_MIB MiB of $MSG_BYTES-byte messages, same VM run:"
-  for m in busy event; do
-    printf '%-34s %10s MiB/s  CPU s/GiB: process %s (user %s), machine %s\n' \
-      "  rdma_bench $m" "$(fmt "$(bench "$OUT/bench-$m.txt" mib_per_s)")" \
-      "$(fmt "$(bench "$OUT/bench-$m.txt" process_cpu_s_per_gib)")" \
-      "$(fmt "$(bench "$OUT/bench-$m.txt" process_user_cpu_s_per_gib)")" \
-      "$(fmt "$(bench "$OUT/bench-$m.txt" machine_cpu_s_per_gib)")"
-  done
-  printf '%-34s %10s MiB/s  %s\n' "  ib_write_bw" "$(fmt "$(pbw "$OUT/ib_write_bw-bench.txt")")" \
-    "$(cat "$OUT/ib_write_bw-bench.txt.cpu" 2>/dev/null || echo '-')"
-  printf '%-34s %10s WRs/MiB, %s payload bytes copied\n' "  rdma_bench busy-poll counters" \
-    "$(fmt "$(bench "$OUT/bench-busy.txt" wrs_per_mib)")" \
-    "$(grep -o '"payload_copy_bytes":[0-9]*' "$OUT/bench-busy.txt" 2>/dev/null | awk -F: '{s += $2} END {print NR ? s : "-"}')"
-  if [ "$PAIR" = 1 ]; then
-    printf '%-34s %10s\n' "pair selftest (B -> A)" "$(fmt "$(mibs "$OUT/pair-b-selftest.txt" sender)")"
-    printf '%-34s %10s\n' "pair ib_write_bw (B -> A, same run)" "$(fmt "$(pbw "$OUT/pair-b-ib_write_bw.txt")")"
+  echo "throughput in MiB/s (2^20, perftest's MB/sec); Soft-RoCE under qemu"
+  if [ "$BLIT_ONLY" = 0 ]; then
+    echo "message size $MSG_BYTES bytes"
+    printf '%-34s %10s\n' "loopback selftest, busy-poll" "$(fmt "$(mibs "$OUT/selftest-busy.txt" sender)")"
+    printf '%-34s %10s\n' "loopback selftest, event mode" "$(fmt "$(mibs "$OUT/selftest-event.txt" sender)")"
+    printf '%-34s %10s\n' "loopback ib_write_bw (same VM)" "$(fmt "$(pbw "$OUT/ib_write_bw-loopback.txt")")"
+    echo "transport alone vs ib_write_bw, $BENCH_MIB MiB of $MSG_BYTES-byte messages, same VM run:"
+    for m in busy event; do
+      printf '%-34s %10s MiB/s  CPU s/GiB: process %s (user %s), machine %s\n' \
+        "  rdma_bench $m" "$(fmt "$(bench "$OUT/bench-$m.txt" mib_per_s)")" \
+        "$(fmt "$(bench "$OUT/bench-$m.txt" process_cpu_s_per_gib)")" \
+        "$(fmt "$(bench "$OUT/bench-$m.txt" process_user_cpu_s_per_gib)")" \
+        "$(fmt "$(bench "$OUT/bench-$m.txt" machine_cpu_s_per_gib)")"
+    done
+    printf '%-34s %10s MiB/s  %s\n' "  ib_write_bw" "$(fmt "$(pbw "$OUT/ib_write_bw-bench.txt")")" \
+      "$(cat "$OUT/ib_write_bw-bench.txt.cpu" 2>/dev/null || echo '-')"
+    printf '%-34s %10s WRs/MiB, %s payload bytes copied\n' "  rdma_bench busy-poll counters" \
+      "$(fmt "$(bench "$OUT/bench-busy.txt" wrs_per_mib)")" \
+      "$(grep -o '"payload_copy_bytes":[0-9]*' "$OUT/bench-busy.txt" 2>/dev/null | awk -F: '{s += $2} END {print NR ? s : "-"}')"
+    if [ "$PAIR" = 1 ]; then
+      printf '%-34s %10s\n' "pair selftest (B -> A)" "$(fmt "$(mibs "$OUT/pair-b-selftest.txt" sender)")"
+      printf '%-34s %10s\n' "pair ib_write_bw (B -> A, same run)" "$(fmt "$(pbw "$OUT/pair-b-ib_write_bw.txt")")"
+    fi
   fi
+  if [ "$BLIT" = 1 ]; then
+    echo "blit end to end (mixed tree, $(wc -l < "$OUT/blit-tree.manifest") entries; MiB/s from --json, setup included):"
+    for c in push-rdma pull-rdma push-auto nordma-auto; do
+      v=$OUT/verify-$c.manifest-diff
+      printf '  %-32s %-5s %8s MiB/s  verified: %s\n' "loopback $c" "$(sed -n 's/^ *"transport": *"\([a-z]*\)".*/\1/p' "$OUT/blit-$c.json" 2>/dev/null | head -1)" \
+        "$(fmt "$(xmibs "$c")")" "$([ -f "$v" ] && [ ! -s "$v" ] && ! [ -s "$OUT/verify-$c.diff" ] && echo yes || echo NO)"
+    done
+    if [ "$PAIR" = 1 ]; then
+      for c in pair-push pair-pull; do
+        v=$OUT/verify-$c.manifest-diff
+        printf '  %-32s %-5s %8s MiB/s  verified: %s\n' "$([ "$c" = pair-push ] && echo 'pair push (B -> A)' || echo 'pair pull (A -> B)')" "$(sed -n 's/^ *"transport": *"\([a-z]*\)".*/\1/p' "$OUT/blit-$c.json" 2>/dev/null | head -1)" \
+          "$(fmt "$(xmibs "$c")")" "$([ -f "$v" ] && [ ! -s "$v" ] && ! [ -s "$OUT/verify-$c.diff" ] && echo yes || echo NO)"
+      done
+    fi
+    echo "blit benchmark, 256 MiB file on /dev/shm, one VM run; MiB/s from --json (whole session) and from the"
+    echo "daemon's accept to the end; CPU s/GiB = client + daemon process user+sys (ib_write_bw: both processes),"
+    echo "machine = busy time of all vCPUs; WRs/MiB and copies (payload bytes) from both sides' RDMA counters:"
+    printf '  %-15s %7s %9s %6s %10s %8s %8s %7s %6s %8s\n' run MiB/s "(accept)" "vs ib" "CPU s/GiB" machine WRs/MiB copies waits "rxe retr"
+    for r in rdma-4M:4M rdma-1M:1M tcp:; do
+      l=${r%%:*} sz=${r#*:} f=$OUT/blit-bench-${r%%:*}.txt
+      ib=; [ -n "$sz" ] && ib=$(pbw "$OUT/blit-ib_write_bw-$sz.txt")
+      printf '  %-15s %7s %9s %6s %10s %8s %8s %7s %6s %8s\n' "blit $l" "$(fmt "$(bench "$f" mib_per_s)")" \
+        "$(fmt "$(bench "$f" mib_per_s_after_accept)")" \
+        "$(ratio "$(bench "$f" mib_per_s)" "$ib")" "$(fmt "$(bench "$f" process_cpu_s_per_gib)")" \
+        "$(fmt "$(bench "$f" machine_cpu_s_per_gib)")" "$(fmt2 "$(bench "$f" wrs_per_mib)")" \
+        "$(bench "$f" payload_copy_bytes || true)" "$(bench "$f" send_waits || true)" "$(bench "$f" rxe_retries || true)"
+    done
+    for sz in 4M 1M; do
+      printf '  %-15s %7s %9s %6s %10s %8s\n' "ib_write_bw $sz" "$(fmt "$(pbw "$OUT/blit-ib_write_bw-$sz.txt")")" "" "" \
+        "$(fmt "$(pcpu "$OUT/blit-ib_write_bw-$sz.txt.cpu")")" "$(fmt "$(mcpu "$OUT/blit-ib_write_bw-$sz.txt.cpu")")"
+    done
+    grep -h '^guest load' "$OUT/loopback.log" 2>/dev/null | sed 's/^/  /'
+  fi
+  echo "host load averages (1/5/15 min):"; printf '  %s\n' "${LOADS[@]}"
+  echo "step times:"; printf '  %s\n' "${STEPS[@]}"
   if [ ${#FAILS[@]} -eq 0 ]; then echo "PASS"; else printf 'FAIL: %s\n' "${FAILS[@]}"; fi
 } | tee "$OUT/summary.txt"
 [ ${#FAILS[@]} -eq 0 ]

@@ -72,38 +72,36 @@ pub enum FrameError {
     Bundle(&'static str),
 }
 
-/// The payload checksum (xxh3-64).
-pub fn checksum(payload: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(payload)
-}
-
-/// Pieces in which data is hashed while it is still in cache: readers hash each piece right
-/// after reading it, writers right before writing it, so the checksum costs no extra trip
-/// through memory. Same result as [`checksum`] over the whole payload.
+/// Pieces in which payloads are hashed: readers hash each piece right after reading it and
+/// writers right before writing it, while it is in cache, so the checksum costs no extra trip
+/// through memory.
 pub const HASH_PIECE_BYTES: usize = 256 << 10;
 
-/// Incremental [`checksum`].
-#[derive(Clone)]
-pub struct Hasher(xxhash_rust::xxh3::Xxh3);
-
-impl std::fmt::Debug for Hasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hasher")
+/// The payload checksum: xxh3-64 of every 256 KiB piece, chained (each piece's digest is hashed
+/// with the running value as seed). Chaining one-shot hashes keeps xxh3's vectorized loop (the
+/// crate's streaming state machine measured 3x slower) and lets both ends hash piece by piece.
+pub fn checksum(payload: &[u8]) -> u64 {
+    let mut h = Hasher::default();
+    for piece in payload.chunks(HASH_PIECE_BYTES) {
+        h.update(piece);
     }
+    h.finish()
 }
 
-impl Default for Hasher {
-    fn default() -> Self {
-        Hasher(xxhash_rust::xxh3::Xxh3::new())
-    }
+/// Incremental [`checksum`]: feed the payload in consecutive [`HASH_PIECE_BYTES`] pieces (the
+/// last may be shorter).
+#[derive(Debug, Clone, Default)]
+pub struct Hasher {
+    state: u64,
 }
 
 impl Hasher {
     pub fn update(&mut self, piece: &[u8]) {
-        self.0.update(piece);
+        let digest = xxhash_rust::xxh3::xxh3_64(piece);
+        self.state = xxhash_rust::xxh3::xxh3_64_with_seed(&digest.to_le_bytes(), self.state);
     }
     pub fn finish(&self) -> u64 {
-        self.0.digest()
+        self.state
     }
 }
 

@@ -21,6 +21,7 @@ use crate::error::{Failure, classify};
 /// Bytes hashed per `pread` when checksumming a file region: small enough to stay in L2, so the
 /// copy out of the page cache costs little more than the hash reading it.
 pub(crate) const SCRATCH_BYTES: usize = 256 << 10;
+const _: () = assert!(SCRATCH_BYTES >= blitx_core::frame::HASH_PIECE_BYTES);
 
 /// One data connection and how to name it in errors. Used by one thread at a time.
 pub(crate) struct Link {
@@ -178,8 +179,9 @@ fn file_shrank(link: &str, at_bytes: u64) -> Failure {
     }
 }
 
-/// xxh3-64 of `len_bytes` of `file` at `offset_bytes`, read through `scratch` (kept small and
-/// hot in cache) so the region is never copied whole.
+/// The frame checksum ([`blitx_core::frame::checksum`]) of `len_bytes` of `file` at
+/// `offset_bytes`, read piece by piece through `scratch` (one hash piece, kept hot in cache) so
+/// the region is never copied whole.
 pub(crate) fn region_checksum(
     file: &File,
     offset_bytes: u64,
@@ -187,29 +189,34 @@ pub(crate) fn region_checksum(
     scratch: &mut [u8],
     link: &str,
 ) -> Result<u64, Failure> {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let piece_bytes = blitx_core::frame::HASH_PIECE_BYTES;
+    assert!(scratch.len() >= piece_bytes, "scratch buffer smaller than a hash piece");
+    let mut hasher = blitx_core::frame::Hasher::default();
     let mut at = offset_bytes;
     let end = offset_bytes + len_bytes;
     while at < end {
-        let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(scratch.len());
-        match rustix::io::pread(file, &mut scratch[..want], at) {
-            Ok(0) => return Err(file_shrank(link, at)),
-            Ok(n) => {
-                hasher.update(&scratch[..n]);
-                at += n as u64;
-            }
-            Err(Errno::INTR) => continue,
-            Err(e) => {
-                return Err(Failure::Io {
-                    op: "read source file",
-                    peer: link.to_string(),
-                    kind: io::Error::from(e).kind(),
-                    message: e.to_string(),
-                });
+        // Pieces must line up with the payload's own pieces: fill each one completely.
+        let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(piece_bytes);
+        let mut filled = 0;
+        while filled < want {
+            match rustix::io::pread(file, &mut scratch[filled..want], at + filled as u64) {
+                Ok(0) => return Err(file_shrank(link, at + filled as u64)),
+                Ok(n) => filled += n,
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(Failure::Io {
+                        op: "read source file",
+                        peer: link.to_string(),
+                        kind: io::Error::from(e).kind(),
+                        message: e.to_string(),
+                    });
+                }
             }
         }
+        hasher.update(&scratch[..want]);
+        at += want as u64;
     }
-    Ok(hasher.digest())
+    Ok(hasher.finish())
 }
 
 #[cfg(test)]
@@ -222,7 +229,7 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap();
         let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
         f.write_all(&data).unwrap();
-        let mut scratch = vec![0u8; 4096];
+        let mut scratch = vec![0u8; SCRATCH_BYTES];
         for (off, len) in [(0usize, 0usize), (0, 1), (5, 4096), (1000, 600_000), (0, 700_000)] {
             let got = region_checksum(&f, off as u64, len as u64, &mut scratch, "t").unwrap();
             assert_eq!(got, blitx_core::frame::checksum(&data[off..off + len]), "{off}+{len}");
