@@ -71,7 +71,7 @@ pub fn make_bar(enabled: bool) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// Feeds the bar from the live counters until `done` is set.
+/// Feeds the bar from the live counters until `done` is set (unpark the thread after setting it).
 pub fn drive_bar(bar: &indicatif::ProgressBar, progress: &Progress, done: &AtomicBool) {
     while !done.load(Ordering::Acquire) {
         let total = Progress::read(&progress.bytes_needed);
@@ -83,7 +83,7 @@ pub fn drive_bar(bar: &indicatif::ProgressBar, progress: &Progress, done: &Atomi
             Progress::read(&progress.files_done),
             Progress::read(&progress.files_needed)
         ));
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::park_timeout(Duration::from_millis(100));
     }
     bar.finish_and_clear();
 }

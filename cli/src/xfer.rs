@@ -252,15 +252,16 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     let start = Instant::now();
     let done = AtomicBool::new(false);
     let outcome = std::thread::scope(|s| {
-        if let Some(bar) = &bar {
-            s.spawn(|| drive_bar(bar, bar_progress, &done));
-        }
+        let bar_thread = bar.as_ref().map(|bar| s.spawn(|| drive_bar(bar, bar_progress, &done)));
         let r = if remote_source || remote_target {
             run_remote(args, params, threads, &reporter, &progress, &cancel)
         } else {
             run_local_copy(args, params, threads, &reporter, &progress, &cancel)
         };
         done.store(true, Ordering::Release);
+        if let Some(t) = &bar_thread {
+            t.thread().unpark(); // ends its wait now, not at its next refresh
+        }
         r
     });
     if cancel.load(Ordering::Acquire) {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::frame::{FrameError, FrameHeader, FrameKind};
 use crate::pool::{BufLease, BufferPool, PoolError};
@@ -140,6 +140,9 @@ struct MemShared {
     aborted: AtomicBool,
     /// The End frame was delivered: every later `recv`, on any thread, returns `None`.
     ended: AtomicBool,
+    /// Dropped (set to `None`) when the End frame is delivered, which wakes every receiver
+    /// thread blocked on `end_rx` at once instead of at its next cancellation poll.
+    end_tx: std::sync::Mutex<Option<Sender<()>>>,
     vanished: AtomicBool,
     frames: AtomicU64,
     bytes: AtomicU64,
@@ -170,6 +173,7 @@ pub struct MemSender {
 /// In-process receiver.
 pub struct MemReceiver {
     rx: Receiver<Frame>,
+    end_rx: Receiver<()>,
     shared: Arc<MemShared>,
     reorder: std::sync::Mutex<Reorder>,
 }
@@ -189,9 +193,11 @@ pub fn mem_pair(
     faults: MemFaults,
 ) -> (MemSender, MemReceiver) {
     let (tx, rx) = crossbeam_channel::bounded(depth.max(1));
+    let (end_tx, end_rx) = crossbeam_channel::bounded(0);
     let shared = Arc::new(MemShared {
         aborted: AtomicBool::new(false),
         ended: AtomicBool::new(false),
+        end_tx: std::sync::Mutex::new(Some(end_tx)),
         vanished: AtomicBool::new(false),
         frames: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
@@ -202,6 +208,7 @@ pub fn mem_pair(
         MemSender { tx, pool, pref, frame_bytes_max, shared: Arc::clone(&shared) },
         MemReceiver {
             rx,
+            end_rx,
             shared,
             reorder: std::sync::Mutex::new(Reorder { held: Vec::new(), rng, ended: false }),
         },
@@ -264,18 +271,24 @@ impl MemReceiver {
                 return Ok(None);
             }
             self.shared.check()?;
-            match self.rx.recv_timeout(CANCEL_POLL) {
-                Ok(f) if f.header.kind == FrameKind::End => {
-                    self.shared.ended.store(true, Ordering::Release);
-                    return Ok(None);
-                }
-                Ok(f) => return Ok(Some(f)),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(TransportError::PeerGone {
-                        detail: "sender dropped without finishing".into(),
-                    });
-                }
+            crossbeam_channel::select! {
+                recv(self.rx) -> got => match got {
+                    Ok(f) if f.header.kind == FrameKind::End => {
+                        self.shared.ended.store(true, Ordering::Release);
+                        // Wake the other writer threads now: they see `ended` and return.
+                        self.shared.end_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        return Ok(None);
+                    }
+                    Ok(f) => return Ok(Some(f)),
+                    Err(_) => {
+                        return Err(TransportError::PeerGone {
+                            detail: "sender dropped without finishing".into(),
+                        });
+                    }
+                },
+                // Only ever disconnects (nothing is sent on it): the loop re-checks `ended`.
+                recv(self.end_rx) -> _ => continue,
+                default(CANCEL_POLL) => continue,
             }
         }
     }
