@@ -214,7 +214,7 @@ fn show_history() -> Exit {
     };
     match history::load(&path) {
         Ok(loaded) => {
-            print!("{}", history::render_summary(&loaded, &path));
+            crate::output::write_stdout(&history::render_summary(&loaded, &path));
             Exit::Ok
         }
         Err(e) => {
@@ -241,7 +241,7 @@ pub fn run(args: BenchArgs) -> Exit {
     }
     match blitx_bench::run(&cfg) {
         Ok(outcome) => {
-            print!("{}", outcome.summary_md);
+            crate::output::write_stdout(&outcome.summary_md);
             eprintln!(
                 "results in {} (runs.csv, runs.json, summary.md, {} plots)",
                 outcome.out_dir.display(),

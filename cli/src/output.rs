@@ -125,7 +125,7 @@ impl Summary {
     pub fn print(&self, json: bool) {
         if json {
             match serde_json::to_string_pretty(self) {
-                Ok(s) => println!("{s}"),
+                Ok(s) => write_stdout(&format!("{s}\n")),
                 Err(e) => eprintln!("cannot encode summary: {e}"),
             }
             return;
@@ -149,5 +149,16 @@ impl Summary {
             },
             if self.deletions_skipped { " (deletions skipped because of errors)" } else { "" },
         );
+    }
+}
+
+/// Writes a report to stdout. A reader that closed the pipe early (`blit topo --json | head`)
+/// is not an error: no panic on EPIPE, as `println!` would.
+pub fn write_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("blit: error: cannot write to stdout: {e}");
     }
 }

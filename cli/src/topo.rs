@@ -20,14 +20,14 @@ pub fn run(args: TopoArgs) -> Exit {
     };
     if args.json {
         match serde_json::to_string_pretty(&topo) {
-            Ok(s) => write_stdout(&format!("{s}\n")),
+            Ok(s) => crate::output::write_stdout(&format!("{s}\n")),
             Err(e) => {
                 eprintln!("blit: error: {e}");
                 return Exit::Fatal;
             }
         }
     } else {
-        write_stdout(&topo.to_string());
+        crate::output::write_stdout(&topo.to_string());
     }
     Exit::Ok
 }
@@ -50,16 +50,4 @@ pub fn place_here(
     blitx_topology::apply_to_current_thread(&placement);
     tracing::info!("placement: {placement}");
     Ok(placement.to_string())
-}
-
-/// Prints to stdout; a reader that closed the pipe early (`blit topo --json | head`) is not an
-/// error, so no panic on EPIPE.
-fn write_stdout(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        eprintln!("blit: error: cannot write to stdout: {e}");
-    }
 }
