@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use blitx_core::frame::{FRAME_HEADER_BYTES, FrameHeader, FrameKind};
+use blitx_core::frame::{FLAG_UNCHECKED, FRAME_HEADER_BYTES, FrameHeader, FrameKind};
 use blitx_core::pool::BufferPool;
 use blitx_core::transport::{Frame, FrameReceiver, Payload, TransportError, TransportStats};
 use crossbeam_channel::{Receiver, Sender};
@@ -61,6 +61,11 @@ impl Shared {
         self.pool.close();
         for s in &self.sockets {
             let _ = s.shutdown(Shutdown::Both);
+            // A FIN alone does not stop a sender blocked on a full window (our unread bytes
+            // keep it shut, and a half-closed peer may legally go on writing): it would wait
+            // for its stall timeout. Disconnecting (connect to AF_UNSPEC) resets the
+            // connection, so that sender fails at once with ECONNRESET.
+            let _ = rustix::net::connect_unspec(s);
         }
     }
 
@@ -205,6 +210,13 @@ fn receive_frames(link: &Link, tx: &Sender<Frame>, shared: &Shared) -> Result<()
         link.read_exact(&mut raw, true, &shared.cancel)?;
         let header = FrameHeader::decode(&raw, shared.chunk_bytes)
             .map_err(|e| Failure::Protocol { peer: link.name.clone(), detail: e.to_string() })?;
+        if header.flags & FLAG_UNCHECKED != 0 {
+            // TCP's 16-bit checksum does not protect the bytes well enough: every frame is hashed.
+            return Err(Failure::Protocol {
+                peer: link.name.clone(),
+                detail: "an unchecked frame (frames over TCP always carry a checksum)".into(),
+            });
+        }
         let payload = match header.kind {
             FrameKind::End => return Ok(()),
             FrameKind::Hole => Payload::Empty,

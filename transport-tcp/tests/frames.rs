@@ -242,6 +242,31 @@ fn a_peer_sending_oversized_frames_is_refused() {
 }
 
 #[test]
+fn a_peer_sending_unchecked_frames_is_refused() {
+    // FLAG_UNCHECKED is for the in-process transport only: over TCP every payload is hashed.
+    let cfg = test_config(1, 64 << 10);
+    let (daemon, mut client) = stream_sets(&cfg);
+    let rx = TcpReceiver::new(daemon, &cfg).unwrap();
+    let payload = vec![7u8; 4096];
+    let h = FrameHeader {
+        kind: FrameKind::Chunk,
+        flags: blitx_core::frame::FLAG_UNCHECKED,
+        file_id: 1,
+        offset_bytes: 0,
+        len_bytes: 4096,
+        checksum: 0,
+    };
+    // One write: the receiver resets the connection as soon as it has read the header.
+    let _ = client[0].write_all(&[&h.encode()[..], &payload].concat());
+    match rx.recv() {
+        Err(TransportError::Protocol { detail, .. }) => {
+            assert!(detail.contains("unchecked frame"), "{detail}");
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_peer_closing_without_end_is_gone() {
     let cfg = test_config(2, 64 << 10);
     let (daemon, client) = stream_sets(&cfg);
