@@ -95,6 +95,9 @@ pub struct Summary {
     pub dry_run: bool,
     pub transport: String,
     pub streams: u32,
+    /// Every chunk was hashed (xxh3-64) by the source and verified by the target. Off for local
+    /// copies (the bytes never leave the process) and, unless asked for, over RDMA.
+    pub frame_checksums: bool,
     pub files: u64,
     pub bytes: u64,
     pub seconds: f64,

@@ -60,6 +60,11 @@ pub struct XferArgs {
     /// The local RDMA (verbs) device (default: the first with an active port).
     #[arg(long, value_name = "NAME")]
     pub rdma_device: Option<String>,
+    /// RDMA: also hash every chunk (xxh3-64) and verify it at the receiver, as TCP always
+    /// does. Off by default: RoCE's ICRC checks every packet in the NICs, and hashing is per-byte
+    /// CPU work on both ends.
+    #[arg(long)]
+    pub rdma_frame_checksums: bool,
     /// Socket buffer per TCP stream (default: sized by the kernel's autotuning / BDP).
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub tcp_buffer: Option<u64>,
@@ -278,6 +283,7 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         dry_run: args.dry_run,
         transport: outcome.transport,
         streams: outcome.streams,
+        frame_checksums: outcome.frame_checksums,
         files: t.files_copied,
         bytes: t.bytes_copied,
         seconds,
@@ -397,6 +403,8 @@ fn placement_device(args: &XferArgs, remote: bool) -> Option<String> {
 struct Outcome {
     transport: String,
     streams: u32,
+    /// Whether every frame was hashed and verified (network transports; RDMA only on request).
+    frame_checksums: bool,
     source: SourceReport,
     target: TargetReport,
 }
@@ -422,7 +430,7 @@ fn run_local_copy(
         faults: MemFaults::default(),
     };
     let (source, target) = run_local(&opts, reporter, progress, cancel)?;
-    Ok(Outcome { transport: "local".into(), streams: 1, source, target })
+    Ok(Outcome { transport: "local".into(), streams: 1, frame_checksums: false, source, target })
 }
 
 fn run_remote(
@@ -448,6 +456,7 @@ fn run_remote(
         stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
         qps: args.qps,
         rdma_device: args.rdma_device.clone(),
+        rdma_frame_checksums: args.rdma_frame_checksums,
     };
     let (remote, local) = if RemoteSpec::is_remote(&args.source) {
         let remote = RemoteSpec::parse(&args.source)?;
@@ -473,5 +482,12 @@ fn run_remote(
         (None, Some(t)) => (report.remote.source, t),
         (None, None) => bail!("internal error: no local report"),
     };
-    Ok(Outcome { transport: report.transport, streams: report.streams, source, target })
+    let frame_checksums = report.transport != "rdma" || args.rdma_frame_checksums;
+    Ok(Outcome {
+        transport: report.transport,
+        streams: report.streams,
+        frame_checksums,
+        source,
+        target,
+    })
 }

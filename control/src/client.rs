@@ -43,6 +43,8 @@ pub struct ClientOptions {
     pub qps: u32,
     /// The local verbs device (None: the first with an active port).
     pub rdma_device: Option<String>,
+    /// RDMA: hash and verify every frame (TCP always does).
+    pub rdma_frame_checksums: bool,
 }
 
 #[derive(Debug)]
@@ -210,6 +212,7 @@ pub fn transfer(
         client_rdma,
         rdma_qps: opts.qps,
         stall_timeout_secs: u32::try_from(opts.stall_timeout.as_secs()).unwrap_or(u32::MAX),
+        rdma_frame_checksums: opts.rdma_frame_checksums,
     };
     let (out_tx, out_rx) = mpsc::channel::<pb::ClientFrame>(64);
     let mut inbound = rt.block_on(async {
@@ -246,6 +249,7 @@ pub fn transfer(
         threads: opts.threads,
         qps: opts.qps.max(1),
         rdma_device: opts.rdma_device.clone(),
+        rdma_frame_checksums: opts.rdma_frame_checksums,
     };
     let role = if direction == Direction::Push { Role::Send } else { Role::Receive };
     let plane = match (&accepted.tcp, &accepted.rdma) {
@@ -530,6 +534,7 @@ pub fn raw_open_for_tests(
             client_rdma: None,
             rdma_qps: 0,
             stall_timeout_secs: 5,
+            rdma_frame_checksums: false,
         };
         let mut frame = convert::open_to_pb(&open);
         if let Some(pb::client_frame::Msg::Open(o)) = frame.msg.as_mut() {

@@ -108,6 +108,8 @@ pub struct OpenRequest {
     pub client_rdma: Option<RdmaDeviceInfo>,
     pub rdma_qps: u32,
     pub stall_timeout_secs: u32,
+    /// RDMA: hash and verify every frame (TCP always does).
+    pub rdma_frame_checksums: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +217,7 @@ pub fn open_to_pb(o: &OpenRequest) -> pb::ClientFrame {
             client_rdma: o.client_rdma.as_ref().map(rdma_device_to_pb),
             rdma_qps: o.rdma_qps,
             stall_timeout_secs: o.stall_timeout_secs,
+            rdma_frame_checksums: o.rdma_frame_checksums,
         })),
     }
 }
@@ -245,6 +248,7 @@ pub fn open_from_pb(o: &pb::Open) -> Result<OpenRequest, ConvertError> {
         client_rdma: o.client_rdma.as_ref().map(rdma_device_from_pb).transpose()?,
         rdma_qps: o.rdma_qps,
         stall_timeout_secs: o.stall_timeout_secs,
+        rdma_frame_checksums: o.rdma_frame_checksums,
     })
 }
 

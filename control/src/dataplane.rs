@@ -29,6 +29,8 @@ pub struct DataPlaneOptions {
     pub qps: u32,
     /// RDMA: the verbs device to use (None: the first with an active port).
     pub rdma_device: Option<String>,
+    /// RDMA: hash and verify every frame (TCP always does).
+    pub rdma_frame_checksums: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +234,7 @@ fn rdma_config(opts: &DataPlaneOptions) -> rdma::RdmaConfig {
     let mut cfg = rdma::RdmaConfig::new(opts.qps.max(1), opts.chunk_bytes);
     cfg.device = opts.rdma_device.clone();
     cfg.stall_timeout = opts.stall_timeout;
+    cfg.frame_checksums = opts.rdma_frame_checksums;
     cfg
 }
 

@@ -465,6 +465,7 @@ impl SessionCtx {
             threads: self.cfg.threads,
             qps: open.rdma_qps.max(1),
             rdma_device: self.cfg.rdma_device.clone(),
+            rdma_frame_checksums: open.rdma_frame_checksums,
         };
         let role = if push { Role::Receive } else { Role::Send };
         let (use_rdma, mut reason) =

@@ -73,6 +73,11 @@ pub struct RdmaConfig {
     pub cq_mode: CqMode,
     /// No progress for this long while work is pending is a stall.
     pub stall_timeout: Duration,
+    /// Hash every frame's payload (xxh3-64, as over TCP) and verify it at the receiver.
+    /// Off by default: RC delivery is checked end to end by the NICs (RoCE's ICRC, a CRC-32
+    /// over every packet), and hashing is the only per-byte CPU work the sender and receiver
+    /// would otherwise do. A receiver configured with it refuses unchecked frames.
+    pub frame_checksums: bool,
 }
 
 impl Default for RdmaConfig {
@@ -95,6 +100,7 @@ impl RdmaConfig {
             signal_interval: SIGNAL_INTERVAL_DEFAULT,
             cq_mode: CqMode::BusyPoll,
             stall_timeout: STALL_TIMEOUT_DEFAULT,
+            frame_checksums: false,
         }
     }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use blitx_core::frame::{FRAME_HEADER_BYTES, FrameHeader, FrameKind};
+use blitx_core::frame::{FLAG_UNCHECKED, FRAME_HEADER_BYTES, FrameHeader, FrameKind};
 use blitx_core::transport::{Frame, FrameReceiver, Payload, TransportError};
 use blitx_core::{BufLease, BufferPool};
 use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
@@ -529,6 +529,15 @@ impl RecvShared {
         raw.copy_from_slice(&lease.full()[header_at..header_at + FRAME_HEADER_BYTES]);
         let header = FrameHeader::decode(&raw, self.cfg.chunk_bytes)
             .map_err(|e| Fault::protocol(peer, format!("slot {slot}: {e}")))?;
+        if self.cfg.frame_checksums
+            && header.flags & FLAG_UNCHECKED != 0
+            && matches!(header.kind, FrameKind::Chunk | FrameKind::Bundle)
+        {
+            return Err(Fault::protocol(
+                peer,
+                format!("slot {slot}: an unchecked frame in a session with frame checksums"),
+            ));
+        }
         if header.len_bytes != payload_len {
             return Err(Fault::protocol(
                 peer,

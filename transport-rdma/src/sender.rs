@@ -828,6 +828,10 @@ impl FrameSender for RdmaSender {
         self.shared.cfg.chunk_bytes
     }
 
+    fn needs_checksums(&self) -> bool {
+        self.shared.cfg.frame_checksums
+    }
+
     fn send(&self, frame: Frame) -> Result<(), TransportError> {
         let shared = &self.shared;
         shared.fault.check()?;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blitx_core::BufferPool;
-use blitx_core::frame::{FrameHeader, FrameKind, checksum};
+use blitx_core::frame::{FLAG_UNCHECKED, FrameHeader, FrameKind, checksum};
 use blitx_core::session::SessionParams;
 use blitx_core::transport::{
     FileRegion, Frame, FrameReceiver, FrameSender, Payload, PayloadPref, TransportError,
@@ -277,6 +277,45 @@ fn abort_on_either_side_fails_the_other_promptly() {
         assert!(waited < Duration::from_secs(3), "took {waited:?}");
     });
     drop(held);
+}
+
+/// `frame_checksums` decides whether readers hash (`needs_checksums`), and a
+/// receiver that asked for checksums refuses an unchecked frame with a
+/// protocol error; a checked one still arrives.
+#[test]
+fn frame_checksums_are_asked_for_and_enforced() {
+    if !device_or_skip("frame checksums") {
+        return;
+    }
+    let plain = config(1, 64 << 10, CqMode::BusyPoll);
+    let (tx, rx) = connect(&plain);
+    assert!(!tx.needs_checksums(), "frame checksums are off by default on RDMA");
+    drop((tx, rx));
+    let cfg = RdmaConfig { frame_checksums: true, ..plain };
+    let (tx, rx) = connect(&cfg);
+    assert!(tx.needs_checksums());
+    let data = pattern(1, 4096);
+    let mut lease = tx.pool().acquire().unwrap();
+    lease.full_mut()[..data.len()].copy_from_slice(&data);
+    lease.set_len(data.len());
+    tx.send(Frame { header: chunk_header(1, &data), payload: Payload::Buffer(lease) }).unwrap();
+    let f = rx.recv().unwrap().unwrap();
+    match &f.payload {
+        Payload::Buffer(l) => f.header.verify(l.data()).unwrap(),
+        other => panic!("expected a buffer, got {other:?}"),
+    }
+    drop(f);
+    let mut lease = tx.pool().acquire().unwrap();
+    lease.full_mut()[..data.len()].copy_from_slice(&data);
+    lease.set_len(data.len());
+    let header = FrameHeader { flags: FLAG_UNCHECKED, checksum: 0, ..chunk_header(2, &data) };
+    tx.send(Frame { header, payload: Payload::Buffer(lease) }).unwrap();
+    match rx.recv() {
+        Err(TransportError::Protocol { detail, .. }) => {
+            assert!(detail.contains("unchecked frame"), "{detail}")
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
 }
 
 /// A receiver that never credits anything: the sender stalls with the typed
