@@ -25,7 +25,7 @@
 #      directories too); --transport rdma against a --no-rdma daemon must exit
 #      3 and auto must pick tcp there. Last, the benchmark: a 256 MiB file on
 #      /dev/shm pushed by blit over rdma (4M and 1M chunks; 4M once more with
-#      --rdma-frame-checksums) and tcp, next to
+#      --rdma-frame-checksums and once with --rdma-cq event) and tcp, next to
 #      ib_write_bw at the same message sizes, with MiB/s, client + daemon CPU
 #      and the RDMA counters (WRs/MiB, payload copies) from both sides' logs.
 #   3. two VMs (ci/rxe/rxe-pair, two rxe devices on a private link):
@@ -301,6 +301,8 @@ guest_blit_loopback() {
   blit_bench rdma-4M rdma --transport rdma || rc=1
   section "blit push --transport rdma --rdma-frame-checksums (chunk 4M; xxh3 per chunk as over TCP)"
   blit_bench rdma-4M-sum rdma --transport rdma --rdma-frame-checksums || rc=1
+  section "blit push --transport rdma --rdma-cq event (chunk 4M; completion channels, no busy-poll)"
+  blit_bench rdma-4M-event rdma --transport rdma --rdma-cq event || rc=1
   section "blit push --transport rdma --chunk-size 1M"
   blit_bench rdma-1M rdma --transport rdma --chunk-size 1M || rc=1
   section "ib_write_bw -s 1048576 -n 256 (256 MiB) with CPU time"
@@ -745,18 +747,18 @@ json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
     echo "blit benchmark, 256 MiB file on /dev/shm, one VM run; MiB/s from --json (whole session) and from the"
     echo "daemon's accept to the end; CPU s/GiB = client + daemon process user+sys (ib_write_bw: both processes),"
     echo "machine = busy time of all vCPUs; WRs/MiB and copies (payload bytes) from both sides' RDMA counters:"
-    printf '  %-15s %7s %9s %6s %10s %8s %8s %7s %6s %8s\n' run MiB/s "(accept)" "vs ib" "CPU s/GiB" machine WRs/MiB copies waits "rxe retr"
-    for r in rdma-4M:4M rdma-4M-sum:4M rdma-1M:1M tcp:; do
+    printf '  %-19s %7s %9s %6s %10s %8s %8s %7s %6s %8s\n' run MiB/s "(accept)" "vs ib" "CPU s/GiB" machine WRs/MiB copies waits "rxe retr"
+    for r in rdma-4M:4M rdma-4M-sum:4M rdma-4M-event:4M rdma-1M:1M tcp:; do
       l=${r%%:*} sz=${r#*:} f=$OUT/blit-bench-${r%%:*}.txt
       ib=; [ -n "$sz" ] && ib=$(pbw "$OUT/blit-ib_write_bw-$sz.txt")
-      printf '  %-15s %7s %9s %6s %10s %8s %8s %7s %6s %8s\n' "blit $l" "$(fmt "$(bench "$f" mib_per_s)")" \
+      printf '  %-19s %7s %9s %6s %10s %8s %8s %7s %6s %8s\n' "blit $l" "$(fmt "$(bench "$f" mib_per_s)")" \
         "$(fmt "$(bench "$f" mib_per_s_after_accept)")" \
         "$(ratio "$(bench "$f" mib_per_s)" "$ib")" "$(fmt "$(bench "$f" process_cpu_s_per_gib)")" \
         "$(fmt "$(bench "$f" machine_cpu_s_per_gib)")" "$(fmt2 "$(bench "$f" wrs_per_mib)")" \
         "$(bench "$f" payload_copy_bytes || true)" "$(bench "$f" send_waits || true)" "$(bench "$f" rxe_retries || true)"
     done
     for sz in 4M 1M; do
-      printf '  %-15s %7s %9s %6s %10s %8s\n' "ib_write_bw $sz" "$(fmt "$(pbw "$OUT/blit-ib_write_bw-$sz.txt")")" "" "" \
+      printf '  %-19s %7s %9s %6s %10s %8s\n' "ib_write_bw $sz" "$(fmt "$(pbw "$OUT/blit-ib_write_bw-$sz.txt")")" "" "" \
         "$(fmt "$(pcpu "$OUT/blit-ib_write_bw-$sz.txt.cpu")")" "$(fmt "$(mcpu "$OUT/blit-ib_write_bw-$sz.txt.cpu")")"
     done
     grep -h '^guest load' "$OUT/loopback.log" 2>/dev/null | sed 's/^/  /'

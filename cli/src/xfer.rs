@@ -65,6 +65,10 @@ pub struct XferArgs {
     /// CPU work on both ends.
     #[arg(long)]
     pub rdma_frame_checksums: bool,
+    /// RDMA completion handling on both ends: busy-poll (spins while completions flow, blocks
+    /// after 2 ms idle) or event (sleeps on a completion channel; for oversubscribed cores).
+    #[arg(long, value_name = "MODE", default_value = "busy-poll", value_parser = ["busy-poll", "event"])]
+    pub rdma_cq: String,
     /// Socket buffer per TCP stream (default: sized by the kernel's autotuning / BDP).
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub tcp_buffer: Option<u64>,
@@ -457,6 +461,7 @@ fn run_remote(
         qps: args.qps,
         rdma_device: args.rdma_device.clone(),
         rdma_frame_checksums: args.rdma_frame_checksums,
+        rdma_event_cq: args.rdma_cq == "event",
     };
     let (remote, local) = if RemoteSpec::is_remote(&args.source) {
         let remote = RemoteSpec::parse(&args.source)?;

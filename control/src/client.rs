@@ -45,6 +45,8 @@ pub struct ClientOptions {
     pub rdma_device: Option<String>,
     /// RDMA: hash and verify every frame (TCP always does).
     pub rdma_frame_checksums: bool,
+    /// RDMA: event-driven CQs on both ends instead of busy-polling.
+    pub rdma_event_cq: bool,
 }
 
 #[derive(Debug)]
@@ -213,6 +215,7 @@ pub fn transfer(
         rdma_qps: opts.qps,
         stall_timeout_secs: u32::try_from(opts.stall_timeout.as_secs()).unwrap_or(u32::MAX),
         rdma_frame_checksums: opts.rdma_frame_checksums,
+        rdma_event_cq: opts.rdma_event_cq,
     };
     let (out_tx, out_rx) = mpsc::channel::<pb::ClientFrame>(64);
     let mut inbound = rt.block_on(async {
@@ -250,6 +253,7 @@ pub fn transfer(
         qps: opts.qps.max(1),
         rdma_device: opts.rdma_device.clone(),
         rdma_frame_checksums: opts.rdma_frame_checksums,
+        rdma_event_cq: opts.rdma_event_cq,
     };
     let role = if direction == Direction::Push { Role::Send } else { Role::Receive };
     let plane = match (&accepted.tcp, &accepted.rdma) {
@@ -535,6 +539,7 @@ pub fn raw_open_for_tests(
             rdma_qps: 0,
             stall_timeout_secs: 5,
             rdma_frame_checksums: false,
+            rdma_event_cq: false,
         };
         let mut frame = convert::open_to_pb(&open);
         if let Some(pb::client_frame::Msg::Open(o)) = frame.msg.as_mut() {

@@ -110,6 +110,8 @@ pub struct OpenRequest {
     pub stall_timeout_secs: u32,
     /// RDMA: hash and verify every frame (TCP always does).
     pub rdma_frame_checksums: bool,
+    /// RDMA: event-driven CQs on both ends instead of busy-polling.
+    pub rdma_event_cq: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +220,7 @@ pub fn open_to_pb(o: &OpenRequest) -> pb::ClientFrame {
             rdma_qps: o.rdma_qps,
             stall_timeout_secs: o.stall_timeout_secs,
             rdma_frame_checksums: o.rdma_frame_checksums,
+            rdma_event_cq: o.rdma_event_cq,
         })),
     }
 }
@@ -249,6 +252,7 @@ pub fn open_from_pb(o: &pb::Open) -> Result<OpenRequest, ConvertError> {
         rdma_qps: o.rdma_qps,
         stall_timeout_secs: o.stall_timeout_secs,
         rdma_frame_checksums: o.rdma_frame_checksums,
+        rdma_event_cq: o.rdma_event_cq,
     })
 }
 

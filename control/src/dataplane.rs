@@ -31,6 +31,8 @@ pub struct DataPlaneOptions {
     pub rdma_device: Option<String>,
     /// RDMA: hash and verify every frame (TCP always does).
     pub rdma_frame_checksums: bool,
+    /// RDMA: event-driven CQs instead of busy-polling.
+    pub rdma_event_cq: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +237,7 @@ fn rdma_config(opts: &DataPlaneOptions) -> rdma::RdmaConfig {
     cfg.device = opts.rdma_device.clone();
     cfg.stall_timeout = opts.stall_timeout;
     cfg.frame_checksums = opts.rdma_frame_checksums;
+    cfg.cq_mode = if opts.rdma_event_cq { rdma::CqMode::Event } else { rdma::CqMode::BusyPoll };
     cfg
 }
 

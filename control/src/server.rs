@@ -466,6 +466,7 @@ impl SessionCtx {
             qps: open.rdma_qps.max(1),
             rdma_device: self.cfg.rdma_device.clone(),
             rdma_frame_checksums: open.rdma_frame_checksums,
+            rdma_event_cq: open.rdma_event_cq,
         };
         let role = if push { Role::Receive } else { Role::Send };
         let (use_rdma, mut reason) =
