@@ -4,7 +4,7 @@
 //!   into the transport's buffers (or handing it file regions), and re-checks every file after
 //!   reading so a file that changes mid-copy is reported, never committed.
 //! - [`target`]: the target half — diffs each listing against the target directory, creates
-//!   directories and links, writes frames into temporary files (preallocated, holes kept),
+//!   directories and links, writes frames into temporary files (preallocated except on tmpfs, holes kept),
 //!   renames each file into place only when all of it arrived, applies metadata, and finalizes
 //!   (hard links, mirror deletions, directory times).
 //! - [`local`]: both halves in one process over the in-process transport (`blit xfer A B`).

@@ -1074,11 +1074,26 @@ fn source_unchanged(src: &File, p: &Pending) -> Result<(), String> {
     Ok(())
 }
 
+/// `statfs` magic numbers of the file systems whose "blocks" are page-cache pages.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+/// Whether `file` lives in memory (tmpfs, ramfs). There `fallocate` is no cheap extent
+/// reservation: it allocates and clears every page of the file at once (kernels built with
+/// `init_on_alloc`, Debian's default), in the writer that creates the temp file while the other
+/// chunks of the file wait. Writing allocates the same pages spread over the transfer instead.
+fn in_memory_fs(file: &File) -> bool {
+    rustix::fs::fstatfs(file).is_ok_and(|st| {
+        let kind = st.f_type as u64;
+        kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
+    })
+}
+
 fn preallocate(file: &File, size_bytes: u64, sparse: bool) -> io::Result<()> {
     if size_bytes == 0 {
         return Ok(());
     }
-    if !sparse {
+    if !sparse && !in_memory_fs(file) {
         match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size_bytes) {
             Ok(()) => return Ok(()),
             // Not every file system can preallocate; the size is what matters.
