@@ -187,6 +187,30 @@ pub fn transfer(
         Local::Source(_) => Direction::Push,
         Local::Target(_) => Direction::Pull,
     };
+    let role = if direction == Direction::Push { Role::Send } else { Role::Receive };
+    let dp_opts = DataPlaneOptions {
+        streams: 1, // TCP: the daemon's offer decides (below)
+        chunk_bytes: opts.params.chunk_bytes,
+        socket_buffer_bytes: opts.tcp_buffer_bytes,
+        stall_timeout: opts.stall_timeout,
+        threads: opts.threads,
+        qps: opts.qps.max(1),
+        rdma_device: opts.rdma_device.clone(),
+        rdma_frame_checksums: opts.rdma_frame_checksums,
+        rdma_event_cq: opts.rdma_event_cq,
+    };
+    // When RDMA may be used, this side's QPs and registered memory are set up while the daemon
+    // is asked (they need nothing from it): registering pins and clears every page, the
+    // longest part of a session's set-up. Unused (the daemon picked TCP), they are dropped.
+    let early_rdma = (opts.transport != TransportChoice::Tcp)
+        .then(|| {
+            let o = dp_opts.clone();
+            std::thread::Builder::new()
+                .name("rdma-setup".into())
+                .spawn(move || dataplane::rdma_prepare(role, &o, None))
+                .ok()
+        })
+        .flatten();
     // Probe the local RDMA device only when RDMA might be used.
     let client_rdma = match opts.transport {
         TransportChoice::Tcp => None,
@@ -244,23 +268,18 @@ pub fn transfer(
         Some(Err(s)) => return Err(ClientError::Lost(format!("{}: {}", s.code(), s.message()))),
     };
     tracing::info!(transport = %accepted.transport, reason = %accepted.reason, "daemon accepted the session");
-    let dp_opts = DataPlaneOptions {
-        streams: accepted.tcp.as_ref().map_or(1, |t| t.streams),
-        chunk_bytes: opts.params.chunk_bytes,
-        socket_buffer_bytes: opts.tcp_buffer_bytes,
-        stall_timeout: opts.stall_timeout,
-        threads: opts.threads,
-        qps: opts.qps.max(1),
-        rdma_device: opts.rdma_device.clone(),
-        rdma_frame_checksums: opts.rdma_frame_checksums,
-        rdma_event_cq: opts.rdma_event_cq,
-    };
-    let role = if direction == Direction::Push { Role::Send } else { Role::Receive };
+    let dp_opts =
+        DataPlaneOptions { streams: accepted.tcp.as_ref().map_or(1, |t| t.streams), ..dp_opts };
     let plane = match (&accepted.tcp, &accepted.rdma) {
         (_, Some(peer)) => {
             // RDMA: answer with our QPs (and ring, for a pull). A pusher (sender) connects
             // at once; a puller (receiver) waits until the daemon's sender has connected.
-            let (pending, mine) = dataplane::rdma_prepare(role, &dp_opts)?;
+            let prepared = match early_rdma.and_then(|t| t.join().ok()) {
+                Some(r) => r,
+                None => dataplane::rdma_prepare(role, &dp_opts, None),
+            };
+            let (pending, mine) = prepared?;
+            tracing::debug!("RDMA: local QPs and memory ready");
             if rt.block_on(out_tx.send(convert::client_rdma(&mine))).is_err() {
                 return Err(ClientError::Lost("control stream closed during RDMA set-up".into()));
             }
@@ -282,9 +301,14 @@ pub fn transfer(
                     }
                 }
             }
-            pending.connect(peer)?
+            let plane = pending.connect(peer)?;
+            tracing::debug!("RDMA: QPs connected");
+            plane
         }
-        (Some(tcp), None) => dataplane::tcp_connect(tcp, role, &dp_opts)?,
+        (Some(tcp), None) => {
+            drop(early_rdma); // its thread lets go of what it set up
+            dataplane::tcp_connect(tcp, role, &dp_opts)?
+        }
         (None, None) => {
             return Err(ClientError::Lost("the daemon offered no data plane".into()));
         }
@@ -347,7 +371,10 @@ pub fn transfer(
                         }
                     },
                     Some(Msg::Target(m)) if push => match convert::target_msg_from_pb(&m) {
-                        Ok(m) => to_engine_tgt.send(m).is_ok(),
+                        Ok(m) => {
+                            tracing::trace!(kind = m.kind(), "control: daemon → engine");
+                            to_engine_tgt.send(m).is_ok()
+                        }
                         Err(e) => {
                             *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                             false
@@ -394,6 +421,7 @@ pub fn transfer(
         let fwd = s.spawn(move || {
             if push {
                 for m in from_engine_src.iter() {
+                    tracing::trace!(kind = m.kind(), "control: engine → daemon");
                     if out.blocking_send(convert::client_source(&m)).is_err() {
                         break;
                     }

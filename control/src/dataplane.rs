@@ -180,6 +180,7 @@ fn build(
 /// has no device.
 pub fn local_rdma_device(device: Option<&str>) -> Result<RdmaDeviceInfo, String> {
     let d = rdma::probe(device).map_err(|e| e.to_string())?;
+    tracing::debug!(device = %d.device, "RDMA: probed");
     Ok(RdmaDeviceInfo {
         name: d.device.clone(),
         active: true,
@@ -247,23 +248,53 @@ pub enum RdmaPending {
     Sender(rdma::SenderSetup),
 }
 
+/// Registered pools a daemon keeps between sessions: the last push's ring and the last pull's
+/// sender pool (64 + 96 MiB with the defaults).
+pub const DAEMON_IDLE_POOLS_MAX: usize = 2;
+
+/// The daemon's RDMA domain: the device opened once for every session, keeping up to
+/// [`DAEMON_IDLE_POOLS_MAX`] registered pools between sessions, with the ring of a default push
+/// registered now so that the first session does not wait for it either. Returns the domain and
+/// the bytes registered ahead.
+pub fn rdma_daemon_domain(device: Option<&str>) -> Result<(rdma::RdmaDomain, u64), DataPlaneError> {
+    let mut cfg =
+        rdma::RdmaConfig::new(rdma::QPS_DEFAULT, blitx_core::session::CHUNK_BYTES_DEFAULT);
+    cfg.device = device.map(str::to_owned);
+    let domain = rdma::RdmaDomain::open(&cfg, DAEMON_IDLE_POOLS_MAX)?;
+    let bytes = domain.prewarm(&cfg)?;
+    Ok((domain, bytes))
+}
+
 /// Creates this side's QPs (and, for a receiver, its registered ring); returns what the peer
-/// needs to connect.
+/// needs to connect. In `domain` when given (its device, PD and kept pools), else in a domain
+/// of its own.
 pub fn rdma_prepare(
     role: Role,
     opts: &DataPlaneOptions,
+    domain: Option<&rdma::RdmaDomain>,
 ) -> Result<(RdmaPending, RdmaPeer), DataPlaneError> {
     let cfg = rdma_config(opts);
-    Ok(match role {
+    let own;
+    let domain = match domain {
+        Some(d) => d,
+        None => {
+            own = rdma::RdmaDomain::open(&cfg, 0)?;
+            tracing::debug!(device = own.device(), "RDMA: device opened");
+            &own
+        }
+    };
+    let r = match role {
         Role::Receive => {
-            let (setup, info) = rdma::ReceiverSetup::new(&cfg)?;
+            let (setup, info) = rdma::ReceiverSetup::in_domain(domain, &cfg)?;
             (RdmaPending::Receiver(setup), RdmaPeer::Receiver(info))
         }
         Role::Send => {
-            let (setup, info) = rdma::SenderSetup::new(&cfg)?;
+            let (setup, info) = rdma::SenderSetup::in_domain(domain, &cfg)?;
             (RdmaPending::Sender(setup), RdmaPeer::Sender(info))
         }
-    })
+    };
+    tracing::debug!(?role, "RDMA: QPs and memory set up");
+    Ok(r)
 }
 
 impl RdmaPending {

@@ -76,6 +76,8 @@ struct Daemon {
     cfg: DaemonConfig,
     /// This machine's RDMA device, probed once at start (or why there is none).
     rdma: Result<RdmaDeviceInfo, String>,
+    /// The device opened once for every session, with the pools it keeps between them.
+    rdma_domain: Option<blitx_transport_rdma::RdmaDomain>,
     topology: Option<Arc<blitx_topology::Topology>>,
     root: RootDir,
     shutdown: Arc<AtomicBool>,
@@ -119,9 +121,29 @@ pub fn run_daemon(
         Ok(d) => tracing::info!("RDMA device {} (GID index {}) available", d.name, d.gid_index),
         Err(why) => tracing::info!("no RDMA: {why}"),
     }
+    let rdma_domain = match &rdma {
+        Ok(_) => match dataplane::rdma_daemon_domain(cfg.rdma_device.as_deref()) {
+            Ok((d, bytes)) => {
+                tracing::info!(
+                    "RDMA: {} MiB ring registered ahead for pushes; up to {} pools kept between sessions",
+                    bytes >> 20,
+                    dataplane::DAEMON_IDLE_POOLS_MAX
+                );
+                Some(d)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "RDMA: no shared domain ({e}); each session registers its own memory"
+                );
+                None
+            }
+        },
+        Err(_) => None,
+    };
     let daemon = Daemon {
         cfg: cfg.clone(),
         rdma: rdma.clone(),
+        rdma_domain,
         topology,
         root,
         shutdown: Arc::clone(&shutdown),
@@ -237,6 +259,7 @@ impl Blit for Daemon {
         let ctx = SessionCtx {
             id,
             rdma: self.rdma.clone(),
+            rdma_domain: self.rdma_domain.clone(),
             placement,
             peer,
             control_ip,
@@ -263,6 +286,7 @@ type Out = mpsc::Sender<Result<pb::ServerFrame, Status>>;
 struct SessionCtx {
     id: u64,
     rdma: Result<RdmaDeviceInfo, String>,
+    rdma_domain: Option<blitx_transport_rdma::RdmaDomain>,
     placement: Option<blitx_topology::Placement>,
     peer: String,
     control_ip: IpAddr,
@@ -480,7 +504,7 @@ impl SessionCtx {
         // RDMA first; if this side cannot set it up after all, `auto` falls back to TCP.
         let mut rdma_pending = None;
         if use_rdma {
-            match dataplane::rdma_prepare(role, &dp_opts) {
+            match dataplane::rdma_prepare(role, &dp_opts, self.rdma_domain.as_ref()) {
                 Ok(p) => rdma_pending = Some(p),
                 Err(e) if open.transport == TransportChoice::Rdma => {
                     refuse(
@@ -517,7 +541,9 @@ impl SessionCtx {
                     }))) => convert::rdma_peer_from_pb(&e).map_err(|e| e.to_string())?,
                     _ => return Err("the client did not complete the RDMA set-up".into()),
                 };
+                tracing::debug!(session = self.id, "RDMA: the client's QPs arrived");
                 let plane = pending.connect(&peer).map_err(|e| e.to_string())?;
+                tracing::debug!(session = self.id, "RDMA: QPs connected");
                 if !push {
                     // Our sender is connected: the client's receiver may connect now.
                     send(out, convert::server_rdma(&RdmaPeer::Ready));
@@ -588,7 +614,10 @@ impl SessionCtx {
                     let ok = match (msg.msg, push) {
                         (Some(pb::client_frame::Msg::Source(m)), true) => {
                             match convert::source_msg_from_pb(&m) {
-                                Ok(m) => to_engine_src.send(m).is_ok(),
+                                Ok(m) => {
+                                    tracing::trace!(kind = m.kind(), "control: client → engine");
+                                    to_engine_src.send(m).is_ok()
+                                }
                                 Err(e) => {
                                     tracing::warn!("{e}");
                                     false
@@ -629,6 +658,7 @@ impl SessionCtx {
                 };
                 if push {
                     for m in from_engine_tgt.iter() {
+                        tracing::trace!(kind = m.kind(), "control: engine → client");
                         if !forward(convert::server_target(&m)) {
                             break;
                         }

@@ -42,6 +42,10 @@ pub enum PageKind {
 
 struct State {
     free: Vec<u32>,
+    /// Slots `slots - parked .. slots` are not handed out yet (see [`BufferPool::new_parked`]).
+    parked: u32,
+    /// Someone found no free slot while some were parked (see [`BufferPool::wait_starved`]).
+    starved: bool,
     closed: bool,
 }
 
@@ -53,6 +57,8 @@ struct Inner {
     page_kind: PageKind,
     state: Mutex<State>,
     returned: Condvar,
+    /// Signalled when `starved` is set or the pool is closed.
+    starving: Condvar,
 }
 
 // SAFETY: `base` points to a private anonymous mapping owned by `Inner` for its whole life; the
@@ -77,6 +83,16 @@ impl Inner {
         // critical section is a single push/pop), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Pops a free slot; when there is none but some are parked, says so to `wait_starved`.
+    fn pop(&self, st: &mut State) -> Option<u32> {
+        let i = st.free.pop();
+        if i.is_none() && st.parked > 0 && !st.starved {
+            st.starved = true;
+            self.starving.notify_all();
+        }
+        i
+    }
 }
 
 /// A bounded pool of aligned buffers. Cloning shares the same pool.
@@ -100,6 +116,18 @@ impl BufferPool {
     /// `try_huge_pages` is set and the region is a multiple of 2 MiB; otherwise normal pages
     /// with transparent huge pages advised.
     pub fn new(slots: usize, slot_bytes: usize, try_huge_pages: bool) -> Result<Self, PoolError> {
+        Self::new_parked(slots, slot_bytes, try_huge_pages, slots)
+    }
+
+    /// Like [`new`](Self::new), but only the first `available` slots can be leased until
+    /// [`unpark`](Self::unpark) releases more (in index order). An RDMA transport registers a
+    /// large pool piece by piece this way and lets readers start on the first piece.
+    pub fn new_parked(
+        slots: usize,
+        slot_bytes: usize,
+        try_huge_pages: bool,
+        available: usize,
+    ) -> Result<Self, PoolError> {
         if slots == 0
             || slot_bytes == 0
             || !slot_bytes.is_multiple_of(SLOT_ALIGN_BYTES)
@@ -150,8 +178,11 @@ impl BufferPool {
             bytes: region_bytes,
             source: std::io::Error::other("mmap returned NULL"),
         })?;
+        let available = available.min(slots) as u32;
         // Hand out low indices first (LIFO keeps recently used slots warm in cache).
-        let free = (0..slots as u32).rev().collect();
+        let mut free = Vec::with_capacity(slots);
+        free.extend((0..available).rev());
+        let parked = slots as u32 - available;
         Ok(BufferPool {
             inner: Arc::new(Inner {
                 base,
@@ -159,8 +190,9 @@ impl BufferPool {
                 slot_bytes,
                 slots,
                 page_kind,
-                state: Mutex::new(State { free, closed: false }),
+                state: Mutex::new(State { free, parked, starved: false, closed: false }),
                 returned: Condvar::new(),
+                starving: Condvar::new(),
             }),
         })
     }
@@ -194,7 +226,7 @@ impl BufferPool {
             if st.closed {
                 return Err(PoolError::Closed);
             }
-            if let Some(i) = st.free.pop() {
+            if let Some(i) = self.inner.pop(&mut st) {
                 return Ok(self.lease(i));
             }
             st = self.inner.returned.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -209,7 +241,7 @@ impl BufferPool {
             if st.closed {
                 return Err(PoolError::Closed);
             }
-            if let Some(i) = st.free.pop() {
+            if let Some(i) = self.inner.pop(&mut st) {
                 return Ok(Some(self.lease(i)));
             }
             let now = std::time::Instant::now();
@@ -227,7 +259,9 @@ impl BufferPool {
 
     /// Takes a slot if one is free right now.
     pub fn try_acquire(&self) -> Option<BufLease> {
-        let i = self.inner.lock().free.pop()?;
+        let mut st = self.inner.lock();
+        let i = self.inner.pop(&mut st)?;
+        drop(st);
         Some(self.lease(i))
     }
 
@@ -235,6 +269,61 @@ impl BufferPool {
     pub fn close(&self) {
         self.inner.lock().closed = true;
         self.inner.returned.notify_all();
+        self.inner.starving.notify_all();
+    }
+
+    /// Waits until someone asks for a slot while none is free and some are still parked (then
+    /// returns `true` and forgets that request), or until `timeout` (`false`). Lets a pool grow
+    /// on demand: whoever owns the parked slots readies and [`unpark`](Self::unpark)s more only
+    /// when they are wanted. Fails once the pool is closed.
+    pub fn wait_starved(&self, timeout: Duration) -> Result<bool, PoolError> {
+        let mut st = self.inner.lock();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if st.closed {
+                return Err(PoolError::Closed);
+            }
+            if st.starved {
+                st.starved = false;
+                return Ok(true);
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            st = self
+                .inner
+                .starving
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Undoes [`close`](Self::close), for a pool that is kept for the next pipeline. Slots still
+    /// leased come back as their leases drop, as always.
+    pub fn reopen(&self) {
+        self.inner.lock().closed = false;
+    }
+
+    /// Slots not released by [`unpark`](Self::unpark) yet.
+    pub fn parked(&self) -> usize {
+        self.inner.lock().parked as usize
+    }
+
+    /// Releases the next `n` parked slots (fewer if fewer are parked) and wakes waiters; returns
+    /// the indices released, in order.
+    pub fn unpark(&self, n: usize) -> std::ops::Range<u32> {
+        let mut st = self.inner.lock();
+        let n = (n.min(st.parked as usize)) as u32;
+        let first = self.inner.slots as u32 - st.parked;
+        st.parked -= n;
+        st.starved = false;
+        // Pushed highest first so that the lowest of them is handed out next.
+        st.free.extend((first..first + n).rev());
+        drop(st);
+        self.inner.returned.notify_all();
+        first..first + n
     }
 
     fn lease(&self, index: u32) -> BufLease {
@@ -366,6 +455,51 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         pool.close();
         assert!(t.join().unwrap());
+    }
+
+    #[test]
+    fn parked_slots_are_leased_only_once_released() {
+        let pool = BufferPool::new_parked(4, 4096, false, 1).unwrap();
+        assert_eq!((pool.available(), pool.parked()), (1, 3));
+        let a = pool.acquire().unwrap();
+        assert_eq!(a.index(), 0);
+        assert!(pool.try_acquire().is_none());
+        let p2 = pool.clone();
+        let t = std::thread::spawn(move || p2.acquire());
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(pool.unpark(2), 1..3);
+        let b = t.join().unwrap().unwrap();
+        assert_eq!(b.index(), 1);
+        assert_eq!(pool.try_acquire().map(|l| l.index()), Some(2));
+        assert_eq!(pool.unpark(5), 3..4);
+        assert_eq!(pool.unpark(1), 4..4);
+        assert_eq!((pool.available(), pool.parked()), (2, 0)); // slots 0 and 1 are leased
+        drop((a, b));
+        pool.close();
+        assert!(pool.acquire().is_err());
+        pool.reopen();
+        assert!(pool.acquire().is_ok());
+    }
+
+    #[test]
+    fn starved_is_signalled_only_while_slots_are_parked() {
+        let pool = BufferPool::new_parked(3, 4096, false, 1).unwrap();
+        assert!(!pool.wait_starved(Duration::from_millis(5)).unwrap());
+        let _a = pool.acquire().unwrap();
+        assert!(pool.try_acquire().is_none()); // empty with 2 parked: starved
+        assert!(pool.wait_starved(Duration::ZERO).unwrap());
+        assert!(!pool.wait_starved(Duration::ZERO).unwrap()); // forgotten once seen
+        let p2 = pool.clone();
+        let t = std::thread::spawn(move || p2.acquire());
+        assert!(pool.wait_starved(Duration::from_secs(10)).unwrap());
+        pool.unpark(2);
+        let _b = t.join().unwrap().unwrap();
+        assert_eq!(_b.index(), 1);
+        let _c = pool.acquire().unwrap();
+        assert!(pool.try_acquire().is_none()); // empty, nothing parked: not starved
+        assert!(!pool.wait_starved(Duration::from_millis(5)).unwrap());
+        pool.close();
+        assert!(pool.wait_starved(Duration::from_secs(10)).is_err());
     }
 
     #[test]

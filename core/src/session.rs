@@ -132,6 +132,20 @@ pub enum SourceMsg {
     DataEnd,
 }
 
+impl SourceMsg {
+    /// The variant's name (for tracing control traffic).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceMsg::Root(_) => "root",
+            SourceMsg::Listing { .. } => "listing",
+            SourceMsg::WalkError { .. } => "walk-error",
+            SourceMsg::ManifestEnd => "manifest-end",
+            SourceMsg::FileFailed { .. } => "file-failed",
+            SourceMsg::DataEnd => "data-end",
+        }
+    }
+}
+
 /// Target half → source half.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TargetMsg {
@@ -139,6 +153,16 @@ pub enum TargetMsg {
     Need(Vec<FileId>),
     /// No more needs will follow (the target has diffed the whole manifest).
     NeedEnd,
+}
+
+impl TargetMsg {
+    /// The variant's name (for tracing control traffic).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetMsg::Need(_) => "need",
+            TargetMsg::NeedEnd => "need-end",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -264,6 +264,7 @@ fn dispatch(
         };
         match msg {
             TargetMsg::Need(ids) => {
+                tracing::trace!(files = ids.len(), "needs from the target");
                 let Some(files) = lock(pending).pop_front() else {
                     return Err(SourceError::Protocol("a need answer for no listing".into()));
                 };

@@ -58,6 +58,15 @@ pub struct RdmaCounters {
     pub send_waits: u64,
     /// Nanoseconds spent in those waits.
     pub send_wait_ns: u64,
+    /// Bytes of pool (sender) or ring (receiver) this session registered
+    /// itself; 0 when it reused one its domain kept from an earlier session.
+    pub registered_bytes: u64,
+    /// The data phase, in nanoseconds: sender, from posting the first data
+    /// WRITE to the retirement of the last End; receiver, from the first data
+    /// completion to the last End. Payload bytes over this is the transport's
+    /// own bandwidth, comparable with `ib_write_bw`'s (which also leaves out
+    /// set-up).
+    pub data_ns: u64,
 }
 
 impl RdmaCounters {
@@ -66,6 +75,14 @@ impl RdmaCounters {
         let wrs = self.wr_write_imm + self.wr_send + self.wr_recv;
         let mib = self.payload_bytes as f64 / f64::from(1 << 20);
         if mib > 0.0 { wrs as f64 / mib } else { 0.0 }
+    }
+
+    /// Payload MiB/s over the data phase (0 when it was not measured).
+    pub fn data_mib_per_s(&self) -> f64 {
+        if self.data_ns == 0 {
+            return 0.0;
+        }
+        self.payload_bytes as f64 / f64::from(1 << 20) / (self.data_ns as f64 / 1e9)
     }
 
     /// Logs the counters at info level (target `blit::rdma`).
@@ -93,6 +110,9 @@ impl RdmaCounters {
             send_waits = self.send_waits,
             send_wait_ms = self.send_wait_ns / 1_000_000,
             wrs_per_mib = format_args!("{:.2}", self.wrs_per_mib()),
+            registered_bytes = self.registered_bytes,
+            data_ms = self.data_ns / 1_000_000,
+            data_mib_per_s = format_args!("{:.1}", self.data_mib_per_s()),
             "RDMA session counters"
         );
     }
@@ -135,6 +155,8 @@ atomic_counters!(
     pings,
     send_waits,
     send_wait_ns,
+    registered_bytes,
+    data_ns,
 );
 
 /// Adds to a counter.
@@ -157,6 +179,9 @@ mod tests {
         assert_eq!(s.payload_bytes, 4 << 20);
         assert!((s.wrs_per_mib() - 2.0).abs() < 1e-9);
         assert_eq!(RdmaCounters::default().wrs_per_mib(), 0.0);
+        assert_eq!(RdmaCounters::default().data_mib_per_s(), 0.0);
+        add(&c.data_ns, 2_000_000_000);
+        assert!((c.snapshot().data_mib_per_s() - 2.0).abs() < 1e-9);
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<RdmaCounters>(&json).unwrap(), s);
     }

@@ -38,6 +38,7 @@ mod counters;
 mod cq;
 #[allow(unsafe_code)]
 mod device;
+mod domain;
 mod error;
 mod gid;
 #[allow(unsafe_code)]
@@ -68,6 +69,7 @@ pub use config::{
 pub use counters::RdmaCounters;
 pub use cq::{Completion, CompletionQueue, CqMode, WcOpcode};
 pub use device::{Context, DeviceInfo, DeviceLimits, PortInfo, discover};
+pub use domain::RdmaDomain;
 pub use error::{Error, QueueKind, Result};
 pub use gid::{GidEntry, select_gid_index};
 pub use link::rdma_error;

@@ -1,72 +1,235 @@
-//! A core [`BufferPool`] registered with the NIC as one memory region.
+//! A core [`BufferPool`] registered with the NIC, whole or piece by piece.
 //!
-//! Owns the registration (an `ibv_mr` over the pool's whole mapping) and a
-//! handle on the pool, in that drop order, so the region is deregistered
-//! before this handle lets go of the mapping. It does not decide when the
-//! device may touch a slot: the sender and receiver do that with their lease
-//! bookkeeping, which is what the `register` contract below relies on.
+//! Owns the registrations (`ibv_mr`s over consecutive groups of the pool's
+//! slots) and a handle on the pool, in that drop order, so every region is
+//! deregistered before this handle lets go of the mapping. It does not decide
+//! when the device may touch a slot: the sender and receiver do that with
+//! their lease bookkeeping, which is what the `register` contract below
+//! relies on.
+//!
+//! Registering pins the pages, and the kernel clears every fresh page it
+//! pins: the cost grows with the pool, not with the transfer (~4 ms per MiB
+//! under the Soft-RoCE lab's emulation, well under 1 ms per MiB on a real
+//! server). Two things keep it off a session's critical path:
+//! - [`RegisteredPool::growing`] registers the first group of slots at once
+//!   and the rest on a background thread, on demand (when a reader finds the
+//!   pool empty); a slot is leasable only once its group is registered (it
+//!   stays parked in the pool until then), so readers start on the first
+//!   group, and a pool that is never drained is never registered whole;
+//! - a pool registered for one session can go back to its [`RdmaDomain`]
+//!   when the session ends (`recycle_into`), and the next session with the
+//!   same shape takes it instead of registering anew.
 
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use blitx_core::{BufLease, BufferPool};
 
+use crate::domain::{PoolKey, RdmaDomain};
 use crate::error::{Error, Result};
 use crate::pd_mr::{LocalSlice, MemoryRegion, ProtectionDomain, RemoteRegion};
 use crate::types::Access;
 
-/// A buffer pool and its registration.
+/// The registrations of one pool.
+#[derive(Debug)]
+pub(crate) struct Regs {
+    // Field order is drop order: deregister every group, then release the
+    // mapping (leases also hold it).
+    /// Groups 1.. (registered by the background thread of a growing pool).
+    rest: Vec<OnceLock<MemoryRegion>>,
+    /// Group 0 (registered before the pool is handed out).
+    first: MemoryRegion,
+    pool: BufferPool,
+    /// Slots per group (the last group may have fewer).
+    group_slots: usize,
+    key: PoolKey,
+    /// Asks the background registration to stop early (the pool is dropped).
+    stop: AtomicBool,
+}
+
+impl Regs {
+    fn group_of(&self, slot: usize) -> Option<&MemoryRegion> {
+        match slot / self.group_slots {
+            0 => Some(&self.first),
+            g => self.rest.get(g - 1).and_then(OnceLock::get),
+        }
+    }
+
+    /// Every slot is registered (a pool that may go back to its domain).
+    pub(crate) fn complete(&self) -> bool {
+        self.rest.iter().all(|g| g.get().is_some())
+    }
+
+    pub(crate) fn key(&self) -> PoolKey {
+        self.key
+    }
+
+    /// The pool, reopened for its next session.
+    pub(crate) fn reopen(&self) {
+        self.pool.reopen();
+    }
+}
+
+/// Registers slots `first_slot .. first_slot + slots` of `pool`.
+fn register_group(
+    pd: &Arc<ProtectionDomain>,
+    pool: &BufferPool,
+    first_slot: usize,
+    slots: usize,
+    access: Access,
+) -> Result<MemoryRegion> {
+    let (base, len_bytes) = pool.region();
+    let offset = first_slot * pool.slot_bytes();
+    let group_bytes = slots * pool.slot_bytes();
+    if base.is_null() || offset + group_bytes > len_bytes || group_bytes == 0 {
+        return Err(Error::InvalidConfig {
+            reason: "buffer pool group outside its mapping".into(),
+        });
+    }
+    let ptr = NonNull::new(base.wrapping_add(offset))
+        .ok_or_else(|| Error::InvalidConfig { reason: "buffer pool has no mapping".into() })?;
+    // SAFETY:
+    // - the range is inside the pool's own anonymous mapping (checked above);
+    //   the `Regs` that holds this MR also holds a handle on the pool and
+    //   drops the MR first, and every lease keeps the mapping alive too, so it
+    //   stays mapped until the MR is deregistered;
+    // - no slot of the group is leased yet when it is registered: a growing
+    //   pool keeps a group's slots parked until this returns, and a whole pool
+    //   is registered before anyone can lease from it;
+    // - work requests that use it: the sender holds the lease of every slot a
+    //   posted WRITE reads until that WRITE's completion was polled or its QP
+    //   was destroyed (structural: the lease sits in the QP's in-flight queue,
+    //   and readers only write slots they lease, so no Rust reference covers
+    //   bytes the NIC reads while it may read them);
+    // - the receiver advertises a slot to the peer only while it holds the
+    //   slot's lease in its ring table, where no reference to the bytes is
+    //   taken; it reads a slot only after the WRITE_WITH_IMM completion that
+    //   filled it, and hands it to a writer only then. A peer that writes a
+    //   slot it holds no credit for races with that reader: such a peer is
+    //   outside the protocol (an authenticated session's own sender), the
+    //   damage is limited to bytes of the pool, and the storage writer's
+    //   checksum rejects the frame;
+    // - a pool kept by its domain between sessions is registered in the
+    //   domain's PD; the QPs of the session that used it were destroyed
+    //   before it was given back (field order of the sender and receiver),
+    //   so no peer of an earlier session can reach it.
+    unsafe { MemoryRegion::register(pd, ptr, group_bytes, access) }
+}
+
+/// A buffer pool and its registration(s). Dropping it stops a background
+/// registration, then either deregisters or hands the pool back to its domain.
 #[derive(Debug)]
 pub(crate) struct RegisteredPool {
-    // Field order is drop order: deregister, then release the mapping.
-    mr: MemoryRegion,
-    pool: BufferPool,
+    regs: Option<Arc<Regs>>,
+    registrar: Option<JoinHandle<()>>,
+    /// The domain that keeps the pool for the next session (`None`: deregister on drop).
+    home: Option<RdmaDomain>,
+    /// Kept from an earlier session (nothing was registered for this one).
+    reused: bool,
 }
 
 impl RegisteredPool {
-    /// Registers the whole region of `pool` with `access`.
+    /// Maps and registers a pool of `slots` × `slot_bytes`, whole, before returning.
     pub(crate) fn new(
         pd: &Arc<ProtectionDomain>,
-        pool: BufferPool,
+        slots: usize,
+        slot_bytes: usize,
         access: Access,
+        home: Option<RdmaDomain>,
+        what: &'static str,
     ) -> Result<Self> {
-        let (base, len_bytes) = pool.region();
-        let base = NonNull::new(base)
-            .ok_or_else(|| Error::InvalidConfig { reason: "buffer pool has no mapping".into() })?;
-        // SAFETY:
-        // - the region is the pool's own anonymous mapping; `pool` (a handle on
-        //   it) lives in this struct and is dropped only after `mr`, and every
-        //   lease keeps the mapping alive too, so it stays mapped until the MR
-        //   is deregistered;
-        // - work requests that use it: the sender holds the lease of every
-        //   slot a posted WRITE reads until that WRITE's completion was polled
-        //   or its QP was destroyed (structural: the lease sits in the QP's
-        //   in-flight queue, and readers only write slots they lease, so no
-        //   Rust reference covers bytes the NIC reads while it may read them);
-        // - the receiver advertises a slot to the peer only while it holds the
-        //   slot's lease in its ring table, where no reference to the bytes is
-        //   taken; it reads a slot only after the WRITE_WITH_IMM completion that
-        //   filled it, and hands it to a writer only then. A peer that writes
-        //   a slot it holds no credit for races with that reader: such a peer
-        //   is outside the protocol (an authenticated session's own sender),
-        //   the damage is limited to bytes of the pool, and the storage writer's
-        //   checksum rejects the frame.
-        let mr = unsafe { MemoryRegion::register(pd, base, len_bytes, access) }?;
-        Ok(RegisteredPool { mr, pool })
+        let pool = BufferPool::new_parked(slots, slot_bytes, true, 0)
+            .map_err(|source| Error::Pool { what, source })?;
+        let first = register_group(pd, &pool, 0, slots, access)?;
+        pool.unpark(slots);
+        let key = PoolKey { slots, slot_bytes, access };
+        let regs =
+            Regs { rest: Vec::new(), first, pool, group_slots: slots, key, stop: false.into() };
+        Ok(RegisteredPool { regs: Some(Arc::new(regs)), registrar: None, home, reused: false })
+    }
+
+    /// Maps a pool of `slots` × `slot_bytes`, registers its first
+    /// `group_slots` slots now and the other groups on a background thread,
+    /// one group each time a caller finds the pool empty; each group's slots
+    /// become leasable as it is registered. A group that
+    /// cannot be registered (memlock limit) ends the registration with a
+    /// warning: the pool then works with the slots it has.
+    pub(crate) fn growing(
+        pd: &Arc<ProtectionDomain>,
+        slots: usize,
+        slot_bytes: usize,
+        group_slots: usize,
+        access: Access,
+        home: Option<RdmaDomain>,
+        what: &'static str,
+    ) -> Result<Self> {
+        let group_slots = group_slots.clamp(1, slots.max(1));
+        if group_slots >= slots {
+            return Self::new(pd, slots, slot_bytes, access, home, what);
+        }
+        let pool = BufferPool::new_parked(slots, slot_bytes, true, 0)
+            .map_err(|source| Error::Pool { what, source })?;
+        let first = register_group(pd, &pool, 0, group_slots, access)?;
+        pool.unpark(group_slots);
+        let groups = slots.div_ceil(group_slots);
+        let key = PoolKey { slots, slot_bytes, access };
+        let regs = Arc::new(Regs {
+            rest: (1..groups).map(|_| OnceLock::new()).collect(),
+            first,
+            pool,
+            group_slots,
+            key,
+            stop: false.into(),
+        });
+        let registrar = {
+            let (regs, pd) = (Arc::clone(&regs), Arc::clone(pd));
+            std::thread::Builder::new()
+                .name("rdma-register".into())
+                .spawn(move || register_rest(&regs, &pd, access, what))
+                .map_err(|e| Error::verbs("spawn the memory registration thread", e))?
+        };
+        Ok(RegisteredPool { regs: Some(regs), registrar: Some(registrar), home, reused: false })
+    }
+
+    /// A pool a domain kept from an earlier session.
+    pub(crate) fn reused(regs: Arc<Regs>, home: RdmaDomain) -> Self {
+        RegisteredPool { regs: Some(regs), registrar: None, home: Some(home), reused: true }
+    }
+
+    fn regs(&self) -> &Regs {
+        // Invariant: `regs` is `Some` until `drop` takes it.
+        self.regs.as_deref().expect("registered pool used after drop")
     }
 
     /// The pool.
     pub(crate) fn pool(&self) -> &BufferPool {
-        &self.pool
+        &self.regs().pool
+    }
+
+    /// Bytes registered so far.
+    pub(crate) fn registered_bytes(&self) -> u64 {
+        let r = self.regs();
+        let groups = 1 + r.rest.iter().filter(|g| g.get().is_some()).count();
+        let slots = (groups * r.group_slots).min(r.pool.slots());
+        (slots * r.pool.slot_bytes()) as u64
+    }
+
+    /// Bytes registered for this session (0 for a pool kept from an earlier one).
+    pub(crate) fn registered_here_bytes(&self) -> u64 {
+        if self.reused { 0 } else { self.registered_bytes() }
     }
 
     /// True when `lease` is a slot of this pool (and not of another pool with
     /// the same geometry).
     pub(crate) fn owns(&self, lease: &BufLease) -> bool {
-        let expected = self.mr.addr().wrapping_add(lease.region_offset() as u64);
-        lease.as_ptr() as u64 == expected
-            && lease.capacity() == self.pool.slot_bytes()
-            && (lease.index() as usize) < self.pool.slots()
+        let pool = self.pool();
+        let expected = pool.region().0.wrapping_add(lease.region_offset());
+        std::ptr::eq(lease.as_ptr(), expected)
+            && lease.capacity() == pool.slot_bytes()
+            && (lease.index() as usize) < pool.slots()
     }
 
     /// An SGE over `[offset, offset + len_bytes)` of the lease's slot.
@@ -84,11 +247,77 @@ impl RegisteredPool {
                 region_bytes: lease.capacity() as u64,
             });
         }
-        self.mr.slice(lease.region_offset() + offset, len_bytes)
+        let r = self.regs();
+        let slot = lease.index() as usize;
+        let mr = r.group_of(slot).ok_or_else(|| Error::InvalidConfig {
+            reason: format!("slot {slot} of the pool is not registered"),
+        })?;
+        let group_start = slot / r.group_slots * r.group_slots;
+        mr.slice((slot - group_start) * r.pool.slot_bytes() + offset, len_bytes)
     }
 
-    /// What a peer needs to write into the pool.
-    pub(crate) fn remote(&self) -> RemoteRegion {
-        self.mr.remote()
+    /// What a peer needs to write into the pool. Only for a pool registered
+    /// whole ([`RegisteredPool::new`], or a kept one), which the receiver's
+    /// ring always is: it is one region, so one address and rkey cover it.
+    pub(crate) fn remote(&self) -> Result<RemoteRegion> {
+        let r = self.regs();
+        if !r.rest.is_empty() {
+            return Err(Error::InvalidConfig {
+                reason: "a pool registered in groups has no single remote region".into(),
+            });
+        }
+        Ok(r.first.remote())
+    }
+}
+
+/// How often the background registration checks whether its pool was dropped.
+const REGISTRAR_POLL: Duration = Duration::from_millis(100);
+
+/// The background half of [`RegisteredPool::growing`]: registers the next group
+/// whenever someone found the pool empty, so a pool that is never drained (large
+/// files go as mapped file regions, see `file_mr.rs`) stays small.
+fn register_rest(regs: &Regs, pd: &Arc<ProtectionDomain>, access: Access, what: &'static str) {
+    let slots = regs.pool.slots();
+    for (i, cell) in regs.rest.iter().enumerate() {
+        loop {
+            if regs.stop.load(Ordering::Acquire) {
+                return;
+            }
+            match regs.pool.wait_starved(REGISTRAR_POLL) {
+                Ok(true) => break,
+                Ok(false) => continue,
+                Err(_) => return, // closed: the session is over
+            }
+        }
+        let first_slot = (i + 1) * regs.group_slots;
+        let n = regs.group_slots.min(slots - first_slot);
+        match register_group(pd, &regs.pool, first_slot, n, access) {
+            Ok(mr) => {
+                // Only this thread sets the cells, each once.
+                let _ = cell.set(mr);
+                regs.pool.unpark(n);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    target: "blit::rdma",
+                    "{what}: registered {first_slot} of {slots} slots, then: {e}; going on with those"
+                );
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for RegisteredPool {
+    fn drop(&mut self) {
+        if let Some(r) = &self.regs {
+            r.stop.store(true, Ordering::Release);
+        }
+        if let Some(t) = self.registrar.take() {
+            let _ = t.join(); // one group's registration at most
+        }
+        if let (Some(regs), Some(home)) = (self.regs.take(), self.home.take()) {
+            home.keep(regs);
+        }
     }
 }

@@ -16,21 +16,21 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use blitx_core::BufLease;
 use blitx_core::frame::{FLAG_UNCHECKED, FRAME_HEADER_BYTES, FrameHeader, FrameKind};
 use blitx_core::transport::{Frame, FrameReceiver, Payload, TransportError};
-use blitx_core::{BufLease, BufferPool};
 use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 
 use crate::config::{RdmaConfig, ReceiverInfo, SenderInfo};
 use crate::counters::{Counters, RdmaCounters, add};
 use crate::cq::{Completion, CompletionQueue, CqMode, WcOpcode};
 use crate::device::Context;
+use crate::domain::RdmaDomain;
 use crate::error::{Error, Result};
 use crate::link::{
     ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
-    open_device, peer_name, transport_timers,
+    peer_name, transport_timers,
 };
-use crate::pd_mr::ProtectionDomain;
 use crate::pool_mr::RegisteredPool;
 use crate::queue_pair::{QpConfig, QueuePair, RecvRequest, SendPayload, SendRequest};
 use crate::types::Access;
@@ -64,16 +64,23 @@ impl ReceiverSetup {
     /// "no RDMA here": fall back to TCP.
     pub fn new(cfg: &RdmaConfig) -> Result<(ReceiverSetup, ReceiverInfo)> {
         cfg.validate()?;
-        let (ctx, port_num) = open_device(cfg)?;
-        let pd = ProtectionDomain::new(&ctx)?;
+        Self::in_domain(&RdmaDomain::open(cfg, 0)?, cfg)
+    }
+
+    /// Like [`ReceiverSetup::new`], in an open domain: its device and PD, and
+    /// a ring it kept from an earlier session (or prewarmed) when one has this
+    /// shape.
+    pub fn in_domain(
+        domain: &RdmaDomain,
+        cfg: &RdmaConfig,
+    ) -> Result<(ReceiverSetup, ReceiverInfo)> {
+        cfg.validate()?;
+        let (ctx, port_num, pd) = (Arc::clone(domain.ctx()), domain.port_num(cfg), domain.pd());
         let recv_depth = RdmaConfig::recv_depth(cfg.slots);
         let sq_depth = cfg.receiver_sq_depth();
         let cq = CompletionQueue::new(&ctx, cfg.qps * (recv_depth + sq_depth), CqMode::Event)?; // see link::Poller
-        let slot_bytes = cfg.slot_bytes() as usize; // <= POOL_BYTES_MAX (validated)
-        let pool = BufferPool::new(cfg.slots as usize, slot_bytes, true)
-            .map_err(|source| Error::Pool { what: "receiver ring", source })?;
         let access = Access::LOCAL_WRITE | Access::REMOTE_WRITE;
-        let ring = RegisteredPool::new(&pd, pool, access)?;
+        let ring = domain.receiver_ring(cfg)?;
         let qp_cfg = QpConfig {
             port_num,
             gid_index: cfg.gid_index,
@@ -87,7 +94,7 @@ impl ReceiverSetup {
         };
         let mut qps = Vec::with_capacity(cfg.qps as usize);
         for q in 0..cfg.qps {
-            let qp = QueuePair::create_rc(&pd, &cq, &cq, &qp_cfg)?;
+            let qp = QueuePair::create_rc(pd, &cq, &cq, &qp_cfg)?;
             let recvs: Vec<RecvRequest> = (0..recv_depth)
                 .map(|_| RecvRequest { wr_id: wr_id(WrKind::DataRecv, q as u8, 0), buf: None })
                 .collect();
@@ -96,7 +103,7 @@ impl ReceiverSetup {
         }
         let info = ReceiverInfo {
             qps: qps.iter().map(QueuePair::endpoint).collect(),
-            ring: ring.remote(),
+            ring: ring.remote()?,
             slot_bytes: cfg.slot_bytes(),
             slots: cfg.slots,
             chunk_bytes: cfg.chunk_bytes,
@@ -146,6 +153,7 @@ impl ReceiverSetup {
             counters: Counters::default(),
             started: Instant::now(),
             last_rx_ns: AtomicU64::new(0),
+            first_rx_ns: AtomicU64::new(0),
             cfg: self.cfg.clone(),
             qps: std::mem::take(&mut self.qps),
             cq: Arc::clone(&self.cq),
@@ -214,6 +222,8 @@ struct RecvShared {
     counters: Counters,
     started: Instant,
     last_rx_ns: AtomicU64,
+    /// When the first completion arrived (0: none yet), for `data_ns`.
+    first_rx_ns: AtomicU64,
 }
 
 impl RecvShared {
@@ -403,7 +413,15 @@ impl RecvShared {
                 }
             };
             if n > 0 {
-                self.last_rx_ns.store(self.now_ns(), Ordering::Release);
+                let now = self.now_ns().max(1);
+                self.last_rx_ns.store(now, Ordering::Release);
+                if self
+                    .first_rx_ns
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    tracing::debug!(target: "blit::rdma", "first completion received");
+                }
             }
             for c in &wcs[..n] {
                 if let Err(fault) = self.on_completion(c, &tx, &mut ended, &mut ended_count) {
@@ -413,6 +431,8 @@ impl RecvShared {
             }
             if ended_count == ended.len() {
                 self.ended.store(true, Ordering::Release);
+                let first = self.first_rx_ns.load(Ordering::Acquire);
+                add(&self.counters.data_ns, self.now_ns().saturating_sub(first));
                 self.log_counters();
                 return; // dropping `tx` tells recv() the stream is complete
             }
@@ -557,9 +577,16 @@ impl RecvShared {
         Ok(Frame { header, payload })
     }
 
+    /// The counters, with what only this side knows filled in.
+    fn snapshot(&self) -> RdmaCounters {
+        let mut c = self.counters.snapshot();
+        c.registered_bytes = self.ring.registered_here_bytes();
+        c
+    }
+
     fn log_counters(&self) {
         if !self.logged.swap(true, Ordering::AcqRel) {
-            self.counters.snapshot().log("receiver", self.qps.len());
+            self.snapshot().log("receiver", self.qps.len());
         }
     }
 }
@@ -575,7 +602,7 @@ pub struct RdmaReceiver {
 impl RdmaReceiver {
     /// A snapshot of this side's counters.
     pub fn counters(&self) -> RdmaCounters {
-        self.shared.counters.snapshot()
+        self.shared.snapshot()
     }
 
     /// Number of QPs.

@@ -26,12 +26,13 @@ use crate::config::{RdmaConfig, ReceiverInfo, SenderInfo};
 use crate::counters::{Counters, RdmaCounters, add};
 use crate::cq::{Completion, CompletionQueue, CqMode, WcOpcode};
 use crate::device::Context;
+use crate::domain::RdmaDomain;
 use crate::error::{Error, Result};
 use crate::link::{
     ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
-    open_device, peer_name, transport_timers,
+    peer_name, transport_timers,
 };
-use crate::pd_mr::{LocalSlice, OwnedRegion, ProtectionDomain, RemoteSlice};
+use crate::pd_mr::{LocalSlice, OwnedRegion, RemoteSlice};
 use crate::pool_mr::RegisteredPool;
 use crate::queue_pair::{QpConfig, QueuePair, RdmaWrite, RecvRequest};
 use crate::types::Access;
@@ -72,19 +73,25 @@ impl SenderSetup {
     /// [`Error::is_unavailable`] mean "no RDMA here": fall back to TCP.
     pub fn new(cfg: &RdmaConfig) -> Result<(SenderSetup, SenderInfo)> {
         cfg.validate()?;
-        let (ctx, port_num) = open_device(cfg)?;
-        let pd = ProtectionDomain::new(&ctx)?;
+        Self::in_domain(&RdmaDomain::open(cfg, 0)?, cfg)
+    }
+
+    /// Like [`SenderSetup::new`], in an open domain: its device and PD, and a
+    /// pool it kept from an earlier session when one has this shape. The
+    /// pool is registered one slot at a time after the first, in the
+    /// background: [`SenderSetup::pool`] hands out slots as they are ready.
+    pub fn in_domain(domain: &RdmaDomain, cfg: &RdmaConfig) -> Result<(SenderSetup, SenderInfo)> {
+        cfg.validate()?;
+        let (ctx, port_num, pd) = (Arc::clone(domain.ctx()), domain.port_num(cfg), domain.pd());
         let sq_depth = cfg.sender_sq_depth(cfg.slots);
         let recv_depth = RdmaConfig::recv_depth(cfg.slots);
         let cq = CompletionQueue::new(&ctx, cfg.qps * (sq_depth + recv_depth), CqMode::Event)?; // see link::Poller
-        let pool = BufferPool::new(cfg.pool_slots as usize, cfg.chunk_bytes as usize, true)
-            .map_err(|source| Error::Pool { what: "sender", source })?;
-        let pool = RegisteredPool::new(&pd, pool, Access::LOCAL_WRITE)?;
+        let pool = domain.sender_pool(cfg)?;
         let n = cfg.qps as usize;
         let headers =
-            OwnedRegion::new(&pd, n * sq_depth as usize * HEADER_STRIDE_BYTES, Access::NONE)?;
+            OwnedRegion::new(pd, n * sq_depth as usize * HEADER_STRIDE_BYTES, Access::NONE)?;
         let control =
-            OwnedRegion::new(&pd, n * recv_depth as usize * CONTROL_BYTES, Access::LOCAL_WRITE)?;
+            OwnedRegion::new(pd, n * recv_depth as usize * CONTROL_BYTES, Access::LOCAL_WRITE)?;
         let qp_cfg = QpConfig {
             port_num,
             gid_index: cfg.gid_index,
@@ -98,7 +105,7 @@ impl SenderSetup {
         };
         let mut qps = Vec::with_capacity(n);
         for q in 0..n {
-            let qp = QueuePair::create_rc(&pd, &cq, &cq, &qp_cfg)?;
+            let qp = QueuePair::create_rc(pd, &cq, &cq, &qp_cfg)?;
             let recvs = (0..recv_depth as usize)
                 .map(|i| {
                     let buf = q * recv_depth as usize + i;
@@ -195,6 +202,8 @@ impl SenderSetup {
             logged: AtomicBool::new(false),
             data_frames: AtomicU64::new(0),
             break_after_frames: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
+            first_post_ns: AtomicU64::new(0),
         });
         let thread = {
             let shared = Arc::clone(&shared);
@@ -252,6 +261,9 @@ struct SendShared {
     logged: AtomicBool,
     data_frames: AtomicU64,
     break_after_frames: AtomicU64,
+    started: Instant,
+    /// When the first data WRITE was posted (0: none yet), for `data_ns`.
+    first_post_ns: AtomicU64,
 }
 
 /// A data WRITE prepared under the window lock, posted after releasing it.
@@ -502,6 +514,15 @@ impl SendShared {
         self.qps[w.qp]
             .post_writes(&[write])
             .map_err(|e| Fault::verbs("post an RDMA WRITE_WITH_IMM", self.peer(w.qp), e))?;
+        if w.payload_len > 0
+            && self.first_post_ns.load(Ordering::Relaxed) == 0
+            && self
+                .first_post_ns
+                .compare_exchange(0, self.now_ns().max(1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::debug!(target: "blit::rdma", "first data WRITE posted");
+        }
         let c = &self.counters;
         add(&c.wr_write_imm, 1);
         add(if w.signaled { &c.wr_signaled } else { &c.wr_unsignaled }, 1);
@@ -712,9 +733,20 @@ impl SendShared {
         }
     }
 
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The counters, with what only this side knows filled in.
+    fn snapshot(&self) -> RdmaCounters {
+        let mut c = self.counters.snapshot();
+        c.registered_bytes = self.pool.registered_here_bytes();
+        c
+    }
+
     fn log_counters(&self) {
         if !self.logged.swap(true, Ordering::AcqRel) {
-            self.counters.snapshot().log("sender", self.qps.len());
+            self.snapshot().log("sender", self.qps.len());
         }
     }
 }
@@ -729,7 +761,7 @@ pub struct RdmaSender {
 impl RdmaSender {
     /// A snapshot of this side's counters.
     pub fn counters(&self) -> RdmaCounters {
-        self.shared.counters.snapshot()
+        self.shared.snapshot()
     }
 
     /// Number of QPs.
@@ -915,6 +947,10 @@ impl FrameSender for RdmaSender {
             });
         }
         drop(st);
+        let first = shared.first_post_ns.load(Ordering::Acquire);
+        if first > 0 {
+            add(&shared.counters.data_ns, shared.now_ns().saturating_sub(first));
+        }
         self.stop_thread();
         shared.fault.check()?;
         shared.log_counters();
@@ -926,7 +962,7 @@ impl FrameSender for RdmaSender {
     }
 
     fn stats(&self) -> TransportStats {
-        let c = self.shared.counters.snapshot();
+        let c = self.shared.snapshot();
         TransportStats {
             name: "rdma".into(),
             streams: self.shared.qps.len() as u32,
