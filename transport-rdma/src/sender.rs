@@ -589,15 +589,20 @@ impl SendShared {
                     // signalled WR retires: post one, so their leases come
                     // back and an idle sender is not mistaken for a stall.
                     self.post_probes(&mut st, &tails);
-                } else if st.waiters > 0 && last_progress.elapsed() > keepalive {
-                    // Callers wait for credits and nothing completes: is the
-                    // receiver still there? A dead one fails the probe; a live
-                    // one acknowledges it, which also retires an unsignalled
-                    // tail. (A receiver that is alive but never credits is the
-                    // waiters' own stall timeout.)
-                    let all: Vec<usize> = (0..self.qps.len()).collect();
-                    self.post_probes(&mut st, &all);
-                    last_progress = last_check;
+                } else if st.waiters > 0 {
+                    // Callers wait for credits (with or without WRs in flight)
+                    // and nothing completes: is the receiver still there? A
+                    // dead one fails the probe; a live one acknowledges it,
+                    // which also retires an unsignalled tail. (A receiver that
+                    // is alive but never credits is the waiters' own stall
+                    // timeout.) Nothing outstanding must not restart this
+                    // clock: with every WR retired, the probe is the only way
+                    // to learn that the receiver is gone.
+                    if last_progress.elapsed() > keepalive {
+                        let all: Vec<usize> = (0..self.qps.len()).collect();
+                        self.post_probes(&mut st, &all);
+                        last_progress = last_check;
+                    }
                 } else if outstanding == 0 {
                     last_progress = last_check;
                 } else if last_progress.elapsed() > self.cfg.stall_timeout {

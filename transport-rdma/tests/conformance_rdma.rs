@@ -480,6 +480,11 @@ fn an_idle_sender_with_an_unsignalled_tail_is_not_a_stall() {
         ..config(1, 64 << 10, CqMode::BusyPoll)
     };
     let (tx, rx) = connect(&cfg);
+    // The pool registers its slots on demand; take every one once, so that
+    // the sends below find free buffers and leave their WRITEs unsignalled
+    // (an empty pool would force a signal).
+    drop((0..6).map(|_| tx.pool().acquire().unwrap()).collect::<Vec<_>>());
+    assert_eq!(tx.pool().parked(), 0);
     let send = |id| {
         let mut lease = tx.pool().acquire().unwrap();
         lease.set_len(100);
