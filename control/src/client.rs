@@ -211,6 +211,12 @@ pub fn transfer(
                 .ok()
         })
         .flatten();
+    // The control connection is made while the local RDMA device is probed (opening a verbs
+    // device loads every provider library: tens of milliseconds on a small machine).
+    let connecting = {
+        let remote = remote.clone();
+        rt.spawn(async move { connect(&remote).await })
+    };
     // Probe the local RDMA device only when RDMA might be used.
     let client_rdma = match opts.transport {
         TransportChoice::Tcp => None,
@@ -243,7 +249,10 @@ pub fn transfer(
     };
     let (out_tx, out_rx) = mpsc::channel::<pb::ClientFrame>(64);
     let mut inbound = rt.block_on(async {
-        let mut client = connect(remote).await?;
+        let mut client = connecting.await.map_err(|e| ClientError::Connect {
+            endpoint: remote.to_string(),
+            detail: format!("the connecting task failed: {e}"),
+        })??;
         out_tx
             .send(convert::open_to_pb(&open))
             .await
@@ -331,12 +340,20 @@ pub fn transfer(
 
     let local_result = std::thread::scope(|s| {
         // Propagates the caller's cancel (SIGINT) to this session.
+        // Passes an interrupt on to the session; ends at once when the session does (the
+        // sender half is dropped), not at its next look at the flag.
+        let (watch_stop, watch_rx) = std::sync::mpsc::channel::<()>();
         let watcher = s.spawn(|| {
+            let watch_rx = watch_rx;
             while !session_cancel.load(Ordering::Acquire) {
                 if cancel.load(Ordering::Acquire) {
                     session_cancel.store(true, Ordering::Release);
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                    watch_rx.recv_timeout(Duration::from_millis(50))
+                {
+                    break;
+                }
             }
         });
         // Daemon → engine / reporter.
@@ -395,7 +412,9 @@ pub fn transfer(
                         if fatal.is_some() {
                             session_cancel.store(true, Ordering::Release);
                         }
-                        true
+                        // The summary is the daemon's last message: stop reading now rather
+                        // than when the stream closes or the cancel check next looks.
+                        break;
                     }
                     Some(Msg::Error(e)) => {
                         *lost.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -497,6 +516,7 @@ pub fn transfer(
             }
         }
         session_cancel.store(true, Ordering::Release);
+        drop(watch_stop);
         let _ = inbound_thread.join();
         let _ = watcher.join();
         result
