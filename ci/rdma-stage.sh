@@ -225,7 +225,9 @@ blit_bench() {  # LABEL WANT_TRANSPORT XFER_ARGS...: push /dev/shm/blit-bench (2
       split(substr($1, 12, 15), hms, ":"); t = hms[1] * 3600 + hms[2] * 60 + hms[3]
       if ($0 ~ /accepted/) t_acc = t; else t_end = t }
     FILENAME ~ /\.counters$/ {
-      for (i = 1; i <= NF; i++) { split($i, kv, "="); gsub(/"/, "", kv[2]); c[kv[1]] += kv[2]; if (kv[1] == "role") roles++ }
+      sender = 0
+      for (i = 1; i <= NF; i++) { split($i, kv, "="); gsub(/"/, "", kv[2]); c[kv[1]] += kv[2]; if (kv[1] == "role") { roles++; sender = (kv[2] == "sender") } }
+      for (i = 1; i <= NF; i++) if (sender && $i ~ /^data_mib_per_s=/) { split($i, kv, "="); data = kv[2] }
     }
     END {
       gib = bytes / 1073741824; mib = bytes / 1048576; d = dticks / hz
@@ -235,6 +237,7 @@ blit_bench() {  # LABEL WANT_TRANSPORT XFER_ARGS...: push /dev/shm/blit-bench (2
         printf "\"after_accept_s\":%.3f,\"mib_per_s_after_accept\":%.2f,", dt, (dt > 0 ? mib / dt : 0) }
       printf "\"client_cpu_s\":%.2f,\"client_user_s\":%.2f,\"daemon_cpu_s\":%.2f,\"process_cpu_s_per_gib\":%.2f,\"machine_cpu_s_per_gib\":%.2f", cuser + csys, cuser, d, (gib > 0 ? (cuser + csys + d) / gib : 0), (gib > 0 ? jif / 100 / gib : 0)
       if (roles) printf ",\"counter_sides\":%d,\"wrs\":%d,\"wrs_per_mib\":%.2f,\"frames\":%d,\"payload_copy_bytes\":%d,\"file_read_bytes\":%d,\"send_waits\":%d,\"credit_messages\":%d", roles, wrs, (mib > 0 ? wrs / mib : 0), c["frames"] / 2, c["payload_copy_bytes"], c["file_read_bytes"], c["send_waits"], c["credit_messages"]
+      if (data != "") printf ",\"data_mib_per_s\":%.2f", data  # sender: first data WRITE to finish
       split(h0, x, " "); split(h1, y, " ")
       if (h0 != "" && h1 != "") printf ",\"rxe_retries\":%d,\"rxe_duplicate_packets\":%d", y[1] - x[1], y[2] - x[2]
       printf "}\n"
@@ -746,16 +749,19 @@ json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
     fi
     echo "blit benchmark, 256 MiB file on /dev/shm, one VM run; MiB/s from --json (whole session) and from the"
     echo "daemon's accept to the end; CPU s/GiB = client + daemon process user+sys (ib_write_bw: both processes),"
-    echo "machine = busy time of all vCPUs; WRs/MiB and copies (payload bytes) from both sides' RDMA counters:"
-    printf '  %-19s %7s %9s %6s %10s %8s %8s %7s %6s %8s\n' run MiB/s "(accept)" "vs ib" "CPU s/GiB" machine WRs/MiB copies waits "rxe retr"
+    echo "machine = busy time of all vCPUs; WRs/MiB and copies (payload bytes) from both sides' RDMA counters;"
+    echo "data = the sender's data phase alone (first data WRITE posted to finish), as ib_write_bw counts its own:"
+    printf '  %-19s %7s %9s %6s %10s %8s %8s %7s %6s %8s %6s %7s\n' run MiB/s "(accept)" "vs ib" "CPU s/GiB" machine WRs/MiB copies waits "rxe retr" data "vs ib"
     for r in rdma-4M:4M rdma-4M-sum:4M rdma-4M-event:4M rdma-1M:1M tcp:; do
       l=${r%%:*} sz=${r#*:} f=$OUT/blit-bench-${r%%:*}.txt
       ib=; [ -n "$sz" ] && ib=$(pbw "$OUT/blit-ib_write_bw-$sz.txt")
-      printf '  %-19s %7s %9s %6s %10s %8s %8s %7s %6s %8s\n' "blit $l" "$(fmt "$(bench "$f" mib_per_s)")" \
+      data=$(bench "$f" data_mib_per_s || true)
+      printf '  %-19s %7s %9s %6s %10s %8s %8s %7s %6s %8s %6s %7s\n' "blit $l" "$(fmt "$(bench "$f" mib_per_s)")" \
         "$(fmt "$(bench "$f" mib_per_s_after_accept)")" \
         "$(ratio "$(bench "$f" mib_per_s)" "$ib")" "$(fmt "$(bench "$f" process_cpu_s_per_gib)")" \
         "$(fmt "$(bench "$f" machine_cpu_s_per_gib)")" "$(fmt2 "$(bench "$f" wrs_per_mib)")" \
-        "$(bench "$f" payload_copy_bytes || true)" "$(bench "$f" send_waits || true)" "$(bench "$f" rxe_retries || true)"
+        "$(bench "$f" payload_copy_bytes || true)" "$(bench "$f" send_waits || true)" "$(bench "$f" rxe_retries || true)" \
+        "$(fmt "$data")" "$(ratio "$data" "$ib")"
     done
     for sz in 4M 1M; do
       printf '  %-19s %7s %9s %6s %10s %8s\n' "ib_write_bw $sz" "$(fmt "$(pbw "$OUT/blit-ib_write_bw-$sz.txt")")" "" "" \

@@ -411,6 +411,8 @@ impl SessionCtx {
         );
         let cancel = Arc::new(AtomicBool::new(false));
         // Daemon shutdown cancels every session.
+        // (The watcher ends as soon as the session does: `watch_stop` is dropped.)
+        let (watch_stop, watch_rx) = std::sync::mpsc::channel::<()>();
         let watch = {
             let (cancel, shutdown) = (Arc::clone(&cancel), Arc::clone(&self.shutdown));
             std::thread::spawn(move || {
@@ -418,12 +420,17 @@ impl SessionCtx {
                     if shutdown.load(Ordering::Acquire) {
                         cancel.store(true, Ordering::Release);
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                        watch_rx.recv_timeout(Duration::from_millis(50))
+                    {
+                        break;
+                    }
                 }
             })
         };
         let result = self.serve(&open, inbound, &out, &cancel);
         cancel.store(true, Ordering::Release);
+        drop(watch_stop);
         let _ = watch.join();
         if let Err(message) = result {
             tracing::warn!(session = self.id, "session failed: {message}");

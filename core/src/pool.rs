@@ -46,6 +46,8 @@ struct State {
     parked: u32,
     /// Someone found no free slot while some were parked (see [`BufferPool::wait_starved`]).
     starved: bool,
+    /// [`BufferPool::release_starved_waiter`] was called: the next `wait_starved` returns at once.
+    released: bool,
     closed: bool,
 }
 
@@ -190,7 +192,13 @@ impl BufferPool {
                 slot_bytes,
                 slots,
                 page_kind,
-                state: Mutex::new(State { free, parked, starved: false, closed: false }),
+                state: Mutex::new(State {
+                    free,
+                    parked,
+                    starved: false,
+                    released: false,
+                    closed: false,
+                }),
                 returned: Condvar::new(),
                 starving: Condvar::new(),
             }),
@@ -287,6 +295,10 @@ impl BufferPool {
                 st.starved = false;
                 return Ok(true);
             }
+            if st.released {
+                st.released = false;
+                return Ok(false);
+            }
             let now = std::time::Instant::now();
             if now >= deadline {
                 return Ok(false);
@@ -298,6 +310,14 @@ impl BufferPool {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// Ends the current (or the next) [`wait_starved`](Self::wait_starved) at once with `false`,
+    /// without closing the pool: for an owner that stops growing it and must not wait out the
+    /// waiter's timeout.
+    pub fn release_starved_waiter(&self) {
+        self.inner.lock().released = true;
+        self.inner.starving.notify_all();
     }
 
     /// Undoes [`close`](Self::close), for a pool that is kept for the next pipeline. Slots still
@@ -498,6 +518,12 @@ mod tests {
         let _c = pool.acquire().unwrap();
         assert!(pool.try_acquire().is_none()); // empty, nothing parked: not starved
         assert!(!pool.wait_starved(Duration::from_millis(5)).unwrap());
+        pool.close();
+        pool.reopen();
+        pool.release_starved_waiter();
+        let t = std::time::Instant::now();
+        assert!(!pool.wait_starved(Duration::from_secs(10)).unwrap()); // released: at once
+        assert!(t.elapsed() < Duration::from_secs(5));
         pool.close();
         assert!(pool.wait_starved(Duration::from_secs(10)).is_err());
     }

@@ -511,16 +511,18 @@ impl SendShared {
             imm: Some(w.imm),
             signaled: w.signaled,
         };
-        self.qps[w.qp]
-            .post_writes(&[write])
-            .map_err(|e| Fault::verbs("post an RDMA WRITE_WITH_IMM", self.peer(w.qp), e))?;
-        if w.payload_len > 0
+        // The data phase starts when the first data WRITE is handed to the NIC, as perftest
+        // counts (on Soft-RoCE the post itself runs the NIC and lasts tens of ms).
+        let first = w.payload_len > 0
             && self.first_post_ns.load(Ordering::Relaxed) == 0
             && self
                 .first_post_ns
                 .compare_exchange(0, self.now_ns().max(1), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
+                .is_ok();
+        self.qps[w.qp]
+            .post_writes(&[write])
+            .map_err(|e| Fault::verbs("post an RDMA WRITE_WITH_IMM", self.peer(w.qp), e))?;
+        if first {
             tracing::debug!(target: "blit::rdma", "first data WRITE posted");
         }
         let c = &self.counters;
