@@ -302,6 +302,13 @@ guest_blit_loopback() {
   echo "rxe retries / duplicate packets (all attempts): $x -> $(rxe_hw)"
   section "blit push --transport rdma (chunk 4M, default)"
   blit_bench rdma-4M rdma --transport rdma || rc=1
+  # ib_write_bw varies by 10-20% between boots and within one; a second run right after
+  # brackets blit's: the 4M ratios below are against the mean of the two.
+  section "ib_write_bw -s 4194304 -n 64 again, after blit rdma-4M"
+  x=$(rxe_hw)
+  perftest_cpu 4194304 64 "$OUT/blit-ib_write_bw-4M-after.txt" 18850 \
+    || echo "WARN: ib_write_bw 4M (after) failed (reference only)"
+  echo "rxe retries / duplicate packets (all attempts): $x -> $(rxe_hw)"
   section "blit push --transport rdma --rdma-frame-checksums (chunk 4M; xxh3 per chunk as over TCP)"
   blit_bench rdma-4M-sum rdma --transport rdma --rdma-frame-checksums || rc=1
   section "blit push --transport rdma --rdma-cq event (chunk 4M; completion channels, no busy-poll)"
@@ -701,6 +708,10 @@ mibs() { grep -h "^RESULT .*\"role\":\"$2\"" "$1" 2>/dev/null | grep -o '"mib_pe
 bench() { grep -h '^RESULT ' "$1" 2>/dev/null | grep -o "\"$2\":[0-9.]*" | head -1 | cut -d: -f2; }
 pbw() { awk '$1 ~ /^[0-9]+$/ && NF >= 4 {print $4; exit}' "$1" 2>/dev/null; }
 fmt() { if [ -n "$1" ]; then printf '%.1f' "$1"; else printf -- '-'; fi; }
+ibref() {  # SIZE: ib_write_bw MiB/s for the ratios (4M: the mean of the runs before and after)
+  local a b; a=$(pbw "$OUT/blit-ib_write_bw-$1.txt"); b=$(pbw "$OUT/blit-ib_write_bw-$1-after.txt")
+  if [ -n "$a" ] && [ -n "$b" ]; then awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", (a + b) / 2 }'; else printf '%s' "$a"; fi
+}
 fmt2() { if [ -n "$1" ]; then printf '%.2f' "$1"; else printf -- '-'; fi; }
 pcpu() { grep -o '(\([0-9.]*\) s/GiB' "$1" 2>/dev/null | head -1 | tr -d '(' | cut -d' ' -f1; }   # ib_write_bw process CPU s/GiB
 mcpu() { grep -o 'machine [0-9.]* s ([0-9.]* s/GiB' "$1" 2>/dev/null | head -1 | sed 's/.*(//; s/ .*//'; }   # ... machine
@@ -754,7 +765,7 @@ json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
     printf '  %-19s %7s %9s %6s %10s %8s %8s %7s %6s %8s %6s %7s\n' run MiB/s "(accept)" "vs ib" "CPU s/GiB" machine WRs/MiB copies waits "rxe retr" data "vs ib"
     for r in rdma-4M:4M rdma-4M-sum:4M rdma-4M-event:4M rdma-1M:1M tcp:; do
       l=${r%%:*} sz=${r#*:} f=$OUT/blit-bench-${r%%:*}.txt
-      ib=; [ -n "$sz" ] && ib=$(pbw "$OUT/blit-ib_write_bw-$sz.txt")
+      ib=; [ -n "$sz" ] && ib=$(ibref "$sz")
       data=$(bench "$f" data_mib_per_s || true)
       printf '  %-19s %7s %9s %6s %10s %8s %8s %7s %6s %8s %6s %7s\n' "blit $l" "$(fmt "$(bench "$f" mib_per_s)")" \
         "$(fmt "$(bench "$f" mib_per_s_after_accept)")" \
@@ -763,10 +774,11 @@ json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
         "$(bench "$f" payload_copy_bytes || true)" "$(bench "$f" send_waits || true)" "$(bench "$f" rxe_retries || true)" \
         "$(fmt "$data")" "$(ratio "$data" "$ib")"
     done
-    for sz in 4M 1M; do
-      printf '  %-19s %7s %9s %6s %10s %8s\n' "ib_write_bw $sz" "$(fmt "$(pbw "$OUT/blit-ib_write_bw-$sz.txt")")" "" "" \
+    for sz in 4M 4M-after 1M; do
+      printf '  %-19s %7s %9s %6s %10s %8s\n' "ib_write_bw ${sz/-after/ (2)}" "$(fmt "$(pbw "$OUT/blit-ib_write_bw-$sz.txt")")" "" "" \
         "$(fmt "$(pcpu "$OUT/blit-ib_write_bw-$sz.txt.cpu")")" "$(fmt "$(mcpu "$OUT/blit-ib_write_bw-$sz.txt.cpu")")"
     done
+    echo "  (vs ib: 4M rows against the mean of ib_write_bw 4M before and after blit rdma-4M: $(fmt "$(ibref 4M)") MiB/s)"
     grep -h '^guest load' "$OUT/loopback.log" 2>/dev/null | sed 's/^/  /'
   fi
   echo "host load averages (1/5/15 min):"; printf '  %s\n' "${LOADS[@]}"
