@@ -20,7 +20,7 @@ use crate::convert::{
 use crate::dataplane::{self, DataPlaneError, DataPlaneOptions, Role};
 use crate::pb;
 use crate::pb::blit_client::BlitClient;
-use crate::server::{next_or_cancel, source_chain};
+use crate::server::{forward_cancel, next_or_cancel, source_chain};
 use crate::url::RemoteSpec;
 use crate::{BUILD_VERSION, CONTROL_MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
 
@@ -340,22 +340,11 @@ pub fn transfer(
 
     let local_result = std::thread::scope(|s| {
         // Propagates the caller's cancel (SIGINT) to this session.
-        // Passes an interrupt on to the session; ends at once when the session does (the
-        // sender half is dropped), not at its next look at the flag.
         let (watch_stop, watch_rx) = std::sync::mpsc::channel::<()>();
-        let watcher = s.spawn(|| {
-            let watch_rx = watch_rx;
-            while !session_cancel.load(Ordering::Acquire) {
-                if cancel.load(Ordering::Acquire) {
-                    session_cancel.store(true, Ordering::Release);
-                }
-                if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
-                    watch_rx.recv_timeout(Duration::from_millis(50))
-                {
-                    break;
-                }
-            }
-        });
+        let watcher = {
+            let session_cancel = &session_cancel;
+            s.spawn(move || forward_cancel(cancel, session_cancel, &watch_rx))
+        };
         // Daemon → engine / reporter.
         let inbound_thread = s.spawn(|| {
             let mut inbound = inbound;

@@ -411,22 +411,10 @@ impl SessionCtx {
         );
         let cancel = Arc::new(AtomicBool::new(false));
         // Daemon shutdown cancels every session.
-        // (The watcher ends as soon as the session does: `watch_stop` is dropped.)
         let (watch_stop, watch_rx) = std::sync::mpsc::channel::<()>();
         let watch = {
             let (cancel, shutdown) = (Arc::clone(&cancel), Arc::clone(&self.shutdown));
-            std::thread::spawn(move || {
-                while !cancel.load(Ordering::Acquire) {
-                    if shutdown.load(Ordering::Acquire) {
-                        cancel.store(true, Ordering::Release);
-                    }
-                    if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
-                        watch_rx.recv_timeout(Duration::from_millis(50))
-                    {
-                        break;
-                    }
-                }
-            })
+            std::thread::spawn(move || forward_cancel(&shutdown, &cancel, &watch_rx))
         };
         let result = self.serve(&open, inbound, &out, &cancel);
         cancel.store(true, Ordering::Release);
@@ -732,6 +720,25 @@ pub fn source_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     if parts.is_empty() { "no further detail".into() } else { parts.join(": ") }
+}
+
+/// Sets `to` once `from` is set (a signal or a shutdown reaching one session), looking every
+/// 50 ms; returns when `to` is set or at once when the session ends and drops `stop`'s sender.
+pub(crate) fn forward_cancel(
+    from: &AtomicBool,
+    to: &AtomicBool,
+    stop: &std::sync::mpsc::Receiver<()>,
+) {
+    while !to.load(Ordering::Acquire) {
+        if from.load(Ordering::Acquire) {
+            to.store(true, Ordering::Release);
+        }
+        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+            stop.recv_timeout(Duration::from_millis(50))
+        {
+            return;
+        }
+    }
 }
 
 /// The next message of an inbound gRPC stream, or `None` once `cancel` is set (so a peer that

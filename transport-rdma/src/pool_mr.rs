@@ -270,7 +270,8 @@ impl RegisteredPool {
     }
 }
 
-/// How often the background registration checks whether its pool was dropped.
+/// How often the background registration looks at its `stop` flag on its own; a
+/// dropped pool also wakes it at once (`release_starved_waiter`).
 const REGISTRAR_POLL: Duration = Duration::from_millis(100);
 
 /// The background half of [`RegisteredPool::growing`]: registers the next group
