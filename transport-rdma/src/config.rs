@@ -34,7 +34,8 @@ pub const SIGNAL_INTERVAL_DEFAULT: u32 = 4;
 pub const SIGNAL_INTERVAL_MAX: u32 = 64;
 /// No progress for this long fails the session with `TransportError::Stalled`.
 pub const STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
-/// Shortest stall timeout accepted (transport retries alone take ~0.5 s).
+/// Shortest stall timeout accepted. Below ~2 s a dead peer is reported as a
+/// stall rather than by its transport retries (see `link::TRANSPORT_ACK_TIMEOUT`).
 pub const STALL_TIMEOUT_MIN: Duration = Duration::from_millis(100);
 /// Longest stall timeout accepted.
 pub const STALL_TIMEOUT_MAX: Duration = Duration::from_secs(3600);

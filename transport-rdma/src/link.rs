@@ -181,7 +181,8 @@ const KEEPALIVE_MAX: Duration = Duration::from_secs(2);
 
 /// How long a side waits in silence before probing the peer: a quarter of
 /// the stall timeout, at most 2 s. A probe to a peer that is gone fails after
-/// the transport retries (~0.5 s), long before the stall timeout.
+/// the transport retries (~1.9 s, see [`TRANSPORT_ACK_TIMEOUT`]), before the
+/// stall timeout.
 pub(crate) fn keepalive_after(stall_timeout: Duration) -> Duration {
     (stall_timeout / 4).min(KEEPALIVE_MAX)
 }
@@ -190,13 +191,25 @@ pub(crate) fn keepalive_after(stall_timeout: Duration) -> Duration {
 /// Soft-RoCE's completer treats `retry_cnt = 7` like `rnr_retry = 7`, "retry
 /// forever" (`if (qp->comp.retry_cnt != 7) qp->comp.retry_cnt--;` in
 /// rxe_comp.c), so a dead peer would never fail a WRITE or SEND there and only
-/// the stall timeout would notice. With the 67 ms ACK timeout, 7 tries take
-/// about 0.5 s on any device.
+/// the stall timeout would notice.
 pub(crate) const TRANSPORT_RETRIES: u8 = 6;
+
+/// Local ACK timeout code of the session's QPs: 4.096 µs × 2^16 ≈ 268 ms per
+/// try, so 7 tries (1 + [`TRANSPORT_RETRIES`]) take ~1.9 s on any device.
+/// perftest's 14 (67 ms) is shorter than one 4 MiB WRITE takes on Soft-RoCE
+/// under a software-emulated CPU (~70 ms): rxe's retransmit timer then fired
+/// about once per WRITE while ACKs were still being processed, and every
+/// spurious retry re-sent ~30 packets (64-76 retries and 2,000-2,800 duplicate
+/// packets per 256 MiB, ~3% of the NIC's packets, for blit and `ib_write_bw`
+/// alike). With 16 it fires ~15 times, with 18 ~4 (rxe hw_counters
+/// `completer_retry_err` / `duplicate_request`, docs/rdma.md). NCCL and UCX
+/// use ACK timeouts of about a second on hardware too; 16 keeps a dead peer's
+/// detection under 2 s.
+pub(crate) const TRANSPORT_ACK_TIMEOUT: u8 = 16;
 
 /// The QP timers of the transport's QPs.
 pub(crate) fn transport_timers() -> QpTimers {
-    QpTimers { retry_cnt: TRANSPORT_RETRIES, ..QpTimers::default() }
+    QpTimers { retry_cnt: TRANSPORT_RETRIES, timeout: TRANSPORT_ACK_TIMEOUT, ..QpTimers::default() }
 }
 
 /// How errors name the connection of one QP.
@@ -270,6 +283,12 @@ mod tests {
         assert_eq!(keepalive_after(Duration::from_secs(30)), KEEPALIVE_MAX);
         assert_eq!(keepalive_after(Duration::from_secs(4)), Duration::from_secs(1));
         assert!(transport_timers().retry_cnt < 7, "7 means forever on Soft-RoCE");
+        // Seven tries of the ACK timeout stay well inside the 8 s stall timeout of the
+        // conformance suite's dead-peer tests, with the 2 s keepalive before them.
+        let tries = u32::from(transport_timers().retry_cnt) + 1;
+        let ack_timeout_us = 4.096 * f64::from(1u32 << transport_timers().timeout);
+        let detect_secs = f64::from(tries) * ack_timeout_us / 1e6;
+        assert!((1.0..3.0).contains(&detect_secs), "{detect_secs} s");
     }
 
     #[test]
