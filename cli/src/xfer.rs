@@ -222,6 +222,10 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     if remote_source && remote_target {
         bail!("SOURCE and TARGET are both remote; one side must be a local directory");
     }
+    if (remote_source || remote_target) && args.transport != "tcp" {
+        // Loading libibverbs overlaps the topology discovery and placement below.
+        blitx_control::dataplane::preload_rdma();
+    }
     if !remote_source && !remote_target {
         if args.transport != "auto" || args.streams.is_some() {
             tracing::info!(

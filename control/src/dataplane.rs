@@ -175,6 +175,14 @@ fn build(
     })
 }
 
+/// Starts loading the RDMA stack (libibverbs and its providers) on a thread of its own, so the
+/// first device open of a session that may use RDMA does not wait for it. Fire and forget: a
+/// machine without libibverbs or devices simply finishes early, and the session's own probe
+/// reports why.
+pub fn preload_rdma() {
+    let _ = std::thread::Builder::new().name("rdma-preload".into()).spawn(rdma::preload);
+}
+
 /// This machine's usable RDMA device (first active port, RoCE v2 GID preferred), or why there
 /// is none. Loading libibverbs is attempted here and only here; a machine without it simply
 /// has no device.

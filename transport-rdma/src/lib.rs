@@ -68,7 +68,7 @@ pub use config::{
 };
 pub use counters::RdmaCounters;
 pub use cq::{Completion, CompletionQueue, CqMode, WcOpcode};
-pub use device::{Context, DeviceInfo, DeviceLimits, PortInfo, discover};
+pub use device::{Context, DeviceInfo, DeviceLimits, PortInfo, discover, preload};
 pub use domain::RdmaDomain;
 pub use error::{Error, QueueKind, Result};
 pub use gid::{GidEntry, select_gid_index};
