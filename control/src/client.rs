@@ -138,6 +138,7 @@ async fn connect(
         .connect()
         .await
         .map_err(|e| err(format!("{e}: {}", source_chain(&e))))?;
+    tracing::debug!(endpoint = %remote, "control channel connected");
     Ok(BlitClient::new(channel)
         .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX))
@@ -253,6 +254,7 @@ pub fn transfer(
             endpoint: remote.to_string(),
             detail: format!("the connecting task failed: {e}"),
         })??;
+        tracing::debug!("sending Open");
         out_tx
             .send(convert::open_to_pb(&open))
             .await
@@ -395,6 +397,7 @@ pub fn transfer(
                         true
                     }
                     Some(Msg::Summary(sm)) => {
+                        tracing::debug!("the daemon's summary arrived");
                         let r = convert::summary_from_pb(&sm).map_err(|e| e.to_string());
                         let fatal = r.as_ref().ok().and_then(|r| r.fatal.clone());
                         *summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
@@ -511,6 +514,10 @@ pub fn transfer(
         result
     });
 
+    tracing::debug!("session over");
+    let closing = std::time::Instant::now();
+    drop(plane);
+    tracing::debug!(ms = closing.elapsed().as_millis() as u64, "data plane closed");
     if cancel.load(Ordering::Acquire) {
         return Err(ClientError::Cancelled);
     }
