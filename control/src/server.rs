@@ -157,7 +157,16 @@ pub fn run_daemon(
         let local = listener.local_addr().map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
         tracing::info!(root = %cfg.root.display(), "blit daemon listening on {local}");
         on_listening(local);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Control messages are small and answer each other: without TCP_NODELAY, a response's
+        // DATA frame waits behind its HEADERS frame for the client's (delayed) ACK.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |accepted| {
+                let stream = accepted?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(stream)
+            },
+        );
         let stop = Arc::clone(&shutdown);
         let signal = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
