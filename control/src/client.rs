@@ -347,8 +347,11 @@ pub fn transfer(
             let session_cancel = &session_cancel;
             s.spawn(move || forward_cancel(cancel, session_cancel, &watch_rx))
         };
-        // Daemon → engine / reporter.
+        // Daemon → engine / reporter. `inbound_ended` disconnects when the thread ends: after
+        // the summary, a lost stream, or a cancel (which it notices within 50 ms).
+        let (inbound_ended_tx, inbound_ended) = std::sync::mpsc::channel::<()>();
         let inbound_thread = s.spawn(|| {
+            let _ended = inbound_ended_tx;
             let mut inbound = inbound;
             loop {
                 let frame = match next_or_cancel(&handle, &mut inbound, &session_cancel) {
@@ -497,15 +500,8 @@ pub fn transfer(
         // Our half is done: close our side of the control stream and wait for the summary.
         drop(out_tx);
         if result.is_ok() {
-            let deadline = std::time::Instant::now() + SUMMARY_TIMEOUT;
-            // (An interrupt stops the wait at once: the inbound thread stopped reading.)
-            while std::time::Instant::now() < deadline
-                && !session_cancel.load(Ordering::Acquire)
-                && summary.lock().unwrap_or_else(|p| p.into_inner()).is_none()
-                && lost.lock().unwrap_or_else(|p| p.into_inner()).is_none()
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            // The inbound thread ends with the summary (or a lost stream, or an interrupt).
+            let _ = inbound_ended.recv_timeout(SUMMARY_TIMEOUT);
         }
         session_cancel.store(true, Ordering::Release);
         drop(watch_stop);
