@@ -285,10 +285,8 @@ mod tests {
         assert!(transport_timers().retry_cnt < 7, "7 means forever on Soft-RoCE");
         // Seven tries of the ACK timeout stay well inside the 8 s stall timeout of the
         // conformance suite's dead-peer tests, with the 2 s keepalive before them.
-        let tries = u32::from(transport_timers().retry_cnt) + 1;
-        let ack_timeout_us = 4.096 * f64::from(1u32 << transport_timers().timeout);
-        let detect_secs = f64::from(tries) * ack_timeout_us / 1e6;
-        assert!((1.0..3.0).contains(&detect_secs), "{detect_secs} s");
+        let detect = transport_timers().retries_give_up_after();
+        assert!(detect > Duration::from_secs(1) && detect < Duration::from_secs(3), "{detect:?}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::mem;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,20 @@ pub struct QpTimers {
 impl Default for QpTimers {
     fn default() -> Self {
         QpTimers { min_rnr_timer: 12, timeout: 14, retry_cnt: 7, rnr_retry: 7 }
+    }
+}
+
+impl QpTimers {
+    /// One try's local ACK timeout: 4.096 µs × 2^`timeout`.
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_nanos(4096u64 << self.timeout.min(31))
+    }
+
+    /// How long a QP retries an unanswered work request before it fails with
+    /// `IBV_WC_RETRY_EXC_ERR`: 1 + `retry_cnt` ACK timeouts (`retry_cnt` 7
+    /// means "forever" on Soft-RoCE).
+    pub fn retries_give_up_after(&self) -> Duration {
+        self.ack_timeout() * (u32::from(self.retry_cnt) + 1)
     }
 }
 
@@ -836,6 +851,15 @@ impl Drop for QueuePair {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ack_timeout_codes() {
+        let t = QpTimers::default();
+        assert_eq!(t.ack_timeout(), Duration::from_nanos(4096 << 14)); // ≈ 67.1 ms
+        assert_eq!(t.retries_give_up_after(), t.ack_timeout() * 8);
+        let long = QpTimers { timeout: 16, retry_cnt: 6, ..t };
+        assert_eq!(long.ack_timeout().as_micros(), 268_435);
+    }
 
     fn params() -> RemoteQpParams {
         RemoteQpParams {
