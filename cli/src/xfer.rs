@@ -55,7 +55,7 @@ pub struct XferArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub streams: Option<u32>,
     /// RDMA queue pairs per session (frames are striped over them).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    #[arg(long, value_name = "N", default_value_t = blitx_control::dataplane::RDMA_QPS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub qps: u32,
     /// The local RDMA (verbs) device (default: the first with an active port).
     #[arg(long, value_name = "NAME")]

@@ -175,6 +175,9 @@ fn build(
     })
 }
 
+/// RDMA queue pairs per session unless `--qps` says otherwise.
+pub const RDMA_QPS_DEFAULT: u32 = rdma::QPS_DEFAULT;
+
 /// Starts loading the RDMA stack (libibverbs and its providers) on a thread of its own, so the
 /// first device open of a session that may use RDMA does not wait for it. Fire and forget: a
 /// machine without libibverbs or devices simply finishes early, and the session's own probe

@@ -183,7 +183,7 @@ impl SenderSetup {
         let shared = Arc::new(SendShared {
             qps: std::mem::take(&mut self.qps),
             cq: Arc::clone(&self.cq),
-            post: Mutex::new(()),
+            turns: (0..n).map(|_| PostTurn::default()).collect(),
             state: Mutex::new(state),
             wake: Condvar::new(),
             control: self.control,
@@ -237,12 +237,14 @@ struct SendShared {
     // held by the QPs and MRs, goes with the last of them).
     qps: Vec<QueuePair>,
     cq: Arc<CompletionQueue>,
-    /// Serializes posting, so WRs reach each send queue in the order the
-    /// window numbered them. Held across the post itself, which can be slow
-    /// (Soft-RoCE does the NIC's work inside `ibv_post_send`), while `state`
-    /// is not: the progress thread keeps retiring WRITEs and applying
-    /// credits meanwhile. Lock order: `post`, then `state`.
-    post: Mutex<()>,
+    /// Per QP, the posting turn: WRs reach each send queue in the order the
+    /// window numbered them. A QP's turn is held across the post itself,
+    /// which can be slow (Soft-RoCE does the NIC's work inside
+    /// `ibv_post_send`), while `state` is not: the progress thread keeps
+    /// retiring WRITEs and applying credits meanwhile, and another QP's post
+    /// runs at the same time. Lock order: a turn, then `state`; a thread
+    /// holding `state` only `try_lock`s a turn.
+    turns: Vec<PostTurn>,
     state: Mutex<SendState>,
     wake: Condvar,
     control: OwnedRegion,
@@ -281,7 +283,15 @@ struct PreparedWrite {
 
 /// What [`SendShared::wait_grant`] hands back: the post lock, the window
 /// lock, and the grant (`None`: every QP already sent its End frame).
-type Granted<'a> = (MutexGuard<'a, ()>, MutexGuard<'a, SendState>, Option<Grant>);
+type Granted<'a> = (MutexGuard<'a, SendState>, Option<Grant>);
+
+/// The posting order of one QP: `next` is the `seq` of the next WR to hand
+/// to the NIC; the thread that holds WR `seq` waits for `next == seq`.
+#[derive(Debug, Default)]
+struct PostTurn {
+    next: Mutex<u64>,
+    turn: Condvar,
+}
 
 /// Takes `m` within `limit`, or gives up.
 fn lock_within<T>(m: &Mutex<T>, limit: Duration) -> Option<MutexGuard<'_, T>> {
@@ -337,17 +347,17 @@ impl SendShared {
     /// Records the fault; on the first one, sends the abort notice (unless
     /// the receiver aborted), wakes every waiter and closes the pool so
     /// readers blocked on it fail at once.
-    /// Must not be called while holding `post` or `state`.
+    /// Must not be called while holding a turn or `state`.
     fn fail(&self, fault: Fault) {
         let notify = fault.notify_peer();
         if !self.fault.raise(fault) {
             return;
         }
-        // waiters (which hold `post`) wake, see the fault and let go of it
+        // waiters (for the window or a turn) wake, see the fault and give up
         self.wake.notify_all();
-        if notify && let Some(_post) = lock_within(&self.post, ABORT_GRACE) {
-            let mut st = self.lock_state();
-            self.post_notices(&mut st);
+        self.wake_turns();
+        if notify {
+            self.post_notices();
         }
         self.wake.notify_all();
         self.pool.pool().close();
@@ -358,12 +368,25 @@ impl SendShared {
         }
     }
 
+    fn wake_turns(&self) {
+        for t in &self.turns {
+            t.turn.notify_all();
+        }
+    }
+
     /// A zero-byte WRITE_WITH_IMM(IMM_ABORT) on every QP (best effort: a QP
-    /// that is full or already in error is skipped). Called holding `post`.
-    fn post_notices(&self, st: &mut SendState) {
+    /// that is full or already in error is skipped, and so is one whose turn
+    /// is not free within `ABORT_GRACE`). Called after the fault was raised:
+    /// WRs numbered and not yet posted are abandoned (their callers see the
+    /// fault instead of their turn), so the notice takes the next number and
+    /// moves the turn past them; its completion retires their leases.
+    fn post_notices(&self) {
         let Ok(target) = self.remote.ring.slice(0, 0) else { return };
         for q in 0..self.qps.len() {
+            let Some(mut next) = lock_within(&self.turns[q].next, ABORT_GRACE) else { continue };
+            let mut st = self.lock_state();
             let Ok(g) = st.window.reserve_notice(q) else { continue };
+            *next = g.seq + 1;
             let write = RdmaWrite {
                 wr_id: wr_id(WrKind::Write, q as u8, g.seq),
                 local: &[],
@@ -383,14 +406,20 @@ impl SendShared {
     /// A zero-byte RDMA WRITE (no immediate: the receiver sees nothing) on
     /// each of `qps`, signalled. The receiver's NIC acknowledges it; a
     /// receiver that is gone makes it fail with `IBV_WC_RETRY_EXC_ERR`.
-    /// Skipped when another thread is posting (then the QPs are busy anyway).
+    /// A QP is skipped while another thread is posting on it (then it is
+    /// busy anyway) or has a WR numbered and not yet posted.
     fn post_probes(&self, st: &mut SendState, qps: &[usize]) {
         let Ok(target) = self.remote.ring.slice(0, 0) else { return };
-        // `try_lock` while holding `state` cannot deadlock; holding `post`
-        // means no other thread is between numbering a WR and posting it
-        let Ok(_post) = self.post.try_lock() else { return };
         for &q in qps {
+            // `try_lock` while holding `state` cannot deadlock; a free turn
+            // whose `next` is the window's next number means no other thread
+            // is between numbering a WR on this QP and posting it
+            let Ok(mut next) = self.turns[q].next.try_lock() else { continue };
+            if *next != st.window.granted_on(q) {
+                continue;
+            }
             let Ok(g) = st.window.reserve_notice(q) else { continue };
+            *next += 1;
             let write = RdmaWrite {
                 wr_id: wr_id(WrKind::Write, q as u8, g.seq),
                 local: &[],
@@ -409,9 +438,8 @@ impl SendShared {
     }
 
     /// Waits for a grant from `reserve` (credit and send-queue room) and
-    /// returns it with `post` and `state` held, so the caller numbers and
-    /// posts the WR without another thread in between. `post` is let go
-    /// while waiting (the progress thread needs it for probes). Returns the
+    /// returns it with `state` held; the caller prepares the WR and posts it
+    /// in its QP's turn ([`SendShared::post_in_turn`]). Returns the
     /// session's fault, or `Stalled` after the stall timeout, which the
     /// caller raises with [`SendShared::fail`] once it let go of the locks.
     fn wait_grant(
@@ -420,7 +448,6 @@ impl SendShared {
     ) -> Result<Granted<'_>, Fault> {
         let mut clock = WaitClock::new();
         loop {
-            let post = lock(&self.post);
             let mut st = self.lock_state();
             if let Some(f) = self.fault.get() {
                 clock.finish(&self.counters);
@@ -429,18 +456,17 @@ impl SendShared {
             match reserve(&mut st, self.pool.pool()) {
                 Ok(g) => {
                     clock.finish(&self.counters);
-                    return Ok((post, st, Some(g)));
+                    return Ok((st, Some(g)));
                 }
                 Err(Blocked::Ended) => {
                     clock.finish(&self.counters);
-                    return Ok((post, st, None));
+                    return Ok((st, None));
                 }
                 Err(Blocked::NoCredit | Blocked::SendQueueFull) => {
                     if let Err(stalled) = clock.tick(self.cfg.stall_timeout) {
                         clock.finish(&self.counters);
                         return Err(stalled);
                     }
-                    drop(post);
                     st.waiters += 1;
                     st = self.wake.wait_timeout(st, WAIT_SLICE).map(|(g, _)| g).unwrap_or_else(
                         |p| {
@@ -502,7 +528,34 @@ impl SendShared {
         })
     }
 
-    /// Posts a prepared WRITE (holding `post`, not `state`).
+    /// Posts WR `seq` of `qp` (prepared under `state`, which the caller let
+    /// go) once every earlier WR of the QP was posted, and passes the turn on.
+    /// A WR whose preparation failed passes the turn on too.
+    fn post_in_turn(
+        &self,
+        qp: usize,
+        seq: u64,
+        prepared: Result<PreparedWrite, Fault>,
+    ) -> Result<(), Fault> {
+        let turn = &self.turns[qp];
+        let mut next = lock(&turn.next);
+        while *next != seq {
+            if let Some(f) = self.fault.get() {
+                return Err(f);
+            }
+            next = turn.turn.wait_timeout(next, WAIT_SLICE).map(|(g, _)| g).unwrap_or_else(|p| {
+                let (g, _) = p.into_inner();
+                g
+            });
+        }
+        let posted = prepared.and_then(|w| self.post_prepared(&w));
+        *next += 1;
+        drop(next);
+        turn.turn.notify_all();
+        posted
+    }
+
+    /// Posts a prepared WRITE (in its QP's turn, not holding `state`).
     fn post_prepared(&self, w: &PreparedWrite) -> Result<(), Fault> {
         let write = RdmaWrite {
             wr_id: w.wr_id,
@@ -895,13 +948,12 @@ impl FrameSender for RdmaSender {
             st.window.reserve_frame(pool.available() == 0)
         });
         let posted = match waited {
-            Ok((_, _, None)) => return Err(misuse("send after finish".into())),
-            Ok((post, mut st, Some(grant))) => {
+            Ok((_, None)) => return Err(misuse("send after finish".into())),
+            Ok((mut st, Some(grant))) => {
+                let (qp, seq) = (grant.qp, grant.seq);
                 let prepared = shared.prepare_frame(&mut st, grant, &header, lease);
                 drop(st); // the progress thread goes on while the NIC takes the WR
-                let posted = prepared.and_then(|w| shared.post_prepared(&w));
-                drop(post);
-                posted
+                shared.post_in_turn(qp, seq, prepared)
             }
             Err(fault) => Err(fault),
         };
@@ -921,12 +973,11 @@ impl FrameSender for RdmaSender {
         }
         for q in 0..shared.qps.len() {
             let ended = match shared.wait_grant(|st, _| st.window.reserve_end(q)) {
-                Ok((post, mut st, Some(g))) => {
+                Ok((mut st, Some(g))) => {
+                    let (qp, seq) = (g.qp, g.seq);
                     let prepared = shared.prepare_frame(&mut st, g, &FrameHeader::end(), None);
                     drop(st);
-                    let posted = prepared.and_then(|w| shared.post_prepared(&w));
-                    drop(post);
-                    posted
+                    shared.post_in_turn(qp, seq, prepared)
                 }
                 Ok(_) => Ok(()),
                 Err(fault) => Err(fault),

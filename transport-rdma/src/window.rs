@@ -250,6 +250,11 @@ impl SenderWindow {
         self.lanes.get(qp).map_or(0, Lane::outstanding)
     }
 
+    /// WRs numbered (granted) on `qp` so far; the next grant gets this `seq`.
+    pub fn granted_on(&self, qp: usize) -> u64 {
+        self.lanes.get(qp).map_or(0, |l| l.posted)
+    }
+
     /// Credited slots not yet written.
     pub fn credits(&self) -> usize {
         self.free.len()
