@@ -25,8 +25,9 @@
 #      directories too); --transport rdma against a --no-rdma daemon must exit
 #      3 and auto must pick tcp there. Last, the benchmark: a 256 MiB file on
 #      /dev/shm pushed by blit over rdma (4M and 1M chunks; 4M once more with
-#      --rdma-frame-checksums and once with --rdma-cq event) and tcp, next to
-#      ib_write_bw at the same message sizes, with MiB/s, client + daemon CPU
+#      --qps 1, with --rdma-frame-checksums and with --rdma-cq event) and tcp,
+#      next to ib_write_bw at the same message sizes (4M also with -q 2, as
+#      blit uses two QPs by default), with MiB/s, client + daemon CPU
 #      and the RDMA counters (WRs/MiB, payload copies) from both sides' logs.
 #   3. two VMs (ci/rxe/rxe-pair, two rxe devices on a private link):
 #      verbs_selftest --listen in A, --connect in B (32 MiB), then ib_write_bw
@@ -82,18 +83,19 @@ perftest_loopback() {  # SIZE ITERS LOGFILE: server + client on rxe0, retried on
 
 busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
 
-perftest_cpu() {  # SIZE ITERS LOGFILE [PORT]: like perftest_loopback, plus CPU time of both processes
+perftest_cpu() {  # SIZE ITERS LOGFILE [PORT [FLAGS...]]: like perftest_loopback, plus CPU time of both processes
   local size=$1 iters=$2 logf=$3 port=${4:-18700} attempt
+  shift 3; [ $# -gt 0 ] && shift  # FLAGS (e.g. -q 2) go to both ends
   for attempt in 1 2 3; do
     port=$((port + 1))
     ( TIMEFORMAT='server real %R user %U sys %S'
-      time timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" > "$logf.server" 2>&1 ) 2> "$logf.server-time" &
+      time timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" "$@" > "$logf.server" 2>&1 ) 2> "$logf.server-time" &
     local spid=$!
     sleep 1
     local b0 b1 crc
     b0=$(busy_jiffies)
     ( TIMEFORMAT='client real %R user %U sys %S'
-      time timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" "$RXE_VM_IP" > "$logf" 2>&1 ) 2> "$logf.client-time"
+      time timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" "$@" "$RXE_VM_IP" > "$logf" 2>&1 ) 2> "$logf.client-time"
     crc=$?
     b1=$(busy_jiffies)
     wait "$spid"
@@ -309,6 +311,15 @@ guest_blit_loopback() {
   perftest_cpu 4194304 64 "$OUT/blit-ib_write_bw-4M-after.txt" 18850 \
     || echo "WARN: ib_write_bw 4M (after) failed (reference only)"
   echo "rxe retries / duplicate packets (all attempts): $x -> $(rxe_hw)"
+  # blit stripes over 2 QPs by default; perftest's -q 2 is the like-for-like reference (one
+  # thread posts both of its QPs), and blit --qps 1 the one-QP comparison
+  section "ib_write_bw -s 4194304 -n 64 -q 2 (two QPs)"
+  x=$(rxe_hw)
+  perftest_cpu 4194304 64 "$OUT/blit-ib_write_bw-4M-q2.txt" 18870 -q 2 \
+    || echo "WARN: ib_write_bw 4M -q 2 failed (reference only)"
+  echo "rxe retries / duplicate packets (all attempts): $x -> $(rxe_hw)"
+  section "blit push --transport rdma --qps 1 (chunk 4M, one QP)"
+  blit_bench rdma-4M-q1 rdma --transport rdma --qps 1 || rc=1
   section "blit push --transport rdma --rdma-frame-checksums (chunk 4M; xxh3 per chunk as over TCP)"
   blit_bench rdma-4M-sum rdma --transport rdma --rdma-frame-checksums || rc=1
   section "blit push --transport rdma --rdma-cq event (chunk 4M; completion channels, no busy-poll)"
@@ -763,7 +774,7 @@ json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
     echo "machine = busy time of all vCPUs; WRs/MiB and copies (payload bytes) from both sides' RDMA counters;"
     echo "data = the sender's data phase alone (first data WRITE posted to finish), as ib_write_bw counts its own:"
     printf '  %-19s %7s %9s %6s %10s %8s %8s %7s %6s %8s %6s %7s\n' run MiB/s "(accept)" "vs ib" "CPU s/GiB" machine WRs/MiB copies waits "rxe retr" data "vs ib"
-    for r in rdma-4M:4M rdma-4M-sum:4M rdma-4M-event:4M rdma-1M:1M tcp:; do
+    for r in rdma-4M:4M rdma-4M-q1:4M rdma-4M-sum:4M rdma-4M-event:4M rdma-1M:1M tcp:; do
       l=${r%%:*} sz=${r#*:} f=$OUT/blit-bench-${r%%:*}.txt
       ib=; [ -n "$sz" ] && ib=$(ibref "$sz")
       data=$(bench "$f" data_mib_per_s || true)
@@ -774,7 +785,7 @@ json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
         "$(bench "$f" payload_copy_bytes || true)" "$(bench "$f" send_waits || true)" "$(bench "$f" rxe_retries || true)" \
         "$(fmt "$data")" "$(ratio "$data" "$ib")"
     done
-    for sz in 4M 4M-after 1M; do
+    for sz in 4M 4M-after 4M-q2 1M; do
       printf '  %-19s %7s %9s %6s %10s %8s\n' "ib_write_bw ${sz/-after/ (2)}" "$(fmt "$(pbw "$OUT/blit-ib_write_bw-$sz.txt")")" "" "" \
         "$(fmt "$(pcpu "$OUT/blit-ib_write_bw-$sz.txt.cpu")")" "$(fmt "$(mcpu "$OUT/blit-ib_write_bw-$sz.txt.cpu")")"
     done
