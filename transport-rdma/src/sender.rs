@@ -281,8 +281,8 @@ struct PreparedWrite {
     payload_len: usize,
 }
 
-/// What [`SendShared::wait_grant`] hands back: the post lock, the window
-/// lock, and the grant (`None`: every QP already sent its End frame).
+/// What [`SendShared::wait_grant`] hands back: the window lock and the grant
+/// (`None`: every QP already sent its End frame).
 type Granted<'a> = (MutexGuard<'a, SendState>, Option<Grant>);
 
 /// The posting order of one QP: `next` is the `seq` of the next WR to hand
