@@ -438,8 +438,7 @@ impl SendShared {
     }
 
     /// Waits for a grant from `reserve` (credit and send-queue room) and
-    /// returns it with `state` held; the caller prepares the WR and posts it
-    /// in its QP's turn ([`SendShared::post_in_turn`]). Returns the
+    /// returns it with `state` held, for [`SendShared::grant_and_post`]. Returns the
     /// session's fault, or `Stalled` after the stall timeout, which the
     /// caller raises with [`SendShared::fail`] once it let go of the locks.
     fn wait_grant(
@@ -526,6 +525,23 @@ impl SendShared {
             signaled: g.signaled,
             payload_len,
         })
+    }
+
+    /// Waits for a grant from `reserve`, prepares the frame under the window
+    /// lock and posts it in its QP's turn. `Ok(false)`: every QP already sent
+    /// its End frame, nothing was posted.
+    fn grant_and_post(
+        &self,
+        reserve: impl FnMut(&mut SendState, &BufferPool) -> Result<Grant, Blocked>,
+        header: &FrameHeader,
+        lease: Option<BufLease>,
+    ) -> Result<bool, Fault> {
+        let (mut st, Some(grant)) = self.wait_grant(reserve)? else { return Ok(false) };
+        let (qp, seq) = (grant.qp, grant.seq);
+        let prepared = self.prepare_frame(&mut st, grant, header, lease);
+        drop(st); // the progress thread goes on while the NIC takes the WR
+        self.post_in_turn(qp, seq, prepared)?;
+        Ok(true)
     }
 
     /// Posts WR `seq` of `qp` (prepared under `state`, which the caller let
@@ -943,23 +959,16 @@ impl FrameSender for RdmaSender {
             )));
         }
         let lease = self.own_lease(&header, payload)?;
-        let waited = shared.wait_grant(|st, pool| {
-            // An empty pool forces a signal (see window.rs).
-            st.window.reserve_frame(pool.available() == 0)
-        });
-        let posted = match waited {
-            Ok((_, None)) => return Err(misuse("send after finish".into())),
-            Ok((mut st, Some(grant))) => {
-                let (qp, seq) = (grant.qp, grant.seq);
-                let prepared = shared.prepare_frame(&mut st, grant, &header, lease);
-                drop(st); // the progress thread goes on while the NIC takes the WR
-                shared.post_in_turn(qp, seq, prepared)
+        // An empty pool forces a signal (see window.rs).
+        let reserve =
+            |st: &mut SendState, pool: &BufferPool| st.window.reserve_frame(pool.available() == 0);
+        match shared.grant_and_post(reserve, &header, lease) {
+            Ok(true) => {}
+            Ok(false) => return Err(misuse("send after finish".into())),
+            Err(fault) => {
+                shared.fail(fault);
+                return shared.fault.check();
             }
-            Err(fault) => Err(fault),
-        };
-        if let Err(fault) = posted {
-            shared.fail(fault);
-            return shared.fault.check();
         }
         shared.maybe_break_link();
         Ok(())
@@ -972,17 +981,9 @@ impl FrameSender for RdmaSender {
             return Ok(());
         }
         for q in 0..shared.qps.len() {
-            let ended = match shared.wait_grant(|st, _| st.window.reserve_end(q)) {
-                Ok((mut st, Some(g))) => {
-                    let (qp, seq) = (g.qp, g.seq);
-                    let prepared = shared.prepare_frame(&mut st, g, &FrameHeader::end(), None);
-                    drop(st);
-                    shared.post_in_turn(qp, seq, prepared)
-                }
-                Ok(_) => Ok(()),
-                Err(fault) => Err(fault),
-            };
-            if let Err(fault) = ended {
+            let end =
+                shared.grant_and_post(|st, _| st.window.reserve_end(q), &FrameHeader::end(), None);
+            if let Err(fault) = end {
                 shared.fail(fault);
                 return shared.fault.check();
             }

@@ -120,6 +120,15 @@ fn pattern(id: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u64).wrapping_mul(31).wrapping_add(id * 7) as u8).collect()
 }
 
+/// Sends `pattern(id, len)` as frame `id` in a lease of the sender's own pool.
+fn send_pattern(tx: &RdmaSender, id: u64, len: usize) -> Result<(), TransportError> {
+    let data = pattern(id, len);
+    let mut lease = tx.pool().acquire().unwrap();
+    lease.full_mut()[..len].copy_from_slice(&data);
+    lease.set_len(len);
+    tx.send(Frame { header: chunk_header(id, &data), payload: Payload::Buffer(lease) })
+}
+
 /// Every payload form arrives intact, `None` reaches every receiving thread,
 /// and the counters show no copy on the `Buffer` path.
 #[test]
@@ -178,12 +187,7 @@ fn every_payload_form_arrives_and_buffer_frames_are_not_copied() {
                 2 => 4097,
                 _ => (id as usize * 7919) % chunk as usize,
             };
-            let data = pattern(id, len);
-            let mut lease = tx.pool().acquire().unwrap();
-            lease.full_mut()[..len].copy_from_slice(&data);
-            lease.set_len(len);
-            tx.send(Frame { header: chunk_header(id, &data), payload: Payload::Buffer(lease) })
-                .unwrap();
+            send_pattern(&tx, id, len).unwrap();
         }
         let hole = FrameHeader {
             kind: FrameKind::Hole,
@@ -230,7 +234,7 @@ fn every_payload_form_arrives_and_buffer_frames_are_not_copied() {
 /// Many threads send at once over three QPs, with few slots and credits:
 /// each QP's WRs are posted in the order the window numbered them while
 /// posts to different QPs overlap. Every frame arrives once and intact, and
-/// the window ends with nothing outstanding.
+/// `finish()` (which waits until no WR is outstanding) succeeds.
 #[test]
 fn concurrent_senders_on_several_qps_deliver_every_frame_once() {
     if !device_or_skip("concurrent senders") {
@@ -259,12 +263,7 @@ fn concurrent_senders_on_several_qps_deliver_every_frame_once() {
                     for k in 0..per_sender {
                         let id = t * 1_000 + k;
                         let len = 1 + (id as usize * 7919) % chunk as usize;
-                        let data = pattern(id, len);
-                        let mut lease = tx.pool().acquire().unwrap();
-                        lease.full_mut()[..len].copy_from_slice(&data);
-                        lease.set_len(len);
-                        let header = chunk_header(id, &data);
-                        tx.send(Frame { header, payload: Payload::Buffer(lease) }).unwrap();
+                        send_pattern(tx, id, len).unwrap();
                     }
                 })
             })
