@@ -254,6 +254,7 @@ impl RecvShared {
                 let _ = self.post_control(Some(qp), &Control::Abort, true);
             }
         }
+        self.fault.notices_done();
     }
 
     /// Posts one control SEND; `Ok(false)` when the QP's send queue is full.
@@ -439,7 +440,9 @@ impl RecvShared {
         }
         drop(tx);
         if self.fault.is_raised() {
-            // let the abort notices leave, then flush everything
+            // let the abort notices leave (once the failing thread posted them), then
+            // flush everything
+            self.fault.wait_notices(ABORT_GRACE);
             let deadline = Instant::now() + ABORT_GRACE;
             while Instant::now() < deadline && !self.control_idle() {
                 let n = poller.poll(&self.cq, &mut wcs, &self.counters).unwrap_or(0);

@@ -359,6 +359,7 @@ impl SendShared {
         if notify {
             self.post_notices();
         }
+        self.fault.notices_done();
         self.wake.notify_all();
         self.pool.pool().close();
         if !self.thread_running.load(Ordering::Acquire) {
@@ -694,6 +695,8 @@ impl SendShared {
     /// (bounded by another `ABORT_GRACE`; leases still in flight then go back
     /// only when the QPs are destroyed).
     fn shutdown_after_fault(&self, poller: &mut Poller, wcs: &mut [Completion]) {
+        // the thread that raised the fault may still be posting the notices
+        self.fault.wait_notices(ABORT_GRACE);
         let mut released = Vec::new();
         let mut drain = |until: Instant, released: &mut Vec<BufLease>| {
             while Instant::now() < until {
