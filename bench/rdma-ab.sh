@@ -35,39 +35,29 @@ if [ "${1:-}" != --guest ]; then
     "$HERE/rdma-ab.sh" --guest "$out" "${specs[@]}"
 fi
 
-# --- guest side ------------------------------------------------------------------
+# --- guest side (helpers: ci/rxe/guest-bench.sh) ------------------------------------
 shift
 out=$1; shift
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+# shellcheck source=../ci/rxe/guest-bench.sh
+. "$HERE/../ci/rxe/guest-bench.sh"
 ip=${RXE_VM_IP%/*}
 cd /tmp
-mkdir -p /dev/shm/ab-src /dev/shm/ab-root
-head -c 16M /dev/urandom > /dev/shm/ab-part
-for _ in $(seq 16); do cat /dev/shm/ab-part; done > /dev/shm/ab-src/big.bin
-rm -f /dev/shm/ab-part
-# the first touch of guest RAM is slow under TCG: touch and free it before measuring
-head -c 640M /dev/zero > /dev/shm/ab-warm && rm -f /dev/shm/ab-warm
+bench_file /dev/shm/ab-src/big.bin
 
-ib() {  # PORT [FLAGS...]: one ib_write_bw 4 MiB x 64 on rxe0, prints MiB/s
-  local port=$1 srv; shift
-  timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s 4194304 -n 64 "$@" > /dev/null 2>&1 &
-  srv=$!
-  sleep 1
-  timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s 4194304 -n 64 "$@" "$ip" 2>&1 \
-    | awk -v f="$*" '/^ *4194304/ { printf "ib_write_bw %-6s %.1f MiB/s\n", f, $4 / 1.048576 }' \
-    || echo "ib_write_bw $* failed (reference only)"
-  wait "$srv" || true
+ib() {  # NAME PORT [FLAGS...]: one ib_write_bw 4 MiB x 64 on rxe0, prints MiB/s
+  local name=$1 log=$out/ib_write_bw-$1.txt; shift
+  if perftest_cpu 4194304 64 "$log" "$@" > /dev/null; then
+    awk -v f="${*:2}" '$1 ~ /^[0-9]+$/ && NF >= 4 { printf "ib_write_bw %-6s %.1f MiB/s\n", f, $4 / 1.048576; exit }' "$log"
+  else
+    echo "ib_write_bw ${*:2} failed (reference only; see $log)"
+  fi
 }
 
-ib 18601
-ib 18602 -q 2
+ib before 18600
+ib before-q2 18610 -q 2
 IFS=: read -r _ daemon_bin _ <<< "$1"
-RUST_LOG=info NO_COLOR=1 "$daemon_bin" daemon --root /dev/shm/ab-root --listen "$ip:9031" \
-  > "$out/daemon.log" 2>&1 &
-dpid=$!
-until ss -Hltn "sport = :9031" | grep -q .; do
-  kill -0 "$dpid" 2>/dev/null || { echo "blit daemon exited:"; tail "$out/daemon.log"; exit 1; }
-  sleep 0.1
-done
+blit_daemon_start "$daemon_bin" /dev/shm/ab-root "$ip:9031" "$out/daemon.log" || exit 1
 rc=0
 for r in $(seq "${ROUNDS:-3}"); do
   for spec in "$@"; do
@@ -83,7 +73,7 @@ for r in $(seq "${ROUNDS:-3}"); do
       END { printf "%-12s round %d  %.1f MiB/s (%.3f s)\n", l, r, b / 1048576 / s, s }' "$out/$label.$r.json"
   done
 done
-ib 18603
-ib 18604 -q 2
-kill "$dpid" 2>/dev/null; wait "$dpid" 2>/dev/null || true
+ib after 18620
+ib after-q2 18630 -q 2
+kill "$DPID" 2>/dev/null; wait "$DPID" 2>/dev/null || true
 exit "$rc"

@@ -81,39 +81,9 @@ perftest_loopback() {  # SIZE ITERS LOGFILE: server + client on rxe0, retried on
   return 1
 }
 
-busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
-
-perftest_cpu() {  # SIZE ITERS LOGFILE [PORT [FLAGS...]]: like perftest_loopback, plus CPU time of both processes
-  local size=$1 iters=$2 logf=$3 port=${4:-18700} attempt
-  shift 3; [ $# -gt 0 ] && shift  # FLAGS (e.g. -q 2) go to both ends
-  for attempt in 1 2 3; do
-    port=$((port + 1))
-    ( TIMEFORMAT='server real %R user %U sys %S'
-      time timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" "$@" > "$logf.server" 2>&1 ) 2> "$logf.server-time" &
-    local spid=$!
-    sleep 1
-    local b0 b1 crc
-    b0=$(busy_jiffies)
-    ( TIMEFORMAT='client real %R user %U sys %S'
-      time timeout 120 ib_write_bw -d rxe0 -F -p "$port" -s "$size" -n "$iters" "$@" "$RXE_VM_IP" > "$logf" 2>&1 ) 2> "$logf.client-time"
-    crc=$?
-    b1=$(busy_jiffies)
-    wait "$spid"
-    if grep -q "Can't produce a report" "$logf" "$logf.server"; then
-      echo "(ib_write_bw: perftest clock calibration failed under TCG, retry $attempt)"
-      continue
-    fi
-    # process CPU = user + sys of server and client; machine = busy jiffies (USER_HZ 100)
-    awk -v mib="$((size * iters >> 20))" -v jif="$((b1 - b0))" '
-      /real/ { real[$1] = $3; user += $5; sys += $7 }
-      END { gib = mib / 1024
-            printf "ib_write_bw CPU: process %.2f s user + %.2f s system (%.2f s/GiB, user %.2f s/GiB), machine %.2f s (%.2f s/GiB); client %.2f s wall\n",
-                   user, sys, (user + sys) / gib, user / gib, jif / 100, jif / 100 / gib, real["client"] }' \
-      "$logf.server-time" "$logf.client-time" | tee "$logf.cpu"
-    return "$crc"
-  done
-  return 1
-}
+# busy_jiffies, perftest_cpu, bench_file, blit_daemon_start (shared with bench/rdma-ab.sh)
+# shellcheck source=rxe/guest-bench.sh
+. "$HERE/rxe/guest-bench.sh"
 
 # timing: `section NAME` prints "== NAME" and, first, how long the previous section took
 SECTION='' SECTION_T=''
@@ -185,15 +155,7 @@ blit_xfer() {  # LABEL WANT_TRANSPORT XFER_ARGS...: exit 0, the transport wanted
 }
 
 daemon_start() {  # ROOT ADDR LOG [ARGS...]: background blit daemon, DPID; waits for its listener
-  local root=$1 addr=$2 logf=$3 n=1200; shift 3
-  mkdir -p "$root"
-  RUST_LOG=info NO_COLOR=1 "$STAGE_BLIT" daemon --root "$root" --listen "$addr" "$@" > "$logf" 2>&1 &
-  DPID=$!
-  until ss -Hltn "sport = :${addr##*:}" | grep -q .; do
-    kill -0 "$DPID" 2>/dev/null || { echo "FAIL: blit daemon exited:"; strip_ansi < "$logf" | tail; return 1; }
-    n=$((n - 1)); [ "$n" -gt 0 ] || { echo "FAIL: blit daemon not listening on $addr"; return 1; }
-    sleep 0.1
-  done
+  blit_daemon_start "$STAGE_BLIT" "$@"
 }
 daemon_stop() { kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; return 0; }
 RXE_HW=/sys/class/infiniband/rxe0/ports/1/hw_counters
@@ -288,14 +250,8 @@ guest_blit_loopback() {
   rm -rf /dev/shm/blit-root-tcp
 
   section "blit benchmark: 256 MiB file on /dev/shm; blit rdma (4M, 1M chunks) and tcp, ib_write_bw (4M, 1M)"
-  mkdir -p /dev/shm/blit-bench
-  head -c 16M /dev/urandom > /dev/shm/blit-bench.part
-  for x in $(seq 16); do cat /dev/shm/blit-bench.part; done > /dev/shm/blit-bench/big.bin
-  rm -f /dev/shm/blit-bench.part
+  bench_file /dev/shm/blit-bench/big.bin
   touch -d @1700000000.123456789 /dev/shm/blit-bench/big.bin
-  # Warm-up: the first touch of guest RAM makes qemu fault in host memory, which made
-  # whichever run came first (blit rdma 4M) ~7% slower; touch and free 640 MiB first.
-  head -c 640M /dev/zero > /dev/shm/blit-warm && rm -f /dev/shm/blit-warm
   echo "guest load before: $(cat /proc/loadavg)"
   section "ib_write_bw -s 4194304 -n 64 (256 MiB) with CPU time"
   x=$(rxe_hw)
