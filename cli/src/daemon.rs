@@ -9,6 +9,7 @@ use std::time::Duration;
 use blitx_control::server::{DaemonConfig, run_daemon};
 
 use crate::exit::Exit;
+use crate::units::parse_bytes;
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
@@ -40,6 +41,35 @@ pub struct DaemonArgs {
     /// Never offer RDMA (TCP only).
     #[arg(long)]
     pub no_rdma: bool,
+    /// Apply the owner and group clients send. Without it, a root daemon gives everything a
+    /// client creates to the owner of --root (docs/security.md).
+    #[arg(long)]
+    pub allow_owners: bool,
+    /// Keep setuid/setgid bits clients send on files (stripped by default).
+    #[arg(long)]
+    pub allow_setid: bool,
+    /// Sessions served at once; more are refused (RESOURCE_EXHAUSTED).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_sessions: u64,
+    /// Control connections at once; beyond it the quietest idle one is closed.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// Listing entries one session may send (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 100_000_000)]
+    pub max_entries: u64,
+    /// Memory one session may use for buffers and bookkeeping (the client's streams × chunk
+    /// size are reduced to fit).
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_bytes)]
+    pub session_memory: u64,
+    /// Memory all sessions together may use; a session that does not fit is refused.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_bytes)]
+    pub memory: u64,
+    /// Seconds a new session may take to send its request.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub open_timeout: u64,
+    /// End a session when the client sends nothing and no data moves for this long.
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub idle_timeout: u64,
 }
 
 pub fn run(args: DaemonArgs) -> Exit {
@@ -47,17 +77,23 @@ pub fn run(args: DaemonArgs) -> Exit {
         eprintln!("blit: error: --root {} is not a directory", args.root.display());
         return Exit::Fatal;
     }
-    let cfg = DaemonConfig {
-        root: args.root,
-        listen: args.listen,
-        read_only: args.read_only,
-        threads: args.threads.unwrap_or_else(blitx_storage::default_io_threads),
-        default_streams: args.streams,
-        stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
-        numa: args.numa,
-        rdma_device: args.rdma_device,
-        no_rdma: args.no_rdma,
-    };
+    let mut cfg = DaemonConfig::new(args.root, args.listen);
+    cfg.read_only = args.read_only;
+    cfg.threads = args.threads.unwrap_or_else(blitx_storage::default_io_threads);
+    cfg.default_streams = args.streams;
+    cfg.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
+    cfg.numa = args.numa;
+    cfg.rdma_device = args.rdma_device;
+    cfg.no_rdma = args.no_rdma;
+    cfg.allow_owners = args.allow_owners;
+    cfg.allow_setid = args.allow_setid;
+    cfg.max_sessions = usize::try_from(args.max_sessions).unwrap_or(usize::MAX);
+    cfg.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
+    cfg.max_entries = args.max_entries;
+    cfg.session_memory_bytes = args.session_memory;
+    cfg.memory_bytes = args.memory;
+    cfg.open_timeout = Duration::from_secs(args.open_timeout);
+    cfg.idle_timeout = Duration::from_secs(args.idle_timeout);
     let shutdown = Arc::new(AtomicBool::new(false));
     match run_daemon(cfg, shutdown, |addr| eprintln!("blit daemon listening on {addr}")) {
         Ok(()) => Exit::Ok,

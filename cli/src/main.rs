@@ -45,9 +45,52 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
+        // Colours only for a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// stderr for log lines. tracing-subscriber escapes ESC and C1 controls inside logged values but
+/// not line breaks, so a file name or a peer's message in a log line could still start a line of
+/// its own: each formatted event (one write) leaves here as one line, its other control bytes
+/// escaped. ESC passes, as the level's colours use it.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().lock().write_all(&escape_log_line(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `buf` with every control byte but ESC and a final newline written as `\n`, `\r`, `\t` or
+/// `\xNN`.
+fn escape_log_line(buf: &[u8]) -> Vec<u8> {
+    let (body, newline) = match buf.strip_suffix(b"\n") {
+        Some(body) => (body, true),
+        None => (buf, false),
+    };
+    let mut out = Vec::with_capacity(buf.len() + 16);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x1b => out.push(b),
+            b if b < 0x20 || b == 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            b => out.push(b),
+        }
+    }
+    if newline {
+        out.push(b'\n');
+    }
+    out
 }
 
 fn main() {
@@ -60,4 +103,19 @@ fn main() {
         Command::Bench(args) => bench::run(*args),
     };
     std::process::exit(code.into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_cannot_be_split_by_a_logged_name() {
+        let line = b"\x1b[33m WARN\x1b[0m cannot stat a\nFAKE LINE\r\x07: gone\n";
+        assert_eq!(
+            escape_log_line(line),
+            b"\x1b[33m WARN\x1b[0m cannot stat a\\nFAKE LINE\\r\\x07: gone\n".to_vec()
+        );
+        assert_eq!(escape_log_line(b"no newline"), b"no newline".to_vec());
+    }
 }

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use blitx_core::RelPath;
 use blitx_storage::report::{Event, EventKind, FileError, Progress, Reporter};
 use serde::Serialize;
 
@@ -21,6 +22,13 @@ pub struct PrintReporter {
 
 impl Reporter for PrintReporter {
     fn event(&self, e: Event) {
+        if e.kind == EventKind::Unsupported {
+            // Always said, like rsync's "skipping non-regular file": the copy is not complete.
+            let verb = if self.dry_run { "would skip" } else { "skipped" };
+            let line = format!("blit: {verb} special file (not copied): {}", escaped(&e.path));
+            self.print(&line, true);
+            return;
+        }
         let failed = e.kind == EventKind::Failed;
         if !(self.verbose || self.dry_run || failed) || (self.json && !failed) {
             return;
@@ -36,13 +44,22 @@ impl Reporter for PrintReporter {
             EventKind::Unsupported => "skip",
             EventKind::Failed => "error:",
         };
+        // Names and messages may come from a peer: escaped, so they cannot forge lines.
+        let path = escaped(&e.path);
         let line = match (&e.message, failed) {
-            (Some(m), true) => format!("error: {}: {m}", e.path),
-            (Some(m), false) => format!("{prefix}{what} {} ({m})", e.path),
-            (None, _) => format!("{prefix}{what} {}", e.path),
+            (Some(m), true) => format!("error: {path}: {}", escape_str(m)),
+            (Some(m), false) => format!("{prefix}{what} {path} ({})", escape_str(m)),
+            (None, _) => format!("{prefix}{what} {path}"),
         };
+        self.print(&line, failed);
+    }
+}
+
+impl PrintReporter {
+    /// One line: above the bar if there is one, else on stderr (`to_stderr`) or stdout.
+    fn print(&self, line: &str, to_stderr: bool) {
         let _g = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        match (&self.bar, failed) {
+        match (&self.bar, to_stderr) {
             (Some(bar), _) => bar.println(line),
             (None, true) => {
                 let _ = writeln!(std::io::stderr(), "{line}");
@@ -52,6 +69,57 @@ impl Reporter for PrintReporter {
             }
         }
     }
+}
+
+/// A path for a human: see [`Escaped`].
+pub fn escaped(path: &RelPath) -> Escaped<'_> {
+    Escaped(if path.is_root() { b"." } else { path.as_bytes() })
+}
+
+/// Text for a human (a message from a peer, an error chain): see [`Escaped`].
+pub fn escape_str(text: &str) -> String {
+    Escaped(text.as_bytes()).to_string()
+}
+
+/// Bytes shown the way `ls --quoting-style=escape` shows names: printable text as it is; `\\`,
+/// `\n`, `\r`, `\t`; other control characters and bytes that are not UTF-8 as `\xNN`; C1
+/// controls, bidirectional overrides and line separators as `\u{NNNN}`. A name or a peer's
+/// message can then neither start a new output line nor send the terminal an escape sequence,
+/// and different names never print alike. (`--json` carries names unescaped.)
+#[derive(Debug, Clone, Copy)]
+pub struct Escaped<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\\' => f.write_str("\\\\")?,
+                    '\n' => f.write_str("\\n")?,
+                    '\r' => f.write_str("\\r")?,
+                    '\t' => f.write_str("\\t")?,
+                    c if c.is_ascii_control() => write!(f, "\\x{:02x}", c as u32)?,
+                    c if c.is_control() || is_invisible_format(c) => {
+                        write!(f, "\\u{{{:04x}}}", c as u32)?;
+                    }
+                    c => write!(f, "{c}")?,
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Characters that reorder or break the text around them (bidirectional controls, line and
+/// paragraph separators): a name could make a line read differently from what it is.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// Makes the progress bar (on stderr) if wanted.
@@ -99,8 +167,13 @@ pub struct Summary {
     /// copies (the bytes never leave the process) and, unless asked for, over RDMA.
     pub frame_checksums: bool,
     pub files: u64,
+    /// Logical size of the files copied (sparse files' holes included).
     pub bytes: u64,
+    /// Payload bytes that went through the data plane (file data and the small index of each
+    /// bundle; holes of sparse files never do): what the throughput is of.
+    pub bytes_moved: u64,
     pub seconds: f64,
+    /// `bytes_moved / seconds`: a sparse terabyte copied in a second is not a TB/s link.
     pub throughput_bytes_per_sec: f64,
     pub entries_scanned: u64,
     pub meta_updated: u64,
@@ -133,25 +206,59 @@ impl Summary {
             }
             return;
         }
-        let verb = if self.dry_run { "would copy" } else { "copied" };
-        let rate = human_bytes(self.throughput_bytes_per_sec as u64);
-        eprintln!(
-            "{verb} {} files ({}) in {:.2} s, {rate}/s via {} ({} stream{}); scanned {} entries{}{}{}",
-            self.files,
+        eprintln!("{}", self.text());
+    }
+
+    /// The one-line human summary. A dry run says what *would* happen and has no rate (nothing
+    /// moved); names from the peer (the transport) are escaped.
+    pub fn text(&self) -> String {
+        let dry = self.dry_run;
+        let mut line = format!(
+            "{} {} ({})",
+            if dry { "would copy" } else { "copied" },
+            count(self.files, "file"),
             human_bytes(self.bytes),
-            self.seconds,
-            self.transport,
-            self.streams,
-            if self.streams == 1 { "" } else { "s" },
-            self.entries_scanned,
-            if self.deleted > 0 { format!(", deleted {}", self.deleted) } else { String::new() },
-            if self.error_count > 0 {
-                format!(", {} errors", self.error_count)
-            } else {
-                String::new()
-            },
-            if self.deletions_skipped { " (deletions skipped because of errors)" } else { "" },
         );
+        if dry {
+            line += &format!(" (dry run, {:.2} s)", self.seconds);
+        } else {
+            let rate = human_bytes(self.throughput_bytes_per_sec as u64);
+            line += &format!(" in {:.2} s, {rate}/s", self.seconds);
+        }
+        line += &format!(
+            " via {} ({}); scanned {}",
+            escape_str(&self.transport),
+            count(u64::from(self.streams), "stream"),
+            count(self.entries_scanned, "entry"),
+        );
+        if self.deleted > 0 {
+            let verb = if dry { "would delete" } else { "deleted" };
+            line += &format!(", {verb} {}", self.deleted);
+        }
+        if self.unsupported > 0 {
+            let verb = if dry { "would skip" } else { "skipped" };
+            line += &format!(", {verb} {} (not copied)", count(self.unsupported, "special file"));
+        }
+        if self.error_count > 0 {
+            line += &format!(", {}", count(self.error_count, "error"));
+        }
+        if self.deletions_skipped {
+            line += if dry {
+                " (deletions would be skipped because of errors)"
+            } else {
+                " (deletions skipped because of errors)"
+            };
+        }
+        line
+    }
+}
+
+/// `1 file`, `2 files`, `1 entry`, `3 entries`.
+fn count(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {noun}s"),
     }
 }
 
@@ -163,5 +270,73 @@ pub fn write_stdout(text: &str) {
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
         eprintln!("blit: error: cannot write to stdout: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn esc(b: &[u8]) -> String {
+        Escaped(b).to_string()
+    }
+
+    #[test]
+    fn escaping_keeps_text_and_escapes_controls_like_ls_b() {
+        assert_eq!(esc(b"plain name.txt"), "plain name.txt");
+        assert_eq!(esc("ünïcödé".as_bytes()), "ünïcödé");
+        assert_eq!(esc(b"a\nb\x1b[31mred"), "a\\nb\\x1b[31mred");
+        assert_eq!(esc(b"cr\rtab\tbs\\del\x7f"), "cr\\rtab\\tbs\\\\del\\x7f");
+        assert_eq!(esc(b"bad\xff\xfeutf8"), "bad\\xff\\xfeutf8");
+        // C1 CSI (a terminal escape on its own) and a right-to-left override.
+        assert_eq!(esc("x\u{9b}31m\u{202e}y".as_bytes()), "x\\u{009b}31m\\u{202e}y");
+        assert_eq!(escaped(&RelPath::root()).to_string(), ".");
+    }
+
+    #[test]
+    fn escaping_never_makes_two_names_print_alike() {
+        // The escape character is escaped itself, so a name cannot imitate an escaped one.
+        assert_ne!(esc(b"a\n"), esc(b"a\\n"));
+        assert_ne!(esc(b"\xff"), esc(b"\\xff"));
+        assert_ne!(esc(b"\xc2\x80"), esc(b"\x80"));
+    }
+
+    fn summary(dry_run: bool) -> Summary {
+        Summary {
+            ok: true,
+            dry_run,
+            transport: "tcp\n".into(),
+            streams: 1,
+            frame_checksums: false,
+            files: 1,
+            bytes: 1 << 40,
+            bytes_moved: 1 << 20,
+            seconds: 1.0,
+            throughput_bytes_per_sec: f64::from(1 << 20),
+            entries_scanned: 1,
+            meta_updated: 0,
+            dirs_created: 0,
+            symlinks: 0,
+            hardlinks: 0,
+            deleted: 3,
+            unsupported: 2,
+            deletions_skipped: false,
+            error_count: 1,
+            errors: Vec::new(),
+            profile: None,
+        }
+    }
+
+    #[test]
+    fn dry_run_summary_never_says_deleted() {
+        let dry = summary(true).text();
+        assert!(dry.contains("would copy 1 file ") && dry.contains("would delete 3"), "{dry}");
+        assert!(dry.contains("would skip 2 special files"), "{dry}");
+        assert!(!dry.contains("deleted") && !dry.starts_with("copied"), "{dry}");
+        assert!(!dry.contains("/s"), "a dry run moves nothing, it has no rate: {dry}");
+        let real = summary(false).text();
+        assert!(real.contains("copied 1 file ") && real.contains("deleted 3"), "{real}");
+        assert!(real.contains("1.0 MiB/s") && real.contains("1 error") && !real.contains("errors"));
+        assert!(real.contains("via tcp\\n (1 stream); scanned 1 entry,"), "{real}");
     }
 }

@@ -18,7 +18,7 @@ use blitx_storage::local::{LocalOptions, run_local};
 use blitx_storage::report::{FileError, SourceReport, TargetReport};
 
 use crate::exit::Exit;
-use crate::output::{PrintReporter, Summary, drive_bar, make_bar};
+use crate::output::{PrintReporter, Summary, drive_bar, escape_str, make_bar};
 use crate::units::parse_bytes;
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +75,17 @@ pub struct XferArgs {
     /// Seconds without data-plane progress before a remote transfer fails.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub stall_timeout: u64,
+    /// Seconds the daemon may take to connect, handshake and accept the session.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub connect_timeout: u64,
+    /// End a remote transfer when the daemon sends nothing and no data moves for this long
+    /// (0: wait as long as the daemon answers its keepalives).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub idle_timeout: u64,
+    /// When another blit transfer is writing into TARGET (or a directory above or below it),
+    /// wait for it instead of failing.
+    #[arg(long)]
+    pub wait_lock: bool,
     /// Size of one chunk of a large file (e.g. 1M, 4M, 16M).
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_bytes)]
     pub chunk_size: u64,
@@ -199,10 +210,29 @@ pub fn run(args: XferArgs, verbose: u8) -> Exit {
                 Some(c) if c.is_stall() => Exit::Stalled,
                 _ => Exit::Fatal,
             };
-            eprintln!("blit: error: {e:#}");
+            eprintln!("blit: error: {}", escape_str(&error_chain(&e)));
             code
         }
     }
+}
+
+/// `context: cause: cause`, each cause once. Some errors print their source in their own
+/// message as well (`#[error("... {0}")]` next to `#[source]`), which anyhow's `{:#}` would
+/// repeat; a cause already contained in the message before it is left out.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if previous.is_empty() || !previous.contains(&message) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&message);
+        }
+        previous = message;
+    }
+    out
 }
 
 /// Creates TARGET, or for a dry run with a missing TARGET, an empty stand-in.
@@ -286,6 +316,9 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     let t = &outcome.target;
     let mut errors: Vec<FileError> = t.errors.clone();
     errors.sort_by(|a, b| a.path.cmp(&b.path));
+    // The rate is of what crossed the data plane: the target's byte count is the files'
+    // logical size, holes of sparse files included, which move as empty frames.
+    let bytes_moved = outcome.source.bytes_sent;
     let summary = Summary {
         ok: t.error_count == 0,
         dry_run: args.dry_run,
@@ -294,8 +327,9 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         frame_checksums: outcome.frame_checksums,
         files: t.files_copied,
         bytes: t.bytes_copied,
+        bytes_moved,
         seconds,
-        throughput_bytes_per_sec: if seconds > 0.0 { t.bytes_copied as f64 / seconds } else { 0.0 },
+        throughput_bytes_per_sec: if seconds > 0.0 { bytes_moved as f64 / seconds } else { 0.0 },
         entries_scanned: outcome.source.entries,
         meta_updated: t.meta_updated,
         dirs_created: t.dirs_created,
@@ -428,6 +462,7 @@ fn run_local_copy(
     let target = Path::new(&args.target);
     // A dry run never creates TARGET.
     let target_root = open_target(target, args.dry_run)?;
+    let _lock = lock_target(&target_root, args, cancel)?;
     let opts = LocalOptions {
         source: PathBuf::from(&args.source),
         target: target.to_path_buf(),
@@ -439,6 +474,27 @@ fn run_local_copy(
     };
     let (source, target) = run_local(&opts, reporter, progress, cancel)?;
     Ok(Outcome { transport: "local".into(), streams: 1, frame_checksums: false, source, target })
+}
+
+/// One writer per target: held while this transfer writes into TARGET (not for dry runs).
+fn lock_target(
+    root: &RootDir,
+    args: &XferArgs,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Option<blitx_storage::lock::TargetLock>> {
+    use blitx_storage::lock::{LockError, TargetLock};
+    if args.dry_run {
+        return Ok(None);
+    }
+    let wait = args.wait_lock.then_some(Duration::from_secs(u64::from(u32::MAX)));
+    match TargetLock::acquire(root.fd(), wait, cancel) {
+        Ok(l) => Ok(Some(l)),
+        Err(LockError::Busy) => bail!(
+            "TARGET {} is being written by another blit transfer (into it, or a directory above or below it); use --wait-lock to wait for it",
+            args.target
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot lock TARGET {}", args.target)),
+    }
 }
 
 fn run_remote(
@@ -462,16 +518,23 @@ fn run_remote(
         events: reporter.verbose || reporter.dry_run,
         threads,
         stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        wait_lock: args.wait_lock,
         qps: args.qps,
         rdma_device: args.rdma_device.clone(),
         rdma_frame_checksums: args.rdma_frame_checksums,
         rdma_event_cq: args.rdma_cq == "event",
     };
+    // Held until the transfer is over (a pull writes into TARGET).
+    let _lock;
     let (remote, local) = if RemoteSpec::is_remote(&args.source) {
         let remote = RemoteSpec::parse(&args.source)?;
         let target = Path::new(&args.target);
         check_target(target)?;
-        (remote, Local::Target(open_target(target, args.dry_run)?))
+        let root = open_target(target, args.dry_run)?;
+        _lock = lock_target(&root, args, cancel)?;
+        (remote, Local::Target(root))
     } else {
         let remote = RemoteSpec::parse(&args.target)?;
         let source = Path::new(&args.source);

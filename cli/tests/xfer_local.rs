@@ -420,3 +420,160 @@ fn profile_reports_stages_and_records_history() {
     assert_ok(&out);
     assert_eq!(std::fs::read_to_string(&history).unwrap().lines().count(), 1);
 }
+
+/// A name with a line break and a terminal escape must not forge output lines or colour the
+/// terminal: every human line shows it escaped (like `ls -b`); --json keeps it exact.
+#[test]
+fn control_bytes_in_names_are_escaped_in_output() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let evil = std::ffi::OsStr::from_bytes(b"a\nb\x1b[31mred");
+    std::fs::write(src.join(evil), b"x").unwrap();
+    std::fs::write(src.join(std::ffi::OsStr::from_bytes(b"not-utf8-\xff")), b"y").unwrap();
+    for extra in [&["-v"][..], &["--dry-run"][..]] {
+        let dst = t.path().join(format!("dst{}", extra[0]));
+        let out = xfer(&src, &dst, extra);
+        assert_ok(&out);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stdout.contains("copy a\\nb\\x1b[31mred\n"), "{extra:?}: {stdout}");
+        assert!(stdout.contains("copy not-utf8-\\xff\n"), "{extra:?}: {stdout}");
+        for text in [&stdout, &stderr] {
+            assert!(!text.contains('\x1b'), "raw ESC in output ({extra:?}): {text:?}");
+            assert!(!text.lines().any(|l| l.starts_with("b")), "forged line: {text:?}");
+        }
+    }
+    let out = xfer(&src, &t.path().join("dst-json"), &["--json"]);
+    assert_ok(&out);
+    assert!(t.path().join("dst-json").join(evil).exists());
+}
+
+/// A dry run deletes nothing, so its summary must not say "deleted".
+#[test]
+fn dry_run_summary_says_would_delete() {
+    let t = scratch();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("keep"), b"k").unwrap();
+    assert_ok(&xfer(&src, &dst, &[]));
+    std::fs::write(dst.join("extra"), b"x").unwrap();
+    let out = xfer(&src, &dst, &["--dry-run", "--mirror"]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("would delete 1"), "{stderr}");
+    assert!(!stderr.contains("deleted"), "{stderr}");
+    assert!(dst.join("extra").exists());
+}
+
+/// One unreadable file is one error: one line naming it, "1 error" in the summary, and
+/// `error_count` 1.
+#[test]
+fn one_unreadable_file_is_one_error() {
+    let t = tempfile::Builder::new().prefix("blit-perm-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("ok.txt"), b"fine").unwrap();
+    std::fs::write(src.join("secret.txt"), b"no").unwrap();
+    std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000))
+        .unwrap();
+    let Some(out) = as_nobody(&[&src, &t.path().join("dst-json")]) else {
+        eprintln!("SKIPPED: needs root and setpriv to drop privileges");
+        return;
+    };
+    assert_eq!(code(&out), 23, "{}", String::from_utf8_lossy(&out.stderr));
+    let j = json(&out);
+    assert_eq!(j["error_count"], 1, "{j}");
+    assert_eq!(j["errors"].as_array().unwrap().len(), 1, "{j}");
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_blit"))
+        .arg("xfer")
+        .arg("--no-progress")
+        .arg(&src)
+        .arg(t.path().join("dst-text"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 23);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("secret.txt").count(), 1, "{stderr}");
+    assert!(stderr.contains(", 1 error") && !stderr.contains("errors"), "{stderr}");
+}
+
+/// Every cause of a command-line error is named once (some errors also print their source
+/// in their own message).
+#[test]
+fn path_errors_name_each_cause_once() {
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let dst = t.path().join("dst");
+    let once = |out: &Output, what: &str| {
+        assert_eq!(code(out), 1);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert_eq!(stderr.matches(what).count(), 1, "{stderr}");
+    };
+    let missing = Path::new("/nonexistent-blit-source");
+    once(&xfer(missing, &dst, &[]), "No such file or directory");
+    once(&xfer(Path::new("blit://127.0.0.1:1/../x"), &dst, &[]), "'..' component");
+    once(&xfer(&src, Path::new("blit://127.0.0.1:1/a/../x"), &[]), "'..' component");
+}
+
+/// The rate is of bytes that moved: a sparse file's holes are not data on the wire.
+#[test]
+fn sparse_files_do_not_inflate_the_rate() {
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let f = std::fs::File::create(src.join("huge.img")).unwrap();
+    f.set_len(64 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"header", 0).unwrap();
+    f.write_all_at(b"tail", (64 << 30) - 4).unwrap();
+    drop(f);
+    for extra in [&["--json"][..], &["--json", "--buffered"][..]] {
+        let dst = t.path().join(format!("dst{}", extra.len()));
+        let out = xfer(&src, &dst, extra);
+        assert_ok(&out);
+        let j = json(&out);
+        assert_eq!(j["bytes"], 64u64 << 30, "{j}");
+        let moved = j["bytes_moved"].as_u64().unwrap_or(u64::MAX);
+        assert!(moved <= 16 << 20, "{moved} bytes moved for 10 bytes of data: {j}");
+        let rate = j["throughput_bytes_per_sec"].as_f64().unwrap();
+        let seconds = j["seconds"].as_f64().unwrap();
+        assert!(rate * seconds <= moved as f64 * 1.001 + 1.0, "{j}");
+    }
+}
+
+/// FIFOs, sockets and devices are not copied: said on stderr even without -v, counted in the
+/// summary, and the exit code stays 0 (as rsync without -D).
+#[test]
+fn special_files_are_skipped_with_a_warning() {
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("file"), b"f").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("pipe\n1"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let out = xfer(&src, &t.path().join("dst"), &[]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("blit: skipped special file (not copied): pipe\\n1\n"), "{stderr}");
+    assert!(stderr.contains("skipped 1 special file"), "{stderr}");
+    assert!(!t.path().join("dst/pipe\n1").exists());
+    let out = xfer(&src, &t.path().join("dst-json"), &["--json"]);
+    assert_ok(&out);
+    assert_eq!(json(&out)["unsupported"], 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skipped special file"));
+}

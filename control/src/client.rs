@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
 use blitx_storage::RootDir;
+use blitx_storage::limits::Limits;
 use blitx_storage::report::{Progress, Reporter, SourceReport, TargetReport};
 use blitx_storage::source::{SourceError, SourceOptions, run_source};
 use blitx_storage::target::{TargetError, TargetOptions, run_target};
@@ -20,13 +21,16 @@ use crate::convert::{
 use crate::dataplane::{self, DataPlaneError, DataPlaneOptions, Role};
 use crate::pb;
 use crate::pb::blit_client::BlitClient;
-use crate::server::{forward_cancel, next_or_cancel, source_chain};
+use crate::server::{
+    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, forward_cancel, next_or_cancel, source_chain,
+};
 use crate::url::RemoteSpec;
 use crate::{BUILD_VERSION, CONTROL_MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the daemon's summary once the local half finished.
 const SUMMARY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default for `--connect-timeout`: TCP connect, HTTP/2 handshake and the daemon's Accept.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -47,6 +51,12 @@ pub struct ClientOptions {
     pub rdma_frame_checksums: bool,
     /// RDMA: event-driven CQs on both ends instead of busy-polling.
     pub rdma_event_cq: bool,
+    /// The longest the daemon may take to connect, handshake and accept the session.
+    pub connect_timeout: Duration,
+    /// End the transfer when nothing arrives from the daemon and no data moves for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Push: wait while another transfer writes the same target (instead of failing).
+    pub wait_lock: bool,
 }
 
 #[derive(Debug)]
@@ -76,7 +86,9 @@ pub enum ClientError {
     #[error("local target half failed: {0} ({1})")]
     Target(TargetError, String),
     #[error("the daemon's half failed: {0}")]
-    Remote(String),
+    Remote(RemoteError),
+    #[error("the daemon at {endpoint} did not accept the session within {secs} s")]
+    Timeout { endpoint: String, secs: u64 },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("the transfer was cancelled")]
@@ -102,7 +114,7 @@ impl ClientError {
         match self {
             ClientError::Source(blitx_storage::source::SourceError::Transport(e), _) => stalled(e),
             ClientError::Target(blitx_storage::target::TargetError::Transport(e), _) => stalled(e),
-            ClientError::Remote(text) | ClientError::Lost(text) => text.contains("stall"),
+            ClientError::Remote(e) => e.code == ErrorCode::Stalled,
             _ => false,
         }
     }
@@ -128,15 +140,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
 
 async fn connect(
     remote: &RemoteSpec,
+    timeout: Duration,
 ) -> Result<BlitClient<tonic::transport::Channel>, ClientError> {
     let endpoint = remote.endpoint();
     let err = |detail: String| ClientError::Connect { endpoint: remote.to_string(), detail };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+    // HTTP/2 pings find a daemon that stopped answering (frozen, or its machine gone) whatever
+    // the session was waiting for.
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint)
         .map_err(|e| err(e.to_string()))?
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(timeout)
         .tcp_nodelay(true)
-        .connect()
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    let channel = tokio::time::timeout(timeout, endpoint.connect())
         .await
+        .map_err(|_| ClientError::Timeout {
+            endpoint: remote.to_string(),
+            secs: timeout.as_secs(),
+        })?
         .map_err(|e| err(format!("{e}: {}", source_chain(&e))))?;
     tracing::debug!(endpoint = %remote, "control channel connected");
     Ok(BlitClient::new(channel)
@@ -148,7 +170,7 @@ async fn connect(
 pub fn hello(remote: &RemoteSpec) -> Result<HelloInfo, ClientError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let mut client = connect(remote).await?;
+        let mut client = connect(remote, CONNECT_TIMEOUT_DEFAULT).await?;
         let reply = client
             .hello(pb::HelloRequest {
                 protocol_version: PROTOCOL_VERSION,
@@ -214,9 +236,17 @@ pub fn transfer(
         .flatten();
     // The control connection is made while the local RDMA device is probed (opening a verbs
     // device loads every provider library: tens of milliseconds on a small machine).
+    // Connect, handshake, Open and Accept all fit in one deadline, and an interrupt ends the
+    // wait at once: a daemon that accepts TCP and never answers cannot hold the client.
+    let deadline = tokio::time::Instant::now() + opts.connect_timeout;
+    let timed_out = || ClientError::Timeout {
+        endpoint: remote.to_string(),
+        secs: opts.connect_timeout.as_secs(),
+    };
     let connecting = {
         let remote = remote.clone();
-        rt.spawn(async move { connect(&remote).await })
+        let timeout = opts.connect_timeout;
+        rt.spawn(async move { connect(&remote, timeout).await })
     };
     // Probe the local RDMA device only when RDMA might be used.
     let client_rdma = match opts.transport {
@@ -247,9 +277,10 @@ pub fn transfer(
         stall_timeout_secs: u32::try_from(opts.stall_timeout.as_secs()).unwrap_or(u32::MAX),
         rdma_frame_checksums: opts.rdma_frame_checksums,
         rdma_event_cq: opts.rdma_event_cq,
+        wait_lock: opts.wait_lock,
     };
     let (out_tx, out_rx) = mpsc::channel::<pb::ClientFrame>(64);
-    let mut inbound = rt.block_on(async {
+    let opening = async {
         let mut client = connecting.await.map_err(|e| ClientError::Connect {
             endpoint: remote.to_string(),
             detail: format!("the connecting task failed: {e}"),
@@ -262,11 +293,35 @@ pub fn transfer(
         let resp = client
             .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
             .await
-            .map_err(|s| ClientError::Lost(format!("{}: {}", s.code(), s.message())))?;
+            .map_err(|s| match s.code() {
+                tonic::Code::ResourceExhausted => ClientError::Refused(RemoteError {
+                    code: ErrorCode::ResourceExhausted,
+                    message: s.message().to_string(),
+                }),
+                _ => ClientError::Lost(format!("{}: {}", s.code(), s.message())),
+            })?;
         Ok::<_, ClientError>(resp.into_inner())
-    })?;
-    let never = AtomicBool::new(false);
-    let accepted: Accepted = match next_or_cancel(rt.handle(), &mut inbound, &never) {
+    };
+    let mut inbound = rt.block_on(until(deadline, cancel, opening)).ok_or_else(|| {
+        if cancel.load(Ordering::Acquire) { ClientError::Cancelled } else { timed_out() }
+    })??;
+    // A push waiting for the target lock is accepted only when it has it.
+    let accept_wait = if opts.wait_lock { None } else { Some(deadline) };
+    let answer = rt.block_on(async {
+        let next = inbound.message();
+        match accept_wait {
+            Some(d) => until(d, cancel, next).await,
+            None => {
+                until(tokio::time::Instant::now() + Duration::from_secs(86_400), cancel, next).await
+            }
+        }
+    });
+    let answer = match answer {
+        Some(a) => Some(a),
+        None if cancel.load(Ordering::Acquire) => return Err(ClientError::Cancelled),
+        None => return Err(timed_out()),
+    };
+    let accepted: Accepted = match answer {
         Some(Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Accept(a)) }))) => {
             convert::accept_from_pb(&a).map_err(|e| ClientError::Lost(e.to_string()))?
         }
@@ -302,7 +357,10 @@ pub fn transfer(
                         let why = convert::summary_from_pb(&sm)
                             .ok()
                             .and_then(|s| s.fatal)
-                            .unwrap_or_else(|| "RDMA set-up failed on the daemon".into());
+                            .unwrap_or(RemoteError {
+                                code: ErrorCode::Internal,
+                                message: "RDMA set-up failed on the daemon".into(),
+                            });
                         return Err(ClientError::Remote(why));
                     }
                     _ => {
@@ -457,6 +515,7 @@ pub fn transfer(
                     walk_threads: opts.threads,
                     read_threads: opts.threads,
                     confine: false,
+                    limits: Limits { idle_timeout: opts.idle_timeout, ..Limits::none() },
                 };
                 run_source(
                     &o,
@@ -474,12 +533,9 @@ pub fn transfer(
             }
             Local::Target(root) => {
                 drop(engine_out_src);
-                let o = TargetOptions {
-                    root,
-                    params: opts.params.clone(),
-                    write_threads: opts.threads,
-                    confine: false,
-                };
+                // Confined like a daemon's: the daemon is as untrusted as a client.
+                let mut o = TargetOptions::new(root, opts.params.clone(), opts.threads);
+                o.limits.idle_timeout = opts.idle_timeout;
                 run_target(
                     &o,
                     engine_src,
@@ -564,7 +620,7 @@ pub fn raw_open_for_tests(
 ) -> Result<String, ClientError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let mut client = connect(remote).await?;
+        let mut client = connect(remote, CONNECT_TIMEOUT_DEFAULT).await?;
         let open = OpenRequest {
             protocol_version: PROTOCOL_VERSION,
             client_version: BUILD_VERSION.into(),
@@ -580,6 +636,7 @@ pub fn raw_open_for_tests(
             stall_timeout_secs: 5,
             rdma_frame_checksums: false,
             rdma_event_cq: false,
+            wait_lock: false,
         };
         let mut frame = convert::open_to_pb(&open);
         if let Some(pb::client_frame::Msg::Open(o)) = frame.msg.as_mut() {
@@ -602,4 +659,21 @@ pub fn raw_open_for_tests(
             other => Err(ClientError::Lost(format!("unexpected answer {other:?}"))),
         }
     })
+}
+
+/// Runs `fut` until `deadline`, or until `cancel` is set (checked every 50 ms); `None` when
+/// either came first.
+async fn until<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    cancel: &AtomicBool,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, fut) => r.ok(),
+        _ = async {
+            while !cancel.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } => None,
+    }
 }

@@ -112,6 +112,8 @@ pub struct OpenRequest {
     pub rdma_frame_checksums: bool,
     /// RDMA: event-driven CQs on both ends instead of busy-polling.
     pub rdma_event_cq: bool,
+    /// Push: wait for another transfer to the same target instead of being refused.
+    pub wait_lock: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,16 @@ pub enum ErrorCode {
     TransportUnavailable,
     BadRequest,
     Internal,
+    /// A limit the daemon's operator set.
+    ResourceExhausted,
+    /// Another transfer is writing the same target.
+    TargetLocked,
+    /// Nothing arrived for the idle timeout.
+    IdleTimeout,
+    /// The peer broke the protocol.
+    ProtocolViolation,
+    /// The data plane moved nothing for the stall timeout.
+    Stalled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,8 +166,8 @@ pub struct RemoteError {
 pub struct RemoteSummary {
     pub target: TargetReport,
     pub source: SourceReport,
-    /// The daemon's half failed as a whole.
-    pub fatal: Option<String>,
+    /// The daemon's half failed as a whole, and why.
+    pub fatal: Option<RemoteError>,
 }
 
 // ----- params
@@ -221,6 +233,7 @@ pub fn open_to_pb(o: &OpenRequest) -> pb::ClientFrame {
             stall_timeout_secs: o.stall_timeout_secs,
             rdma_frame_checksums: o.rdma_frame_checksums,
             rdma_event_cq: o.rdma_event_cq,
+            wait_lock: o.wait_lock,
         })),
     }
 }
@@ -253,6 +266,7 @@ pub fn open_from_pb(o: &pb::Open) -> Result<OpenRequest, ConvertError> {
         stall_timeout_secs: o.stall_timeout_secs,
         rdma_frame_checksums: o.rdma_frame_checksums,
         rdma_event_cq: o.rdma_event_cq,
+        wait_lock: o.wait_lock,
     })
 }
 
@@ -423,33 +437,49 @@ pub fn accept_from_pb(a: &pb::Accept) -> Result<Accepted, ConvertError> {
     })
 }
 
-pub fn error_to_pb(e: &RemoteError) -> pb::ServerFrame {
-    let code = match e.code {
+fn code_to_pb(code: ErrorCode) -> pb::ErrorCode {
+    match code {
         ErrorCode::VersionMismatch => pb::ErrorCode::VersionMismatch,
         ErrorCode::BadPath => pb::ErrorCode::BadPath,
         ErrorCode::ReadOnly => pb::ErrorCode::ReadOnly,
         ErrorCode::TransportUnavailable => pb::ErrorCode::TransportUnavailable,
         ErrorCode::BadRequest => pb::ErrorCode::BadRequest,
         ErrorCode::Internal => pb::ErrorCode::Internal,
-    };
+        ErrorCode::ResourceExhausted => pb::ErrorCode::ResourceExhausted,
+        ErrorCode::TargetLocked => pb::ErrorCode::TargetLocked,
+        ErrorCode::IdleTimeout => pb::ErrorCode::IdleTimeout,
+        ErrorCode::ProtocolViolation => pb::ErrorCode::ProtocolViolation,
+        ErrorCode::Stalled => pb::ErrorCode::Stalled,
+    }
+}
+
+fn code_from_pb(code: i32) -> ErrorCode {
+    match pb::ErrorCode::try_from(code) {
+        Ok(pb::ErrorCode::VersionMismatch) => ErrorCode::VersionMismatch,
+        Ok(pb::ErrorCode::BadPath) => ErrorCode::BadPath,
+        Ok(pb::ErrorCode::ReadOnly) => ErrorCode::ReadOnly,
+        Ok(pb::ErrorCode::TransportUnavailable) => ErrorCode::TransportUnavailable,
+        Ok(pb::ErrorCode::BadRequest) => ErrorCode::BadRequest,
+        Ok(pb::ErrorCode::ResourceExhausted) => ErrorCode::ResourceExhausted,
+        Ok(pb::ErrorCode::TargetLocked) => ErrorCode::TargetLocked,
+        Ok(pb::ErrorCode::IdleTimeout) => ErrorCode::IdleTimeout,
+        Ok(pb::ErrorCode::ProtocolViolation) => ErrorCode::ProtocolViolation,
+        Ok(pb::ErrorCode::Stalled) => ErrorCode::Stalled,
+        _ => ErrorCode::Internal,
+    }
+}
+
+pub fn error_to_pb(e: &RemoteError) -> pb::ServerFrame {
     pb::ServerFrame {
         msg: Some(pb::server_frame::Msg::Error(pb::Error {
-            code: code as i32,
+            code: code_to_pb(e.code) as i32,
             message: e.message.clone(),
         })),
     }
 }
 
 pub fn error_from_pb(e: &pb::Error) -> RemoteError {
-    let code = match pb::ErrorCode::try_from(e.code) {
-        Ok(pb::ErrorCode::VersionMismatch) => ErrorCode::VersionMismatch,
-        Ok(pb::ErrorCode::BadPath) => ErrorCode::BadPath,
-        Ok(pb::ErrorCode::ReadOnly) => ErrorCode::ReadOnly,
-        Ok(pb::ErrorCode::TransportUnavailable) => ErrorCode::TransportUnavailable,
-        Ok(pb::ErrorCode::BadRequest) => ErrorCode::BadRequest,
-        _ => ErrorCode::Internal,
-    };
-    RemoteError { code, message: e.message.chars().take(4096).collect() }
+    RemoteError { code: code_from_pb(e.code), message: e.message.chars().take(4096).collect() }
 }
 
 // ----- manifest
@@ -496,6 +526,11 @@ pub fn entry_from_pb(e: &pb::Entry) -> Result<Entry, ConvertError> {
         e.mtime.as_ref().map(|t| Timestamp { sec: t.sec, nsec: t.nsec }).unwrap_or_default();
     if mtime.nsec >= 1_000_000_000 {
         return Err(bad("mtime nanoseconds out of range"));
+    }
+    // A file size is an off_t: anything above i64::MAX cannot exist, and would overflow the
+    // target's offset arithmetic.
+    if e.size_bytes > i64::MAX as u64 {
+        return Err(bad(format!("file size {} is beyond any file system's limit", e.size_bytes)));
     }
     if kind == EntryKind::Symlink && e.link_target.is_none() {
         return Err(bad("symlink without a target"));
@@ -676,8 +711,13 @@ pub fn source_summary_to_pb(s: &SourceReport) -> pb::ServerFrame {
     })
 }
 
-pub fn fatal_summary_to_pb(message: &str) -> pb::ServerFrame {
-    summary_frame(pb::Summary { fatal: message.to_string(), error_count: 1, ..Default::default() })
+pub fn fatal_summary_to_pb(fatal: &RemoteError) -> pb::ServerFrame {
+    summary_frame(pb::Summary {
+        fatal: fatal.message.clone(),
+        fatal_code: code_to_pb(fatal.code) as i32,
+        error_count: 1,
+        ..Default::default()
+    })
 }
 
 fn summary_frame(s: pb::Summary) -> pb::ServerFrame {
@@ -712,7 +752,10 @@ pub fn summary_from_pb(s: &pb::Summary) -> Result<RemoteSummary, ConvertError> {
             errors,
             error_count: s.error_count,
         },
-        fatal: (!s.fatal.is_empty()).then(|| s.fatal.clone()),
+        fatal: (!s.fatal.is_empty()).then(|| RemoteError {
+            code: code_from_pb(s.fatal_code),
+            message: s.fatal.chars().take(4096).collect(),
+        }),
     })
 }
 
@@ -786,6 +829,12 @@ mod tests {
         let mut p = entry_to_pb(&entry());
         p.content_hash = Some(vec![1, 2, 3]);
         assert!(entry_from_pb(&p).is_err());
+        // Row 4 of the hardening review: a declared 2^64-1-byte file aborted the daemon.
+        let mut p = entry_to_pb(&entry());
+        p.size_bytes = u64::MAX;
+        assert!(entry_from_pb(&p).is_err());
+        p.size_bytes = 1 << 62;
+        assert!(entry_from_pb(&p).is_ok());
         // An entry outside its listing's directory.
         let l = pb::SourceMsg {
             msg: Some(pb::source_msg::Msg::Listing(pb::Listing {

@@ -62,6 +62,18 @@ fn tcp_config(opts: &DataPlaneOptions) -> tcp::TcpConfig {
     cfg
 }
 
+/// Bytes of buffers one side of a session's data plane allocates (what a daemon charges to the
+/// session's memory budget before building it).
+pub fn pool_bytes(opts: &DataPlaneOptions, rdma: bool) -> u64 {
+    let slots = if rdma {
+        let c = rdma_config(opts);
+        u64::from(c.pool_slots.max(c.slots))
+    } else {
+        tcp_config(opts).pool_slots as u64
+    };
+    slots * u64::from(opts.chunk_bytes)
+}
+
 /// A negotiated data plane: one half of it.
 pub enum DataPlane {
     TcpSend(tcp::TcpSender),

@@ -8,8 +8,13 @@
 //! pairs next) and then carries the source and target halves' messages while the data moves.
 
 pub mod client;
+pub mod conns;
 pub mod convert;
 pub mod dataplane;
+/// Entry points for the fuzz targets in fuzz/: they decode and convert without exposing `pb`.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod server;
 pub mod url;
 
@@ -20,7 +25,9 @@ mod pb {
 
 /// Version of the control protocol. Two builds talk only when they speak the same version; the
 /// daemon answers a mismatch with `VERSION_MISMATCH` and both versions in the message.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: a `Hole` frame covers a run of chunks (its last 8 bytes count them), and the
+/// target refuses listings that contradict earlier ones (docs/protocol.md).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The daemon's default control port.
 pub const DEFAULT_PORT: u16 = 9031;

@@ -7,6 +7,12 @@
 //! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, so `..`, absolute paths, NUL bytes and symlinks out of
 //! the root are refused. SIGINT/SIGTERM cancel every session: writers stop, temporary files are
 //! removed, and the daemon exits once the sessions have wound down.
+//!
+//! Bounds (docs/security.md): control connections ([`crate::conns`]), concurrent sessions, the
+//! time a stream may take to send its Open, memory per session and in total (buffer pools and
+//! listing bookkeeping), listing entries per session, and an idle timeout per session. Every
+//! refusal is RESOURCE_EXHAUSTED. What a client may ask of a root daemon's privileges
+//! (owners, setuid/setgid) is the operator's decision ([`blitx_storage::meta::Privileges`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -17,9 +23,12 @@ use std::time::Duration;
 
 use blitx_core::session::{SourceMsg, TargetMsg};
 use blitx_storage::RootDir;
+use blitx_storage::limits::{Budget, Limits};
+use blitx_storage::lock::{LockError, TargetLock};
+use blitx_storage::meta::Privileges;
 use blitx_storage::report::{Event, EventKind, Progress, Reporter};
-use blitx_storage::source::{SourceOptions, run_source};
-use blitx_storage::target::{TargetOptions, run_target};
+use blitx_storage::source::{SourceError, SourceOptions, run_source};
+use blitx_storage::target::{TargetError, TargetOptions, run_target};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -41,6 +50,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const CANCELLED_SEND_WAIT: Duration = Duration::from_secs(2);
 /// Events batched into one message.
 const EVENTS_PER_MESSAGE: usize = 256;
+/// HTTP/2 pings: a peer that stops answering (a frozen or vanished client) is dropped after
+/// interval + timeout, whatever its session was waiting for.
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 streams one control connection may have open at once.
+const STREAMS_PER_CONNECTION_MAX: u32 = 16;
+/// A control connection with no session that moves no byte for this long is closed.
+const CONNECTION_IDLE: Duration = Duration::from_secs(60);
+/// The longest a push waits for another transfer's target lock (`wait_lock`).
+const LOCK_WAIT_MAX: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -58,6 +77,48 @@ pub struct DaemonConfig {
     /// turns RDMA off.
     pub rdma_device: Option<String>,
     pub no_rdma: bool,
+    /// Apply the owners clients send (a root daemon; default: the export root's owner).
+    pub allow_owners: bool,
+    /// Keep setuid/setgid bits clients send (default: stripped).
+    pub allow_setid: bool,
+    /// Concurrent sessions, control connections.
+    pub max_sessions: usize,
+    pub max_connections: usize,
+    /// Listing entries per session (0: no limit).
+    pub max_entries: u64,
+    /// Memory for one session (buffers + bookkeeping) and for all of them.
+    pub session_memory_bytes: u64,
+    pub memory_bytes: u64,
+    /// How long a new session stream may take to send its Open.
+    pub open_timeout: Duration,
+    /// A session in which nothing arrives and no data moves for this long is ended.
+    pub idle_timeout: Duration,
+}
+
+impl DaemonConfig {
+    /// The defaults `blit daemon` uses, for `root` on `listen`.
+    pub fn new(root: PathBuf, listen: SocketAddr) -> Self {
+        DaemonConfig {
+            root,
+            listen,
+            read_only: false,
+            threads: blitx_storage::default_io_threads(),
+            default_streams: 4,
+            stall_timeout: Duration::from_secs(30),
+            numa: blitx_topology::NumaPolicy::Auto,
+            rdma_device: None,
+            no_rdma: false,
+            allow_owners: false,
+            allow_setid: false,
+            max_sessions: 64,
+            max_connections: 256,
+            max_entries: 100_000_000,
+            session_memory_bytes: 1 << 30,
+            memory_bytes: 4 << 30,
+            open_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +144,12 @@ struct Daemon {
     shutdown: Arc<AtomicBool>,
     active: Arc<AtomicU64>,
     next_session: AtomicU64,
+    /// One permit per concurrent session.
+    sessions: Arc<tokio::sync::Semaphore>,
+    /// Memory of all sessions together.
+    budget: Arc<Budget>,
+    conns: Arc<crate::conns::Registry>,
+    privileges: Privileges,
 }
 
 /// Runs the daemon until SIGINT/SIGTERM (or `shutdown` is set). `on_listening` receives the bound
@@ -140,6 +207,17 @@ pub fn run_daemon(
         },
         Err(_) => None,
     };
+    let privileges = daemon_privileges(&cfg, &root);
+    tracing::info!(
+        "clients' owners: {}; setuid/setgid bits: {}",
+        match (privileges.take_owners, privileges.owner) {
+            (true, _) => "applied (--allow-owners)".to_string(),
+            (false, Some((u, g))) => format!("replaced by the export root's owner {u}:{g}"),
+            (false, None) => "not applied (files belong to this daemon's user)".to_string(),
+        },
+        if privileges.keep_setid { "kept (--allow-setid)" } else { "stripped" }
+    );
+    let conns = crate::conns::Registry::new(cfg.max_connections, CONNECTION_IDLE);
     let daemon = Daemon {
         cfg: cfg.clone(),
         rdma: rdma.clone(),
@@ -149,6 +227,10 @@ pub fn run_daemon(
         shutdown: Arc::clone(&shutdown),
         active: Arc::clone(&active),
         next_session: AtomicU64::new(1),
+        sessions: Arc::new(tokio::sync::Semaphore::new(cfg.max_sessions.max(1))),
+        budget: Budget::new("for all sessions (--memory)", cfg.memory_bytes, None),
+        conns: Arc::clone(&conns),
+        privileges,
     };
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -157,16 +239,9 @@ pub fn run_daemon(
         let local = listener.local_addr().map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
         tracing::info!(root = %cfg.root.display(), "blit daemon listening on {local}");
         on_listening(local);
-        // Control messages are small and answer each other: without TCP_NODELAY, a response's
-        // DATA frame waits behind its HEADERS frame for the client's (delayed) ACK.
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            |accepted| {
-                let stream = accepted?;
-                stream.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(stream)
-            },
-        );
+        let (conn_tx, conn_rx) = mpsc::channel(16);
+        tokio::spawn(crate::conns::accept_loop(listener, conns, conn_tx));
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
         let stop = Arc::clone(&shutdown);
         let signal = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -187,6 +262,9 @@ pub fn run_daemon(
             .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, signal),
         );
@@ -249,7 +327,30 @@ impl Blit for Daemon {
         let control_ip = request.local_addr().map(|a| a.ip()).unwrap_or(self.cfg.listen.ip());
         let peer_addr = request.remote_addr();
         let peer = peer_addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-        let inbound = request.into_inner();
+        let Ok(permit) = Arc::clone(&self.sessions).try_acquire_owned() else {
+            tracing::warn!(%peer, "refused a session: {} already running (--max-sessions)", self.cfg.max_sessions);
+            return Err(Status::resource_exhausted(format!(
+                "this daemon already runs its maximum of {} sessions (--max-sessions); try again later",
+                self.cfg.max_sessions
+            )));
+        };
+        let connection = self.conns.session(peer_addr);
+        let mut inbound = request.into_inner();
+        // The Open must come within the open timeout, before a thread is spent on the stream:
+        // streams that never say anything cost one async task each, for a bounded time.
+        let open_timeout = self.cfg.open_timeout;
+        let first = match tokio::time::timeout(open_timeout, inbound.message()).await {
+            Err(_) => {
+                tracing::warn!(%peer, "closed a session stream that sent no Open in {} s", open_timeout.as_secs());
+                return Err(Status::deadline_exceeded(format!(
+                    "no Open within {} s (--open-timeout)",
+                    open_timeout.as_secs()
+                )));
+            }
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Status::cancelled("the stream ended before its Open")),
+            Ok(Ok(Some(frame))) => frame,
+        };
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let placement = match (&self.topology, peer_addr) {
@@ -276,16 +377,24 @@ impl Blit for Daemon {
             root: self.root.clone(),
             shutdown: Arc::clone(&self.shutdown),
             rt: tokio::runtime::Handle::current(),
+            budget: Arc::clone(&self.budget),
+            privileges: self.privileges,
         };
         let active = Arc::clone(&self.active);
         active.fetch_add(1, Ordering::AcqRel);
-        std::thread::Builder::new()
-            .name(format!("blit-session-{id}"))
-            .spawn(move || {
-                ctx.run(inbound, out_tx);
+        let spawned = std::thread::Builder::new().name(format!("blit-session-{id}")).spawn({
+            let active = Arc::clone(&active);
+            move || {
+                ctx.run(first, inbound, out_tx);
+                drop((permit, connection));
                 active.fetch_sub(1, Ordering::AcqRel);
-            })
-            .map_err(|e| Status::internal(format!("cannot start session thread: {e}")))?;
+            }
+        });
+        if let Err(e) = spawned {
+            active.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!("cannot start a session thread: {e}");
+            return Err(Status::resource_exhausted(format!("cannot start a session thread: {e}")));
+        }
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))))
     }
 }
@@ -303,6 +412,9 @@ struct SessionCtx {
     root: RootDir,
     shutdown: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
+    /// The daemon's memory budget; each session draws on it through one of its own.
+    budget: Arc<Budget>,
+    privileges: Privileges,
 }
 
 fn send(out: &Out, frame: pb::ServerFrame) -> bool {
@@ -353,7 +465,8 @@ impl RemoteReporter {
 
 impl Reporter for RemoteReporter {
     fn event(&self, e: Event) {
-        if !self.all && e.kind != EventKind::Failed {
+        // Failures and skipped special files are always named; the rest only when asked for.
+        if !self.all && !matches!(e.kind, EventKind::Failed | EventKind::Unsupported) {
             return;
         }
         let full = {
@@ -368,24 +481,20 @@ impl Reporter for RemoteReporter {
 }
 
 impl SessionCtx {
-    fn run(self, mut inbound: Streaming<pb::ClientFrame>, out: Out) {
+    fn run(self, first: pb::ClientFrame, inbound: Streaming<pb::ClientFrame>, out: Out) {
         // Every engine thread of this session is created by this thread and inherits this.
         if let Some(p) = &self.placement {
             blitx_topology::apply_to_current_thread(p);
             tracing::info!(session = self.id, "placement: {p}");
         }
-        let open = match self.rt.block_on(inbound.message()) {
-            Ok(Some(pb::ClientFrame { msg: Some(pb::client_frame::Msg::Open(o)) })) => o,
-            Ok(_) => {
+        let open = match first {
+            pb::ClientFrame { msg: Some(pb::client_frame::Msg::Open(o)) } => o,
+            _ => {
                 return refuse(
                     &out,
                     ErrorCode::BadRequest,
                     "the first message must be Open".into(),
                 );
-            }
-            Err(status) => {
-                tracing::warn!(peer = %self.peer, "session ended before Open: {status}");
-                return;
             }
         };
         let version = convert::open_version(&open);
@@ -399,18 +508,25 @@ impl SessionCtx {
                 ),
             );
         }
+        // A path the client may not name is BAD_PATH; anything else malformed, BAD_REQUEST.
+        if let Err(e) = blitx_core::RelPath::parse(&open.path) {
+            return refuse(&out, ErrorCode::BadPath, format!("invalid path from the client: {e}"));
+        }
         let open = match convert::open_from_pb(&open) {
             Ok(o) => o,
-            Err(e) => {
-                let code =
-                    if e.0.contains("path") || e.0.contains("component") || e.0.contains("NUL") {
-                        ErrorCode::BadPath
-                    } else {
-                        ErrorCode::BadRequest
-                    };
-                return refuse(&out, code, e.to_string());
-            }
+            Err(e) => return refuse(&out, ErrorCode::BadRequest, e.to_string()),
         };
+        if open.tcp_streams > blitx_transport_tcp::STREAMS_MAX {
+            return refuse(
+                &out,
+                ErrorCode::BadRequest,
+                format!(
+                    "{} TCP streams requested; at most {} are allowed",
+                    open.tcp_streams,
+                    blitx_transport_tcp::STREAMS_MAX
+                ),
+            );
+        }
         tracing::info!(
             session = self.id,
             peer = %self.peer,
@@ -429,9 +545,9 @@ impl SessionCtx {
         cancel.store(true, Ordering::Release);
         drop(watch_stop);
         let _ = watch.join();
-        if let Err(message) = result {
-            tracing::warn!(session = self.id, "session failed: {message}");
-            send_bounded(&self.rt, &out, convert::fatal_summary_to_pb(&message));
+        if let Err(fatal) = result {
+            tracing::warn!(session = self.id, code = ?fatal.code, "session failed: {}", fatal.message);
+            send_bounded(&self.rt, &out, convert::fatal_summary_to_pb(&fatal));
         }
     }
 
@@ -442,7 +558,8 @@ impl SessionCtx {
         inbound: Streaming<pb::ClientFrame>,
         out: &Out,
         cancel: &Arc<AtomicBool>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RemoteError> {
+        let fail = |code, message: String| RemoteError { code, message };
         let push = open.direction == Direction::Push;
         if push && self.cfg.read_only && !open.params.dry_run {
             refuse(
@@ -470,15 +587,44 @@ impl SessionCtx {
                 }
             }
             Err(e) => {
-                refuse(
-                    out,
-                    ErrorCode::BadPath,
-                    format!("cannot use {} below the export root: {e}", open.path),
-                );
+                refuse(out, ErrorCode::BadPath, bad_path_message(&open.path, &e));
                 return Ok(());
             }
         };
-        let streams =
+        // One writer per target (and per subtree): a second push waits or is refused.
+        let _lock = if push && !open.params.dry_run {
+            let wait = open.wait_lock.then_some(LOCK_WAIT_MAX);
+            match TargetLock::acquire(root.fd(), wait, cancel) {
+                Ok(l) => Some(l),
+                Err(LockError::Busy) => {
+                    refuse(
+                        out,
+                        ErrorCode::TargetLocked,
+                        format!(
+                            "{} is being written by another transfer (or one above or below it); try again later or use --wait-lock",
+                            open.path
+                        ),
+                    );
+                    return Ok(());
+                }
+                Err(LockError::Cancelled) => {
+                    return Err(fail(ErrorCode::Internal, "cancelled".into()));
+                }
+                Err(e) => {
+                    refuse(out, ErrorCode::Internal, format!("{e}: {}", source_chain(&e)));
+                    return Ok(());
+                }
+            }
+        } else {
+            None
+        };
+        // Everything this session holds in memory is charged here, then to the daemon's total.
+        let budget = Budget::new(
+            "per session (--session-memory)",
+            self.cfg.session_memory_bytes,
+            Some(Arc::clone(&self.budget)),
+        );
+        let mut streams =
             if open.tcp_streams == 0 { self.cfg.default_streams } else { open.tcp_streams };
         let stall = if open.stall_timeout_secs == 0 {
             self.cfg.stall_timeout
@@ -496,8 +642,14 @@ impl SessionCtx {
             rdma_frame_checksums: open.rdma_frame_checksums,
             rdma_event_cq: open.rdma_event_cq,
         };
+        // The client picks streams × chunk size; the operator's budget bounds the product.
+        let mut dp_opts = dp_opts;
+        while streams > 1 && dataplane::pool_bytes(&dp_opts, false) > budget.max_bytes() {
+            streams -= 1;
+            dp_opts.streams = streams;
+        }
         let role = if push { Role::Receive } else { Role::Send };
-        let (use_rdma, mut reason) =
+        let (mut use_rdma, mut reason) =
             match dataplane::choose_rdma(open.transport, open.client_rdma.as_ref(), &self.rdma) {
                 Ok(choice) => choice,
                 Err(why) => {
@@ -505,6 +657,22 @@ impl SessionCtx {
                     return Ok(());
                 }
             };
+        if use_rdma
+            && let Err(e) = budget.charge("RDMA buffers", dataplane::pool_bytes(&dp_opts, true))
+        {
+            if open.transport == TransportChoice::Rdma {
+                refuse(out, ErrorCode::ResourceExhausted, e.to_string());
+                return Ok(());
+            }
+            use_rdma = false;
+            reason = format!("auto: {e}; using TCP");
+        }
+        if !use_rdma
+            && let Err(e) = budget.charge("TCP buffers", dataplane::pool_bytes(&dp_opts, false))
+        {
+            refuse(out, ErrorCode::ResourceExhausted, e.to_string());
+            return Ok(());
+        }
         // RDMA first; if this side cannot set it up after all, `auto` falls back to TCP.
         let mut rdma_pending = None;
         if use_rdma {
@@ -519,7 +687,14 @@ impl SessionCtx {
                     return Ok(());
                 }
                 Err(e) => {
-                    reason = format!("auto: RDMA set-up failed on the daemon ({e}); using TCP")
+                    reason = format!("auto: RDMA set-up failed on the daemon ({e}); using TCP");
+                    budget.release(dataplane::pool_bytes(&dp_opts, true));
+                    if let Err(e) =
+                        budget.charge("TCP buffers", dataplane::pool_bytes(&dp_opts, false))
+                    {
+                        refuse(out, ErrorCode::ResourceExhausted, e.to_string());
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -536,17 +711,30 @@ impl SessionCtx {
                     rdma: Some(mine),
                 };
                 if !send(out, convert::accept_to_pb(&accepted)) {
-                    return Err("client went away".into());
+                    return Err(fail(ErrorCode::Internal, "client went away".into()));
                 }
-                // The client answers with its own QPs (and, for a pull, its ring).
-                let peer = match next_or_cancel(&self.rt, &mut inbound, cancel) {
+                // The client answers with its own QPs (and, for a pull, its ring), in time.
+                let answer = next_or_cancel_within(
+                    &self.rt,
+                    &mut inbound,
+                    cancel,
+                    self.cfg.open_timeout.max(dataplane::DATA_CONNECT_TIMEOUT),
+                );
+                let peer = match answer {
                     Some(Ok(Some(pb::ClientFrame {
                         msg: Some(pb::client_frame::Msg::Rdma(e)),
-                    }))) => convert::rdma_peer_from_pb(&e).map_err(|e| e.to_string())?,
-                    _ => return Err("the client did not complete the RDMA set-up".into()),
+                    }))) => convert::rdma_peer_from_pb(&e)
+                        .map_err(|e| fail(ErrorCode::BadRequest, e.to_string()))?,
+                    _ => {
+                        return Err(fail(
+                            ErrorCode::BadRequest,
+                            "the client did not complete the RDMA set-up".into(),
+                        ));
+                    }
                 };
                 tracing::debug!(session = self.id, "RDMA: the client's QPs arrived");
-                let plane = pending.connect(&peer).map_err(|e| e.to_string())?;
+                let plane =
+                    pending.connect(&peer).map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
                 tracing::debug!(session = self.id, "RDMA: QPs connected");
                 if !push {
                     // Our sender is connected: the client's receiver may connect now.
@@ -575,9 +763,11 @@ impl SessionCtx {
                     rdma: None,
                 };
                 if !send(out, convert::accept_to_pb(&accepted)) {
-                    return Err("client went away".into());
+                    return Err(fail(ErrorCode::Internal, "client went away".into()));
                 }
-                listening.accept(role, &dp_opts, cancel).map_err(|e| e.to_string())?
+                listening
+                    .accept(role, &dp_opts, cancel)
+                    .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?
             }
         };
 
@@ -598,10 +788,23 @@ impl SessionCtx {
             crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
         let threads = self.cfg.threads;
         let params = open.params.clone();
+        let limits = Limits {
+            entries_max: self.cfg.max_entries,
+            budget: Some(Arc::clone(&budget)),
+            idle_timeout: Some(self.cfg.idle_timeout),
+        };
+        // A message the client sent that could not be accepted: reported as the reason.
+        let refused: Mutex<Option<RemoteError>> = Mutex::new(None);
+        let refuse_msg = |message: String| {
+            tracing::warn!(session = self.id, "{message}");
+            let mut r = refused.lock().unwrap_or_else(|p| p.into_inner());
+            r.get_or_insert(RemoteError { code: ErrorCode::ProtocolViolation, message });
+        };
         std::thread::scope(|s| {
             // Client → engine.
             let rt = self.rt.clone();
             let cancel_in = Arc::clone(cancel);
+            let refuse_msg = &refuse_msg;
             s.spawn(move || {
                 let mut inbound = inbound;
                 loop {
@@ -623,7 +826,7 @@ impl SessionCtx {
                                     to_engine_src.send(m).is_ok()
                                 }
                                 Err(e) => {
-                                    tracing::warn!("{e}");
+                                    refuse_msg(e.to_string());
                                     false
                                 }
                             }
@@ -632,13 +835,13 @@ impl SessionCtx {
                             match convert::target_msg_from_pb(&m) {
                                 Ok(m) => to_engine_tgt.send(m).is_ok(),
                                 Err(e) => {
-                                    tracing::warn!("{e}");
+                                    refuse_msg(e.to_string());
                                     false
                                 }
                             }
                         }
                         _ => {
-                            tracing::warn!("unexpected message from client");
+                            refuse_msg("an unexpected message from the client".into());
                             false
                         }
                     };
@@ -677,16 +880,13 @@ impl SessionCtx {
             });
             let result = if push {
                 drop(engine_out_src);
-                let opts = TargetOptions {
-                    root: root.clone(),
-                    params: params.clone(),
-                    write_threads: threads,
-                    confine: true,
-                };
+                let mut opts = TargetOptions::new(root.clone(), params.clone(), threads);
+                opts.privileges = self.privileges;
+                opts.limits = limits.clone();
                 let rx = plane.receiver();
                 run_target(&opts, engine_src, engine_out_tgt, rx, &reporter, &progress, cancel)
                     .map(|r| convert::target_summary_to_pb(&r))
-                    .map_err(|e| format!("{e}: {}", source_chain(&e)))
+                    .map_err(|e| fail(target_code(&e), describe(&e)))
             } else {
                 drop(engine_out_tgt);
                 let opts = SourceOptions {
@@ -695,11 +895,17 @@ impl SessionCtx {
                     walk_threads: threads,
                     read_threads: threads,
                     confine: true,
+                    limits: limits.clone(),
                 };
                 let tx = plane.sender();
                 run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel)
                     .map(|r| convert::source_summary_to_pb(&r))
-                    .map_err(|e| format!("{e}: {}", source_chain(&e)))
+                    .map_err(|e| fail(source_code(&e), describe(&e)))
+            };
+            // A refused client message explains the engine's "the other half went away".
+            let result = match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(why) if result.is_err() => Err(why),
+                _ => result,
             };
             let _ = fwd.join();
             reporter.flush(true);
@@ -720,12 +926,73 @@ impl SessionCtx {
     }
 }
 
+/// Why a path was refused, in words (a symlink on the way reads "Not a directory" or "Too many
+/// levels of symbolic links" from the kernel).
+fn bad_path_message(path: &blitx_core::RelPath, e: &std::io::Error) -> String {
+    let why = match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
+        Some(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::XDEV) => {
+            "a component is a symlink or not a directory (symlinks are never followed below the export root)".to_string()
+        }
+        _ => e.to_string(),
+    };
+    format!("cannot use {path} below the export root: {why}")
+}
+
+fn describe(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(_) => format!("{e}: {}", source_chain(e)),
+        None => e.to_string(),
+    }
+}
+
+fn transport_code(e: &blitx_core::transport::TransportError) -> ErrorCode {
+    match e {
+        blitx_core::transport::TransportError::Stalled { .. } => ErrorCode::Stalled,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// The code a failed target half reports, decided on its type.
+fn target_code(e: &TargetError) -> ErrorCode {
+    match e {
+        TargetError::Limit(_) => ErrorCode::ResourceExhausted,
+        TargetError::Idle { .. } => ErrorCode::IdleTimeout,
+        TargetError::Listing(_) | TargetError::Protocol(_) => ErrorCode::ProtocolViolation,
+        TargetError::Transport(t) => transport_code(t),
+        _ => ErrorCode::Internal,
+    }
+}
+
+fn source_code(e: &SourceError) -> ErrorCode {
+    match e {
+        SourceError::Idle { .. } => ErrorCode::IdleTimeout,
+        SourceError::Protocol(_) => ErrorCode::ProtocolViolation,
+        SourceError::Transport(t) => transport_code(t),
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// The privileges sessions get: a root daemon gives what clients create to the export root's
+/// owner unless told to take clients' owners, and strips setuid/setgid unless told not to.
+fn daemon_privileges(cfg: &DaemonConfig, root: &RootDir) -> Privileges {
+    let root_user = rustix::process::geteuid().is_root();
+    let owner = (root_user && !cfg.allow_owners)
+        .then(|| rustix::fs::fstat(root.fd()).ok())
+        .flatten()
+        .map(|st| (st.st_uid, st.st_gid));
+    Privileges { take_owners: cfg.allow_owners, keep_setid: cfg.allow_setid, owner }
+}
+
 /// The causes of an error, joined (the top-level message is printed separately).
 pub fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
     let mut cur = e.source();
     while let Some(c) = cur {
-        parts.push(c.to_string());
+        // Some errors (hyper's) repeat their cause in their own text: say each part once.
+        let text = c.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
         cur = c.source();
     }
     if parts.is_empty() { "no further detail".into() } else { parts.join(": ") }
@@ -750,6 +1017,30 @@ pub(crate) fn forward_cancel(
     }
 }
 
+/// Like [`next_or_cancel`], but `None` also when nothing came within `limit`.
+pub(crate) fn next_or_cancel_within<T>(
+    rt: &tokio::runtime::Handle,
+    stream: &mut Streaming<T>,
+    cancel: &AtomicBool,
+    limit: Duration,
+) -> Option<Result<Option<T>, Status>> {
+    rt.block_on(async {
+        tokio::time::timeout(limit, async {
+            tokio::select! {
+                m = stream.message() => Some(m),
+                _ = async {
+                    while !cancel.load(Ordering::Acquire) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                } => None,
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    })
+}
+
 /// The next message of an inbound gRPC stream, or `None` once `cancel` is set (so a peer that
 /// never closes its side cannot keep a session thread alive).
 pub(crate) fn next_or_cancel<T>(
@@ -757,14 +1048,6 @@ pub(crate) fn next_or_cancel<T>(
     stream: &mut Streaming<T>,
     cancel: &AtomicBool,
 ) -> Option<Result<Option<T>, Status>> {
-    rt.block_on(async {
-        tokio::select! {
-            m = stream.message() => Some(m),
-            _ = async {
-                while !cancel.load(Ordering::Acquire) {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            } => None,
-        }
-    })
+    // tokio saturates a deadline this far out.
+    next_or_cancel_within(rt, stream, cancel, Duration::MAX)
 }

@@ -37,7 +37,9 @@ pub const BUNDLE_FLAG_FAILED: u32 = 1;
 pub enum FrameKind {
     /// One chunk of a large file: `len_bytes` bytes at `offset_bytes`.
     Chunk = 1,
-    /// A chunk that is entirely a hole in a sparse file: no payload, nothing to write.
+    /// A run of chunks that are entirely a hole in a sparse file: no payload, nothing to write.
+    /// The header's last 8 bytes (the checksum field of other frames) hold how many consecutive
+    /// chunks, starting at `offset_bytes`, the hole covers (0 is read as 1).
     Hole = 2,
     /// Many small files; `file_id` holds the bundle's sequence number.
     Bundle = 3,
@@ -106,6 +108,23 @@ impl Hasher {
 }
 
 impl FrameHeader {
+    /// A hole covering `chunks` consecutive chunks of `file_id` from `offset_bytes`.
+    pub fn hole(file_id: FileId, offset_bytes: u64, chunks: u64) -> Self {
+        FrameHeader {
+            kind: FrameKind::Hole,
+            flags: 0,
+            file_id,
+            offset_bytes,
+            len_bytes: 0,
+            checksum: chunks,
+        }
+    }
+
+    /// How many chunks a Hole frame covers (at least one).
+    pub fn hole_chunks(&self) -> u64 {
+        self.checksum.max(1)
+    }
+
     pub fn end() -> Self {
         FrameHeader {
             kind: FrameKind::End,

@@ -97,6 +97,24 @@ impl Chunker {
         if flush { self.take_bundle() } else { None }
     }
 
+    /// Takes the chunks of the large file in progress, from its next offset up to `to_bytes`
+    /// (a chunk boundary or the file's end), out of the plan: a reader found them to be one
+    /// hole of a sparse file and covers them with one frame. Returns the byte range taken, or
+    /// `None` when `id` is no longer in progress or nothing before `to_bytes` is left.
+    pub fn skip_large(&mut self, id: FileId, to_bytes: u64) -> Option<(u64, u64)> {
+        let (file, next) = self.large.as_mut()?;
+        if file.id != id || *next >= to_bytes.min(file.size_bytes) {
+            return None;
+        }
+        let from = *next;
+        let to = to_bytes.min(file.size_bytes);
+        *next = to;
+        if to >= file.size_bytes {
+            self.large = None;
+        }
+        Some((from, to))
+    }
+
     fn next_chunk(&mut self) -> Option<Unit> {
         let (file, offset) = self.large.as_mut()?;
         let (file, offset_bytes) = (*file, *offset);
@@ -167,6 +185,21 @@ mod tests {
         assert_eq!(c.next(false), None);
         assert!(matches!(c.next(true), Some(Unit::Bundle(v)) if v.len() == 1));
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_hole_run_takes_the_rest_of_a_file_out_of_the_plan() {
+        let mut c = Chunker::new(&params(8192, 4096, 8192));
+        let f = NeededFile { id: 3, size_bytes: 8192 * 1000 + 5 };
+        c.push(f);
+        assert!(matches!(c.next(true), Some(Unit::Chunk { offset_bytes: 0, .. })));
+        assert!(matches!(c.next(true), Some(Unit::Chunk { offset_bytes: 8192, .. })));
+        assert_eq!(c.skip_large(4, 8192 * 10), None);
+        assert_eq!(c.skip_large(3, 8192 * 10), Some((16384, 8192 * 10)));
+        assert!(matches!(c.next(true), Some(Unit::Chunk { offset_bytes: 81920, .. })));
+        assert_eq!(c.skip_large(3, u64::MAX), Some((8192 * 11, f.size_bytes)));
+        assert!(c.is_empty());
+        assert_eq!(c.skip_large(3, u64::MAX), None);
     }
 
     proptest! {

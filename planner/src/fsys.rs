@@ -141,10 +141,76 @@ pub fn read_dir_names(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
     Ok(names)
 }
 
+/// Temporary files are named `.NAME.PID.N.blit-tmp` in their file's directory.
+pub const TEMP_SUFFIX: &str = ".blit-tmp";
+/// ... and carry this extended attribute while they are written, so a file left behind by a
+/// crash is told apart from a user's file that merely has such a name.
+pub const TEMP_XATTR: &str = "user.blit.tmp";
+
+/// True for names of blit's temporary files (see [`is_debris`] for the marker).
+pub fn is_temp_name(name: &[u8]) -> bool {
+    name.first() == Some(&b'.') && name.ends_with(TEMP_SUFFIX.as_bytes())
+}
+
+/// Marks an open temporary file as blit's. File systems without user extended attributes
+/// cannot carry the mark; files there are never taken for debris.
+pub fn mark_temp(fd: BorrowedFd<'_>) {
+    let _ = rustix::fs::fsetxattr(fd, TEMP_XATTR, b"1", rustix::fs::XattrFlags::empty());
+}
+
+/// Removes the mark before a temporary file gets its real name.
+pub fn unmark_temp(fd: BorrowedFd<'_>) -> io::Result<()> {
+    match rustix::fs::fremovexattr(fd, TEMP_XATTR) {
+        Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// True when `name` in `dir` is a temporary file left by a blit transfer that never finished:
+/// a regular file with a temporary name *and* the mark. Never true for a user's file.
+pub fn is_debris(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+    if !is_temp_name(name) {
+        return false;
+    }
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let Ok(fd) = rustix::fs::openat(dir, os(name), flags, Mode::empty()) else { return false };
+    check_regular(&fd).is_ok() && rustix::fs::fgetxattr(&fd, TEMP_XATTR, &mut [0u8; 8][..]).is_ok()
+}
+
+/// A file that was expected to be regular and is not (it was swapped since it was listed).
+#[derive(Debug, thiserror::Error)]
+#[error("is no longer a regular file (now a {0}); not read")]
+pub struct NotRegular(&'static str);
+
+/// Checks that an open descriptor is a regular file. Opened with `O_NONBLOCK`, a FIFO or
+/// device swapped in for a listed file is refused here instead of blocking a reader forever.
+pub fn check_regular(fd: &OwnedFd) -> io::Result<()> {
+    let st = rustix::fs::fstat(fd)?;
+    let kind = match st.st_mode & libc_s::S_IFMT {
+        libc_s::S_IFREG => return Ok(()),
+        libc_s::S_IFDIR => "directory",
+        libc_s::S_IFLNK => "symlink",
+        0o010000 => "FIFO",
+        0o140000 => "socket",
+        0o020000 => "character device",
+        0o060000 => "block device",
+        _ => "special file",
+    };
+    Err(io::Error::new(io::ErrorKind::InvalidData, NotRegular(kind)))
+}
+
+/// Opens a listed regular file for reading, relative to its directory: never following a
+/// symlink, never blocking in open (FIFOs), and refusing anything but a regular file.
+pub fn open_regular(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = rustix::fs::openat(dir, os(name), flags, Mode::empty())?;
+    check_regular(&fd)?;
+    Ok(fd)
+}
+
 /// xxh3-128 of a whole file (for `--checksum`), read in bounded pieces.
 pub fn hash_file(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u128> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(dir, os(name), flags, Mode::empty())?;
+    let fd = open_regular(dir, name)?;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 256 << 10];
     loop {

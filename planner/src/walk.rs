@@ -194,6 +194,11 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
         if shared.opts.excludes.matches(&path) {
             continue;
         }
+        // A transfer that crashed left its temporary file here: never send it as a file.
+        if fsys::is_debris(fd.as_fd(), &name) {
+            tracing::debug!(%path, "skipping a temporary file left by an interrupted transfer");
+            continue;
+        }
         let st = match fsys::stat_at(fd.as_fd(), &name) {
             Ok(st) => st,
             Err(e) => {

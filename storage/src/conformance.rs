@@ -55,13 +55,13 @@ fn transfer(
         walk_threads: 2,
         read_threads: 2,
         confine: false,
+        limits: crate::limits::Limits::none(),
     };
-    let target = TargetOptions {
-        root: RootDir::open(dst).unwrap_or_else(|e| panic!("{}: {e}", dst.display())),
-        params: params.clone(),
-        write_threads: 2,
-        confine: true,
-    };
+    let target = TargetOptions::new(
+        RootDir::open(dst).unwrap_or_else(|e| panic!("{}: {e}", dst.display())),
+        params.clone(),
+        2,
+    );
     let (tx, rx) = pair;
     let r = run_pair(
         &source,

@@ -12,10 +12,14 @@
 //! Remote transfers run one half here and the other in a daemon; the control plane carries the
 //! [`blitx_core::session`] messages and a network transport carries the frames.
 
+pub mod chunkset;
 #[cfg(feature = "testkit")]
 pub mod conformance;
 pub mod dircache;
+pub mod limits;
+pub mod listing;
 pub mod local;
+pub mod lock;
 pub mod meta;
 pub mod report;
 pub mod root;

@@ -119,16 +119,12 @@ pub fn run_local(
         walk_threads: threads,
         read_threads: threads,
         confine: false,
+        limits: crate::limits::Limits::none(),
     };
     let target_root = match &opts.target_root {
         Some(r) => r.clone(),
         None => open(&opts.target)?,
     };
-    let target = TargetOptions {
-        root: target_root,
-        params: opts.params.clone(),
-        write_threads: threads,
-        confine: false,
-    };
+    let target = TargetOptions::new(target_root, opts.params.clone(), threads);
     run_pair(&source, &target, &tx, &rx, reporter, progress, cancel)
 }

@@ -148,6 +148,14 @@ impl Progress {
     pub fn read(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Changes whenever anything moves (entries walked, files or bytes done): idle timeouts
+    /// compare it over time.
+    pub fn moved(&self) -> u64 {
+        Self::read(&self.entries_seen)
+            .wrapping_add(Self::read(&self.files_done))
+            .wrapping_add(Self::read(&self.bytes_done))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -58,23 +58,60 @@ impl RootDir {
     /// An empty directory that no path leads to (a fresh temporary directory, opened and then
     /// removed): the stand-in target of a dry run whose target does not exist. Every lookup in it
     /// finds nothing, and nothing can be created in it.
+    ///
+    /// The name is random (128 bits from the kernel): with a guessable one, any local user could
+    /// create it first and make every dry run fail, or hand over a directory of their own. The
+    /// directory is made 0700, opened without following a symlink and checked to be an empty
+    /// directory of ours before its name is removed; a name that exists is retried.
     pub fn empty_stand_in() -> io::Result<Self> {
-        let base = std::env::temp_dir();
-        for i in 0..100u32 {
-            let path = base.join(format!(".blit-empty-{}-{i}", std::process::id()));
-            match std::fs::create_dir(&path) {
-                Ok(()) => {
-                    let r = RootDir::open(&path);
-                    let _ = std::fs::remove_dir(&path);
-                    let mut r = r?;
-                    r.display = "(missing target)".into();
-                    return Ok(r);
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
+        use rustix::io::Errno;
+        const TRIES_MAX: u32 = 16;
+        let base_path = std::env::temp_dir();
+        let base = rustix::fs::open(
+            &base_path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        for _ in 0..TRIES_MAX {
+            let name = stand_in_name()?;
+            match rustix::fs::mkdirat(&base, &name, Mode::from_raw_mode(0o700)) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
             }
+            let opened = rustix::fs::openat(
+                &base,
+                &name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            );
+            // Removed whatever happens: the name was only needed to get a handle.
+            let removed = rustix::fs::unlinkat(&base, &name, rustix::fs::AtFlags::REMOVEDIR);
+            let fd = opened?;
+            removed?;
+            let st = rustix::fs::fstat(&fd)?;
+            let ours = st.st_uid == rustix::process::geteuid().as_raw()
+                && rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::Directory
+                && st.st_mode & 0o077 == 0;
+            let mut entries = rustix::fs::Dir::read_from(&fd)?;
+            let mut empty = true;
+            while let Some(entry) = entries.read() {
+                let n = entry?.file_name().to_bytes().to_vec();
+                empty &= n == b"." || n == b"..";
+            }
+            if !ours || !empty {
+                return Err(io::Error::other(format!(
+                    "the dry-run scratch directory {}/{name} was replaced by someone else's",
+                    base_path.display()
+                )));
+            }
+            return Ok(RootDir { fd: Arc::new(fd), display: "(missing target)".into() });
         }
-        Err(io::Error::other("cannot create a scratch directory"))
+        Err(io::Error::other(format!(
+            "cannot create a dry-run scratch directory in {}: {TRIES_MAX} random names existed",
+            base_path.display()
+        )))
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -89,6 +126,21 @@ impl RootDir {
     pub fn display(&self) -> &str {
         &self.display
     }
+}
+
+/// `.blit-empty-` and 32 random hex digits.
+fn stand_in_name() -> io::Result<String> {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!(".blit-empty-{hex}"))
 }
 
 #[cfg(test)]
@@ -110,5 +162,54 @@ mod tests {
         let made = RootDir::beneath(&root, &p("new/a/b"), true).unwrap();
         assert!(t.path().join("new/a/b").is_dir());
         assert!(made.display().ends_with("new/a/b"));
+    }
+
+    #[test]
+    fn stand_in_names_are_unpredictable() {
+        let a = stand_in_name().unwrap();
+        let b = stand_in_name().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), ".blit-empty-".len() + 32);
+    }
+
+    /// The old names were `.blit-empty-<pid>-<0..100>`: any local user could create them all
+    /// (as directories, files or symlinks) and make every dry run of a process fail.
+    #[test]
+    fn stand_in_is_not_stopped_by_names_planted_in_tmp() {
+        let base = std::env::temp_dir();
+        let victim = tempfile::tempdir().unwrap();
+        let planted: Vec<_> = (0..100u32)
+            .map(|i| base.join(format!(".blit-empty-{}-{i}", std::process::id())))
+            .collect();
+        for (i, p) in planted.iter().enumerate() {
+            let _ = std::fs::remove_dir(p);
+            let _ = std::fs::remove_file(p);
+            if i % 2 == 0 {
+                std::os::unix::fs::symlink(victim.path(), p).unwrap();
+            } else {
+                std::fs::create_dir(p).unwrap();
+            }
+        }
+        let r = RootDir::empty_stand_in();
+        for p in &planted {
+            let _ = std::fs::remove_dir(p);
+            let _ = std::fs::remove_file(p);
+        }
+        let r = r.unwrap();
+        // Empty, and nothing can be created in it (its name is gone).
+        let entries: Vec<_> = rustix::fs::Dir::read_from(r.fd())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_bytes().to_vec())
+            .filter(|n| n != b"." && n != b"..")
+            .collect();
+        assert!(entries.is_empty(), "{entries:?}");
+        let created = rustix::fs::openat(
+            r.fd(),
+            "x",
+            OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        );
+        assert!(created.is_err());
+        assert!(std::fs::read_dir(victim.path()).unwrap().next().is_none());
     }
 }

@@ -26,9 +26,9 @@ use blitx_core::{BufLease, RelPath};
 use blitx_planner::walk::{self, WalkOptions};
 use blitx_planner::{Chunker, Excludes, NeededFile, Unit, fsys};
 use crossbeam_channel::{Receiver, Sender};
-use rustix::fs::{Mode, OFlags};
 
 use crate::dircache::DirCache;
+use crate::limits::{IdleClock, Limits};
 use crate::report::{ErrorLog, Progress, SourceReport, Stage};
 use crate::root::RootDir;
 
@@ -40,6 +40,7 @@ pub struct SourceOptions {
     pub read_threads: usize,
     /// Keep every path inside `root` (daemon exports).
     pub confine: bool,
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +55,17 @@ pub enum SourceError {
     ControlClosed,
     #[error("protocol violation by the target: {0}")]
     Protocol(String),
+    #[error("nothing arrived from the target for {secs} s (idle timeout)")]
+    Idle { secs: u64 },
     #[error("the transfer was cancelled")]
     Cancelled,
 }
 
 /// Needed files queued for the readers at most before the source stops taking answers.
 const QUEUED_FILES_MAX: usize = 32 * 1024;
+/// Listings sent and not yet answered at most before the walk waits (a target that reads
+/// listings and never answers cannot make the source hold the whole tree).
+const UNANSWERED_LISTINGS_MAX: usize = 1024;
 
 /// What the source remembers about a walked file until the target has decided about it.
 #[derive(Debug, Clone)]
@@ -228,7 +234,16 @@ fn forward(
             Progress::add(&progress.entries_seen, entries.len() as u64);
             let files =
                 entries.iter().filter(|e| e.kind == EntryKind::File).map(FileRef::of).collect();
-            lock(pending).push_back(files);
+            let mut queue = lock(pending);
+            while queue.len() >= UNANSWERED_LISTINGS_MAX {
+                if cancel.load(Ordering::Acquire) {
+                    return;
+                }
+                drop(queue);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                queue = lock(pending);
+            }
+            queue.push_back(files);
         }
         if matches!(msg, SourceMsg::ManifestEnd) {
             progress.walk_done.store(true, Ordering::Release);
@@ -246,15 +261,22 @@ fn dispatch(
     from_target: &Receiver<TargetMsg>,
     pending: &Mutex<VecDeque<Vec<FileRef>>>,
 ) -> Result<(), SourceError> {
+    let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
     loop {
         if shared.cancel.load(Ordering::Acquire) {
             return Err(SourceError::Cancelled);
         }
         let msg = match from_target.recv_timeout(std::time::Duration::from_millis(100)) {
-            Ok(m) => m,
+            Ok(m) => {
+                idle.heard();
+                m
+            }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if lock(&shared.fatal).is_some() {
                     return Ok(());
+                }
+                if let Some(secs) = idle.expired(shared.progress) {
+                    return Err(SourceError::Idle { secs });
                 }
                 continue;
             }
@@ -329,12 +351,8 @@ impl Shared<'_> {
         let (dir, name) =
             f.path.split_last().ok_or_else(|| std::io::Error::other("the root is not a file"))?;
         let dfd = self.dirs.get(&dir)?;
-        let fd: OwnedFd = rustix::fs::openat(
-            dfd.as_fd(),
-            fsys::os(name),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        // A FIFO swapped in since the walk must not hold the reader in open() forever.
+        let fd: OwnedFd = fsys::open_regular(dfd.as_fd(), name)?;
         Ok(File::from(fd))
     }
 }
@@ -481,18 +499,14 @@ fn send_chunk(
     let reading = Instant::now();
     let result = read_chunk(shared, f, offset_bytes, len_bytes);
     shared.progress.stages.add(Stage::Read, reading);
-    // Every chunk counts down, read or not, so the bookkeeping ends with the file.
-    let (last_read, failed_before) = {
-        let mut open = lock(&shared.open);
-        let Some(o) = open.get_mut(&f.id) else { return Ok(()) };
-        o.reads_left -= 1;
-        let state = (o.reads_left == 0, o.failed);
-        if o.reads_left == 0 {
-            open.remove(&f.id);
-        }
-        state
+    // Every chunk counts down, read or not (and a hole run counts the chunks it took out of
+    // the plan), so the bookkeeping ends with the file.
+    let taken = match &result {
+        Ok(Some(r)) => r.run_chunks,
+        _ => 0,
     };
-    let (mut header, payload, file) = match result {
+    let (last_read, failed_before) = count_down(shared, f.id, 1 + taken);
+    let ReadOut { mut header, payload, file, run, run_chunks: _ } = match result {
         Ok(Some(x)) => x,
         Ok(None) => return Ok(()),
         Err(message) => {
@@ -503,19 +517,29 @@ fn send_chunk(
     if failed_before {
         return Ok(());
     }
-    // The reader that finishes the last read re-checks the file; only its frame is verified.
-    // File regions are read later by the transport, so the target re-checks those itself.
+    let mut run = run;
+    // The reader that finishes the last read re-checks the file; only its (last) frame is
+    // verified. File regions are read later by the transport, so the target re-checks those.
     if last_read && matches!(payload, Payload::Buffer(_) | Payload::Empty) {
         if let Err(message) = unchanged(&file, f) {
             mark_failed(shared, f, message);
             return Ok(());
         }
-        header.flags |= FLAG_FILE_VERIFIED;
+        match run.as_mut() {
+            Some((h, _)) => h.flags |= FLAG_FILE_VERIFIED,
+            None => header.flags |= FLAG_FILE_VERIFIED,
+        }
     }
     let sending = Instant::now();
     shared.transport.send(Frame { header, payload })?;
+    if let Some((h, _)) = run {
+        shared.transport.send(Frame { header: h, payload: Payload::Empty })?;
+    }
     shared.progress.stages.add(Stage::Send, sending);
     Progress::add(&shared.progress.bytes_done, u64::from(len_bytes));
+    if let Some((_, bytes)) = run {
+        Progress::add(&shared.progress.bytes_done, bytes);
+    }
     if last_read {
         shared.files_sent.fetch_add(1, Ordering::Relaxed);
         Progress::add(&shared.progress.files_done, 1);
@@ -523,7 +547,29 @@ fn send_chunk(
     Ok(())
 }
 
-type ReadChunk = Option<(FrameHeader, Payload, Arc<File>)>;
+/// Counts `chunks` reads of file `id` as done; returns (this was its last read, it had failed).
+fn count_down(shared: &Shared<'_>, id: FileId, chunks: u64) -> (bool, bool) {
+    let mut open = lock(&shared.open);
+    let Some(o) = open.get_mut(&id) else { return (false, true) };
+    o.reads_left = o.reads_left.saturating_sub(chunks);
+    let state = (o.reads_left == 0, o.failed);
+    if o.reads_left == 0 {
+        open.remove(&id);
+    }
+    state
+}
+
+/// One chunk read (or described), and the hole run a sparse file's empty stretch added.
+struct ReadOut {
+    header: FrameHeader,
+    payload: Payload,
+    file: Arc<File>,
+    /// A second hole frame (and the bytes it covers) for chunks taken out of the plan that do
+    /// not directly follow this one.
+    run: Option<(FrameHeader, u64)>,
+    /// Chunks this read took out of the plan beyond its own.
+    run_chunks: u64,
+}
 
 /// Reads (or describes) one chunk. `Ok(None)`: the file already failed; `Err`: it fails now.
 fn read_chunk(
@@ -531,7 +577,7 @@ fn read_chunk(
     f: &FileRef,
     offset_bytes: u64,
     len_bytes: u32,
-) -> Result<ReadChunk, String> {
+) -> Result<Option<ReadOut>, String> {
     let file = {
         let mut open = lock(&shared.open);
         let o = open.entry(f.id).or_insert_with(|| {
@@ -546,7 +592,11 @@ fn read_chunk(
         });
         match (&o.file, o.failed) {
             (Some(file), false) => Arc::clone(file),
-            _ => return Ok(None),
+            _ => {
+                drop(open);
+                drop_rest_of_file(shared, f);
+                return Ok(None);
+            }
         }
     };
     let mut header = FrameHeader {
@@ -557,14 +607,38 @@ fn read_chunk(
         len_bytes,
         checksum: 0,
     };
-    if f.sparse && is_hole(&file, offset_bytes, len_bytes) {
-        header.kind = FrameKind::Hole;
-        header.len_bytes = 0;
-        return Ok(Some((header, Payload::Empty, file)));
+    let out = |header, payload| ReadOut {
+        header,
+        payload,
+        file: Arc::clone(&file),
+        run: None,
+        run_chunks: 0,
+    };
+    if f.sparse
+        && let Some(data_at) = hole_until(&file, offset_bytes, len_bytes)
+    {
+        // The hole may go on well past this chunk: take the chunks it covers out of the plan
+        // and cover them with one frame (a 4 EiB sparse file is one frame, not 2^40).
+        let chunk = u64::from(shared.opts.params.chunk_bytes);
+        let end = if data_at >= f.size_bytes { f.size_bytes } else { data_at / chunk * chunk };
+        let own_end = offset_bytes + u64::from(len_bytes);
+        let mut r = out(FrameHeader::hole(f.id, offset_bytes, 1), Payload::Empty);
+        if end > own_end
+            && let Some((from, to)) = take_from_plan(shared, f, end)
+        {
+            let n = (to - from).div_ceil(chunk);
+            r.run_chunks = n;
+            if from == own_end {
+                r.header.checksum = 1 + n;
+            } else {
+                r.run = Some((FrameHeader::hole(f.id, from, n), to - from));
+            }
+        }
+        return Ok(Some(r));
     }
     if shared.transport.payload_pref() == PayloadPref::FileRegion {
         let region = FileRegion { file: Arc::clone(&file), offset_bytes, len_bytes };
-        return Ok(Some((header, Payload::File(region), file)));
+        return Ok(Some(out(header, Payload::File(region))));
     }
     let mut lease = shared.transport.pool().acquire().map_err(|e| e.to_string())?;
     let len = len_bytes as usize;
@@ -583,7 +657,27 @@ fn read_chunk(
         Some(h) => header.checksum = h.finish(),
         None => header.flags |= FLAG_UNCHECKED,
     }
-    Ok(Some((header, Payload::Buffer(lease), file)))
+    Ok(Some(out(header, Payload::Buffer(lease))))
+}
+
+/// Takes the planned chunks of `f` up to `to_bytes` out of the chunker; the byte range taken.
+fn take_from_plan(shared: &Shared<'_>, f: &FileRef, to_bytes: u64) -> Option<(u64, u64)> {
+    let mut work = lock(&shared.work);
+    let taken = work.chunker.skip_large(f.id, to_bytes)?;
+    if taken.1 >= f.size_bytes {
+        // The unit that would have released the file's reference is never made now.
+        work.needed.remove(&f.id);
+    }
+    Some(taken)
+}
+
+/// A failed file's remaining chunks are dropped from the plan at once (and counted down), so
+/// a huge file that failed early costs no further work.
+fn drop_rest_of_file(shared: &Shared<'_>, f: &FileRef) {
+    if let Some((from, to)) = take_from_plan(shared, f, u64::MAX) {
+        let chunk = u64::from(shared.opts.params.chunk_bytes);
+        count_down(shared, f.id, (to - from).div_ceil(chunk));
+    }
 }
 
 fn mark_failed(shared: &Shared<'_>, f: &FileRef, message: String) {
@@ -602,13 +696,15 @@ fn mark_failed(shared: &Shared<'_>, f: &FileRef, message: String) {
     if first {
         shared.file_failed(f, message);
     }
+    drop_rest_of_file(shared, f);
 }
 
-/// True when `[offset, offset+len)` of a sparse file holds no data.
-fn is_hole(file: &File, offset_bytes: u64, len_bytes: u32) -> bool {
+/// When `[offset, offset+len)` of a sparse file holds no data: where the next data starts
+/// (`u64::MAX` when none follows).
+fn hole_until(file: &File, offset_bytes: u64, len_bytes: u32) -> Option<u64> {
     match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset_bytes)) {
-        Ok(next_data) => next_data >= offset_bytes + u64::from(len_bytes),
-        Err(rustix::io::Errno::NXIO) => true,
-        Err(_) => false,
+        Ok(next_data) => (next_data >= offset_bytes + u64::from(len_bytes)).then_some(next_data),
+        Err(rustix::io::Errno::NXIO) => Some(u64::MAX),
+        Err(_) => None,
     }
 }

@@ -30,8 +30,11 @@ use blitx_planner::{Excludes, fsys};
 use crossbeam_channel::{Receiver, Sender};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+pub use crate::chunkset::ChunkSet;
 use crate::dircache::DirCache;
-use crate::meta::{self, Identity, Meta};
+use crate::limits::{self, Exhausted, IdleClock, Limits};
+use crate::listing::{ListingCheck, Verdict, Violation};
+use crate::meta::{self, Identity, Meta, Privileges};
 use crate::report::{ErrorLog, Event, EventKind, Progress, Reporter, Stage, TargetReport};
 use crate::root::RootDir;
 
@@ -40,8 +43,26 @@ pub struct TargetOptions {
     pub root: RootDir,
     pub params: SessionParams,
     pub write_threads: usize,
-    /// Keep every path inside `root` (daemon exports).
+    /// Resolve every path beneath `root` without crossing a symlink. Always on: the target
+    /// distrusts its source whether that is a client (daemon) or a daemon (pull).
     pub confine: bool,
+    /// Which owners and mode bits a source may ask for.
+    pub privileges: Privileges,
+    pub limits: Limits,
+}
+
+impl TargetOptions {
+    /// A target half confined to `root`, with a local user's privileges and no limits.
+    pub fn new(root: RootDir, params: SessionParams, write_threads: usize) -> Self {
+        TargetOptions {
+            root,
+            params,
+            write_threads,
+            confine: true,
+            privileges: Privileges::local(),
+            limits: Limits::none(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,15 +77,38 @@ pub enum TargetError {
     ControlClosed,
     #[error("protocol violation by the source: {0}")]
     Protocol(String),
+    #[error("protocol violation by the source: {0}")]
+    Listing(Violation),
+    #[error(transparent)]
+    Limit(Exhausted),
+    #[error("nothing arrived from the source for {secs} s (idle timeout)")]
+    Idle { secs: u64 },
     #[error("the transfer was cancelled")]
     Cancelled,
+}
+
+impl From<Violation> for TargetError {
+    fn from(v: Violation) -> Self {
+        match v {
+            Violation::Limit(e) => TargetError::Limit(e),
+            other => TargetError::Listing(other),
+        }
+    }
+}
+
+impl TargetError {
+    /// The session hit a limit its operator set (gRPC RESOURCE_EXHAUSTED).
+    pub fn is_resource_exhausted(&self) -> bool {
+        matches!(self, TargetError::Limit(_))
+    }
 }
 
 /// Listings at least this long are stat'ed by two threads.
 const PARALLEL_STAT_MIN: usize = 256;
 
-/// Live temp files are named `.NAME.PID.N.blit-tmp` in the file's own directory.
-const TEMP_SUFFIX: &str = ".blit-tmp";
+// Live temp files are named `.NAME.PID.N.blit-tmp` in the file's own directory (and carry the
+// mark of `fsys::mark_temp` while they are written).
+use blitx_planner::fsys::TEMP_SUFFIX;
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn temp_name(name: &[u8]) -> Vec<u8> {
@@ -80,39 +124,6 @@ fn temp_name(name: &[u8]) -> Vec<u8> {
     t.extend_from_slice(&name[..keep]);
     t.extend_from_slice(tag.as_bytes());
     t
-}
-
-/// Which chunks of a file have been written (per-chunk completion, the basis for resuming).
-#[derive(Debug, Clone)]
-pub struct ChunkSet {
-    bits: Vec<u64>,
-    total: u64,
-    done: u64,
-}
-
-impl ChunkSet {
-    pub fn new(total: u64) -> Self {
-        ChunkSet { bits: vec![0; total.div_ceil(64) as usize], total, done: 0 }
-    }
-    /// Marks chunk `i`; false if it was already marked or out of range.
-    pub fn mark(&mut self, i: u64) -> bool {
-        if i >= self.total {
-            return false;
-        }
-        let (w, b) = ((i / 64) as usize, i % 64);
-        if self.bits[w] & (1 << b) != 0 {
-            return false;
-        }
-        self.bits[w] |= 1 << b;
-        self.done += 1;
-        true
-    }
-    pub fn is_complete(&self) -> bool {
-        self.done == self.total
-    }
-    pub fn done(&self) -> u64 {
-        self.done
-    }
 }
 
 struct Temp {
@@ -138,6 +149,13 @@ struct Pending {
     size_bytes: u64,
     sparse: bool,
     state: Mutex<WriteState>,
+}
+
+impl Pending {
+    /// What it is charged to the session's budget while it waits.
+    fn cost_bytes(&self) -> u64 {
+        limits::PENDING_FILE_BYTES + self.path.as_bytes().len() as u64
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,16 +186,19 @@ struct Shared<'a> {
     counters: Counters,
     fatal: Mutex<Option<TargetError>>,
     transport: &'a dyn FrameReceiver,
+    /// Owners are applied (taken from the source, or the operator's configured owner).
+    owners: bool,
 }
 
 /// A directory listing still arriving in parts (mirror mode needs all of its names).
 #[derive(Default)]
 struct OpenListing {
     source_names: HashSet<Vec<u8>>,
+    /// Bytes charged to the session's budget for this listing's names.
+    charged_bytes: u64,
 }
 
 /// Everything the diff loop defers to the end.
-#[derive(Default)]
 struct Deferred {
     dirs: Vec<(RelPath, Meta)>,
     root_meta: Option<Meta>,
@@ -187,6 +208,7 @@ struct Deferred {
     fresh_dirs: HashSet<RelPath>,
     listings: HashMap<RelPath, OpenListing>,
     walk_errors: u64,
+    check: ListingCheck,
 }
 
 /// Runs the target half to completion.
@@ -218,14 +240,24 @@ pub fn run_target(
         counters: Counters::default(),
         fatal: Mutex::new(None),
         transport,
+        owners: opts.privileges.applies_owners(opts.params.preserve_owner),
     };
     let diff_opts = DiffOptions {
         compare: opts.params.compare,
         mirror: opts.params.mirror,
-        owner: opts.params.preserve_owner && id.root,
+        owner: shared.owners && id.root,
     };
     let mut differ = Differ::new(diff_opts, excludes);
-    let mut deferred = Deferred::default();
+    let mut deferred = Deferred {
+        dirs: Vec::new(),
+        root_meta: None,
+        links: Vec::new(),
+        deletions: Vec::new(),
+        fresh_dirs: HashSet::new(),
+        listings: HashMap::new(),
+        walk_errors: 0,
+        check: ListingCheck::new(opts.limits.entries_max),
+    };
 
     std::thread::scope(|s| {
         let writers: Vec<_> =
@@ -250,6 +282,7 @@ pub fn run_target(
     // Every needed file must have been committed or reported failed by the source.
     let leftovers: Vec<Arc<Pending>> = lock(&shared.pending).drain().map(|(_, p)| p).collect();
     for p in leftovers {
+        shared.opts.limits.release(p.cost_bytes());
         let st = lock(&p.state);
         if !st.committed && !st.failed {
             drop(st);
@@ -313,6 +346,7 @@ fn control_loop(
     from_source: &Receiver<SourceMsg>,
     to_source: &Sender<TargetMsg>,
 ) -> Result<(), TargetError> {
+    let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
     loop {
         if shared.cancel.load(Ordering::Acquire) {
             return Err(TargetError::Cancelled);
@@ -323,22 +357,30 @@ fn control_loop(
                 if lock(&shared.fatal).is_some() {
                     return Ok(());
                 }
+                // Idle: no control message and no data for the whole timeout.
+                if let Some(secs) = idle.expired(shared.progress) {
+                    return Err(TargetError::Idle { secs });
+                }
                 continue;
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                 return Err(TargetError::ControlClosed);
             }
         };
+        idle.heard();
         match msg {
-            SourceMsg::Root(entry) => {
+            SourceMsg::Root(mut entry) => {
+                deferred.check.root()?;
                 if entry.kind != EntryKind::Dir {
                     return Err(TargetError::Protocol("the source root is not a directory".into()));
                 }
+                let p = &shared.opts.privileges;
+                p.restrict(&mut entry, &shared.id, shared.opts.params.preserve_owner);
                 deferred.root_meta = Some(Meta::of(&entry));
             }
             SourceMsg::Listing { dir, entries, last_part } => {
                 let planning = Instant::now();
-                let needs = handle_listing(shared, differ, deferred, &dir, &entries, last_part);
+                let needs = handle_listing(shared, differ, deferred, &dir, entries, last_part)?;
                 shared.progress.stages.add(Stage::Plan, planning);
                 if to_source.send(TargetMsg::Need(needs)).is_err() {
                     return Err(TargetError::ControlClosed);
@@ -379,10 +421,46 @@ fn handle_listing(
     differ: &mut Differ,
     deferred: &mut Deferred,
     dir: &RelPath,
-    entries: &[Entry],
+    mut entries: Vec<Entry>,
     last_part: bool,
-) -> Vec<FileId> {
+) -> Result<Vec<FileId>, TargetError> {
     let mut needs = Vec::new();
+    let verdict = deferred.check.listing(dir, &entries, last_part)?;
+    // Every directory named here counts as failed until `apply` made or verified it, so a
+    // listing below one that could not be made is skipped, never applied elsewhere.
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+        deferred.check.directory(&e.path, false);
+    }
+    // A directory arriving in parts keeps its names until the last part (the duplicate check,
+    // and --mirror's deletions); they count against the session's memory.
+    let first_part = !deferred.listings.contains_key(dir);
+    let names_bytes: u64 =
+        entries.iter().map(|e| limits::NAME_BYTES + e.path.file_name().len() as u64).sum();
+    let open = deferred.listings.entry(dir.clone()).or_default();
+    open.charged_bytes += names_bytes;
+    shared
+        .opts
+        .limits
+        .charge("a directory listed in parts", names_bytes)
+        .map_err(TargetError::Limit)?;
+    if shared.opts.params.mirror {
+        open.source_names.extend(entries.iter().map(|e| e.path.file_name().to_vec()));
+    }
+    let open_done = |deferred: &mut Deferred| {
+        if last_part && let Some(open) = deferred.listings.remove(dir) {
+            shared.opts.limits.release(open.charged_bytes);
+            return Some(open);
+        }
+        None
+    };
+    if verdict == Verdict::Skip {
+        open_done(deferred);
+        return Ok(needs);
+    }
+    for e in &mut entries {
+        shared.opts.privileges.restrict(e, &shared.id, shared.opts.params.preserve_owner);
+    }
+    let entries = &entries[..];
     let fresh = deferred.fresh_dirs.contains(dir);
     let dfd = if fresh && shared.dry_run() {
         None
@@ -391,15 +469,18 @@ fn handle_listing(
             Ok(fd) => Some(fd),
             Err(e) => {
                 shared.error(dir, format!("cannot open target directory: {e}"));
-                return needs;
+                open_done(deferred);
+                return Ok(needs);
             }
         }
     };
-    let mirror = shared.opts.params.mirror;
-    if mirror {
-        let open = deferred.listings.entry(dir.clone()).or_default();
-        open.source_names.extend(entries.iter().map(|e| e.path.file_name().to_vec()));
+    if first_part
+        && !fresh
+        && let Some(fd) = &dfd
+    {
+        clean_debris(shared, fd, dir);
     }
+    let mirror = shared.opts.params.mirror;
     // Stat (and, for --checksum, hash) the target side of every entry first, in parallel for
     // big listings: this is the whole cost of a no-op run.
     let compare = shared.opts.params.compare;
@@ -436,15 +517,15 @@ fn handle_listing(
         };
         let decision = differ.decide(entry, target.as_ref());
         differ.leader_target_inode(entry, target.as_ref());
-        apply(shared, deferred, dfd.as_deref(), entry, decision, &mut needs);
+        apply(shared, deferred, dfd.as_deref(), entry, decision, &mut needs)?;
     }
-    if mirror && last_part {
-        let open = deferred.listings.remove(dir).unwrap_or_default();
-        if let (Some(fd), false) = (&dfd, fresh) {
-            collect_deletions(shared, differ, deferred, fd, dir, &open.source_names);
-        }
+    if let Some(open) = open_done(deferred)
+        && mirror
+        && let (Some(fd), false) = (&dfd, fresh)
+    {
+        collect_deletions(shared, differ, deferred, fd, dir, &open.source_names);
     }
-    needs
+    Ok(needs)
 }
 
 fn collect_deletions(
@@ -464,7 +545,8 @@ fn collect_deletions(
     };
     let mut extra = Vec::new();
     for name in names {
-        if source_names.contains(&name) || is_our_temp(&name) {
+        // Debris was cleaned when the listing began; what is marked now is this session's.
+        if source_names.contains(&name) || fsys::is_debris(fd.as_fd(), &name) {
             continue;
         }
         match target_entry(fd.as_fd(), &name) {
@@ -484,8 +566,29 @@ fn collect_deletions(
     }
 }
 
-fn is_our_temp(name: &[u8]) -> bool {
-    name.first() == Some(&b'.') && name.ends_with(TEMP_SUFFIX.as_bytes())
+/// Removes the temporary files an interrupted transfer left in `dir` (only marked ones: never
+/// a user's file). This transfer holds the target lock, so no other blit transfer is writing
+/// here, and none of its own files in `dir` has started yet.
+fn clean_debris(shared: &Shared<'_>, fd: &OwnedFd, dir: &RelPath) {
+    let Ok(names) = fsys::read_dir_names(fd) else { return };
+    let mut removed = 0u64;
+    for name in names.iter().filter(|n| fsys::is_debris(fd.as_fd(), n)) {
+        if shared.dry_run() {
+            removed += 1;
+            continue;
+        }
+        match rustix::fs::unlinkat(fd, fsys::os(name), AtFlags::empty()) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(
+                "cannot remove {:?} in {dir}, left by an interrupted transfer: {e}",
+                String::from_utf8_lossy(name)
+            ),
+        }
+    }
+    if removed > 0 {
+        let verb = if shared.dry_run() { "would remove" } else { "removed" };
+        tracing::info!("{verb} {removed} temporary files left in {dir} by an interrupted transfer");
+    }
 }
 
 fn apply(
@@ -495,7 +598,7 @@ fn apply(
     entry: &Entry,
     decision: blitx_planner::Decision,
     needs: &mut Vec<FileId>,
-) {
+) -> Result<(), TargetError> {
     let path = &entry.path;
     let name = entry.path.file_name();
     let meta = Meta::of(entry);
@@ -507,7 +610,7 @@ fn apply(
         && let Err(e) = clear(shared, fd, path, decision.clear)
     {
         shared.error(path, e);
-        return;
+        return Ok(());
     }
     let res: Result<(), String> = match decision.action {
         Action::Skip => Ok(()),
@@ -517,22 +620,25 @@ fn apply(
             Ok(())
         }
         Action::KeepDir => {
-            deferred.dirs.push((path.clone(), meta));
+            keep_dir(shared, deferred, path, meta)?;
             Ok(())
         }
         Action::MakeDir => {
-            deferred.fresh_dirs.insert(path.clone());
-            deferred.dirs.push((path.clone(), meta));
             c.dirs_created.fetch_add(1, Ordering::Relaxed);
             shared.event(EventKind::DirCreated, path, 0, None);
-            match dfd {
+            let made = match dfd {
                 Some(fd) if !dry => {
                     // Owner-writable until finalization sets the real mode.
                     rustix::fs::mkdirat(fd, fsys::os(name), Mode::from_raw_mode(0o700))
                         .map_err(|e| format!("cannot create directory: {e}"))
                 }
                 _ => Ok(()),
+            };
+            if made.is_ok() {
+                deferred.fresh_dirs.insert(path.clone());
+                keep_dir(shared, deferred, path, meta)?;
             }
+            made
         }
         Action::MakeSymlink => {
             c.symlinks.fetch_add(1, Ordering::Relaxed);
@@ -546,15 +652,10 @@ fn apply(
             c.meta_updated.fetch_add(1, Ordering::Relaxed);
             shared.event(EventKind::MetaUpdated, path, 0, None);
             match dfd {
-                Some(fd) if !dry => meta::apply_at(
-                    fd.as_fd(),
-                    name,
-                    entry.kind,
-                    &meta,
-                    &shared.id,
-                    shared.opts.params.preserve_owner,
-                )
-                .map_err(|e| format!("cannot update metadata: {e}")),
+                Some(fd) if !dry => {
+                    meta::apply_at(fd.as_fd(), name, entry.kind, &meta, &shared.id, shared.owners)
+                        .map_err(|e| format!("cannot update metadata: {e}"))
+                }
                 _ => Ok(()),
             }
         }
@@ -573,7 +674,7 @@ fn apply(
                 } else {
                     shared.opts.params.chunk_count(entry.size_bytes)
                 };
-                let p = Pending {
+                let p = Arc::new(Pending {
                     path: path.clone(),
                     meta,
                     size_bytes: entry.size_bytes,
@@ -586,8 +687,20 @@ fn apply(
                         failed: false,
                         committed: false,
                     }),
-                };
-                lock(&shared.pending).insert(entry.id, Arc::new(p));
+                });
+                let cost = p.cost_bytes();
+                shared
+                    .opts
+                    .limits
+                    .charge("files whose data is on its way", cost)
+                    .map_err(TargetError::Limit)?;
+                if lock(&shared.pending).insert(entry.id, p).is_some() {
+                    // Two files of this session share an id: one would silently go missing.
+                    return Err(TargetError::Protocol(format!(
+                        "file id {} of {path} was already used by another file",
+                        entry.id
+                    )));
+                }
                 needs.push(entry.id);
                 Progress::add(&shared.progress.files_needed, 1);
                 Progress::add(&shared.progress.bytes_needed, entry.size_bytes);
@@ -598,6 +711,22 @@ fn apply(
     if let Err(message) = res {
         shared.error(path, message);
     }
+    Ok(())
+}
+
+/// Records a directory made or verified in this session: its listing may come now, and its
+/// metadata is applied at the end.
+fn keep_dir(
+    shared: &Shared<'_>,
+    deferred: &mut Deferred,
+    path: &RelPath,
+    meta: Meta,
+) -> Result<(), TargetError> {
+    let cost = limits::DIR_BYTES + path.as_bytes().len() as u64;
+    shared.opts.limits.charge("directories", cost).map_err(TargetError::Limit)?;
+    deferred.check.directory(path, true);
+    deferred.dirs.push((path.clone(), meta));
+    Ok(())
 }
 
 fn clear(shared: &Shared<'_>, fd: &OwnedFd, path: &RelPath, how: Clear) -> Result<(), String> {
@@ -656,19 +785,13 @@ fn make_symlink(
     let tmp = temp_name(name);
     rustix::fs::symlinkat(fsys::os(target), fd, fsys::os(&tmp))
         .map_err(|e| format!("cannot create symlink: {e}"))?;
-    let done = meta::apply_at(
-        fd.as_fd(),
-        &tmp,
-        EntryKind::Symlink,
-        meta,
-        &shared.id,
-        shared.opts.params.preserve_owner,
-    )
-    .map_err(|e| format!("cannot set symlink metadata: {e}"))
-    .and_then(|()| {
-        rustix::fs::renameat(fd, fsys::os(&tmp), fd, fsys::os(name))
-            .map_err(|e| format!("cannot rename symlink into place: {e}"))
-    });
+    let done =
+        meta::apply_at(fd.as_fd(), &tmp, EntryKind::Symlink, meta, &shared.id, shared.owners)
+            .map_err(|e| format!("cannot set symlink metadata: {e}"))
+            .and_then(|()| {
+                rustix::fs::renameat(fd, fsys::os(&tmp), fd, fsys::os(name))
+                    .map_err(|e| format!("cannot rename symlink into place: {e}"))
+            });
     if done.is_err() {
         let _ = rustix::fs::unlinkat(fd, fsys::os(&tmp), AtFlags::empty());
     }
@@ -686,6 +809,7 @@ fn abort_file(p: &Pending) {
 fn cleanup_temps(shared: &Shared<'_>) {
     let all: Vec<Arc<Pending>> = lock(&shared.pending).drain().map(|(_, p)| p).collect();
     for p in all {
+        shared.opts.limits.release(p.cost_bytes());
         abort_file(&p);
     }
 }
@@ -740,17 +864,14 @@ fn create_temp(shared: &Shared<'_>, p: &Pending, mode: u32) -> io::Result<Temp> 
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
         Mode::from_raw_mode(mode),
     )?;
+    fsys::mark_temp(fd.as_fd());
     Ok(Temp { file: Arc::new(File::from(fd)), name: tmp, dir: dfd })
 }
 
 /// Applies metadata and renames the temp file into place.
 fn commit(shared: &Shared<'_>, p: &Pending, temp: &Temp) -> io::Result<()> {
-    meta::apply_to_new_file(
-        temp.file.as_fd(),
-        &p.meta,
-        &shared.id,
-        shared.opts.params.preserve_owner,
-    )?;
+    meta::apply_to_new_file(temp.file.as_fd(), &p.meta, &shared.id, shared.owners)?;
+    fsys::unmark_temp(temp.file.as_fd())?;
     let name = p.path.file_name();
     rustix::fs::renameat(temp.dir.as_fd(), fsys::os(&temp.name), temp.dir.as_fd(), fsys::os(name))?;
     Ok(())
@@ -837,7 +958,9 @@ fn write_bundle(shared: &Shared<'_>, frame: &Frame) -> Result<(), TargetError> {
     }
     let mut pending = lock(&shared.pending);
     for id in committed {
-        pending.remove(&id);
+        if let Some(p) = pending.remove(&id) {
+            shared.opts.limits.release(p.cost_bytes());
+        }
     }
     Ok(())
 }
@@ -859,7 +982,7 @@ fn write_small(
     name: &[u8],
     data: &[u8],
 ) -> io::Result<()> {
-    let preserve = shared.opts.params.preserve_owner;
+    let preserve = shared.owners;
     if LINK_MODE.load(Ordering::Relaxed) != LINK_NONE {
         match rustix::fs::openat(
             dir.as_fd(),
@@ -1020,9 +1143,11 @@ fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
         shared.error(&p.path, format!("cannot write: {e}"));
         return Ok(());
     }
-    if !st.chunks.mark(h.offset_bytes / chunk_bytes) {
+    // A hole frame covers a run of chunks (a sparse file's empty stretch in one frame).
+    let chunks = if h.kind == FrameKind::Hole { h.hole_chunks() } else { 1 };
+    if !st.chunks.mark_run(h.offset_bytes / chunk_bytes, chunks) {
         return Err(TargetError::Protocol(format!(
-            "chunk at {} of {} sent twice",
+            "chunks at {} (+{chunks}) of {} sent twice or past its end",
             h.offset_bytes, p.path
         )));
     }
@@ -1047,7 +1172,9 @@ fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
         Ok(()) => {
             st.committed = true;
             drop(st);
-            lock(&shared.pending).remove(&h.file_id);
+            if let Some(p) = lock(&shared.pending).remove(&h.file_id) {
+                shared.opts.limits.release(p.cost_bytes());
+            }
             file_done(shared, &p);
         }
         Err(message) => {
@@ -1296,14 +1423,7 @@ fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
     for (path, meta) in &deferred.dirs {
         let Some((dir, name)) = path.split_last() else { continue };
         let r = shared.dirs.get(&dir).and_then(|fd| {
-            meta::apply_at(
-                fd.as_fd(),
-                name,
-                EntryKind::Dir,
-                meta,
-                &shared.id,
-                shared.opts.params.preserve_owner,
-            )
+            meta::apply_at(fd.as_fd(), name, EntryKind::Dir, meta, &shared.id, shared.owners)
         });
         if let Err(e) = r {
             shared.error(path, format!("cannot set directory metadata: {e}"));
@@ -1313,7 +1433,7 @@ fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
         let id = &shared.id;
         let root = shared.dirs.root();
         let r = (|| -> io::Result<()> {
-            if id.chown_needed(shared.opts.params.preserve_owner, &meta) {
+            if id.chown_needed(shared.owners, &meta) {
                 rustix::fs::fchown(
                     root,
                     Some(rustix::fs::Uid::from_raw(meta.uid)),
@@ -1361,25 +1481,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunk_set_counts_once() {
-        let mut s = ChunkSet::new(130);
-        assert!(s.mark(0));
-        assert!(!s.mark(0));
-        assert!(!s.mark(130));
-        for i in 1..130 {
-            assert!(s.mark(i));
-        }
-        assert!(s.is_complete());
-        assert_eq!(s.done(), 130);
-    }
-
-    #[test]
     fn temp_names_fit_and_are_recognized() {
         let long = vec![b'x'; 255];
         let t = temp_name(&long);
         assert!(t.len() <= 255);
-        assert!(is_our_temp(&t));
-        assert!(!is_our_temp(b"normal"));
+        assert!(fsys::is_temp_name(&t));
+        assert!(!fsys::is_temp_name(b"normal"));
         assert_ne!(temp_name(b"a"), temp_name(b"a"));
     }
 }

@@ -97,8 +97,9 @@ impl Failure {
 
 /// Maps an I/O error on stream `link` to what went wrong, in the core's vocabulary.
 ///
-/// Socket timeouts are set to the stall timeout, so `WouldBlock` (SO_SNDTIMEO/SO_RCVTIMEO ran
-/// out with nothing moved) and `TimedOut` (keepalive gave up on the peer) are stalls.
+/// `WouldBlock` reaches here only once nothing moved for the whole stall timeout (the socket
+/// timeouts are slices of it, retried in `wire`), and `TimedOut` (keepalive gave up on the
+/// peer): both are stalls.
 pub(crate) fn classify(err: &io::Error, op: &'static str, link: &str, stall_secs: u64) -> Failure {
     use io::ErrorKind as K;
     match err.kind() {

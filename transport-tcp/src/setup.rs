@@ -9,6 +9,9 @@
 //!
 //! Handshakes are read without blocking, from one thread, with `poll`: a peer that connects and
 //! says nothing costs one socket until its handshake timeout, never the session its streams.
+//! When more connections wait for their handshake than [`PENDING_MAX`], the one that has waited
+//! longest is closed to make room: a flood of idle connections on the data port delays a real
+//! stream by at most one poll round (its hello is read right after accept), never shuts it out.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -27,7 +30,7 @@ use crate::tune;
 
 /// How long one connection may take to send its hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections whose hello is still incomplete, at most; more are closed at once.
+/// Connections whose hello is still incomplete, at most; beyond it the oldest is closed.
 const PENDING_MAX: usize = 2 * STREAMS_MAX as usize;
 
 /// A listening socket for one session's data connections, bound to an ephemeral port.
@@ -112,7 +115,8 @@ impl DataListener {
                 }
             }
             if ready[0] {
-                accept_ready(&self.listener, &mut pending, now).map_err(accept_err)?;
+                accept_ready(&self.listener, &mut pending, &mut session, now)
+                    .map_err(accept_err)?;
             }
         }
         // Dropping `self` closes the listener: the token admitted its streams and is spent.
@@ -218,31 +222,47 @@ fn poll_ready(
     Ok(fds.iter().map(|f| !f.revents().is_empty()).collect())
 }
 
-/// Accepts every connection waiting on the (non-blocking) listener.
+/// Accepts every connection waiting on the (non-blocking) listener. Real clients send their
+/// hello with the connection, so each one's is read right away, before a flood of newer
+/// connections could push it out of `pending`.
 fn accept_ready(
     listener: &TcpListener,
     pending: &mut Vec<PendingHello>,
+    session: &mut Admission<'_>,
     now: Instant,
 ) -> io::Result<()> {
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
                 if pending.len() >= PENDING_MAX {
-                    tracing::warn!(%peer, "too many unfinished handshakes; closed a data connection");
-                    continue;
+                    // Make room by closing the connection that has waited longest.
+                    if let Some(oldest) = (0..pending.len()).min_by_key(|&i| pending[i].deadline) {
+                        let old = pending.swap_remove(oldest);
+                        tracing::debug!(peer = %old.peer, "too many unfinished handshakes; closed the oldest");
+                    }
                 }
                 // Accepted sockets do not inherit O_NONBLOCK on Linux.
                 if let Err(e) = stream.set_nonblocking(true) {
                     tracing::warn!(%peer, error = %e, "closed a data connection");
                     continue;
                 }
-                pending.push(PendingHello {
+                let mut p = PendingHello {
                     stream,
                     peer,
                     buf: [0; HELLO_BYTES],
                     filled: 0,
                     deadline: now + HANDSHAKE_TIMEOUT,
-                });
+                };
+                match p.advance() {
+                    Ok(None) => pending.push(p),
+                    Ok(Some(hello)) => session.admit(p, &hello),
+                    Err(reason) => {
+                        tracing::warn!(peer = %p.peer, %reason, "refused a data connection")
+                    }
+                }
+                if session.arrived() == session.slots.len() as u32 {
+                    return Ok(());
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

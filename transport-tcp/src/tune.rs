@@ -117,6 +117,11 @@ pub(crate) fn apply_connected(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)
 }
 
+/// How long one blocking socket call waits before the stall detector looks at the clock.
+pub(crate) fn stall_slice(stall: Duration) -> Duration {
+    (stall / 8).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
 /// Role-specific settings once the session starts: stall detection timeouts, keepalive, and the
 /// buffer plan from the measured RTT. `peer` names the stream in logs.
 pub(crate) fn apply_session(
@@ -126,10 +131,14 @@ pub(crate) fn apply_session(
     peer: &str,
 ) -> io::Result<()> {
     let stall = cfg.stall_timeout;
-    // A blocked read or write that moves nothing for `stall` returns EAGAIN: that is the stall
-    // detector (see `wire`). Reads at a frame boundary retry; anything else fails the session.
-    stream.set_read_timeout(Some(stall))?;
-    stream.set_write_timeout(Some(stall))?;
+    // A blocked read or write returns EAGAIN after a slice of the stall timeout: the stall
+    // detector (see `wire`) counts the time since the last byte moved and fails the session
+    // once it reaches the stall timeout, so a stall is reported one slice after it, not up to
+    // twice the timeout (a call that moved a few bytes early in a whole-timeout wait used to
+    // start the next wait from its return).
+    let slice = stall_slice(stall);
+    stream.set_read_timeout(Some(slice))?;
+    stream.set_write_timeout(Some(slice))?;
     let fd = stream.as_fd();
     // No TCP_USER_TIMEOUT: it would tear the connection down under a blocked `sendfile`,
     // which then reports a partial count followed by a bare EPIPE, hiding that this was a stall.

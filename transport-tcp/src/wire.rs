@@ -1,9 +1,10 @@
 //! Blocking frame I/O on one data connection, with the stall detector built into every call.
 //!
-//! Every socket has SO_SNDTIMEO/SO_RCVTIMEO set to the stall timeout (see [`crate::tune`]), so a
-//! call that moves no byte for that long returns EAGAIN. A read that is waiting for the *next*
-//! frame treats that as idleness (the sender may simply have nothing to send) and waits on; any
-//! other EAGAIN — a partly received frame, or a write the peer does not drain — is a stall.
+//! Every socket has SO_SNDTIMEO/SO_RCVTIMEO set to a slice of the stall timeout (see
+//! [`crate::tune`]), so a call that moves no byte returns EAGAIN within a second. A read that is
+//! waiting for the *next* frame treats that as idleness (the sender may simply have nothing to
+//! send) and waits on; anything else — a partly received frame, or a write the peer does not
+//! drain — is a stall once no byte moved for the whole stall timeout.
 
 use std::fs::File;
 use std::io::{self, IoSlice};
@@ -36,6 +37,11 @@ impl Link {
         let peer =
             stream.peer_addr().map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
         Link { stream, name: format!("stream {index} ({peer})"), stall_timeout }
+    }
+
+    /// True while an operation whose last byte moved at `moved_at` may keep waiting.
+    fn within_stall(&self, moved_at: Instant) -> bool {
+        moved_at.elapsed() < self.stall_timeout
     }
 
     /// Classifies the error of an operation whose last byte moved at `moved_at`.
@@ -79,6 +85,7 @@ impl Link {
                     moved_at = Instant::now();
                 }
                 Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) if self.within_stall(moved_at) => continue,
                 Err(e) => return Err(self.fail("write", e, moved_at)),
             }
         }
@@ -105,6 +112,7 @@ impl Link {
                     moved_at = Instant::now();
                 }
                 Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) if self.within_stall(moved_at) => continue,
                 Err(e) => return Err(self.fail("write", e, moved_at)),
             }
         }
@@ -127,6 +135,7 @@ impl Link {
                 Ok(0) => return Err(file_shrank(&self.name, offset)),
                 Ok(_) => moved_at = Instant::now(),
                 Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) if self.within_stall(moved_at) => continue,
                 Err(e) => return Err(self.fail("sendfile", e, moved_at)),
             }
         }
@@ -161,6 +170,9 @@ impl Link {
                 }
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) if idle && !cancel.is_fired() => continue,
+                Err(Errno::AGAIN) if !idle && !cancel.is_fired() && self.within_stall(moved_at) => {
+                    continue;
+                }
                 // Waiting for the next frame is idleness, not a stall, whatever ends it.
                 Err(e) if idle => return Err(self.fail("read", e, Instant::now())),
                 Err(e) => return Err(self.fail("read", e, moved_at)),

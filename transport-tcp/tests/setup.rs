@@ -123,6 +123,29 @@ fn wrong_token_and_garbage_are_refused_while_the_session_completes() {
     exercise(TcpSender::new(connected, &cfg).unwrap(), TcpReceiver::new(accepted, &cfg).unwrap());
 }
 
+/// Row 9 of the hardening review: 500 idle connections on a session's data port (the pending
+/// cap was 128, and newcomers beyond it were closed) shut the real streams out.
+#[test]
+fn idle_connections_on_the_data_port_do_not_shut_out_the_session() {
+    let cfg = test_config(4, 1 << 20);
+    let listener = DataListener::bind(LOCALHOST, &cfg).unwrap();
+    let addr = listener.local_addr();
+    let token = SessionToken::random().unwrap();
+    let client = {
+        let (token, cfg) = (token.clone(), cfg.clone());
+        std::thread::spawn(move || {
+            let idle: Vec<TcpStream> =
+                (0..500).map(|_| TcpStream::connect(addr).unwrap()).collect();
+            let streams = connect_streams(addr, &token, 4, SETUP_TIMEOUT, &cfg).unwrap();
+            (idle, streams)
+        })
+    };
+    let accepted = listener.accept_streams(&token, 4, Instant::now() + SETUP_TIMEOUT).unwrap();
+    let (_idle, connected) = client.join().unwrap();
+    assert_eq!(accepted.len(), 4);
+    exercise(TcpSender::new(connected, &cfg).unwrap(), TcpReceiver::new(accepted, &cfg).unwrap());
+}
+
 #[test]
 fn a_stream_index_is_admitted_once() {
     let cfg = test_config(2, 1 << 20);

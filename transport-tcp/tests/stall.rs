@@ -65,6 +65,35 @@ fn receiver_fails_when_a_frame_stops_midway() {
     drop(raw);
 }
 
+/// Row 14 of the hardening review: the stall timeout fired at about twice its value. A read
+/// that got a few bytes early in a whole-timeout wait returned them only when the wait ran
+/// out, and the next wait started from there. Bytes now trickle in for a while, then stop: the
+/// stall must come one stall timeout (plus a slice of it) after the last byte, not two.
+#[test]
+fn a_stall_is_reported_one_timeout_after_the_last_byte() {
+    let mut cfg = test_config(1, 1 << 20);
+    cfg.stall_timeout = Duration::from_secs(2);
+    let (daemon, mut client) = stream_sets(&cfg);
+    let rx = TcpReceiver::new(daemon, &cfg).unwrap();
+    let mut raw: TcpStream = client.remove(0);
+    raw.write_all(&header(1 << 20, 0).encode()).unwrap();
+    let feeder = std::thread::spawn(move || {
+        for _ in 0..3 {
+            raw.write_all(&[0u8; 100]).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        raw
+    });
+    let start = Instant::now();
+    let r = rx.recv();
+    let waited = start.elapsed();
+    assert!(matches!(r, Err(TransportError::Stalled { idle_secs: 2 })), "{r:?}");
+    // The last byte came at ~0.6 s: a stall at ~2.6-2.9 s, where it used to come at ~4.6 s.
+    assert!(waited >= Duration::from_millis(2500), "failed after only {waited:?}");
+    assert!(waited < Duration::from_millis(3500), "stall reported after {waited:?}");
+    drop(feeder.join().unwrap());
+}
+
 #[test]
 fn idle_between_frames_is_not_a_stall() {
     let cfg = stall_config(1);

@@ -1,0 +1,222 @@
+//! Pulls that a daemon turns against the client (a scripted daemon and the stock client), and a
+//! source file swapped for a FIFO under a real daemon (TESTS.md rows 2 and 6).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use blitx_hostile::daemon::{Behaviour, HostileDaemon, PullScript};
+use blitx_hostile::msg;
+use blitx_hostile::process::{DaemonProc, Finished, s, xfer};
+use blitx_hostile::raw::{RawClient, Recv, describe_recv};
+use blitx_hostile::{pb, scratch};
+use blitx_storage::testkit::{Rng, write_random};
+
+const CLIENT_WAIT: Duration = Duration::from_secs(20);
+
+fn abs(p: &Path) -> Vec<u8> {
+    p.as_os_str().as_encoded_bytes().to_vec()
+}
+
+/// Runs the stock client against a daemon following `script`; returns how it ended and the
+/// daemon's log.
+fn pull(script: PullScript, target: &Path, extra: &[&str]) -> (Finished, Vec<String>) {
+    let hd = HostileDaemon::start(Behaviour::Pull(script)).unwrap();
+    let mut args = vec![hd.url("x")];
+    args.push(s(target).to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = xfer(&args, CLIENT_WAIT);
+    (r, hd.log())
+}
+
+#[test]
+fn pull_from_hostile_daemon_stays_inside_target() {
+    let t = scratch("row2a");
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let local = t.path().join("local");
+    // `x` is a symlink to a directory outside the client's target; then listings "below" it.
+    let script = PullScript {
+        messages: vec![
+            msg::root(msg::root_entry(0o755)),
+            msg::listing("", vec![msg::symlink(1, "x", abs(&outside))], true),
+            msg::listing("x", vec![msg::dir(2, "x/dir", 0o755)], true),
+            msg::listing("x/dir", vec![msg::file(3, "x/dir/f", 5, 0o644)], true),
+        ],
+        contents: HashMap::from([(3, b"owned".to_vec())]),
+        streams: 1,
+        finish: true,
+    };
+    let (r, log) = pull(script, &local, &[]);
+    let ctx = format!("client: {}\ndaemon log: {log:?}", r.describe());
+    assert!(!outside.join("dir").exists(), "the client created `dir` outside its target; {ctx}");
+    assert!(!outside.join("dir/f").exists(), "the client wrote `f` outside its target; {ctx}");
+    assert!(!r.timed_out, "the client hung; {ctx}");
+    assert_ne!(r.code(), Some(0), "the client reported success for a hostile listing; {ctx}");
+}
+
+#[test]
+fn pull_from_hostile_daemon_stays_inside_target_with_mirror() {
+    let t = scratch("row2b");
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"precious").unwrap();
+    let local = t.path().join("local");
+    // `x` is a symlink to the outside directory, then an (empty) listing of `x`: with
+    // --mirror, everything "in x" that the source lacks would be deleted.
+    let script = PullScript {
+        messages: vec![
+            msg::root(msg::root_entry(0o755)),
+            msg::listing("", vec![msg::symlink(1, "x", abs(&outside))], true),
+            msg::listing("x", vec![], true),
+        ],
+        contents: HashMap::new(),
+        streams: 1,
+        finish: true,
+    };
+    let (r, log) = pull(script, &local, &["--mirror"]);
+    let ctx = format!("client: {}\ndaemon log: {log:?}", r.describe());
+    assert!(
+        outside.join("victim").exists(),
+        "a pull with --mirror deleted a file outside its target; {ctx}"
+    );
+    assert!(!r.timed_out, "the client hung; {ctx}");
+}
+
+#[test]
+fn pull_from_hostile_daemon_stays_inside_target_modes() {
+    let t = scratch("row2c");
+    let mut bad = Vec::new();
+    // Both orders: `x` a directory (mode 0777, applied at the end) then a symlink to the outside
+    // directory, and the other way round.
+    for (order, swap_first) in [("dir then symlink", false), ("symlink then dir", true)] {
+        let outside = t.path().join(format!("outside-{swap_first}"));
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let local = t.path().join(format!("local-{swap_first}"));
+        let link = msg::symlink(1, "x", abs(&outside));
+        let dir = msg::dir(2, "x", 0o777);
+        let (first, second) = if swap_first { (link, dir) } else { (dir, link) };
+        let script = PullScript {
+            messages: vec![
+                msg::root(msg::root_entry(0o755)),
+                msg::listing("", vec![first], false),
+                msg::listing("", vec![second], true),
+            ],
+            contents: HashMap::new(),
+            streams: 1,
+            finish: true,
+        };
+        let (r, log) = pull(script, &local, &[]);
+        let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;
+        if mode != 0o700 {
+            bad.push(format!(
+                "{order}: the outside directory's mode became {mode:o}; client: {}; daemon log: {log:?}",
+                r.describe()
+            ));
+        }
+        if r.timed_out {
+            bad.push(format!("{order}: the client hung"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn fifo_swapped_for_a_source_file_does_not_wedge_a_pull() {
+    let t = scratch("row6");
+    let root = t.path().join("export");
+    std::fs::create_dir(&root).unwrap();
+    let f = root.join("f");
+    write_random(&f, 1 << 20, &mut Rng::new(6));
+    let d = DaemonProc::start(&root, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let c = RawClient::connect(&d.addr).unwrap();
+    let (mut sess, data) = c.open_with_data(msg::open_pull("")).unwrap();
+    let readers = data.read_in_background(msg::CHUNK_BYTES);
+    // The daemon's manifest: the root, then the listing naming `f`.
+    let mut id = None;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while id.is_none() && Instant::now() < deadline {
+        match sess.recv_skip_events(Duration::from_secs(10)) {
+            Recv::Frame(pb::ServerFrame {
+                msg:
+                    Some(pb::server_frame::Msg::Source(pb::SourceMsg {
+                        msg: Some(pb::source_msg::Msg::Listing(l)),
+                    })),
+            }) => {
+                id = l.entries.iter().find(|e| e.path == b"f").map(|e| e.id);
+                seen.push(format!("listing of {} entries", l.entries.len()));
+            }
+            Recv::Frame(other) => seen.push(msg::describe_server(&other)),
+            other => panic!("the pull ended before its listing: {}", describe_recv(&other)),
+        }
+    }
+    let id = id.unwrap_or_else(|| panic!("no listing named `f`: {seen:?}"));
+    // Swap `f` for a FIFO between the listing and the need.
+    std::fs::remove_file(&f).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &f,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    sess.send_target(msg::need(&[id])).unwrap();
+    sess.send_target(msg::need_end()).unwrap();
+    let asked = Instant::now();
+    let mut failed = false;
+    let mut summary = None;
+    while summary.is_none() && asked.elapsed() < Duration::from_secs(5) {
+        let left = Duration::from_secs(5).saturating_sub(asked.elapsed());
+        match sess.recv(left) {
+            Recv::Frame(pb::ServerFrame { msg: Some(m) }) => match m {
+                pb::server_frame::Msg::Source(pb::SourceMsg {
+                    msg: Some(pb::source_msg::Msg::FileFailed(ff)),
+                }) if ff.id == id => {
+                    failed = true;
+                    seen.push(format!("FileFailed: {}", ff.message));
+                }
+                pb::server_frame::Msg::Events(ev) => {
+                    if ev.events.iter().any(|e| {
+                        e.kind == pb::EventKind::Failed as i32 && e.path.as_slice() == b"f"
+                    }) {
+                        failed = true;
+                    }
+                    seen.push(format!("Events({})", ev.events.len()));
+                }
+                pb::server_frame::Msg::Summary(sm) => {
+                    if sm.error_count > 0 && sm.errors.iter().any(|e| e.path.as_slice() == b"f") {
+                        failed = true;
+                    }
+                    summary = Some(msg::describe_summary(&sm));
+                }
+                other => {
+                    seen.push(msg::describe_server(&pb::ServerFrame { msg: Some(other) }));
+                }
+            },
+            Recv::Frame(_) => {}
+            other => {
+                seen.push(describe_recv(&other));
+                break;
+            }
+        }
+    }
+    let took = asked.elapsed();
+    let summary = summary.unwrap_or_else(|| {
+        panic!(
+            "no Summary within 5 s of asking for a file that became a FIFO (the pull is wedged); \
+             seen {seen:?}; data streams done: {}",
+            readers.done()
+        )
+    });
+    assert!(
+        failed,
+        "the FIFO was not reported as a failed file (after {took:?}): {summary}; seen {seen:?}"
+    );
+}

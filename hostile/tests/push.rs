@@ -1,0 +1,268 @@
+//! Raw pushes to a real `blit daemon`: listings, ids, modes, owners and sizes no honest client
+//! sends (TESTS.md rows 1, 3, 4, 9 and 13).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use blitx_hostile::msg::{self, Kind};
+use blitx_hostile::process::{DaemonProc, s, xfer};
+use blitx_hostile::raw::{DataStreams, End, RawClient, Session, tcp_endpoint};
+use blitx_hostile::{is_root, pb, scratch};
+use blitx_storage::testkit::{compare_trees, mixed_tree};
+
+const STEP: Duration = Duration::from_secs(10);
+
+fn start(root: &Path, extra: &[&str]) -> DaemonProc {
+    DaemonProc::start(root, extra).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Sends `parts` (listing parts after the root entry), answering each Need with the bytes of
+/// the needed files found in `contents` (one Bundle frame per part), then ManifestEnd, End on
+/// every data stream and DataEnd, and reads until the session ends. A step the daemon no longer
+/// takes (it refused the session) cuts the script short; the end tells what happened.
+fn push_script(
+    s: &mut Session,
+    data: &mut DataStreams,
+    root: pb::Entry,
+    parts: Vec<pb::SourceMsg>,
+    contents: &[(u64, &[u8])],
+) -> (End, Vec<String>) {
+    let mut notes = Vec::new();
+    let run = || -> Result<(), String> {
+        s.send_source(msg::root(root))?;
+        for p in parts {
+            s.send_source(p)?;
+            let ids = s.need(STEP)?;
+            notes.push(format!("daemon needs {ids:?}"));
+            let files: Vec<(u64, &[u8])> =
+                contents.iter().filter(|(id, _)| ids.contains(id)).copied().collect();
+            if !files.is_empty() {
+                data.send_bundle(0, &files).map_err(|e| format!("data plane: {e}"))?;
+            }
+        }
+        s.send_source(msg::manifest_end())?;
+        s.need_end(STEP)?;
+        data.end_all().map_err(|e| format!("data plane: {e}"))?;
+        s.send_source(msg::data_end())?;
+        Ok(())
+    };
+    if let Err(e) = run() {
+        notes.push(format!("script cut short: {e}"));
+    }
+    (s.finish(STEP), notes)
+}
+
+#[test]
+fn daemon_never_chmods_through_a_symlink_swapped_in_a_listing() {
+    let t = scratch("row1");
+    let root = t.path().join("export");
+    std::fs::create_dir(&root).unwrap();
+    let victim = t.path().join("outside-file");
+    std::fs::write(&victim, b"not the daemon's").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = std::fs::metadata(&victim).unwrap();
+    let d = start(&root, &[]);
+    let c = RawClient::connect(&d.addr).unwrap();
+    let (mut sess, mut data) = c.open_with_data(msg::open_push("t")).unwrap();
+    // Part 1 names directory `y` (setuid, setgid, world-writable, someone else's); part 2 of
+    // the same directory names `y` again, now a symlink to a file outside the export.
+    let parts = vec![
+        msg::listing("", vec![msg::entry(1, "y", Kind::Dir, 0, 0o6777, 4242, 4242)], false),
+        msg::listing("", vec![msg::symlink(2, "y", victim.as_os_str().as_encoded_bytes())], true),
+    ];
+    let (end, notes) = push_script(&mut sess, &mut data, msg::root_entry(0o755), parts, &[]);
+    let after = std::fs::metadata(&victim).unwrap();
+    let ctx = format!("session end: {}; {notes:?}", end.describe());
+    let mut bad = Vec::new();
+    if after.mode() & 0o7777 != 0o600 {
+        bad.push(format!(
+            "the daemon changed the mode of a file outside its export through a symlink: {:o} -> {:o}",
+            before.mode() & 0o7777,
+            after.mode() & 0o7777
+        ));
+    }
+    if (after.uid(), after.gid()) != (before.uid(), before.gid()) {
+        bad.push(format!(
+            "the daemon changed the owner of a file outside its export through a symlink: {}:{} -> {}:{}",
+            before.uid(),
+            before.gid(),
+            after.uid(),
+            after.gid()
+        ));
+    }
+    assert!(bad.is_empty(), "{}; {ctx}", bad.join("; "));
+    assert!(
+        end.is_refusal(),
+        "a listing naming `y` twice in one directory was accepted (expected a fatal summary or an error); {ctx}"
+    );
+}
+
+/// The push of row 3: `s` (setuid root, 5 bytes) and `o` (owned by 4321) into the export root.
+fn push_setuid_and_foreign_owner(d: &DaemonProc) -> (End, Vec<String>) {
+    let c = RawClient::connect(&d.addr).unwrap();
+    let (mut sess, mut data) = c.open_with_data(msg::open_push("")).unwrap();
+    let parts = vec![msg::listing(
+        "",
+        vec![
+            msg::entry(1, "s", Kind::File, 5, 0o4755, 0, 0),
+            msg::entry(2, "o", Kind::File, 3, 0o644, 4321, 4321),
+        ],
+        true,
+    )];
+    let root = msg::entry(0, "", Kind::Dir, 0, 0o755, 65534, 65534);
+    push_script(&mut sess, &mut data, root, parts, &[(1, b"12345"), (2, b"abc")])
+}
+
+fn export_owned_by_nobody(t: &Path) -> std::path::PathBuf {
+    let root = t.join("export");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    rustix::fs::chown(
+        &root,
+        Some(rustix::process::Uid::from_raw(65534)),
+        Some(rustix::process::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    root
+}
+
+#[test]
+fn root_daemon_does_not_create_setuid_or_client_owned_files() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (a root daemon, chown of the export root)");
+        return;
+    }
+    let t = scratch("row3");
+    let root = export_owned_by_nobody(t.path());
+    let d = start(&root, &[]);
+    let (end, notes) = push_setuid_and_foreign_owner(&d);
+    let ctx = format!("session end: {}; {notes:?}", end.describe());
+    let sm = std::fs::symlink_metadata(root.join("s"))
+        .unwrap_or_else(|e| panic!("`s` was not created: {e}; {ctx}"));
+    let om = std::fs::symlink_metadata(root.join("o"))
+        .unwrap_or_else(|e| panic!("`o` was not created: {e}; {ctx}"));
+    let mut bad = Vec::new();
+    if sm.mode() & 0o6000 != 0 {
+        bad.push(format!("`s` has mode {:o} (setuid/setgid kept)", sm.mode() & 0o7777));
+    }
+    for (name, m) in [("s", &sm), ("o", &om)] {
+        if (m.uid(), m.gid()) != (65534, 65534) {
+            bad.push(format!(
+                "`{name}` is owned by {}:{} (the client's choice), not by the export root's owner 65534:65534",
+                m.uid(),
+                m.gid()
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{}; {ctx}", bad.join("; "));
+}
+
+#[test]
+fn root_daemon_applies_owners_and_setid_only_when_allowed() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (a root daemon, chown of the export root)");
+        return;
+    }
+    let t = scratch("row3b");
+    let root = export_owned_by_nobody(t.path());
+    let d = start(&root, &["--allow-owners", "--allow-setid"]);
+    let (end, notes) = push_setuid_and_foreign_owner(&d);
+    let ctx = format!("session end: {}; {notes:?}", end.describe());
+    let sm = std::fs::symlink_metadata(root.join("s")).unwrap_or_else(|e| panic!("{e}; {ctx}"));
+    let om = std::fs::symlink_metadata(root.join("o")).unwrap_or_else(|e| panic!("{e}; {ctx}"));
+    assert_eq!(sm.mode() & 0o7777, 0o4755, "{ctx}");
+    assert_eq!((sm.uid(), sm.gid()), (0, 0), "{ctx}");
+    assert_eq!((om.uid(), om.gid()), (4321, 4321), "{ctx}");
+}
+
+#[test]
+fn declared_huge_size_does_not_abort_the_daemon() {
+    let t = scratch("row4");
+    let root = t.path().join("export");
+    std::fs::create_dir(&root).unwrap();
+    let mut d = start(&root, &[]);
+    for (i, size) in [u64::MAX, 1 << 62].into_iter().enumerate() {
+        let c = RawClient::connect(&d.addr)
+            .unwrap_or_else(|e| panic!("daemon unreachable before size {size}: {e}"));
+        let (mut sess, mut data) = match c.open_with_data(msg::open_push(format!("huge{i}"))) {
+            Ok(x) => x,
+            Err(e) => panic!("cannot open a push: {e}; {}", d.describe()),
+        };
+        let parts = vec![msg::listing("", vec![msg::file(1, "big", size, 0o644)], true)];
+        let (end, notes) = push_script(&mut sess, &mut data, msg::root_entry(0o755), parts, &[]);
+        drop(sess);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            d.is_alive(),
+            "the daemon died after a listing declared a file of {size} bytes (session end: {}; {notes:?}); {}",
+            end.describe(),
+            d.describe()
+        );
+    }
+    let src = t.path().join("src");
+    mixed_tree(&src, 4, 20, 1, 300_000);
+    let r = xfer(&[s(&src), &d.url("after")], Duration::from_secs(15));
+    assert_eq!(r.code(), Some(0), "a normal push after the huge sizes failed: {}", r.describe());
+    compare_trees(&src, &root.join("after")).unwrap();
+}
+
+#[test]
+fn idle_connections_on_the_data_port_do_not_reset_the_session() {
+    let t = scratch("row9");
+    let root = t.path().join("export");
+    std::fs::create_dir(&root).unwrap();
+    let d = start(&root, &[]);
+    let c = RawClient::connect(&d.addr).unwrap();
+    let mut sess = c.session(Some(msg::open_push("p")));
+    let accept = sess.accept(STEP).unwrap();
+    let (addr, _, _) = tcp_endpoint(&accept).unwrap();
+    // Strangers connect to the data port first and say nothing.
+    let idle: Vec<TcpStream> = (0..500)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+        .collect();
+    eprintln!("{} idle connections open on the data port {addr}", idle.len());
+    let mut data = Session::connect_data(&accept, STEP).unwrap_or_else(|e| {
+        panic!(
+            "with {} idle connections on the data port, the session's own streams were refused: {e}",
+            idle.len()
+        )
+    });
+    let files: [(u64, &[u8]); 3] = [(1, b"alpha"), (2, b"beta"), (3, b"")];
+    let parts = vec![msg::listing(
+        "",
+        vec![msg::file(1, "a", 5, 0o644), msg::file(2, "b", 4, 0o644), msg::file(3, "c", 0, 0o644)],
+        true,
+    )];
+    let (end, notes) = push_script(&mut sess, &mut data, msg::root_entry(0o755), parts, &files);
+    drop(idle);
+    assert!(end.is_success_summary(), "the push did not complete: {}; {notes:?}", end.describe());
+    assert_eq!(std::fs::read(root.join("p/a")).unwrap(), b"alpha");
+    assert_eq!(std::fs::read(root.join("p/b")).unwrap(), b"beta");
+    assert_eq!(std::fs::read(root.join("p/c")).unwrap(), b"");
+}
+
+#[test]
+fn duplicate_ids_in_a_listing_are_refused() {
+    let t = scratch("row13");
+    let root = t.path().join("export");
+    std::fs::create_dir(&root).unwrap();
+    let d = start(&root, &[]);
+    let c = RawClient::connect(&d.addr).unwrap();
+    let (mut sess, mut data) = c.open_with_data(msg::open_push("dup")).unwrap();
+    let parts = vec![msg::listing(
+        "",
+        vec![msg::file(5, "a", 3, 0o644), msg::file(5, "b", 3, 0o644)],
+        true,
+    )];
+    let (end, notes) =
+        push_script(&mut sess, &mut data, msg::root_entry(0o755), parts, &[(5, b"abc")]);
+    assert!(
+        end.is_refusal(),
+        "two entries with id 5 were accepted (expected a fatal summary or an error): {}; {notes:?}",
+        end.describe()
+    );
+}

@@ -1,0 +1,180 @@
+//! The bounds a transfer half works within, set by whoever runs it (the daemon's operator for
+//! sessions it serves; nothing for a user's own local copy).
+//!
+//! Back of the envelope: a target half keeps, per file whose data is still on its way, about
+//! [`PENDING_FILE_BYTES`] plus its path, and per directory (until finalization sets its times)
+//! about [`DIR_BYTES`] plus its path. A hostile peer that lists ten million files and never sends
+//! their data would hold ~2.5 GB without a bound; with a session budget of 1 GiB it is refused
+//! at ~4 M files. Buffer pools are charged to the same budgets when a session's data plane is
+//! built, so a client cannot pick streams × chunk size beyond what the operator allowed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::report::Progress;
+
+/// Approximate bytes a target keeps per file whose data has not arrived (bookkeeping, without
+/// the path).
+pub const PENDING_FILE_BYTES: u64 = 256;
+/// Approximate bytes a target keeps per directory until finalization (without the path).
+pub const DIR_BYTES: u64 = 96;
+/// Approximate bytes per name while a directory's listing is still arriving in parts.
+pub const NAME_BYTES: u64 = 48;
+
+/// A limit was reached; the session is refused or ended (gRPC RESOURCE_EXHAUSTED).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Exhausted {
+    #[error("{what} needs more than the {limit_bytes}-byte memory limit {scope}")]
+    Memory { what: &'static str, limit_bytes: u64, scope: &'static str },
+    #[error("the source listed more than {limit} entries (the limit for one session)")]
+    Entries { limit: u64 },
+}
+
+/// A byte budget shared by everything that charges it. A session's budget has the daemon's as
+/// its parent: a charge must fit both, and whatever a session still holds when it ends goes
+/// back to the parent.
+#[derive(Debug)]
+pub struct Budget {
+    scope: &'static str,
+    max_bytes: u64,
+    used_bytes: AtomicU64,
+    parent: Option<Arc<Budget>>,
+}
+
+impl Budget {
+    pub fn new(scope: &'static str, max_bytes: u64, parent: Option<Arc<Budget>>) -> Arc<Self> {
+        Arc::new(Budget { scope, max_bytes, used_bytes: AtomicU64::new(0), parent })
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Acquire)
+    }
+
+    /// Charges `bytes`, or refuses without charging anything.
+    pub fn charge(&self, what: &'static str, bytes: u64) -> Result<(), Exhausted> {
+        let refused = || Exhausted::Memory { what, limit_bytes: self.max_bytes, scope: self.scope };
+        self.used_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&n| n <= self.max_bytes)
+            })
+            .map_err(|_| refused())?;
+        if let Some(p) = &self.parent
+            && let Err(e) = p.charge(what, bytes)
+        {
+            self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, bytes: u64) {
+        let mut released = 0;
+        let _ = self.used_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            released = bytes.min(used);
+            Some(used - released)
+        });
+        if let Some(p) = &self.parent {
+            p.release(released);
+        }
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        if let Some(p) = &self.parent {
+            p.release(*self.used_bytes.get_mut());
+        }
+    }
+}
+
+/// What one transfer half may use.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Listing entries the source may send in one session (0: no limit).
+    pub entries_max: u64,
+    /// Memory for bookkeeping (and, charged by the caller, buffers); `None`: unbounded.
+    pub budget: Option<Arc<Budget>>,
+    /// End the session when nothing arrives on the control channel and no data moves for this
+    /// long; `None`: wait as long as the peer stays connected.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Limits {
+    /// No bounds: a user's own local transfer.
+    pub fn none() -> Self {
+        Limits::default()
+    }
+
+    pub fn charge(&self, what: &'static str, bytes: u64) -> Result<(), Exhausted> {
+        match &self.budget {
+            Some(b) => b.charge(what, bytes),
+            None => Ok(()),
+        }
+    }
+
+    pub fn release(&self, bytes: u64) {
+        if let Some(b) = &self.budget {
+            b.release(bytes);
+        }
+    }
+}
+
+/// Tells when a half has heard nothing from its peer and moved no data for its idle timeout.
+#[derive(Debug)]
+pub struct IdleClock {
+    limit: Option<Duration>,
+    last_heard: Instant,
+    last_moved: u64,
+}
+
+impl IdleClock {
+    pub fn new(limit: Option<Duration>, progress: &Progress) -> Self {
+        IdleClock { limit, last_heard: Instant::now(), last_moved: progress.moved() }
+    }
+
+    /// A message from the peer arrived.
+    pub fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    /// Called while waiting: `Some(limit in seconds)` once the timeout ran out.
+    pub fn expired(&mut self, progress: &Progress) -> Option<u64> {
+        let moved = progress.moved();
+        if moved != self.last_moved {
+            self.last_moved = moved;
+            self.last_heard = Instant::now();
+        }
+        let limit = self.limit?;
+        (self.last_heard.elapsed() >= limit).then_some(limit.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn charges_fit_both_budgets_and_return_on_drop() {
+        let daemon = Budget::new("for the whole daemon", 100, None);
+        let a = Budget::new("per session", 60, Some(Arc::clone(&daemon)));
+        let b = Budget::new("per session", 60, Some(Arc::clone(&daemon)));
+        a.charge("listing", 50).unwrap();
+        assert!(matches!(a.charge("listing", 11), Err(Exhausted::Memory { limit_bytes: 60, .. })));
+        // b fits its own budget, but not the daemon's.
+        let e = b.charge("buffers", 55).unwrap_err();
+        assert!(e.to_string().contains("100-byte"), "{e}");
+        assert_eq!((b.used_bytes(), daemon.used_bytes()), (0, 50));
+        a.release(20);
+        assert_eq!(daemon.used_bytes(), 30);
+        drop(a);
+        assert_eq!(daemon.used_bytes(), 0);
+        b.charge("buffers", 55).unwrap();
+        assert_eq!(daemon.used_bytes(), 55);
+    }
+}
