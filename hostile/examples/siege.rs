@@ -116,7 +116,10 @@ fn main() {
     let _ = sess.send_source(msg::listing("", vec![e], true));
     let _ = data.end_all();
     let end = sess.finish(Duration::from_secs(30));
-    report(&d, &format!("declared 2^64-1 bytes: {}", end.describe().chars().take(160).collect::<String>()));
+    report(
+        &d,
+        &format!("declared 2^64-1 bytes: {}", end.describe().chars().take(160).collect::<String>()),
+    );
     let pushed = normal_push(&d, &src, "after-huge");
     report(&d, &format!("… then a normal push: {pushed}"));
 }
