@@ -29,6 +29,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// How long accepting pauses after the process ran out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+/// Descriptor exhaustion is logged again after this long at the earliest.
+const STARVED_REPEAT: Duration = Duration::from_secs(60);
 /// How often idle connections are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -249,7 +251,8 @@ pub async fn accept_loop(
 ) {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut starved = false;
+    // Descriptor exhaustion is said once, then at most once a minute with a count.
+    let mut starved_said: Option<(Instant, u64)> = None;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -261,7 +264,6 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                starved = false;
                 // Control messages are small and answer each other: without TCP_NODELAY a
                 // response's DATA frame waits behind its HEADERS for the peer's delayed ACK.
                 let _ = stream.set_nodelay(true);
@@ -272,11 +274,16 @@ pub async fn accept_loop(
                 }
             }
             Err(e) if out_of_descriptors(&e) => {
-                if !starved {
-                    tracing::error!(
-                        "cannot accept control connections: {e}; pausing accepts until descriptors free up (raise the open-files limit, or lower --max-connections / --max-sessions)"
-                    );
-                    starved = true;
+                match &mut starved_said {
+                    Some((at, again)) if at.elapsed() < STARVED_REPEAT => *again += 1,
+                    _ => {
+                        let again = starved_said.map_or(0, |(_, n)| n);
+                        tracing::error!(
+                            again,
+                            "cannot accept control connections: {e}; pausing accepts until descriptors free up (raise the open-files limit, or lower --max-connections / --max-sessions)"
+                        );
+                        starved_said = Some((Instant::now(), 0));
+                    }
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }

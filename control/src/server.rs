@@ -233,8 +233,7 @@ pub fn run_daemon(
         privileges,
     };
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
+        let listener = listen(cfg.listen)
             .map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
         let local = listener.local_addr().map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
         tracing::info!(root = %cfg.root.display(), "blit daemon listening on {local}");
@@ -292,6 +291,22 @@ pub fn run_daemon(
     })
 }
 
+/// Connections the kernel completes and queues before the daemon accepts them (tokio's default
+/// is 128: a burst of clients, or a pause while descriptors are exhausted, would make new
+/// clients' connects hang in SYN retries).
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -327,13 +342,6 @@ impl Blit for Daemon {
         let control_ip = request.local_addr().map(|a| a.ip()).unwrap_or(self.cfg.listen.ip());
         let peer_addr = request.remote_addr();
         let peer = peer_addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-        let Ok(permit) = Arc::clone(&self.sessions).try_acquire_owned() else {
-            tracing::warn!(%peer, "refused a session: {} already running (--max-sessions)", self.cfg.max_sessions);
-            return Err(Status::resource_exhausted(format!(
-                "this daemon already runs its maximum of {} sessions (--max-sessions); try again later",
-                self.cfg.max_sessions
-            )));
-        };
         let connection = self.conns.session(peer_addr);
         let mut inbound = request.into_inner();
         // The Open must come within the open timeout, before a thread is spent on the stream:
@@ -350,6 +358,15 @@ impl Blit for Daemon {
             Ok(Err(status)) => return Err(status),
             Ok(Ok(None)) => return Err(Status::cancelled("the stream ended before its Open")),
             Ok(Ok(Some(frame))) => frame,
+        };
+        // Only a stream that said what it wants takes one of the sessions: streams that never
+        // send their Open cannot lock real clients out.
+        let Ok(permit) = Arc::clone(&self.sessions).try_acquire_owned() else {
+            tracing::warn!(%peer, "refused a session: {} already running (--max-sessions)", self.cfg.max_sessions);
+            return Err(Status::resource_exhausted(format!(
+                "this daemon already runs its maximum of {} sessions (--max-sessions); try again later",
+                self.cfg.max_sessions
+            )));
         };
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
