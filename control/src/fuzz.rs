@@ -6,6 +6,10 @@
 //! unchanged (a value we accept, we can also send). The generated `pb` types stay private: the
 //! fuzz crate only hands over bytes.
 
+// Seeds spell out the fields they set and take the rest from `Default`, also where that is
+// every field today: messages grow fields, and the seeds should keep compiling when they do.
+#![allow(clippy::needless_update)]
+
 use blitx_core::RelPath;
 use blitx_core::manifest::{Entry, EntryKind};
 use blitx_core::path::PATH_BYTES_MAX;
@@ -59,7 +63,7 @@ pub fn message(bytes: &[u8]) {
         M::decode(b).ok()
     }
     let Some((&selector, b)) = bytes.split_first() else { return };
-    let rdma = |qps| pb::RdmaEndpoint { qps, ring: None, chunk_bytes: 0, ready: false };
+    let rdma = |qps| pb::RdmaEndpoint { qps, ..Default::default() };
     let source = |msg| pb::SourceMsg { msg: Some(msg) };
     use pb::source_msg::Msg;
     match usize::from(selector) % MESSAGES.len() {
@@ -107,11 +111,12 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             numa_node: 0,
             ipv4: vec![10, 0, 0, 2],
             ipv4_prefix_len: 24,
+            ..Default::default()
         }),
         rdma_qps: 2,
         stall_timeout_secs: 30,
         rdma_frame_checksums: true,
-        rdma_event_cq: false,
+        ..Default::default()
     };
     client("open", C::Open(open));
     for (name, m) in source_seeds() {
@@ -139,9 +144,9 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                 addr: "10.0.0.2:40123".into(),
                 token: vec![7; 32],
                 streams: 4,
-                buffer_bytes: 0,
+                ..Default::default()
             }),
-            rdma: None,
+            ..Default::default()
         }),
     );
     server(
@@ -158,6 +163,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                 buffer_bytes: 1 << 20,
             }),
             rdma: rdma_seeds().into_iter().next().map(|(_, e)| e),
+            ..Default::default()
         }),
     );
     for (name, m) in source_seeds() {
@@ -177,13 +183,14 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                     kind: pb::EventKind::Copied as i32,
                     path: b"d/f".to_vec(),
                     bytes: 10,
-                    message: None,
+                    ..Default::default()
                 },
                 pb::Event {
                     kind: pb::EventKind::Failed as i32,
                     path: b"d/g".to_vec(),
                     bytes: 0,
                     message: Some("permission denied".into()),
+                    ..Default::default()
                 },
             ],
         }),
@@ -205,6 +212,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         S::Error(pb::Error {
             code: pb::ErrorCode::BadPath as i32,
             message: "path \"../x\" leaves the root".into(),
+            ..Default::default()
         }),
     );
     // The messages nested in those frames, alone, for `message`.
@@ -282,6 +290,7 @@ fn entry_seed(path: &[u8], kind: pb::EntryKind) -> pb::Entry {
         inode: Some(pb::InodeKey { dev: 3, ino: 4 }),
         sparse: false,
         content_hash: Some(vec![0xab; 16]),
+        ..Default::default()
     }
 }
 
@@ -299,6 +308,7 @@ fn source_seeds() -> Vec<(String, pb::SourceMsg)> {
                     entry_seed(b"d/e", pb::EntryKind::Dir),
                 ],
                 last_part: true,
+                ..Default::default()
             }),
         ),
         (
@@ -333,7 +343,14 @@ fn target_seeds() -> Vec<(String, pb::TargetMsg)> {
 }
 
 fn rdma_seeds() -> Vec<(String, pb::RdmaEndpoint)> {
-    let qp = |qpn| pb::QpParams { qpn, psn: 77, gid: vec![0xfe; 16], gid_index: 1, mtu: 5, lid: 0 };
+    let qp = |qpn| pb::QpParams {
+        qpn,
+        psn: 77,
+        gid: vec![0xfe; 16],
+        gid_index: 1,
+        mtu: 5,
+        ..Default::default()
+    };
     vec![
         (
             "rdma-receiver".into(),
@@ -345,19 +362,17 @@ fn rdma_seeds() -> Vec<(String, pb::RdmaEndpoint)> {
                     slot_bytes: (4 << 20) + 4096,
                     slots: 16,
                     len_bytes: 16 * ((4 << 20) + 4096),
+                    ..Default::default()
                 }),
                 chunk_bytes: 4 << 20,
-                ready: false,
+                ..Default::default()
             },
         ),
         (
             "rdma-sender".into(),
-            pb::RdmaEndpoint { qps: vec![qp(19)], ring: None, chunk_bytes: 4 << 20, ready: false },
+            pb::RdmaEndpoint { qps: vec![qp(19)], chunk_bytes: 4 << 20, ..Default::default() },
         ),
-        (
-            "rdma-ready".into(),
-            pb::RdmaEndpoint { qps: Vec::new(), ring: None, chunk_bytes: 0, ready: true },
-        ),
+        ("rdma-ready".into(), pb::RdmaEndpoint { ready: true, ..Default::default() }),
     ]
 }
 
