@@ -506,6 +506,10 @@ fn send_chunk(
         _ => 0,
     };
     let (last_read, failed_before) = count_down(shared, f.id, 1 + taken);
+    if failed_before {
+        // Reported once already, by the reader that saw the first failure.
+        return Ok(());
+    }
     let ReadOut { mut header, payload, file, run, run_chunks: _ } = match result {
         Ok(Some(x)) => x,
         Ok(None) => return Ok(()),
@@ -514,9 +518,6 @@ fn send_chunk(
             return Ok(());
         }
     };
-    if failed_before {
-        return Ok(());
-    }
     let mut run = run;
     // The reader that finishes the last read re-checks the file; only its (last) frame is
     // verified. File regions are read later by the transport, so the target re-checks those.
