@@ -152,6 +152,14 @@ pub fn is_temp_name(name: &[u8]) -> bool {
     name.first() == Some(&b'.') && name.ends_with(TEMP_SUFFIX.as_bytes())
 }
 
+/// The process id in a temporary file's name (`.NAME.PID.N.blit-tmp`).
+pub fn temp_pid(name: &[u8]) -> Option<u32> {
+    let stem = name.strip_suffix(TEMP_SUFFIX.as_bytes())?;
+    let mut parts = stem.rsplitn(3, |&b| b == b'.');
+    let _seq = parts.next()?;
+    std::str::from_utf8(parts.next()?).ok()?.parse().ok()
+}
+
 /// Marks an open temporary file as blit's. File systems without user extended attributes
 /// cannot carry the mark; files there are never taken for debris.
 pub fn mark_temp(fd: BorrowedFd<'_>) {

@@ -106,10 +106,18 @@ impl ListingCheck {
                 return Err(Violation::DuplicateId(e.id));
             }
         }
-        let names = self.names.entry(dir.clone()).or_default();
-        for e in entries {
-            if !names.insert(e.path.file_name().to_vec()) {
+        if last_part && !self.names.contains_key(dir) {
+            // The whole listing in one part (most directories): no names need keeping.
+            let mut seen = HashSet::with_capacity(entries.len());
+            if let Some(e) = entries.iter().find(|e| !seen.insert(e.path.file_name())) {
                 return Err(Violation::DuplicateName(e.path.clone()));
+            }
+        } else {
+            let names = self.names.entry(dir.clone()).or_default();
+            for e in entries {
+                if !names.insert(e.path.file_name().to_vec()) {
+                    return Err(Violation::DuplicateName(e.path.clone()));
+                }
             }
         }
         if last_part {

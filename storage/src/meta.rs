@@ -236,6 +236,34 @@ impl Pinned {
     }
 }
 
+/// Applies metadata to the directory `name` in `dir` through a descriptor opened
+/// `O_DIRECTORY | O_NOFOLLOW` (the kernel refuses a symlink or a non-directory swapped in);
+/// a directory this user cannot open for reading is pinned with `O_PATH` instead.
+pub fn apply_to_dir(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    meta: &Meta,
+    id: &Identity,
+    owners: bool,
+) -> io::Result<()> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, os(name), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // Not readable by this user, or not a directory any more: the pinned path decides
+        // (and names what is there now).
+        Err(rustix::io::Errno::ACCESS | rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+            return apply_at(dir, name, EntryKind::Dir, meta, id, owners);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if id.chown_needed(owners, meta) || (owners && id.root) {
+        rustix::fs::fchown(&fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))?;
+    rustix::fs::futimens(&fd, &times(meta.mtime))?;
+    Ok(())
+}
+
 /// Applies metadata to `name` in `dir`, which must still be of `kind` (never following a
 /// final symlink, never touching anything a swapped-in symlink points to).
 pub fn apply_at(
@@ -278,6 +306,8 @@ mod tests {
         let err =
             apply_at(dir.as_fd(), b"y", EntryKind::Dir, &meta(0o6777), &id, true).unwrap_err();
         assert!(err.to_string().contains("symlink"), "{err}");
+        let err = apply_to_dir(dir.as_fd(), b"y", &meta(0o6777), &id, true).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
         let m = std::fs::metadata(&victim).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o600);
         assert_ne!(m.mtime(), 1_000_000);
@@ -292,7 +322,8 @@ mod tests {
         let dir =
             rustix::fs::open(t.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
         let id = Identity::current();
-        apply_at(dir.as_fd(), b"d", EntryKind::Dir, &meta(0o751), &id, false).unwrap();
+        apply_at(dir.as_fd(), b"d", EntryKind::Dir, &meta(0o705), &id, false).unwrap();
+        apply_to_dir(dir.as_fd(), b"d", &meta(0o751), &id, false).unwrap();
         apply_at(dir.as_fd(), b"f", EntryKind::File, &meta(0o640), &id, false).unwrap();
         apply_at(dir.as_fd(), b"l", EntryKind::Symlink, &meta(0o777), &id, false).unwrap();
         let d = std::fs::metadata(t.path().join("d")).unwrap();

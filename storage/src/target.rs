@@ -196,6 +196,8 @@ struct OpenListing {
     source_names: HashSet<Vec<u8>>,
     /// Bytes charged to the session's budget for this listing's names.
     charged_bytes: u64,
+    /// The directory was searched for crash debris in this session.
+    debris_checked: bool,
 }
 
 /// Everything the diff loop defers to the end.
@@ -433,7 +435,6 @@ fn handle_listing(
     }
     // A directory arriving in parts keeps its names until the last part (the duplicate check,
     // and --mirror's deletions); they count against the session's memory.
-    let first_part = !deferred.listings.contains_key(dir);
     let names_bytes: u64 =
         entries.iter().map(|e| limits::NAME_BYTES + e.path.file_name().len() as u64).sum();
     let open = deferred.listings.entry(dir.clone()).or_default();
@@ -474,12 +475,6 @@ fn handle_listing(
             }
         }
     };
-    if first_part
-        && !fresh
-        && let Some(fd) = &dfd
-    {
-        clean_debris(shared, fd, dir);
-    }
     let mirror = shared.opts.params.mirror;
     // Stat (and, for --checksum, hash) the target side of every entry first, in parallel for
     // big listings: this is the whole cost of a no-op run.
@@ -519,6 +514,17 @@ fn handle_listing(
         differ.leader_target_inode(entry, target.as_ref());
         apply(shared, deferred, dfd.as_deref(), entry, decision, &mut needs)?;
     }
+    // Crash debris goes when a transfer writes into its directory again (or, with --mirror,
+    // when the directory is read for deletions); a run that writes nothing pays nothing.
+    if !needs.is_empty()
+        && !fresh
+        && let Some(fd) = &dfd
+        && let Some(open) = deferred.listings.get_mut(dir)
+        && !std::mem::replace(&mut open.debris_checked, true)
+        && let Ok(names) = fsys::read_dir_names(fd)
+    {
+        remove_debris(shared, fd, dir, &names);
+    }
     if let Some(open) = open_done(deferred)
         && mirror
         && let (Some(fd), false) = (&dfd, fresh)
@@ -543,9 +549,10 @@ fn collect_deletions(
             return;
         }
     };
+    remove_debris(shared, fd, dir, &names);
     let mut extra = Vec::new();
     for name in names {
-        // Debris was cleaned when the listing began; what is marked now is this session's.
+        // Marked temporary files left now are this process's own, still being written.
         if source_names.contains(&name) || fsys::is_debris(fd.as_fd(), &name) {
             continue;
         }
@@ -566,13 +573,16 @@ fn collect_deletions(
     }
 }
 
-/// Removes the temporary files an interrupted transfer left in `dir` (only marked ones: never
-/// a user's file). This transfer holds the target lock, so no other blit transfer is writing
-/// here, and none of its own files in `dir` has started yet.
-fn clean_debris(shared: &Shared<'_>, fd: &OwnedFd, dir: &RelPath) {
-    let Ok(names) = fsys::read_dir_names(fd) else { return };
+/// Removes the temporary files an interrupted transfer left among `names` of `dir` (only
+/// marked ones, never a user's file; never this process's own). This transfer holds the target
+/// lock, so no other blit transfer can be writing here.
+fn remove_debris(shared: &Shared<'_>, fd: &OwnedFd, dir: &RelPath, names: &[Vec<u8>]) {
+    let ours = std::process::id();
     let mut removed = 0u64;
-    for name in names.iter().filter(|n| fsys::is_debris(fd.as_fd(), n)) {
+    let debris = names.iter().filter(|n| {
+        fsys::is_temp_name(n) && fsys::temp_pid(n) != Some(ours) && fsys::is_debris(fd.as_fd(), n)
+    });
+    for name in debris {
         if shared.dry_run() {
             removed += 1;
             continue;
@@ -1423,7 +1433,14 @@ fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
     for (path, meta) in &deferred.dirs {
         let Some((dir, name)) = path.split_last() else { continue };
         let r = shared.dirs.get(&dir).and_then(|fd| {
-            meta::apply_at(fd.as_fd(), name, EntryKind::Dir, meta, &shared.id, shared.owners)
+            // One stat instead of changing a directory that is already right (a run that
+            // changed nothing in it); one made in this run never is.
+            if !deferred.fresh_dirs.contains(path)
+                && dir_meta_matches(fd.as_fd(), name, meta, shared.owners && shared.id.root)
+            {
+                return Ok(());
+            }
+            meta::apply_to_dir(fd.as_fd(), name, meta, &shared.id, shared.owners)
         });
         if let Err(e) = r {
             shared.error(path, format!("cannot set directory metadata: {e}"));
@@ -1462,6 +1479,17 @@ fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
     }
 }
 
+/// True when `name` in `dir` is a directory (not a symlink) whose mode, mtime and (with
+/// `owners`) owner already are `meta`'s.
+fn dir_meta_matches(dir: BorrowedFd<'_>, name: &[u8], meta: &Meta, owners: bool) -> bool {
+    fsys::stat_at(dir, name).is_ok_and(|st| {
+        fsys::kind_of(u32::from(st.stx_mode)) == EntryKind::Dir
+            && u32::from(st.stx_mode) & 0o7777 == meta.mode
+            && fsys::mtime_of(&st) == meta.mtime
+            && (!owners || (st.stx_uid, st.stx_gid) == (meta.uid, meta.gid))
+    })
+}
+
 fn make_hardlink(shared: &Shared<'_>, path: &RelPath, leader: &RelPath) -> Result<(), String> {
     let (ldir, lname) = leader.split_last().ok_or("bad leader")?;
     let (dir, name) = path.split_last().ok_or("bad path")?;
@@ -1488,5 +1516,9 @@ mod tests {
         assert!(fsys::is_temp_name(&t));
         assert!(!fsys::is_temp_name(b"normal"));
         assert_ne!(temp_name(b"a"), temp_name(b"a"));
+        // Our own live temps are told apart from a crashed process's by the pid in the name.
+        assert_eq!(fsys::temp_pid(&temp_name(b"a.b.c")), Some(std::process::id()));
+        assert_eq!(fsys::temp_pid(&t), Some(std::process::id()));
+        assert_eq!(fsys::temp_pid(b".x.blit-tmp"), None);
     }
 }
