@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use blitx_control::server::{DaemonConfig, run_daemon};
+use blitx_control::server::{self, DaemonConfig, run_daemon};
 
 use crate::exit::Exit;
 use crate::units::parse_bytes;
@@ -49,26 +49,26 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub allow_setid: bool,
     /// Sessions served at once; more are refused (RESOURCE_EXHAUSTED).
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, value_name = "N", default_value_t = server::MAX_SESSIONS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_sessions: u64,
     /// Control connections at once; beyond it the quietest idle one is closed.
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", default_value_t = server::MAX_CONNECTIONS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
     /// Listing entries one session may send (0: no limit).
-    #[arg(long, value_name = "N", default_value_t = 100_000_000)]
+    #[arg(long, value_name = "N", default_value_t = server::MAX_ENTRIES_DEFAULT)]
     pub max_entries: u64,
     /// Memory one session may use for buffers and bookkeeping (the client's streams × chunk
     /// size are reduced to fit).
-    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_bytes)]
+    #[arg(long, value_name = "SIZE", default_value = server::SESSION_MEMORY_DEFAULT, value_parser = parse_bytes)]
     pub session_memory: u64,
     /// Memory all sessions together may use; a session that does not fit is refused.
-    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_bytes)]
+    #[arg(long, value_name = "SIZE", default_value = server::MEMORY_DEFAULT, value_parser = parse_bytes)]
     pub memory: u64,
     /// Seconds a new session may take to send its request.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, value_name = "SECS", default_value_t = server::OPEN_TIMEOUT_SECS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub open_timeout: u64,
     /// End a session when the client sends nothing and no data moves for this long.
-    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    #[arg(long, value_name = "SECS", default_value_t = server::IDLE_TIMEOUT_SECS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub idle_timeout: u64,
 }
 

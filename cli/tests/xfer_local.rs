@@ -258,8 +258,9 @@ fn as_nobody(args: &[&Path]) -> Option<Output> {
     Some(c.output().expect("setpriv"))
 }
 
-#[test]
-fn unreadable_source_file_is_reported_and_the_rest_copied() {
+/// A world-writable scratch directory (so `nobody` can write its target) with `src/ok.txt`
+/// and an unreadable `src/secret.txt`.
+fn tree_with_an_unreadable_file() -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::Builder::new().prefix("blit-perm-").tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let src = t.path().join("src");
@@ -268,6 +269,12 @@ fn unreadable_source_file_is_reported_and_the_rest_copied() {
     std::fs::write(src.join("secret.txt"), b"no").unwrap();
     std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000))
         .unwrap();
+    (t, src)
+}
+
+#[test]
+fn unreadable_source_file_is_reported_and_the_rest_copied() {
+    let (t, src) = tree_with_an_unreadable_file();
     let mut rng = blitx_storage::testkit::Rng::new(3);
     blitx_storage::testkit::write_random(&src.join("big-secret.bin"), 9 << 20, &mut rng);
     std::fs::set_permissions(src.join("big-secret.bin"), std::fs::Permissions::from_mode(0o000))
@@ -472,14 +479,7 @@ fn dry_run_summary_says_would_delete() {
 /// `error_count` 1.
 #[test]
 fn one_unreadable_file_is_one_error() {
-    let t = tempfile::Builder::new().prefix("blit-perm-").tempdir_in("/tmp").unwrap();
-    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let src = t.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("ok.txt"), b"fine").unwrap();
-    std::fs::write(src.join("secret.txt"), b"no").unwrap();
-    std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000))
-        .unwrap();
+    let (t, src) = tree_with_an_unreadable_file();
     let Some(out) = as_nobody(&[&src, &t.path().join("dst-json")]) else {
         eprintln!("SKIPPED: needs root and setpriv to drop privileges");
         return;

@@ -22,7 +22,7 @@ use crate::dataplane::{self, DataPlaneError, DataPlaneOptions, Role};
 use crate::pb;
 use crate::pb::blit_client::BlitClient;
 use crate::server::{
-    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, forward_cancel, next_or_cancel, source_chain,
+    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, forward_cancel, next_or_cancel, or_cancel, source_chain,
 };
 use crate::url::RemoteSpec;
 use crate::{BUILD_VERSION, CONTROL_MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
@@ -238,7 +238,8 @@ pub fn transfer(
     // device loads every provider library: tens of milliseconds on a small machine).
     // Connect, handshake, Open and Accept all fit in one deadline, and an interrupt ends the
     // wait at once: a daemon that accepts TCP and never answers cannot hold the client.
-    let deadline = tokio::time::Instant::now() + opts.connect_timeout;
+    let deadline = std::time::Instant::now() + opts.connect_timeout;
+    let left = || Some(deadline.saturating_duration_since(std::time::Instant::now()));
     let timed_out = || ClientError::Timeout {
         endpoint: remote.to_string(),
         secs: opts.connect_timeout.as_secs(),
@@ -302,36 +303,23 @@ pub fn transfer(
             })?;
         Ok::<_, ClientError>(resp.into_inner())
     };
-    let mut inbound = rt.block_on(until(deadline, cancel, opening)).ok_or_else(|| {
-        if cancel.load(Ordering::Acquire) { ClientError::Cancelled } else { timed_out() }
-    })??;
+    let gave_up =
+        || if cancel.load(Ordering::Acquire) { ClientError::Cancelled } else { timed_out() };
+    let mut inbound = rt.block_on(or_cancel(opening, cancel, left())).ok_or_else(gave_up)??;
     // A push waiting for the target lock is accepted only when it has it.
-    let accept_wait = if opts.wait_lock { None } else { Some(deadline) };
-    let answer = rt.block_on(async {
-        let next = inbound.message();
-        match accept_wait {
-            Some(d) => until(d, cancel, next).await,
-            None => {
-                until(tokio::time::Instant::now() + Duration::from_secs(86_400), cancel, next).await
-            }
-        }
-    });
-    let answer = match answer {
-        Some(a) => Some(a),
-        None if cancel.load(Ordering::Acquire) => return Err(ClientError::Cancelled),
-        None => return Err(timed_out()),
-    };
-    let accepted: Accepted = match answer {
-        Some(Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Accept(a)) }))) => {
+    let accept_wait = if opts.wait_lock { None } else { left() };
+    let answer = next_or_cancel(rt.handle(), &mut inbound, cancel, accept_wait);
+    let accepted: Accepted = match answer.ok_or_else(gave_up)? {
+        Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Accept(a)) })) => {
             convert::accept_from_pb(&a).map_err(|e| ClientError::Lost(e.to_string()))?
         }
-        Some(Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Error(e)) }))) => {
+        Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Error(e)) })) => {
             return Err(ClientError::Refused(convert::error_from_pb(&e)));
         }
-        Some(Ok(_)) | None => {
+        Ok(_) => {
             return Err(ClientError::Lost("the daemon closed the session before accepting".into()));
         }
-        Some(Err(s)) => return Err(ClientError::Lost(format!("{}: {}", s.code(), s.message()))),
+        Err(s) => return Err(ClientError::Lost(format!("{}: {}", s.code(), s.message()))),
     };
     tracing::info!(transport = %accepted.transport, reason = %accepted.reason, "daemon accepted the session");
     let dp_opts =
@@ -351,7 +339,7 @@ pub fn transfer(
             }
             if role == Role::Receive {
                 use pb::server_frame::Msg;
-                match next_or_cancel(rt.handle(), &mut inbound, cancel) {
+                match next_or_cancel(rt.handle(), &mut inbound, cancel, None) {
                     Some(Ok(Some(pb::ServerFrame { msg: Some(Msg::Rdma(e)) }))) if e.ready => {}
                     Some(Ok(Some(pb::ServerFrame { msg: Some(Msg::Summary(sm)) }))) => {
                         let why = convert::summary_from_pb(&sm)
@@ -412,7 +400,7 @@ pub fn transfer(
             let _ended = inbound_ended_tx;
             let mut inbound = inbound;
             loop {
-                let frame = match next_or_cancel(&handle, &mut inbound, &session_cancel) {
+                let frame = match next_or_cancel(&handle, &mut inbound, &session_cancel, None) {
                     None => break,
                     Some(Ok(Some(f))) => f,
                     Some(Ok(None)) => {
@@ -659,21 +647,4 @@ pub fn raw_open_for_tests(
             other => Err(ClientError::Lost(format!("unexpected answer {other:?}"))),
         }
     })
-}
-
-/// Runs `fut` until `deadline`, or until `cancel` is set (checked every 50 ms); `None` when
-/// either came first.
-async fn until<F: std::future::Future>(
-    deadline: tokio::time::Instant,
-    cancel: &AtomicBool,
-    fut: F,
-) -> Option<F::Output> {
-    tokio::select! {
-        r = tokio::time::timeout_at(deadline, fut) => r.ok(),
-        _ = async {
-            while !cancel.load(Ordering::Acquire) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        } => None,
-    }
 }

@@ -95,6 +95,15 @@ pub struct DaemonConfig {
     pub idle_timeout: Duration,
 }
 
+/// Defaults of the daemon's limits (`blit daemon --help` shows the same values).
+pub const MAX_SESSIONS_DEFAULT: u64 = 64;
+pub const MAX_CONNECTIONS_DEFAULT: u64 = 256;
+pub const MAX_ENTRIES_DEFAULT: u64 = 100_000_000;
+pub const SESSION_MEMORY_DEFAULT: &str = "1G";
+pub const MEMORY_DEFAULT: &str = "4G";
+pub const OPEN_TIMEOUT_SECS_DEFAULT: u64 = 10;
+pub const IDLE_TIMEOUT_SECS_DEFAULT: u64 = 300;
+
 impl DaemonConfig {
     /// The defaults `blit daemon` uses, for `root` on `listen`.
     pub fn new(root: PathBuf, listen: SocketAddr) -> Self {
@@ -110,13 +119,13 @@ impl DaemonConfig {
             no_rdma: false,
             allow_owners: false,
             allow_setid: false,
-            max_sessions: 64,
-            max_connections: 256,
-            max_entries: 100_000_000,
-            session_memory_bytes: 1 << 30,
-            memory_bytes: 4 << 30,
-            open_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(300),
+            max_sessions: MAX_SESSIONS_DEFAULT as usize,
+            max_connections: MAX_CONNECTIONS_DEFAULT as usize,
+            max_entries: MAX_ENTRIES_DEFAULT,
+            session_memory_bytes: 1 << 30, // SESSION_MEMORY_DEFAULT
+            memory_bytes: 4 << 30,         // MEMORY_DEFAULT
+            open_timeout: Duration::from_secs(OPEN_TIMEOUT_SECS_DEFAULT),
+            idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS_DEFAULT),
         }
     }
 }
@@ -674,9 +683,10 @@ impl SessionCtx {
                     return Ok(());
                 }
             };
-        if use_rdma
-            && let Err(e) = budget.charge("RDMA buffers", dataplane::pool_bytes(&dp_opts, true))
-        {
+        // The chosen plane's buffers are charged before it is built: RDMA's ring, or TCP's
+        // pool when RDMA does not fit, is not possible here, or fails to set up (`auto`).
+        let rdma_bytes = dataplane::pool_bytes(&dp_opts, true);
+        if use_rdma && let Err(e) = budget.charge("RDMA buffers", rdma_bytes) {
             if open.transport == TransportChoice::Rdma {
                 refuse(out, ErrorCode::ResourceExhausted, e.to_string());
                 return Ok(());
@@ -684,13 +694,6 @@ impl SessionCtx {
             use_rdma = false;
             reason = format!("auto: {e}; using TCP");
         }
-        if !use_rdma
-            && let Err(e) = budget.charge("TCP buffers", dataplane::pool_bytes(&dp_opts, false))
-        {
-            refuse(out, ErrorCode::ResourceExhausted, e.to_string());
-            return Ok(());
-        }
-        // RDMA first; if this side cannot set it up after all, `auto` falls back to TCP.
         let mut rdma_pending = None;
         if use_rdma {
             match dataplane::rdma_prepare(role, &dp_opts, self.rdma_domain.as_ref()) {
@@ -705,15 +708,15 @@ impl SessionCtx {
                 }
                 Err(e) => {
                     reason = format!("auto: RDMA set-up failed on the daemon ({e}); using TCP");
-                    budget.release(dataplane::pool_bytes(&dp_opts, true));
-                    if let Err(e) =
-                        budget.charge("TCP buffers", dataplane::pool_bytes(&dp_opts, false))
-                    {
-                        refuse(out, ErrorCode::ResourceExhausted, e.to_string());
-                        return Ok(());
-                    }
+                    budget.release(rdma_bytes);
                 }
             }
+        }
+        if rdma_pending.is_none()
+            && let Err(e) = budget.charge("TCP buffers", dataplane::pool_bytes(&dp_opts, false))
+        {
+            refuse(out, ErrorCode::ResourceExhausted, e.to_string());
+            return Ok(());
         }
         tracing::info!(session = self.id, "transport: {reason}");
         let mut inbound = inbound;
@@ -731,12 +734,8 @@ impl SessionCtx {
                     return Err(fail(ErrorCode::Internal, "client went away".into()));
                 }
                 // The client answers with its own QPs (and, for a pull, its ring), in time.
-                let answer = next_or_cancel_within(
-                    &self.rt,
-                    &mut inbound,
-                    cancel,
-                    self.cfg.open_timeout.max(dataplane::DATA_CONNECT_TIMEOUT),
-                );
+                let limit = self.cfg.open_timeout.max(dataplane::DATA_CONNECT_TIMEOUT);
+                let answer = next_or_cancel(&self.rt, &mut inbound, cancel, Some(limit));
                 let peer = match answer {
                     Some(Ok(Some(pb::ClientFrame {
                         msg: Some(pb::client_frame::Msg::Rdma(e)),
@@ -825,7 +824,7 @@ impl SessionCtx {
             s.spawn(move || {
                 let mut inbound = inbound;
                 loop {
-                    let msg = match next_or_cancel(&rt, &mut inbound, &cancel_in) {
+                    let msg = match next_or_cancel(&rt, &mut inbound, &cancel_in, None) {
                         None => break,
                         Some(Ok(Some(m))) => m,
                         Some(Ok(None)) => break,
@@ -1034,37 +1033,36 @@ pub(crate) fn forward_cancel(
     }
 }
 
-/// Like [`next_or_cancel`], but `None` also when nothing came within `limit`.
-pub(crate) fn next_or_cancel_within<T>(
-    rt: &tokio::runtime::Handle,
-    stream: &mut Streaming<T>,
+/// `fut`'s output, or `None` once `cancel` is set (looked at every 50 ms) or `limit` has
+/// passed (`None`: no limit): every wait on a peer ends on an interrupt or a shutdown.
+pub(crate) async fn or_cancel<F: std::future::Future>(
+    fut: F,
     cancel: &AtomicBool,
-    limit: Duration,
-) -> Option<Result<Option<T>, Status>> {
-    rt.block_on(async {
-        tokio::time::timeout(limit, async {
-            tokio::select! {
-                m = stream.message() => Some(m),
-                _ = async {
-                    while !cancel.load(Ordering::Acquire) {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                } => None,
+    limit: Option<Duration>,
+) -> Option<F::Output> {
+    let limited = async {
+        match limit {
+            Some(l) => tokio::time::timeout(l, fut).await.ok(),
+            None => Some(fut.await),
+        }
+    };
+    tokio::select! {
+        r = limited => r,
+        _ = async {
+            while !cancel.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        })
-        .await
-        .ok()
-        .flatten()
-    })
+        } => None,
+    }
 }
 
-/// The next message of an inbound gRPC stream, or `None` once `cancel` is set (so a peer that
-/// never closes its side cannot keep a session thread alive).
+/// The next message of an inbound gRPC stream, or `None` once `cancel` is set or `limit`
+/// passed (so a peer that never closes its side cannot keep a session thread alive).
 pub(crate) fn next_or_cancel<T>(
     rt: &tokio::runtime::Handle,
     stream: &mut Streaming<T>,
     cancel: &AtomicBool,
+    limit: Option<Duration>,
 ) -> Option<Result<Option<T>, Status>> {
-    // tokio saturates a deadline this far out.
-    next_or_cancel_within(rt, stream, cancel, Duration::MAX)
+    rt.block_on(or_cancel(stream.message(), cancel, limit))
 }

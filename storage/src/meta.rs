@@ -204,7 +204,8 @@ impl Pinned {
         owners: bool,
     ) -> io::Result<()> {
         let fd = self.fd.as_fd();
-        if id.chown_needed(owners, meta) || (owners && id.root) {
+        // An existing path may belong to anyone: with owners, a root process always sets them.
+        if owners && id.root {
             rustix::fs::chownat(
                 fd,
                 "",
@@ -256,11 +257,22 @@ pub fn apply_to_dir(
         }
         Err(e) => return Err(e.into()),
     };
-    if id.chown_needed(owners, meta) || (owners && id.root) {
-        rustix::fs::fchown(&fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
+    apply_to_dir_fd(fd.as_fd(), meta, id, owners)
+}
+
+/// Applies metadata to an open directory (one opened above, or the transfer root): it may
+/// belong to anyone, so with owners a root process always sets them; mode and times always.
+pub fn apply_to_dir_fd(
+    fd: BorrowedFd<'_>,
+    meta: &Meta,
+    id: &Identity,
+    owners: bool,
+) -> io::Result<()> {
+    if owners && id.root {
+        rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
     }
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))?;
-    rustix::fs::futimens(&fd, &times(meta.mtime))?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+    rustix::fs::futimens(fd, &times(meta.mtime))?;
     Ok(())
 }
 

@@ -89,6 +89,14 @@ impl FileRef {
     }
 }
 
+/// Each sent listing's files, until the target's answer to it arrives (in order).
+#[derive(Default)]
+struct Unanswered {
+    files: Mutex<VecDeque<Vec<FileRef>>>,
+    /// Signalled when an answer took one off, for a walk waiting at the bound.
+    answered: Condvar,
+}
+
 /// A large file being read chunk by chunk by possibly several readers.
 struct OpenFile {
     file: Option<Arc<File>>,
@@ -164,7 +172,7 @@ pub fn run_source(
         files_sent: AtomicU64::new(0),
         bundle_seq: AtomicU64::new(0),
     };
-    let pending: Mutex<VecDeque<Vec<FileRef>>> = Mutex::new(VecDeque::new());
+    let pending = Unanswered::default();
     let (walk_tx, walk_rx) = crossbeam_channel::bounded::<SourceMsg>(64);
     let next_id = AtomicU64::new(1);
 
@@ -224,7 +232,7 @@ pub fn run_source(
 /// Records each listing's files (in the order the target will answer) and passes it on.
 fn forward(
     walk_rx: &Receiver<SourceMsg>,
-    pending: &Mutex<VecDeque<Vec<FileRef>>>,
+    pending: &Unanswered,
     to_target: &Sender<SourceMsg>,
     progress: &Progress,
     cancel: &AtomicBool,
@@ -234,14 +242,17 @@ fn forward(
             Progress::add(&progress.entries_seen, entries.len() as u64);
             let files =
                 entries.iter().filter(|e| e.kind == EntryKind::File).map(FileRef::of).collect();
-            let mut queue = lock(pending);
+            let mut queue = lock(&pending.files);
             while queue.len() >= UNANSWERED_LISTINGS_MAX {
                 if cancel.load(Ordering::Acquire) {
                     return;
                 }
-                drop(queue);
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                queue = lock(pending);
+                // Woken by each answer; the timeout only bounds how late a cancel is seen.
+                queue = pending
+                    .answered
+                    .wait_timeout(queue, std::time::Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
             queue.push_back(files);
         }
@@ -259,7 +270,7 @@ fn forward(
 fn dispatch(
     shared: &Shared<'_>,
     from_target: &Receiver<TargetMsg>,
-    pending: &Mutex<VecDeque<Vec<FileRef>>>,
+    pending: &Unanswered,
 ) -> Result<(), SourceError> {
     let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
     loop {
@@ -287,7 +298,9 @@ fn dispatch(
         match msg {
             TargetMsg::Need(ids) => {
                 tracing::trace!(files = ids.len(), "needs from the target");
-                let Some(files) = lock(pending).pop_front() else {
+                let answered = lock(&pending.files).pop_front();
+                pending.answered.notify_one();
+                let Some(files) = answered else {
                     return Err(SourceError::Protocol("a need answer for no listing".into()));
                 };
                 let mut by_id: IdMap<FileRef> = files.into_iter().map(|f| (f.id, f)).collect();
@@ -510,7 +523,7 @@ fn send_chunk(
         // Reported once already, by the reader that saw the first failure.
         return Ok(());
     }
-    let ReadOut { mut header, payload, file, run, run_chunks: _ } = match result {
+    let ReadOut { mut header, payload, file, mut run, run_chunks: _ } = match result {
         Ok(Some(x)) => x,
         Ok(None) => return Ok(()),
         Err(message) => {
@@ -518,7 +531,6 @@ fn send_chunk(
             return Ok(());
         }
     };
-    let mut run = run;
     // The reader that finishes the last read re-checks the file; only its (last) frame is
     // verified. File regions are read later by the transport, so the target re-checks those.
     if last_read && matches!(payload, Payload::Buffer(_) | Payload::Empty) {

@@ -96,26 +96,19 @@ impl From<Violation> for TargetError {
     }
 }
 
-impl TargetError {
-    /// The session hit a limit its operator set (gRPC RESOURCE_EXHAUSTED).
-    pub fn is_resource_exhausted(&self) -> bool {
-        matches!(self, TargetError::Limit(_))
-    }
-}
-
 /// Listings at least this long are stat'ed by two threads.
 const PARALLEL_STAT_MIN: usize = 256;
 
-// Live temp files are named `.NAME.PID.N.blit-tmp` in the file's own directory (and carry the
-// mark of `fsys::mark_temp` while they are written).
-use blitx_planner::fsys::TEMP_SUFFIX;
+/// Live temp files are named `.NAME.PID.N.blit-tmp` (`fsys::TEMP_SUFFIX`) in the file's own
+/// directory, and carry the mark of `fsys::mark_temp` while they are written.
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn temp_name(name: &[u8]) -> Vec<u8> {
     let tag = format!(
-        ".{}.{}{TEMP_SUFFIX}",
+        ".{}.{}{}",
         std::process::id(),
-        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed),
+        fsys::TEMP_SUFFIX
     );
     // Keep within NAME_MAX: shorten the visible part of long names.
     let keep = name.len().min(blitx_core::path::NAME_BYTES_MAX - 1 - tag.len());
@@ -156,6 +149,11 @@ impl Pending {
     fn cost_bytes(&self) -> u64 {
         limits::PENDING_FILE_BYTES + self.path.as_bytes().len() as u64
     }
+}
+
+/// Forgets a file that no longer waits for data, returning its charge to the budget.
+fn unpend(limits: &Limits, p: &Pending) {
+    limits.release(p.cost_bytes());
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -201,6 +199,7 @@ struct OpenListing {
 }
 
 /// Everything the diff loop defers to the end.
+#[derive(Default)]
 struct Deferred {
     dirs: Vec<(RelPath, Meta)>,
     root_meta: Option<Meta>,
@@ -250,16 +249,8 @@ pub fn run_target(
         owner: shared.owners && id.root,
     };
     let mut differ = Differ::new(diff_opts, excludes);
-    let mut deferred = Deferred {
-        dirs: Vec::new(),
-        root_meta: None,
-        links: Vec::new(),
-        deletions: Vec::new(),
-        fresh_dirs: HashSet::new(),
-        listings: HashMap::new(),
-        walk_errors: 0,
-        check: ListingCheck::new(opts.limits.entries_max),
-    };
+    let mut deferred =
+        Deferred { check: ListingCheck::new(opts.limits.entries_max), ..Deferred::default() };
 
     std::thread::scope(|s| {
         let writers: Vec<_> =
@@ -284,7 +275,7 @@ pub fn run_target(
     // Every needed file must have been committed or reported failed by the source.
     let leftovers: Vec<Arc<Pending>> = lock(&shared.pending).drain().map(|(_, p)| p).collect();
     for p in leftovers {
-        shared.opts.limits.release(p.cost_bytes());
+        unpend(&shared.opts.limits, &p);
         let st = lock(&p.state);
         if !st.committed && !st.failed {
             drop(st);
@@ -435,15 +426,17 @@ fn handle_listing(
     }
     // A directory arriving in parts keeps its names until the last part (the duplicate check,
     // and --mirror's deletions); they count against the session's memory.
-    let names_bytes: u64 =
-        entries.iter().map(|e| limits::NAME_BYTES + e.path.file_name().len() as u64).sum();
     let open = deferred.listings.entry(dir.clone()).or_default();
-    open.charged_bytes += names_bytes;
-    shared
-        .opts
-        .limits
-        .charge("a directory listed in parts", names_bytes)
-        .map_err(TargetError::Limit)?;
+    if !last_part {
+        let names_bytes: u64 =
+            entries.iter().map(|e| limits::NAME_BYTES + e.path.file_name().len() as u64).sum();
+        open.charged_bytes += names_bytes;
+        shared
+            .opts
+            .limits
+            .charge("a directory listed in parts", names_bytes)
+            .map_err(TargetError::Limit)?;
+    }
     if shared.opts.params.mirror {
         open.source_names.extend(entries.iter().map(|e| e.path.file_name().to_vec()));
     }
@@ -579,9 +572,8 @@ fn collect_deletions(
 fn remove_debris(shared: &Shared<'_>, fd: &OwnedFd, dir: &RelPath, names: &[Vec<u8>]) {
     let ours = std::process::id();
     let mut removed = 0u64;
-    let debris = names.iter().filter(|n| {
-        fsys::is_temp_name(n) && fsys::temp_pid(n) != Some(ours) && fsys::is_debris(fd.as_fd(), n)
-    });
+    let debris =
+        names.iter().filter(|n| fsys::temp_pid(n) != Some(ours) && fsys::is_debris(fd.as_fd(), n));
     for name in debris {
         if shared.dry_run() {
             removed += 1;
@@ -819,7 +811,7 @@ fn abort_file(p: &Pending) {
 fn cleanup_temps(shared: &Shared<'_>) {
     let all: Vec<Arc<Pending>> = lock(&shared.pending).drain().map(|(_, p)| p).collect();
     for p in all {
-        shared.opts.limits.release(p.cost_bytes());
+        unpend(&shared.opts.limits, &p);
         abort_file(&p);
     }
 }
@@ -969,7 +961,7 @@ fn write_bundle(shared: &Shared<'_>, frame: &Frame) -> Result<(), TargetError> {
     let mut pending = lock(&shared.pending);
     for id in committed {
         if let Some(p) = pending.remove(&id) {
-            shared.opts.limits.release(p.cost_bytes());
+            unpend(&shared.opts.limits, &p);
         }
     }
     Ok(())
@@ -1183,7 +1175,7 @@ fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
             st.committed = true;
             drop(st);
             if let Some(p) = lock(&shared.pending).remove(&h.file_id) {
-                shared.opts.limits.release(p.cost_bytes());
+                unpend(&shared.opts.limits, &p);
             }
             file_done(shared, &p);
         }
@@ -1447,32 +1439,7 @@ fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
         }
     }
     if let Some(meta) = deferred.root_meta {
-        let id = &shared.id;
-        let root = shared.dirs.root();
-        let r = (|| -> io::Result<()> {
-            if id.chown_needed(shared.owners, &meta) {
-                rustix::fs::fchown(
-                    root,
-                    Some(rustix::fs::Uid::from_raw(meta.uid)),
-                    Some(rustix::fs::Gid::from_raw(meta.gid)),
-                )?;
-            }
-            rustix::fs::fchmod(root, Mode::from_raw_mode(meta.mode))?;
-            rustix::fs::futimens(
-                root,
-                &rustix::fs::Timestamps {
-                    last_access: rustix::fs::Timespec {
-                        tv_sec: 0,
-                        tv_nsec: rustix::fs::UTIME_OMIT,
-                    },
-                    last_modification: rustix::fs::Timespec {
-                        tv_sec: meta.mtime.sec,
-                        tv_nsec: i64::from(meta.mtime.nsec),
-                    },
-                },
-            )?;
-            Ok(())
-        })();
+        let r = meta::apply_to_dir_fd(shared.dirs.root(), &meta, &shared.id, shared.owners);
         if let Err(e) = r {
             shared.error(&RelPath::root(), format!("cannot set root metadata: {e}"));
         }
