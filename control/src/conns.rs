@@ -92,16 +92,12 @@ impl Registry {
         SessionMark { conn, registry: Arc::clone(self) }
     }
 
-    /// Admits a new connection, closing the longest-quiet sessionless one when full. `None`:
-    /// refused (every slot carries a session).
-    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> Option<Tracked> {
-        let socket = match stream.as_fd().try_clone_to_owned() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%peer, "closed a control connection: {e}");
-                return None;
-            }
-        };
+    /// Admits a new connection, closing the longest-quiet sessionless one when full. `Ok(None)`:
+    /// refused (every slot carries a session). `Err`: the registry's duplicate of the socket
+    /// could not be made (the connection is closed); out of descriptors, this is the same
+    /// episode as an `accept` that fails with EMFILE, and is treated as one.
+    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> io::Result<Option<Tracked>> {
+        let socket = stream.as_fd().try_clone_to_owned()?;
         let conn = Arc::new(Conn {
             socket,
             active_ms: AtomicU64::new(self.now_ms()),
@@ -126,13 +122,13 @@ impl Registry {
                             "control connections at their limit, all carrying sessions: refusing new ones (--max-connections)"
                         );
                     }
-                    return None;
+                    return Ok(None);
                 }
             }
         }
         conns.insert(peer, Arc::clone(&conn));
         drop(conns);
-        Some(Tracked { stream, peer, conn, registry: Arc::clone(self) })
+        Ok(Some(Tracked { stream, peer, conn, registry: Arc::clone(self) }))
     }
 
     /// Closes connections with no session that have been quiet for the idle limit.
@@ -262,36 +258,41 @@ pub async fn accept_loop(
             }
             _ = out.closed() => return,
         };
-        match accepted {
+        let failed = match accepted {
             Ok((stream, peer)) => {
                 // Control messages are small and answer each other: without TCP_NODELAY a
                 // response's DATA frame waits behind its HEADERS for the peer's delayed ACK.
                 let _ = stream.set_nodelay(true);
-                if let Some(t) = registry.admit(stream, peer)
-                    && out.send(Ok(t)).await.is_err()
-                {
-                    return;
-                }
-            }
-            Err(e) if out_of_descriptors(&e) => {
-                match &mut starved_said {
-                    Some((at, again)) if at.elapsed() < STARVED_REPEAT => *again += 1,
-                    _ => {
-                        let again = starved_said.map_or(0, |(_, n)| n);
-                        tracing::error!(
-                            again,
-                            "cannot accept control connections: {e}; pausing accepts until descriptors free up (raise the open-files limit, or lower --max-connections / --max-sessions)"
-                        );
-                        starved_said = Some((Instant::now(), 0));
+                match registry.admit(stream, peer) {
+                    Ok(Some(t)) => {
+                        if out.send(Ok(t)).await.is_err() {
+                            return;
+                        }
+                        continue;
                     }
+                    Ok(None) => continue,
+                    Err(e) => e,
                 }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
-            Err(e) => {
-                // A peer that gave up between SYN and accept, and the like: its problem.
-                tracing::debug!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            Err(e) => e,
+        };
+        if out_of_descriptors(&failed) {
+            match &mut starved_said {
+                Some((at, again)) if at.elapsed() < STARVED_REPEAT => *again += 1,
+                _ => {
+                    let again = starved_said.map_or(0, |(_, n)| n);
+                    tracing::error!(
+                        again,
+                        "cannot accept control connections: {failed}; pausing accepts until descriptors free up (raise the open-files limit, or lower --max-connections / --max-sessions)"
+                    );
+                    starved_said = Some((Instant::now(), 0));
+                }
             }
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+        } else {
+            // A peer that gave up between SYN and accept, and the like: its problem.
+            tracing::debug!("accept: {failed}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
