@@ -582,6 +582,7 @@ pub fn source_msg_to_pb(m: &SourceMsg) -> pb::SourceMsg {
             path: path.as_bytes().to_vec(),
             message: message.clone(),
         }),
+        SourceMsg::FileRead { id } => Msg::FileRead(pb::FileRead { id: *id }),
         SourceMsg::DataEnd => Msg::DataEnd(pb::Empty {}),
     };
     pb::SourceMsg { msg: Some(msg) }
@@ -614,6 +615,7 @@ pub fn source_msg_from_pb(m: &pb::SourceMsg) -> Result<SourceMsg, ConvertError> 
         Msg::FileFailed(f) => {
             SourceMsg::FileFailed { id: f.id, path: path(&f.path)?, message: f.message.clone() }
         }
+        Msg::FileRead(f) => SourceMsg::FileRead { id: f.id },
         Msg::DataEnd(_) => SourceMsg::DataEnd,
     })
 }

@@ -324,6 +324,7 @@ fn source_seeds() -> Vec<(String, pb::SourceMsg)> {
                 message: "changed while read".into(),
             }),
         ),
+        ("file-read", Msg::FileRead(pb::FileRead { id: 9 })),
         ("data-end", Msg::DataEnd(pb::Empty {})),
     ];
     msgs.into_iter()
@@ -463,7 +464,7 @@ fn source_msg(m: &pb::SourceMsg) {
             }
         }
         SourceMsg::WalkError { path, .. } | SourceMsg::FileFailed { path, .. } => check_path(path),
-        SourceMsg::ManifestEnd | SourceMsg::DataEnd => {}
+        SourceMsg::ManifestEnd | SourceMsg::DataEnd | SourceMsg::FileRead { .. } => {}
     }
     let back = convert::source_msg_from_pb(&convert::source_msg_to_pb(&msg));
     assert_eq!(back.as_ref(), Ok(&msg), "a source message changed in a round trip");

@@ -27,7 +27,10 @@ mod pb {
 /// daemon answers a mismatch with `VERSION_MISMATCH` and both versions in the message.
 /// Version 2: a `Hole` frame covers a run of chunks (its last 8 bytes count them), and the
 /// target refuses listings that contradict earlier ones (docs/protocol.md).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: a chunked file is committed only after the source's `FileRead` message (which
+/// replaces the `FILE_VERIFIED` flag on chunk frames), whatever the payload form; a chunk whose
+/// checksum fails discards its file instead of ending the session.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The daemon's default control port.
 pub const DEFAULT_PORT: u16 = 9031;

@@ -128,6 +128,11 @@ pub enum SourceMsg {
     /// A needed file could not be read (or changed while being read). The target discards
     /// whatever it received for it.
     FileFailed { id: FileId, path: RelPath, message: String },
+    /// Every byte of a chunked file was read (by the source, or by the transport for a file
+    /// region) and the file did not change while it was read: with all of its chunks
+    /// verified, the target may commit it. Whatever form the payload took, this is the only
+    /// way a chunked file becomes committable (bundles carry the same fact in their flag).
+    FileRead { id: FileId },
     /// Every frame of every needed file has been handed to the transport.
     DataEnd,
 }
@@ -141,6 +146,7 @@ impl SourceMsg {
             SourceMsg::WalkError { .. } => "walk-error",
             SourceMsg::ManifestEnd => "manifest-end",
             SourceMsg::FileFailed { .. } => "file-failed",
+            SourceMsg::FileRead { .. } => "file-read",
             SourceMsg::DataEnd => "data-end",
         }
     }

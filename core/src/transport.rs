@@ -40,6 +40,80 @@ pub struct FileRegion {
     pub file: Arc<File>,
     pub offset_bytes: u64,
     pub len_bytes: u32,
+    /// Shared by every region of one source file: dropped with the last of them, once the
+    /// transport has read them all (or given up on them), it tells the source.
+    pub done: Option<Arc<ReadDone>>,
+}
+
+impl FileRegion {
+    pub fn new(file: Arc<File>, offset_bytes: u64, len_bytes: u32) -> Self {
+        FileRegion { file, offset_bytes, len_bytes, done: None }
+    }
+
+    /// Records that this region could not be read in full (the file shrank, a read failed):
+    /// the frame that carries it is sent anyway (its checksum no longer matches, so the target
+    /// discards the file), and the source reports the file as failed.
+    pub fn failed(&self, reason: String) {
+        if let Some(d) = &self.done {
+            d.fail(reason);
+        }
+    }
+}
+
+type ReadDoneAction = Box<dyn FnOnce(Option<String>) + Send>;
+
+/// Runs an action once, when the last clone of its `Arc` is dropped: the source learns when a
+/// file's regions have all been read by the transport (they are read when they are sent, long
+/// after the reader handed them over), and whether one of them failed. The source then checks
+/// that the file did not change while it was read, and says so to the target: the same
+/// protocol fact whatever form the payload took.
+pub struct ReadDone {
+    failure: std::sync::Mutex<Option<String>>,
+    action: std::sync::Mutex<Option<ReadDoneAction>>,
+}
+
+impl ReadDone {
+    pub fn new(action: impl FnOnce(Option<String>) + Send + 'static) -> Arc<Self> {
+        Arc::new(ReadDone {
+            failure: std::sync::Mutex::new(None),
+            action: std::sync::Mutex::new(Some(Box::new(action))),
+        })
+    }
+
+    /// Records a failure; the first one is kept.
+    pub fn fail(&self, reason: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(reason);
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadDone").finish_non_exhaustive()
+    }
+}
+
+impl Drop for ReadDone {
+    fn drop(&mut self) {
+        let action = self.action.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let failure = self.failure.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(action) = action {
+            action(failure);
+        }
+    }
+}
+
+/// A payload that is still in the transport (a TCP receiver lends its socket): the consumer
+/// reads it straight to where it belongs, a piece at a time while each piece is in cache,
+/// instead of the transport copying it into a buffer first. Until it is consumed or dropped,
+/// the stream it arrives on carries nothing else; dropping it unread discards the rest.
+pub trait PayloadStream: Send + std::fmt::Debug {
+    /// Payload bytes not yet read.
+    fn remaining(&self) -> u64;
+    /// Reads exactly `buf.len()` (at most `remaining()`) next payload bytes.
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError>;
 }
 
 #[derive(Debug)]
@@ -47,6 +121,7 @@ pub enum Payload {
     Empty,
     Buffer(BufLease),
     File(FileRegion),
+    Stream(Box<dyn PayloadStream>),
 }
 
 impl Payload {
@@ -55,6 +130,7 @@ impl Payload {
             Payload::Empty => 0,
             Payload::Buffer(b) => b.len() as u64,
             Payload::File(r) => u64::from(r.len_bytes),
+            Payload::Stream(s) => s.remaining(),
         }
     }
 }
@@ -147,6 +223,8 @@ struct MemShared {
     frames: AtomicU64,
     bytes: AtomicU64,
     faults: MemFaults,
+    /// File-region frames sent and not yet dropped by the receiver.
+    regions: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
 }
 
 impl MemShared {
@@ -202,6 +280,7 @@ pub fn mem_pair(
         frames: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         faults,
+        regions: Arc::default(),
     });
     let rng = faults.seed | 1;
     (
@@ -237,6 +316,22 @@ impl FrameSender for MemSender {
             self.shared.vanished.store(true, Ordering::Release);
         }
         self.shared.bytes.fetch_add(frame.payload.len_bytes(), Ordering::Relaxed);
+        if let Payload::File(region) = &mut frame.payload {
+            // The receiver reads a region when it writes it: `finish` waits for that, so the
+            // source's checks (run when its regions are dropped) come before its end.
+            let regions = Arc::clone(&self.shared.regions);
+            *regions.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            let inner = region.done.take();
+            region.done = Some(ReadDone::new(move |failure| {
+                if let (Some(inner), Some(reason)) = (&inner, failure) {
+                    inner.fail(reason);
+                }
+                drop(inner);
+                let (count, cv) = &*regions;
+                *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+                cv.notify_all();
+            }));
+        }
         loop {
             self.shared.check()?;
             match self.tx.send_timeout(frame, CANCEL_POLL) {
@@ -249,7 +344,14 @@ impl FrameSender for MemSender {
         }
     }
     fn finish(&self) -> Result<(), TransportError> {
-        self.send(Frame { header: FrameHeader::end(), payload: Payload::Empty })
+        self.send(Frame { header: FrameHeader::end(), payload: Payload::Empty })?;
+        let (count, cv) = &*self.shared.regions;
+        let mut left = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *left > 0 {
+            self.shared.check()?;
+            left = cv.wait_timeout(left, CANCEL_POLL).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        Ok(())
     }
     fn abort(&self) {
         self.shared.aborted.store(true, Ordering::Release);

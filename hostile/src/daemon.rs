@@ -315,7 +315,13 @@ fn run_pull(
                 next_stream += 1;
                 data.send_bundle(next_stream, &[(id, bytes)])
             } else {
-                data.send_file_chunks(id, bytes, params.chunk_bytes)
+                data.send_file_chunks(id, bytes, params.chunk_bytes).and_then(|()| {
+                    if send(msg::server_source(msg::file_read(id))) {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::other("the client went away before FileRead"))
+                    }
+                })
             };
             sent.map_err(|e| format!("cannot send file {id}: {e}"))?;
             files_sent += 1;

@@ -1,5 +1,6 @@
 //! Data-plane frames (core/src/frame.rs): valid ones, with the chained xxh3 checksum and
-//! `FILE_VERIFIED` where the protocol wants it, and garbage.
+//! `FILE_VERIFIED` where the protocol wants it (bundles; a chunked file is made committable by
+//! the `FileRead` control message instead), and garbage.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -9,12 +10,11 @@ use blitx_core::frame::{
     write_bundle_index,
 };
 
-/// Header and payload of one Chunk frame: `data` is the bytes of file `id` at `offset`;
-/// `verified` sets `FILE_VERIFIED` (put it on the file's last chunk).
-pub fn chunk(id: u64, offset: u64, data: &[u8], verified: bool) -> Vec<u8> {
+/// Header and payload of one Chunk frame: `data` is the bytes of file `id` at `offset`.
+pub fn chunk(id: u64, offset: u64, data: &[u8]) -> Vec<u8> {
     let header = FrameHeader {
         kind: FrameKind::Chunk,
-        flags: if verified { FLAG_FILE_VERIFIED } else { 0 },
+        flags: 0,
         file_id: id,
         offset_bytes: offset,
         len_bytes: data.len() as u32,
@@ -26,17 +26,15 @@ pub fn chunk(id: u64, offset: u64, data: &[u8], verified: bool) -> Vec<u8> {
     out
 }
 
-/// Every Chunk frame of a whole file, split at `chunk_bytes`, `FILE_VERIFIED` on the last.
+/// Every Chunk frame of a whole file, split at `chunk_bytes` (the file becomes committable
+/// with `msg::file_read(id)` on the control stream).
 pub fn file_chunks(id: u64, data: &[u8], chunk_bytes: u32) -> Vec<Vec<u8>> {
     if data.is_empty() {
-        return vec![chunk(id, 0, &[], true)];
+        return vec![chunk(id, 0, &[])];
     }
-    let pieces: Vec<&[u8]> = data.chunks(chunk_bytes as usize).collect();
-    let n = pieces.len();
-    pieces
-        .into_iter()
+    data.chunks(chunk_bytes as usize)
         .enumerate()
-        .map(|(i, p)| chunk(id, i as u64 * u64::from(chunk_bytes), p, i + 1 == n))
+        .map(|(i, p)| chunk(id, i as u64 * u64::from(chunk_bytes), p))
         .collect()
 }
 

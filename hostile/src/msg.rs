@@ -107,6 +107,12 @@ pub fn file_failed(id: u64, path: impl AsRef<[u8]>, message: &str) -> pb::Source
     }))
 }
 
+/// Every byte of chunked file `id` was read and it did not change (protocol version 3: the
+/// target commits a chunked file only after this).
+pub fn file_read(id: u64) -> pb::SourceMsg {
+    source(pb::source_msg::Msg::FileRead(pb::FileRead { id }))
+}
+
 pub fn data_end() -> pb::SourceMsg {
     source(pb::source_msg::Msg::DataEnd(pb::Empty {}))
 }
@@ -238,6 +244,7 @@ pub fn describe_source(s: &pb::SourceMsg) -> String {
         Some(Msg::FileFailed(f)) => {
             format!("file failed id {} {:?}: {}", f.id, String::from_utf8_lossy(&f.path), f.message)
         }
+        Some(Msg::FileRead(f)) => format!("file read id {}", f.id),
         Some(Msg::DataEnd(_)) => "data end".into(),
     }
 }

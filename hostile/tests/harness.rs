@@ -85,6 +85,7 @@ fn raw_push_of_a_benign_listing_succeeds() {
     assert_eq!(ids, vec![1, 2]);
     data.send_bundle(1, &[(1, &small)]).unwrap();
     data.send_file_chunks(2, &big, msg::CHUNK_BYTES).unwrap();
+    sess.send_source(msg::file_read(2)).unwrap();
     sess.send_source(msg::listing("d", vec![], true)).unwrap();
     assert_eq!(sess.need(STEP).unwrap(), Vec::<u64>::new());
     sess.send_source(msg::manifest_end()).unwrap();

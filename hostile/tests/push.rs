@@ -266,3 +266,61 @@ fn duplicate_ids_in_a_listing_are_refused() {
         end.describe()
     );
 }
+
+/// Issue 16, item 1: a chunk whose payload was damaged on the wire (its checksum fails) costs
+/// its file, not the session. The file is not committed and the summary names it; the other
+/// file of the push is committed.
+#[test]
+fn a_chunk_damaged_on_the_wire_discards_its_file_only() {
+    let t = scratch("corrupt-chunk");
+    let root = t.path().join("export");
+    std::fs::create_dir_all(&root).unwrap();
+    let d = start(&root, &[]);
+    let c = RawClient::connect(&d.addr).unwrap();
+    let mut open = msg::open_push("dst");
+    open.tcp_streams = 1;
+    let (mut sess, mut data) = c.open_with_data(open).unwrap();
+    let chunk = msg::CHUNK_BYTES as usize;
+    let good: Vec<u8> = (0..chunk + chunk / 2).map(|i| (i * 7 % 253) as u8).collect();
+    let bad: Vec<u8> = (0..chunk + 1000).map(|i| (i * 13 % 241) as u8).collect();
+    sess.send_source(msg::root(msg::root_entry(0o755))).unwrap();
+    let listing = vec![
+        msg::file(1, "good", good.len() as u64, 0o644),
+        msg::file(2, "bad", bad.len() as u64, 0o644),
+    ];
+    sess.send_source(msg::listing("", listing, true)).unwrap();
+    let mut ids = sess.need(STEP).unwrap();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+    data.send_file_chunks(1, &good, msg::CHUNK_BYTES).unwrap();
+    sess.send_source(msg::file_read(1)).unwrap();
+    for (i, mut f) in
+        blitx_hostile::frames::file_chunks(2, &bad, msg::CHUNK_BYTES).into_iter().enumerate()
+    {
+        if i == 1 {
+            // One bit flipped in the payload after its checksum was computed.
+            f[blitx_core::frame::FRAME_HEADER_BYTES + 500] ^= 0x04;
+        }
+        data.send_raw(0, &f).unwrap();
+    }
+    sess.send_source(msg::file_read(2)).unwrap();
+    sess.send_source(msg::manifest_end()).unwrap();
+    sess.need_end(STEP).unwrap();
+    data.end_all().unwrap();
+    sess.send_source(msg::data_end()).unwrap();
+    sess.close_send();
+    let end = sess.finish(STEP);
+    let End::Summary(summary) = &end else { panic!("no summary: {}", end.describe()) };
+    assert!(summary.fatal.is_empty(), "one damaged chunk ended the session: {}", end.describe());
+    assert_eq!(summary.error_count, 1, "{}", end.describe());
+    let e = &summary.errors[0];
+    assert!(
+        e.path == b"bad" && e.message.contains("checksum") && e.message.contains("in transit"),
+        "{}",
+        end.describe()
+    );
+    assert_eq!(std::fs::read(root.join("dst/good")).unwrap(), good);
+    assert!(!root.join("dst/bad").exists(), "the damaged file was committed");
+    let left: Vec<_> = std::fs::read_dir(root.join("dst")).unwrap().flatten().collect();
+    assert_eq!(left.len(), 1, "temp files left: {left:?}");
+}

@@ -3,16 +3,21 @@
 //! A backend provides a [`Harness`] that makes connected sender/receiver pairs; [`run_suite`]
 //! copies real trees through it with the real source and target halves and compares the result
 //! byte for byte and by metadata. Scenarios: one large file, many small files, empty files and
-//! directories, a mixed tree, cancellation mid-way, and a peer that disappears. A backend is done
-//! when it passes all of them.
+//! directories, a mixed tree, cancellation mid-way, a peer that disappears, a file that changes
+//! while it is read, and a chunk damaged after its checksum was computed. A backend is done when
+//! it passes all of them.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use blitx_core::BufferPool;
+use blitx_core::frame::FrameKind;
 use blitx_core::session::SessionParams;
-use blitx_core::transport::{FrameReceiver, FrameSender};
+use blitx_core::transport::{
+    Frame, FrameReceiver, FrameSender, Payload, PayloadPref, TransportError, TransportStats,
+};
 
 use crate::local::{LocalError, PairProgress, run_pair};
 use crate::report::Quiet;
@@ -192,6 +197,144 @@ pub fn peer_disappears(h: &dyn Harness) {
     );
 }
 
+/// What [`Meddler`] does to the first chunk of a chunked file that it sends.
+enum Meddle {
+    /// Flips a byte of its payload after the reader computed the checksum (the sender asks for
+    /// buffer payloads and checksums, whatever the backend prefers).
+    Corrupt,
+    /// Appends to this file (the only chunked file of the tree) while it is being read.
+    Grow(std::path::PathBuf),
+}
+
+/// A backend's sender with one frame meddled with.
+struct Meddler {
+    inner: Box<dyn FrameSender>,
+    what: Meddle,
+    done: AtomicBool,
+}
+
+impl FrameSender for Meddler {
+    fn payload_pref(&self) -> PayloadPref {
+        match self.what {
+            Meddle::Corrupt => PayloadPref::Buffer,
+            Meddle::Grow(_) => self.inner.payload_pref(),
+        }
+    }
+    fn pool(&self) -> &BufferPool {
+        self.inner.pool()
+    }
+    fn frame_bytes_max(&self) -> u32 {
+        self.inner.frame_bytes_max()
+    }
+    fn needs_checksums(&self) -> bool {
+        true
+    }
+    fn send(&self, mut frame: Frame) -> Result<(), TransportError> {
+        if frame.header.kind == FrameKind::Chunk
+            && frame.header.len_bytes > 0
+            && !self.done.swap(true, Ordering::AcqRel)
+        {
+            match (&self.what, &mut frame.payload) {
+                (Meddle::Corrupt, Payload::Buffer(lease)) => {
+                    let at = lease.len() / 2;
+                    lease.full_mut()[at] ^= 0x20;
+                }
+                (Meddle::Corrupt, _) => panic!("asked for buffers, got {:?}", frame.payload),
+                (Meddle::Grow(path), _) => {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(path)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    f.write_all(b"grown while read").unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
+        }
+        self.inner.send(frame)
+    }
+    fn finish(&self) -> Result<(), TransportError> {
+        self.inner.finish()
+    }
+    fn abort(&self) {
+        self.inner.abort();
+    }
+    fn stats(&self) -> TransportStats {
+        self.inner.stats()
+    }
+}
+
+/// Copies a tree of small files and one chunked file through a meddled sender; the transfer
+/// must complete, with the chunked file reported (by the side named in the returned reports)
+/// and not committed, and every other file copied.
+fn meddled(h: &dyn Harness, what: impl FnOnce(&Path) -> Meddle) -> (Vec<String>, Vec<String>) {
+    let src = tempdir();
+    let dst = tempdir();
+    testkit::mixed_tree(&src.path().join("small"), 6, 40, 1, 16 << 10);
+    let mut rng = testkit::Rng::new(9);
+    testkit::write_random(&src.path().join("big.bin"), 3 * (1 << 20) + 1234, &mut rng);
+    let p = params();
+    let (inner, rx) = h.pair(&p);
+    let tx =
+        Meddler { inner, what: what(&src.path().join("big.bin")), done: AtomicBool::new(false) };
+    let source = SourceOptions {
+        root: RootDir::open(src.path()).unwrap_or_else(|e| panic!("{e}")),
+        params: p.clone(),
+        walk_threads: 2,
+        read_threads: 2,
+        confine: false,
+        limits: crate::limits::Limits::none(),
+    };
+    let target = TargetOptions::new(
+        RootDir::open(dst.path()).unwrap_or_else(|e| panic!("{e}")),
+        p.clone(),
+        2,
+    );
+    let cancel = AtomicBool::new(false);
+    let (s, t) =
+        run_pair(&source, &target, &tx, rx.as_ref(), &Quiet, &PairProgress::default(), &cancel)
+            .unwrap_or_else(|e| panic!("{}: one bad file failed the transfer: {e:?}", h.name()));
+    assert!(!dst.path().join("big.bin").exists(), "{}: the bad file was committed", h.name());
+    assert!(testkit::temp_files(dst.path()).is_empty(), "{}: temp files left", h.name());
+    testkit::compare_trees(&src.path().join("small"), &dst.path().join("small"))
+        .unwrap_or_else(|e| panic!("{}: the other files: {e}", h.name()));
+    let msgs = |errors: &[crate::report::FileError]| -> Vec<String> {
+        errors.iter().map(|e| format!("{}: {}", e.path, e.message)).collect()
+    };
+    assert_eq!(s.error_count as usize, s.errors.len());
+    assert_eq!(t.error_count as usize, t.errors.len());
+    (msgs(&s.errors), msgs(&t.errors))
+}
+
+/// A file that grows while it is read is reported by the source and never committed, whatever
+/// form its payload took; the rest of the transfer goes on.
+pub fn file_changed_while_read(h: &dyn Harness) {
+    let (source, target) = meddled(h, |big| Meddle::Grow(big.to_path_buf()));
+    assert!(
+        source.len() == 1 && source[0].starts_with("big.bin") && source[0].contains("changed"),
+        "{}: source errors {source:?}",
+        h.name()
+    );
+    assert!(
+        target.len() == 1 && target[0].contains("source: changed"),
+        "{}: target errors {target:?}",
+        h.name()
+    );
+}
+
+/// A chunk damaged after its checksum was computed is detected by the target, which discards
+/// the file and names the damage (the source read it unchanged); the rest goes on.
+pub fn corrupted_chunk(h: &dyn Harness) {
+    let (source, target) = meddled(h, |_| Meddle::Corrupt);
+    assert!(source.is_empty(), "{}: source errors {source:?}", h.name());
+    assert!(
+        target.len() == 1
+            && target[0].starts_with("big.bin")
+            && target[0].contains("failed its checksum: corrupted in transit"),
+        "{}: target errors {target:?}",
+        h.name()
+    );
+}
+
 /// Runs every scenario against one backend.
 pub fn run_suite(h: &dyn Harness) {
     large_file(h);
@@ -200,4 +343,6 @@ pub fn run_suite(h: &dyn Harness) {
     mixed(h);
     cancel_midway(h);
     peer_disappears(h);
+    file_changed_while_read(h);
+    corrupted_chunk(h);
 }

@@ -5,9 +5,12 @@
 //! into work units; and `read_threads` readers that fill the transport's buffers (or describe
 //! file regions for transports that move bytes themselves) and send frames.
 //!
-//! A file is re-checked (fstat: size and mtime) after its last piece was read. Only then is its
-//! final frame marked verified; a file that changed is reported to the target with
-//! [`SourceMsg::FileFailed`] and never committed there.
+//! A chunked file is re-checked (fstat: size and mtime) once every byte of it was read, by a
+//! reader or, for file regions, by the transport when it sent them: every read holds the file's
+//! [`ReadDone`], and the last one dropped runs the check. Then, and only then, the target is
+//! told [`SourceMsg::FileRead`] (the file may be committed) or [`SourceMsg::FileFailed`]. The
+//! same fact travels the same way whatever form the payload took. A bundle's files are read
+//! and re-checked by the one reader that fills it, and the bundle frame carries the flag.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -21,7 +24,9 @@ use blitx_core::frame::{
 };
 use blitx_core::manifest::{Entry, EntryKind, FileId, IdMap, Timestamp};
 use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
-use blitx_core::transport::{FileRegion, Frame, FrameSender, Payload, PayloadPref, TransportError};
+use blitx_core::transport::{
+    FileRegion, Frame, FrameSender, Payload, PayloadPref, ReadDone, TransportError,
+};
 use blitx_core::{BufLease, RelPath};
 use blitx_planner::walk::{self, WalkOptions};
 use blitx_planner::{Chunker, Excludes, NeededFile, Unit, fsys};
@@ -100,6 +105,8 @@ struct Unanswered {
 /// A large file being read chunk by chunk by possibly several readers.
 struct OpenFile {
     file: Option<Arc<File>>,
+    /// Held by every read of the file in progress and every region of it not yet sent.
+    done: Option<Arc<ReadDone>>,
     reads_left: u64,
     failed: bool,
 }
@@ -121,7 +128,7 @@ struct Shared<'a> {
     transport: &'a dyn FrameSender,
     progress: &'a Progress,
     cancel: &'a AtomicBool,
-    errors: ErrorLog,
+    errors: Arc<ErrorLog>,
     fatal: Mutex<Option<SourceError>>,
     files_sent: AtomicU64,
     bundle_seq: AtomicU64,
@@ -167,7 +174,7 @@ pub fn run_source(
         transport,
         progress,
         cancel,
-        errors: ErrorLog::default(),
+        errors: Arc::default(),
         fatal: Mutex::new(None),
         files_sent: AtomicU64::new(0),
         bundle_seq: AtomicU64::new(0),
@@ -523,26 +530,16 @@ fn send_chunk(
         // Reported once already, by the reader that saw the first failure.
         return Ok(());
     }
-    let ReadOut { mut header, payload, file, mut run, run_chunks: _ } = match result {
+    let ReadOut { header, payload, done: _done, run, run_chunks: _ } = match result {
         Ok(Some(x)) => x,
         Ok(None) => return Ok(()),
-        Err(message) => {
-            mark_failed(shared, f, message);
+        Err((message, done)) => {
+            mark_failed(shared, f, message, done.as_deref());
             return Ok(());
         }
     };
-    // The reader that finishes the last read re-checks the file; only its (last) frame is
-    // verified. File regions are read later by the transport, so the target re-checks those.
-    if last_read && matches!(payload, Payload::Buffer(_) | Payload::Empty) {
-        if let Err(message) = unchanged(&file, f) {
-            mark_failed(shared, f, message);
-            return Ok(());
-        }
-        match run.as_mut() {
-            Some((h, _)) => h.flags |= FLAG_FILE_VERIFIED,
-            None => header.flags |= FLAG_FILE_VERIFIED,
-        }
-    }
+    // `_done` is dropped after the frame was handed over: if this was the file's last read
+    // and its payload is a buffer, the file's check runs right here.
     let sending = Instant::now();
     shared.transport.send(Frame { header, payload })?;
     if let Some((h, _)) = run {
@@ -576,7 +573,8 @@ fn count_down(shared: &Shared<'_>, id: FileId, chunks: u64) -> (bool, bool) {
 struct ReadOut {
     header: FrameHeader,
     payload: Payload,
-    file: Arc<File>,
+    /// This read's hold on the file's check (see [`ReadDone`]).
+    done: Arc<ReadDone>,
     /// A second hole frame (and the bytes it covers) for chunks taken out of the plan that do
     /// not directly follow this one.
     run: Option<(FrameHeader, u64)>,
@@ -584,27 +582,55 @@ struct ReadOut {
     run_chunks: u64,
 }
 
+/// What runs once every read of a chunked file is over: the check that it did not change, and
+/// the verdict to the target.
+fn file_check(shared: &Shared<'_>, f: &FileRef, file: &Arc<File>) -> Arc<ReadDone> {
+    let (to_target, errors, f, file) =
+        (shared.to_target.clone(), Arc::clone(&shared.errors), f.clone(), Arc::clone(file));
+    ReadDone::new(move |failure| {
+        let verdict = match failure {
+            Some(message) => Err(message),
+            None => unchanged(&file, &f),
+        };
+        let msg = match verdict {
+            Ok(()) => SourceMsg::FileRead { id: f.id },
+            Err(message) => {
+                errors.push(f.path.clone(), message.clone());
+                SourceMsg::FileFailed { id: f.id, path: f.path, message }
+            }
+        };
+        let _ = to_target.send(msg);
+    })
+}
+
+/// A read's failure, with its hold on the file's check (`None` when the file never opened).
+type ReadFailure = (String, Option<Arc<ReadDone>>);
+
 /// Reads (or describes) one chunk. `Ok(None)`: the file already failed; `Err`: it fails now.
 fn read_chunk(
     shared: &Shared<'_>,
     f: &FileRef,
     offset_bytes: u64,
     len_bytes: u32,
-) -> Result<Option<ReadOut>, String> {
-    let file = {
+) -> Result<Option<ReadOut>, ReadFailure> {
+    let (file, done) = {
         let mut open = lock(&shared.open);
         let o = open.entry(f.id).or_insert_with(|| {
             let reads_left = shared.opts.params.chunk_count(f.size_bytes);
             match shared.open_file(f) {
-                Ok(file) => OpenFile { file: Some(Arc::new(file)), reads_left, failed: false },
+                Ok(file) => {
+                    let file = Arc::new(file);
+                    let done = Some(file_check(shared, f, &file));
+                    OpenFile { file: Some(file), done, reads_left, failed: false }
+                }
                 Err(e) => {
                     shared.file_failed(f, format!("cannot open: {e}"));
-                    OpenFile { file: None, reads_left, failed: true }
+                    OpenFile { file: None, done: None, reads_left, failed: true }
                 }
             }
         });
-        match (&o.file, o.failed) {
-            (Some(file), false) => Arc::clone(file),
+        match (&o.file, &o.done, o.failed) {
+            (Some(file), Some(done), false) => (Arc::clone(file), Arc::clone(done)),
             _ => {
                 drop(open);
                 drop_rest_of_file(shared, f);
@@ -623,7 +649,7 @@ fn read_chunk(
     let out = |header, payload| ReadOut {
         header,
         payload,
-        file: Arc::clone(&file),
+        done: Arc::clone(&done),
         run: None,
         run_chunks: 0,
     };
@@ -650,16 +676,18 @@ fn read_chunk(
         return Ok(Some(r));
     }
     if shared.transport.payload_pref() == PayloadPref::FileRegion {
-        let region = FileRegion { file: Arc::clone(&file), offset_bytes, len_bytes };
+        let mut region = FileRegion::new(Arc::clone(&file), offset_bytes, len_bytes);
+        region.done = Some(Arc::clone(&done));
         return Ok(Some(out(header, Payload::File(region))));
     }
-    let mut lease = shared.transport.pool().acquire().map_err(|e| e.to_string())?;
+    let fail = |message: String| (message, Some(Arc::clone(&done)));
+    let mut lease = shared.transport.pool().acquire().map_err(|e| fail(e.to_string()))?;
     let len = len_bytes as usize;
     // Read and hash piece by piece, so each piece is hashed while it is still in cache.
     let mut hasher = shared.transport.needs_checksums().then(frame::Hasher::default);
     let mut at = offset_bytes;
     for piece in lease.full_mut()[..len].chunks_mut(frame::HASH_PIECE_BYTES) {
-        read_exact_at(&file, piece, at)?;
+        read_exact_at(&file, piece, at).map_err(fail)?;
         at += piece.len() as u64;
         if let Some(h) = hasher.as_mut() {
             h.update(piece);
@@ -693,21 +721,15 @@ fn drop_rest_of_file(shared: &Shared<'_>, f: &FileRef) {
     }
 }
 
-fn mark_failed(shared: &Shared<'_>, f: &FileRef, message: String) {
-    let first = {
-        let mut open = lock(&shared.open);
-        match open.get_mut(&f.id) {
-            Some(o) if !o.failed => {
-                o.failed = true;
-                true
-            }
-            // Already counted down to zero and removed: this was the last chunk.
-            None => true,
-            _ => false,
-        }
-    };
-    if first {
-        shared.file_failed(f, message);
+/// A read of `f` failed: no more of it is read, and its check reports the first failure
+/// (`done`, the failed read's hold on it, keeps the check from running before this).
+fn mark_failed(shared: &Shared<'_>, f: &FileRef, message: String, done: Option<&ReadDone>) {
+    if let Some(o) = lock(&shared.open).get_mut(&f.id) {
+        o.failed = true;
+    }
+    match done {
+        Some(d) => d.fail(message),
+        None => shared.file_failed(f, message),
     }
     drop_rest_of_file(shared, f);
 }

@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use blitx_core::RelPath;
-use blitx_core::frame::{self, FLAG_FILE_VERIFIED, FrameKind};
+use blitx_core::frame::{self, FrameKind};
 use blitx_core::manifest::{Entry, EntryKind, FileId, IdMap, TargetEntry};
 use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
-use blitx_core::transport::{Frame, FrameReceiver, Payload, TransportError};
+use blitx_core::transport::{Frame, FrameReceiver, Payload, PayloadStream, TransportError};
 use blitx_planner::diff::{Action, Clear, DiffOptions, Differ, needs_target_hash};
 use blitx_planner::{Excludes, fsys};
 use crossbeam_channel::{Receiver, Sender};
@@ -128,11 +128,24 @@ struct Temp {
 struct WriteState {
     temp: Option<Temp>,
     chunks: ChunkSet,
-    verified: bool,
-    /// File-region frames: the source file, re-checked by the target before commit.
-    source_file: Option<Arc<File>>,
+    /// The source said every byte was read and the file did not change (`FileRead`).
+    read_done: bool,
+    /// A chunk failed its checksum and the file was discarded. Whether it changed while the
+    /// source read it or was corrupted on the way is known from the source's verdict, which
+    /// decides the one error reported for it.
+    mismatch: Option<String>,
     failed: bool,
     committed: bool,
+}
+
+impl WriteState {
+    /// Gives the file up: it is not committed, and its temporary file goes.
+    fn discard(&mut self) {
+        self.failed = true;
+        if let Some(t) = self.temp.take() {
+            let _ = rustix::fs::unlinkat(t.dir.as_fd(), fsys::os(&t.name), AtFlags::empty());
+        }
+    }
 }
 
 /// A file whose contents are on their way.
@@ -391,9 +404,28 @@ fn control_loop(
             SourceMsg::FileFailed { id, path, message } => {
                 let p = lock(&shared.pending).get(&id).cloned();
                 if let Some(p) = p {
-                    abort_file(&p);
+                    let mut st = lock(&p.state);
+                    // The source's account replaces a checksum failure it explains.
+                    st.mismatch = None;
+                    st.discard();
                 }
                 shared.error(&path, format!("source: {message}"));
+            }
+            SourceMsg::FileRead { id } => {
+                // Unknown ids (a bundled or finished file) change nothing.
+                let p = lock(&shared.pending).get(&id).cloned();
+                if let Some(p) = p {
+                    let mut st = lock(&p.state);
+                    st.read_done = true;
+                    match st.mismatch.take() {
+                        // The source read an unchanged file: the bytes were damaged on the way.
+                        Some(m) => {
+                            drop(st);
+                            shared.error(&p.path, format!("{m}: corrupted in transit"));
+                        }
+                        None => try_commit(shared, id, &p, st),
+                    }
+                }
             }
             SourceMsg::DataEnd => return Ok(()),
         }
@@ -684,8 +716,8 @@ fn apply(
                     state: Mutex::new(WriteState {
                         temp: None,
                         chunks: ChunkSet::new(chunks),
-                        verified: false,
-                        source_file: None,
+                        read_done: false,
+                        mismatch: None,
                         failed: false,
                         committed: false,
                     }),
@@ -801,11 +833,7 @@ fn make_symlink(
 }
 
 fn abort_file(p: &Pending) {
-    let mut st = lock(&p.state);
-    st.failed = true;
-    if let Some(t) = st.temp.take() {
-        let _ = rustix::fs::unlinkat(t.dir.as_fd(), fsys::os(&t.name), AtFlags::empty());
-    }
+    lock(&p.state).discard();
 }
 
 fn cleanup_temps(shared: &Shared<'_>) {
@@ -1063,7 +1091,7 @@ fn link_anonymous(file: &File, dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
     }
 }
 
-fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
+fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), TargetError> {
     let h = frame.header;
     let p = pending(shared, h.file_id)?;
     let chunk_bytes = u64::from(shared.opts.params.chunk_bytes);
@@ -1079,17 +1107,10 @@ fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
             p.path, h.offset_bytes, h.len_bytes
         )));
     }
-    // Sparse files' buffers are verified up front (their writes skip zero blocks); plain
-    // chunks are verified piece by piece as they are written, while each piece is in cache. A
-    // mismatch fails the session either way, before the file could be committed.
-    if let Payload::Buffer(lease) = &frame.payload
-        && p.sparse
-    {
-        h.verify(lease.data()).map_err(|e| TargetError::Protocol(e.to_string()))?;
-    }
     let temp = {
         let mut st = lock(&p.state);
         if st.failed || st.committed {
+            // Dropping the frame discards its payload (a lent stream is read to its end).
             return Ok(());
         }
         if st.temp.is_none() {
@@ -1109,41 +1130,33 @@ fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
         st.temp.as_ref().map(|t| Arc::clone(&t.file))
     };
     let Some(temp_file) = temp else { return Ok(()) };
-    let written = match &frame.payload {
-        Payload::Empty => Ok(()),
-        Payload::Buffer(lease) if p.sparse => {
-            write_all_at(&temp_file, lease.data(), h.offset_bytes, true)
-        }
-        Payload::Buffer(lease) => {
-            match write_verified(&temp_file, lease.data(), h.offset_bytes, &h) {
-                Ok(true) => Ok(()),
-                Ok(false) => {
-                    let e = h.verify(lease.data()).err().map(|e| e.to_string()).unwrap_or_default();
-                    return Err(TargetError::Protocol(e));
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Payload::File(region) if p.sparse => copy_data_segments(
-            &region.file,
-            &temp_file,
-            h.offset_bytes,
-            u64::from(region.len_bytes),
-        ),
-        Payload::File(region) => {
-            copy_range(&region.file, &temp_file, h.offset_bytes, u64::from(region.len_bytes))
-        }
-    };
+    let written = write_payload(&temp_file, &mut frame.payload, &h, p.sparse)?;
     drop(temp_file);
+    drop(frame);
     let mut st = lock(&p.state);
     if st.failed {
         return Ok(());
     }
-    if let Err(e) = written {
-        drop(st);
-        abort_file(&p);
-        shared.error(&p.path, format!("cannot write: {e}"));
-        return Ok(());
+    match written {
+        Written::Verified => {}
+        Written::Mismatch => {
+            let m = format!("the chunk at {} failed its checksum", h.offset_bytes);
+            st.discard();
+            if st.read_done {
+                drop(st);
+                shared.error(&p.path, format!("{m}: corrupted in transit"));
+            } else {
+                // Reported when the source's verdict says whether the file changed.
+                st.mismatch = Some(m);
+            }
+            return Ok(());
+        }
+        Written::Failed(e) => {
+            st.discard();
+            drop(st);
+            shared.error(&p.path, format!("cannot write: {e}"));
+            return Ok(());
+        }
     }
     // A hole frame covers a run of chunks (a sparse file's empty stretch in one frame).
     let chunks = if h.kind == FrameKind::Hole { h.hole_chunks() } else { 1 };
@@ -1154,53 +1167,134 @@ fn write_chunk(shared: &Shared<'_>, frame: Frame) -> Result<(), TargetError> {
         )));
     }
     Progress::add(&shared.progress.bytes_done, u64::from(h.len_bytes));
-    if h.flags & FLAG_FILE_VERIFIED != 0 {
-        st.verified = true;
-    }
-    if let Payload::File(region) = &frame.payload {
-        st.source_file = Some(Arc::clone(&region.file));
-    }
-    if !st.chunks.is_complete() || !(st.verified || st.source_file.is_some()) {
-        return Ok(());
-    }
-    let check = match &st.source_file {
-        Some(src) if !st.verified => source_unchanged(src, &p),
-        _ => Ok(()),
-    };
-    let Some(temp) = st.temp.take() else { return Ok(()) };
-    let result =
-        check.and_then(|()| commit(shared, &p, &temp).map_err(|e| format!("cannot commit: {e}")));
-    match result {
-        Ok(()) => {
-            st.committed = true;
-            drop(st);
-            if let Some(p) = lock(&shared.pending).remove(&h.file_id) {
-                unpend(&shared.opts.limits, &p);
-            }
-            file_done(shared, &p);
-        }
-        Err(message) => {
-            st.failed = true;
-            drop(st);
-            let _ = rustix::fs::unlinkat(temp.dir.as_fd(), fsys::os(&temp.name), AtFlags::empty());
-            shared.error(&p.path, message);
-        }
-    }
+    try_commit(shared, h.file_id, &p, st);
     Ok(())
 }
 
-fn source_unchanged(src: &File, p: &Pending) -> Result<(), String> {
-    let st = rustix::fs::statx(
-        src.as_fd(),
-        "",
-        AtFlags::EMPTY_PATH,
-        rustix::fs::StatxFlags::BASIC_STATS,
-    )
-    .map_err(|e| format!("cannot re-check the source: {e}"))?;
-    if st.stx_size != p.size_bytes || fsys::mtime_of(&st) != p.meta.mtime {
-        return Err("source changed while being copied; not copied, run again".into());
+/// Commits the file once every chunk was written and verified and the source said it read the
+/// whole file unchanged (`FileRead`), whichever of the two comes last.
+fn try_commit(shared: &Shared<'_>, id: FileId, p: &Pending, mut st: MutexGuard<'_, WriteState>) {
+    if st.failed || st.committed || !st.read_done || !st.chunks.is_complete() {
+        return;
     }
-    Ok(())
+    let Some(temp) = st.temp.take() else { return };
+    match commit(shared, p, &temp) {
+        Ok(()) => {
+            st.committed = true;
+            drop(st);
+            if let Some(q) = lock(&shared.pending).remove(&id) {
+                unpend(&shared.opts.limits, &q);
+            }
+            file_done(shared, p);
+        }
+        Err(e) => {
+            st.failed = true;
+            drop(st);
+            let _ = rustix::fs::unlinkat(temp.dir.as_fd(), fsys::os(&temp.name), AtFlags::empty());
+            shared.error(&p.path, format!("cannot commit: {e}"));
+        }
+    }
+}
+
+/// How a chunk's payload ended up in the temporary file.
+enum Written {
+    /// Written, and its checksum matched (or it never left the kernel: an in-process region).
+    Verified,
+    /// Its checksum did not match: the file is discarded.
+    Mismatch,
+    /// The file could not be written.
+    Failed(io::Error),
+}
+
+thread_local! {
+    /// A writer thread's piece buffer for lent payloads: one hash piece, small enough to stay
+    /// in cache between the socket read, the hash and the write.
+    static PIECE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes one chunk's payload at its offset, verifying its checksum. `Err` only when the
+/// transport failed (a lent payload could not be read): that ends the session.
+fn write_payload(
+    file: &File,
+    payload: &mut Payload,
+    h: &frame::FrameHeader,
+    sparse: bool,
+) -> Result<Written, TargetError> {
+    let io = |r: io::Result<bool>| match r {
+        Ok(true) => Written::Verified,
+        Ok(false) => Written::Mismatch,
+        Err(e) => Written::Failed(e),
+    };
+    let unchecked = h.flags & frame::FLAG_UNCHECKED != 0;
+    Ok(match payload {
+        Payload::Empty => Written::Verified,
+        // Sparse files' writes skip zero blocks, so their payload is verified whole first.
+        Payload::Buffer(lease) if sparse => {
+            if !unchecked && h.verify(lease.data()).is_err() {
+                return Ok(Written::Mismatch);
+            }
+            io(write_all_at(file, lease.data(), h.offset_bytes, true).map(|()| true))
+        }
+        // Plain chunks are verified piece by piece as they are written, while each piece is in
+        // cache.
+        Payload::Buffer(lease) => io(write_verified(file, lease.data(), h.offset_bytes, h)),
+        // An in-process region is a kernel copy from file to file; no byte passes through
+        // memory of ours that could be damaged.
+        Payload::File(region) if sparse => {
+            io(copy_data_segments(&region.file, file, h.offset_bytes, u64::from(region.len_bytes))
+                .map(|()| true))
+        }
+        Payload::File(region) => {
+            io(copy_range(&region.file, file, h.offset_bytes, u64::from(region.len_bytes))
+                .map(|()| true))
+        }
+        Payload::Stream(stream) => PIECE.with(|piece| {
+            let mut piece = piece.borrow_mut();
+            write_stream(file, stream.as_mut(), h, sparse, &mut piece)
+        })?,
+    })
+}
+
+/// Reads a lent payload from its socket piece by piece, hashing and writing each piece while it
+/// is in cache. A failed write stops writing; the rest of the payload is discarded when the
+/// stream is dropped.
+fn write_stream(
+    file: &File,
+    stream: &mut dyn PayloadStream,
+    h: &frame::FrameHeader,
+    sparse: bool,
+    piece: &mut Vec<u8>,
+) -> Result<Written, TargetError> {
+    let total = stream.remaining();
+    let piece_bytes = if sparse { total as usize } else { frame::HASH_PIECE_BYTES };
+    if piece.len() < piece_bytes {
+        piece.resize(piece_bytes, 0);
+    }
+    if sparse {
+        // The zero-block skipping needs the whole payload, verified first.
+        let data = &mut piece[..total as usize];
+        stream.read_exact(data).map_err(TargetError::Transport)?;
+        if h.verify(data).is_err() {
+            return Ok(Written::Mismatch);
+        }
+        return Ok(match write_all_at(file, data, h.offset_bytes, true) {
+            Ok(()) => Written::Verified,
+            Err(e) => Written::Failed(e),
+        });
+    }
+    let mut hasher = frame::Hasher::default();
+    let mut at = h.offset_bytes;
+    while stream.remaining() > 0 {
+        let n = stream.remaining().min(piece_bytes as u64) as usize;
+        let data = &mut piece[..n];
+        stream.read_exact(data).map_err(TargetError::Transport)?;
+        hasher.update(data);
+        if let Err(e) = pwrite_all(file, data, at) {
+            return Ok(Written::Failed(e));
+        }
+        at += n as u64;
+    }
+    Ok(if hasher.finish() == h.checksum { Written::Verified } else { Written::Mismatch })
 }
 
 /// `statfs` magic numbers of the file systems whose "blocks" are page-cache pages.

@@ -904,6 +904,10 @@ impl RdmaSender {
                 add(&shared.counters.payload_copy_bytes, len as u64);
                 Ok(Some(own))
             }
+            Payload::Stream(_) => Err(TransportError::Protocol {
+                peer: "local reader".into(),
+                detail: "a received payload stream cannot be sent".into(),
+            }),
             Payload::File(region) if region.len_bytes as usize != len => {
                 Err(mismatch(u64::from(region.len_bytes)))
             }

@@ -196,7 +196,7 @@ fn every_payload_form_arrives_and_buffer_frames_are_not_copied() {
             ..chunk_header(500, &[])
         };
         tx.send(Frame { header: hole, payload: Payload::Empty }).unwrap();
-        let region = FileRegion { file: file.clone(), offset_bytes: 0, len_bytes: 100_000 };
+        let region = FileRegion::new(file.clone(), 0, 100_000);
         tx.send(Frame { header: chunk_header(1_000, &file_bytes), payload: Payload::File(region) })
             .unwrap();
         let data = pattern(2_000, 5000);

@@ -119,6 +119,7 @@ fn streams(cfg: &TcpConfig) -> Result<(Vec<TcpStream>, Vec<TcpStream>)> {
 fn config(a: &Args) -> TcpConfig {
     let mut cfg = TcpConfig::new(a.streams, a.chunk_bytes);
     cfg.payload = a.payload;
+    cfg.delivery = blitx_transport_tcp::Delivery::Buffered;
     cfg.pool_slots = blitx_transport_tcp::config::pool_slots_for(a.streams, cfg.queue_frames)
         .max(a.readers + a.writers + 2 * a.streams as usize);
     cfg
@@ -148,11 +149,9 @@ fn read_and_send(
             checksum: 0,
         };
         let payload = match tx.payload_pref() {
-            PayloadPref::FileRegion => Payload::File(FileRegion {
-                file: Arc::clone(file),
-                offset_bytes: offset,
-                len_bytes: len,
-            }),
+            PayloadPref::FileRegion => {
+                Payload::File(FileRegion::new(Arc::clone(file), offset, len))
+            }
             PayloadPref::Buffer if from_memory => {
                 let mut lease = tx.pool().acquire()?;
                 lease.set_len(len as usize);

@@ -57,9 +57,22 @@ pub struct TcpConfig {
     pub stall_timeout: Duration,
     /// Link speed the socket buffers are sized for (with the measured RTT).
     pub link_gbps: u32,
-    /// The payload form the sender asks readers for. `Buffer` is the default: see
-    /// [`crate::TcpSender`] for why `FileRegion` (sendfile) is not yet usable end to end.
+    /// The payload form the sender asks readers for: `FileRegion` (the default) leaves by
+    /// `sendfile`, `Buffer` by `sendmsg` from a pooled buffer.
     pub payload: PayloadPref,
+    /// How the receiver hands chunk payloads to the writers.
+    pub delivery: Delivery,
+}
+
+/// How a TCP receiver hands a chunk's payload to the target's writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The stream thread reads it into a pooled buffer and queues the buffer.
+    Buffered,
+    /// The stream thread lends its socket with the frame (`Payload::Stream`): the writer
+    /// reads the payload piece by piece into a cache-sized buffer, hashes and writes each
+    /// piece while it is hot, and the socket goes back when the payload was read.
+    Lent,
 }
 
 /// Pool slots for `streams` streams: one frame on the wire and `queue_frames` queued per stream,
@@ -85,7 +98,8 @@ impl TcpConfig {
             socket_buffer_bytes: None,
             stall_timeout: STALL_TIMEOUT_DEFAULT,
             link_gbps: LINK_GBPS_DEFAULT,
-            payload: PayloadPref::Buffer,
+            payload: PayloadPref::FileRegion,
+            delivery: Delivery::Lent,
         }
     }
 

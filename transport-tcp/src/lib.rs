@@ -44,7 +44,7 @@ pub mod token;
 pub mod tune;
 mod wire;
 
-pub use config::{STREAMS_DEFAULT, STREAMS_MAX, TcpConfig};
+pub use config::{Delivery, STREAMS_DEFAULT, STREAMS_MAX, TcpConfig};
 pub use error::{ConfigError, SetupError};
 pub use receiver::TcpReceiver;
 pub use sender::TcpSender;

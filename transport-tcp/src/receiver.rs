@@ -2,8 +2,12 @@
 //! the target's writer threads through one bounded channel.
 //!
 //! A stream thread reads a header, decodes it against the session's chunk size (a peer cannot
-//! make us allocate or read more), leases a slot from this side's pool, reads the payload into
-//! it and queues the frame. Checksums are left to the consumer, which verifies every buffer
+//! make us allocate or read more), and then either leases a slot from this side's pool, reads
+//! the payload into it and queues the frame ([`Delivery::Buffered`], and always for bundles),
+//! or queues the frame with its socket lent as a [`Payload::Stream`] ([`Delivery::Lent`], the
+//! default for chunks) and waits until the writer has read the payload: the bytes then go from
+//! the socket through a cache-sized piece straight to the file, instead of through a
+//! chunk-sized buffer filled on one core and written out on another. Checksums are left to the consumer, which verifies every buffer
 //! payload (one place for every backend). End on a stream ends its thread; when every stream
 //! ended, the channel closes and every caller of `recv` gets `None`. A stream that closes or
 //! breaks before its End fails the session with `PeerGone`, and one that stops moving mid-frame
@@ -19,12 +23,14 @@ use std::thread::JoinHandle;
 
 use blitx_core::frame::{FLAG_UNCHECKED, FRAME_HEADER_BYTES, FrameHeader, FrameKind};
 use blitx_core::pool::BufferPool;
-use blitx_core::transport::{Frame, FrameReceiver, Payload, TransportError, TransportStats};
+use blitx_core::transport::{
+    Frame, FrameReceiver, Payload, PayloadStream, TransportError, TransportStats,
+};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::TRANSPORT_NAME;
 use crate::cancel::Canceller;
-use crate::config::TcpConfig;
+use crate::config::{Delivery, TcpConfig};
 use crate::error::{ConfigError, Failure, SetupError};
 use crate::tune::{self, Role};
 use crate::wire::Link;
@@ -35,6 +41,7 @@ struct Shared {
     sockets: Vec<TcpStream>,
     pool: BufferPool,
     chunk_bytes: u32,
+    delivery: Delivery,
     streams: u32,
     streams_ended: AtomicU32,
     frames: AtomicU64,
@@ -113,6 +120,7 @@ impl TcpReceiver {
             sockets,
             pool,
             chunk_bytes: config.chunk_bytes,
+            delivery: config.delivery,
             streams: config.streams,
             streams_ended: AtomicU32::new(0),
             frames: AtomicU64::new(0),
@@ -127,6 +135,7 @@ impl TcpReceiver {
         };
         for (i, link) in links.into_iter().enumerate() {
             let (tx, shared) = (tx.clone(), Arc::clone(&shared));
+            let link = Arc::new(link);
             let handle = std::thread::Builder::new()
                 .name(format!("blit-tcp-rx{i}"))
                 .spawn(move || stream_main(&link, &tx, &shared))
@@ -195,7 +204,7 @@ impl Drop for TcpReceiver {
     }
 }
 
-fn stream_main(link: &Link, tx: &Sender<Frame>, shared: &Shared) {
+fn stream_main(link: &Arc<Link>, tx: &Sender<Frame>, shared: &Arc<Shared>) {
     match receive_frames(link, tx, shared) {
         Ok(()) => {
             shared.streams_ended.fetch_add(1, Ordering::AcqRel);
@@ -204,7 +213,11 @@ fn stream_main(link: &Link, tx: &Sender<Frame>, shared: &Shared) {
     }
 }
 
-fn receive_frames(link: &Link, tx: &Sender<Frame>, shared: &Shared) -> Result<(), Failure> {
+fn receive_frames(
+    link: &Arc<Link>,
+    tx: &Sender<Frame>,
+    shared: &Arc<Shared>,
+) -> Result<(), Failure> {
     let mut raw = [0u8; FRAME_HEADER_BYTES];
     loop {
         link.read_exact(&mut raw, true, &shared.cancel)?;
@@ -217,9 +230,20 @@ fn receive_frames(link: &Link, tx: &Sender<Frame>, shared: &Shared) -> Result<()
                 detail: "an unchecked frame (frames over TCP always carry a checksum)".into(),
             });
         }
+        let mut returned = None;
         let payload = match header.kind {
             FrameKind::End => return Ok(()),
             FrameKind::Hole => Payload::Empty,
+            FrameKind::Chunk if shared.delivery == Delivery::Lent && header.len_bytes > 0 => {
+                let (back, wait) = crossbeam_channel::bounded(1);
+                returned = Some(wait);
+                Payload::Stream(Box::new(Lent {
+                    link: Arc::clone(link),
+                    shared: Arc::clone(shared),
+                    remaining: u64::from(header.len_bytes),
+                    back: Some(back),
+                }))
+            }
             FrameKind::Chunk | FrameKind::Bundle => {
                 // Blocks while the writers hold every buffer: back-pressure onto the socket.
                 let mut lease = shared.pool.acquire().map_err(|_| Failure::Cancelled)?;
@@ -235,6 +259,86 @@ fn receive_frames(link: &Link, tx: &Sender<Frame>, shared: &Shared) -> Result<()
         crossbeam_channel::select! {
             send(tx, frame) -> sent => if sent.is_err() { return Err(Failure::Cancelled) },
             recv(shared.cancel.wake()) -> _ => return Err(Failure::Cancelled),
+        }
+        if let Some(wait) = returned {
+            // The socket is the writer's until it has read (or discarded) the payload. The
+            // lent payload's reads carry the stall detector, so this wait is bounded too.
+            crossbeam_channel::select! {
+                recv(wait) -> _ => {}
+                recv(shared.cancel.wake()) -> _ => return Err(Failure::Cancelled),
+            }
+            if let Some(f) = lock(&shared.failure).as_ref() {
+                return Err(f.clone());
+            }
+        }
+    }
+}
+
+/// A chunk's payload still in its socket, lent to a writer.
+struct Lent {
+    link: Arc<Link>,
+    shared: Arc<Shared>,
+    remaining: u64,
+    /// Dropped (or sent on) when the payload has been read: the stream thread goes on.
+    back: Option<Sender<()>>,
+}
+
+impl std::fmt::Debug for Lent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lent")
+            .field("link", &self.link.name)
+            .field("remaining", &self.remaining)
+            .finish()
+    }
+}
+
+impl PayloadStream for Lent {
+    fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        if buf.len() as u64 > self.remaining {
+            return Err(TransportError::Protocol {
+                peer: "local writer".into(),
+                detail: format!(
+                    "asked for {} bytes of a payload with {} left",
+                    buf.len(),
+                    self.remaining
+                ),
+            });
+        }
+        if let Some(e) = self.shared.failure_error() {
+            return Err(e);
+        }
+        match self.link.read_exact(buf, false, &self.shared.cancel) {
+            Ok(()) => {
+                self.remaining -= buf.len() as u64;
+                Ok(())
+            }
+            Err(f) => {
+                let e = f.to_error();
+                self.shared.fail(f);
+                self.remaining = 0;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        // Whatever the writer did not read (a failed or already complete file) is read and
+        // discarded, so the next header is where the stream thread expects it.
+        let mut scratch = [0u8; 16 << 10];
+        while self.remaining > 0 && self.shared.failure_error().is_none() {
+            let n = self.remaining.min(scratch.len() as u64) as usize;
+            if self.read_exact(&mut scratch[..n]).is_err() {
+                break;
+            }
+        }
+        if let Some(back) = self.back.take() {
+            let _ = back.send(());
         }
     }
 }

@@ -10,14 +10,14 @@
 //! In flight on this side: the pool (`pool_slots` buffers) bounds `Buffer` frames; the queues
 //! (`queue_frames` per stream, plus the one being written) bound `File` frames.
 //!
-//! Why [`PayloadPref::Buffer`] is the default even though `sendfile` moves the same bytes with
-//! one copy fewer: over TCP the target receives buffers, so (1) the source's readers only mark a
-//! file's last chunk verified (unchanged since the walk) for buffer payloads, and a target never
-//! commits a file whose last chunk is unverified; (2) the region is read twice (hash, then
-//! sendfile), so a file modified in between arrives with a checksum mismatch, which the target
-//! treats as a protocol error that fails the whole transfer instead of one file. Both need a
-//! change in blitx-storage before `FileRegion` can be the default; the option stays available
-//! (`TcpConfig::payload`) for measuring.
+//! [`PayloadPref::FileRegion`] is the default: the region is hashed through a cache-sized
+//! scratch buffer and then leaves by `sendfile`, so the payload is never copied into user
+//! memory. A region that cannot be read (the file shrank) is not the session's failure: the
+//! frame is skipped, or filled up with zeros when `sendfile` found the file shorter (the
+//! target's checksum then fails), and the source is told through
+//! [`blitx_core::transport::FileRegion::failed`]. The
+//! source says a file is complete and unchanged only after the transport has read all of its
+//! regions (`blitx_core::transport::ReadDone`), whatever the payload form.
 
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -193,12 +193,9 @@ impl TcpSender {
             }
             .into());
         }
-        // Readers hash buffers as they fill them; re-hashing every frame here would cost a full
-        // pass over the data on the hot path, so only debug builds check it (the target always
-        // verifies).
-        if let Payload::Buffer(lease) = &frame.payload {
-            debug_assert_eq!(blitx_core::frame::checksum(lease.data()), h.checksum);
-        }
+        // Readers hash buffers as they fill them; the target verifies every payload (re-hashing
+        // here would cost a full pass over the data, and hide from tests the damage the target
+        // must catch).
         Ok(())
     }
 
@@ -388,19 +385,39 @@ fn write_frame(link: &Link, frame: Frame, scratch: &mut Vec<u8>) -> Result<u64, 
             if scratch.is_empty() {
                 scratch.resize(wire::SCRATCH_BYTES, 0);
             }
-            header.checksum = wire::region_checksum(
+            header.checksum = match wire::region_checksum(
                 &region.file,
                 region.offset_bytes,
                 len_bytes,
                 scratch,
-                &link.name,
-            )?;
+            ) {
+                Ok(c) => c,
+                Err(reason) => {
+                    // A problem of this file, not of the session: the frame is not sent,
+                    // and the source reports the file failed (the target drops it).
+                    region.failed(reason);
+                    return Ok(0);
+                }
+            };
             if len_bytes == 0 {
                 link.write_frame(&header.encode(), &[])?;
             } else {
                 link.write_header_more(&header.encode())?;
-                link.sendfile_all(&region.file, region.offset_bytes, len_bytes)?;
+                let sent = link.sendfile_all(&region.file, region.offset_bytes, len_bytes)?;
+                if sent < len_bytes {
+                    region.failed(format!(
+                        "the file ends at {}, inside a chunk being sent (it shrank); not copied, run again",
+                        region.offset_bytes + sent
+                    ));
+                    link.write_zeros(len_bytes - sent)?;
+                }
             }
+        }
+        Payload::Stream(_) => {
+            return Err(Failure::Protocol {
+                peer: "local sender".into(),
+                detail: "a received payload stream cannot be sent".into(),
+            });
         }
     }
     Ok(frame.payload.len_bytes())

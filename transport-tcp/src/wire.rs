@@ -120,24 +120,51 @@ impl Link {
     }
 
     /// Sends `len_bytes` of `file` from `offset_bytes` without copying through user space.
+    /// Returns the bytes sent: fewer than asked when the file ended first (it shrank since
+    /// it was hashed); the caller must then fill the frame up ([`Link::write_zeros`]).
     pub(crate) fn sendfile_all(
         &self,
         file: &File,
         offset_bytes: u64,
         len_bytes: u64,
-    ) -> Result<(), Failure> {
+    ) -> Result<u64, Failure> {
         let mut offset = offset_bytes;
         let end = offset_bytes + len_bytes;
         let mut moved_at = Instant::now();
         while offset < end {
             let want = usize::try_from(end - offset).unwrap_or(usize::MAX).min(1 << 30);
             match rustix::fs::sendfile(self.stream.as_fd(), file, Some(&mut offset), want) {
-                Ok(0) => return Err(file_shrank(&self.name, offset)),
+                Ok(0) => break,
                 Ok(_) => moved_at = Instant::now(),
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) if self.within_stall(moved_at) => continue,
                 Err(e) => return Err(self.fail("sendfile", e, moved_at)),
             }
+        }
+        Ok(offset - offset_bytes)
+    }
+
+    /// Writes `len_bytes` zero bytes: the rest of a frame whose file region could not be read
+    /// in full (its checksum then fails at the target, which discards the file).
+    pub(crate) fn write_zeros(&self, mut len_bytes: u64) -> Result<(), Failure> {
+        let zeros = [0u8; 16 << 10];
+        while len_bytes > 0 {
+            let n = len_bytes.min(zeros.len() as u64) as usize;
+            let mut done = 0;
+            let mut moved_at = Instant::now();
+            while done < n {
+                match rustix::net::send(self.stream.as_fd(), &zeros[done..n], SendFlags::NOSIGNAL) {
+                    Ok(0) => return Err(self.fail("write", Errno::PIPE, moved_at)),
+                    Ok(k) => {
+                        done += k;
+                        moved_at = Instant::now();
+                    }
+                    Err(Errno::INTR) => continue,
+                    Err(Errno::AGAIN) if self.within_stall(moved_at) => continue,
+                    Err(e) => return Err(self.fail("write", e, moved_at)),
+                }
+            }
+            len_bytes -= n as u64;
         }
         Ok(())
     }
@@ -182,25 +209,16 @@ impl Link {
     }
 }
 
-fn file_shrank(link: &str, at_bytes: u64) -> Failure {
-    Failure::Io {
-        op: "read source file",
-        peer: link.to_string(),
-        kind: io::ErrorKind::UnexpectedEof,
-        message: format!("the file ends at {at_bytes}, inside a chunk being sent (it shrank)"),
-    }
-}
-
 /// The frame checksum ([`blitx_core::frame::checksum`]) of `len_bytes` of `file` at
 /// `offset_bytes`, read piece by piece through `scratch` (one hash piece, kept hot in cache) so
-/// the region is never copied whole.
+/// the region is never copied whole. `Err`: the file could not be read (a problem of that
+/// file, not of the link).
 pub(crate) fn region_checksum(
     file: &File,
     offset_bytes: u64,
     len_bytes: u64,
     scratch: &mut [u8],
-    link: &str,
-) -> Result<u64, Failure> {
+) -> Result<u64, String> {
     let piece_bytes = blitx_core::frame::HASH_PIECE_BYTES;
     assert!(scratch.len() >= piece_bytes, "scratch buffer smaller than a hash piece");
     let mut hasher = blitx_core::frame::Hasher::default();
@@ -212,17 +230,15 @@ pub(crate) fn region_checksum(
         let mut filled = 0;
         while filled < want {
             match rustix::io::pread(file, &mut scratch[filled..want], at + filled as u64) {
-                Ok(0) => return Err(file_shrank(link, at + filled as u64)),
+                Ok(0) => {
+                    return Err(format!(
+                        "the file ends at {}, inside a chunk being sent (it shrank); not copied, run again",
+                        at + filled as u64
+                    ));
+                }
                 Ok(n) => filled += n,
                 Err(Errno::INTR) => continue,
-                Err(e) => {
-                    return Err(Failure::Io {
-                        op: "read source file",
-                        peer: link.to_string(),
-                        kind: io::Error::from(e).kind(),
-                        message: e.to_string(),
-                    });
-                }
+                Err(e) => return Err(format!("read failed: {e}")),
             }
         }
         hasher.update(&scratch[..want]);
@@ -243,9 +259,9 @@ mod tests {
         f.write_all(&data).unwrap();
         let mut scratch = vec![0u8; SCRATCH_BYTES];
         for (off, len) in [(0usize, 0usize), (0, 1), (5, 4096), (1000, 600_000), (0, 700_000)] {
-            let got = region_checksum(&f, off as u64, len as u64, &mut scratch, "t").unwrap();
+            let got = region_checksum(&f, off as u64, len as u64, &mut scratch).unwrap();
             assert_eq!(got, blitx_core::frame::checksum(&data[off..off + len]), "{off}+{len}");
         }
-        assert!(region_checksum(&f, 699_000, 2000, &mut scratch, "t").is_err());
+        assert!(region_checksum(&f, 699_000, 2000, &mut scratch).is_err());
     }
 }

@@ -1,32 +1,51 @@
 //! The transport conformance suite over real loopback TCP: one stream with the client sending
-//! (push), four streams with the daemon sending (pull); the broken link is a proxy that resets
-//! every connection after a number of frames.
+//! (push), four streams with the daemon sending (pull), both with the defaults (file regions by
+//! `sendfile`, payloads lent to the writers), and two streams with buffers both ways; the broken
+//! link is a proxy that resets every connection after a number of frames.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use blitx_core::session::SessionParams;
+use blitx_core::transport::PayloadPref;
 use blitx_storage::conformance::{Harness, Pair, run_suite};
+use blitx_transport_tcp::{Delivery, TcpConfig};
 
 use common::{Fault, faulty_pair, pair, test_config};
 
 struct Tcp {
     streams: u32,
     daemon_sends: bool,
+    /// The defaults (file regions, lent payloads) or buffers both ways.
+    buffers: bool,
+}
+
+impl Tcp {
+    fn config(&self, chunk_bytes: u32) -> TcpConfig {
+        let mut cfg = test_config(self.streams, chunk_bytes);
+        let defaults = TcpConfig::default();
+        (cfg.payload, cfg.delivery) = if self.buffers {
+            (PayloadPref::Buffer, Delivery::Buffered)
+        } else {
+            (defaults.payload, defaults.delivery)
+        };
+        cfg
+    }
 }
 
 impl Harness for Tcp {
     fn name(&self) -> String {
         let dir = if self.daemon_sends { "pull" } else { "push" };
-        format!("tcp streams={} {dir}", self.streams)
+        let how = if self.buffers { "buffers" } else { "defaults" };
+        format!("tcp streams={} {dir} {how}", self.streams)
     }
     fn pair(&self, params: &SessionParams) -> Pair {
-        let (tx, rx) = pair(&test_config(self.streams, params.chunk_bytes), self.daemon_sends);
+        let (tx, rx) = pair(&self.config(params.chunk_bytes), self.daemon_sends);
         (Box::new(tx), Box::new(rx))
     }
     fn breaking_pair(&self, params: &SessionParams, frames: u64) -> Pair {
-        let cfg = test_config(self.streams, params.chunk_bytes);
+        let cfg = self.config(params.chunk_bytes);
         // The proxy's threads end when it resets the link (or when the halves close it).
         let (tx, rx, _proxy) = faulty_pair(&cfg, Fault::BreakAfterFrames(frames));
         (Box::new(tx), Box::new(rx))
@@ -35,10 +54,15 @@ impl Harness for Tcp {
 
 #[test]
 fn tcp_one_stream_push() {
-    run_suite(&Tcp { streams: 1, daemon_sends: false });
+    run_suite(&Tcp { streams: 1, daemon_sends: false, buffers: false });
 }
 
 #[test]
 fn tcp_four_streams_pull() {
-    run_suite(&Tcp { streams: 4, daemon_sends: true });
+    run_suite(&Tcp { streams: 4, daemon_sends: true, buffers: false });
+}
+
+#[test]
+fn tcp_two_streams_buffers() {
+    run_suite(&Tcp { streams: 2, daemon_sends: false, buffers: true });
 }

@@ -95,7 +95,7 @@ fn file_regions_travel_with_their_checksum() {
                     len_bytes,
                     checksum: 0,
                 };
-                let region = FileRegion { file: Arc::clone(&file), offset_bytes, len_bytes };
+                let region = FileRegion::new(Arc::clone(&file), offset_bytes, len_bytes);
                 tx.send(Frame { header, payload: Payload::File(region) }).unwrap();
             }
             tx.finish().unwrap();
@@ -110,6 +110,44 @@ fn file_regions_travel_with_their_checksum() {
         seen += 1;
     }
     assert_eq!(seen, regions.len());
+    t.join().unwrap();
+}
+
+/// With `Delivery::Lent` a chunk's payload is read by the consumer from the socket; one it
+/// drops unread is discarded, and the frames after it arrive intact.
+#[test]
+fn lent_payloads_are_read_or_discarded_in_place() {
+    let mut cfg = test_config(1, 1 << 20);
+    cfg.delivery = blitx_transport_tcp::Delivery::Lent;
+    let (tx, rx) = pair(&cfg, false);
+    let sizes = [1usize << 20, 5000, 1 << 20, 1, 777_777];
+    let t = std::thread::spawn(move || {
+        for (id, len) in sizes.into_iter().enumerate() {
+            tx.send(chunk(&tx, id as u64, len)).unwrap();
+        }
+        tx.finish().unwrap();
+    });
+    let mut seen = 0;
+    while let Some(mut f) = rx.recv().unwrap() {
+        let id = f.header.file_id as usize;
+        assert_eq!(f.payload.len_bytes(), sizes[id] as u64);
+        let Payload::Stream(stream) = &mut f.payload else { panic!("expected a lent payload") };
+        if id.is_multiple_of(2) {
+            // Read in uneven pieces, as a writer with a small buffer would.
+            let mut data = vec![0u8; sizes[id]];
+            let mut at = 0;
+            while at < data.len() {
+                let n = (data.len() - at).min(100_003);
+                stream.read_exact(&mut data[at..at + n]).unwrap();
+                at += n;
+            }
+            assert_eq!(stream.remaining(), 0);
+            f.header.verify(&data).unwrap();
+            assert!(stream.read_exact(&mut [0u8; 1]).is_err(), "read past the payload");
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, sizes.len());
     t.join().unwrap();
 }
 

@@ -132,11 +132,7 @@ fn sender_stalls(payload: PayloadPref) {
             PayloadPref::Buffer => chunk(&tx, id, 1 << 20),
             PayloadPref::FileRegion => Frame {
                 header: header(1 << 20, 0),
-                payload: Payload::File(FileRegion {
-                    file: Arc::clone(&file),
-                    offset_bytes: 0,
-                    len_bytes: 1 << 20,
-                }),
+                payload: Payload::File(FileRegion::new(Arc::clone(&file), 0, 1 << 20)),
             },
         };
         result = tx.send(frame);

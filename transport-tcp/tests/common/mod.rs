@@ -268,6 +268,7 @@ pub fn verify(frame: &Frame) {
         }
         Payload::Empty => assert_eq!(frame.header.len_bytes, 0),
         Payload::File(_) => panic!("a network receiver never hands out file regions"),
+        Payload::Stream(_) => panic!("test_config's receivers deliver buffers"),
     }
 }
 
@@ -275,5 +276,7 @@ pub fn verify(frame: &Frame) {
 pub fn test_config(streams: u32, chunk_bytes: u32) -> TcpConfig {
     let mut cfg = TcpConfig::new(streams, chunk_bytes);
     cfg.stall_timeout = Duration::from_secs(10);
+    // These tests look at whole payloads; `frames.rs` tests lent ones on their own.
+    cfg.delivery = blitx_transport_tcp::Delivery::Buffered;
     cfg
 }
