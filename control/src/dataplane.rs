@@ -59,6 +59,14 @@ fn tcp_config(opts: &DataPlaneOptions) -> tcp::TcpConfig {
     cfg.socket_buffer_bytes =
         (opts.socket_buffer_bytes > 0).then_some(opts.socket_buffer_bytes as usize);
     cfg.stall_timeout = opts.stall_timeout;
+    // Measurement knobs (docs/benchmarking.md, "TCP payload paths"): the zero-copy paths, for
+    // comparing them with the defaults in one build. Each side reads its own environment.
+    if std::env::var_os("BLIT_TCP_PAYLOAD").is_some_and(|v| v == "sendfile") {
+        cfg.payload = blitx_core::transport::PayloadPref::FileRegion;
+    }
+    if std::env::var_os("BLIT_TCP_DELIVERY").is_some_and(|v| v == "lent") {
+        cfg.delivery = tcp::Delivery::Lent;
+    }
     cfg
 }
 

@@ -57,14 +57,17 @@ pub struct TcpConfig {
     pub stall_timeout: Duration,
     /// Link speed the socket buffers are sized for (with the measured RTT).
     pub link_gbps: u32,
-    /// The payload form the sender asks readers for: `FileRegion` (the default) leaves by
-    /// `sendfile`, `Buffer` by `sendmsg` from a pooled buffer.
+    /// The payload form the sender asks readers for: `Buffer` (the default) leaves by `sendmsg`
+    /// from a pooled buffer, `FileRegion` by `sendfile`. Both are complete (the source's checks
+    /// do not depend on the form); the default is the one measured faster and cheaper on
+    /// loopback (docs/benchmarks.md, "TCP payload paths").
     pub payload: PayloadPref,
     /// How the receiver hands chunk payloads to the writers.
     pub delivery: Delivery,
 }
 
-/// How a TCP receiver hands a chunk's payload to the target's writer.
+/// How a TCP receiver hands a chunk's payload to the target's writer. `Buffered` is the default
+/// (measured faster on loopback: docs/benchmarks.md, "TCP payload paths").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     /// The stream thread reads it into a pooled buffer and queues the buffer.
@@ -98,8 +101,8 @@ impl TcpConfig {
             socket_buffer_bytes: None,
             stall_timeout: STALL_TIMEOUT_DEFAULT,
             link_gbps: LINK_GBPS_DEFAULT,
-            payload: PayloadPref::FileRegion,
-            delivery: Delivery::Lent,
+            payload: PayloadPref::Buffer,
+            delivery: Delivery::Buffered,
         }
     }
 
