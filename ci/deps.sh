@@ -11,6 +11,7 @@ pkgs=(
   util-linux                # setpriv: drop privileges in permission tests
   iproute2 iptables         # network-namespace tests (two hosts, packet loss)
   time                      # /usr/bin/time -v for peak RSS in benchmarks
+  strace                    # syscall checks in tests (--fsync) and payload-path measurements
   g++                       # libFuzzer's C++ sources (the cargo-fuzz targets, ci/fuzz.sh)
 )
 missing=()

@@ -98,6 +98,11 @@ pub struct XferArgs {
     /// Do not set owners even when running as root.
     #[arg(long)]
     pub no_owner: bool,
+    /// Make every file durable before it is renamed into place (fsync of its data), and every
+    /// directory that received new names durable before success is reported: after a crash or
+    /// power loss a target file is the old or the complete new one (rsync --fsync).
+    #[arg(long)]
+    pub fsync: bool,
     /// Where threads and buffers go: auto (the NUMA node of the NIC that reaches the daemon, or
     /// of the target's disk for local copies), off, or node=N.
     #[arg(long, default_value = "auto")]
@@ -126,6 +131,7 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
         dry_run: args.dry_run,
         excludes: args.excludes.clone(),
         preserve_owner: !args.no_owner,
+        fsync: args.fsync,
     };
     params.validate()?;
     Ok(params)

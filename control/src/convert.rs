@@ -185,6 +185,7 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
         dry_run: p.dry_run,
         excludes: p.excludes.clone(),
         preserve_owner: p.preserve_owner,
+        fsync: p.fsync,
     }
 }
 
@@ -206,6 +207,7 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         dry_run: p.dry_run,
         excludes: p.excludes.clone(),
         preserve_owner: p.preserve_owner,
+        fsync: p.fsync,
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)

@@ -50,6 +50,9 @@ pub struct SessionParams {
     pub excludes: Vec<String>,
     /// Apply owner and group (only effective when the target runs as root).
     pub preserve_owner: bool,
+    /// Make each file's data durable (`fsync`) before it is renamed into place, and the
+    /// directories that received new names durable before the transfer reports success.
+    pub fsync: bool,
 }
 
 impl Default for SessionParams {
@@ -63,6 +66,7 @@ impl Default for SessionParams {
             dry_run: false,
             excludes: Vec::new(),
             preserve_owner: true,
+            fsync: false,
         }
     }
 }

@@ -31,6 +31,39 @@ pub mod testkit;
 pub use report::{Event, EventKind, Progress, Reporter, SourceReport, TargetReport};
 pub use root::RootDir;
 
+/// Why a control message could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unsent {
+    /// The other half is gone.
+    Closed,
+    /// The transfer was cancelled (or failed) while the other half was not reading.
+    Cancelled,
+}
+
+/// Sends a control message to the other half, waiting while its queue is full but never past a
+/// cancellation: a half that stopped reading (it failed) must not hold this one forever.
+pub(crate) fn send_or_cancel<T>(
+    tx: &crossbeam_channel::Sender<T>,
+    msg: T,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<(), Unsent> {
+    let mut msg = msg;
+    loop {
+        match tx.send_timeout(msg, std::time::Duration::from_millis(100)) {
+            Ok(()) => return Ok(()),
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+                return Err(Unsent::Closed);
+            }
+            Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
+                if cancel.load(std::sync::atomic::Ordering::Acquire) {
+                    return Err(Unsent::Cancelled);
+                }
+                msg = m;
+            }
+        }
+    }
+}
+
 /// Threads that move file data on each side: the machine's cores, at least two (one can block in
 /// I/O while the other works), at most eight (beyond that, threads only contend).
 pub fn default_io_threads() -> usize {

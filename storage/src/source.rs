@@ -124,11 +124,12 @@ struct Shared<'a> {
     work: Mutex<Work>,
     more_work: Condvar,
     open: Mutex<IdMap<OpenFile>>,
-    to_target: Sender<SourceMsg>,
     transport: &'a dyn FrameSender,
     progress: &'a Progress,
     cancel: &'a AtomicBool,
     errors: Arc<ErrorLog>,
+    /// Files' verdicts on their way to the target (see [`Verdicts`]).
+    verdicts: Arc<Verdicts>,
     fatal: Mutex<Option<SourceError>>,
     files_sent: AtomicU64,
     bundle_seq: AtomicU64,
@@ -136,6 +137,78 @@ struct Shared<'a> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Verdicts (`FileRead` / `FileFailed`) of files whose reads are over, queued for the target.
+/// A file's check runs on whichever thread drops its last read: a reader, a transport's stream
+/// thread, or, in process, the target's writer. None of those may wait for the control channel
+/// (the target may be waiting for them to drain frames before it reads control messages
+/// again), so the check only queues its verdict, and a pump thread of the source sends it.
+/// The queue holds at most one verdict per chunked file being sent.
+#[derive(Default)]
+struct Verdicts {
+    /// Queued verdicts, and whether the queue is closed.
+    queue: Mutex<(VecDeque<SourceMsg>, bool)>,
+    ready: Condvar,
+    /// The session failed: the pump stops even with verdicts queued.
+    abandoned: AtomicBool,
+    /// Set by the pump when it returns.
+    pumped: Mutex<bool>,
+    pumped_cv: Condvar,
+}
+
+impl Verdicts {
+    fn push(&self, msg: SourceMsg) {
+        lock(&self.queue).0.push_back(msg);
+        self.ready.notify_one();
+    }
+
+    /// No more verdicts will come: the pump sends what is queued and returns.
+    fn close(&self) {
+        lock(&self.queue).1 = true;
+        self.ready.notify_one();
+    }
+
+    fn stopped(&self, cancel: &AtomicBool) -> bool {
+        cancel.load(Ordering::Acquire) || self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// Closes the queue and waits until the pump has sent everything queued (or gave up).
+    fn close_and_wait(&self) {
+        self.close();
+        let mut done = lock(&self.pumped);
+        while !*done {
+            done = self.pumped_cv.wait(done).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Sends queued verdicts until closed and empty, the target is gone, or `cancel`.
+    fn pump(&self, to_target: &Sender<SourceMsg>, cancel: &AtomicBool) {
+        self.pump_queue(to_target, cancel);
+        *lock(&self.pumped) = true;
+        self.pumped_cv.notify_all();
+    }
+
+    fn pump_queue(&self, to_target: &Sender<SourceMsg>, cancel: &AtomicBool) {
+        let tick = std::time::Duration::from_millis(100);
+        loop {
+            let msg = {
+                let mut q = lock(&self.queue);
+                loop {
+                    if let Some(m) = q.0.pop_front() {
+                        break m;
+                    }
+                    if q.1 || self.stopped(cancel) {
+                        return;
+                    }
+                    q = self.ready.wait_timeout(q, tick).unwrap_or_else(|p| p.into_inner()).0;
+                }
+            };
+            if crate::send_or_cancel(to_target, msg, cancel).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Runs the source half to completion. Returns when every needed file was sent (or failed) and
@@ -170,32 +243,58 @@ pub fn run_source(
         }),
         more_work: Condvar::new(),
         open: Mutex::new(IdMap::default()),
-        to_target: to_target.clone(),
         transport,
         progress,
         cancel,
         errors: Arc::default(),
+        verdicts: Arc::default(),
         fatal: Mutex::new(None),
         files_sent: AtomicU64::new(0),
         bundle_seq: AtomicU64::new(0),
     };
-    let pending = Unanswered::default();
-    let (walk_tx, walk_rx) = crossbeam_channel::bounded::<SourceMsg>(64);
     let next_id = AtomicU64::new(1);
 
+    // The verdict pump outlives the readers: file regions' checks run while the transport
+    // finishes, and every verdict must be sent before DataEnd.
+    std::thread::scope(|outer| {
+        let verdicts = Arc::clone(&shared.verdicts);
+        let pump_to = to_target.clone();
+        let pump = outer.spawn(move || verdicts.pump(&pump_to, cancel));
+        let r = source_session(&shared, &walk_opts, &to_target, &from_target, &next_id);
+        if r.is_err() {
+            shared.verdicts.abandoned.store(true, Ordering::Release);
+        }
+        shared.verdicts.close();
+        let _ = pump.join();
+        r
+    })
+}
+
+/// The source half's threads, then the transport's end, then DataEnd.
+fn source_session(
+    shared: &Shared<'_>,
+    walk_opts: &WalkOptions,
+    to_target: &Sender<SourceMsg>,
+    from_target: &Receiver<TargetMsg>,
+    next_id: &AtomicU64,
+) -> Result<SourceReport, SourceError> {
+    let (opts, progress, cancel, transport) =
+        (shared.opts, shared.progress, shared.cancel, shared.transport);
+    let pending = Unanswered::default();
+    let (walk_tx, walk_rx) = crossbeam_channel::bounded::<SourceMsg>(64);
     let outcome = std::thread::scope(|s| -> Result<walk::WalkStats, SourceError> {
         let walker = s.spawn(|| {
             let started = Instant::now();
-            let r = walk::walk(opts.root.fd(), &walk_opts, &walk_tx, cancel, &next_id);
+            let r = walk::walk(opts.root.fd(), walk_opts, &walk_tx, cancel, next_id);
             progress.stages.add(Stage::Walk, started);
             drop(walk_tx);
             r
         });
-        let forwarder = s.spawn(|| forward(&walk_rx, &pending, &to_target, progress, cancel));
+        let forwarder = s.spawn(|| forward(&walk_rx, &pending, to_target, progress, cancel));
         let readers: Vec<_> =
-            (0..opts.read_threads.max(1)).map(|_| s.spawn(|| reader(&shared))).collect();
+            (0..opts.read_threads.max(1)).map(|_| s.spawn(|| reader(shared))).collect();
 
-        let dispatched = dispatch(&shared, &from_target, &pending);
+        let dispatched = dispatch(shared, from_target, &pending);
         if let Err(e) = dispatched {
             shared.fail(e);
         }
@@ -220,7 +319,10 @@ pub fn run_source(
         }
     };
     transport.finish().map_err(SourceError::Transport)?;
-    if to_target.send(SourceMsg::DataEnd).is_err() {
+    // Every read is over now (the transport dropped its last region): the pump sends what is
+    // queued, then DataEnd follows it.
+    shared.verdicts.close_and_wait();
+    if crate::send_or_cancel(to_target, SourceMsg::DataEnd, cancel).is_err() {
         return Err(SourceError::ControlClosed);
     }
     let (errors, error_count) = shared.errors.take();
@@ -266,7 +368,7 @@ fn forward(
         if matches!(msg, SourceMsg::ManifestEnd) {
             progress.walk_done.store(true, Ordering::Release);
         }
-        if to_target.send(msg).is_err() {
+        if crate::send_or_cancel(to_target, msg, cancel).is_err() {
             cancel.store(true, Ordering::Release);
             return;
         }
@@ -362,8 +464,7 @@ impl Shared<'_> {
 
     fn file_failed(&self, f: &FileRef, message: String) {
         self.errors.push(f.path.clone(), message.clone());
-        let _ =
-            self.to_target.send(SourceMsg::FileFailed { id: f.id, path: f.path.clone(), message });
+        self.verdicts.push(SourceMsg::FileFailed { id: f.id, path: f.path.clone(), message });
     }
 
     /// Opens a source file relative to its directory handle.
@@ -585,8 +686,8 @@ struct ReadOut {
 /// What runs once every read of a chunked file is over: the check that it did not change, and
 /// the verdict to the target.
 fn file_check(shared: &Shared<'_>, f: &FileRef, file: &Arc<File>) -> Arc<ReadDone> {
-    let (to_target, errors, f, file) =
-        (shared.to_target.clone(), Arc::clone(&shared.errors), f.clone(), Arc::clone(file));
+    let (verdicts, errors, f, file) =
+        (Arc::clone(&shared.verdicts), Arc::clone(&shared.errors), f.clone(), Arc::clone(file));
     ReadDone::new(move |failure| {
         let verdict = match failure {
             Some(message) => Err(message),
@@ -599,7 +700,7 @@ fn file_check(shared: &Shared<'_>, f: &FileRef, file: &Arc<File>) -> Arc<ReadDon
                 SourceMsg::FileFailed { id: f.id, path: f.path, message }
             }
         };
-        let _ = to_target.send(msg);
+        verdicts.push(msg);
     })
 }
 

@@ -203,6 +203,8 @@ struct Shared<'a> {
     transport: &'a dyn FrameReceiver,
     /// Owners are applied (taken from the source, or the operator's configured owner).
     owners: bool,
+    /// With `--fsync`: the directories that gained or lost names, made durable at the end.
+    touched_dirs: Mutex<HashSet<RelPath>>,
 }
 
 /// A directory listing still arriving in parts (mirror mode needs all of its names).
@@ -259,6 +261,7 @@ pub fn run_target(
         fatal: Mutex::new(None),
         transport,
         owners: opts.privileges.applies_owners(opts.params.preserve_owner),
+        touched_dirs: Mutex::default(),
     };
     let diff_opts = DiffOptions {
         compare: opts.params.compare,
@@ -325,6 +328,23 @@ pub fn run_target(
 }
 
 impl Shared<'_> {
+    /// With `--fsync`, remembers that `path`'s directory gained or lost a name.
+    fn touched(&self, path: &RelPath) {
+        if self.opts.params.fsync
+            && let Some((dir, _)) = path.split_last()
+        {
+            lock(&self.touched_dirs).insert(dir);
+        }
+    }
+
+    /// With `--fsync`, makes a new file's data (and its metadata) durable before its rename.
+    fn sync_file(&self, file: BorrowedFd<'_>) -> io::Result<()> {
+        if self.opts.params.fsync {
+            rustix::fs::fsync(file)?;
+        }
+        Ok(())
+    }
+
     fn fail(&self, e: TargetError) {
         let mut f = lock(&self.fatal);
         if f.is_none() {
@@ -392,18 +412,14 @@ fn control_loop(
                 let planning = Instant::now();
                 let needs = handle_listing(shared, differ, deferred, &dir, entries, last_part)?;
                 shared.progress.stages.add(Stage::Plan, planning);
-                if to_source.send(TargetMsg::Need(needs)).is_err() {
-                    return Err(TargetError::ControlClosed);
-                }
+                send_to_source(shared, to_source, TargetMsg::Need(needs))?;
             }
             SourceMsg::WalkError { path, message } => {
                 deferred.walk_errors += 1;
                 shared.error(&path, format!("source: {message}"));
             }
             SourceMsg::ManifestEnd => {
-                if to_source.send(TargetMsg::NeedEnd).is_err() {
-                    return Err(TargetError::ControlClosed);
-                }
+                send_to_source(shared, to_source, TargetMsg::NeedEnd)?;
             }
             SourceMsg::FileFailed { id, path, message } => {
                 let p = lock(&shared.pending).get(&id).cloned();
@@ -434,6 +450,17 @@ fn control_loop(
             SourceMsg::DataEnd => return Ok(()),
         }
     }
+}
+
+fn send_to_source(
+    shared: &Shared<'_>,
+    to_source: &Sender<TargetMsg>,
+    msg: TargetMsg,
+) -> Result<(), TargetError> {
+    crate::send_or_cancel(to_source, msg, shared.cancel).map_err(|e| match e {
+        crate::Unsent::Closed => TargetError::ControlClosed,
+        crate::Unsent::Cancelled => TargetError::Cancelled,
+    })
 }
 
 /// Stats `name` in `dir` on the target; `None` when absent.
@@ -673,6 +700,7 @@ fn apply(
                 _ => Ok(()),
             };
             if made.is_ok() {
+                shared.touched(path);
                 deferred.fresh_dirs.insert(path.clone());
                 keep_dir(shared, deferred, path, meta)?;
             }
@@ -682,7 +710,10 @@ fn apply(
             c.symlinks.fetch_add(1, Ordering::Relaxed);
             shared.event(EventKind::Symlinked, path, 0, None);
             match dfd {
-                Some(fd) if !dry => make_symlink(shared, fd, entry, &meta),
+                Some(fd) if !dry => {
+                    shared.touched(path);
+                    make_symlink(shared, fd, entry, &meta)
+                }
                 _ => Ok(()),
             }
         }
@@ -907,6 +938,8 @@ fn create_temp(shared: &Shared<'_>, p: &Pending, mode: u32) -> io::Result<Temp> 
 fn commit(shared: &Shared<'_>, p: &Pending, temp: &Temp) -> io::Result<()> {
     meta::apply_to_new_file(temp.file.as_fd(), &p.meta, &shared.id, shared.owners)?;
     fsys::unmark_temp(temp.file.as_fd())?;
+    shared.sync_file(temp.file.as_fd())?;
+    shared.touched(&p.path);
     let name = p.path.file_name();
     rustix::fs::renameat(temp.dir.as_fd(), fsys::os(&temp.name), temp.dir.as_fd(), fsys::os(name))?;
     Ok(())
@@ -1029,6 +1062,8 @@ fn write_small(
                 let file = File::from(fd);
                 write_all_at(&file, data, 0, p.sparse)?;
                 meta::apply_to_new_file(file.as_fd(), &p.meta, &shared.id, preserve)?;
+                shared.sync_file(file.as_fd())?;
+                shared.touched(&p.path);
                 return link_anonymous(&file, dir, name);
             }
             Err(
@@ -1492,6 +1527,7 @@ fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
     for (path, leader) in std::mem::take(&mut deferred.links) {
         c.hardlinks.fetch_add(1, Ordering::Relaxed);
         shared.event(EventKind::Hardlinked, &path, 0, Some(format!("=> {leader}")));
+        shared.touched(&path);
         if !dry && let Err(e) = make_hardlink(shared, &path, &leader) {
             shared.error(&path, e);
         }
@@ -1515,6 +1551,7 @@ fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
                     continue;
                 }
                 let Some((dir, name)) = path.split_last() else { continue };
+                shared.touched(path);
                 let r = shared.dirs.get(&dir).and_then(|fd| {
                     shared.dirs.forget(path);
                     remove_tree(fd.as_fd(), name)
@@ -1554,6 +1591,21 @@ fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
         let r = meta::apply_to_dir_fd(shared.dirs.root(), &meta, &shared.id, shared.owners);
         if let Err(e) = r {
             shared.error(&RelPath::root(), format!("cannot set root metadata: {e}"));
+        }
+    }
+    // --fsync: every directory that gained or lost a name, deepest first (a new directory's
+    // own entry is in its parent, synced after it).
+    let mut dirs: Vec<RelPath> = lock(&shared.touched_dirs).drain().collect();
+    dirs.sort_by_key(|p| std::cmp::Reverse(p.depth()));
+    for dir in dirs {
+        // A directory deleted by --mirror since is gone, and so is the need to sync it.
+        let r = match shared.dirs.get(&dir) {
+            Ok(fd) => rustix::fs::fsync(fd.as_fd()).map_err(io::Error::from),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            shared.error(&dir, format!("cannot make the directory durable (fsync): {e}"));
         }
     }
 }
