@@ -10,8 +10,9 @@
 //!   Serializable (`blit topo --json`) and `Display` (`blit topo`).
 //! - **Placement, pure** ([`place`]): from a [`Topology`], a [`NumaPolicy`] (`--numa
 //!   auto|off|node=N`) and a device name, a [`Placement`] — node, CPUs and the reason.
-//! - **Applying it, best effort**: [`pin_current_thread`] at the top of each worker thread,
-//!   [`bind_memory`] on the buffer pool's region before first touch. Neither can fail a
+//! - **Applying it, best effort**: [`apply_to_current_thread`] on the thread that creates a
+//!   transfer's workers (they inherit its CPU set and preferred node; none is pinned to a core
+//!   of its own, and no pool calls [`bind_memory`] yet: docs/numa.md). Neither can fail a
 //!   transfer; both return whether they worked.
 //! - Helpers for finding the device: [`interface_for_peer`] (which NIC routes to the peer) and
 //!   [`block_device_of`] (which disk holds a path).
