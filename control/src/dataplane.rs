@@ -64,8 +64,10 @@ fn tcp_config(opts: &DataPlaneOptions) -> tcp::TcpConfig {
     if std::env::var_os("BLIT_TCP_PAYLOAD").is_some_and(|v| v == "sendfile") {
         cfg.payload = blitx_core::transport::PayloadPref::FileRegion;
     }
-    if std::env::var_os("BLIT_TCP_DELIVERY").is_some_and(|v| v == "lent") {
-        cfg.delivery = tcp::Delivery::Lent;
+    match std::env::var_os("BLIT_TCP_DELIVERY") {
+        Some(v) if v == "lent" => cfg.delivery = tcp::Delivery::Lent,
+        Some(v) if v == "splice" => cfg.delivery = tcp::Delivery::Spliced,
+        _ => {}
     }
     cfg
 }

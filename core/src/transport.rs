@@ -114,6 +114,17 @@ pub trait PayloadStream: Send + std::fmt::Debug {
     fn remaining(&self) -> u64;
     /// Reads exactly `buf.len()` (at most `remaining()`) next payload bytes.
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError>;
+    /// Moves the next `len` bytes into `file` at `offset` without user-space copies, where the
+    /// transport can (`None`: it cannot, use `read_exact`). `Some(Ok(Err(_)))`: the file could
+    /// not be written (the stream is still usable; the rest is discarded when it is dropped).
+    fn splice_to(
+        &mut self,
+        _file: &File,
+        _offset: u64,
+        _len: usize,
+    ) -> Option<Result<std::io::Result<()>, TransportError>> {
+        None
+    }
 }
 
 #[derive(Debug)]

@@ -927,7 +927,8 @@ fn create_temp(shared: &Shared<'_>, p: &Pending, mode: u32) -> io::Result<Temp> 
     let fd = rustix::fs::openat(
         dfd.as_fd(),
         fsys::os(&tmp),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        // Read access too: a spliced piece is read back to verify its checksum.
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
         Mode::from_raw_mode(mode),
     )?;
     fsys::mark_temp(fd.as_fd());
@@ -1335,6 +1336,24 @@ fn write_stream(
     while stream.remaining() > 0 {
         let n = stream.remaining().min(piece_bytes as u64) as usize;
         let data = &mut piece[..n];
+        let w = lock(writing);
+        let spliced = stream.splice_to(file, at, n);
+        drop(w);
+        match spliced {
+            // Socket → pipe → file without a copy of ours; read back to verify, while the
+            // piece is still in cache.
+            Some(Ok(Ok(()))) => {
+                if let Err(e) = read_back(file, data, at) {
+                    return Ok(Written::Failed(e));
+                }
+                hasher.update(data);
+                at += n as u64;
+                continue;
+            }
+            Some(Ok(Err(e))) => return Ok(Written::Failed(e)),
+            Some(Err(e)) => return Err(TargetError::Transport(e)),
+            None => {}
+        }
         stream.read_exact(data).map_err(TargetError::Transport)?;
         hasher.update(data);
         let w = lock(writing);
@@ -1376,6 +1395,25 @@ fn preallocate(file: &File, size_bytes: u64, sparse: bool) -> io::Result<()> {
         }
     }
     rustix::fs::ftruncate(file, size_bytes)?;
+    Ok(())
+}
+
+/// Reads back what was just written at `offset` (a spliced piece, to verify it).
+fn read_back(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(file, &mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than written",
+                ));
+            }
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
 

@@ -76,6 +76,9 @@ pub enum Delivery {
     /// reads the payload piece by piece into a cache-sized buffer, hashes and writes each
     /// piece while it is hot, and the socket goes back when the payload was read.
     Lent,
+    /// Lent, and the writer moves each piece socket → pipe → file with `splice`, then reads
+    /// it back to verify its checksum.
+    Spliced,
 }
 
 /// Pool slots for `streams` streams: one frame on the wire and `queue_frames` queued per stream,

@@ -33,7 +33,7 @@ use crate::cancel::Canceller;
 use crate::config::{Delivery, TcpConfig};
 use crate::error::{ConfigError, Failure, SetupError};
 use crate::tune::{self, Role};
-use crate::wire::Link;
+use crate::wire::{Link, Pipe};
 
 struct Shared {
     cancel: Canceller,
@@ -234,7 +234,7 @@ fn receive_frames(
         let payload = match header.kind {
             FrameKind::End => return Ok(()),
             FrameKind::Hole => Payload::Empty,
-            FrameKind::Chunk if shared.delivery == Delivery::Lent && header.len_bytes > 0 => {
+            FrameKind::Chunk if shared.delivery != Delivery::Buffered && header.len_bytes > 0 => {
                 let (back, wait) = crossbeam_channel::bounded(1);
                 returned = Some(wait);
                 Payload::Stream(Box::new(Lent {
@@ -242,6 +242,7 @@ fn receive_frames(
                     shared: Arc::clone(shared),
                     remaining: u64::from(header.len_bytes),
                     back: Some(back),
+                    pipe: None,
                 }))
             }
             FrameKind::Chunk | FrameKind::Bundle => {
@@ -281,6 +282,8 @@ struct Lent {
     remaining: u64,
     /// Dropped (or sent on) when the payload has been read: the stream thread goes on.
     back: Option<Sender<()>>,
+    /// `Delivery::Spliced`: the pipe the payload goes through (made at the first splice).
+    pipe: Option<Pipe>,
 }
 
 impl std::fmt::Debug for Lent {
@@ -295,6 +298,35 @@ impl std::fmt::Debug for Lent {
 impl PayloadStream for Lent {
     fn remaining(&self) -> u64 {
         self.remaining
+    }
+
+    fn splice_to(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Option<Result<std::io::Result<()>, TransportError>> {
+        if self.shared.delivery != Delivery::Spliced || len as u64 > self.remaining {
+            return None;
+        }
+        if let Some(e) = self.shared.failure_error() {
+            return Some(Err(e));
+        }
+        let (link, shared) = (Arc::clone(&self.link), Arc::clone(&self.shared));
+        let pipe = self.pipe().ok()?;
+        let moved = link.splice_to_file(pipe, file, offset, len, &shared.cancel);
+        match moved {
+            Ok((consumed, written)) => {
+                self.remaining -= consumed as u64;
+                Some(Ok(written))
+            }
+            Err(f) => {
+                let e = f.to_error();
+                shared.fail(f);
+                self.remaining = 0;
+                Some(Err(e))
+            }
+        }
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
@@ -323,6 +355,18 @@ impl PayloadStream for Lent {
                 Err(e)
             }
         }
+    }
+}
+
+/// Pipe capacity asked for: 1 MiB (what an unprivileged process may set by default).
+const PIPE_BYTES: usize = 1 << 20;
+
+impl Lent {
+    fn pipe(&mut self) -> std::io::Result<&Pipe> {
+        if self.pipe.is_none() {
+            self.pipe = Some(Pipe::new(PIPE_BYTES)?);
+        }
+        Ok(self.pipe.as_ref().expect("made above"))
     }
 }
 

@@ -169,6 +169,58 @@ impl Link {
         Ok(())
     }
 
+    /// Moves the next `len` payload bytes from the socket into `file` at `offset` through
+    /// `pipe` with `splice` (no user-space copy). Returns the socket bytes consumed and whether
+    /// the file was written: on a write error what was in the pipe is read out and dropped, and
+    /// the bytes still in the socket are the caller's to discard. Carries the stall detector.
+    pub(crate) fn splice_to_file(
+        &self,
+        pipe: &Pipe,
+        file: &File,
+        offset: u64,
+        len: usize,
+        cancel: &Canceller,
+    ) -> Result<(usize, io::Result<()>), Failure> {
+        use rustix::pipe::{SpliceFlags, splice};
+        let (pipe_r, pipe_w, pipe_bytes) = (&pipe.r, &pipe.w, pipe.bytes);
+        let mut done = 0;
+        let mut at = offset;
+        let mut moved_at = Instant::now();
+        while done < len {
+            let want = (len - done).min(pipe_bytes);
+            let n = match splice(self.stream.as_fd(), None, pipe_w, None, want, SpliceFlags::MOVE) {
+                Ok(0) => {
+                    return Err(Failure::PeerGone {
+                        detail: format!("{}: the peer closed the connection mid-frame", self.name),
+                    });
+                }
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) if !cancel.is_fired() && self.within_stall(moved_at) => continue,
+                Err(e) => return Err(self.fail("splice from the socket", e, moved_at)),
+            };
+            moved_at = Instant::now();
+            let mut out = 0;
+            while out < n {
+                match splice(pipe_r, None, file, Some(&mut at), n - out, SpliceFlags::MOVE) {
+                    Ok(0) => {
+                        drain_pipe(pipe_r, n - out);
+                        let e = io::Error::new(io::ErrorKind::WriteZero, "splice wrote nothing");
+                        return Ok((done + n, Err(e)));
+                    }
+                    Ok(k) => out += k,
+                    Err(Errno::INTR) => continue,
+                    Err(e) => {
+                        drain_pipe(pipe_r, n - out);
+                        return Ok((done + n, Err(e.into())));
+                    }
+                }
+            }
+            done += n;
+        }
+        Ok((done, Ok(())))
+    }
+
     /// Reads exactly `buf.len()` bytes. `at_boundary`: nothing of this frame arrived yet, so a
     /// quiet peer is idle rather than stalled (until `cancel` fires). A clean close is `PeerGone`:
     /// streams end with an End frame, never with a bare close.
@@ -206,6 +258,39 @@ impl Link {
             }
         }
         Ok(())
+    }
+}
+
+/// A pipe for splicing payloads from a socket into a file.
+pub(crate) struct Pipe {
+    r: std::os::fd::OwnedFd,
+    w: std::os::fd::OwnedFd,
+    /// Its capacity: the most one splice from the socket may move.
+    bytes: usize,
+}
+
+impl Pipe {
+    /// A pipe of `bytes` capacity if the kernel allows it (1 MiB is what an unprivileged
+    /// process may set by default), else of the default capacity.
+    pub(crate) fn new(bytes: usize) -> io::Result<Pipe> {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let bytes = rustix::pipe::fcntl_setpipe_size(&w, bytes)
+            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&w))?;
+        Ok(Pipe { r, w, bytes })
+    }
+}
+
+/// Reads `len` bytes out of a pipe and drops them (a splice whose write side failed).
+fn drain_pipe(pipe_r: &std::os::fd::OwnedFd, mut len: usize) {
+    let mut scratch = [0u8; 16 << 10];
+    while len > 0 {
+        let n = len.min(scratch.len());
+        match rustix::io::read(pipe_r, &mut scratch[..n]) {
+            Ok(0) => return,
+            Ok(k) => len -= k,
+            Err(Errno::INTR) => {}
+            Err(_) => return,
+        }
     }
 }
 
