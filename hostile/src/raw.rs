@@ -362,6 +362,17 @@ impl Session {
 
     /// Reads until the session ends (Summary, Error, a status, the stream closing) or `timeout`
     /// passes; every other frame is noted in `seen` (and events in `events`).
+    /// The honest end of a push: ManifestEnd, the daemon's NeedEnd, End on every data stream,
+    /// DataEnd, the sending side closed; then reads until the session ends.
+    pub fn end_push(&mut self, data: &mut DataStreams, timeout: Duration) -> Result<End, String> {
+        self.send_source(msg::manifest_end())?;
+        self.need_end(timeout)?;
+        data.end_all().map_err(|e| format!("End frames: {e}"))?;
+        self.send_source(msg::data_end())?;
+        self.close_send();
+        Ok(self.finish(timeout))
+    }
+
     pub fn finish(&mut self, timeout: Duration) -> End {
         let deadline = Instant::now() + timeout;
         loop {

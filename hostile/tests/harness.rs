@@ -88,12 +88,7 @@ fn raw_push_of_a_benign_listing_succeeds() {
     sess.send_source(msg::file_read(2)).unwrap();
     sess.send_source(msg::listing("d", vec![], true)).unwrap();
     assert_eq!(sess.need(STEP).unwrap(), Vec::<u64>::new());
-    sess.send_source(msg::manifest_end()).unwrap();
-    sess.need_end(STEP).unwrap();
-    data.end_all().unwrap();
-    sess.send_source(msg::data_end()).unwrap();
-    sess.close_send();
-    let end = sess.finish(STEP);
+    let end = sess.end_push(&mut data, STEP).unwrap();
     assert!(end.is_success_summary(), "{}", end.describe());
     assert_eq!(std::fs::read(root.join("benign/small")).unwrap(), small);
     assert_eq!(std::fs::read(root.join("benign/big")).unwrap(), big);

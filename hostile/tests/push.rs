@@ -304,12 +304,7 @@ fn a_chunk_damaged_on_the_wire_discards_its_file_only() {
         data.send_raw(0, &f).unwrap();
     }
     sess.send_source(msg::file_read(2)).unwrap();
-    sess.send_source(msg::manifest_end()).unwrap();
-    sess.need_end(STEP).unwrap();
-    data.end_all().unwrap();
-    sess.send_source(msg::data_end()).unwrap();
-    sess.close_send();
-    let end = sess.finish(STEP);
+    let end = sess.end_push(&mut data, STEP).unwrap();
     let End::Summary(summary) = &end else { panic!("no summary: {}", end.describe()) };
     assert!(summary.fatal.is_empty(), "one damaged chunk ended the session: {}", end.describe());
     assert_eq!(summary.error_count, 1, "{}", end.describe());

@@ -98,14 +98,15 @@ impl Link {
         &self,
         header: &[u8; FRAME_HEADER_BYTES],
     ) -> Result<(), Failure> {
+        self.send_all(header, SendFlags::NOSIGNAL | SendFlags::MORE)
+    }
+
+    /// Sends all of `bytes` with `send(2)` and `flags`, within the stall timeout.
+    fn send_all(&self, bytes: &[u8], flags: SendFlags) -> Result<(), Failure> {
         let mut done = 0;
         let mut moved_at = Instant::now();
-        while done < header.len() {
-            match rustix::net::send(
-                self.stream.as_fd(),
-                &header[done..],
-                SendFlags::NOSIGNAL | SendFlags::MORE,
-            ) {
+        while done < bytes.len() {
+            match rustix::net::send(self.stream.as_fd(), &bytes[done..], flags) {
                 Ok(0) => return Err(self.fail("write", Errno::PIPE, moved_at)),
                 Ok(n) => {
                     done += n;
@@ -150,20 +151,7 @@ impl Link {
         let zeros = [0u8; 16 << 10];
         while len_bytes > 0 {
             let n = len_bytes.min(zeros.len() as u64) as usize;
-            let mut done = 0;
-            let mut moved_at = Instant::now();
-            while done < n {
-                match rustix::net::send(self.stream.as_fd(), &zeros[done..n], SendFlags::NOSIGNAL) {
-                    Ok(0) => return Err(self.fail("write", Errno::PIPE, moved_at)),
-                    Ok(k) => {
-                        done += k;
-                        moved_at = Instant::now();
-                    }
-                    Err(Errno::INTR) => continue,
-                    Err(Errno::AGAIN) if self.within_stall(moved_at) => continue,
-                    Err(e) => return Err(self.fail("write", e, moved_at)),
-                }
-            }
+            self.send_all(&zeros[..n], SendFlags::NOSIGNAL)?;
             len_bytes -= n as u64;
         }
         Ok(())
