@@ -21,12 +21,14 @@ const BUNDLE_RECORD_BYTES: usize = 16;
 /// Largest number of files one bundle may carry; bounds the index a peer can make us parse.
 pub const BUNDLE_FILES_MAX: usize = 16 * 1024;
 
-/// Header flag: the source re-checked the file after the last of its chunks was read and it had
-/// not changed; the target may commit the file once every chunk has arrived.
+/// Header flag, on Bundle frames: the source re-checked each of the bundle's files after reading
+/// it (a file that failed is flagged in the index instead). Chunk frames do not carry it: a
+/// chunked file becomes committable through the `FileRead` control message (protocol 3).
 pub const FLAG_FILE_VERIFIED: u16 = 1;
 
-/// Header flag: the payload never left this process (in-process transport), so no checksum was
-/// computed and none is verified. Network transports never set it.
+/// Header flag: the payload carries no checksum — it never left this process (in-process
+/// transport), or it crossed RDMA without `--rdma-frame-checksums` (RoCE's ICRC covers it).
+/// TCP never sets it, and a TCP receiver refuses it.
 pub const FLAG_UNCHECKED: u16 = 2;
 
 /// Bundle record flag: the source could not read this file; its bytes are absent.
