@@ -319,3 +319,44 @@ fn a_chunk_damaged_on_the_wire_discards_its_file_only() {
     let left: Vec<_> = std::fs::read_dir(root.join("dst")).unwrap().flatten().collect();
     assert_eq!(left.len(), 1, "temp files left: {left:?}");
 }
+
+/// `FileRead` is peer input too: ids that are not waiting (unknown, repeated) change nothing,
+/// and a chunked file whose chunks all arrived but whose `FileRead` never came is reported
+/// incomplete, never committed.
+#[test]
+fn file_read_for_strangers_twice_or_never_commits_nothing_extra() {
+    let t = scratch("file-read");
+    let root = t.path().join("export");
+    std::fs::create_dir_all(&root).unwrap();
+    let d = start(&root, &[]);
+    let c = RawClient::connect(&d.addr).unwrap();
+    let mut open = msg::open_push("dst");
+    open.tcp_streams = 1;
+    let (mut sess, mut data) = c.open_with_data(open).unwrap();
+    let chunk = msg::CHUNK_BYTES as usize;
+    let a: Vec<u8> = (0..chunk + 77).map(|i| (i % 251) as u8).collect();
+    let b: Vec<u8> = (0..chunk + 99).map(|i| (i % 239) as u8).collect();
+    sess.send_source(msg::root(msg::root_entry(0o755))).unwrap();
+    let listing =
+        vec![msg::file(1, "a", a.len() as u64, 0o644), msg::file(2, "b", b.len() as u64, 0o644)];
+    sess.send_source(msg::listing("", listing, true)).unwrap();
+    let mut ids = sess.need(STEP).unwrap();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+    sess.send_source(msg::file_read(999)).unwrap();
+    data.send_file_chunks(1, &a, msg::CHUNK_BYTES).unwrap();
+    data.send_file_chunks(2, &b, msg::CHUNK_BYTES).unwrap();
+    sess.send_source(msg::file_read(1)).unwrap();
+    sess.send_source(msg::file_read(1)).unwrap();
+    let end = sess.end_push(&mut data, STEP).unwrap();
+    let End::Summary(summary) = &end else { panic!("no summary: {}", end.describe()) };
+    assert!(summary.fatal.is_empty(), "{}", end.describe());
+    assert_eq!(summary.error_count, 1, "{}", end.describe());
+    assert!(
+        summary.errors[0].path == b"b" && summary.errors[0].message.contains("incomplete"),
+        "{}",
+        end.describe()
+    );
+    assert_eq!(std::fs::read(root.join("dst/a")).unwrap(), a);
+    assert!(!root.join("dst/b").exists(), "a file without FileRead was committed");
+}
