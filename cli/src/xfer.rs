@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use blitx_control::client::{self, ClientError, ClientOptions, Local};
 use blitx_control::convert::TransportChoice;
 use blitx_control::url::RemoteSpec;
-use blitx_core::session::{Compare, SessionParams};
+use blitx_core::session::{Compare, IoMode, SessionParams};
 use blitx_core::transport::{MemFaults, PayloadPref};
 use blitx_storage::RootDir;
 use blitx_storage::local::PairProgress;
@@ -103,6 +103,16 @@ pub struct XferArgs {
     /// power loss a target file is the old or the complete new one (rsync --fsync).
     #[arg(long)]
     pub fsync: bool,
+    /// How file data meets the disks, on both ends: auto (O_DIRECT through io_uring for files
+    /// of 64 MiB and more on disk file systems that accept it, the page cache otherwise),
+    /// buffered (always the page cache), direct (O_DIRECT for every chunked, non-sparse file).
+    /// Local copies under auto keep the kernel's copy_file_range (reflinks where possible).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "buffered", "direct"])]
+    pub io: String,
+    /// Direct I/O requests in flight per reader and writer thread.
+    #[arg(long, value_name = "N", default_value_t = blitx_core::session::IO_DEPTH_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(blitx_core::session::IO_DEPTH_MAX)))]
+    pub io_depth: u32,
     /// Where threads and buffers go: auto (the NUMA node of the NIC that reaches the daemon, or
     /// of the target's disk for local copies), off, or node=N.
     #[arg(long, default_value = "auto")]
@@ -132,6 +142,12 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
         excludes: args.excludes.clone(),
         preserve_owner: !args.no_owner,
         fsync: args.fsync,
+        io: match args.io.as_str() {
+            "buffered" => IoMode::Buffered,
+            "direct" => IoMode::Direct,
+            _ => IoMode::Auto,
+        },
+        io_depth: args.io_depth,
     };
     params.validate()?;
     Ok(params)
@@ -469,13 +485,19 @@ fn run_local_copy(
     // A dry run never creates TARGET.
     let target_root = open_target(target, args.dry_run)?;
     let _lock = lock_target(&target_root, args, cancel)?;
+    let direct = params.io == IoMode::Direct;
     let opts = LocalOptions {
         source: PathBuf::from(&args.source),
         target: target.to_path_buf(),
         target_root: Some(target_root),
         params,
         threads,
-        payload: if args.buffered { PayloadPref::Buffer } else { PayloadPref::FileRegion },
+        // Direct I/O needs the data in (aligned) buffers; a kernel copy goes through the cache.
+        payload: if args.buffered || direct {
+            PayloadPref::Buffer
+        } else {
+            PayloadPref::FileRegion
+        },
         faults: MemFaults::default(),
     };
     let (source, target) = run_local(&opts, reporter, progress, cancel)?;

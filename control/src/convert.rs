@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use blitx_core::RelPath;
 use blitx_core::manifest::{Entry, EntryKind, InodeKey, Timestamp};
-use blitx_core::session::{Compare, SessionParams, SourceMsg, TargetMsg};
+use blitx_core::session::{Compare, IO_DEPTH_DEFAULT, IoMode, SessionParams, SourceMsg, TargetMsg};
 use blitx_storage::report::{Event, EventKind, FileError, SourceReport, TargetReport};
 
 use crate::pb;
@@ -186,6 +186,12 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
         excludes: p.excludes.clone(),
         preserve_owner: p.preserve_owner,
         fsync: p.fsync,
+        io: match p.io {
+            IoMode::Auto => pb::IoKind::IoAuto as i32,
+            IoMode::Buffered => pb::IoKind::IoBuffered as i32,
+            IoMode::Direct => pb::IoKind::IoDirect as i32,
+        },
+        io_depth: p.io_depth,
     }
 }
 
@@ -194,6 +200,12 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         Ok(pb::CompareKind::SizeMtime) => Compare::SizeMtime,
         Ok(pb::CompareKind::Checksum) => Compare::Checksum,
         Err(_) => return Err(bad("unknown compare kind")),
+    };
+    let io = match pb::IoKind::try_from(p.io) {
+        Ok(pb::IoKind::IoAuto) => IoMode::Auto,
+        Ok(pb::IoKind::IoBuffered) => IoMode::Buffered,
+        Ok(pb::IoKind::IoDirect) => IoMode::Direct,
+        Err(_) => return Err(bad("unknown I/O kind")),
     };
     if p.excludes.len() > 10_000 {
         return Err(bad("too many exclude patterns"));
@@ -208,6 +220,8 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         excludes: p.excludes.clone(),
         preserve_owner: p.preserve_owner,
         fsync: p.fsync,
+        io,
+        io_depth: if p.io_depth == 0 { IO_DEPTH_DEFAULT } else { p.io_depth },
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)

@@ -36,6 +36,26 @@ pub enum Compare {
     Checksum,
 }
 
+/// How file data meets the disk (`--io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum IoMode {
+    /// Direct I/O for large files on disk file systems that accept it; the page cache for
+    /// small files, sparse files and in-memory file systems (tmpfs).
+    #[default]
+    Auto,
+    /// Always through the page cache.
+    Buffered,
+    /// `O_DIRECT` for every chunked, non-sparse file whose file system accepts it.
+    Direct,
+}
+
+/// Files from this size up use direct I/O under [`IoMode::Auto`]: below it the page cache's
+/// write-behind is cheaper than waiting for the device.
+pub const DIRECT_IO_AUTO_MIN_BYTES: u64 = 64 << 20;
+/// Default and largest number of direct I/O requests one writer or reader keeps in flight.
+pub const IO_DEPTH_DEFAULT: u32 = 4;
+pub const IO_DEPTH_MAX: u32 = 64;
+
 /// Parameters both halves agree on before any data moves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionParams {
@@ -53,6 +73,10 @@ pub struct SessionParams {
     /// Make each file's data durable (`fsync`) before it is renamed into place, and the
     /// directories that received new names durable before the transfer reports success.
     pub fsync: bool,
+    /// Direct or buffered file I/O, on both halves (the source's reads, the target's writes).
+    pub io: IoMode,
+    /// Direct I/O requests in flight per reader or writer thread (1..=`IO_DEPTH_MAX`).
+    pub io_depth: u32,
 }
 
 impl Default for SessionParams {
@@ -67,6 +91,8 @@ impl Default for SessionParams {
             excludes: Vec::new(),
             preserve_owner: true,
             fsync: false,
+            io: IoMode::Auto,
+            io_depth: IO_DEPTH_DEFAULT,
         }
     }
 }
@@ -81,6 +107,8 @@ pub enum ParamsError {
     SmallFile { small: u32, bundle: u32 },
     #[error("bundle size {bundle} bytes exceeds the chunk size {chunk} bytes")]
     Bundle { bundle: u32, chunk: u32 },
+    #[error("I/O depth {0} is outside 1..={IO_DEPTH_MAX}")]
+    IoDepth(u32),
 }
 
 impl SessionParams {
@@ -95,6 +123,9 @@ impl SessionParams {
         }
         if self.bundle_bytes > chunk {
             return Err(ParamsError::Bundle { bundle: self.bundle_bytes, chunk });
+        }
+        if !(1..=IO_DEPTH_MAX).contains(&self.io_depth) {
+            return Err(ParamsError::IoDepth(self.io_depth));
         }
         if self.small_file_bytes_max > self.bundle_bytes {
             return Err(ParamsError::SmallFile {
@@ -198,5 +229,13 @@ mod tests {
         assert_eq!(p.chunk_count(0), 1);
         assert_eq!(p.chunk_count(4096), 1);
         assert_eq!(p.chunk_count(4097), 2);
+    }
+
+    #[test]
+    fn io_depth_is_bounded() {
+        for (depth, ok) in [(0, false), (1, true), (IO_DEPTH_MAX, true), (IO_DEPTH_MAX + 1, false)] {
+            let p = SessionParams { io_depth: depth, ..SessionParams::default() };
+            assert_eq!(p.validate().is_ok(), ok, "depth {depth}");
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod chunkset;
 #[cfg(feature = "testkit")]
 pub mod conformance;
 pub mod dircache;
+pub mod direct;
 pub mod limits;
 pub mod listing;
 pub mod local;
@@ -27,6 +28,8 @@ pub mod source;
 pub mod target;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+#[allow(unsafe_code)]
+pub mod uring;
 
 pub use report::{Event, EventKind, Progress, Reporter, SourceReport, TargetReport};
 pub use root::RootDir;

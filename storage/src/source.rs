@@ -30,6 +30,8 @@ use blitx_core::transport::{
 use blitx_core::{BufLease, RelPath};
 use blitx_planner::walk::{self, WalkOptions};
 use blitx_planner::{Chunker, Excludes, NeededFile, Unit, fsys};
+
+use crate::direct::{self, DirectFile};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::dircache::DirCache;
@@ -107,6 +109,8 @@ struct OpenFile {
     file: Option<Arc<File>>,
     /// Held by every read of the file in progress and every region of it not yet sent.
     done: Option<Arc<ReadDone>>,
+    /// Its `O_DIRECT` descriptor, when it is read around the page cache (`--io`).
+    direct: Option<Arc<DirectFile>>,
     reads_left: u64,
     failed: bool,
 }
@@ -476,6 +480,20 @@ impl Shared<'_> {
         let fd: OwnedFd = fsys::open_regular(dfd.as_fd(), name)?;
         Ok(File::from(fd))
     }
+
+    /// The file's direct-I/O descriptor, when `--io` and its file system call for one and the
+    /// transport takes buffers.
+    fn open_direct(&self, f: &FileRef, file: &File) -> Option<Arc<DirectFile>> {
+        let params = &self.opts.params;
+        if self.transport.payload_pref() != PayloadPref::Buffer
+            || !direct::wants_direct(params.io, f.size_bytes, f.sparse)
+        {
+            return None;
+        }
+        let (dir, name) = f.path.split_last()?;
+        let dfd = self.dirs.get(&dir).ok()?;
+        DirectFile::open(dfd.as_fd(), name, file, params.io, params.io_depth, false).map(Arc::new)
+    }
 }
 
 /// Checks that an open file still matches what the walk saw.
@@ -714,24 +732,27 @@ fn read_chunk(
     offset_bytes: u64,
     len_bytes: u32,
 ) -> Result<Option<ReadOut>, ReadFailure> {
-    let (file, done) = {
+    let (file, done, direct) = {
         let mut open = lock(&shared.open);
         let o = open.entry(f.id).or_insert_with(|| {
             let reads_left = shared.opts.params.chunk_count(f.size_bytes);
             match shared.open_file(f) {
                 Ok(file) => {
+                    let direct = shared.open_direct(f, &file);
                     let file = Arc::new(file);
                     let done = Some(file_check(shared, f, &file));
-                    OpenFile { file: Some(file), done, reads_left, failed: false }
+                    OpenFile { file: Some(file), done, direct, reads_left, failed: false }
                 }
                 Err(e) => {
                     shared.file_failed(f, format!("cannot open: {e}"));
-                    OpenFile { file: None, done: None, reads_left, failed: true }
+                    OpenFile { file: None, done: None, direct: None, reads_left, failed: true }
                 }
             }
         });
         match (&o.file, &o.done, o.failed) {
-            (Some(file), Some(done), false) => (Arc::clone(file), Arc::clone(done)),
+            (Some(file), Some(done), false) => {
+                (Arc::clone(file), Arc::clone(done), o.direct.clone())
+            }
             _ => {
                 drop(open);
                 drop_rest_of_file(shared, f);
@@ -784,14 +805,32 @@ fn read_chunk(
     let fail = |message: String| (message, Some(Arc::clone(&done)));
     let mut lease = shared.transport.pool().acquire().map_err(|e| fail(e.to_string()))?;
     let len = len_bytes as usize;
-    // Read and hash piece by piece, so each piece is hashed while it is still in cache.
     let mut hasher = shared.transport.needs_checksums().then(frame::Hasher::default);
-    let mut at = offset_bytes;
-    for piece in lease.full_mut()[..len].chunks_mut(frame::HASH_PIECE_BYTES) {
-        read_exact_at(&file, piece, at).map_err(fail)?;
-        at += piece.len() as u64;
-        if let Some(h) = hasher.as_mut() {
-            h.update(piece);
+    match direct.filter(|d| d.fits(lease.as_ptr(), lease.capacity(), len)) {
+        Some(d) => {
+            // Around the page cache, in up to `--io-depth` requests; hashed once it is all in.
+            let n = d
+                .read(lease.full_mut(), len, offset_bytes)
+                .map_err(|e| fail(format!("read failed: {e}")))?;
+            if n < len {
+                return Err(fail("file shrank while being read; not copied, run again".into()));
+            }
+            if let Some(h) = hasher.as_mut() {
+                for piece in lease.full()[..len].chunks(frame::HASH_PIECE_BYTES) {
+                    h.update(piece);
+                }
+            }
+        }
+        None => {
+            // Read and hash piece by piece, so each piece is hashed while it is still in cache.
+            let mut at = offset_bytes;
+            for piece in lease.full_mut()[..len].chunks_mut(frame::HASH_PIECE_BYTES) {
+                read_exact_at(&file, piece, at).map_err(fail)?;
+                at += piece.len() as u64;
+                if let Some(h) = hasher.as_mut() {
+                    h.update(piece);
+                }
+            }
         }
     }
     lease.set_len(len);

@@ -32,6 +32,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 pub use crate::chunkset::ChunkSet;
 use crate::dircache::DirCache;
+use crate::direct::{self, DirectFile};
 use crate::limits::{self, Exhausted, IdleClock, Limits};
 use crate::listing::{ListingCheck, Verdict, Violation};
 use crate::meta::{self, Identity, Meta, Privileges};
@@ -121,6 +122,8 @@ fn temp_name(name: &[u8]) -> Vec<u8> {
 
 struct Temp {
     file: Arc<File>,
+    /// Its `O_DIRECT` descriptor, when chunks are written around the page cache (`--io`).
+    direct: Option<Arc<DirectFile>>,
     name: Vec<u8>,
     dir: Arc<OwnedFd>,
 }
@@ -932,11 +935,21 @@ fn create_temp(shared: &Shared<'_>, p: &Pending, mode: u32) -> io::Result<Temp> 
         Mode::from_raw_mode(mode),
     )?;
     fsys::mark_temp(fd.as_fd());
-    Ok(Temp { file: Arc::new(File::from(fd)), name: tmp, dir: dfd })
+    let file = File::from(fd);
+    let params = &shared.opts.params;
+    let direct = direct::wants_direct(params.io, p.size_bytes, p.sparse)
+        .then(|| DirectFile::open(dfd.as_fd(), &tmp, &file, params.io, params.io_depth, true))
+        .flatten()
+        .map(Arc::new);
+    Ok(Temp { file: Arc::new(file), direct, name: tmp, dir: dfd })
 }
 
 /// Applies metadata and renames the temp file into place.
 fn commit(shared: &Shared<'_>, p: &Pending, temp: &Temp) -> io::Result<()> {
+    if temp.direct.is_some() {
+        // Direct writes of the last chunk were padded to the block size.
+        rustix::fs::ftruncate(&temp.file, p.size_bytes)?;
+    }
     meta::apply_to_new_file(temp.file.as_fd(), &p.meta, &shared.id, shared.owners)?;
     fsys::unmark_temp(temp.file.as_fd())?;
     shared.sync_file(temp.file.as_fd())?;
@@ -1168,10 +1181,17 @@ fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), TargetError>
                 }
             }
         }
-        st.temp.as_ref().map(|t| Arc::clone(&t.file))
+        st.temp.as_ref().map(|t| (Arc::clone(&t.file), t.direct.clone()))
     };
-    let Some(temp_file) = temp else { return Ok(()) };
-    let written = write_payload(&temp_file, &p.writing, &mut frame.payload, &h, p.sparse)?;
+    let Some((temp_file, direct)) = temp else { return Ok(()) };
+    let written = match direct.as_deref() {
+        Some(d) => write_direct(d, &mut frame.payload, &h),
+        None => None,
+    };
+    let written = match written {
+        Some(w) => w,
+        None => write_payload(&temp_file, &p.writing, &mut frame.payload, &h, p.sparse)?,
+    };
     drop(temp_file);
     drop(frame);
     let mut st = lock(&p.state);
@@ -1245,6 +1265,26 @@ enum Written {
     Mismatch,
     /// The file could not be written.
     Failed(io::Error),
+}
+
+/// Writes a buffer payload through the file's direct descriptor, verifying its checksum while
+/// the device takes it (a mismatch discards the file, so writing first is safe). `None` when the
+/// payload cannot go direct (not a buffer, or not aligned): the caller writes it buffered.
+fn write_direct(d: &DirectFile, payload: &mut Payload, h: &frame::FrameHeader) -> Option<Written> {
+    let Payload::Buffer(lease) = payload else { return None };
+    let len = lease.len();
+    if !d.fits(lease.as_ptr(), lease.capacity(), len) {
+        return None;
+    }
+    let mut verified = false;
+    let r = d.write(lease.full_mut(), len, h.offset_bytes, |data| {
+        verified = h.verify(data).is_ok();
+    });
+    Some(match r {
+        Ok(()) if verified => Written::Verified,
+        Ok(()) => Written::Mismatch,
+        Err(e) => Written::Failed(e),
+    })
 }
 
 thread_local! {
@@ -1367,26 +1407,16 @@ fn write_stream(
     Ok(if hasher.finish() == h.checksum { Written::Verified } else { Written::Mismatch })
 }
 
-/// `statfs` magic numbers of the file systems whose "blocks" are page-cache pages.
-const TMPFS_MAGIC: u64 = 0x0102_1994;
-const RAMFS_MAGIC: u64 = 0x8584_58f6;
-
-/// Whether `file` lives in memory (tmpfs, ramfs). There `fallocate` is no cheap extent
-/// reservation: it allocates and clears every page of the file at once (kernels built with
-/// `init_on_alloc`, Debian's default), in the writer that creates the temp file while the other
-/// chunks of the file wait. Writing allocates the same pages spread over the transfer instead.
-fn in_memory_fs(file: &File) -> bool {
-    rustix::fs::fstatfs(file).is_ok_and(|st| {
-        let kind = st.f_type as u64;
-        kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
-    })
-}
-
+/// Reserves the file's extents (`fallocate`), except for sparse files and in memory (tmpfs,
+/// ramfs): there `fallocate` is no cheap reservation but allocates and clears every page of the
+/// file at once (kernels built with `init_on_alloc`, Debian's default), in the writer that
+/// creates the temp file while the other chunks of the file wait. Writing allocates the same
+/// pages spread over the transfer instead.
 fn preallocate(file: &File, size_bytes: u64, sparse: bool) -> io::Result<()> {
     if size_bytes == 0 {
         return Ok(());
     }
-    if !sparse && !in_memory_fs(file) {
+    if !sparse && !direct::in_memory_fs(file) {
         match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size_bytes) {
             Ok(()) => return Ok(()),
             // Not every file system can preallocate; the size is what matters.
