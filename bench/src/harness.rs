@@ -363,6 +363,31 @@ impl Harness<'_> {
         rec.bytes = ds.bytes;
         rec.files = ds.files;
         let src_path = ds.path.to_string_lossy().into_owned();
+        if self.cfg.mem {
+            // Generated data to a discarding sink: nothing to clear, seed or remove.
+            let url = |h: &Self| -> anyhow::Result<String> {
+                Ok(h.daemon.as_ref().context("no daemon")?.url("blit-bench-mem"))
+            };
+            let (src, dst) = match (cell.transport, cell.direction) {
+                (Transport::Local, _) | (_, None) => ("-".to_string(), "-".to_string()),
+                (_, Some(Direction::Push)) => ("-".to_string(), url(self)?),
+                (_, Some(Direction::Pull)) => (url(self)?, "-".to_string()),
+            };
+            let mut a = self.xfer_argv(&src, &dst, cell);
+            a.push("--mem".into());
+            a.push(ds.bytes.to_string().into());
+            let mut daemon = self.daemon.take();
+            let server = if cell.transport.is_remote() {
+                daemon.as_mut().and_then(Daemon::server)
+            } else {
+                None
+            };
+            let r = self.measure(&a, server, &mut rec);
+            self.daemon = daemon;
+            r?;
+            self.push_run(rec);
+            return Ok(());
+        }
         match (cell.transport, cell.direction) {
             (Transport::Local, _) | (_, None) => {
                 let dst = self.run_dir.join("local-target");
@@ -471,6 +496,9 @@ impl Harness<'_> {
     // ---- baselines ----
 
     fn local_baselines(&mut self, repeat: u32) -> anyhow::Result<()> {
+        if self.cfg.mem {
+            return Ok(());
+        }
         let kinds: Vec<DatasetKind> = self.datasets.iter().map(|d| d.kind).collect();
         for kind in kinds {
             let ds = self.dataset(kind)?.clone();
@@ -1013,6 +1041,21 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Outcome> {
     kinds.sort();
     kinds.dedup();
     for kind in kinds {
+        if cfg.mem {
+            let bytes = cfg.dataset_params.large_bytes;
+            h.log(&format!(
+                "memory sessions: {:.1} MiB generated per run",
+                bytes as f64 / 1_048_576.0
+            ));
+            h.datasets.push(Dataset {
+                kind,
+                path: PathBuf::from("-"),
+                files: 1,
+                bytes,
+                reused: true,
+            });
+            continue;
+        }
         let t = Instant::now();
         let ds = dataset::ensure(&cfg.work_dir, kind, &cfg.dataset_params)?;
         h.log(&format!(

@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// Baselines to run (comma-separated): iperf3, ib_write_bw, rsync, cp, tar. [default: all]
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_baseline)]
     pub baselines: Option<Vec<BaselineKind>>,
+    /// Memory to memory: each blit run moves the large dataset's size as generated data to a
+    /// verifying sink (`blit xfer --mem`), with no files on either side; compare it with iperf3
+    /// and ib_write_bw. Implies --datasets large and, unless given, --baselines iperf3,ib_write_bw.
+    #[arg(long)]
+    pub mem: bool,
     /// Run no baselines.
     #[arg(long, conflicts_with = "baselines")]
     pub no_baselines: bool,
@@ -149,6 +154,7 @@ fn config(args: BenchArgs) -> anyhow::Result<BenchConfig> {
     if let Some(v) = args.chunk_sizes {
         c.chunk_sizes_bytes = v;
     }
+    let datasets_given = args.datasets.is_some();
     if let Some(v) = args.datasets {
         c.datasets = v;
     }
@@ -173,6 +179,15 @@ fn config(args: BenchArgs) -> anyhow::Result<BenchConfig> {
     p.mixed_files = args.mixed_files.unwrap_or(p.mixed_files);
     p.mixed_max_bytes = args.mixed_max.unwrap_or(p.mixed_max_bytes);
     p.seed = args.seed;
+    if args.mem {
+        c.mem = true;
+        if !datasets_given {
+            c.datasets = vec![DatasetKind::Large];
+        }
+        if args.baselines.is_none() {
+            c.baselines = vec![BaselineKind::Iperf3, BaselineKind::IbWriteBw];
+        }
+    }
     if let Some(v) = args.baselines {
         c.baselines = v;
     }

@@ -23,11 +23,18 @@ use crate::units::parse_bytes;
 
 #[derive(Debug, clap::Args)]
 pub struct XferArgs {
-    /// Directory to copy from, or blit://HOST[:PORT]/path to pull from a daemon.
+    /// Directory to copy from, or blit://HOST[:PORT]/path to pull from a daemon (`-` with
+    /// --mem).
     pub source: String,
     /// Directory to make a copy of SOURCE (created if missing), or blit://HOST[:PORT]/path to
-    /// push to a daemon.
+    /// push to a daemon (`-` with --mem).
     pub target: String,
+    /// Memory to memory, for measuring the network and blit without the disks: the source
+    /// generates one file of SIZE bytes and the target verifies every chunk and writes nothing.
+    /// The local side is `-`: `--mem 8G - blit://HOST/x` (push), `--mem 8G blit://HOST/x -`
+    /// (pull), `--mem 8G - -` (in process). The daemon's path is not touched.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub mem: Option<u64>,
     /// Also delete what is in TARGET but not in SOURCE (only after everything else succeeded).
     #[arg(long)]
     pub mirror: bool,
@@ -132,9 +139,20 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
     let small = u32::try_from(args.small_file_max)
         .context("--small-file-max is too large")?
         .min(bundle.saturating_sub(4096));
+    if let Some(n) = args.mem {
+        if n == 0 {
+            bail!("--mem needs a size above 0");
+        }
+        for side in [&args.source, &args.target] {
+            if !RemoteSpec::is_remote(side) && side != "-" {
+                bail!("with --mem the local side is `-` (memory), not {side:?}");
+            }
+        }
+    }
     let params = SessionParams {
         chunk_bytes: chunk,
-        small_file_bytes_max: small,
+        // A memory session moves one chunked file, never a bundle.
+        small_file_bytes_max: if args.mem.is_some() { 0 } else { small },
         bundle_bytes: bundle,
         compare: if args.checksum { Compare::Checksum } else { Compare::SizeMtime },
         mirror: args.mirror,
@@ -148,6 +166,7 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
             _ => IoMode::Auto,
         },
         io_depth: args.io_depth,
+        mem_bytes: args.mem,
     };
     params.validate()?;
     Ok(params)
@@ -267,6 +286,11 @@ fn open_target(target: &Path, dry_run: bool) -> anyhow::Result<RootDir> {
     RootDir::open(target).with_context(|| format!("cannot open TARGET {}", target.display()))
 }
 
+/// The local half's root in a memory session: an empty directory it never writes to.
+fn mem_stand_in() -> anyhow::Result<RootDir> {
+    RootDir::empty_stand_in().context("cannot create the memory session's stand-in directory")
+}
+
 fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     let params = session_params(args)?;
     let remote_source = RemoteSpec::is_remote(&args.source);
@@ -284,7 +308,9 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
                 "--transport/--streams/--qps apply to remote transfers; this copy is local"
             );
         }
-        check_paths(Path::new(&args.source), Path::new(&args.target))?;
+        if args.mem.is_none() {
+            check_paths(Path::new(&args.source), Path::new(&args.target))?;
+        }
     }
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -482,10 +508,12 @@ fn run_local_copy(
     cancel: &AtomicBool,
 ) -> anyhow::Result<Outcome> {
     let target = Path::new(&args.target);
-    // A dry run never creates TARGET.
-    let target_root = open_target(target, args.dry_run)?;
-    let _lock = lock_target(&target_root, args, cancel)?;
-    let direct = params.io == IoMode::Direct;
+    let mem = params.mem_bytes.is_some();
+    // A dry run never creates TARGET; a memory session has none.
+    let target_root = if mem { mem_stand_in()? } else { open_target(target, args.dry_run)? };
+    let _lock = if mem { None } else { lock_target(&target_root, args, cancel)? };
+    // Direct I/O and generated data need buffers.
+    let direct = params.io == IoMode::Direct || mem;
     let opts = LocalOptions {
         source: PathBuf::from(&args.source),
         target: target.to_path_buf(),
@@ -558,18 +586,27 @@ fn run_remote(
     let _lock;
     let (remote, local) = if RemoteSpec::is_remote(&args.source) {
         let remote = RemoteSpec::parse(&args.source)?;
-        let target = Path::new(&args.target);
-        check_target(target)?;
-        let root = open_target(target, args.dry_run)?;
-        _lock = lock_target(&root, args, cancel)?;
-        (remote, Local::Target(root))
+        if args.mem.is_some() {
+            _lock = None;
+            (remote, Local::Target(mem_stand_in()?))
+        } else {
+            let target = Path::new(&args.target);
+            check_target(target)?;
+            let root = open_target(target, args.dry_run)?;
+            _lock = lock_target(&root, args, cancel)?;
+            (remote, Local::Target(root))
+        }
     } else {
         let remote = RemoteSpec::parse(&args.target)?;
-        let source = Path::new(&args.source);
-        check_source(source)?;
-        let root = RootDir::open(source)
-            .with_context(|| format!("cannot open SOURCE {}", source.display()))?;
-        (remote, Local::Source(root))
+        if args.mem.is_some() {
+            (remote, Local::Source(mem_stand_in()?))
+        } else {
+            let source = Path::new(&args.source);
+            check_source(source)?;
+            let root = RootDir::open(source)
+                .with_context(|| format!("cannot open SOURCE {}", source.display()))?;
+            (remote, Local::Source(root))
+        }
     };
     let half = match local {
         Local::Source(_) => &progress.source,

@@ -444,3 +444,51 @@ fn empty_history_is_explained() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("No runs recorded yet"));
 }
+
+/// `blit bench --mem` (issue 16, item 7): blit runs move generated data to a verifying sink, no
+/// dataset is written, and only the link's tools are compared; other datasets or file baselines
+/// are usage errors.
+#[test]
+fn memory_bench_generates_and_discards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let work = tmp.path().join("work");
+    let history = tmp.path().join("history.jsonl");
+    let run = bench(
+        &[
+            "--quick",
+            "--mem",
+            "--transports",
+            "local,tcp",
+            "--direction",
+            "both",
+            "--baselines",
+            "iperf3",
+            "--large-size",
+            "40M",
+            "--out",
+            out.to_str().unwrap(),
+            "--dir",
+            work.to_str().unwrap(),
+        ],
+        &history,
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "stderr:\n{stderr}");
+    let report: Report =
+        serde_json::from_str(&std::fs::read_to_string(out.join("runs.json")).unwrap()).unwrap();
+    let blit: Vec<&Run> = report.runs.iter().filter(|r| r.tool == "blit").collect();
+    // Chunks 1M and 4M × (local, and tcp push and pull × streams 1 and 4).
+    assert_eq!(blit.len(), 10, "{blit:?}");
+    assert!(blit.iter().all(|r| r.ok && r.bytes == 40 << 20 && r.files == 1), "{blit:?}");
+    assert!(report.runs.iter().any(|r| r.tool.starts_with("iperf3")), "no iperf3 baseline");
+    // Nothing was generated on disk: the work dir holds no dataset.
+    assert!(!work.join("datasets").exists(), "a dataset was written");
+    for bad in [&["--mem", "--datasets", "small"][..], &["--mem", "--baselines", "rsync"][..]] {
+        let out = bench(
+            &[&["--quick"][..], bad, &["--dir", work.to_str().unwrap()][..]].concat(),
+            &history,
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

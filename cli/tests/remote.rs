@@ -518,3 +518,29 @@ fn two_hosts_with_packet_loss() {
     drop(d);
     assert!(temp_files(&root).is_empty());
 }
+
+/// `--mem` (issue 16, item 7): generated data to a verifying sink, both directions, without
+/// touching the daemon's path or any local directory; a local side other than `-` is refused.
+#[test]
+fn memory_sessions_push_and_pull_without_files() {
+    let t = scratch();
+    let root = t.path().join("export");
+    std::fs::create_dir(&root).unwrap();
+    let d = Daemon::start(&root, &["--read-only"]);
+    let n: u64 = 9 * (1 << 20) + 4321;
+    let size = n.to_string();
+    for (src, dst) in [("-".to_string(), d.url("never")), (d.url("never"), "-".to_string())] {
+        for streams in ["1", "3"] {
+            let j = ok(&xfer(&src, &dst, &["--mem", &size, "--streams", streams]));
+            assert_eq!((j["files"].as_u64(), j["bytes"].as_u64()), (Some(1), Some(n)), "{j}");
+            assert_eq!(j["error_count"], 0, "{j}");
+        }
+    }
+    let j = ok(&xfer("-", "-", &["--mem", &size]));
+    assert_eq!(j["bytes"].as_u64(), Some(n), "{j}");
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "the daemon's root changed");
+    let out = xfer(s(t.path()), &d.url("x"), &["--mem", &size]);
+    assert_eq!(out.status.code(), Some(1), "a directory as the local side of --mem");
+    let out = xfer("-", &d.url("x"), &["--mem", "0"]);
+    assert_eq!(out.status.code(), Some(1), "--mem 0");
+}

@@ -192,6 +192,7 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
             IoMode::Direct => pb::IoKind::IoDirect as i32,
         },
         io_depth: p.io_depth,
+        mem_bytes: p.mem_bytes.unwrap_or(0),
     }
 }
 
@@ -222,6 +223,7 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         fsync: p.fsync,
         io,
         io_depth: if p.io_depth == 0 { IO_DEPTH_DEFAULT } else { p.io_depth },
+        mem_bytes: (p.mem_bytes > 0).then_some(p.mem_bytes),
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)

@@ -587,7 +587,9 @@ impl SessionCtx {
     ) -> Result<(), RemoteError> {
         let fail = |code, message: String| RemoteError { code, message };
         let push = open.direction == Direction::Push;
-        if push && self.cfg.read_only && !open.params.dry_run {
+        // A memory session (--mem) generates or discards its data: its path is never touched.
+        let mem = open.params.mem_bytes.is_some();
+        if push && self.cfg.read_only && !open.params.dry_run && !mem {
             refuse(
                 out,
                 ErrorCode::ReadOnly,
@@ -597,7 +599,12 @@ impl SessionCtx {
         }
         // Push: the target directory (created if missing); pull: the source directory.
         let dry_missing = push && open.params.dry_run;
-        let root = match RootDir::beneath(&self.root, &open.path, push && !open.params.dry_run) {
+        let beneath = if mem {
+            dataplane::empty_stand_in()
+        } else {
+            RootDir::beneath(&self.root, &open.path, push && !open.params.dry_run)
+        };
+        let root = match beneath {
             Ok(r) => r,
             Err(e) if dry_missing && e.kind() == std::io::ErrorKind::NotFound => {
                 match dataplane::empty_stand_in() {
@@ -618,7 +625,7 @@ impl SessionCtx {
             }
         };
         // One writer per target (and per subtree): a second push waits or is refused.
-        let _lock = if push && !open.params.dry_run {
+        let _lock = if push && !open.params.dry_run && !mem {
             let wait = open.wait_lock.then_some(LOCK_WAIT_MAX);
             match TargetLock::acquire(root.fd(), wait, cancel) {
                 Ok(l) => Some(l),

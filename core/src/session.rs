@@ -77,6 +77,9 @@ pub struct SessionParams {
     pub io: IoMode,
     /// Direct I/O requests in flight per reader or writer thread (1..=`IO_DEPTH_MAX`).
     pub io_depth: u32,
+    /// Memory to memory (`--mem`): the source sends one generated file of this many bytes
+    /// instead of reading its root, and the target verifies every chunk and writes nothing.
+    pub mem_bytes: Option<u64>,
 }
 
 impl Default for SessionParams {
@@ -93,6 +96,7 @@ impl Default for SessionParams {
             fsync: false,
             io: IoMode::Auto,
             io_depth: IO_DEPTH_DEFAULT,
+            mem_bytes: None,
         }
     }
 }
@@ -109,6 +113,10 @@ pub enum ParamsError {
     Bundle { bundle: u32, chunk: u32 },
     #[error("I/O depth {0} is outside 1..={IO_DEPTH_MAX}")]
     IoDepth(u32),
+    #[error(
+        "a memory session moves one chunked file: {0} bytes is empty or within the small-file limit"
+    )]
+    MemBytes(u64),
 }
 
 impl SessionParams {
@@ -126,6 +134,11 @@ impl SessionParams {
         }
         if !(1..=IO_DEPTH_MAX).contains(&self.io_depth) {
             return Err(ParamsError::IoDepth(self.io_depth));
+        }
+        if let Some(n) = self.mem_bytes
+            && (n == 0 || self.is_small(n))
+        {
+            return Err(ParamsError::MemBytes(n));
         }
         if self.small_file_bytes_max > self.bundle_bytes {
             return Err(ParamsError::SmallFile {
@@ -233,7 +246,8 @@ mod tests {
 
     #[test]
     fn io_depth_is_bounded() {
-        for (depth, ok) in [(0, false), (1, true), (IO_DEPTH_MAX, true), (IO_DEPTH_MAX + 1, false)] {
+        for (depth, ok) in [(0, false), (1, true), (IO_DEPTH_MAX, true), (IO_DEPTH_MAX + 1, false)]
+        {
             let p = SessionParams { io_depth: depth, ..SessionParams::default() };
             assert_eq!(p.validate().is_ok(), ok, "depth {depth}");
         }

@@ -335,6 +335,55 @@ pub fn corrupted_chunk(h: &dyn Harness) {
     );
 }
 
+/// A memory session (`--mem`): generated chunks (3½ of them) arrive verified and are counted,
+/// nothing is created on either side; with one chunk damaged on the way, the sink names it and
+/// counts no file.
+pub fn memory_session(h: &dyn Harness) {
+    let (src, dst) = (tempdir(), tempdir());
+    let mut p = params();
+    p.small_file_bytes_max = 0;
+    let n = 3 * u64::from(p.chunk_bytes) + u64::from(p.chunk_bytes) / 2;
+    p.mem_bytes = Some(n);
+    for corrupt in [false, true] {
+        let (inner, rx) = h.pair(&p);
+        let tx: Box<dyn FrameSender> = if corrupt {
+            Box::new(Meddler { inner, what: Meddle::Corrupt, done: AtomicBool::new(false) })
+        } else {
+            inner
+        };
+        let source = SourceOptions {
+            root: RootDir::open(src.path()).unwrap_or_else(|e| panic!("{e}")),
+            params: p.clone(),
+            walk_threads: 1,
+            read_threads: 2,
+            confine: false,
+            limits: crate::limits::Limits::none(),
+        };
+        let root = RootDir::open(dst.path()).unwrap_or_else(|e| panic!("{e}"));
+        let target = TargetOptions::new(root, p.clone(), 2);
+        let cancel = AtomicBool::new(false);
+        let progress = PairProgress::default();
+        let (s, t) =
+            run_pair(&source, &target, tx.as_ref(), rx.as_ref(), &Quiet, &progress, &cancel)
+                .unwrap_or_else(|e| panic!("{}: memory session failed: {e:?}", h.name()));
+        let name = h.name();
+        assert!(s.errors.is_empty(), "{name}: source errors {:?}", s.errors);
+        if corrupt {
+            assert_eq!(t.files_copied, 0, "{name}: a damaged chunk was accepted");
+            assert!(
+                t.errors.len() == 1 && t.errors[0].message.contains("corrupted in transit"),
+                "{name}: {:?}",
+                t.errors
+            );
+        } else {
+            assert_eq!((t.files_copied, t.bytes_copied), (1, n), "{name}: {:?}", t.errors);
+            assert_eq!(s.bytes_sent, n, "{name}");
+        }
+        let left = std::fs::read_dir(dst.path()).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "{name}: the sink created files");
+    }
+}
+
 /// Runs every scenario against one backend.
 pub fn run_suite(h: &dyn Harness) {
     large_file(h);
@@ -345,4 +394,5 @@ pub fn run_suite(h: &dyn Harness) {
     peer_disappears(h);
     file_changed_while_read(h);
     corrupted_chunk(h);
+    memory_session(h);
 }

@@ -114,7 +114,13 @@ pub fn run_local(
         RootDir::open(p).map_err(|e| LocalError::Open { path: p.display().to_string(), source: e })
     };
     let source = SourceOptions {
-        root: open(&opts.source)?,
+        // A memory session (`--mem`) generates its data: the source has nothing to open.
+        root: if opts.params.mem_bytes.is_some() {
+            RootDir::empty_stand_in()
+                .map_err(|e| LocalError::Open { path: "(memory)".into(), source: e })?
+        } else {
+            open(&opts.source)?
+        },
         params: opts.params.clone(),
         walk_threads: threads,
         read_threads: threads,

@@ -135,6 +135,8 @@ struct Shared<'a> {
     /// Files' verdicts on their way to the target (see [`Verdicts`]).
     verdicts: Arc<Verdicts>,
     fatal: Mutex<Option<SourceError>>,
+    /// Pool slots already holding the generated pattern (`--mem`).
+    generated: Mutex<std::collections::HashSet<u32>>,
     files_sent: AtomicU64,
     bundle_seq: AtomicU64,
 }
@@ -253,6 +255,7 @@ pub fn run_source(
         errors: Arc::default(),
         verdicts: Arc::default(),
         fatal: Mutex::new(None),
+        generated: Mutex::default(),
         files_sent: AtomicU64::new(0),
         bundle_seq: AtomicU64::new(0),
     };
@@ -289,7 +292,10 @@ fn source_session(
     let outcome = std::thread::scope(|s| -> Result<walk::WalkStats, SourceError> {
         let walker = s.spawn(|| {
             let started = Instant::now();
-            let r = walk::walk(opts.root.fd(), walk_opts, &walk_tx, cancel, next_id);
+            let r = match opts.params.mem_bytes {
+                Some(n) => Ok(generate_listing(n, &walk_tx, next_id)),
+                None => walk::walk(opts.root.fd(), walk_opts, &walk_tx, cancel, next_id),
+            };
             progress.stages.add(Stage::Walk, started);
             drop(walk_tx);
             r
@@ -703,13 +709,15 @@ struct ReadOut {
 
 /// What runs once every read of a chunked file is over: the check that it did not change, and
 /// the verdict to the target.
-fn file_check(shared: &Shared<'_>, f: &FileRef, file: &Arc<File>) -> Arc<ReadDone> {
+/// A generated file (`file` is `None`) cannot change.
+fn file_check(shared: &Shared<'_>, f: &FileRef, file: Option<&Arc<File>>) -> Arc<ReadDone> {
     let (verdicts, errors, f, file) =
-        (Arc::clone(&shared.verdicts), Arc::clone(&shared.errors), f.clone(), Arc::clone(file));
+        (Arc::clone(&shared.verdicts), Arc::clone(&shared.errors), f.clone(), file.cloned());
     ReadDone::new(move |failure| {
-        let verdict = match failure {
-            Some(message) => Err(message),
-            None => unchanged(&file, &f),
+        let verdict = match (failure, &file) {
+            (Some(message), _) => Err(message),
+            (None, Some(file)) => unchanged(file, &f),
+            (None, None) => Ok(()),
         };
         let msg = match verdict {
             Ok(()) => SourceMsg::FileRead { id: f.id },
@@ -736,11 +744,16 @@ fn read_chunk(
         let mut open = lock(&shared.open);
         let o = open.entry(f.id).or_insert_with(|| {
             let reads_left = shared.opts.params.chunk_count(f.size_bytes);
+            if shared.opts.params.mem_bytes.is_some() {
+                // Generated: nothing to open.
+                let done = Some(file_check(shared, f, None));
+                return OpenFile { file: None, done, direct: None, reads_left, failed: false };
+            }
             match shared.open_file(f) {
                 Ok(file) => {
                     let direct = shared.open_direct(f, &file);
                     let file = Arc::new(file);
-                    let done = Some(file_check(shared, f, &file));
+                    let done = Some(file_check(shared, f, Some(&file)));
                     OpenFile { file: Some(file), done, direct, reads_left, failed: false }
                 }
                 Err(e) => {
@@ -750,9 +763,7 @@ fn read_chunk(
             }
         });
         match (&o.file, &o.done, o.failed) {
-            (Some(file), Some(done), false) => {
-                (Arc::clone(file), Arc::clone(done), o.direct.clone())
-            }
+            (file, Some(done), false) => (file.clone(), Arc::clone(done), o.direct.clone()),
             _ => {
                 drop(open);
                 drop_rest_of_file(shared, f);
@@ -774,6 +785,11 @@ fn read_chunk(
         done: Arc::clone(&done),
         run: None,
         run_chunks: 0,
+    };
+    let Some(file) = file else {
+        let (header, payload) =
+            generate_chunk(shared, header, len_bytes).map_err(|e| (e, Some(Arc::clone(&done))))?;
+        return Ok(Some(out(header, payload)));
     };
     if f.sparse
         && let Some(data_at) = hole_until(&file, offset_bytes, len_bytes)
@@ -839,6 +855,69 @@ fn read_chunk(
         None => header.flags |= FLAG_UNCHECKED,
     }
     Ok(Some(out(header, Payload::Buffer(lease))))
+}
+
+/// The name of the one file a memory-to-memory session (`--mem`) moves.
+pub const MEM_FILE_NAME: &[u8] = b"blit-mem";
+
+/// A chunk of a generated file (`--mem`): a pool slot filled with a pattern the first time it
+/// is leased (the slots are never written after that: the pattern stays), hashed like a read.
+fn generate_chunk(
+    shared: &Shared<'_>,
+    mut header: FrameHeader,
+    len_bytes: u32,
+) -> Result<(FrameHeader, Payload), String> {
+    let mut lease = shared.transport.pool().acquire().map_err(|e| e.to_string())?;
+    let len = len_bytes as usize;
+    let fresh = lock(&shared.generated).insert(lease.index());
+    if fresh {
+        let seed = u64::from(lease.index()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for (i, w) in lease.full_mut().chunks_mut(8).enumerate() {
+            let v = (seed ^ i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93).to_le_bytes();
+            w.copy_from_slice(&v[..w.len()]);
+        }
+    }
+    lease.set_len(len);
+    if shared.transport.needs_checksums() {
+        header.checksum = frame::checksum(lease.data());
+    } else {
+        header.flags |= FLAG_UNCHECKED;
+    }
+    Ok((header, Payload::Buffer(lease)))
+}
+
+/// The "walk" of a memory-to-memory session: a root and one generated file of `size_bytes`.
+fn generate_listing(
+    size_bytes: u64,
+    out: &Sender<SourceMsg>,
+    next_id: &AtomicU64,
+) -> walk::WalkStats {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let entry = |path: RelPath, kind: EntryKind, size_bytes: u64, mode: u32| Entry {
+        id: next_id.fetch_add(1, Ordering::Relaxed),
+        path,
+        kind,
+        size_bytes,
+        mtime: Timestamp { sec: now.as_secs() as i64, nsec: now.subsec_nanos() },
+        mode,
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        link_target: None,
+        inode: None,
+        sparse: false,
+        content_hash: None,
+    };
+    let root = entry(RelPath::root(), EntryKind::Dir, 0, 0o755);
+    let file = match RelPath::root().join(MEM_FILE_NAME) {
+        Ok(path) => entry(path, EntryKind::File, size_bytes, 0o644),
+        Err(_) => unreachable!("a constant, valid file name"),
+    };
+    let _ = out.send(SourceMsg::Root(root));
+    let _ =
+        out.send(SourceMsg::Listing { dir: RelPath::root(), entries: vec![file], last_part: true });
+    let _ = out.send(SourceMsg::ManifestEnd);
+    walk::WalkStats { entries: 1, dirs: 1, file_bytes: size_bytes, errors: 0 }
 }
 
 /// Takes the planned chunks of `f` up to `to_bytes` out of the chunker; the byte range taken.

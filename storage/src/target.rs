@@ -307,7 +307,10 @@ pub fn run_target(
         }
     }
     let finalizing = Instant::now();
-    finalize(&shared, &mut deferred);
+    // A memory session made nothing to finalize.
+    if opts.params.mem_bytes.is_none() {
+        finalize(&shared, &mut deferred);
+    }
     progress.stages.add(Stage::Finalize, finalizing);
 
     let c = &shared.counters;
@@ -485,6 +488,9 @@ fn handle_listing(
 ) -> Result<Vec<FileId>, TargetError> {
     let mut needs = Vec::new();
     let verdict = deferred.check.listing(dir, &entries, last_part)?;
+    if shared.opts.params.mem_bytes.is_some() {
+        return sink_listing(shared, deferred, &entries);
+    }
     // Every directory named here counts as failed until `apply` made or verified it, so a
     // listing below one that could not be made is skipped, never applied elsewhere.
     for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
@@ -741,42 +747,7 @@ fn apply(
                 c.bytes_copied.fetch_add(entry.size_bytes, Ordering::Relaxed);
                 shared.event(EventKind::Copied, path, entry.size_bytes, None);
             } else {
-                let chunks = if shared.opts.params.is_small(entry.size_bytes) {
-                    1
-                } else {
-                    shared.opts.params.chunk_count(entry.size_bytes)
-                };
-                let p = Arc::new(Pending {
-                    path: path.clone(),
-                    meta,
-                    size_bytes: entry.size_bytes,
-                    sparse: entry.sparse,
-                    state: Mutex::new(WriteState {
-                        temp: None,
-                        chunks: ChunkSet::new(chunks),
-                        read_done: false,
-                        mismatch: None,
-                        failed: false,
-                        committed: false,
-                    }),
-                    writing: Mutex::new(()),
-                });
-                let cost = p.cost_bytes();
-                shared
-                    .opts
-                    .limits
-                    .charge("files whose data is on its way", cost)
-                    .map_err(TargetError::Limit)?;
-                if lock(&shared.pending).insert(entry.id, p).is_some() {
-                    // Two files of this session share an id: one would silently go missing.
-                    return Err(TargetError::Protocol(format!(
-                        "file id {} of {path} was already used by another file",
-                        entry.id
-                    )));
-                }
-                needs.push(entry.id);
-                Progress::add(&shared.progress.files_needed, 1);
-                Progress::add(&shared.progress.bytes_needed, entry.size_bytes);
+                need_file(shared, entry, meta, needs)?;
             }
             Ok(())
         }
@@ -785,6 +756,77 @@ fn apply(
         shared.error(path, message);
     }
     Ok(())
+}
+
+/// Asks the source for a file: it is pending (charged to the session's budget) until committed
+/// or failed.
+fn need_file(
+    shared: &Shared<'_>,
+    entry: &Entry,
+    meta: Meta,
+    needs: &mut Vec<FileId>,
+) -> Result<(), TargetError> {
+    let chunks = if shared.opts.params.is_small(entry.size_bytes) {
+        1
+    } else {
+        shared.opts.params.chunk_count(entry.size_bytes)
+    };
+    let p = Arc::new(Pending {
+        path: entry.path.clone(),
+        meta,
+        size_bytes: entry.size_bytes,
+        sparse: entry.sparse,
+        state: Mutex::new(WriteState {
+            temp: None,
+            chunks: ChunkSet::new(chunks),
+            read_done: false,
+            mismatch: None,
+            failed: false,
+            committed: false,
+        }),
+        writing: Mutex::new(()),
+    });
+    let cost = p.cost_bytes();
+    shared
+        .opts
+        .limits
+        .charge("files whose data is on its way", cost)
+        .map_err(TargetError::Limit)?;
+    if lock(&shared.pending).insert(entry.id, p).is_some() {
+        // Two files of this session share an id: one would silently go missing.
+        return Err(TargetError::Protocol(format!(
+            "file id {} of {} was already used by another file",
+            entry.id, entry.path
+        )));
+    }
+    needs.push(entry.id);
+    Progress::add(&shared.progress.files_needed, 1);
+    Progress::add(&shared.progress.bytes_needed, entry.size_bytes);
+    Ok(())
+}
+
+/// A listing in a memory-to-memory session (`--mem`): checked like any other, then every
+/// chunked file in it is needed; nothing is looked up or created on disk.
+fn sink_listing(
+    shared: &Shared<'_>,
+    deferred: &mut Deferred,
+    entries: &[Entry],
+) -> Result<Vec<FileId>, TargetError> {
+    let mut needs = Vec::new();
+    for e in entries {
+        match e.kind {
+            EntryKind::Dir => deferred.check.directory(&e.path, true),
+            EntryKind::File if shared.opts.params.is_small(e.size_bytes) => {
+                return Err(TargetError::Protocol(format!(
+                    "{} is bundled: a memory session moves chunked files only",
+                    e.path
+                )));
+            }
+            EntryKind::File => need_file(shared, e, Meta::of(e), &mut needs)?,
+            _ => {}
+        }
+    }
+    Ok(needs)
 }
 
 /// Records a directory made or verified in this session: its listing may come now, and its
@@ -968,6 +1010,9 @@ fn file_done(shared: &Shared<'_>, p: &Pending) {
 }
 
 fn write_bundle(shared: &Shared<'_>, frame: &Frame) -> Result<(), TargetError> {
+    if shared.opts.params.mem_bytes.is_some() {
+        return Err(TargetError::Protocol("a bundle in a memory session".into()));
+    }
     let Payload::Buffer(lease) = &frame.payload else {
         return Err(TargetError::Protocol("bundle without a buffer payload".into()));
     };
@@ -1161,38 +1206,48 @@ fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), TargetError>
             p.path, h.offset_bytes, h.len_bytes
         )));
     }
+    let sink = shared.opts.params.mem_bytes.is_some();
     let temp = {
         let mut st = lock(&p.state);
         if st.failed || st.committed {
             // Dropping the frame discards its payload (a lent stream is read to its end).
             return Ok(());
         }
-        if st.temp.is_none() {
-            match create_temp(shared, &p, p.meta.mode).and_then(|t| {
-                preallocate(&t.file, p.size_bytes, p.sparse)?;
-                Ok(t)
-            }) {
-                Ok(t) => st.temp = Some(t),
-                Err(e) => {
-                    st.failed = true;
-                    drop(st);
-                    shared.error(&p.path, format!("cannot create: {e}"));
-                    return Ok(());
+        if sink {
+            None
+        } else {
+            if st.temp.is_none() {
+                match create_temp(shared, &p, p.meta.mode).and_then(|t| {
+                    preallocate(&t.file, p.size_bytes, p.sparse)?;
+                    Ok(t)
+                }) {
+                    Ok(t) => st.temp = Some(t),
+                    Err(e) => {
+                        st.failed = true;
+                        drop(st);
+                        shared.error(&p.path, format!("cannot create: {e}"));
+                        return Ok(());
+                    }
                 }
             }
+            st.temp.as_ref().map(|t| (Arc::clone(&t.file), t.direct.clone()))
         }
-        st.temp.as_ref().map(|t| (Arc::clone(&t.file), t.direct.clone()))
     };
-    let Some((temp_file, direct)) = temp else { return Ok(()) };
-    let written = match direct.as_deref() {
-        Some(d) => write_direct(d, &mut frame.payload, &h),
-        None => None,
+    let written = match temp {
+        // A memory session's sink: verified, then dropped.
+        None if sink => verify_only(&mut frame.payload, &h)?,
+        None => return Ok(()),
+        Some((temp_file, direct)) => {
+            let written = match direct.as_deref() {
+                Some(d) => write_direct(d, &mut frame.payload, &h),
+                None => None,
+            };
+            match written {
+                Some(w) => w,
+                None => write_payload(&temp_file, &p.writing, &mut frame.payload, &h, p.sparse)?,
+            }
+        }
     };
-    let written = match written {
-        Some(w) => w,
-        None => write_payload(&temp_file, &p.writing, &mut frame.payload, &h, p.sparse)?,
-    };
-    drop(temp_file);
     drop(frame);
     let mut st = lock(&p.state);
     if st.failed {
@@ -1238,6 +1293,16 @@ fn try_commit(shared: &Shared<'_>, id: FileId, p: &Pending, mut st: MutexGuard<'
     if st.failed || st.committed || !st.read_done || !st.chunks.is_complete() {
         return;
     }
+    if shared.opts.params.mem_bytes.is_some() {
+        // Nothing to commit in a memory session: every chunk was verified.
+        st.committed = true;
+        drop(st);
+        if let Some(q) = lock(&shared.pending).remove(&id) {
+            unpend(&shared.opts.limits, &q);
+        }
+        file_done(shared, p);
+        return;
+    }
     let Some(temp) = st.temp.take() else { return };
     match commit(shared, p, &temp) {
         Ok(()) => {
@@ -1265,6 +1330,33 @@ enum Written {
     Mismatch,
     /// The file could not be written.
     Failed(io::Error),
+}
+
+/// A memory session's sink: checks a chunk's checksum and writes it nowhere. `Err` only when
+/// the transport failed (a lent payload could not be read).
+fn verify_only(payload: &mut Payload, h: &frame::FrameHeader) -> Result<Written, TargetError> {
+    let ok = match payload {
+        Payload::Empty => true,
+        Payload::Buffer(lease) => h.verify(lease.data()).is_ok(),
+        // Only an in-process transport hands over file regions; no byte of it was exposed.
+        Payload::File(_) => true,
+        Payload::Stream(stream) => PIECE.with(|piece| {
+            let mut piece = piece.borrow_mut();
+            if piece.len() < frame::HASH_PIECE_BYTES {
+                piece.resize(frame::HASH_PIECE_BYTES, 0);
+            }
+            let mut hasher = frame::Hasher::default();
+            while stream.remaining() > 0 {
+                let n = stream.remaining().min(frame::HASH_PIECE_BYTES as u64) as usize;
+                stream.read_exact(&mut piece[..n]).map_err(TargetError::Transport)?;
+                hasher.update(&piece[..n]);
+            }
+            Ok::<_, TargetError>(
+                h.flags & frame::FLAG_UNCHECKED != 0 || hasher.finish() == h.checksum,
+            )
+        })?,
+    };
+    Ok(if ok { Written::Verified } else { Written::Mismatch })
 }
 
 /// Writes a buffer payload through the file's direct descriptor, verifying its checksum while
