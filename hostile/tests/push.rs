@@ -360,3 +360,61 @@ fn file_read_for_strangers_twice_or_never_commits_nothing_extra() {
     assert_eq!(std::fs::read(root.join("dst/a")).unwrap(), a);
     assert!(!root.join("dst/b").exists(), "a file without FileRead was committed");
 }
+
+/// A memory session (`--mem`, issue 16 item 7) is peer input like any push: the daemon's sink
+/// needs the chunked files of a checked listing, verifies every chunk (a damaged one is named,
+/// the session goes on), never creates the session's path or anything else under its root, and
+/// refuses a small (bundled) file as a protocol violation.
+#[test]
+fn memory_push_verifies_creates_nothing_and_refuses_bundles() {
+    let t = scratch("mem-push");
+    let root = t.path().join("export");
+    std::fs::create_dir_all(&root).unwrap();
+    let d = start(&root, &["--read-only"]);
+    let c = RawClient::connect(&d.addr).unwrap();
+    let chunk = msg::CHUNK_BYTES as usize;
+    let data_of = |n: usize, k: usize| -> Vec<u8> { (0..n).map(|i| (i * k % 251) as u8).collect() };
+    let (good, bad) = (data_of(2 * chunk + 100, 7), data_of(chunk + 5, 13));
+    let mem_open = |size: u64| {
+        let mut open = msg::open_push("never/created");
+        open.tcp_streams = 1;
+        let p = open.params.as_mut().unwrap();
+        p.small_file_bytes_max = 0;
+        p.mem_bytes = size;
+        open
+    };
+    let (mut sess, mut data) = c.open_with_data(mem_open(good.len() as u64)).unwrap();
+    sess.send_source(msg::root(msg::root_entry(0o755))).unwrap();
+    let listing = vec![
+        msg::file(1, "good", good.len() as u64, 0o644),
+        msg::file(2, "bad", bad.len() as u64, 0o644),
+    ];
+    sess.send_source(msg::listing("", listing, true)).unwrap();
+    let mut ids = sess.need(STEP).unwrap();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+    data.send_file_chunks(1, &good, msg::CHUNK_BYTES).unwrap();
+    sess.send_source(msg::file_read(1)).unwrap();
+    let mut frames = blitx_hostile::frames::file_chunks(2, &bad, msg::CHUNK_BYTES);
+    frames[0][blitx_core::frame::FRAME_HEADER_BYTES + 9] ^= 0x01;
+    for f in &frames {
+        data.send_raw(0, f).unwrap();
+    }
+    sess.send_source(msg::file_read(2)).unwrap();
+    let end = sess.end_push(&mut data, STEP).unwrap();
+    let End::Summary(summary) = &end else { panic!("no summary: {}", end.describe()) };
+    assert!(summary.fatal.is_empty(), "{}", end.describe());
+    assert_eq!(summary.error_count, 1, "{}", end.describe());
+    assert!(summary.errors[0].path == b"bad" && summary.errors[0].message.contains("in transit"));
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "the sink created something");
+
+    // An empty file is a bundled one: not part of a memory session.
+    let c = RawClient::connect(&d.addr).unwrap();
+    let (mut sess, mut data) = c.open_with_data(mem_open(good.len() as u64)).unwrap();
+    sess.send_source(msg::root(msg::root_entry(0o755))).unwrap();
+    sess.send_source(msg::listing("", vec![msg::file(1, "empty", 0, 0o644)], true)).unwrap();
+    let end = sess.end_push(&mut data, STEP).unwrap_or(End::Closed);
+    let end = if matches!(end, End::Closed) { sess.finish(STEP) } else { end };
+    assert!(end.is_refusal(), "a small file in a memory session was accepted: {}", end.describe());
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "the sink created something");
+}
