@@ -28,7 +28,11 @@
 #      --qps 1, with --rdma-frame-checksums and with --rdma-cq event) and tcp,
 #      next to ib_write_bw at the same message sizes (4M also with -q 2, as
 #      blit uses two QPs by default), with MiB/s, client + daemon CPU
-#      and the RDMA counters (WRs/MiB, payload copies) from both sides' logs.
+#      and the RDMA counters (WRs/MiB, payload copies) from both sides' logs,
+#      and once as a memory session (--mem 256M: generated, verified,
+#      discarded). Then --io direct: the file pushed over rdma into an ext4 on
+#      a loop device and pulled back into it; no payload copy, nothing of the
+#      written files in the page cache (fincore), the bytes equal.
 #   3. two VMs (ci/rxe/rxe-pair, two rxe devices on a private link):
 #      verbs_selftest --listen in A, --connect in B (32 MiB), then ib_write_bw
 #      A <- B, so local/remote GID, rkey and address cannot be mixed up. Then
@@ -172,15 +176,21 @@ counters_of() {  # LOGFILE...: the "RDMA session counters" lines
 blit_bench() {  # LABEL WANT_TRANSPORT XFER_ARGS...: push /dev/shm/blit-bench (256 MiB) with CPU time and counters
   local label=$1 want=$2 rc=0; shift 2
   local dst=/dev/shm/blit-root/bench-$label res=$OUT/blit-bench-$label.txt dl c0 c1 b0 b1 h0 h1 n
+  local src=/dev/shm/blit-bench mem=0 a
+  for a in "$@"; do [ "$a" = --mem ] && mem=1 && src=-; done   # generated data, discarded by the daemon
   rm -rf "$dst"
   dl=$(wc -l < "$OUT/blit-daemon.log")
   c0=$(proc_ticks "$DPID") b0=$(busy_jiffies) h0=$(rxe_hw)
-  blit_xfer "bench-$label" "$want" /dev/shm/blit-bench "blit://$RXE_VM_IP:9031/bench-$label" "$@" || rc=1
+  blit_xfer "bench-$label" "$want" "$src" "blit://$RXE_VM_IP:9031/bench-$label" "$@" || rc=1
   if [ "$want" = rdma ]; then  # the daemon logs its counters when its session ends
     for n in $(seq 50); do tail -n +$((dl + 1)) "$OUT/blit-daemon.log" | grep -q 'RDMA session counters' && break; sleep 0.1; done
   fi
   c1=$(proc_ticks "$DPID") b1=$(busy_jiffies) h1=$(rxe_hw)
-  cmp -s /dev/shm/blit-bench/big.bin "$dst/big.bin" || { echo "FAIL: $label: the copy differs"; rc=1; }
+  if [ "$mem" = 1 ]; then
+    [ ! -e "$dst" ] || { echo "FAIL: $label: a memory session created $dst"; rc=1; }
+  else
+    cmp -s /dev/shm/blit-bench/big.bin "$dst/big.bin" || { echo "FAIL: $label: the copy differs"; rc=1; }
+  fi
   { tail -n +$((dl + 1)) "$OUT/blit-daemon.log" | counters_of; counters_of "$OUT/blit-bench-$label.log"; } \
     > "$OUT/blit-bench-$label.counters"
   rm -rf "$dst"
@@ -216,6 +226,61 @@ blit_bench() {  # LABEL WANT_TRANSPORT XFER_ARGS...: push /dev/shm/blit-bench (2
     grep -q '"payload_copy_bytes":0,' "$res" || { echo "FAIL: $label: payload bytes were copied"; rc=1; }
   fi
   sed 's/^RESULT //' "$res"
+  return "$rc"
+}
+
+# --io direct over RDMA into a disk file system (issue 16, item 4): an ext4 on a loop device (its
+# image in /dev/shm), a daemon exporting it; push the 256 MiB file with --io direct, then pull
+# it back into the same file system. Each way: exit 0, both sides' counters with no payload
+# byte copied, the written file absent from the page cache (fincore, before anything reads
+# it), and the bytes equal.
+guest_direct_io() {
+  local rc=0 ip=$RXE_VM_IP mnt=/mnt/blit-disk img=/dev/shm/blit-disk.img d1=$DPID dl
+  section "blit --io direct over rdma into ext4 (loop device): no payload copy, no page cache"
+  modprobe loop 2>/dev/null || true
+  mkdir -p "$mnt"
+  if ! { truncate -s 640M "$img" && mkfs.ext4 -q -F "$img" && mount -o loop "$img" "$mnt"; }; then
+    echo "FAIL: direct-io: cannot make the loop ext4"; rm -f "$img"; return 1
+  fi
+  mkdir -p "$mnt/root"
+  daemon_start "$mnt/root" "$ip:9033" "$OUT/blit-daemon-direct.log" || { umount "$mnt"; rm -f "$img"; return 1; }
+  check_direct() {  # LABEL FILE LOGS...: copies counted 0 on both sides, FILE not cached, equal
+    local label=$1 f=$2 cached copies; shift 2
+    copies=$(counters_of "$@" | grep -o 'payload_copy_bytes=[0-9]*' | awk -F= '{n++; s += $2} END {print n "," s}')
+    cached=$(fincore --bytes --noheadings --raw --output RES "$f" 2>/dev/null || echo '?')
+    echo "$label: counters from ${copies%,*} sides, payload bytes copied ${copies#*,}; $f in the page cache: $cached bytes"
+    [ "$copies" = 2,0 ] || { echo "FAIL: $label: counters $copies (want 2 sides, 0 bytes copied)"; rc=1; }
+    [ "$cached" = 0 ] || { echo "FAIL: $label: $cached bytes of $f in the page cache"; rc=1; }
+    cmp -s /dev/shm/blit-bench/big.bin "$f" || { echo "FAIL: $label: the copy differs"; rc=1; }
+  }
+  wait_daemon_counters() {  # LINES: the daemon logs its counters as its session ends (up to 10 s)
+    local n
+    for n in $(seq 100); do
+      tail -n +$(($1 + 1)) "$OUT/blit-daemon-direct.log" | grep -q 'RDMA session counters' && return 0
+      sleep 0.1
+    done
+  }
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  dl=$(wc -l < "$OUT/blit-daemon-direct.log")
+  if blit_xfer direct-push rdma /dev/shm/blit-bench "blit://$ip:9033/d" --transport rdma --io direct; then
+    wait_daemon_counters "$dl"
+    check_direct direct-push "$mnt/root/d/big.bin" "$OUT/blit-direct-push.log" \
+      <(tail -n +$((dl + 1)) "$OUT/blit-daemon-direct.log")
+  else
+    rc=1
+  fi
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  dl=$(wc -l < "$OUT/blit-daemon-direct.log")
+  if blit_xfer direct-pull rdma "blit://$ip:9033/d" "$mnt/pulled" --transport rdma --io direct; then
+    wait_daemon_counters "$dl"
+    check_direct direct-pull "$mnt/pulled/big.bin" "$OUT/blit-direct-pull.log" \
+      <(tail -n +$((dl + 1)) "$OUT/blit-daemon-direct.log")
+  else
+    rc=1
+  fi
+  daemon_stop "$DPID"
+  DPID=$d1
+  umount "$mnt"; rm -f "$img"
   return "$rc"
 }
 
@@ -292,9 +357,12 @@ guest_blit_loopback() {
   echo "rxe retries / duplicate packets (all attempts): $x -> $(rxe_hw)"
   section "blit push --transport tcp (chunk 4M, daemon's default streams)"
   blit_bench tcp tcp --transport tcp || rc=1
+  section "blit push --transport rdma --mem 256M (generated data, verified and discarded: no file on either side)"
+  blit_bench rdma-4M-mem rdma --transport rdma --mem 256M || rc=1
   echo "guest load after: $(cat /proc/loadavg)"
   section ""
   daemon_stop "$DPID"
+  guest_direct_io || rc=1
   rm -rf /dev/shm/blit-bench /dev/shm/blit-root /dev/shm/blit-src
   return "$rc"
 }
@@ -733,7 +801,7 @@ json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
     echo "machine = busy time of all vCPUs; WRs/MiB and copies (payload bytes) from both sides' RDMA counters;"
     echo "data = the sender's data phase alone (first data WRITE posted to finish), as ib_write_bw counts its own:"
     printf '  %-19s %7s %9s %6s %10s %8s %8s %7s %6s %8s %6s %7s\n' run MiB/s "(accept)" "vs ib" "CPU s/GiB" machine WRs/MiB copies waits "rxe retr" data "vs ib"
-    for r in rdma-4M:4M rdma-4M-q1:4M rdma-4M-sum:4M rdma-4M-event:4M rdma-1M:1M tcp:; do
+    for r in rdma-4M:4M rdma-4M-q1:4M rdma-4M-sum:4M rdma-4M-event:4M rdma-1M:1M tcp: rdma-4M-mem:4M; do
       l=${r%%:*} sz=${r#*:} f=$OUT/blit-bench-${r%%:*}.txt
       ib=; [ -n "$sz" ] && ib=$(ibref "$sz")
       data=$(bench "$f" data_mib_per_s || true)
