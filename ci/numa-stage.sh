@@ -136,7 +136,8 @@ verify_side() {
 verify_pools() {
   local name=$1 logf=$2 maps=$3 what=$4 addr line bad= n=0
   ev "== $name: numa_maps of the bound pools"
-  for addr in $(sed -n 's/.*bound buffer pool.*addr=0x\([0-9a-f]*\).*/\1/p' "$logf"); do
+  # unique: a later session's pool may be mapped where an earlier one was
+  for addr in $(sed -n 's/.*bound buffer pool.*addr=0x\([0-9a-f]*\).*/\1/p' "$logf" | sort -u); do
     line=$(grep "^$addr " "$maps") || continue    # an earlier session's pool, unmapped by now
     n=$((n + 1))
     ev "   $line"
