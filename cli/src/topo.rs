@@ -32,22 +32,26 @@ pub fn run(args: TopoArgs) -> Exit {
     Exit::Ok
 }
 
-/// Computes and applies the placement for a transfer that uses `device` (a NIC, verbs device or
-/// disk; None when unknown), on the calling thread so every thread created afterwards inherits
-/// it. Returns the reason, for logs and the summary.
+/// Computes the placement for a transfer that uses `device` (a NIC, verbs device or disk; None
+/// when unknown) and applies it to the calling thread until the guard is dropped: the thread
+/// gets the node's CPUs, every worker it starts one CPU of them, every pool it creates is bound
+/// to the node (`blitx_topology::enter_placement`). `--numa off`, or a topology that cannot be
+/// read, places nothing.
 pub fn place_here(
     policy: blitx_topology::NumaPolicy,
     device: Option<&str>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<blitx_core::placer::Entered> {
     if policy == blitx_topology::NumaPolicy::Off {
-        return Ok("off".into());
+        return Ok(blitx_core::placer::enter(None));
     }
     let topo = match blitx_topology::Topology::discover() {
         Ok(t) => t,
-        Err(e) => return Ok(format!("not placed: cannot read the topology: {e}")),
+        Err(e) => {
+            tracing::warn!("not placed: cannot read the topology: {e}");
+            return Ok(blitx_core::placer::enter(None));
+        }
     };
     let placement = blitx_topology::place(&topo, policy, device)?;
-    blitx_topology::apply_to_current_thread(&placement);
     tracing::info!("placement: {placement}");
-    Ok(placement.to_string())
+    Ok(blitx_topology::enter_placement(&placement))
 }

@@ -335,7 +335,7 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     let threads = args.threads.unwrap_or_else(blitx_storage::default_io_threads);
     // Placement first: every thread the transfer creates inherits it.
     let device = placement_device(args, remote_source || remote_target);
-    crate::topo::place_here(args.numa, device.as_deref())?;
+    let _placed = crate::topo::place_here(args.numa, device.as_deref())?;
     let progress = PairProgress::default();
     // The bar follows whichever half runs here and knows the totals: the target for local
     // copies and pulls, the source for pushes.

@@ -230,7 +230,7 @@ pub fn transfer(
             let o = dp_opts.clone();
             std::thread::Builder::new()
                 .name("rdma-setup".into())
-                .spawn(move || dataplane::rdma_prepare(role, &o, None))
+                .spawn(blitx_core::placer::inherit(move || dataplane::rdma_prepare(role, &o, None)))
                 .ok()
         })
         .flatten();

@@ -161,6 +161,33 @@ struct Daemon {
     privileges: Privileges,
 }
 
+/// The daemon's RDMA domain ([`dataplane::rdma_daemon_domain`]) with its ring registered on the
+/// node that `--numa` picks for the verbs device: the ring exists before any session, so it is
+/// placed here rather than by a session. Only the pool is bound; the calling thread's CPUs stay
+/// as they are (the daemon's own threads serve every session).
+fn placed_rdma_domain(
+    topology: Option<&blitx_topology::Topology>,
+    cfg: &DaemonConfig,
+    device: &str,
+) -> Result<(blitx_transport_rdma::RdmaDomain, u64), dataplane::DataPlaneError> {
+    let placement = topology.and_then(|t| match blitx_topology::place(t, cfg.numa, Some(device)) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("RDMA ring not placed: {e}");
+            None
+        }
+    });
+    if let Some(p) = &placement {
+        tracing::info!("RDMA ring placement: {p}");
+    }
+    let placer = placement
+        .as_ref()
+        .and_then(blitx_topology::NodePlacer::shared)
+        .map(|p| p as Arc<dyn blitx_core::placer::Placer>);
+    let _placed = blitx_core::placer::enter(placer);
+    dataplane::rdma_daemon_domain(cfg.rdma_device.as_deref())
+}
+
 /// Runs the daemon until SIGINT/SIGTERM (or `shutdown` is set). `on_listening` receives the bound
 /// address (useful with port 0).
 pub fn run_daemon(
@@ -198,7 +225,7 @@ pub fn run_daemon(
         Err(why) => tracing::info!("no RDMA: {why}"),
     }
     let rdma_domain = match &rdma {
-        Ok(_) => match dataplane::rdma_daemon_domain(cfg.rdma_device.as_deref()) {
+        Ok(device) => match placed_rdma_domain(topology.as_deref(), &cfg, &device.name) {
             Ok((d, bytes)) => {
                 tracing::info!(
                     "RDMA: {} MiB ring registered ahead for pushes; up to {} pools kept between sessions",
@@ -508,11 +535,12 @@ impl Reporter for RemoteReporter {
 
 impl SessionCtx {
     fn run(self, first: pb::ClientFrame, inbound: Streaming<pb::ClientFrame>, out: Out) {
-        // Every engine thread of this session is created by this thread and inherits this.
-        if let Some(p) = &self.placement {
-            blitx_topology::apply_to_current_thread(p);
+        // Every engine thread of this session is created by this thread: it inherits the node's
+        // CPUs, each worker gets one of them and each pool is bound to the node.
+        let _placed = self.placement.as_ref().map(|p| {
             tracing::info!(session = self.id, "placement: {p}");
-        }
+            blitx_topology::enter_placement(p)
+        });
         let open = match first {
             pb::ClientFrame { msg: Some(pb::client_frame::Msg::Open(o)) } => o,
             _ => {

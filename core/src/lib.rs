@@ -3,13 +3,15 @@
 //! This crate owns the vocabulary of a transfer: validated relative paths ([`path`]), manifest
 //! entries ([`manifest`]), the session messages between the source and target halves
 //! ([`session`]), the data-plane frame format ([`frame`]), the bounded pool of aligned buffers
-//! ([`pool`]) and the [`transport`] trait with its in-process implementation. It performs no file
-//! or network I/O of its own (the pool maps anonymous memory, nothing else).
+//! ([`pool`]), the NUMA [`placer`] hook and the [`transport`] trait with its in-process
+//! implementation. It performs no file or network I/O of its own (the pool maps anonymous
+//! memory, nothing else).
 #![deny(unsafe_code)]
 
 pub mod frame;
 pub mod manifest;
 pub mod path;
+pub mod placer;
 #[allow(unsafe_code)]
 pub mod pool;
 pub mod session;

@@ -180,6 +180,18 @@ impl BufferPool {
             bytes: region_bytes,
             source: std::io::Error::other("mmap returned NULL"),
         })?;
+        // NUMA: bind the fresh mapping to the placement's node before any page of it is
+        // touched (or pinned by an RDMA registration), so pages are allocated there.
+        // SAFETY: `base` is our live mapping of `region_bytes` bytes; no lease exists yet, and
+        // `UnsafeCell` bytes permit the writes leases will make later, so this shared slice
+        // (alive only for the call) asserts nothing the pool's users could break.
+        let region = unsafe {
+            std::slice::from_raw_parts(
+                base.as_ptr().cast::<std::cell::UnsafeCell<u8>>().cast_const(),
+                region_bytes,
+            )
+        };
+        crate::placer::bind_new_region(region);
         let available = available.min(slots) as u32;
         // Hand out low indices first (LIFO keeps recently used slots warm in cache).
         let mut free = Vec::with_capacity(slots);

@@ -78,13 +78,14 @@ pub fn run_pair(
     let (to_source, from_target) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
     let source_progress = &progress.source;
     let (s, t) = std::thread::scope(|sc| {
-        let s = sc.spawn(|| {
+        // The source half starts the readers: it carries the placement (blitx_core::placer).
+        let s = sc.spawn(blitx_core::placer::inherit(|| {
             let r = run_source(source, to_target, from_target, tx, source_progress, cancel);
             if r.is_err() {
                 tx.abort();
             }
             r
-        });
+        }));
         let t = run_target(target, from_source, to_source, rx, reporter, &progress.target, cancel);
         if t.is_err() {
             rx.abort();

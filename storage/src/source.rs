@@ -301,8 +301,13 @@ fn source_session(
             r
         });
         let forwarder = s.spawn(|| forward(&walk_rx, &pending, to_target, progress, cancel));
-        let readers: Vec<_> =
-            (0..opts.read_threads.max(1)).map(|_| s.spawn(|| reader(shared))).collect();
+        let readers: Vec<_> = (0..opts.read_threads.max(1))
+            .map(|_| {
+                s.spawn(blitx_core::placer::worker(blitx_core::placer::WorkerRole::Reader, || {
+                    reader(shared)
+                }))
+            })
+            .collect();
 
         let dispatched = dispatch(shared, from_target, &pending);
         if let Err(e) = dispatched {

@@ -276,8 +276,13 @@ pub fn run_target(
         Deferred { check: ListingCheck::new(opts.limits.entries_max), ..Deferred::default() };
 
     std::thread::scope(|s| {
-        let writers: Vec<_> =
-            (0..opts.write_threads.max(1)).map(|_| s.spawn(|| writer(&shared))).collect();
+        let writers: Vec<_> = (0..opts.write_threads.max(1))
+            .map(|_| {
+                s.spawn(blitx_core::placer::worker(blitx_core::placer::WorkerRole::Writer, || {
+                    writer(&shared)
+                }))
+            })
+            .collect();
         if let Err(e) = control_loop(&shared, &mut differ, &mut deferred, &from_source, &to_source)
         {
             shared.fail(e);

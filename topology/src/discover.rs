@@ -38,6 +38,16 @@ pub(crate) fn load_synthetic(description: &str) -> Result<hwlocality::Topology, 
         .map_err(|e| err(Box::new(e)))
 }
 
+/// Loads an hwloc XML export (`lstopo --of xml`). Binding on it does nothing.
+pub(crate) fn load_xml(xml: &str) -> Result<hwlocality::Topology, TopologyError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| TopologyError::HwlocXml { source };
+    hwlocality::Topology::builder()
+        .from_xml(xml)
+        .map_err(|e| err(Box::new(e)))?
+        .build()
+        .map_err(|e| err(Box::new(e)))
+}
+
 impl Topology {
     /// Discovers this machine: hwloc for CPUs and memory, `/sys` for devices.
     ///
@@ -75,6 +85,14 @@ impl Topology {
     pub fn from_synthetic(description: &str) -> Result<Self, TopologyError> {
         let hw = load_synthetic(description)?;
         from_hwloc(&hw, TopologySource::Synthetic { description: description.to_owned() })
+    }
+
+    /// A topology from an hwloc XML export (`lstopo --of xml` on a lab server), with no
+    /// devices (attach them with [`Topology::with_devices`]). For placement tests on real
+    /// layouts, whose CPU numbering synthetic topologies cannot express.
+    pub fn from_xml(xml: &str) -> Result<Self, TopologyError> {
+        let hw = load_xml(xml)?;
+        from_hwloc(&hw, TopologySource::Xml)
     }
 }
 
@@ -160,7 +178,7 @@ fn from_hwloc(
 
 /// The set bits of a CPU set as sorted `u32`s. An infinite set (hwloc's "all CPUs, including
 /// ones that do not exist yet") cannot be listed, so it is an error rather than a hang.
-fn cpus_of(set: &CpuSet, what: &'static str) -> Result<Vec<u32>, TopologyError> {
+pub(crate) fn cpus_of(set: &CpuSet, what: &'static str) -> Result<Vec<u32>, TopologyError> {
     if set.weight().is_none() {
         return Err(TopologyError::IndexRange { what, index: usize::MAX });
     }

@@ -21,6 +21,12 @@ pub enum TopologyError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// hwloc refused an XML topology.
+    #[error("hwloc rejected the XML topology")]
+    HwlocXml {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A sysfs directory that exists could not be listed.
     #[error("reading {path}")]
     Sysfs {

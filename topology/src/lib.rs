@@ -10,10 +10,12 @@
 //!   Serializable (`blit topo --json`) and `Display` (`blit topo`).
 //! - **Placement, pure** ([`place`]): from a [`Topology`], a [`NumaPolicy`] (`--numa
 //!   auto|off|node=N`) and a device name, a [`Placement`] — node, CPUs and the reason.
-//! - **Applying it, best effort**: [`apply_to_current_thread`] on the thread that creates a
-//!   transfer's workers (they inherit its CPU set and preferred node; none is pinned to a core
-//!   of its own, and no pool calls [`bind_memory`] yet: docs/numa.md). Neither can fail a
-//!   transfer; both return whether they worked.
+//! - **Applying it, best effort** ([`enter_placement`]): on the thread that starts a transfer
+//!   (the CLI's main thread, a daemon session's thread) it applies the node's CPU set and
+//!   preferred node to that thread and enters a [`NodePlacer`] — the `blitx_core::placer`
+//!   hook — there, so each worker the storage and transport crates start is pinned to one CPU
+//!   of the node, and each buffer pool is bound to the node (hwloc area binding) before it is
+//!   touched or registered. Nothing here can fail a transfer: docs/numa.md.
 //! - Helpers for finding the device: [`interface_for_peer`] (which NIC routes to the peer) and
 //!   [`block_device_of`] (which disk holds a path).
 //!
@@ -39,7 +41,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! `unsafe` is confined to `membind.rs` (two system calls); the root denies it elsewhere.
+//! `unsafe` is confined to `membind.rs` (raw memory-policy system calls); the root denies it
+//! elsewhere.
 
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
@@ -55,6 +58,7 @@ mod model;
 mod placement;
 mod route;
 mod sysfs;
+mod workers;
 
 pub use bind::{Binder, current_thread_cpus, pin_current_thread};
 pub use discover::SYSFS_ROOT;
@@ -69,6 +73,7 @@ pub use model::{
 pub use placement::{NumaPolicy, Placement, place};
 pub use route::interface_for_peer;
 pub use sysfs::block_device_of;
+pub use workers::{NodePlacer, enter_placement};
 
 /// Applies a placement to the calling thread: CPU affinity plus preferred memory node. Threads
 /// the caller creates afterwards inherit both, so calling this once at the start of a transfer

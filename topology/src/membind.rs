@@ -1,15 +1,13 @@
 //! Memory-binding shell: asks the kernel to place a buffer region's pages on a NUMA node
 //! (`mbind(2)`), and to say where a page landed (`get_mempolicy(2)`).
 //!
-//! Owns the only `unsafe` in this crate: two raw system calls. It must not allocate or touch
-//! the memory it is handed — the buffer pool (`core/src/pool.rs`) owns its mapping and calls
-//! [`bind_memory`] on it after `mmap` and before first touch, so pages are allocated on the
-//! node from the start instead of being migrated later.
+//! Owns the only `unsafe` in this crate: raw system calls. It must not allocate or touch the
+//! memory it is handed. The buffer pools are bound through hwloc instead (`workers.rs`, over a
+//! `&[UnsafeCell<u8>]` the pool hands out before first touch); [`bind_memory`] stays as the
+//! plain-`mbind` reference that tests check hwloc's result against, and for callers that only
+//! have an address. [`prefer_node_for_current_thread`] sets the starting thread's policy.
 //!
-//! Why `mbind` directly rather than hwloc's area binding: hwlocality's `bind_memory_area`
-//! takes a `&[T]`, and making a slice over a region other threads may be writing through
-//! their leases would be undefined behaviour; the system call only needs the address. And
-//! why `MPOL_PREFERRED` rather than `MPOL_BIND`: with `BIND`, a node that runs out of memory
+//! Why `MPOL_PREFERRED` rather than `MPOL_BIND`: with `BIND`, a node that runs out of memory
 //! (or of huge pages) makes the first touch fail with SIGBUS/OOM; `PREFERRED` falls back to
 //! another node, which costs bandwidth, not the transfer.
 //!

@@ -21,6 +21,9 @@ pub enum TopologySource {
         /// The hwloc synthetic description, e.g. `pack:2 [numa(memory=1GB)] l3:1 core:4 pu:2`.
         description: String,
     },
+    /// Loaded from an hwloc XML export of some machine (tests, what-if placement); no I/O
+    /// devices unless attached with [`Topology::with_devices`].
+    Xml,
 }
 
 /// A machine: sockets, NUMA nodes and the devices blit moves data through.
@@ -218,6 +221,7 @@ impl fmt::Display for Topology {
         let source = match &self.source {
             TopologySource::System => "this machine".to_owned(),
             TopologySource::Synthetic { description } => format!("synthetic `{description}`"),
+            TopologySource::Xml => "an XML topology".to_owned(),
         };
         writeln!(
             f,

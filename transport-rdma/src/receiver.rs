@@ -168,14 +168,19 @@ impl ReceiverSetup {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("rdma-recv-poll".into())
-                .spawn(move || shared.poll_loop(tx))
+                .spawn(blitx_core::placer::worker(
+                    blitx_core::placer::WorkerRole::RdmaReceive,
+                    move || shared.poll_loop(tx),
+                ))
                 .map_err(|e| Error::verbs("spawn the RDMA receive poller", e))?
         };
         let credits = {
             let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("rdma-recv-credit".into())
-                .spawn(move || shared.credit_loop())
+            std::thread::Builder::new().name("rdma-recv-credit".into()).spawn(
+                blitx_core::placer::worker(blitx_core::placer::WorkerRole::RdmaCredit, move || {
+                    shared.credit_loop()
+                }),
+            )
         };
         let credits = match credits {
             Ok(handle) => handle,

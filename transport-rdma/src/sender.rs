@@ -209,7 +209,10 @@ impl SenderSetup {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("rdma-send-progress".into())
-                .spawn(move || shared.progress_loop())
+                .spawn(blitx_core::placer::worker(
+                    blitx_core::placer::WorkerRole::RdmaSend,
+                    move || shared.progress_loop(),
+                ))
                 .map_err(|e| Error::verbs("spawn the RDMA send progress thread", e))?
         };
         Ok(RdmaSender { shared, thread: Mutex::new(Some(thread)) })

@@ -138,7 +138,10 @@ impl TcpReceiver {
             let link = Arc::new(link);
             let handle = std::thread::Builder::new()
                 .name(format!("blit-tcp-rx{i}"))
-                .spawn(move || stream_main(&link, &tx, &shared))
+                .spawn(blitx_core::placer::worker(
+                    blitx_core::placer::WorkerRole::TcpReceive,
+                    move || stream_main(&link, &tx, &shared),
+                ))
                 // Dropping `receiver` stops and joins the threads spawned so far.
                 .map_err(SetupError::Thread)?;
             lock(&receiver.threads).push(handle);

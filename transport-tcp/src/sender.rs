@@ -153,7 +153,10 @@ impl TcpSender {
             let shared = Arc::clone(&shared);
             let handle = std::thread::Builder::new()
                 .name(format!("blit-tcp-tx{i}"))
-                .spawn(move || stream_main(&link, i, &rx, &shared))
+                .spawn(blitx_core::placer::worker(
+                    blitx_core::placer::WorkerRole::TcpSend,
+                    move || stream_main(&link, i, &rx, &shared),
+                ))
                 // Dropping `sender` stops and joins the threads spawned so far.
                 .map_err(SetupError::Thread)?;
             sender.queues.push(tx);
