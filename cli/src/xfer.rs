@@ -76,6 +76,13 @@ pub struct XferArgs {
     /// after 2 ms idle) or event (sleeps on a completion channel; for oversubscribed cores).
     #[arg(long, value_name = "MODE", default_value = "busy-poll", value_parser = ["busy-poll", "event"])]
     pub rdma_cq: String,
+    /// TCP: the zero-copy paths on both ends — the sender sends file regions with sendfile, the
+    /// receiver splices each piece socket -> pipe -> file and reads it back to verify its
+    /// checksum. Off by default: on loopback it measured slower and costlier than buffers
+    /// (docs/benchmarks.md, "Zero-copy paths"); a NIC with checksum and segmentation offload
+    /// may decide otherwise.
+    #[arg(long)]
+    pub tcp_zero_copy: bool,
     /// Socket buffer per TCP stream (default: sized by the kernel's autotuning / BDP).
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub tcp_buffer: Option<u64>,
@@ -581,6 +588,7 @@ fn run_remote(
         rdma_device: args.rdma_device.clone(),
         rdma_frame_checksums: args.rdma_frame_checksums,
         rdma_event_cq: args.rdma_cq == "event",
+        tcp_zero_copy: args.tcp_zero_copy,
     };
     // Held until the transfer is over (a pull writes into TARGET).
     let _lock;

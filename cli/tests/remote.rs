@@ -544,3 +544,72 @@ fn memory_sessions_push_and_pull_without_files() {
     let out = xfer("-", &d.url("x"), &["--mem", "0"]);
     assert_eq!(out.status.code(), Some(1), "--mem 0");
 }
+
+/// `--tcp-zero-copy` (issue 16, item 2): both ends take the zero-copy paths — in a push the
+/// client sends with `sendfile` and the daemon receives with `splice`, in a pull the reverse —
+/// and the copies are exact; without the flag neither call is made. Watched with strace on
+/// both processes (ci/deps.sh installs it).
+#[test]
+fn tcp_zero_copy_uses_sendfile_and_splice_on_both_ends() {
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut rng = Rng::new(16);
+    write_random(&src.join("big"), 9 * (1 << 20) + 777, &mut rng);
+    write_random(&src.join("other"), 5 * (1 << 20), &mut rng);
+    let root = t.path().join("export");
+    std::fs::create_dir(&root).unwrap();
+    let dlog = t.path().join("daemon.strace");
+    let mut child = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=sendfile,splice", "-o"])
+        .arg(&dlog)
+        .arg(BLIT)
+        .arg("daemon")
+        .arg("--root")
+        .arg(&root)
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .env_remove("RUST_LOG")
+        .spawn()
+        .expect("strace (ci/deps.sh installs it)");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("daemon exited before listening").unwrap();
+        if let Some(a) = line.strip_prefix("blit daemon listening on ") {
+            break a.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let d = Daemon { child, addr };
+    let calls = |log: &Path, call: &str| -> usize {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        text.lines().filter(|l| l.contains(&format!("{call}("))).count()
+    };
+    let run = |src: &str, dst: &str, extra: &[&str]| -> (usize, usize, usize, usize) {
+        let clog = t.path().join("client.strace");
+        let before = (calls(&dlog, "sendfile"), calls(&dlog, "splice"));
+        let out = Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=sendfile,splice", "-o"])
+            .arg(&clog)
+            .args([BLIT, "xfer", src, dst, "--no-progress", "--transport", "tcp"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        // The daemon's session threads have ended when the client has its summary.
+        let (sf, sp) = (calls(&dlog, "sendfile") - before.0, calls(&dlog, "splice") - before.1);
+        (calls(&clog, "sendfile"), calls(&clog, "splice"), sf, sp)
+    };
+    let (c_sf, _, _, d_sp) = run(s(&src), &d.url("zc"), &["--tcp-zero-copy"]);
+    assert!(c_sf > 0 && d_sp > 0, "push: client sendfile {c_sf}, daemon splice {d_sp}");
+    compare_trees(&src, &root.join("zc")).unwrap();
+    let pulled = t.path().join("pulled");
+    let (_, c_sp, d_sf, _) = run(&d.url("zc"), s(&pulled), &["--tcp-zero-copy"]);
+    assert!(d_sf > 0 && c_sp > 0, "pull: daemon sendfile {d_sf}, client splice {c_sp}");
+    compare_trees(&src, &pulled).unwrap();
+    let (c_sf, c_sp, d_sf, d_sp) = run(s(&src), &d.url("plain"), &[]);
+    assert_eq!((c_sf, c_sp, d_sf, d_sp), (0, 0, 0, 0), "zero-copy calls without the flag");
+    compare_trees(&src, &root.join("plain")).unwrap();
+}

@@ -51,6 +51,8 @@ pub struct ClientOptions {
     pub rdma_frame_checksums: bool,
     /// RDMA: event-driven CQs on both ends instead of busy-polling.
     pub rdma_event_cq: bool,
+    /// TCP: sendfile on the sending end, splice on the receiving end (both ends).
+    pub tcp_zero_copy: bool,
     /// The longest the daemon may take to connect, handshake and accept the session.
     pub connect_timeout: Duration,
     /// End the transfer when nothing arrives from the daemon and no data moves for this long.
@@ -221,6 +223,7 @@ pub fn transfer(
         rdma_device: opts.rdma_device.clone(),
         rdma_frame_checksums: opts.rdma_frame_checksums,
         rdma_event_cq: opts.rdma_event_cq,
+        tcp_zero_copy: opts.tcp_zero_copy,
     };
     // When RDMA may be used, this side's QPs and registered memory are set up while the daemon
     // is asked (they need nothing from it): registering pins and clears every page, the
@@ -279,6 +282,7 @@ pub fn transfer(
         rdma_frame_checksums: opts.rdma_frame_checksums,
         rdma_event_cq: opts.rdma_event_cq,
         wait_lock: opts.wait_lock,
+        tcp_zero_copy: opts.tcp_zero_copy,
     };
     let (out_tx, out_rx) = mpsc::channel::<pb::ClientFrame>(64);
     let opening = async {
@@ -625,6 +629,7 @@ pub fn raw_open_for_tests(
             rdma_frame_checksums: false,
             rdma_event_cq: false,
             wait_lock: false,
+            tcp_zero_copy: false,
         };
         let mut frame = convert::open_to_pb(&open);
         if let Some(pb::client_frame::Msg::Open(o)) = frame.msg.as_mut() {

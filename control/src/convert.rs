@@ -114,6 +114,8 @@ pub struct OpenRequest {
     pub rdma_event_cq: bool,
     /// Push: wait for another transfer to the same target instead of being refused.
     pub wait_lock: bool,
+    /// TCP: sendfile on the sending end, splice on the receiving end.
+    pub tcp_zero_copy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +254,7 @@ pub fn open_to_pb(o: &OpenRequest) -> pb::ClientFrame {
             rdma_frame_checksums: o.rdma_frame_checksums,
             rdma_event_cq: o.rdma_event_cq,
             wait_lock: o.wait_lock,
+            tcp_zero_copy: o.tcp_zero_copy,
         })),
     }
 }
@@ -285,6 +288,7 @@ pub fn open_from_pb(o: &pb::Open) -> Result<OpenRequest, ConvertError> {
         rdma_frame_checksums: o.rdma_frame_checksums,
         rdma_event_cq: o.rdma_event_cq,
         wait_lock: o.wait_lock,
+        tcp_zero_copy: o.tcp_zero_copy,
     })
 }
 

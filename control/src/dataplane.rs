@@ -33,6 +33,8 @@ pub struct DataPlaneOptions {
     pub rdma_frame_checksums: bool,
     /// RDMA: event-driven CQs instead of busy-polling.
     pub rdma_event_cq: bool,
+    /// TCP: file regions sent with `sendfile`, received with `splice` (`--tcp-zero-copy`).
+    pub tcp_zero_copy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +61,11 @@ fn tcp_config(opts: &DataPlaneOptions) -> tcp::TcpConfig {
     cfg.socket_buffer_bytes =
         (opts.socket_buffer_bytes > 0).then_some(opts.socket_buffer_bytes as usize);
     cfg.stall_timeout = opts.stall_timeout;
-    // Measurement knobs (docs/benchmarking.md, "TCP payload paths"): the zero-copy paths, for
+    if opts.tcp_zero_copy {
+        cfg.payload = blitx_core::transport::PayloadPref::FileRegion;
+        cfg.delivery = tcp::Delivery::Spliced;
+    }
+    // Measurement knobs (docs/benchmarking.md, "TCP payload paths"): each path on its own, for
     // comparing them with the defaults in one build. Each side reads its own environment.
     if std::env::var_os("BLIT_TCP_PAYLOAD").is_some_and(|v| v == "sendfile") {
         cfg.payload = blitx_core::transport::PayloadPref::FileRegion;

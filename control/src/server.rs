@@ -702,6 +702,7 @@ impl SessionCtx {
             rdma_device: self.cfg.rdma_device.clone(),
             rdma_frame_checksums: open.rdma_frame_checksums,
             rdma_event_cq: open.rdma_event_cq,
+            tcp_zero_copy: open.tcp_zero_copy,
         };
         // The client picks streams × chunk size; the operator's budget bounds the product.
         let mut dp_opts = dp_opts;
