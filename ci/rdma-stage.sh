@@ -264,8 +264,9 @@ guest_direct_io() {
   dl=$(wc -l < "$OUT/blit-daemon-direct.log")
   if blit_xfer direct-push rdma /dev/shm/blit-bench "blit://$ip:9033/d" --transport rdma --io direct; then
     wait_daemon_counters "$dl"
+    tail -n +$((dl + 1)) "$OUT/blit-daemon-direct.log" > "$OUT/blit-daemon-direct-push.log"
     check_direct direct-push "$mnt/root/d/big.bin" "$OUT/blit-direct-push.log" \
-      <(tail -n +$((dl + 1)) "$OUT/blit-daemon-direct.log")
+      "$OUT/blit-daemon-direct-push.log"
   else
     rc=1
   fi
@@ -273,8 +274,9 @@ guest_direct_io() {
   dl=$(wc -l < "$OUT/blit-daemon-direct.log")
   if blit_xfer direct-pull rdma "blit://$ip:9033/d" "$mnt/pulled" --transport rdma --io direct; then
     wait_daemon_counters "$dl"
+    tail -n +$((dl + 1)) "$OUT/blit-daemon-direct.log" > "$OUT/blit-daemon-direct-pull.log"
     check_direct direct-pull "$mnt/pulled/big.bin" "$OUT/blit-direct-pull.log" \
-      <(tail -n +$((dl + 1)) "$OUT/blit-daemon-direct.log")
+      "$OUT/blit-daemon-direct-pull.log"
   else
     rc=1
   fi

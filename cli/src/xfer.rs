@@ -118,7 +118,7 @@ pub struct XferArgs {
     #[arg(long)]
     pub fsync: bool,
     /// How file data meets the disks, on both ends: auto (O_DIRECT through io_uring for files
-    /// of 64 MiB and more on disk file systems that accept it, the page cache otherwise),
+    /// of 64 MiB and more on ext4, XFS and F2FS, the page cache otherwise),
     /// buffered (always the page cache), direct (O_DIRECT for every chunked, non-sparse file).
     /// Local copies under auto keep the kernel's copy_file_range (reflinks where possible).
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "buffered", "direct"])]
@@ -304,6 +304,12 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     let remote_target = RemoteSpec::is_remote(&args.target);
     if remote_source && remote_target {
         bail!("SOURCE and TARGET are both remote; one side must be a local directory");
+    }
+    if args.tcp_zero_copy && params.io == IoMode::Direct {
+        eprintln!(
+            "blit: warning: --tcp-zero-copy sends file regions and splices what it receives, both \
+             through the page cache: over TCP, --io direct does not apply"
+        );
     }
     if (remote_source || remote_target) && args.transport != "tcp" {
         // Loading libibverbs overlaps the topology discovery and placement below.

@@ -18,6 +18,13 @@ use blitx_storage::testkit::compare_trees;
 const BLIT: &str = env!("CARGO_BIN_EXE_blit");
 const O_DIRECT: i32 = 0o40000;
 
+/// The tests of this file drop the page cache and then read it: they run one at a time (a
+/// concurrent drop would evict what another test expects to find cached).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A scratch directory on a disk file system that takes O_DIRECT, or `None` (skip).
 fn disk_scratch() -> Option<tempfile::TempDir> {
     let base = std::env::var_os("BLIT_DIRECT_TEST_DIR").unwrap_or_else(|| "/var/tmp".into());
@@ -142,6 +149,7 @@ fn allocated_bytes(p: &Path) -> u64 {
 
 #[test]
 fn local_copy_direct_is_exact_and_bypasses_the_page_cache() {
+    let _serial = serial();
     let Some(t) = disk_scratch() else { return };
     let src = t.path().join("src");
     let big = source_tree(&src);
@@ -164,6 +172,7 @@ fn local_copy_direct_is_exact_and_bypasses_the_page_cache() {
 /// profile) the same direct descriptors take `pwrite`s and the copy is still exact and uncached.
 #[test]
 fn direct_io_uses_io_uring_and_falls_back_to_pwrite() {
+    let _serial = serial();
     let Some(t) = disk_scratch() else { return };
     let src = t.path().join("src");
     let big = source_tree(&src);
@@ -241,6 +250,7 @@ impl Drop for Daemon {
 /// cache, and so does the client.
 #[test]
 fn push_and_pull_direct_bypass_the_page_cache_on_both_ends() {
+    let _serial = serial();
     let Some(t) = disk_scratch() else { return };
     let src = t.path().join("src");
     let big = source_tree(&src);
@@ -264,6 +274,7 @@ fn push_and_pull_direct_bypass_the_page_cache_on_both_ends() {
 /// `auto` (the default) goes direct for files of 64 MiB and more on a disk, buffered below.
 #[test]
 fn auto_goes_direct_for_large_files_only() {
+    let _serial = serial();
     let Some(t) = disk_scratch() else { return };
     let src = t.path().join("src");
     std::fs::create_dir(&src).unwrap();

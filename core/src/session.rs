@@ -39,8 +39,8 @@ pub enum Compare {
 /// How file data meets the disk (`--io`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum IoMode {
-    /// Direct I/O for large files on disk file systems that accept it; the page cache for
-    /// small files, sparse files and in-memory file systems (tmpfs).
+    /// Direct I/O for large files on local disk file systems (ext4, XFS, F2FS); the page cache
+    /// for small files, sparse files and every other file system (tmpfs, network, FUSE, btrfs).
     #[default]
     Auto,
     /// Always through the page cache.

@@ -417,4 +417,18 @@ fn memory_push_verifies_creates_nothing_and_refuses_bundles() {
     let end = if matches!(end, End::Closed) { sess.finish(STEP) } else { end };
     assert!(end.is_refusal(), "a small file in a memory session was accepted: {}", end.describe());
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "the sink created something");
+
+    // A hole frame would count its chunks as verified without a byte moved: refused.
+    let c = RawClient::connect(&d.addr).unwrap();
+    let (mut sess, mut data) = c.open_with_data(mem_open(good.len() as u64)).unwrap();
+    sess.send_source(msg::root(msg::root_entry(0o755))).unwrap();
+    sess.send_source(msg::listing("", vec![msg::file(1, "h", good.len() as u64, 0o644)], true))
+        .unwrap();
+    assert_eq!(sess.need(STEP).unwrap(), vec![1]);
+    let hole = blitx_core::frame::FrameHeader::hole(1, 0, 3).encode();
+    let _ = data.send_raw(0, &hole);
+    let _ = sess.send_source(msg::file_read(1));
+    let end = sess.end_push(&mut data, STEP).unwrap_or(End::Closed);
+    let end = if matches!(end, End::Closed) { sess.finish(STEP) } else { end };
+    assert!(end.is_refusal(), "a hole frame in a memory session was accepted: {}", end.describe());
 }

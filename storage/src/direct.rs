@@ -11,8 +11,8 @@
 //! Which files: chunked, non-sparse ones (small files travel in bundles; a sparse file's holes
 //! are kept by skipping zero blocks, which needs the page cache), on a file system that accepts
 //! `O_DIRECT` with an alignment our 4 KiB-aligned buffers meet. `auto` also requires
-//! [`DIRECT_IO_AUTO_MIN_BYTES`] and a disk file system (tmpfs is memory: direct I/O there only
-//! adds a copy).
+//! [`DIRECT_IO_AUTO_MIN_BYTES`] and a local disk file system it knows (ext4, XFS, F2FS: not
+//! tmpfs, where direct I/O only adds a copy, nor network, FUSE or btrfs file systems).
 
 use std::fs::File;
 use std::io;
@@ -30,6 +30,21 @@ const ALIGN_MAX: usize = 4096;
 /// `statfs` magic numbers of the file systems whose "blocks" are page-cache pages.
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+/// `statfs` magic numbers of the disk file systems `auto` goes direct on: ext2/3/4, XFS, F2FS.
+/// Not network or FUSE file systems (their `O_DIRECT` is uncached synchronous I/O with no
+/// alignment report), and not btrfs (data checksums: a buffer that changes during a direct
+/// write, as a remote-writable RDMA ring can, leaves checksum errors behind). `--io direct`
+/// still goes direct wherever the file system accepts it.
+const EXT4_MAGIC: u64 = 0xEF53;
+const XFS_MAGIC: u64 = 0x5846_5342;
+const F2FS_MAGIC: u64 = 0xF2F5_2010;
+
+/// Whether `auto` may go direct on `file`'s file system.
+fn auto_direct_fs(file: &File) -> bool {
+    rustix::fs::fstatfs(file)
+        .is_ok_and(|st| matches!(st.f_type as u64, EXT4_MAGIC | XFS_MAGIC | F2FS_MAGIC))
+}
 
 /// Whether `file` lives in memory (tmpfs, ramfs).
 pub fn in_memory_fs(file: &File) -> bool {
@@ -69,11 +84,12 @@ impl DirectFile {
         depth: u32,
         write: bool,
     ) -> Option<DirectFile> {
-        if mode == IoMode::Auto && in_memory_fs(file) {
+        if mode == IoMode::Auto && !auto_direct_fs(file) {
             return None;
         }
-        let access = if write { OFlags::WRONLY } else { OFlags::RDONLY | OFlags::NONBLOCK };
-        let flags = access | OFlags::DIRECT | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let access = if write { OFlags::WRONLY } else { OFlags::RDONLY };
+        // NONBLOCK: a FIFO swapped in under the name must not hold this thread in open().
+        let flags = access | OFlags::DIRECT | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         // EINVAL: this file system does not do direct I/O.
         let fd = rustix::fs::openat(dir, os(name), flags, Mode::empty()).ok()?;
         let direct = File::from(fd);
@@ -82,6 +98,9 @@ impl DirectFile {
             // Renamed over since it was opened: not the file we are copying.
             return None;
         }
+        // The same regular file: now blocking I/O (io_uring honours O_NONBLOCK on regular files
+        // on kernels before 5.13 and would fail reads with EAGAIN).
+        rustix::fs::fcntl_setfl(&direct, OFlags::DIRECT).ok()?;
         let align = dio_align(&direct)?;
         Some(DirectFile { file: direct, align, depth })
     }

@@ -139,6 +139,9 @@ struct WriteState {
     mismatch: Option<String>,
     failed: bool,
     committed: bool,
+    /// Writes into the temp file in progress: the file is committed only when none is (a
+    /// repeated chunk still being written must not land in the renamed file).
+    writing_now: u32,
 }
 
 impl WriteState {
@@ -788,6 +791,7 @@ fn need_file(
             mismatch: None,
             failed: false,
             committed: false,
+            writing_now: 0,
         }),
         writing: Mutex::new(()),
     });
@@ -824,6 +828,12 @@ fn sink_listing(
             EntryKind::File if shared.opts.params.is_small(e.size_bytes) => {
                 return Err(TargetError::Protocol(format!(
                     "{} is bundled: a memory session moves chunked files only",
+                    e.path
+                )));
+            }
+            EntryKind::File if e.sparse => {
+                return Err(TargetError::Protocol(format!(
+                    "{} is sparse: a memory session moves generated data, no holes",
                     e.path
                 )));
             }
@@ -1212,6 +1222,10 @@ fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), TargetError>
         )));
     }
     let sink = shared.opts.params.mem_bytes.is_some();
+    if sink && h.kind == FrameKind::Hole {
+        // A hole would count its chunks as verified without a byte moved.
+        return Err(TargetError::Protocol("a hole frame in a memory session".into()));
+    }
     let temp = {
         let mut st = lock(&p.state);
         if st.failed || st.committed {
@@ -1235,9 +1249,14 @@ fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), TargetError>
                     }
                 }
             }
-            st.temp.as_ref().map(|t| (Arc::clone(&t.file), t.direct.clone()))
+            let temp = st.temp.as_ref().map(|t| (Arc::clone(&t.file), t.direct.clone()));
+            if temp.is_some() {
+                st.writing_now += 1;
+            }
+            temp
         }
     };
+    let counted = temp.is_some();
     let written = match temp {
         // A memory session's sink: verified, then dropped.
         None if sink => verify_only(&mut frame.payload, &h)?,
@@ -1255,6 +1274,9 @@ fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), TargetError>
     };
     drop(frame);
     let mut st = lock(&p.state);
+    if counted {
+        st.writing_now -= 1;
+    }
     if st.failed {
         return Ok(());
     }
@@ -1295,7 +1317,8 @@ fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), TargetError>
 /// Commits the file once every chunk was written and verified and the source said it read the
 /// whole file unchanged (`FileRead`), whichever of the two comes last.
 fn try_commit(shared: &Shared<'_>, id: FileId, p: &Pending, mut st: MutexGuard<'_, WriteState>) {
-    if st.failed || st.committed || !st.read_done || !st.chunks.is_complete() {
+    if st.failed || st.committed || !st.read_done || !st.chunks.is_complete() || st.writing_now > 0
+    {
         return;
     }
     if shared.opts.params.mem_bytes.is_some() {

@@ -18,12 +18,15 @@ use std::sync::OnceLock;
 
 /// Requests per ring: the largest `--io-depth`.
 const RING_ENTRIES: u32 = blitx_core::session::IO_DEPTH_MAX;
+// A request's tag keeps its piece number in the low 8 bits.
+const _: () = assert!(RING_ENTRIES <= 256);
 /// Direct I/O lengths and offsets are multiples of this (the largest logical block size we
 /// accept; see `direct::DirectFile`).
 const PIECE_ALIGN: usize = 4096;
 
 thread_local! {
     static RING: RefCell<Option<io_uring::IoUring>> = const { RefCell::new(None) };
+    static NEXT_CALL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Whether io_uring is usable here: probed once per process.
@@ -34,13 +37,22 @@ fn available() -> bool {
             tracing::info!("io_uring disabled by BLIT_IO_URING=0: direct I/O uses pread/pwrite");
             return false;
         }
-        match io_uring::IoUring::new(RING_ENTRIES) {
-            Ok(_) => true,
+        let ring = match io_uring::IoUring::new(RING_ENTRIES) {
+            Ok(r) => r,
             Err(e) => {
                 tracing::info!("io_uring unavailable ({e}): direct I/O uses pread/pwrite");
-                false
+                return false;
             }
+        };
+        // READ and WRITE came in Linux 5.6; probing came in 5.6 too.
+        let mut probe = io_uring::Probe::new();
+        let ok = ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(io_uring::opcode::Read::CODE)
+            && probe.is_supported(io_uring::opcode::Write::CODE);
+        if !ok {
+            tracing::info!("io_uring without READ/WRITE here: direct I/O uses pread/pwrite");
         }
+        ok
     })
 }
 
@@ -152,6 +164,14 @@ fn submit_and_reap(
 ) -> io::Result<usize> {
     let piece = piece_bytes(len, depth);
     let pieces = len.div_ceil(piece);
+    // Each call tags its requests with a number of its own, so a completion can never be taken
+    // for another call's (every call reaps all of its own before it returns).
+    let call = NEXT_CALL.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n
+    });
+    let tag = |i: usize| (call << 8) | i as u64;
     let target = io_uring::types::Fd(fd.as_raw_fd());
     {
         let mut sq = ring.submission();
@@ -171,7 +191,7 @@ fn submit_and_reap(
                     .offset(offset + at as u64)
                     .build(),
             }
-            .user_data(i as u64);
+            .user_data(tag(i));
             // SAFETY: as above; the queue has RING_ENTRIES ≥ pieces free entries because every
             // earlier call reaped all of its requests.
             if unsafe { sq.push(&entry) }.is_err() {
@@ -179,7 +199,9 @@ fn submit_and_reap(
             }
         }
     }
-    during();
+    // The caller's work runs while the device moves the data. Should it panic, every request
+    // is still reaped before the panic goes on: the buffer is never handed back in flight.
+    let during = std::panic::catch_unwind(std::panic::AssertUnwindSafe(during));
     let mut results = [0i32; RING_ENTRIES as usize];
     let mut reaped = 0;
     while reaped < pieces {
@@ -201,12 +223,15 @@ fn submit_and_reap(
             }
         }
         for cqe in ring.completion() {
-            let i = cqe.user_data() as usize;
-            if i < pieces {
+            let (c, i) = (cqe.user_data() >> 8, (cqe.user_data() & 0xff) as usize);
+            if c == call && i < pieces {
                 results[i] = cqe.result();
                 reaped += 1;
             }
         }
+    }
+    if let Err(panic) = during {
+        std::panic::resume_unwind(panic);
     }
     let mut done = 0;
     for (i, &r) in results[..pieces].iter().enumerate() {
@@ -257,6 +282,7 @@ fn sync_transfer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn pieces_are_aligned_and_at_most_depth() {
@@ -265,5 +291,24 @@ mod tests {
             assert_eq!(p % PIECE_ALIGN, 0);
             assert!(len.div_ceil(p) <= depth as usize, "{len} {depth}");
         }
+    }
+
+    /// A panic in the caller's work while requests are in flight is carried on only after all
+    /// of them completed, and the thread's ring is still right for the next call (its stale
+    /// completions cannot be taken for a later call's).
+    #[test]
+    fn a_panic_during_the_requests_waits_for_them() {
+        let f = tempfile::tempfile().expect("temp file");
+        let data = vec![7u8; 1 << 20];
+        let r = std::panic::catch_unwind(|| {
+            write_all_at(f.as_fd(), &data, 0, 8, || panic!("hashing failed"))
+        });
+        assert!(r.is_err(), "the panic was swallowed");
+        let other = vec![9u8; 256 << 10];
+        write_all_at(f.as_fd(), &other, 1 << 20, 4, || {}).expect("write after a panic");
+        let mut back = vec![0u8; (1 << 20) + (256 << 10)];
+        let n = read_at(f.as_fd(), &mut back, 0, 4).expect("read");
+        assert_eq!(n, back.len());
+        assert!(back[..1 << 20].iter().all(|&b| b == 7) && back[1 << 20..].iter().all(|&b| b == 9));
     }
 }
