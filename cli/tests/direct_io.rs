@@ -304,3 +304,40 @@ fn io_depth_is_bounded() {
         assert_eq!(out.status.code(), Some(2), "--io-depth {bad}");
     }
 }
+
+/// A read-only file (0444) copied by an unprivileged user still goes direct: its temp file is
+/// created writable for the direct descriptor and gets its real mode at commit. (Before, the
+/// second open failed with EACCES and the file quietly went through the page cache.)
+#[test]
+fn read_only_files_go_direct_for_an_unprivileged_user() {
+    let _serial = serial();
+    let Some(t) = disk_scratch() else { return };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: setpriv (util-linux) is missing");
+        return;
+    }
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let ro = src.join("ro");
+    write_file(&ro, (5 << 20) + 3, 9);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let st = Command::new("chown").args(["-R", "65534:65534"]).arg(t.path()).status().unwrap();
+    assert!(st.success());
+    drop_caches();
+    let dst = t.path().join("dst");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BLIT, "xfer"])
+        .arg(&src)
+        .arg(&dst)
+        .args(["--no-progress", "--small-file-max", "0", "--io", "direct"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(cached_bytes(&dst.join("ro")), 0, "the read-only file went through the page cache");
+    let mode = std::fs::metadata(dst.join("ro")).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o444, "the copy's mode");
+    compare_trees(&src, &dst).unwrap();
+}

@@ -124,6 +124,8 @@ struct Temp {
     file: Arc<File>,
     /// Its `O_DIRECT` descriptor, when chunks are written around the page cache (`--io`).
     direct: Option<Arc<DirectFile>>,
+    /// Created with owner write permission its real mode lacks (for the direct descriptor).
+    widened: bool,
     name: Vec<u8>,
     dir: Arc<OwnedFd>,
 }
@@ -979,11 +981,18 @@ fn pending(shared: &Shared<'_>, id: FileId) -> Result<Arc<Pending>, TargetError>
         .ok_or_else(|| TargetError::Protocol(format!("data for file {id}, which was not needed")))
 }
 
-fn create_temp(shared: &Shared<'_>, p: &Pending, mode: u32) -> io::Result<Temp> {
+/// Creates the temp file of `p`; a chunked file that may go direct (`--io`) also gets its
+/// `O_DIRECT` descriptor.
+fn create_temp(shared: &Shared<'_>, p: &Pending, chunked: bool) -> io::Result<Temp> {
     let (dir, name) =
         p.path.split_last().ok_or_else(|| io::Error::other("the root is not a file"))?;
     let dfd = shared.dirs.get(&dir)?;
     let tmp = temp_name(name);
+    let params = &shared.opts.params;
+    let wants_direct = chunked && direct::wants_direct(params.io, p.size_bytes, p.sparse);
+    // The direct descriptor is a second open for writing: the owner needs write permission
+    // meanwhile, even for a read-only file (its mode is applied at commit).
+    let mode = if wants_direct { p.meta.mode | 0o200 } else { p.meta.mode };
     let fd = rustix::fs::openat(
         dfd.as_fd(),
         fsys::os(&tmp),
@@ -993,12 +1002,12 @@ fn create_temp(shared: &Shared<'_>, p: &Pending, mode: u32) -> io::Result<Temp> 
     )?;
     fsys::mark_temp(fd.as_fd());
     let file = File::from(fd);
-    let params = &shared.opts.params;
-    let direct = direct::wants_direct(params.io, p.size_bytes, p.sparse)
+    let direct = wants_direct
         .then(|| DirectFile::open(dfd.as_fd(), &tmp, &file, params.io, params.io_depth, true))
         .flatten()
         .map(Arc::new);
-    Ok(Temp { file: Arc::new(file), direct, name: tmp, dir: dfd })
+    let widened = mode != p.meta.mode;
+    Ok(Temp { file: Arc::new(file), direct, widened, name: tmp, dir: dfd })
 }
 
 /// Applies metadata and renames the temp file into place.
@@ -1007,8 +1016,17 @@ fn commit(shared: &Shared<'_>, p: &Pending, temp: &Temp) -> io::Result<()> {
         // Direct writes of the last chunk were padded to the block size.
         rustix::fs::ftruncate(&temp.file, p.size_bytes)?;
     }
-    meta::apply_to_new_file(temp.file.as_fd(), &p.meta, &shared.id, shared.owners)?;
-    fsys::unmark_temp(temp.file.as_fd())?;
+    if temp.widened {
+        // Created writable for the direct descriptor (`create_temp`). The temp mark goes while
+        // the file is still writable (removing a user xattr needs write permission), then the
+        // metadata, then the real mode.
+        fsys::unmark_temp(temp.file.as_fd())?;
+        meta::apply_to_new_file(temp.file.as_fd(), &p.meta, &shared.id, shared.owners)?;
+        rustix::fs::fchmod(&temp.file, Mode::from_raw_mode(p.meta.mode))?;
+    } else {
+        meta::apply_to_new_file(temp.file.as_fd(), &p.meta, &shared.id, shared.owners)?;
+        fsys::unmark_temp(temp.file.as_fd())?;
+    }
     shared.sync_file(temp.file.as_fd())?;
     shared.touched(&p.path);
     let name = p.path.file_name();
@@ -1148,7 +1166,7 @@ fn write_small(
             Err(e) => return Err(e.into()),
         }
     }
-    let temp = create_temp(shared, p, p.meta.mode)?;
+    let temp = create_temp(shared, p, false)?;
     let r = write_all_at(&temp.file, data, 0, p.sparse).and_then(|()| commit(shared, p, &temp));
     if r.is_err() {
         let _ = rustix::fs::unlinkat(temp.dir.as_fd(), fsys::os(&temp.name), AtFlags::empty());
@@ -1236,7 +1254,7 @@ fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), TargetError>
             None
         } else {
             if st.temp.is_none() {
-                match create_temp(shared, &p, p.meta.mode).and_then(|t| {
+                match create_temp(shared, &p, true).and_then(|t| {
                     preallocate(&t.file, p.size_bytes, p.sparse)?;
                     Ok(t)
                 }) {
