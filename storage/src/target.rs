@@ -1128,11 +1128,55 @@ fn write_bundle(shared: &Shared<'_>, frame: &Frame) -> Result<(), TargetError> {
 /// How a small file gets its name. `O_TMPFILE` creates it without any name, and `linkat` gives
 /// it its real name only once it is complete, so even SIGKILL leaves nothing behind; where the
 /// file system cannot do that, a named temporary file and a rename.
+///
+/// How `linkat` names an anonymous file depends on the process's privileges (`AT_EMPTY_PATH`
+/// needs `CAP_DAC_READ_SEARCH`, else `/proc/self/fd`): learnt once per process.
 const LINK_UNKNOWN: u8 = 0;
 const LINK_EMPTY_PATH: u8 = 1;
 const LINK_PROC: u8 = 2;
-const LINK_NONE: u8 = 3;
 static LINK_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(LINK_UNKNOWN);
+
+/// Whether `O_TMPFILE` works depends on the file system: the devices that refused it, so one
+/// file system without it (a FUSE or network mount below a daemon's root) does not turn it off
+/// for the others. Bounded; past the bound a refusing file system costs one failed `open`
+/// per small file.
+#[derive(Debug, Default)]
+struct NoTmpfile {
+    devices: Vec<u64>,
+}
+
+impl NoTmpfile {
+    const MAX: usize = 64;
+
+    fn refused(&self, dev: u64) -> bool {
+        self.devices.contains(&dev)
+    }
+
+    fn remember(&mut self, dev: u64) {
+        if self.devices.len() < Self::MAX && !self.refused(dev) {
+            self.devices.push(dev);
+        }
+    }
+}
+
+static NO_TMPFILE: Mutex<NoTmpfile> = Mutex::new(NoTmpfile { devices: Vec::new() });
+/// Set once any file system refused: until then the check costs one atomic load.
+static ANY_NO_TMPFILE: AtomicBool = AtomicBool::new(false);
+
+/// Whether `dir`'s file system refused `O_TMPFILE` before (an `fstat` only once any has).
+fn tmpfile_refused_in(dir: BorrowedFd<'_>) -> bool {
+    if !ANY_NO_TMPFILE.load(Ordering::Relaxed) {
+        return false;
+    }
+    rustix::fs::fstat(dir).is_ok_and(|st| lock(&NO_TMPFILE).refused(st.st_dev))
+}
+
+fn remember_tmpfile_refused(dir: BorrowedFd<'_>) {
+    if let Ok(st) = rustix::fs::fstat(dir) {
+        lock(&NO_TMPFILE).remember(st.st_dev);
+        ANY_NO_TMPFILE.store(true, Ordering::Relaxed);
+    }
+}
 
 /// Writes and commits one small file in `dir` (all of its bytes are in `data`).
 fn write_small(
@@ -1143,7 +1187,7 @@ fn write_small(
     data: &[u8],
 ) -> io::Result<()> {
     let preserve = shared.owners;
-    if LINK_MODE.load(Ordering::Relaxed) != LINK_NONE {
+    if !tmpfile_refused_in(dir.as_fd()) {
         match rustix::fs::openat(
             dir.as_fd(),
             ".",
@@ -1161,7 +1205,7 @@ fn write_small(
             Err(
                 rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL,
             ) => {
-                LINK_MODE.store(LINK_NONE, Ordering::Relaxed);
+                remember_tmpfile_refused(dir.as_fd());
             }
             Err(e) => return Err(e.into()),
         }
@@ -1844,6 +1888,20 @@ fn make_hardlink(shared: &Shared<'_>, path: &RelPath, leader: &RelPath) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_system_without_tmpfile_leaves_the_others_alone() {
+        let mut n = NoTmpfile::default();
+        n.remember(7);
+        n.remember(7);
+        assert!(n.refused(7) && !n.refused(8));
+        assert_eq!(n.devices.len(), 1);
+        for dev in 100..300 {
+            n.remember(dev);
+        }
+        assert_eq!(n.devices.len(), NoTmpfile::MAX, "bounded");
+        assert!(n.refused(7) && n.refused(100) && !n.refused(299));
+    }
 
     #[test]
     fn temp_names_fit_and_are_recognized() {
