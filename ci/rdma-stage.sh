@@ -235,7 +235,7 @@ blit_bench() {  # LABEL WANT_TRANSPORT XFER_ARGS...: push /dev/shm/blit-bench (2
 # byte copied, the written file absent from the page cache (fincore, before anything reads
 # it), and the bytes equal.
 guest_direct_io() {
-  local rc=0 ip=$RXE_VM_IP mnt=/mnt/blit-disk img=/dev/shm/blit-disk.img d1=$DPID dl
+  local rc=0 ip=$RXE_VM_IP mnt=/mnt/blit-disk img=/dev/shm/blit-disk.img d1=$DPID
   section "blit --io direct over rdma into ext4 (loop device): no payload copy, no page cache"
   modprobe loop 2>/dev/null || true
   mkdir -p "$mnt"
@@ -260,26 +260,17 @@ guest_direct_io() {
       sleep 0.1
     done
   }
-  sync; echo 3 > /proc/sys/vm/drop_caches
-  dl=$(wc -l < "$OUT/blit-daemon-direct.log")
-  if blit_xfer direct-push rdma /dev/shm/blit-bench "blit://$ip:9033/d" --transport rdma --io direct; then
+  direct_leg() {  # LABEL SRC DST WRITTEN_FILE: one transfer with --io direct, then the checks
+    local label=$1 src=$2 dst=$3 f=$4 dl
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    dl=$(wc -l < "$OUT/blit-daemon-direct.log")
+    blit_xfer "$label" rdma "$src" "$dst" --transport rdma --io direct || { rc=1; return; }
     wait_daemon_counters "$dl"
-    tail -n +$((dl + 1)) "$OUT/blit-daemon-direct.log" > "$OUT/blit-daemon-direct-push.log"
-    check_direct direct-push "$mnt/root/d/big.bin" "$OUT/blit-direct-push.log" \
-      "$OUT/blit-daemon-direct-push.log"
-  else
-    rc=1
-  fi
-  sync; echo 3 > /proc/sys/vm/drop_caches
-  dl=$(wc -l < "$OUT/blit-daemon-direct.log")
-  if blit_xfer direct-pull rdma "blit://$ip:9033/d" "$mnt/pulled" --transport rdma --io direct; then
-    wait_daemon_counters "$dl"
-    tail -n +$((dl + 1)) "$OUT/blit-daemon-direct.log" > "$OUT/blit-daemon-direct-pull.log"
-    check_direct direct-pull "$mnt/pulled/big.bin" "$OUT/blit-direct-pull.log" \
-      "$OUT/blit-daemon-direct-pull.log"
-  else
-    rc=1
-  fi
+    tail -n +$((dl + 1)) "$OUT/blit-daemon-direct.log" > "$OUT/blit-daemon-$label.log"
+    check_direct "$label" "$f" "$OUT/blit-$label.log" "$OUT/blit-daemon-$label.log"
+  }
+  direct_leg direct-push /dev/shm/blit-bench "blit://$ip:9033/d" "$mnt/root/d/big.bin"
+  direct_leg direct-pull "blit://$ip:9033/d" "$mnt/pulled" "$mnt/pulled/big.bin"
   daemon_stop "$DPID"
   DPID=$d1
   umount "$mnt"; rm -f "$img"

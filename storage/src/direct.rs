@@ -19,6 +19,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use blitx_core::session::{DIRECT_IO_AUTO_MIN_BYTES, IoMode};
+use blitx_planner::fsys;
 use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
 
 use crate::uring;
@@ -91,7 +92,7 @@ impl DirectFile {
         // NONBLOCK: a FIFO swapped in under the name must not hold this thread in open().
         let flags = access | OFlags::DIRECT | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         // EINVAL: this file system does not do direct I/O.
-        let fd = rustix::fs::openat(dir, os(name), flags, Mode::empty()).ok()?;
+        let fd = rustix::fs::openat(dir, fsys::os(name), flags, Mode::empty()).ok()?;
         let direct = File::from(fd);
         let (a, b) = (rustix::fs::fstat(file).ok()?, rustix::fs::fstat(&direct).ok()?);
         if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
@@ -149,11 +150,6 @@ fn dio_align(file: &File) -> Option<usize> {
     }
     let align = mem.max(off);
     (align.is_power_of_two() && align <= ALIGN_MAX).then_some(align)
-}
-
-fn os(name: &[u8]) -> &std::ffi::OsStr {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::OsStr::from_bytes(name)
 }
 
 #[cfg(test)]

@@ -126,28 +126,19 @@ fn transfer(
     dir: Dir,
     during: impl FnOnce(),
 ) -> io::Result<usize> {
-    if len == 0 {
-        during();
-        return Ok(0);
-    }
-    if !available() {
-        during();
-        return sync_transfer(fd, ptr, len, offset, dir);
-    }
     RING.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            match io_uring::IoUring::new(RING_ENTRIES) {
-                Ok(r) => *slot = Some(r),
-                Err(_) => {
-                    drop(slot);
-                    during();
-                    return sync_transfer(fd, ptr, len, offset, dir);
-                }
+        if slot.is_none() && len > 0 && available() {
+            *slot = io_uring::IoUring::new(RING_ENTRIES).ok();
+        }
+        match slot.as_mut().filter(|_| len > 0) {
+            Some(ring) => submit_and_reap(ring, fd, ptr, len, offset, depth, dir, during),
+            // No ring here (or nothing to move): the caller's work, then plain system calls.
+            None => {
+                during();
+                sync_transfer(fd, ptr, len, offset, dir)
             }
         }
-        let Some(ring) = slot.as_mut() else { unreachable!("the ring was just created") };
-        submit_and_reap(ring, fd, ptr, len, offset, depth, dir, during)
     })
 }
 
