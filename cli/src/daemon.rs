@@ -2,8 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use blitx_control::server::{self, DaemonConfig, run_daemon};
@@ -94,7 +92,7 @@ pub fn run(args: DaemonArgs) -> Exit {
     cfg.memory_bytes = args.memory;
     cfg.open_timeout = Duration::from_secs(args.open_timeout);
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout);
-    let shutdown = Arc::new(AtomicBool::new(false));
+    let shutdown = blitx_control::cancel::Cancel::new();
     match run_daemon(cfg, shutdown, |addr| eprintln!("blit daemon listening on {addr}")) {
         Ok(()) => Exit::Ok,
         Err(e) => {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use blitx_control::cancel::Cancel;
 use blitx_control::client::{self, ClientError, ClientOptions, Local};
 use blitx_control::convert::TransportChoice;
 use blitx_control::url::RemoteSpec;
@@ -325,11 +326,9 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
             check_paths(Path::new(&args.source), Path::new(&args.target))?;
         }
     }
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&cancel))
-            .context("cannot install signal handler")?;
-    }
+    // The handler sets the flag the engines look at and wakes every wait on the daemon.
+    let cancel = Cancel::new();
+    cancel.watch_signals().context("cannot install signal handler")?;
     let show_bar = if args.progress {
         true
     } else if args.no_progress {
@@ -360,7 +359,7 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         let r = if remote_source || remote_target {
             run_remote(args, params, threads, &reporter, &progress, &cancel)
         } else {
-            run_local_copy(args, params, threads, &reporter, &progress, &cancel)
+            run_local_copy(args, params, threads, &reporter, &progress, cancel.flag())
         };
         done.store(true, Ordering::Release);
         if let Some(t) = &bar_thread {
@@ -368,7 +367,7 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         }
         r
     });
-    if cancel.load(Ordering::Acquire) {
+    if cancel.is_cancelled() {
         eprintln!("blit: interrupted; temporary files removed");
         return Ok(Exit::Interrupted);
     }
@@ -572,7 +571,7 @@ fn run_remote(
     threads: usize,
     reporter: &PrintReporter,
     progress: &PairProgress,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> anyhow::Result<Outcome> {
     let transport = match args.transport.as_str() {
         "tcp" => TransportChoice::Tcp,
@@ -607,7 +606,7 @@ fn run_remote(
             let target = Path::new(&args.target);
             check_target(target)?;
             let root = open_target(target, args.dry_run)?;
-            _lock = lock_target(&root, args, cancel)?;
+            _lock = lock_target(&root, args, cancel.flag())?;
             (remote, Local::Target(root))
         }
     } else {

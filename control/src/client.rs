@@ -3,9 +3,9 @@
 //! half in the daemon; this module carries their messages over gRPC and sets up the data plane
 //! the daemon offers.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
 use blitx_storage::RootDir;
@@ -21,14 +21,14 @@ use crate::convert::{
 use crate::dataplane::{self, DataPlaneError, DataPlaneOptions, Role};
 use crate::pb;
 use crate::pb::blit_client::BlitClient;
-use crate::server::{
-    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, forward_cancel, next_or_cancel, or_cancel, source_chain,
+use crate::cancel::{Cancel, Interrupted, next_or_cancel};
+use crate::negotiate::{
+    ClientCmd, ClientEvent, ClientFacts, ClientOutcome, ClientSession, Offer, SUMMARY_TIMEOUT,
 };
+use crate::server::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, source_chain};
 use crate::url::RemoteSpec;
 use crate::{BUILD_VERSION, CONTROL_MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
 
-/// How long to wait for the daemon's summary once the local half finished.
-const SUMMARY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for `--connect-timeout`: TCP connect, HTTP/2 handshake and the daemon's Accept.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
@@ -198,14 +198,119 @@ pub enum Local {
     Target(RootDir),
 }
 
-/// Runs one transfer against a daemon.
+/// The client's session machine, shared by the threads that feed it events: the inbound
+/// relay, the caller's cancel, and the thread running the local half.
+struct Driver {
+    machine: Mutex<ClientSession>,
+    changed: Condvar,
+    outcome: Mutex<Option<ClientOutcome>>,
+    /// Stops the local half and the relays ([`ClientCmd::StopLocal`]).
+    stop: Cancel,
+}
+
+impl Driver {
+    /// Feeds one event and carries out what follows that needs no I/O here; returns the
+    /// commands left for the caller, in order.
+    fn handle(&self, ev: ClientEvent) -> VecDeque<ClientCmd> {
+        let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        self.handle_locked(&mut m, Instant::now(), ev)
+    }
+
+    /// The commands the machine starts with.
+    fn initial(&self) -> VecDeque<ClientCmd> {
+        let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        self.drain(&mut m)
+    }
+
+    fn handle_locked(
+        &self,
+        m: &mut ClientSession,
+        now: Instant,
+        ev: ClientEvent,
+    ) -> VecDeque<ClientCmd> {
+        m.handle(now, ev);
+        self.drain(m)
+    }
+
+    fn drain(&self, m: &mut ClientSession) -> VecDeque<ClientCmd> {
+        let mut left = VecDeque::new();
+        while let Some(cmd) = m.poll() {
+            match cmd {
+                ClientCmd::StopLocal => self.stop.cancel(),
+                ClientCmd::Finish(o) => {
+                    *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
+                }
+                other => left.push_back(other),
+            }
+        }
+        self.changed.notify_all();
+        left
+    }
+
+    /// Waits (woken by every event, and at the machine's deadline) until the session is over.
+    fn wait_done(&self) {
+        let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        while !m.is_done() {
+            let now = Instant::now();
+            m = match m.deadline() {
+                Some(d) if now >= d => {
+                    self.handle_locked(&mut m, now, ClientEvent::Timer);
+                    m
+                }
+                Some(d) => self.changed.wait_timeout(m, d - now).unwrap_or_else(|p| p.into_inner()).0,
+                None => self.changed.wait(m).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+
+    fn outcome(&self) -> Option<ClientOutcome> {
+        self.outcome.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A frame of the daemon's during the negotiation, as an event for the machine.
+fn negotiation_event(
+    frame: Result<Result<Option<pb::ServerFrame>, tonic::Status>, Interrupted>,
+    accepted: &mut Option<Accepted>,
+) -> ClientEvent {
+    use pb::server_frame::Msg;
+    match frame {
+        Err(Interrupted::Cancelled) => ClientEvent::Cancel,
+        Err(Interrupted::Deadline) => ClientEvent::Timer,
+        Ok(Err(s)) => ClientEvent::InboundFailed(format!("{}: {}", s.code(), s.message())),
+        Ok(Ok(None)) => ClientEvent::InboundEnded,
+        Ok(Ok(Some(pb::ServerFrame { msg }))) => match msg {
+            Some(Msg::Accept(a)) => match convert::accept_from_pb(&a) {
+                Ok(a) => {
+                    let offer = match (&a.tcp, &a.rdma) {
+                        (_, Some(_)) => Offer::Rdma,
+                        (Some(t), None) => Offer::Tcp { streams: t.streams },
+                        (None, None) => Offer::None,
+                    };
+                    *accepted = Some(a);
+                    ClientEvent::Accepted(offer)
+                }
+                Err(e) => ClientEvent::Violation(e.to_string()),
+            },
+            Some(Msg::Error(e)) => ClientEvent::Refused(convert::error_from_pb(&e)),
+            Some(Msg::Rdma(e)) if e.ready => ClientEvent::RdmaReady,
+            Some(Msg::Summary(sm)) => {
+                ClientEvent::Summary(convert::summary_from_pb(&sm).map_err(|e| e.to_string()))
+            }
+            _ => ClientEvent::Violation("unexpected message from the daemon".into()),
+        },
+    }
+}
+
+/// Runs one transfer against a daemon. The decisions (deadlines, refusals, which failure
+/// explains the end) are [`ClientSession`]'s; this function does what it says.
 pub fn transfer(
     remote: &RemoteSpec,
     local: Local,
     opts: &ClientOptions,
     reporter: &dyn Reporter,
     progress: &Progress,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<ClientReport, ClientError> {
     let rt = runtime()?;
     let direction = match local {
@@ -213,8 +318,8 @@ pub fn transfer(
         Local::Target(_) => Direction::Pull,
     };
     let role = if direction == Direction::Push { Role::Send } else { Role::Receive };
-    let dp_opts = DataPlaneOptions {
-        streams: 1, // TCP: the daemon's offer decides (below)
+    let mut dp_opts = DataPlaneOptions {
+        streams: 1, // TCP: the daemon's offer decides
         chunk_bytes: opts.params.chunk_bytes,
         socket_buffer_bytes: opts.tcp_buffer_bytes,
         stall_timeout: opts.stall_timeout,
@@ -225,160 +330,225 @@ pub fn transfer(
         rdma_event_cq: opts.rdma_event_cq,
         tcp_zero_copy: opts.tcp_zero_copy,
     };
-    // When RDMA may be used, this side's QPs and registered memory are set up while the daemon
-    // is asked (they need nothing from it): registering pins and clears every page, the
-    // longest part of a session's set-up. Unused (the daemon picked TCP), they are dropped.
-    let early_rdma = (opts.transport != TransportChoice::Tcp)
-        .then(|| {
-            let o = dp_opts.clone();
-            std::thread::Builder::new()
-                .name("rdma-setup".into())
-                .spawn(blitx_core::placer::inherit(move || dataplane::rdma_prepare(role, &o, None)))
-                .ok()
-        })
-        .flatten();
+    let facts = ClientFacts {
+        direction,
+        transport: opts.transport,
+        connect_timeout: opts.connect_timeout,
+        wait_lock: opts.wait_lock,
+        summary_timeout: SUMMARY_TIMEOUT,
+    };
+    let driver = Driver {
+        machine: Mutex::new(ClientSession::new(facts, Instant::now())),
+        changed: Condvar::new(),
+        outcome: Mutex::new(None),
+        stop: Cancel::new(),
+    };
     // The control connection is made while the local RDMA device is probed (opening a verbs
     // device loads every provider library: tens of milliseconds on a small machine).
-    // Connect, handshake, Open and Accept all fit in one deadline, and an interrupt ends the
-    // wait at once: a daemon that accepts TCP and never answers cannot hold the client.
-    let deadline = std::time::Instant::now() + opts.connect_timeout;
-    let left = || Some(deadline.saturating_duration_since(std::time::Instant::now()));
-    let timed_out = || ClientError::Timeout {
-        endpoint: remote.to_string(),
-        secs: opts.connect_timeout.as_secs(),
-    };
     let connecting = {
         let remote = remote.clone();
         let timeout = opts.connect_timeout;
         rt.spawn(async move { connect(&remote, timeout).await })
     };
-    // Probe the local RDMA device only when RDMA might be used.
-    let client_rdma = match opts.transport {
-        TransportChoice::Tcp => None,
-        choice => match dataplane::local_rdma_device(opts.rdma_device.as_deref()) {
-            Ok(d) => Some(d),
-            Err(why) if choice == TransportChoice::Rdma => {
-                return Err(ClientError::RdmaUnavailable(why));
-            }
-            Err(why) => {
-                tracing::info!("no RDMA here ({why}); offering TCP only");
-                None
-            }
-        },
-    };
-    let open = OpenRequest {
-        protocol_version: PROTOCOL_VERSION,
-        client_version: BUILD_VERSION.into(),
-        direction,
-        path: remote.path.clone(),
-        params: opts.params.clone(),
-        transport: opts.transport,
-        tcp_streams: opts.streams,
-        tcp_buffer_bytes: opts.tcp_buffer_bytes,
-        events: opts.events,
-        client_rdma,
-        rdma_qps: opts.qps,
-        stall_timeout_secs: u32::try_from(opts.stall_timeout.as_secs()).unwrap_or(u32::MAX),
-        rdma_frame_checksums: opts.rdma_frame_checksums,
-        rdma_event_cq: opts.rdma_event_cq,
-        wait_lock: opts.wait_lock,
-        tcp_zero_copy: opts.tcp_zero_copy,
-    };
+    let mut connecting = Some(connecting);
+    let mut early_rdma = None;
+    let mut client_rdma = None;
     let (out_tx, out_rx) = mpsc::channel::<pb::ClientFrame>(64);
-    let opening = async {
-        let mut client = connecting.await.map_err(|e| ClientError::Connect {
-            endpoint: remote.to_string(),
-            detail: format!("the connecting task failed: {e}"),
-        })??;
-        tracing::debug!("sending Open");
-        out_tx
-            .send(convert::open_to_pb(&open))
-            .await
-            .map_err(|_| ClientError::Lost("control stream closed".into()))?;
-        let resp = client
-            .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
-            .await
-            .map_err(|s| match s.code() {
-                tonic::Code::ResourceExhausted => ClientError::Refused(RemoteError {
-                    code: ErrorCode::ResourceExhausted,
-                    message: s.message().to_string(),
-                }),
-                _ => ClientError::Lost(format!("{}: {}", s.code(), s.message())),
-            })?;
-        Ok::<_, ClientError>(resp.into_inner())
-    };
-    let gave_up =
-        || if cancel.load(Ordering::Acquire) { ClientError::Cancelled } else { timed_out() };
-    let mut inbound = rt.block_on(or_cancel(opening, cancel, left())).ok_or_else(gave_up)??;
-    // A push waiting for the target lock is accepted only when it has it.
-    let accept_wait = if opts.wait_lock { None } else { left() };
-    let answer = next_or_cancel(rt.handle(), &mut inbound, cancel, accept_wait);
-    let accepted: Accepted = match answer.ok_or_else(gave_up)? {
-        Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Accept(a)) })) => {
-            convert::accept_from_pb(&a).map_err(|e| ClientError::Lost(e.to_string()))?
-        }
-        Ok(Some(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Error(e)) })) => {
-            return Err(ClientError::Refused(convert::error_from_pb(&e)));
-        }
-        Ok(_) => {
-            return Err(ClientError::Lost("the daemon closed the session before accepting".into()));
-        }
-        Err(s) => return Err(ClientError::Lost(format!("{}: {}", s.code(), s.message()))),
-    };
-    tracing::info!(transport = %accepted.transport, reason = %accepted.reason, "daemon accepted the session");
-    let dp_opts =
-        DataPlaneOptions { streams: accepted.tcp.as_ref().map_or(1, |t| t.streams), ..dp_opts };
-    let plane = match (&accepted.tcp, &accepted.rdma) {
-        (_, Some(peer)) => {
-            // RDMA: answer with our QPs (and ring, for a pull). A pusher (sender) connects
-            // at once; a puller (receiver) waits until the daemon's sender has connected.
-            let prepared = match early_rdma.and_then(|t| t.join().ok()) {
-                Some(r) => r,
-                None => dataplane::rdma_prepare(role, &dp_opts, None),
-            };
-            let (pending, mine) = prepared?;
-            tracing::debug!("RDMA: local QPs and memory ready");
-            if rt.block_on(out_tx.send(convert::client_rdma(&mine))).is_err() {
-                return Err(ClientError::Lost("control stream closed during RDMA set-up".into()));
-            }
-            if role == Role::Receive {
-                use pb::server_frame::Msg;
-                match next_or_cancel(rt.handle(), &mut inbound, cancel, None) {
-                    Some(Ok(Some(pb::ServerFrame { msg: Some(Msg::Rdma(e)) }))) if e.ready => {}
-                    Some(Ok(Some(pb::ServerFrame { msg: Some(Msg::Summary(sm)) }))) => {
-                        let why = convert::summary_from_pb(&sm)
-                            .ok()
-                            .and_then(|s| s.fatal)
-                            .unwrap_or(RemoteError {
-                                code: ErrorCode::Internal,
-                                message: "RDMA set-up failed on the daemon".into(),
-                            });
-                        return Err(ClientError::Remote(why));
-                    }
-                    _ => {
-                        return Err(ClientError::Lost(
-                            "the daemon did not complete the RDMA set-up".into(),
-                        ));
+    let mut out_rx = Some(out_rx);
+    let mut inbound = None;
+    let mut accepted: Option<Accepted> = None;
+    let mut pending_rdma = None;
+    let mut plane = None;
+    // Errors whose values the machine does not hold, kept for the outcome that names them.
+    let mut connect_error = None;
+    let mut dp_error = None;
+
+    // ---- the negotiation: one command at a time, each answered by one event; an interrupt
+    // ends every wait on the daemon at once.
+    let mut cmds = driver.initial();
+    while let Some(cmd) = cmds.pop_front() {
+            let deadline = driver.machine.lock().unwrap_or_else(|p| p.into_inner()).deadline();
+            let ev = match cmd {
+                ClientCmd::PrepareRdmaEarly => {
+                    // This side's QPs and registered memory need nothing from the daemon.
+                    let o = dp_opts.clone();
+                    early_rdma = std::thread::Builder::new()
+                        .name("rdma-setup".into())
+                        .spawn(blitx_core::placer::inherit(move || {
+                            dataplane::rdma_prepare(role, &o, None)
+                        }))
+                        .ok();
+                    continue;
+                }
+                ClientCmd::ProbeRdma => {
+                    match dataplane::local_rdma_device(opts.rdma_device.as_deref()) {
+                        Ok(d) => {
+                            client_rdma = Some(d);
+                            ClientEvent::RdmaProbed(Ok(()))
+                        }
+                        Err(why) => {
+                            tracing::info!("no RDMA here ({why})");
+                            ClientEvent::RdmaProbed(Err(why))
+                        }
                     }
                 }
+                ClientCmd::Open { rdma } => {
+                    let open = OpenRequest {
+                        protocol_version: PROTOCOL_VERSION,
+                        client_version: BUILD_VERSION.into(),
+                        direction,
+                        path: remote.path.clone(),
+                        params: opts.params.clone(),
+                        transport: opts.transport,
+                        tcp_streams: opts.streams,
+                        tcp_buffer_bytes: opts.tcp_buffer_bytes,
+                        events: opts.events,
+                        client_rdma: if rdma { client_rdma.take() } else { None },
+                        rdma_qps: opts.qps,
+                        stall_timeout_secs: u32::try_from(opts.stall_timeout.as_secs())
+                            .unwrap_or(u32::MAX),
+                        rdma_frame_checksums: opts.rdma_frame_checksums,
+                        rdma_event_cq: opts.rdma_event_cq,
+                        wait_lock: opts.wait_lock,
+                        tcp_zero_copy: opts.tcp_zero_copy,
+                    };
+                    let (Some(connecting), Some(out_rx)) = (connecting.take(), out_rx.take())
+                    else {
+                        // The machine asks for one Open; a second finds the stream in use.
+                        let message = "the session stream is already open".into();
+                        cmds.extend(driver.handle(ClientEvent::Rejected { exhausted: false, message }));
+                        continue;
+                    };
+                    let out_tx = &out_tx;
+                    let opening = async move {
+                        let mut client = match connecting.await {
+                            Ok(Ok(c)) => c,
+                            Ok(Err(e)) => return Err(Err(e)),
+                            Err(e) => {
+                                return Err(Err(ClientError::Connect {
+                                    endpoint: remote.to_string(),
+                                    detail: format!("the connecting task failed: {e}"),
+                                }));
+                            }
+                        };
+                        tracing::debug!("sending Open");
+                        if out_tx.send(convert::open_to_pb(&open)).await.is_err() {
+                            return Err(Ok(ClientEvent::Rejected {
+                                exhausted: false,
+                                message: "control stream closed".into(),
+                            }));
+                        }
+                        let stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
+                        match client.session(stream).await {
+                            Ok(r) => Ok(r.into_inner()),
+                            Err(s) => Err(Ok(ClientEvent::Rejected {
+                                exhausted: s.code() == tonic::Code::ResourceExhausted,
+                                message: match s.code() {
+                                    tonic::Code::ResourceExhausted => s.message().to_string(),
+                                    c => format!("{c}: {}", s.message()),
+                                },
+                            })),
+                        }
+                    };
+                    match rt.block_on(cancel.race(opening, deadline)) {
+                        Err(Interrupted::Cancelled) => ClientEvent::Cancel,
+                        Err(Interrupted::Deadline) => ClientEvent::Timer,
+                        Ok(Ok(stream)) => {
+                            inbound = Some(stream);
+                            ClientEvent::Opened
+                        }
+                        Ok(Err(Ok(ev))) => ev,
+                        Ok(Err(Err(e))) => {
+                            connect_error = Some(e);
+                            ClientEvent::Unreachable
+                        }
+                    }
+                }
+                ClientCmd::ReadFrame => {
+                    match inbound.as_mut() {
+                        Some(stream) => {
+                            let frame = next_or_cancel(rt.handle(), stream, cancel, deadline);
+                            negotiation_event(frame, &mut accepted)
+                        }
+                        None => ClientEvent::InboundFailed("no session stream".into()),
+                    }
+                }
+                ClientCmd::PrepareRdma => {
+                    let prepared = match early_rdma.take().and_then(|t| t.join().ok()) {
+                        Some(r) => r,
+                        None => dataplane::rdma_prepare(role, &dp_opts, None),
+                    };
+                    match prepared {
+                        Ok((pending, mine)) => {
+                            tracing::debug!("RDMA: local QPs and memory ready");
+                            pending_rdma = Some(pending);
+                            // A pusher (sender) connects at once; a puller (receiver) waits
+                            // until the daemon's sender has connected.
+                            if rt.block_on(out_tx.send(convert::client_rdma(&mine))).is_err() {
+                                ClientEvent::InboundFailed("control stream closed".into())
+                            } else {
+                                ClientEvent::Prepared(Ok(()))
+                            }
+                        }
+                        Err(e) => {
+                            let text = e.to_string();
+                            dp_error = Some(e);
+                            ClientEvent::Prepared(Err(text))
+                        }
+                    }
+                }
+                ClientCmd::Connect(offer) => {
+                    let connected = match (offer, &accepted) {
+                        (Offer::Rdma, Some(Accepted { rdma: Some(peer), .. })) => {
+                            match pending_rdma.take() {
+                                Some(p) => p.connect(peer),
+                                None => Err(DataPlaneError::RdmaPeer("no local set-up")),
+                            }
+                        }
+                        (Offer::Tcp { streams }, Some(Accepted { tcp: Some(tcp), .. })) => {
+                            drop(early_rdma.take()); // its thread lets go of what it set up
+                            dp_opts.streams = streams;
+                            dataplane::tcp_connect(tcp, role, &dp_opts)
+                        }
+                        _ => Err(DataPlaneError::RdmaPeer("an offer without its endpoint")),
+                    };
+                    match connected {
+                        Ok(p) => {
+                            tracing::debug!("data plane connected");
+                            plane = Some(p);
+                            ClientEvent::DataPlane(Ok(()))
+                        }
+                        Err(e) => {
+                            let text = e.to_string();
+                            dp_error = Some(e);
+                            ClientEvent::DataPlane(Err(text))
+                        }
+                    }
+                }
+                ClientCmd::StartLocal => break,
+                ClientCmd::StopLocal | ClientCmd::CloseOutbound | ClientCmd::Finish(_) => continue,
+            };
+            cmds.extend(driver.handle(ev));
+        if cancel.is_cancelled() {
+            cmds.extend(driver.handle(ClientEvent::Cancel));
+        }
+    }
+    if let Some(outcome) = driver.outcome() {
+        drop(early_rdma);
+        return Err(match outcome {
+            ClientOutcome::Done(_) | ClientOutcome::Local => {
+                ClientError::Lost("the session ended before it started".into())
             }
-            let plane = pending.connect(peer)?;
-            tracing::debug!("RDMA: QPs connected");
-            plane
-        }
-        (Some(tcp), None) => {
-            drop(early_rdma); // its thread lets go of what it set up
-            dataplane::tcp_connect(tcp, role, &dp_opts)?
-        }
-        (None, None) => {
-            return Err(ClientError::Lost("the daemon offered no data plane".into()));
-        }
+            other => failure(other, remote, opts, connect_error, dp_error, None),
+        });
+    }
+    let (Some(plane), Some(accepted), Some(inbound)) = (plane, accepted, inbound) else {
+        return Err(ClientError::Lost("the session started without a data plane".into()));
     };
+    tracing::info!(transport = %accepted.transport, reason = %accepted.reason, "daemon accepted the session");
     let (transport_name, streams) = plane.describe();
 
-    let summary: Mutex<Option<Result<RemoteSummary, String>>> = Mutex::new(None);
-    let lost: Mutex<Option<String>> = Mutex::new(None);
-    let session_cancel = Arc::new(AtomicBool::new(false));
+    // ---- the running phase: relays carry the halves' messages; the machine hears what ends it.
     let (to_engine_src, engine_src) =
         crossbeam_channel::bounded::<SourceMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
     let (to_engine_tgt, engine_tgt) =
@@ -389,46 +559,48 @@ pub fn transfer(
         crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
     let push = direction == Direction::Push;
     let handle = rt.handle().clone();
+    let driver = &driver;
+    let stop = driver.stop.clone();
 
     let local_result = std::thread::scope(|s| {
-        // Propagates the caller's cancel (SIGINT) to this session.
-        let (watch_stop, watch_rx) = std::sync::mpsc::channel::<()>();
-        let watcher = {
-            let session_cancel = &session_cancel;
-            s.spawn(move || forward_cancel(cancel, session_cancel, &watch_rx))
-        };
-        // Daemon → engine / reporter. `inbound_ended` disconnects when the thread ends: after
-        // the summary, a lost stream, or a cancel (which it notices within 50 ms).
-        let (inbound_ended_tx, inbound_ended) = std::sync::mpsc::channel::<()>();
+        // The caller's cancel (an interrupt) reaches the machine as soon as it is set; the
+        // thread sleeps until then or until the session is over.
+        s.spawn(|| {
+            let outer = handle.block_on(async {
+                tokio::select! {
+                    _ = cancel.cancelled() => true,
+                    _ = driver.stop.cancelled() => false,
+                }
+            });
+            if outer {
+                driver.handle(ClientEvent::Cancel);
+            }
+        });
+        // Daemon → engine / reporter, until the summary (the daemon's last message), a lost
+        // stream, or a stop.
         let inbound_thread = s.spawn(|| {
-            let _ended = inbound_ended_tx;
             let mut inbound = inbound;
             loop {
-                let frame = match next_or_cancel(&handle, &mut inbound, &session_cancel, None) {
-                    None => break,
-                    Some(Ok(Some(f))) => f,
-                    Some(Ok(None)) => {
-                        if summary.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-                            *lost.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some("the daemon ended the session without a summary".into());
-                            session_cancel.store(true, Ordering::Release);
-                        }
+                use pb::server_frame::Msg;
+                let frame = match next_or_cancel(&handle, &mut inbound, &driver.stop, None) {
+                    Err(_) => break,
+                    Ok(Ok(Some(f))) => f,
+                    Ok(Ok(None)) => {
+                        driver.handle(ClientEvent::InboundEnded);
                         break;
                     }
-                    Some(Err(status)) => {
-                        *lost.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(format!("{}: {}", status.code(), status.message()));
-                        session_cancel.store(true, Ordering::Release);
+                    Ok(Err(status)) => {
+                        let why = format!("{}: {}", status.code(), status.message());
+                        driver.handle(ClientEvent::InboundFailed(why));
                         break;
                     }
                 };
-                use pb::server_frame::Msg;
-                let ok = match frame.msg {
+                let delivered = match frame.msg {
                     Some(Msg::Source(m)) if !push => match convert::source_msg_from_pb(&m) {
                         Ok(m) => to_engine_src.send(m).is_ok(),
                         Err(e) => {
-                            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                            false
+                            driver.handle(ClientEvent::Violation(e.to_string()));
+                            break;
                         }
                     },
                     Some(Msg::Target(m)) if push => match convert::target_msg_from_pb(&m) {
@@ -437,8 +609,8 @@ pub fn transfer(
                             to_engine_tgt.send(m).is_ok()
                         }
                         Err(e) => {
-                            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                            false
+                            driver.handle(ClientEvent::Violation(e.to_string()));
+                            break;
                         }
                     },
                     Some(Msg::Events(ev)) => {
@@ -452,28 +624,22 @@ pub fn transfer(
                     Some(Msg::Summary(sm)) => {
                         tracing::debug!("the daemon's summary arrived");
                         let r = convert::summary_from_pb(&sm).map_err(|e| e.to_string());
-                        let fatal = r.as_ref().ok().and_then(|r| r.fatal.clone());
-                        *summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-                        if fatal.is_some() {
-                            session_cancel.store(true, Ordering::Release);
-                        }
-                        // The summary is the daemon's last message: stop reading now rather
-                        // than when the stream closes or the cancel check next looks.
+                        driver.handle(ClientEvent::Summary(r));
                         break;
                     }
                     Some(Msg::Error(e)) => {
-                        *lost.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(convert::error_from_pb(&e).message);
-                        false
+                        driver.handle(ClientEvent::Violation(convert::error_from_pb(&e).message));
+                        break;
                     }
                     _ => {
-                        *lost.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some("unexpected message from the daemon".into());
-                        false
+                        let why = "unexpected message from the daemon".to_string();
+                        driver.handle(ClientEvent::Violation(why));
+                        break;
                     }
                 };
-                if !ok {
-                    session_cancel.store(true, Ordering::Release);
+                if !delivered {
+                    // The local half is gone: nothing more to carry.
+                    driver.stop.cancel();
                     break;
                 }
             }
@@ -509,19 +675,12 @@ pub fn transfer(
                     confine: false,
                     limits: Limits { idle_timeout: opts.idle_timeout, ..Limits::none() },
                 };
-                run_source(
-                    &o,
-                    engine_out_src,
-                    engine_tgt,
-                    plane.sender(),
-                    progress,
-                    &session_cancel,
-                )
-                .map(|r| (Some(r), None))
-                .map_err(|e| {
-                    let chain = source_chain(&e);
-                    ClientError::Source(e, chain)
-                })
+                run_source(&o, engine_out_src, engine_tgt, plane.sender(), progress, stop.flag())
+                    .map(|r| (Some(r), None))
+                    .map_err(|e| {
+                        let chain = source_chain(&e);
+                        ClientError::Source(e, chain)
+                    })
             }
             Local::Target(root) => {
                 drop(engine_out_src);
@@ -535,7 +694,7 @@ pub fn transfer(
                     plane.receiver(),
                     reporter,
                     progress,
-                    &session_cancel,
+                    stop.flag(),
                 )
                 .map(|r| (None, Some(r)))
                 .map_err(|e| {
@@ -545,61 +704,69 @@ pub fn transfer(
             }
         };
         let _ = fwd.join();
-        // Our half is done: close our side of the control stream and wait for the summary.
-        drop(out_tx);
-        if result.is_ok() {
-            // The inbound thread ends with the summary (or a lost stream, or an interrupt).
-            let _ = inbound_ended.recv_timeout(SUMMARY_TIMEOUT);
+        for cmd in driver.handle(ClientEvent::LocalDone(result.is_ok())) {
+            if let ClientCmd::CloseOutbound = cmd {
+                // Our half is done: close our side of the control stream.
+                drop(out_tx);
+                break;
+            }
         }
-        session_cancel.store(true, Ordering::Release);
-        drop(watch_stop);
+        driver.wait_done();
+        driver.stop.cancel();
         let _ = inbound_thread.join();
-        let _ = watcher.join();
         result
     });
 
     tracing::debug!("session over");
-    let closing = std::time::Instant::now();
+    let closing = Instant::now();
     drop(plane);
     tracing::debug!(ms = closing.elapsed().as_millis() as u64, "data plane closed");
-    if cancel.load(Ordering::Acquire) {
-        return Err(ClientError::Cancelled);
+    let outcome = driver.outcome().unwrap_or(ClientOutcome::Lost("the session did not end".into()));
+    match (outcome, local_result) {
+        (ClientOutcome::Done(remote), Ok((local_source, local_target))) => Ok(ClientReport {
+            transport: transport_name.into(),
+            streams,
+            reason: accepted.reason,
+            server_version: accepted.server_version,
+            local_source,
+            local_target,
+            remote: *remote,
+        }),
+        (ClientOutcome::Local | ClientOutcome::Done(_), Err(e)) => Err(e),
+        (other, local) => Err(failure(other, remote, opts, connect_error, dp_error, local.err())),
     }
-    let remote_summary = summary.into_inner().unwrap_or_else(|p| p.into_inner());
-    if let Some(Ok(r)) = &remote_summary
-        && let Some(fatal) = &r.fatal
-    {
-        return Err(ClientError::Remote(fatal.clone()));
+}
+
+/// The error an outcome names, with the values the shell kept for it.
+fn failure(
+    outcome: ClientOutcome,
+    remote: &RemoteSpec,
+    opts: &ClientOptions,
+    connect_error: Option<ClientError>,
+    dp_error: Option<DataPlaneError>,
+    local: Option<ClientError>,
+) -> ClientError {
+    match outcome {
+        ClientOutcome::Cancelled => ClientError::Cancelled,
+        ClientOutcome::Timeout => {
+            ClientError::Timeout { endpoint: remote.to_string(), secs: opts.connect_timeout.as_secs() }
+        }
+        ClientOutcome::Unreachable => connect_error.unwrap_or_else(|| ClientError::Connect {
+            endpoint: remote.to_string(),
+            detail: "unreachable".into(),
+        }),
+        ClientOutcome::RdmaUnavailable(why) => ClientError::RdmaUnavailable(why),
+        ClientOutcome::Refused(e) => ClientError::Refused(e),
+        ClientOutcome::Remote(e) => ClientError::Remote(e),
+        ClientOutcome::Lost(m) => ClientError::Lost(m),
+        ClientOutcome::DataPlane => match dp_error {
+            Some(e) => ClientError::DataPlane(e),
+            None => ClientError::Lost("the data plane failed".into()),
+        },
+        ClientOutcome::Local | ClientOutcome::Done(_) => {
+            local.unwrap_or_else(|| ClientError::Lost("the local half failed".into()))
+        }
     }
-    let lost = lost.into_inner().unwrap_or_else(|p| p.into_inner());
-    let (local_source, local_target) = match local_result {
-        Ok(v) => v,
-        Err(e) => {
-            // A broken control stream explains the local failure better than "channel closed".
-            return Err(match lost {
-                Some(l) => ClientError::Lost(l),
-                None => e,
-            });
-        }
-    };
-    let remote = match remote_summary {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => return Err(ClientError::Lost(format!("bad summary from the daemon: {e}"))),
-        None => {
-            return Err(ClientError::Lost(
-                lost.unwrap_or_else(|| "no summary from the daemon".into()),
-            ));
-        }
-    };
-    Ok(ClientReport {
-        transport: transport_name.into(),
-        streams,
-        reason: accepted.reason,
-        server_version: accepted.server_version,
-        local_source,
-        local_target,
-        remote,
-    })
 }
 
 /// Sends an Open naming `path_bytes` verbatim (bypassing the client's own path validation) and

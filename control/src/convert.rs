@@ -9,6 +9,7 @@ use blitx_core::manifest::{Entry, EntryKind, InodeKey, Timestamp};
 use blitx_core::session::{Compare, IO_DEPTH_DEFAULT, IoMode, SessionParams, SourceMsg, TargetMsg};
 use blitx_storage::report::{Event, EventKind, FileError, SourceReport, TargetReport};
 
+use crate::negotiate::OpenDefect;
 use crate::pb;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -261,6 +262,24 @@ pub fn open_to_pb(o: &OpenRequest) -> pb::ClientFrame {
 
 /// Only the protocol version is read before checking it, so a newer client gets a clean
 /// version error rather than a parse error about fields it added.
+/// The first message of a session stream as the daemon's negotiation takes it: a validated
+/// Open, or what is wrong with it. The checks go in the protocol's order: the message kind,
+/// the version (a client of another version may lay its Open out differently), the path
+/// (BAD_PATH rather than BAD_REQUEST), then the rest.
+pub fn first_open(frame: &pb::ClientFrame) -> Result<OpenRequest, OpenDefect> {
+    let Some(pb::client_frame::Msg::Open(o)) = &frame.msg else {
+        return Err(OpenDefect::NotOpen);
+    };
+    let version = open_version(o);
+    if version != crate::PROTOCOL_VERSION {
+        return Err(OpenDefect::Version { client_version: o.client_version.clone(), version });
+    }
+    if let Err(e) = RelPath::parse(&o.path) {
+        return Err(OpenDefect::BadPath(e.to_string()));
+    }
+    open_from_pb(o).map_err(|e| OpenDefect::Malformed(e.to_string()))
+}
+
 pub fn open_version(o: &pb::Open) -> u32 {
     o.protocol_version
 }

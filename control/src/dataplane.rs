@@ -231,47 +231,6 @@ pub fn local_rdma_device(device: Option<&str>) -> Result<RdmaDeviceInfo, String>
     })
 }
 
-/// Decides the transport for a session: `Ok(true)` for RDMA, `Ok(false)` for TCP, `Err` when
-/// RDMA was required and is impossible. The string is the reason, for logs and the summary.
-pub fn choose_rdma(
-    requested: TransportChoice,
-    client: Option<&RdmaDeviceInfo>,
-    server: &Result<RdmaDeviceInfo, String>,
-) -> Result<(bool, String), String> {
-    match requested {
-        TransportChoice::Tcp => Ok((false, "tcp requested".into())),
-        TransportChoice::Rdma => match (client, server) {
-            (None, _) => Err("RDMA was requested but the client has no usable RDMA device".into()),
-            (_, Err(why)) => {
-                Err(format!("RDMA was requested but the daemon has no usable RDMA device: {why}"))
-            }
-            (Some(c), Ok(s)) => {
-                Ok((true, format!("rdma requested: client {} ↔ daemon {}", c.name, s.name)))
-            }
-        },
-        TransportChoice::Auto => match (client, server) {
-            (None, _) => {
-                Ok((false, "auto: the client has no usable RDMA device; using TCP".into()))
-            }
-            (_, Err(why)) => Ok((
-                false,
-                format!("auto: the daemon has no usable RDMA device ({why}); using TCP"),
-            )),
-            (Some(c), Ok(s)) if s.shares_subnet(c) => Ok((
-                true,
-                format!("auto: both ends have RDMA on a common subnet ({} ↔ {})", c.name, s.name),
-            )),
-            (Some(c), Ok(s)) => Ok((
-                false,
-                format!(
-                    "auto: RDMA devices {} and {} are not on a common IPv4 subnet; using TCP",
-                    c.name, s.name
-                ),
-            )),
-        },
-    }
-}
-
 fn rdma_config(opts: &DataPlaneOptions) -> rdma::RdmaConfig {
     let mut cfg = rdma::RdmaConfig::new(opts.qps.max(1), opts.chunk_bytes);
     cfg.device = opts.rdma_device.clone();

@@ -7,6 +7,7 @@
 //! here; the control plane negotiates a data plane ([`dataplane`]: TCP streams now, RDMA queue
 //! pairs next) and then carries the source and target halves' messages while the data moves.
 
+pub mod cancel;
 pub mod client;
 pub mod conns;
 pub mod convert;
@@ -15,6 +16,7 @@ pub mod dataplane;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
+pub mod negotiate;
 pub mod server;
 pub mod url;
 

@@ -17,9 +17,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blitx_core::session::{SourceMsg, TargetMsg};
 use blitx_storage::RootDir;
@@ -29,15 +30,19 @@ use blitx_storage::meta::Privileges;
 use blitx_storage::report::{Event, EventKind, Progress, Reporter};
 use blitx_storage::source::{SourceError, SourceOptions, run_source};
 use blitx_storage::target::{TargetError, TargetOptions, run_target};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cancel::{Cancel, Interrupted, next_or_cancel};
 use crate::convert::{
     self, Accepted, Direction, ErrorCode, OpenRequest, RdmaDeviceInfo, RdmaPeer, RemoteError,
     TransportChoice,
 };
-use crate::dataplane::{self, DataPlaneOptions, Role};
+use crate::dataplane::{self, Role};
+use crate::negotiate::{
+    DaemonCmd, DaemonEvent, DaemonFacts, DaemonSession, LockResult, Rejection, RootFailure,
+};
 use crate::pb;
 use crate::pb::blit_server::{Blit, BlitServer};
 use crate::{BUILD_VERSION, CONTROL_MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
@@ -58,8 +63,6 @@ pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 const STREAMS_PER_CONNECTION_MAX: u32 = 16;
 /// A control connection with no session that moves no byte for this long is closed.
 const CONNECTION_IDLE: Duration = Duration::from_secs(60);
-/// The longest a push waits for another transfer's target lock (`wait_lock`).
-const LOCK_WAIT_MAX: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -150,8 +153,9 @@ struct Daemon {
     rdma_domain: Option<blitx_transport_rdma::RdmaDomain>,
     topology: Option<Arc<blitx_topology::Topology>>,
     root: RootDir,
-    shutdown: Arc<AtomicBool>,
-    active: Arc<AtomicU64>,
+    shutdown: Cancel,
+    /// Sessions running (their threads not yet ended), watched by shutdown's grace wait.
+    active: Arc<watch::Sender<u64>>,
     next_session: AtomicU64,
     /// One permit per concurrent session.
     sessions: Arc<tokio::sync::Semaphore>,
@@ -188,11 +192,11 @@ fn placed_rdma_domain(
     dataplane::rdma_daemon_domain(cfg.rdma_device.as_deref())
 }
 
-/// Runs the daemon until SIGINT/SIGTERM (or `shutdown` is set). `on_listening` receives the bound
-/// address (useful with port 0).
+/// Runs the daemon until SIGINT/SIGTERM (or `shutdown` is cancelled). `on_listening` receives
+/// the bound address (useful with port 0).
 pub fn run_daemon(
     cfg: DaemonConfig,
-    shutdown: Arc<AtomicBool>,
+    shutdown: Cancel,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), DaemonError> {
     let root = RootDir::open(&cfg.root)
@@ -203,7 +207,7 @@ pub fn run_daemon(
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    let active = Arc::new(AtomicU64::new(0));
+    let active = Arc::new(watch::channel(0u64).0);
     let topology = if cfg.numa == blitx_topology::NumaPolicy::Off {
         None
     } else {
@@ -260,7 +264,7 @@ pub fn run_daemon(
         rdma_domain,
         topology,
         root,
-        shutdown: Arc::clone(&shutdown),
+        shutdown: shutdown.clone(),
         active: Arc::clone(&active),
         next_session: AtomicU64::new(1),
         sessions: Arc::new(tokio::sync::Semaphore::new(cfg.max_sessions.max(1))),
@@ -277,25 +281,21 @@ pub fn run_daemon(
         let (conn_tx, conn_rx) = mpsc::channel(16);
         tokio::spawn(crate::conns::accept_loop(listener, conns, conn_tx));
         let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
-        let stop = Arc::clone(&shutdown);
+        let stop = shutdown.clone();
         let signal = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => break,
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                        if stop.load(Ordering::Acquire) { break; }
-                    }
-                }
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                _ = stop.cancelled() => {}
             }
             tracing::info!("shutting down: cancelling sessions");
-            stop.store(true, Ordering::Release);
+            stop.cancel();
         };
         let service = BlitServer::new(daemon)
             .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX);
-        let server = tokio::spawn(
+        let mut server = tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -304,22 +304,21 @@ pub fn run_daemon(
                 .serve_with_incoming_shutdown(incoming, signal),
         );
         // Wait for the shutdown signal (or a server failure).
-        while !shutdown.load(Ordering::Acquire) && !server.is_finished() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if server.is_finished() && !shutdown.load(Ordering::Acquire) {
-            return match server.await {
-                Ok(r) => r.map_err(DaemonError::Serve),
-                Err(e) => Err(DaemonError::Runtime(std::io::Error::other(e))),
-            };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            r = &mut server => if !shutdown.is_cancelled() {
+                return match r {
+                    Ok(r) => r.map_err(DaemonError::Serve),
+                    Err(e) => Err(DaemonError::Runtime(std::io::Error::other(e))),
+                };
+            }
         }
         // Cancelled sessions remove their temporary files; give them a bounded time (a frozen
         // client must not keep the daemon alive), then exit.
+        let mut sessions = active.subscribe();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = active.load(Ordering::Acquire);
+        let _ = tokio::time::timeout_at(deadline, sessions.wait_for(|n| *n == 0)).await;
+        let left = *active.borrow();
         if left > 0 {
             tracing::warn!("{left} sessions still winding down at exit");
         }
@@ -344,6 +343,26 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send>>;
+
+impl Daemon {
+    /// What a new session's negotiation knows of this daemon.
+    fn facts(&self) -> DaemonFacts {
+        DaemonFacts {
+            read_only: self.cfg.read_only,
+            default_streams: self.cfg.default_streams,
+            streams_max: blitx_transport_tcp::STREAMS_MAX,
+            stall_timeout: self.cfg.stall_timeout,
+            open_timeout: self.cfg.open_timeout,
+            data_connect_timeout: dataplane::DATA_CONNECT_TIMEOUT,
+            session_memory_bytes: self.cfg.session_memory_bytes,
+            max_sessions: self.cfg.max_sessions,
+            threads: self.cfg.threads,
+            rdma_device: self.cfg.rdma_device.clone(),
+            rdma: self.rdma.clone(),
+            pool_bytes: dataplane::pool_bytes,
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Blit for Daemon {
@@ -380,29 +399,35 @@ impl Blit for Daemon {
         let peer = peer_addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
         let connection = self.conns.session(peer_addr);
         let mut inbound = request.into_inner();
-        // The Open must come within the open timeout, before a thread is spent on the stream:
-        // streams that never say anything cost one async task each, for a bounded time.
-        let open_timeout = self.cfg.open_timeout;
-        let first = match tokio::time::timeout(open_timeout, inbound.message()).await {
-            Err(_) => {
-                tracing::warn!(%peer, "closed a session stream that sent no Open in {} s", open_timeout.as_secs());
-                return Err(Status::deadline_exceeded(format!(
-                    "no Open within {} s (--open-timeout)",
-                    open_timeout.as_secs()
-                )));
-            }
-            Ok(Err(status)) => return Err(status),
-            Ok(Ok(None)) => return Err(Status::cancelled("the stream ended before its Open")),
-            Ok(Ok(Some(frame))) => frame,
+        let mut machine = DaemonSession::new(self.facts(), Instant::now());
+        // The Open must come in time, before a thread is spent on the stream: streams that
+        // never say anything cost one async task each, for a bounded time.
+        let first = match machine.deadline() {
+            Some(d) => tokio::time::timeout_at(d.into(), inbound.message()).await.ok(),
+            None => Some(inbound.message().await),
         };
-        // Only a stream that said what it wants takes one of the sessions: streams that never
-        // send their Open cannot lock real clients out.
-        let Ok(permit) = Arc::clone(&self.sessions).try_acquire_owned() else {
-            tracing::warn!(%peer, "refused a session: {} already running (--max-sessions)", self.cfg.max_sessions);
-            return Err(Status::resource_exhausted(format!(
-                "this daemon already runs its maximum of {} sessions (--max-sessions); try again later",
-                self.cfg.max_sessions
-            )));
+        let first = match first {
+            None => DaemonEvent::Timer,
+            Some(Err(status)) => return Err(status),
+            Some(Ok(None)) => DaemonEvent::EndedBeforeOpen,
+            Some(Ok(Some(frame))) => DaemonEvent::First(convert::first_open(&frame)),
+        };
+        // A timer fires at its deadline or just after: never early.
+        let now = Instant::now().max(machine.deadline().unwrap_or_else(Instant::now));
+        machine.handle(now, first);
+        match machine.poll() {
+            Some(DaemonCmd::TakeSlot) => {}
+            Some(DaemonCmd::Reject(r)) => return Err(rejection(&peer, &r)),
+            other => return Err(Status::internal(format!("unexpected {other:?} before a session"))),
+        }
+        // Only a stream that said what it wants takes one of the sessions.
+        let permit = Arc::clone(&self.sessions).try_acquire_owned().ok();
+        machine.handle(Instant::now(), DaemonEvent::Slot(permit.is_some()));
+        let Some(permit) = permit else {
+            return Err(match machine.poll() {
+                Some(DaemonCmd::Reject(r)) => rejection(&peer, &r),
+                other => Status::internal(format!("unexpected {other:?} without a session slot")),
+            });
         };
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
@@ -421,30 +446,29 @@ impl Blit for Daemon {
         };
         let ctx = SessionCtx {
             id,
-            rdma: self.rdma.clone(),
             rdma_domain: self.rdma_domain.clone(),
             placement,
             peer,
             control_ip,
             cfg: self.cfg.clone(),
             root: self.root.clone(),
-            shutdown: Arc::clone(&self.shutdown),
+            shutdown: self.shutdown.clone(),
             rt: tokio::runtime::Handle::current(),
             budget: Arc::clone(&self.budget),
             privileges: self.privileges,
         };
-        let active = Arc::clone(&self.active);
-        active.fetch_add(1, Ordering::AcqRel);
+        let active = self.active.clone();
+        active.send_modify(|n| *n += 1);
         let spawned = std::thread::Builder::new().name(format!("blit-session-{id}")).spawn({
-            let active = Arc::clone(&active);
+            let active = active.clone();
             move || {
-                ctx.run(first, inbound, out_tx);
+                ctx.run(machine, inbound, out_tx);
                 drop((permit, connection));
-                active.fetch_sub(1, Ordering::AcqRel);
+                active.send_modify(|n| *n -= 1);
             }
         });
         if let Err(e) = spawned {
-            active.fetch_sub(1, Ordering::AcqRel);
+            active.send_modify(|n| *n -= 1);
             tracing::error!("cannot start a session thread: {e}");
             return Err(Status::resource_exhausted(format!("cannot start a session thread: {e}")));
         }
@@ -452,18 +476,34 @@ impl Blit for Daemon {
     }
 }
 
+/// The gRPC status that refuses a stream before it became a session.
+fn rejection(peer: &str, r: &Rejection) -> Status {
+    match r {
+        Rejection::NoOpen { secs } => {
+            tracing::warn!(%peer, "closed a session stream that sent no Open in {secs} s");
+            Status::deadline_exceeded(format!("no Open within {secs} s (--open-timeout)"))
+        }
+        Rejection::EndedBeforeOpen => Status::cancelled("the stream ended before its Open"),
+        Rejection::Busy { max_sessions } => {
+            tracing::warn!(%peer, "refused a session: {max_sessions} already running (--max-sessions)");
+            Status::resource_exhausted(format!(
+                "this daemon already runs its maximum of {max_sessions} sessions (--max-sessions); try again later"
+            ))
+        }
+    }
+}
+
 type Out = mpsc::Sender<Result<pb::ServerFrame, Status>>;
 
 struct SessionCtx {
     id: u64,
-    rdma: Result<RdmaDeviceInfo, String>,
     rdma_domain: Option<blitx_transport_rdma::RdmaDomain>,
     placement: Option<blitx_topology::Placement>,
     peer: String,
     control_ip: IpAddr,
     cfg: DaemonConfig,
     root: RootDir,
-    shutdown: Arc<AtomicBool>,
+    shutdown: Cancel,
     rt: tokio::runtime::Handle,
     /// The daemon's memory budget; each session draws on it through one of its own.
     budget: Arc<Budget>,
@@ -533,301 +573,241 @@ impl Reporter for RemoteReporter {
     }
 }
 
+/// The daemon's session machine, shared by the session thread and the inbound relay.
+struct Driver {
+    machine: Mutex<DaemonSession>,
+    /// Stops the local half and the relays ([`DaemonCmd::StopLocal`]); cancelled by shutdown.
+    stop: Cancel,
+}
+
+impl Driver {
+    /// Feeds one event; stops the halves when told to and returns the other commands.
+    fn handle(&self, ev: DaemonEvent) -> VecDeque<DaemonCmd> {
+        let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        m.handle(Instant::now(), ev);
+        self.drain(&mut m)
+    }
+
+    fn drain(&self, m: &mut DaemonSession) -> VecDeque<DaemonCmd> {
+        let mut left = VecDeque::new();
+        while let Some(cmd) = m.poll() {
+            match cmd {
+                DaemonCmd::StopLocal => self.stop.cancel(),
+                other => left.push_back(other),
+            }
+        }
+        left
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.machine.lock().unwrap_or_else(|p| p.into_inner()).deadline()
+    }
+}
+
 impl SessionCtx {
-    fn run(self, first: pb::ClientFrame, inbound: Streaming<pb::ClientFrame>, out: Out) {
+    /// Runs one session to its end: what [`DaemonSession`] commands, this thread does.
+    fn run(self, machine: DaemonSession, inbound: Streaming<pb::ClientFrame>, out: Out) {
         // Every engine thread of this session is created by this thread: it inherits the node's
         // CPUs, each worker gets one of them and each pool is bound to the node.
         let _placed = self.placement.as_ref().map(|p| {
             tracing::info!(session = self.id, "placement: {p}");
             blitx_topology::enter_placement(p)
         });
-        let open = match first {
-            pb::ClientFrame { msg: Some(pb::client_frame::Msg::Open(o)) } => o,
-            _ => {
-                return refuse(
-                    &out,
-                    ErrorCode::BadRequest,
-                    "the first message must be Open".into(),
-                );
+        // Daemon shutdown cancels every session; the forwarding ends with the session.
+        let driver = Driver { machine: Mutex::new(machine), stop: self.shutdown.child(&self.rt) };
+        let end = self.serve(&driver, inbound, &out);
+        driver.stop.cancel();
+        match end {
+            End::Refused(e) => refuse(&out, e.code, e.message),
+            End::Failed(fatal) => {
+                tracing::warn!(session = self.id, code = ?fatal.code, "session failed: {}", fatal.message);
+                send_bounded(&self.rt, &out, convert::fatal_summary_to_pb(&fatal));
             }
-        };
-        let version = convert::open_version(&open);
-        if version != PROTOCOL_VERSION {
-            return refuse(
-                &out,
-                ErrorCode::VersionMismatch,
-                format!(
-                    "protocol version mismatch: the client (blit {}) speaks version {version}, this daemon (blit {BUILD_VERSION}) speaks version {PROTOCOL_VERSION}; use the same blit release on both ends",
-                    open.client_version
-                ),
-            );
-        }
-        // A path the client may not name is BAD_PATH; anything else malformed, BAD_REQUEST.
-        if let Err(e) = blitx_core::RelPath::parse(&open.path) {
-            return refuse(&out, ErrorCode::BadPath, format!("invalid path from the client: {e}"));
-        }
-        let open = match convert::open_from_pb(&open) {
-            Ok(o) => o,
-            Err(e) => return refuse(&out, ErrorCode::BadRequest, e.to_string()),
-        };
-        if open.tcp_streams > blitx_transport_tcp::STREAMS_MAX {
-            return refuse(
-                &out,
-                ErrorCode::BadRequest,
-                format!(
-                    "{} TCP streams requested; at most {} are allowed",
-                    open.tcp_streams,
-                    blitx_transport_tcp::STREAMS_MAX
-                ),
-            );
-        }
-        tracing::info!(
-            session = self.id,
-            peer = %self.peer,
-            direction = ?open.direction,
-            path = %open.path,
-            "session opened"
-        );
-        let cancel = Arc::new(AtomicBool::new(false));
-        // Daemon shutdown cancels every session.
-        let (watch_stop, watch_rx) = std::sync::mpsc::channel::<()>();
-        let watch = {
-            let (cancel, shutdown) = (Arc::clone(&cancel), Arc::clone(&self.shutdown));
-            std::thread::spawn(move || forward_cancel(&shutdown, &cancel, &watch_rx))
-        };
-        let result = self.serve(&open, inbound, &out, &cancel);
-        cancel.store(true, Ordering::Release);
-        drop(watch_stop);
-        let _ = watch.join();
-        if let Err(fatal) = result {
-            tracing::warn!(session = self.id, code = ?fatal.code, "session failed: {}", fatal.message);
-            send_bounded(&self.rt, &out, convert::fatal_summary_to_pb(&fatal));
+            End::Done => {}
         }
     }
 
-    /// Runs the daemon's half; the Summary is sent here on success, by the caller on failure.
-    fn serve(
-        &self,
-        open: &OpenRequest,
-        inbound: Streaming<pb::ClientFrame>,
-        out: &Out,
-        cancel: &Arc<AtomicBool>,
-    ) -> Result<(), RemoteError> {
-        let fail = |code, message: String| RemoteError { code, message };
-        let push = open.direction == Direction::Push;
-        // A memory session (--mem) generates or discards its data: its path is never touched.
-        let mem = open.params.mem_bytes.is_some();
-        if push && self.cfg.read_only && !open.params.dry_run && !mem {
-            refuse(
-                out,
-                ErrorCode::ReadOnly,
-                "this daemon exports its root read-only (pull only)".into(),
-            );
-            return Ok(());
-        }
-        // Push: the target directory (created if missing); pull: the source directory.
-        let dry_missing = push && open.params.dry_run;
-        let beneath = if mem {
-            dataplane::empty_stand_in()
-        } else {
-            RootDir::beneath(&self.root, &open.path, push && !open.params.dry_run)
-        };
-        let root = match beneath {
-            Ok(r) => r,
-            Err(e) if dry_missing && e.kind() == std::io::ErrorKind::NotFound => {
-                match dataplane::empty_stand_in() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        refuse(
-                            out,
-                            ErrorCode::Internal,
-                            format!("cannot create a dry-run stand-in: {e}"),
-                        );
-                        return Ok(());
-                    }
-                }
-            }
-            Err(e) => {
-                refuse(out, ErrorCode::BadPath, bad_path_message(&open.path, &e));
-                return Ok(());
+    /// Carries out the negotiation's commands, then runs the daemon's half.
+    fn serve(&self, driver: &Driver, inbound: Streaming<pb::ClientFrame>, out: &Out) -> End {
+        let cancel = &driver.stop;
+        let (open, push) = {
+            let m = driver.machine.lock().unwrap_or_else(|p| p.into_inner());
+            match m.open() {
+                Some(o) => (o.clone(), o.direction == Direction::Push),
+                None => (placeholder_open(), false),
             }
         };
-        // One writer per target (and per subtree): a second push waits or is refused.
-        let _lock = if push && !open.params.dry_run && !mem {
-            let wait = open.wait_lock.then_some(LOCK_WAIT_MAX);
-            match TargetLock::acquire(root.fd(), wait, cancel) {
-                Ok(l) => Some(l),
-                Err(LockError::Busy) => {
-                    refuse(
-                        out,
-                        ErrorCode::TargetLocked,
-                        format!(
-                            "{} is being written by another transfer (or one above or below it); try again later or use --wait-lock",
-                            open.path
-                        ),
-                    );
-                    return Ok(());
-                }
-                Err(LockError::Cancelled) => {
-                    return Err(fail(ErrorCode::Internal, "cancelled".into()));
-                }
-                Err(e) => {
-                    refuse(out, ErrorCode::Internal, format!("{e}: {}", source_chain(&e)));
-                    return Ok(());
-                }
-            }
-        } else {
-            None
-        };
+        let role = if push { Role::Receive } else { Role::Send };
         // Everything this session holds in memory is charged here, then to the daemon's total.
         let budget = Budget::new(
             "per session (--session-memory)",
             self.cfg.session_memory_bytes,
             Some(Arc::clone(&self.budget)),
         );
-        let mut streams =
-            if open.tcp_streams == 0 { self.cfg.default_streams } else { open.tcp_streams };
-        let stall = if open.stall_timeout_secs == 0 {
-            self.cfg.stall_timeout
-        } else {
-            Duration::from_secs(u64::from(open.stall_timeout_secs))
-        };
-        let dp_opts = DataPlaneOptions {
-            streams,
-            chunk_bytes: open.params.chunk_bytes,
-            socket_buffer_bytes: open.tcp_buffer_bytes,
-            stall_timeout: stall,
-            threads: self.cfg.threads,
-            qps: open.rdma_qps.max(1),
-            rdma_device: self.cfg.rdma_device.clone(),
-            rdma_frame_checksums: open.rdma_frame_checksums,
-            rdma_event_cq: open.rdma_event_cq,
-            tcp_zero_copy: open.tcp_zero_copy,
-        };
-        // The client picks streams × chunk size; the operator's budget bounds the product.
-        let mut dp_opts = dp_opts;
-        while streams > 1 && dataplane::pool_bytes(&dp_opts, false) > budget.max_bytes() {
-            streams -= 1;
-            dp_opts.streams = streams;
-        }
-        let role = if push { Role::Receive } else { Role::Send };
-        let (mut use_rdma, mut reason) =
-            match dataplane::choose_rdma(open.transport, open.client_rdma.as_ref(), &self.rdma) {
-                Ok(choice) => choice,
-                Err(why) => {
-                    refuse(out, ErrorCode::TransportUnavailable, why);
-                    return Ok(());
-                }
-            };
-        // The chosen plane's buffers are charged before it is built: RDMA's ring, or TCP's
-        // pool when RDMA does not fit, is not possible here, or fails to set up (`auto`).
-        let rdma_bytes = dataplane::pool_bytes(&dp_opts, true);
-        if use_rdma && let Err(e) = budget.charge("RDMA buffers", rdma_bytes) {
-            if open.transport == TransportChoice::Rdma {
-                refuse(out, ErrorCode::ResourceExhausted, e.to_string());
-                return Ok(());
-            }
-            use_rdma = false;
-            reason = format!("auto: {e}; using TCP");
-        }
-        let mut rdma_pending = None;
-        if use_rdma {
-            match dataplane::rdma_prepare(role, &dp_opts, self.rdma_domain.as_ref()) {
-                Ok(p) => rdma_pending = Some(p),
-                Err(e) if open.transport == TransportChoice::Rdma => {
-                    refuse(
-                        out,
-                        ErrorCode::TransportUnavailable,
-                        format!("cannot set up RDMA here: {e}"),
-                    );
-                    return Ok(());
-                }
-                Err(e) => {
-                    reason = format!("auto: RDMA set-up failed on the daemon ({e}); using TCP");
-                    budget.release(rdma_bytes);
-                }
-            }
-        }
-        if rdma_pending.is_none()
-            && let Err(e) = budget.charge("TCP buffers", dataplane::pool_bytes(&dp_opts, false))
-        {
-            refuse(out, ErrorCode::ResourceExhausted, e.to_string());
-            return Ok(());
-        }
-        tracing::info!(session = self.id, "transport: {reason}");
         let mut inbound = inbound;
-        let plane = match rdma_pending {
-            Some((pending, mine)) => {
-                let accepted = Accepted {
-                    protocol_version: PROTOCOL_VERSION,
-                    server_version: BUILD_VERSION.into(),
-                    transport: "rdma".into(),
-                    reason,
-                    tcp: None,
-                    rdma: Some(mine),
-                };
-                if !send(out, convert::accept_to_pb(&accepted)) {
-                    return Err(fail(ErrorCode::Internal, "client went away".into()));
-                }
-                // The client answers with its own QPs (and, for a pull, its ring), in time.
-                let limit = self.cfg.open_timeout.max(dataplane::DATA_CONNECT_TIMEOUT);
-                let answer = next_or_cancel(&self.rt, &mut inbound, cancel, Some(limit));
-                let peer = match answer {
-                    Some(Ok(Some(pb::ClientFrame {
-                        msg: Some(pb::client_frame::Msg::Rdma(e)),
-                    }))) => convert::rdma_peer_from_pb(&e)
-                        .map_err(|e| fail(ErrorCode::BadRequest, e.to_string()))?,
-                    _ => {
-                        return Err(fail(
-                            ErrorCode::BadRequest,
-                            "the client did not complete the RDMA set-up".into(),
-                        ));
-                    }
-                };
-                tracing::debug!(session = self.id, "RDMA: the client's QPs arrived");
-                let plane =
-                    pending.connect(&peer).map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
-                tracing::debug!(session = self.id, "RDMA: QPs connected");
-                if !push {
-                    // Our sender is connected: the client's receiver may connect now.
-                    send(out, convert::server_rdma(&RdmaPeer::Ready));
-                }
-                plane
-            }
-            None => {
-                let listening = match dataplane::tcp_listen(self.control_ip, &dp_opts) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        refuse(
-                            out,
-                            ErrorCode::Internal,
-                            format!("cannot open a data listener: {e}"),
-                        );
-                        return Ok(());
-                    }
-                };
-                let accepted = Accepted {
-                    protocol_version: PROTOCOL_VERSION,
-                    server_version: BUILD_VERSION.into(),
-                    transport: "tcp".into(),
-                    reason,
-                    tcp: Some(listening.endpoint()),
-                    rdma: None,
-                };
-                if !send(out, convert::accept_to_pb(&accepted)) {
-                    return Err(fail(ErrorCode::Internal, "client went away".into()));
-                }
-                listening
-                    .accept(role, &dp_opts, cancel)
-                    .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?
-            }
+        let mut root = None;
+        let mut _lock = None;
+        let mut rdma = None;
+        let mut peer = None;
+        let mut listening = None;
+        let mut plane = None;
+        let mut cmds = {
+            let mut m = driver.machine.lock().unwrap_or_else(|p| p.into_inner());
+            driver.drain(&mut m)
         };
+        let negotiated = loop {
+            let Some(cmd) = cmds.pop_front() else {
+                return End::Failed(RemoteError {
+                    code: ErrorCode::Internal,
+                    message: "the session stopped without an outcome".into(),
+                });
+            };
+            let dp = || driver.machine.lock().unwrap_or_else(|p| p.into_inner()).negotiated().map(|n| n.data_plane.clone());
+            let ev = match cmd {
+                DaemonCmd::OpenRoot { create } => {
+                    self.log_open(&open);
+                    match RootDir::beneath(&self.root, &open.path, create) {
+                        Ok(r) => {
+                            root = Some(r);
+                            DaemonEvent::Root(Ok(()))
+                        }
+                        Err(e) => DaemonEvent::Root(Err(RootFailure {
+                            not_found: e.kind() == std::io::ErrorKind::NotFound,
+                            message: bad_path_message(&open.path, &e),
+                        })),
+                    }
+                }
+                DaemonCmd::UseStandIn => {
+                    if root.is_none() {
+                        self.log_open(&open);
+                    }
+                    match dataplane::empty_stand_in() {
+                        Ok(r) => {
+                            root = Some(r);
+                            DaemonEvent::StandIn(Ok(()))
+                        }
+                        Err(e) => DaemonEvent::StandIn(Err(e.to_string())),
+                    }
+                }
+                DaemonCmd::Lock { wait } => {
+                    let Some(r) = root.as_ref() else { continue };
+                    DaemonEvent::Lock(match TargetLock::acquire(r.fd(), wait, cancel.flag()) {
+                        Ok(l) => {
+                            _lock = Some(l);
+                            LockResult::Acquired
+                        }
+                        Err(LockError::Busy) => LockResult::Busy,
+                        Err(LockError::Cancelled) => LockResult::Cancelled,
+                        Err(e) => LockResult::Failed(format!("{e}: {}", source_chain(&e))),
+                    })
+                }
+                DaemonCmd::Charge { what, bytes } => {
+                    DaemonEvent::Charged(budget.charge(what, bytes).map_err(|e| e.to_string()))
+                }
+                DaemonCmd::Release { bytes } => {
+                    budget.release(bytes);
+                    continue;
+                }
+                DaemonCmd::PrepareRdma(o) => {
+                    match dataplane::rdma_prepare(role, &o, self.rdma_domain.as_ref()) {
+                        Ok(p) => {
+                            rdma = Some(p);
+                            DaemonEvent::Prepared(Ok(()))
+                        }
+                        Err(e) => DaemonEvent::Prepared(Err(e.to_string())),
+                    }
+                }
+                DaemonCmd::Listen(o) => match dataplane::tcp_listen(self.control_ip, &o) {
+                    Ok(l) => {
+                        listening = Some(l);
+                        DaemonEvent::Prepared(Ok(()))
+                    }
+                    Err(e) => DaemonEvent::Prepared(Err(e.to_string())),
+                },
+                DaemonCmd::SendAccept { transport, reason } => {
+                    tracing::info!(session = self.id, "transport: {reason}");
+                    let accepted = Accepted {
+                        protocol_version: PROTOCOL_VERSION,
+                        server_version: BUILD_VERSION.into(),
+                        transport: transport.as_str().into(),
+                        reason,
+                        tcp: listening.as_ref().map(|l| l.endpoint()),
+                        rdma: rdma.as_ref().map(|(_, mine)| mine.clone()),
+                    };
+                    if send(out, convert::accept_to_pb(&accepted)) {
+                        continue;
+                    }
+                    DaemonEvent::PeerGone
+                }
+                DaemonCmd::ReadPeerRdma => {
+                    use pb::client_frame::Msg;
+                    match next_or_cancel(&self.rt, &mut inbound, cancel, driver.deadline()) {
+                        Err(Interrupted::Cancelled) => DaemonEvent::Cancel,
+                        Err(Interrupted::Deadline) => DaemonEvent::Timer,
+                        Ok(Ok(Some(pb::ClientFrame { msg: Some(Msg::Rdma(e)) }))) => {
+                            match convert::rdma_peer_from_pb(&e) {
+                                Ok(p) => {
+                                    tracing::debug!(session = self.id, "RDMA: the client's QPs arrived");
+                                    peer = Some(p);
+                                    DaemonEvent::PeerRdma(Ok(()))
+                                }
+                                Err(e) => DaemonEvent::PeerRdma(Err(e.to_string())),
+                            }
+                        }
+                        Ok(Ok(Some(_))) => DaemonEvent::PeerRdma(Err(
+                            "the client did not complete the RDMA set-up".into(),
+                        )),
+                        Ok(Ok(None)) => DaemonEvent::InboundEnded,
+                        Ok(Err(s)) => DaemonEvent::InboundFailed(s.to_string()),
+                    }
+                }
+                DaemonCmd::Connect => {
+                    let connected = match (rdma.take(), peer.as_ref(), listening.take(), dp()) {
+                        (Some((pending, _)), Some(peer), _, _) => pending.connect(peer),
+                        (None, _, Some(l), Some(o)) => l.accept(role, &o, cancel.flag()),
+                        _ => Err(dataplane::DataPlaneError::RdmaPeer("no set-up to connect")),
+                    };
+                    match connected {
+                        Ok(p) => {
+                            tracing::debug!(session = self.id, "data plane connected");
+                            plane = Some(p);
+                            DaemonEvent::DataPlane(Ok(()))
+                        }
+                        Err(e) => DaemonEvent::DataPlane(Err(e.to_string())),
+                    }
+                }
+                DaemonCmd::SendRdmaReady => {
+                    send(out, convert::server_rdma(&RdmaPeer::Ready));
+                    continue;
+                }
+                DaemonCmd::StartLocal(n) => break *n,
+                DaemonCmd::Refuse(e) => return End::Refused(e),
+                DaemonCmd::Fail(e) => return End::Failed(e),
+                DaemonCmd::TakeSlot
+                | DaemonCmd::Reject(_)
+                | DaemonCmd::StopLocal
+                | DaemonCmd::SendSummary => continue,
+            };
+            cmds.extend(driver.handle(ev));
+        };
+        let (Some(plane), Some(root)) = (plane, root) else {
+            return End::Failed(RemoteError {
+                code: ErrorCode::Internal,
+                message: "the session started without its data plane".into(),
+            });
+        };
+        // A shutdown that came while the halves started is not lost: they start stopped.
+        for cmd in cmds {
+            if let DaemonCmd::StopLocal = cmd {
+                cancel.cancel();
+            }
+        }
 
         let progress = Progress::default();
         let reporter = RemoteReporter {
             rt: self.rt.clone(),
             out: out.clone(),
-            all: open.events,
+            all: negotiated.events,
             buf: Mutex::new(Vec::new()),
         };
         let (to_engine_src, engine_src) =
@@ -839,66 +819,58 @@ impl SessionCtx {
         let (engine_out_tgt, from_engine_tgt) =
             crossbeam_channel::bounded::<TargetMsg>(blitx_storage::local::CONTROL_QUEUE_MAX);
         let threads = self.cfg.threads;
-        let params = open.params.clone();
+        let params = negotiated.params.clone();
         let limits = Limits {
             entries_max: self.cfg.max_entries,
             budget: Some(Arc::clone(&budget)),
             idle_timeout: Some(self.cfg.idle_timeout),
         };
-        // A message the client sent that could not be accepted: reported as the reason.
-        let refused: Mutex<Option<RemoteError>> = Mutex::new(None);
-        let refuse_msg = |message: String| {
-            tracing::warn!(session = self.id, "{message}");
-            let mut r = refused.lock().unwrap_or_else(|p| p.into_inner());
-            r.get_or_insert(RemoteError { code: ErrorCode::ProtocolViolation, message });
-        };
         std::thread::scope(|s| {
             // Client → engine.
             let rt = self.rt.clone();
-            let cancel_in = Arc::clone(cancel);
-            let refuse_msg = &refuse_msg;
             s.spawn(move || {
                 let mut inbound = inbound;
                 loop {
-                    let msg = match next_or_cancel(&rt, &mut inbound, &cancel_in, None) {
-                        None => break,
-                        Some(Ok(Some(m))) => m,
-                        Some(Ok(None)) => break,
-                        Some(Err(status)) => {
+                    use pb::client_frame::Msg;
+                    let msg = match next_or_cancel(&rt, &mut inbound, cancel, None) {
+                        Err(_) => break,
+                        Ok(Ok(Some(m))) => m,
+                        Ok(Ok(None)) => {
+                            driver.handle(DaemonEvent::InboundEnded);
+                            break;
+                        }
+                        Ok(Err(status)) => {
                             tracing::warn!("control stream from client failed: {status}");
-                            cancel_in.store(true, Ordering::Release);
+                            driver.handle(DaemonEvent::InboundFailed(status.to_string()));
                             break;
                         }
                     };
-                    let ok = match (msg.msg, push) {
-                        (Some(pb::client_frame::Msg::Source(m)), true) => {
-                            match convert::source_msg_from_pb(&m) {
-                                Ok(m) => {
-                                    tracing::trace!(kind = m.kind(), "control: client → engine");
-                                    to_engine_src.send(m).is_ok()
-                                }
-                                Err(e) => {
-                                    refuse_msg(e.to_string());
-                                    false
-                                }
+                    let delivered = match (msg.msg, push) {
+                        (Some(Msg::Source(m)), true) => match convert::source_msg_from_pb(&m) {
+                            Ok(m) => {
+                                tracing::trace!(kind = m.kind(), "control: client → engine");
+                                to_engine_src.send(m).is_ok()
                             }
-                        }
-                        (Some(pb::client_frame::Msg::Target(m)), false) => {
-                            match convert::target_msg_from_pb(&m) {
-                                Ok(m) => to_engine_tgt.send(m).is_ok(),
-                                Err(e) => {
-                                    refuse_msg(e.to_string());
-                                    false
-                                }
+                            Err(e) => {
+                                self.violation(driver, e.to_string());
+                                break;
                             }
-                        }
+                        },
+                        (Some(Msg::Target(m)), false) => match convert::target_msg_from_pb(&m) {
+                            Ok(m) => to_engine_tgt.send(m).is_ok(),
+                            Err(e) => {
+                                self.violation(driver, e.to_string());
+                                break;
+                            }
+                        },
                         _ => {
-                            refuse_msg("an unexpected message from the client".into());
-                            false
+                            self.violation(driver, "an unexpected message from the client".into());
+                            break;
                         }
                     };
-                    if !ok {
-                        cancel_in.store(true, Ordering::Release);
+                    if !delivered {
+                        // The local half is gone: nothing more to carry.
+                        cancel.cancel();
                         break;
                     }
                 }
@@ -906,10 +878,9 @@ impl SessionCtx {
             // Engine → client.
             let out_fwd = out.clone();
             let rt_fwd = self.rt.clone();
-            let cancel_fwd = Arc::clone(cancel);
             let fwd = s.spawn(move || {
                 let forward = |frame| {
-                    if cancel_fwd.load(Ordering::Acquire) {
+                    if cancel.is_cancelled() {
                         send_bounded(&rt_fwd, &out_fwd, frame)
                     } else {
                         send(&out_fwd, frame)
@@ -930,13 +901,15 @@ impl SessionCtx {
                     }
                 }
             });
+            let fail = |code, message: String| RemoteError { code, message };
             let result = if push {
                 drop(engine_out_src);
                 let mut opts = TargetOptions::new(root.clone(), params.clone(), threads);
                 opts.privileges = self.privileges;
                 opts.limits = limits.clone();
                 let rx = plane.receiver();
-                run_target(&opts, engine_src, engine_out_tgt, rx, &reporter, &progress, cancel)
+                let flag = cancel.flag();
+                run_target(&opts, engine_src, engine_out_tgt, rx, &reporter, &progress, flag)
                     .map(|r| convert::target_summary_to_pb(&r))
                     .map_err(|e| fail(target_code(&e), describe(&e)))
             } else {
@@ -950,31 +923,79 @@ impl SessionCtx {
                     limits: limits.clone(),
                 };
                 let tx = plane.sender();
-                run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel)
+                run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel.flag())
                     .map(|r| convert::source_summary_to_pb(&r))
                     .map_err(|e| fail(source_code(&e), describe(&e)))
             };
-            // A refused client message explains the engine's "the other half went away".
-            let result = match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                Some(why) if result.is_err() => Err(why),
-                _ => result,
-            };
             let _ = fwd.join();
             reporter.flush(true);
-            match result {
-                Ok(summary) => {
-                    tracing::info!(session = self.id, "session done");
-                    send(out, summary);
-                    // Stop waiting for the client's half-close.
-                    cancel.store(true, Ordering::Release);
-                    Ok(())
-                }
-                Err(e) => {
-                    cancel.store(true, Ordering::Release);
-                    Err(e)
+            let done = result.as_ref().map(|_| ()).map_err(Clone::clone);
+            let mut end = End::Failed(fail(ErrorCode::Internal, "no outcome".into()));
+            for cmd in driver.handle(DaemonEvent::LocalDone(done)) {
+                match cmd {
+                    DaemonCmd::SendSummary => {
+                        tracing::info!(session = self.id, "session done");
+                        if let Ok(summary) = &result {
+                            send(out, summary.clone());
+                        }
+                        end = End::Done;
+                    }
+                    DaemonCmd::Fail(e) => end = End::Failed(e),
+                    _ => {}
                 }
             }
+            // Stop waiting for the client's half-close.
+            cancel.cancel();
+            end
         })
+    }
+
+    /// A message the client sent that could not be accepted.
+    fn violation(&self, driver: &Driver, message: String) {
+        tracing::warn!(session = self.id, "{message}");
+        driver.handle(DaemonEvent::Violation(message));
+    }
+
+    fn log_open(&self, open: &OpenRequest) {
+        tracing::info!(
+            session = self.id,
+            peer = %self.peer,
+            direction = ?open.direction,
+            path = %open.path,
+            "session opened"
+        );
+    }
+}
+
+/// How a session thread ends.
+enum End {
+    /// The summary was sent.
+    Done,
+    /// Refused before Accept: an Error frame.
+    Refused(RemoteError),
+    /// Failed after Accept: a summary saying so.
+    Failed(RemoteError),
+}
+
+/// Stands in for the Open of a session the machine refuses before looking at it.
+fn placeholder_open() -> OpenRequest {
+    OpenRequest {
+        protocol_version: PROTOCOL_VERSION,
+        client_version: String::new(),
+        direction: Direction::Pull,
+        path: blitx_core::RelPath::root(),
+        params: blitx_core::session::SessionParams::default(),
+        transport: TransportChoice::Tcp,
+        tcp_streams: 0,
+        tcp_buffer_bytes: 0,
+        events: false,
+        client_rdma: None,
+        rdma_qps: 0,
+        stall_timeout_secs: 0,
+        rdma_frame_checksums: false,
+        rdma_event_cq: false,
+        wait_lock: false,
+        tcp_zero_copy: false,
     }
 }
 
@@ -1050,55 +1071,3 @@ pub fn source_chain(e: &dyn std::error::Error) -> String {
     if parts.is_empty() { "no further detail".into() } else { parts.join(": ") }
 }
 
-/// Sets `to` once `from` is set (a signal or a shutdown reaching one session), looking every
-/// 50 ms; returns when `to` is set or at once when the session ends and drops `stop`'s sender.
-pub(crate) fn forward_cancel(
-    from: &AtomicBool,
-    to: &AtomicBool,
-    stop: &std::sync::mpsc::Receiver<()>,
-) {
-    while !to.load(Ordering::Acquire) {
-        if from.load(Ordering::Acquire) {
-            to.store(true, Ordering::Release);
-        }
-        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
-            stop.recv_timeout(Duration::from_millis(50))
-        {
-            return;
-        }
-    }
-}
-
-/// `fut`'s output, or `None` once `cancel` is set (looked at every 50 ms) or `limit` has
-/// passed (`None`: no limit): every wait on a peer ends on an interrupt or a shutdown.
-pub(crate) async fn or_cancel<F: std::future::Future>(
-    fut: F,
-    cancel: &AtomicBool,
-    limit: Option<Duration>,
-) -> Option<F::Output> {
-    let limited = async {
-        match limit {
-            Some(l) => tokio::time::timeout(l, fut).await.ok(),
-            None => Some(fut.await),
-        }
-    };
-    tokio::select! {
-        r = limited => r,
-        _ = async {
-            while !cancel.load(Ordering::Acquire) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        } => None,
-    }
-}
-
-/// The next message of an inbound gRPC stream, or `None` once `cancel` is set or `limit`
-/// passed (so a peer that never closes its side cannot keep a session thread alive).
-pub(crate) fn next_or_cancel<T>(
-    rt: &tokio::runtime::Handle,
-    stream: &mut Streaming<T>,
-    cancel: &AtomicBool,
-    limit: Option<Duration>,
-) -> Option<Result<Option<T>, Status>> {
-    rt.block_on(or_cancel(stream.message(), cancel, limit))
-}
