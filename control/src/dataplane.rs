@@ -12,7 +12,7 @@ use blitx_transport_tcp as tcp;
 
 use blitx_transport_rdma as rdma;
 
-use crate::convert::{RdmaDeviceInfo, RdmaPeer, TcpEndpoint, TransportChoice};
+use crate::convert::{RdmaDeviceInfo, RdmaPeer, TcpEndpoint};
 
 /// How long a listener waits for the client's data connections.
 pub const DATA_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
