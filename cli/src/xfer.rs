@@ -2,7 +2,6 @@
 //! (`blit xfer blit://HOST/path DIR`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
