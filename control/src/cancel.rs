@@ -104,7 +104,9 @@ impl Cancel {
     ) -> Result<F::Output, Interrupted> {
         let limited = async {
             match deadline {
-                Some(d) => tokio::time::timeout_at(d.into(), fut).await.map_err(|_| Interrupted::Deadline),
+                Some(d) => {
+                    tokio::time::timeout_at(d.into(), fut).await.map_err(|_| Interrupted::Deadline)
+                }
                 None => Ok(fut.await),
             }
         };

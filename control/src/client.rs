@@ -15,16 +15,16 @@ use blitx_storage::source::{SourceError, SourceOptions, run_source};
 use blitx_storage::target::{TargetError, TargetOptions, run_target};
 use tokio::sync::mpsc;
 
+use crate::cancel::{Cancel, Interrupted, next_or_cancel};
 use crate::convert::{
     self, Accepted, Direction, ErrorCode, OpenRequest, RemoteError, RemoteSummary, TransportChoice,
 };
 use crate::dataplane::{self, DataPlaneError, DataPlaneOptions, Role};
-use crate::pb;
-use crate::pb::blit_client::BlitClient;
-use crate::cancel::{Cancel, Interrupted, next_or_cancel};
 use crate::negotiate::{
     ClientCmd, ClientEvent, ClientFacts, ClientOutcome, ClientSession, Offer, SUMMARY_TIMEOUT,
 };
+use crate::pb;
+use crate::pb::blit_client::BlitClient;
 use crate::server::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, source_chain};
 use crate::url::RemoteSpec;
 use crate::{BUILD_VERSION, CONTROL_MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
@@ -257,7 +257,9 @@ impl Driver {
                     self.handle_locked(&mut m, now, ClientEvent::Timer);
                     m
                 }
-                Some(d) => self.changed.wait_timeout(m, d - now).unwrap_or_else(|p| p.into_inner()).0,
+                Some(d) => {
+                    self.changed.wait_timeout(m, d - now).unwrap_or_else(|p| p.into_inner()).0
+                }
                 None => self.changed.wait(m).unwrap_or_else(|p| p.into_inner()),
             };
         }
@@ -367,168 +369,165 @@ pub fn transfer(
     // ends every wait on the daemon at once.
     let mut cmds = driver.initial();
     while let Some(cmd) = cmds.pop_front() {
-            let deadline = driver.machine.lock().unwrap_or_else(|p| p.into_inner()).deadline();
-            let ev = match cmd {
-                ClientCmd::PrepareRdmaEarly => {
-                    // This side's QPs and registered memory need nothing from the daemon.
-                    let o = dp_opts.clone();
-                    early_rdma = std::thread::Builder::new()
-                        .name("rdma-setup".into())
-                        .spawn(blitx_core::placer::inherit(move || {
-                            dataplane::rdma_prepare(role, &o, None)
-                        }))
-                        .ok();
-                    continue;
-                }
-                ClientCmd::ProbeRdma => {
-                    match dataplane::local_rdma_device(opts.rdma_device.as_deref()) {
-                        Ok(d) => {
-                            client_rdma = Some(d);
-                            ClientEvent::RdmaProbed(Ok(()))
-                        }
-                        Err(why) => {
-                            tracing::info!("no RDMA here ({why})");
-                            ClientEvent::RdmaProbed(Err(why))
-                        }
+        let deadline = driver.machine.lock().unwrap_or_else(|p| p.into_inner()).deadline();
+        let ev = match cmd {
+            ClientCmd::PrepareRdmaEarly => {
+                // This side's QPs and registered memory need nothing from the daemon.
+                let o = dp_opts.clone();
+                early_rdma = std::thread::Builder::new()
+                    .name("rdma-setup".into())
+                    .spawn(blitx_core::placer::inherit(move || {
+                        dataplane::rdma_prepare(role, &o, None)
+                    }))
+                    .ok();
+                continue;
+            }
+            ClientCmd::ProbeRdma => {
+                match dataplane::local_rdma_device(opts.rdma_device.as_deref()) {
+                    Ok(d) => {
+                        client_rdma = Some(d);
+                        ClientEvent::RdmaProbed(Ok(()))
+                    }
+                    Err(why) => {
+                        tracing::info!("no RDMA here ({why})");
+                        ClientEvent::RdmaProbed(Err(why))
                     }
                 }
-                ClientCmd::Open { rdma } => {
-                    let open = OpenRequest {
-                        protocol_version: PROTOCOL_VERSION,
-                        client_version: BUILD_VERSION.into(),
-                        direction,
-                        path: remote.path.clone(),
-                        params: opts.params.clone(),
-                        transport: opts.transport,
-                        tcp_streams: opts.streams,
-                        tcp_buffer_bytes: opts.tcp_buffer_bytes,
-                        events: opts.events,
-                        client_rdma: if rdma { client_rdma.take() } else { None },
-                        rdma_qps: opts.qps,
-                        stall_timeout_secs: u32::try_from(opts.stall_timeout.as_secs())
-                            .unwrap_or(u32::MAX),
-                        rdma_frame_checksums: opts.rdma_frame_checksums,
-                        rdma_event_cq: opts.rdma_event_cq,
-                        wait_lock: opts.wait_lock,
-                        tcp_zero_copy: opts.tcp_zero_copy,
-                    };
-                    let (Some(connecting), Some(out_rx)) = (connecting.take(), out_rx.take())
-                    else {
-                        // The machine asks for one Open; a second finds the stream in use.
-                        let message = "the session stream is already open".into();
-                        cmds.extend(driver.handle(ClientEvent::Rejected { exhausted: false, message }));
-                        continue;
-                    };
-                    let out_tx = &out_tx;
-                    let opening = async move {
-                        let mut client = match connecting.await {
-                            Ok(Ok(c)) => c,
-                            Ok(Err(e)) => return Err(Err(e)),
-                            Err(e) => {
-                                return Err(Err(ClientError::Connect {
-                                    endpoint: remote.to_string(),
-                                    detail: format!("the connecting task failed: {e}"),
-                                }));
-                            }
-                        };
-                        tracing::debug!("sending Open");
-                        if out_tx.send(convert::open_to_pb(&open)).await.is_err() {
-                            return Err(Ok(ClientEvent::Rejected {
-                                exhausted: false,
-                                message: "control stream closed".into(),
+            }
+            ClientCmd::Open { rdma } => {
+                let open = OpenRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    client_version: BUILD_VERSION.into(),
+                    direction,
+                    path: remote.path.clone(),
+                    params: opts.params.clone(),
+                    transport: opts.transport,
+                    tcp_streams: opts.streams,
+                    tcp_buffer_bytes: opts.tcp_buffer_bytes,
+                    events: opts.events,
+                    client_rdma: if rdma { client_rdma.take() } else { None },
+                    rdma_qps: opts.qps,
+                    stall_timeout_secs: u32::try_from(opts.stall_timeout.as_secs())
+                        .unwrap_or(u32::MAX),
+                    rdma_frame_checksums: opts.rdma_frame_checksums,
+                    rdma_event_cq: opts.rdma_event_cq,
+                    wait_lock: opts.wait_lock,
+                    tcp_zero_copy: opts.tcp_zero_copy,
+                };
+                let (Some(connecting), Some(out_rx)) = (connecting.take(), out_rx.take()) else {
+                    // The machine asks for one Open; a second finds the stream in use.
+                    let message = "the session stream is already open".into();
+                    cmds.extend(driver.handle(ClientEvent::Rejected { exhausted: false, message }));
+                    continue;
+                };
+                let out_tx = &out_tx;
+                let opening = async move {
+                    let mut client = match connecting.await {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => return Err(Err(e)),
+                        Err(e) => {
+                            return Err(Err(ClientError::Connect {
+                                endpoint: remote.to_string(),
+                                detail: format!("the connecting task failed: {e}"),
                             }));
                         }
-                        let stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
-                        match client.session(stream).await {
-                            Ok(r) => Ok(r.into_inner()),
-                            Err(s) => Err(Ok(ClientEvent::Rejected {
-                                exhausted: s.code() == tonic::Code::ResourceExhausted,
-                                message: match s.code() {
-                                    tonic::Code::ResourceExhausted => s.message().to_string(),
-                                    c => format!("{c}: {}", s.message()),
-                                },
-                            })),
-                        }
                     };
-                    match rt.block_on(cancel.race(opening, deadline)) {
-                        Err(Interrupted::Cancelled) => ClientEvent::Cancel,
-                        Err(Interrupted::Deadline) => ClientEvent::Timer,
-                        Ok(Ok(stream)) => {
-                            inbound = Some(stream);
-                            ClientEvent::Opened
-                        }
-                        Ok(Err(Ok(ev))) => ev,
-                        Ok(Err(Err(e))) => {
-                            connect_error = Some(e);
-                            ClientEvent::Unreachable
-                        }
+                    tracing::debug!("sending Open");
+                    if out_tx.send(convert::open_to_pb(&open)).await.is_err() {
+                        return Err(Ok(ClientEvent::Rejected {
+                            exhausted: false,
+                            message: "control stream closed".into(),
+                        }));
+                    }
+                    let stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
+                    match client.session(stream).await {
+                        Ok(r) => Ok(r.into_inner()),
+                        Err(s) => Err(Ok(ClientEvent::Rejected {
+                            exhausted: s.code() == tonic::Code::ResourceExhausted,
+                            message: match s.code() {
+                                tonic::Code::ResourceExhausted => s.message().to_string(),
+                                c => format!("{c}: {}", s.message()),
+                            },
+                        })),
+                    }
+                };
+                match rt.block_on(cancel.race(opening, deadline)) {
+                    Err(Interrupted::Cancelled) => ClientEvent::Cancel,
+                    Err(Interrupted::Deadline) => ClientEvent::Timer,
+                    Ok(Ok(stream)) => {
+                        inbound = Some(stream);
+                        ClientEvent::Opened
+                    }
+                    Ok(Err(Ok(ev))) => ev,
+                    Ok(Err(Err(e))) => {
+                        connect_error = Some(e);
+                        ClientEvent::Unreachable
                     }
                 }
-                ClientCmd::ReadFrame => {
-                    match inbound.as_mut() {
-                        Some(stream) => {
-                            let frame = next_or_cancel(rt.handle(), stream, cancel, deadline);
-                            negotiation_event(frame, &mut accepted)
-                        }
-                        None => ClientEvent::InboundFailed("no session stream".into()),
-                    }
+            }
+            ClientCmd::ReadFrame => match inbound.as_mut() {
+                Some(stream) => {
+                    let frame = next_or_cancel(rt.handle(), stream, cancel, deadline);
+                    negotiation_event(frame, &mut accepted)
                 }
-                ClientCmd::PrepareRdma => {
-                    let prepared = match early_rdma.take().and_then(|t| t.join().ok()) {
-                        Some(r) => r,
-                        None => dataplane::rdma_prepare(role, &dp_opts, None),
-                    };
-                    match prepared {
-                        Ok((pending, mine)) => {
-                            tracing::debug!("RDMA: local QPs and memory ready");
-                            pending_rdma = Some(pending);
-                            // A pusher (sender) connects at once; a puller (receiver) waits
-                            // until the daemon's sender has connected.
-                            if rt.block_on(out_tx.send(convert::client_rdma(&mine))).is_err() {
-                                ClientEvent::InboundFailed("control stream closed".into())
-                            } else {
-                                ClientEvent::Prepared(Ok(()))
-                            }
-                        }
-                        Err(e) => {
-                            let text = e.to_string();
-                            dp_error = Some(e);
-                            ClientEvent::Prepared(Err(text))
+                None => ClientEvent::InboundFailed("no session stream".into()),
+            },
+            ClientCmd::PrepareRdma => {
+                let prepared = match early_rdma.take().and_then(|t| t.join().ok()) {
+                    Some(r) => r,
+                    None => dataplane::rdma_prepare(role, &dp_opts, None),
+                };
+                match prepared {
+                    Ok((pending, mine)) => {
+                        tracing::debug!("RDMA: local QPs and memory ready");
+                        pending_rdma = Some(pending);
+                        // A pusher (sender) connects at once; a puller (receiver) waits
+                        // until the daemon's sender has connected.
+                        if rt.block_on(out_tx.send(convert::client_rdma(&mine))).is_err() {
+                            ClientEvent::InboundFailed("control stream closed".into())
+                        } else {
+                            ClientEvent::Prepared(Ok(()))
                         }
                     }
-                }
-                ClientCmd::Connect(offer) => {
-                    let connected = match (offer, &accepted) {
-                        (Offer::Rdma, Some(Accepted { rdma: Some(peer), .. })) => {
-                            match pending_rdma.take() {
-                                Some(p) => p.connect(peer),
-                                None => Err(DataPlaneError::RdmaPeer("no local set-up")),
-                            }
-                        }
-                        (Offer::Tcp { streams }, Some(Accepted { tcp: Some(tcp), .. })) => {
-                            drop(early_rdma.take()); // its thread lets go of what it set up
-                            dp_opts.streams = streams;
-                            dataplane::tcp_connect(tcp, role, &dp_opts)
-                        }
-                        _ => Err(DataPlaneError::RdmaPeer("an offer without its endpoint")),
-                    };
-                    match connected {
-                        Ok(p) => {
-                            tracing::debug!("data plane connected");
-                            plane = Some(p);
-                            ClientEvent::DataPlane(Ok(()))
-                        }
-                        Err(e) => {
-                            let text = e.to_string();
-                            dp_error = Some(e);
-                            ClientEvent::DataPlane(Err(text))
-                        }
+                    Err(e) => {
+                        let text = e.to_string();
+                        dp_error = Some(e);
+                        ClientEvent::Prepared(Err(text))
                     }
                 }
-                ClientCmd::StartLocal => break,
-                ClientCmd::StopLocal | ClientCmd::CloseOutbound | ClientCmd::Finish(_) => continue,
-            };
-            cmds.extend(driver.handle(ev));
+            }
+            ClientCmd::Connect(offer) => {
+                let connected = match (offer, &accepted) {
+                    (Offer::Rdma, Some(Accepted { rdma: Some(peer), .. })) => {
+                        match pending_rdma.take() {
+                            Some(p) => p.connect(peer),
+                            None => Err(DataPlaneError::RdmaPeer("no local set-up")),
+                        }
+                    }
+                    (Offer::Tcp { streams }, Some(Accepted { tcp: Some(tcp), .. })) => {
+                        drop(early_rdma.take()); // its thread lets go of what it set up
+                        dp_opts.streams = streams;
+                        dataplane::tcp_connect(tcp, role, &dp_opts)
+                    }
+                    _ => Err(DataPlaneError::RdmaPeer("an offer without its endpoint")),
+                };
+                match connected {
+                    Ok(p) => {
+                        tracing::debug!("data plane connected");
+                        plane = Some(p);
+                        ClientEvent::DataPlane(Ok(()))
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        dp_error = Some(e);
+                        ClientEvent::DataPlane(Err(text))
+                    }
+                }
+            }
+            ClientCmd::StartLocal => break,
+            ClientCmd::StopLocal | ClientCmd::CloseOutbound | ClientCmd::Finish(_) => continue,
+        };
+        cmds.extend(driver.handle(ev));
         if cancel.is_cancelled() {
             cmds.extend(driver.handle(ClientEvent::Cancel));
         }
@@ -748,9 +747,10 @@ fn failure(
 ) -> ClientError {
     match outcome {
         ClientOutcome::Cancelled => ClientError::Cancelled,
-        ClientOutcome::Timeout => {
-            ClientError::Timeout { endpoint: remote.to_string(), secs: opts.connect_timeout.as_secs() }
-        }
+        ClientOutcome::Timeout => ClientError::Timeout {
+            endpoint: remote.to_string(),
+            secs: opts.connect_timeout.as_secs(),
+        },
         ClientOutcome::Unreachable => connect_error.unwrap_or_else(|| ClientError::Connect {
             endpoint: remote.to_string(),
             detail: "unreachable".into(),

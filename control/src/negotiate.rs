@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 use blitx_core::session::SessionParams;
 
 use crate::convert::{
-    Direction, ErrorCode, OpenRequest, RdmaDeviceInfo, RemoteError, RemoteSummary,
-    TransportChoice,
+    Direction, ErrorCode, OpenRequest, RdmaDeviceInfo, RemoteError, RemoteSummary, TransportChoice,
 };
 use crate::dataplane::DataPlaneOptions;
 
@@ -68,9 +67,10 @@ pub fn choose_transport(
             (_, Err(why)) => {
                 Err(format!("RDMA was requested but the daemon has no usable RDMA device: {why}"))
             }
-            (Some(c), Ok(s)) => {
-                Ok((Transport::Rdma, format!("rdma requested: client {} ↔ daemon {}", c.name, s.name)))
-            }
+            (Some(c), Ok(s)) => Ok((
+                Transport::Rdma,
+                format!("rdma requested: client {} ↔ daemon {}", c.name, s.name),
+            )),
         },
         TransportChoice::Auto => match (client, server) {
             (None, _) => {
@@ -442,7 +442,10 @@ impl DaemonSession {
             }
             (P::PreparingRdma, E::Prepared(Err(e))) => {
                 if self.required_rdma() {
-                    self.refuse(ErrorCode::TransportUnavailable, format!("cannot set up RDMA here: {e}"));
+                    self.refuse(
+                        ErrorCode::TransportUnavailable,
+                        format!("cannot set up RDMA here: {e}"),
+                    );
                 } else {
                     self.out.push_back(DaemonCmd::Release { bytes: self.rdma_bytes });
                     self.fall_back_to_tcp(format!(
@@ -957,9 +960,9 @@ impl ClientSession {
                 }
             }
             (P::PreparingRdma, E::Prepared(Err(_))) => self.finish(ClientOutcome::DataPlane),
-            (P::PreparingRdma, E::InboundFailed(_)) => self.finish(ClientOutcome::Lost(
-                "control stream closed during RDMA set-up".into(),
-            )),
+            (P::PreparingRdma, E::InboundFailed(_)) => {
+                self.finish(ClientOutcome::Lost("control stream closed during RDMA set-up".into()))
+            }
             (P::AwaitRdmaReady, E::RdmaReady) => {
                 self.phase = P::Connecting;
                 self.out.push_back(ClientCmd::Connect(Offer::Rdma));
@@ -970,9 +973,8 @@ impl ClientSession {
                 });
                 self.finish(ClientOutcome::Remote(why));
             }
-            (P::AwaitRdmaReady, _) => self.finish(ClientOutcome::Lost(
-                "the daemon did not complete the RDMA set-up".into(),
-            )),
+            (P::AwaitRdmaReady, _) => self
+                .finish(ClientOutcome::Lost("the daemon did not complete the RDMA set-up".into())),
             (P::Connecting, E::DataPlane(Ok(()))) => {
                 if self.cancelled {
                     return self.finish(ClientOutcome::Cancelled);

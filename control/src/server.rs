@@ -14,10 +14,10 @@
 //! refusal is RESOURCE_EXHAUSTED. What a client may ask of a root daemon's privileges
 //! (owners, setuid/setgid) is the operator's decision ([`blitx_storage::meta::Privileges`]).
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -418,7 +418,9 @@ impl Blit for Daemon {
         match machine.poll() {
             Some(DaemonCmd::TakeSlot) => {}
             Some(DaemonCmd::Reject(r)) => return Err(rejection(&peer, &r)),
-            other => return Err(Status::internal(format!("unexpected {other:?} before a session"))),
+            other => {
+                return Err(Status::internal(format!("unexpected {other:?} before a session")));
+            }
         }
         // Only a stream that said what it wants takes one of the sessions.
         let permit = Arc::clone(&self.sessions).try_acquire_owned().ok();
@@ -662,7 +664,14 @@ impl SessionCtx {
                     message: "the session stopped without an outcome".into(),
                 });
             };
-            let dp = || driver.machine.lock().unwrap_or_else(|p| p.into_inner()).negotiated().map(|n| n.data_plane.clone());
+            let dp = || {
+                driver
+                    .machine
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .negotiated()
+                    .map(|n| n.data_plane.clone())
+            };
             let ev = match cmd {
                 DaemonCmd::OpenRoot { create } => {
                     self.log_open(&open);
@@ -747,7 +756,10 @@ impl SessionCtx {
                         Ok(Ok(Some(pb::ClientFrame { msg: Some(Msg::Rdma(e)) }))) => {
                             match convert::rdma_peer_from_pb(&e) {
                                 Ok(p) => {
-                                    tracing::debug!(session = self.id, "RDMA: the client's QPs arrived");
+                                    tracing::debug!(
+                                        session = self.id,
+                                        "RDMA: the client's QPs arrived"
+                                    );
                                     peer = Some(p);
                                     DaemonEvent::PeerRdma(Ok(()))
                                 }
@@ -1070,4 +1082,3 @@ pub fn source_chain(e: &dyn std::error::Error) -> String {
     }
     if parts.is_empty() { "no further detail".into() } else { parts.join(": ") }
 }
-

@@ -166,7 +166,10 @@ fn daemon_refuses_each_bad_open_with_its_code() {
     let t0 = Instant::now();
     let cases = [
         (OpenDefect::NotOpen, ErrorCode::BadRequest),
-        (OpenDefect::Version { client_version: "0.0".into(), version: 1 }, ErrorCode::VersionMismatch),
+        (
+            OpenDefect::Version { client_version: "0.0".into(), version: 1 },
+            ErrorCode::VersionMismatch,
+        ),
         (OpenDefect::BadPath("..".into()), ErrorCode::BadPath),
         (OpenDefect::Malformed("bad enum".into()), ErrorCode::BadRequest),
     ];
@@ -621,7 +624,9 @@ fn client_refusals_and_rejections() {
     assert!(matches!(finished(&drain_c(&mut c)), Some(ClientOutcome::Lost(_))));
     let mut c = client_awaiting_accept(f, t0);
     c.handle(t0, ClientEvent::InboundEnded);
-    assert!(matches!(finished(&drain_c(&mut c)), Some(ClientOutcome::Lost(m)) if m.contains("before accepting")));
+    assert!(
+        matches!(finished(&drain_c(&mut c)), Some(ClientOutcome::Lost(m)) if m.contains("before accepting"))
+    );
 }
 
 #[test]
@@ -688,7 +693,9 @@ fn client_no_summary_in_time_is_lost() {
     c.handle(t0 + SUMMARY_TIMEOUT - SEC, ClientEvent::Timer);
     assert!(drain_c(&mut c).is_empty());
     c.handle(t0 + SUMMARY_TIMEOUT, ClientEvent::Timer);
-    assert!(matches!(finished(&drain_c(&mut c)), Some(ClientOutcome::Lost(m)) if m == "no summary from the daemon"));
+    assert!(
+        matches!(finished(&drain_c(&mut c)), Some(ClientOutcome::Lost(m)) if m == "no summary from the daemon")
+    );
 }
 
 #[test]
