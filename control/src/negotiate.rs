@@ -483,6 +483,8 @@ impl DaemonSession {
                 )))
             }
             (P::Connecting, E::DataPlane(Ok(()))) => {
+                // Invariant: `choose` set `negotiated` before any phase that charges, prepares
+                // or connects a data plane.
                 let n = self.negotiated.clone().expect("negotiated before connecting");
                 if n.transport == Transport::Rdma && n.direction == Direction::Pull {
                     // Our sender is connected: the client's receiver may connect now.
@@ -612,6 +614,7 @@ impl DaemonSession {
     }
 
     fn data_plane(&self) -> &DataPlaneOptions {
+        // Invariant: called only from the phases `choose` leads to, after it set `negotiated`.
         &self.negotiated.as_ref().expect("negotiated before the data plane").data_plane
     }
 
