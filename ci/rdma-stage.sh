@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# rdma-stage.sh: the RDMA CI stage. Builds blitx-transport-rdma and blit on the
-# host and runs their tests for real on Soft-RoCE (rdma_rxe) in throw-away qemu
-# VMs:
+# rdma-stage.sh: the RDMA CI stage. Builds blitx-verbs, blitx-transport-rdma
+# and blit on the host and runs their tests for real on Soft-RoCE (rdma_rxe) in
+# throw-away qemu VMs:
 #
 #   1. host: apt build deps (only if missing), release build of the test
-#      binaries and examples/verbs_selftest + examples/rdma_bench, and of blit
+#      binaries of both crates and examples/rdma_bench, and of blit
 #      (blitx-cli); run the tests on the host, where there is no RDMA: every
-#      hardware test (verbs loopback and the transport's conformance suite)
-#      must report SKIPPED with a typed reason, the binaries must not need
-#      libibverbs (DT_NEEDED guard), and a missing libibverbs must give
-#      LibraryMissing. Generates the blit test tree (a tar in the out dir).
+#      hardware test (the verbs crate's loopback tests and the transport's
+#      conformance suite) must report SKIPPED with a typed reason, the
+#      binaries must not need libibverbs (DT_NEEDED guard), and a missing
+#      libibverbs must give LibraryMissing (rdma_bench exits 77 with it).
+#      Generates the blit test tree (a tar in the out dir).
 #   2. one VM (ci/rxe/rxe-vm, rxe0 loopback, 2 GiB): all test binaries with
-#      BLIT_RDMA_REQUIRE=1 (skipping is a failure there; this runs the
-#      transport conformance suite with 1 and 2 QPs), verbs_selftest
-#      64 MiB busy-poll and 32 MiB event mode, MemlockTooLow under
-#      `ulimit -l 1024` without CAP_IPC_LOCK, and the throughput comparison in
+#      BLIT_RDMA_REQUIRE=1 (skipping is a failure there; this runs the verbs
+#      loopback tests, among them a 64 MiB busy-poll and an event-mode stream
+#      of WRITE_WITH_IMM from posted pool leases, and the transport
+#      conformance suite with 1 and 2 QPs), the verbs crate's MemlockTooLow
+#      test without CAP_IPC_LOCK, and the throughput comparison in
 #      one VM run: the transport alone (rdma_bench, 256 MiB of 1 MiB frames,
 #      busy-poll and event CQs) and ib_write_bw -s 1048576 -n 256, each with
 #      its CPU time. Then blit end to end in the same boot: `blit daemon` on
@@ -34,10 +36,10 @@
 #      a loop device and pulled back into it; no payload copy, nothing of the
 #      written files in the page cache (fincore), the bytes equal.
 #   3. two VMs (ci/rxe/rxe-pair, two rxe devices on a private link):
-#      verbs_selftest --listen in A, --connect in B (32 MiB), then ib_write_bw
-#      A <- B, so local/remote GID, rkey and address cannot be mixed up. Then
-#      blit: daemon in A (10.77.0.1:9031), B pushes the tree with
-#      --transport rdma (A verifies the copy) and pulls it back (B verifies).
+#      ib_write_bw A <- B (reference). Then blit: daemon in A (10.77.0.1:9031),
+#      B pushes the tree with --transport rdma (A verifies the copy) and pulls
+#      it back (B verifies), so local/remote GID, rkey and address cannot be
+#      mixed up between two devices.
 #
 # usage: ci/rdma-stage.sh [--out DIR] [--no-pair] [--no-build] [--no-blit | --blit-only]
 #   --out DIR    logs and summary (default: <cargo target dir>/rdma-stage)
@@ -45,7 +47,7 @@
 #   --no-build   reuse the binaries of the last build
 #   --no-blit    leave out the blit end-to-end checks and benchmark
 #   --blit-only  only the blit parts (build blit, tree, VM checks + benchmark,
-#                pair checks); no transport tests, selftests or host checks
+#                pair checks); no verbs/transport tests or host checks
 # Exit status: 0 when every check passed. The VMs' guest commands are this
 # script again (--guest-loopback, --guest-pair-a, --guest-pair-b).
 # Environment: RXE_VM_TIMEOUT (per VM run, default here 420 s) and the other
@@ -55,8 +57,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 ROOT=$(cd "$HERE/.." && pwd -P)
 SELF=$HERE/rdma-stage.sh
-PKG=blitx-transport-rdma
-MSG_BYTES=1048576          # selftest slot size = transport chunk = perftest message size
+PKGS=(-p blitx-verbs -p blitx-transport-rdma)
+MSG_BYTES=1048576          # transport chunk = perftest message size
 BENCH_MIB=256              # transport benchmark / ib_write_bw volume
 log() { echo "[rdma-stage] $*" >&2; }
 die() { echo "[rdma-stage] error: $*" >&2; exit 1; }
@@ -368,23 +370,19 @@ guest_loopback() {
   echo "== $(uname -r), $(nproc) vCPU, $(awk '/MemTotal/{printf "%d MiB", $2 / 1024}' /proc/meminfo), device ${RXE_VM_DEV:-?}"
   if [ "${STAGE_BLIT_ONLY:-0}" != 1 ]; then
     section "discover"
-    "$STAGE_SELFTEST" --discover > "$out/discover.json" || { echo "FAIL: discover"; rc=1; }
-    grep -E '"(name|state|active_mtu|gid|gid_type|chosen_gid_index|netdev)"' "$out/discover.json"
+    "$STAGE_LOOPBACK" --exact discover_lists_ports_gids_and_a_chosen_index --nocapture \
+      > "$out/discover.txt" 2>&1 || { echo "FAIL: discover"; rc=1; }
+    grep -E '"(name|state|active_mtu|gid|gid_type|chosen_gid_index|netdev)"' "$out/discover.txt"
     for t in $STAGE_TESTS; do
       section "$(basename "$t")"
       "$t" --test-threads=1 2>&1 | tee "$out/$(basename "$t").log" \
         | grep -E '^test |test result|SKIPPED|panicked|MiB/s|conformance rdma' \
         || { echo "FAIL: $(basename "$t")"; rc=1; }
     done
-    section "verbs_selftest: 64 MiB, busy-poll CQs, 1 MiB slots, window 8"
-    "$STAGE_SELFTEST" --total-mib 64 | tee "$out/selftest-busy.txt" || { echo "FAIL: selftest busy"; rc=1; }
-    section "verbs_selftest: 32 MiB, event-mode CQs"
-    "$STAGE_SELFTEST" --total-mib 32 --cq-mode event | tee "$out/selftest-event.txt" \
-      || { echo "FAIL: selftest event"; rc=1; }
-    section "MemlockTooLow: ulimit -l 1024 without CAP_IPC_LOCK, 16 MiB region"
-    ( ulimit -l 1024 && setpriv --bounding-set=-ipc_lock --inh-caps=-ipc_lock -- \
-        "$STAGE_SELFTEST" --expect-error memlock-too-low ) | tee "$out/memlock.txt" \
-      || { echo "FAIL: memlock"; rc=1; }
+    section "MemlockTooLow: a 16 MiB region under a 1 MiB limit, without CAP_IPC_LOCK"
+    setpriv --bounding-set=-ipc_lock --inh-caps=-ipc_lock -- \
+        "$STAGE_MEMLOCK" --test-threads=1 --nocapture > "$out/memlock.txt" 2>&1 \
+      && grep 'memlock: MemlockTooLow' "$out/memlock.txt" || { cat "$out/memlock.txt"; echo "FAIL: memlock"; rc=1; }
     section "ib_write_bw -s $MSG_BYTES -n 64 (same VM run, reference)"
     if perftest_loopback "$MSG_BYTES" 64 "$out/ib_write_bw-loopback.txt"; then
       grep -E '^ *#bytes|^ *[0-9]+ +[0-9]+ ' "$out/ib_write_bw-loopback.txt"
@@ -458,13 +456,8 @@ guest_pair_a() {  # receiver side, 10.77.0.1
   OUT=$out
   export BLIT_RDMA_REQUIRE=1
   if [ "${STAGE_BLIT_ONLY:-0}" != 1 ]; then
-    "$STAGE_SELFTEST" --listen 18600 --total-mib 32 > "$out/pair-a-selftest.txt" 2>&1 &
-    local pid=$!
-    "$HERE/rxe/pair-sync" listen 18600
-    wait "$pid" || rc=1
-    cat "$out/pair-a-selftest.txt"
     ib_write_bw -d rxe0 -F -p 18700 -s "$MSG_BYTES" -n 32 > "$out/pair-a-ib_write_bw.txt" 2>&1 &
-    pid=$!
+    local pid=$!
     "$HERE/rxe/pair-sync" listen 18700
     wait "$pid" || echo "WARN: ib_write_bw server failed (reference only)"
   fi
@@ -480,9 +473,6 @@ guest_pair_b() {  # sender side, 10.77.0.2
   OUT=$out
   export BLIT_RDMA_REQUIRE=1
   if [ "${STAGE_BLIT_ONLY:-0}" != 1 ]; then
-    "$HERE/rxe/pair-sync" peer-listen 18600 \
-      && "$STAGE_SELFTEST" --connect "$RXE_PEER_IP:18600" --total-mib 32 2>&1 | tee "$out/pair-b-selftest.txt" \
-      || rc=1
     if "$HERE/rxe/pair-sync" peer-listen 18700; then
       ib_write_bw -d rxe0 -F -p 18700 -s "$MSG_BYTES" -n 32 "$RXE_PEER_IP" > "$out/pair-b-ib_write_bw.txt" 2>&1 \
         || echo "WARN: ib_write_bw client failed (reference only)"
@@ -551,11 +541,11 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd -P)
 LIST=$OUT/binaries.txt
 if [ "$BUILD" = 1 ] && [ "$BLIT_ONLY" = 0 ]; then
-  step "host: build $PKG (release): tests and examples"
-  cargo build --release -p "$PKG" --examples --message-format=json 2>"$OUT/build.log" \
-    | grep -oE '"executable":"[^"]*(verbs_selftest|rdma_bench)"' | cut -d'"' -f4 > "$LIST.example" \
+  step "host: build ${PKGS[*]} (release): tests and examples"
+  cargo build --release "${PKGS[@]}" --examples --message-format=json 2>"$OUT/build.log" \
+    | grep -oE '"executable":"[^"]*/rdma_bench"' | cut -d'"' -f4 > "$LIST.example" \
     || { tail -30 "$OUT/build.log" >&2; die "build failed"; }
-  cargo test --release -p "$PKG" --no-run --message-format=json 2>>"$OUT/build.log" \
+  cargo test --release "${PKGS[@]}" --no-run --message-format=json 2>>"$OUT/build.log" \
     | grep '"test":true' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 > "$LIST.tests" \
     || { tail -30 "$OUT/build.log" >&2; die "test build failed"; }
   cat "$LIST.example" "$LIST.tests" > "$LIST"
@@ -568,12 +558,14 @@ if [ "$BUILD" = 1 ] && [ "$BLIT" = 1 ]; then
 fi
 if [ "$BLIT_ONLY" = 0 ]; then
   [ -s "$LIST" ] || die "no binaries listed in $LIST (run without --no-build)"
-  STAGE_SELFTEST=$(grep '/verbs_selftest$' "$LIST" | head -1)
   STAGE_BENCH=$(grep '/rdma_bench$' "$LIST" | head -1)
-  STAGE_TESTS=$(grep -vE '/(verbs_selftest|rdma_bench)$' "$LIST" | xargs)
-  [ -x "$STAGE_SELFTEST" ] || die "verbs_selftest not built"
+  STAGE_LOOPBACK=$(grep '/loopback-[0-9a-f]*$' "$LIST" | head -1)
+  STAGE_MEMLOCK=$(grep '/memlock-[0-9a-f]*$' "$LIST" | head -1)
+  STAGE_TESTS=$(grep -vE '/rdma_bench$' "$LIST" | xargs)
   [ -x "$STAGE_BENCH" ] || die "rdma_bench not built"
-  export STAGE_SELFTEST STAGE_BENCH STAGE_TESTS
+  [ -x "$STAGE_LOOPBACK" ] || die "the verbs loopback tests were not built"
+  [ -x "$STAGE_MEMLOCK" ] || die "the verbs memlock test was not built"
+  export STAGE_BENCH STAGE_LOOPBACK STAGE_MEMLOCK STAGE_TESTS
   log "binaries: $(xargs -n1 basename < "$LIST" | xargs)"
 fi
 STAGE_BLIT=
@@ -608,15 +600,15 @@ else
   set -e
   [ "$rc" = 77 ] && grep -q 'SKIPPED: .*\[Unsupported' "$OUT/host-bench.txt" \
     || fail "host: rdma_bench should exit 77 with the reason (got $rc)"
-  set +e
-  env -u BLIT_RDMA_REQUIRE "$STAGE_SELFTEST" > "$OUT/host-selftest.txt" 2>&1; rc=$?
-  set -e
-  cat "$OUT/host-selftest.txt" >&2
-  [ "$rc" = 77 ] && grep -q 'SKIPPED: .*\[Unsupported\]' "$OUT/host-selftest.txt" \
-    || fail "host: verbs_selftest should exit 77 with the reason (got $rc)"
+  grep -q 'memlock: SKIPPED: no usable RDMA device: .*\[Unsupported' "$OUT"/host-memlock-*.log \
+    || fail "host: the memlock test did not report a typed skip"
 fi
-BLIT_RDMA_LIBIBVERBS=/nonexistent/libibverbs.so.1 "$STAGE_SELFTEST" --expect-error unavailable \
-  > "$OUT/host-library-missing.txt" 2>&1 || fail "host: missing libibverbs is not a typed error"
+set +e
+BLIT_RDMA_LIBIBVERBS=/nonexistent/libibverbs.so.1 env -u BLIT_RDMA_REQUIRE "$STAGE_BENCH" \
+  > "$OUT/host-library-missing.txt" 2>&1; rc=$?
+set -e
+[ "$rc" = 77 ] && grep -q '\[LibraryMissing' "$OUT/host-library-missing.txt" \
+  || fail "host: missing libibverbs is not a typed error (rdma_bench exit $rc)"
 grep -q 'cannot load /nonexistent/libibverbs.so.1' "$OUT/host-library-missing.txt" \
   || fail "host: LibraryMissing message"
 # the real thing: libibverbs.so.1 unreadable (bind-mounted over with /dev/null
@@ -625,11 +617,11 @@ LIBV=$(readlink -f "$(ldconfig -p | awk '/libibverbs\.so\.1 /{print $NF; exit}')
 if [ "$(id -u)" = 0 ] && [ -n "$LIBV" ] && unshare -m true 2>/dev/null; then
   set +e
   unshare -m sh -c 'mount --bind /dev/null "$1" && shift && exec "$@"' sh "$LIBV" \
-    env -u BLIT_RDMA_REQUIRE "$STAGE_SELFTEST" > "$OUT/host-no-libibverbs.txt" 2>&1; rc=$?
+    env -u BLIT_RDMA_REQUIRE "$STAGE_BENCH" > "$OUT/host-no-libibverbs.txt" 2>&1; rc=$?
   set -e
   cat "$OUT/host-no-libibverbs.txt" >&2
-  [ "$rc" = 77 ] && grep -q '\[LibraryMissing\]' "$OUT/host-no-libibverbs.txt" \
-    || fail "host: verbs_selftest with libibverbs hidden should skip with LibraryMissing (got $rc)"
+  [ "$rc" = 77 ] && grep -q '\[LibraryMissing' "$OUT/host-no-libibverbs.txt" \
+    || fail "host: rdma_bench with libibverbs hidden should skip with LibraryMissing (got $rc)"
 else
   log "not checked: hiding libibverbs needs root, unshare -m and an installed libibverbs.so.1"
 fi
@@ -705,7 +697,7 @@ hostload() { LOADS+=("$(printf '%-8s %s' "$1" "$(cut -d' ' -f1-3 /proc/loadavg)"
 # --- 2. one VM: rxe0 loopback ------------------------------------------------
 VMMEM=()
 [ "$BLIT" = 1 ] && VMMEM=(--mem 2048)   # /dev/shm (half of it) holds the 256 MiB file twice
-what=(); [ "$BLIT_ONLY" = 0 ] && what+=("tests, selftests, memlock, ib_write_bw"); [ "$BLIT" = 1 ] && what+=("blit checks + benchmark")
+what=(); [ "$BLIT_ONLY" = 0 ] && what+=("tests, memlock, ib_write_bw"); [ "$BLIT" = 1 ] && what+=("blit checks + benchmark")
 step "VM: rxe0 loopback ($(IFS=';'; echo "${what[*]}" | sed 's/;/; /g'))"
 hostload "vm start"
 rm -f "$OUT"/blit-*.json "$OUT"/blit-*.log "$OUT"/blit-*.time "$OUT"/blit-bench-* "$OUT"/blit-ib_write_bw-* "$OUT"/verify-*
@@ -728,14 +720,10 @@ if [ "$PAIR" = 1 ]; then
   set -e
   hostload "pair end"
   [ "$rc" = 0 ] || fail "VM pair (exit $rc)"
-  if [ "$BLIT_ONLY" = 0 ]; then
-    grep -q 'two devices' "$OUT/pair-b-selftest.txt" 2>/dev/null || fail "pair: GIDs were not distinct"
-  fi
 fi
 step ""
 
 # --- summary -------------------------------------------------------------------
-mibs() { grep -h "^RESULT .*\"role\":\"$2\"" "$1" 2>/dev/null | grep -o '"mib_per_s":[0-9.]*' | cut -d: -f2 | head -1; }
 bench() { grep -h '^RESULT ' "$1" 2>/dev/null | grep -o "\"$2\":[0-9.]*" | head -1 | cut -d: -f2; }
 pbw() { awk '$1 ~ /^[0-9]+$/ && NF >= 4 {print $4; exit}' "$1" 2>/dev/null; }
 fmt() { if [ -n "$1" ]; then printf '%.1f' "$1"; else printf -- '-'; fi; }
@@ -754,8 +742,6 @@ json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
   echo "throughput in MiB/s (2^20, perftest's MB/sec); Soft-RoCE under qemu"
   if [ "$BLIT_ONLY" = 0 ]; then
     echo "message size $MSG_BYTES bytes"
-    printf '%-34s %10s\n' "loopback selftest, busy-poll" "$(fmt "$(mibs "$OUT/selftest-busy.txt" sender)")"
-    printf '%-34s %10s\n' "loopback selftest, event mode" "$(fmt "$(mibs "$OUT/selftest-event.txt" sender)")"
     printf '%-34s %10s\n' "loopback ib_write_bw (same VM)" "$(fmt "$(pbw "$OUT/ib_write_bw-loopback.txt")")"
     echo "transport alone vs ib_write_bw, $BENCH_MIB MiB of $MSG_BYTES-byte messages, same VM run:"
     for m in busy event; do
@@ -771,7 +757,6 @@ json_num() { sed -n "s/^ *\"$2\": *\\([0-9.eE+-]*\\).*/\\1/p" "$1" | head -1; }
       "$(fmt "$(bench "$OUT/bench-busy.txt" wrs_per_mib)")" \
       "$(grep -o '"payload_copy_bytes":[0-9]*' "$OUT/bench-busy.txt" 2>/dev/null | awk -F: '{s += $2} END {print NR ? s : "-"}')"
     if [ "$PAIR" = 1 ]; then
-      printf '%-34s %10s\n' "pair selftest (B -> A)" "$(fmt "$(mibs "$OUT/pair-b-selftest.txt" sender)")"
       printf '%-34s %10s\n' "pair ib_write_bw (B -> A, same run)" "$(fmt "$(pbw "$OUT/pair-b-ib_write_bw.txt")")"
     fi
   fi

@@ -6,12 +6,9 @@
 use std::time::Duration;
 
 use blitx_core::session::{CHUNK_BYTES_DEFAULT, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN};
+use blitx_verbs::{CqMode, Error, RemoteQpParams, RemoteRegion, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cq::CqMode;
-use crate::error::{Error, Result};
-use crate::pd_mr::RemoteRegion;
-use crate::queue_pair::RemoteQpParams;
 use crate::wire::{CREDITS_PER_MESSAGE_MAX, SLOTS_MAX, slot_bytes_for};
 
 /// Most QPs one session may use (`--qps`).
@@ -267,7 +264,7 @@ impl SenderInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Mtu;
+    use blitx_verbs::Mtu;
 
     fn qp(qpn: u32) -> RemoteQpParams {
         RemoteQpParams {

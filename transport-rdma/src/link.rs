@@ -11,14 +11,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use blitx_core::transport::TransportError;
+use blitx_verbs::{
+    Completion, CompletionQueue, Context, CqMode, Error, PortState, QpTimers, QueuePair,
+    RemoteQpParams, Result,
+};
 
 use crate::config::RdmaConfig;
 use crate::counters::{Counters, add};
-use crate::cq::{Completion, CompletionQueue, CqMode};
-use crate::device::Context;
-use crate::error::{Error, Result};
-use crate::queue_pair::{QpTimers, QueuePair, RemoteQpParams};
-use crate::types::PortState;
 
 /// Completions taken per poll.
 pub(crate) const POLL_BATCH: usize = 32;
@@ -299,7 +298,7 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::WcStatus;
+    use blitx_verbs::WcStatus;
 
     #[test]
     fn keepalive_is_well_below_the_stall_timeout() {

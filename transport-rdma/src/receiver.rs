@@ -19,21 +19,19 @@ use std::time::{Duration, Instant};
 use blitx_core::BufLease;
 use blitx_core::frame::{FLAG_UNCHECKED, FRAME_HEADER_BYTES, FrameHeader, FrameKind};
 use blitx_core::transport::{Frame, FrameReceiver, Payload, TransportError};
+use blitx_verbs::{
+    Access, Completion, CompletionQueue, Context, CqMode, Error, QpConfig, QueuePair, RecvRequest,
+    RegisteredPool, Result, SendPayload, SendRequest, WcOpcode,
+};
 use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 
 use crate::config::{RdmaConfig, ReceiverInfo, SenderInfo};
 use crate::counters::{Counters, RdmaCounters, add};
-use crate::cq::{Completion, CompletionQueue, CqMode, WcOpcode};
-use crate::device::Context;
 use crate::domain::RdmaDomain;
-use crate::error::{Error, Result};
 use crate::link::{
     ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
     peer_name, transport_timers,
 };
-use crate::pool_mr::RegisteredPool;
-use crate::queue_pair::{QpConfig, QueuePair, RecvRequest, SendPayload, SendRequest};
-use crate::types::Access;
 use crate::wire::{
     CONTROL_BYTES, Control, CreditBatch, Imm, WrKind, parse_wr_id, split_write, wr_id,
 };

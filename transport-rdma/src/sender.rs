@@ -4,10 +4,11 @@
 //! completions (releasing leases) and credits (freeing slots).
 //!
 //! Owns the sender's QPs, CQ, pool registration, header ring and control
-//! receive buffers. Buffer lifetime is structural: a lease posted in a WRITE
-//! sits in its QP's in-flight queue until a completion at or after it was
-//! polled (or the QP is destroyed), so its slot cannot be reused while the
-//! NIC may still read it.
+//! receive buffers. Buffer lifetime is structural: a lease is posted only as
+//! the verbs crate's `PostedLease` (no access to its bytes, the slot kept out
+//! of the pool), which sits in its QP's in-flight queue until a completion
+//! at or after it was polled (or the QP is destroyed), so its slot cannot be
+//! reused while the NIC may still read it.
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
@@ -21,21 +22,19 @@ use blitx_core::transport::{
     Frame, FrameSender, Payload, PayloadPref, TransportError, TransportStats,
 };
 use blitx_core::{BufLease, BufferPool};
+use blitx_verbs::{
+    Access, Completion, CompletionQueue, Context, CqMode, Error, LocalSlice, OwnedRegion,
+    PostedLease, QpConfig, QueuePair, RdmaWrite, RecvRequest, RegisteredPool, RemoteSlice, Result,
+    WcOpcode,
+};
 
 use crate::config::{RdmaConfig, ReceiverInfo, SenderInfo};
 use crate::counters::{Counters, RdmaCounters, add};
-use crate::cq::{Completion, CompletionQueue, CqMode, WcOpcode};
-use crate::device::Context;
 use crate::domain::RdmaDomain;
-use crate::error::{Error, Result};
 use crate::link::{
     ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
     peer_name, transport_timers,
 };
-use crate::pd_mr::{LocalSlice, OwnedRegion, RemoteSlice};
-use crate::pool_mr::RegisteredPool;
-use crate::queue_pair::{QpConfig, QueuePair, RdmaWrite, RecvRequest};
-use crate::types::Access;
 use crate::window::{Blocked, Grant, SenderWindow};
 use crate::wire::{CONTROL_BYTES, Control, HEADER_BYTES, Imm, WrKind, parse_wr_id, wr_id};
 
@@ -109,7 +108,7 @@ impl SenderSetup {
             let recvs = (0..recv_depth as usize)
                 .map(|i| {
                     let buf = q * recv_depth as usize + i;
-                    let slice = control.mr().slice(buf * CONTROL_BYTES, CONTROL_BYTES)?;
+                    let slice = control.slice(buf * CONTROL_BYTES, CONTROL_BYTES)?;
                     Ok(RecvRequest {
                         wr_id: wr_id(WrKind::ControlRecv, q as u8, buf as u64),
                         buf: Some(slice),
@@ -222,9 +221,9 @@ impl SenderSetup {
 #[derive(Debug)]
 struct SendState {
     window: SenderWindow,
-    /// Per QP, the lease of every outstanding WRITE in posting order
+    /// Per QP, the posted lease of every outstanding WRITE in posting order
     /// (`None` for header-only frames and notices).
-    inflight: Vec<VecDeque<Option<BufLease>>>,
+    inflight: Vec<VecDeque<Option<PostedLease>>>,
     /// Per QP, `sq_depth` header entries; WR `seq` uses entry `seq % sq_depth`,
     /// free because at most `sq_depth` WRs are outstanding (the window).
     headers: OwnedRegion,
@@ -272,7 +271,7 @@ struct SendShared {
 }
 
 /// A data WRITE prepared under the window lock, posted after releasing it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct PreparedWrite {
     qp: usize,
     wr_id: u64,
@@ -499,18 +498,13 @@ impl SendShared {
         let at = entry * HEADER_STRIDE_BYTES;
         let verbs = |e| Fault::verbs("post an RDMA WRITE_WITH_IMM", peer, e);
         st.headers.write_at(at, &header.encode()).map_err(verbs)?;
-        let header_sge = st.headers.mr().slice(at, HEADER_BYTES).map_err(verbs)?;
+        let header_sge = st.headers.slice(at, HEADER_BYTES).map_err(verbs)?;
         let payload_len = lease.as_ref().map_or(0, BufLease::len);
-        let mut sges: [LocalSlice; 2] = [header_sge; 2];
-        let mut n = 0;
-        if let Some(l) = &lease
-            && payload_len > 0
-        {
-            sges[0] = self.pool.slice(l, 0, payload_len).map_err(verbs)?;
-            n = 1;
-        }
-        sges[n] = header_sge;
-        n += 1;
+        let posted = lease.map(|l| self.pool.post_lease(l)).transpose().map_err(verbs)?;
+        let (sges, n) = match &posted {
+            Some(p) if payload_len > 0 => ([p.slice().clone(), header_sge], 2),
+            _ => ([header_sge.clone(), header_sge], 1),
+        };
         let len_bytes = (payload_len + HEADER_BYTES) as u32; // <= chunk + 32 (checked by send)
         let remote = self
             .remote
@@ -518,7 +512,7 @@ impl SendShared {
             .slice(u64::from(slot) * self.remote.slot_bytes, len_bytes)
             .map_err(verbs)?;
         // in flight before posting: its completion cannot come earlier
-        st.inflight[g.qp].push_back(lease);
+        st.inflight[g.qp].push_back(posted);
         Ok(PreparedWrite {
             qp: g.qp,
             wr_id: wr_id(WrKind::Write, g.qp as u8, g.seq),
@@ -624,7 +618,7 @@ impl SendShared {
     fn progress_loop(&self) {
         let mut wcs = [Completion::default(); POLL_BATCH];
         let mut poller = Poller::new(self.cfg.cq_mode);
-        let mut released: Vec<BufLease> = Vec::with_capacity(POLL_BATCH * 4);
+        let mut released: Vec<PostedLease> = Vec::with_capacity(POLL_BATCH * 4);
         let mut last_progress = Instant::now();
         let mut last_check = Instant::now();
         let keepalive = keepalive_after(self.cfg.stall_timeout);
@@ -701,7 +695,7 @@ impl SendShared {
         // the thread that raised the fault may still be posting the notices
         self.fault.wait_notices(ABORT_GRACE);
         let mut released = Vec::new();
-        let mut drain = |until: Instant, released: &mut Vec<BufLease>| {
+        let mut drain = |until: Instant, released: &mut Vec<PostedLease>| {
             while Instant::now() < until {
                 if self.lock_state().window.outstanding() == 0 {
                     return;
@@ -735,7 +729,7 @@ impl SendShared {
         st: &mut SendState,
         qp: usize,
         seq: u64,
-        released: &mut Vec<BufLease>,
+        released: &mut Vec<PostedLease>,
     ) -> Result<(), Fault> {
         let retired =
             st.window.on_completion(qp, seq).map_err(|e| Fault::protocol(self.peer(qp), e))?;
@@ -755,7 +749,7 @@ impl SendShared {
         &self,
         st: &mut SendState,
         c: &Completion,
-        released: &mut Vec<BufLease>,
+        released: &mut Vec<PostedLease>,
     ) -> Result<(), Fault> {
         let Some((kind, qp, index)) = parse_wr_id(c.wr_id) else {
             return Err(Fault::protocol(self.peer(0), format!("unknown completion {c:?}")));
@@ -789,7 +783,6 @@ impl SendShared {
                 let control = Control::decode(&msg[..len]).map_err(|e| Fault::protocol(peer, e))?;
                 let slice = self
                     .control
-                    .mr()
                     .slice(at, CONTROL_BYTES)
                     .map_err(|e| Fault::verbs("post a RECV", peer, e))?;
                 self.qps[q]

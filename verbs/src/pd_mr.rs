@@ -1,12 +1,23 @@
-//! Protection domains and memory registration.
+//! Protection domains, memory registration, and the types through which a
+//! work request names memory.
 //!
-//! Owns `ibv_pd` and `ibv_mr`. It does not own the registered memory: the
-//! buffer pool (another crate) maps one large region and registers it through
-//! [`MemoryRegion::register`], whose safety contract carries the lifetime rule.
-//! [`OwnedRegion`] is a small self-contained alternative for tests and for
-//! control messages (credits), where the layer allocates the memory itself.
+//! Owns `ibv_pd` and `ibv_mr`. Registered memory is always owned together
+//! with its registration, so a registration can never outlive its memory:
+//! [`OwnedRegion`] allocates its own (header rings, control buffers, tests),
+//! and `pool_mr`'s [`RegisteredPool`](crate::RegisteredPool) registers a core
+//! `BufferPool` it holds. [`MemoryRegion::register`] (the one `unsafe`
+//! registration, with the lifetime contract) is private to this crate.
+//!
+//! A work request names local memory only through a [`LocalSlice`], which
+//! only those two owners make (bounds-checked) and which holds a reference
+//! count on the owner (memory and MR); a queue pair keeps that owner alive
+//! until the QP is destroyed (see `queue_pair`), so no WR can name memory
+//! that is not registered and mapped. Remote memory is a [`RemoteSlice`],
+//! made only by bounds-checking against the peer's advertised
+//! [`RemoteRegion`].
 
 use std::alloc::{self, Layout};
+use std::any::Any;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -89,27 +100,76 @@ impl RemoteRegion {
     }
 }
 
-/// A target range in a peer's memory for one RDMA WRITE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A target range in a peer's memory for one RDMA WRITE. Only
+/// [`RemoteRegion::slice`] makes these, so the range is inside what the peer
+/// advertised (the peer's NIC checks the rkey and bounds again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RemoteSlice {
-    /// Remote virtual address.
-    pub addr: u64,
-    /// Length in bytes (a WRITE's length is its local SGE's; this bounds it).
-    pub len_bytes: u32,
-    /// The rkey.
-    pub rkey: u32,
+    addr: u64,
+    len_bytes: u32,
+    rkey: u32,
 }
 
-/// A range of a local registered region, for one SGE. Only [`MemoryRegion`]
-/// makes these, so the range is always inside a registration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl RemoteSlice {
+    /// Remote virtual address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Length in bytes (a WRITE's length is its local SGEs'; this bounds it).
+    pub fn len_bytes(&self) -> u32 {
+        self.len_bytes
+    }
+
+    /// The rkey.
+    pub fn rkey(&self) -> u32 {
+        self.rkey
+    }
+}
+
+/// What keeps a registration and the memory under it alive: the owner
+/// ([`OwnedRegion`]'s memory + MR, or a registered pool's), shared by every
+/// [`LocalSlice`] of it and by every QP that posted one.
+pub(crate) type Keep = Arc<dyn Any + Send + Sync>;
+
+/// A range of registered local memory, for one SGE: the registered-slot type
+/// every posting function takes. Only the owners of registered memory make
+/// these ([`OwnedRegion::slice`], `RegisteredPool::lease_slice`), bounds-checked,
+/// and each holds its owner alive, so a slice always names memory that is
+/// registered and mapped; posting it hands the owner to the QP, which keeps
+/// it until the QP is destroyed.
+#[derive(Clone)]
 pub struct LocalSlice {
     addr: u64,
     len_bytes: u32,
     lkey: u32,
+    keep: Keep,
 }
 
+impl std::fmt::Debug for LocalSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalSlice")
+            .field("addr", &format_args!("{:#x}", self.addr))
+            .field("len_bytes", &self.len_bytes)
+            .field("lkey", &format_args!("{:#x}", self.lkey))
+            .finish()
+    }
+}
+
+impl PartialEq for LocalSlice {
+    fn eq(&self, other: &Self) -> bool {
+        (self.addr, self.len_bytes, self.lkey) == (other.addr, other.len_bytes, other.lkey)
+    }
+}
+
+impl Eq for LocalSlice {}
+
 impl LocalSlice {
+    /// The owner this slice keeps alive (what a QP holds once it posted it).
+    pub(crate) fn keep(&self) -> &Keep {
+        &self.keep
+    }
+
     /// Address of the first byte.
     pub fn addr(&self) -> u64 {
         self.addr
@@ -189,7 +249,7 @@ impl MemoryRegion {
     ///   reference to that byte: the device behaves like another thread. The
     ///   owner of the memory (the buffer pool) enforces this with its slot
     ///   states.
-    pub unsafe fn register(
+    pub(crate) unsafe fn register(
         pd: &Arc<ProtectionDomain>,
         ptr: NonNull<u8>,
         len_bytes: usize,
@@ -254,13 +314,14 @@ impl MemoryRegion {
         RemoteRegion { addr: self.addr, len_bytes: self.len_bytes as u64, rkey: self.rkey }
     }
 
-    /// A bounds-checked SGE over `[offset, offset + len_bytes)`.
-    pub fn slice(&self, offset: usize, len_bytes: usize) -> Result<LocalSlice> {
+    /// A bounds-checked SGE over `[offset, offset + len_bytes)`, keeping
+    /// `keep` (the owner of this MR and of its memory) alive.
+    pub(crate) fn slice(&self, offset: usize, len_bytes: usize, keep: Keep) -> Result<LocalSlice> {
         check_range("local region", offset as u64, len_bytes as u64, self.len_bytes as u64)?;
         let len_bytes = u32::try_from(len_bytes).map_err(|_| Error::InvalidConfig {
             reason: format!("one SGE carries at most 4 GiB, not {len_bytes} bytes"),
         })?;
-        Ok(LocalSlice { addr: self.addr + offset as u64, len_bytes, lkey: self.lkey })
+        Ok(LocalSlice { addr: self.addr + offset as u64, len_bytes, lkey: self.lkey, keep })
     }
 }
 
@@ -322,20 +383,28 @@ impl Drop for AlignedBuffer {
 /// caller's protocol decides when a range is stable (e.g. after its
 /// completion was polled and before its slot is handed back).
 pub struct OwnedRegion {
+    /// Shared with every [`LocalSlice`] of it and every QP that posted one:
+    /// the memory goes away only after the last of them.
+    inner: Arc<OwnedInner>,
+}
+
+/// The registration and its memory.
+struct OwnedInner {
     // Field order is drop order: deregister before the memory is freed.
     mr: MemoryRegion,
     mem: AlignedBuffer,
 }
 
-// SAFETY: the memory is only reached through `&self`/`&mut self` methods that
-// copy with raw pointers, and through the device; both are thread-agnostic.
-unsafe impl Send for OwnedRegion {}
-// SAFETY: see above.
-unsafe impl Sync for OwnedRegion {}
+// SAFETY: the memory is only reached through `OwnedRegion`'s methods, which
+// copy with raw pointers (writes need `&mut OwnedRegion`, of which there is
+// one), and through the device; both are thread-agnostic.
+unsafe impl Send for OwnedInner {}
+// SAFETY: see above; `&OwnedInner` gives no access to the bytes.
+unsafe impl Sync for OwnedInner {}
 
 impl std::fmt::Debug for OwnedRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OwnedRegion").field("mr", &self.mr).finish()
+        f.debug_struct("OwnedRegion").field("mr", &self.inner.mr).finish()
     }
 }
 
@@ -348,23 +417,31 @@ impl OwnedRegion {
         // the device can no longer reach it. No Rust reference to it ever
         // outlives a `read_at`/`write_at` call.
         let mr = unsafe { MemoryRegion::register(pd, mem.ptr, len_bytes, access) }?;
-        Ok(OwnedRegion { mr, mem })
+        Ok(OwnedRegion { inner: Arc::new(OwnedInner { mr, mem }) })
     }
 
-    /// The registration (keys, address, slices).
+    /// The registration (keys, address, what a peer needs).
     pub fn mr(&self) -> &MemoryRegion {
-        &self.mr
+        &self.inner.mr
+    }
+
+    /// A bounds-checked SGE over `[offset, offset + len_bytes)` (it keeps the
+    /// region alive).
+    pub fn slice(&self, offset: usize, len_bytes: usize) -> Result<LocalSlice> {
+        let keep: Keep = self.inner.clone();
+        self.inner.mr.slice(offset, len_bytes, keep)
     }
 
     /// Copies `src` into the region at `offset`.
     pub fn write_at(&mut self, offset: usize, src: &[u8]) -> Result<()> {
-        check_range("owned region", offset as u64, src.len() as u64, self.mr.len_bytes as u64)?;
+        let inner = &self.inner;
+        check_range("owned region", offset as u64, src.len() as u64, inner.mr.len_bytes as u64)?;
         // SAFETY: the range is inside the allocation (checked above) and does
         // not overlap `src`, which is a Rust slice elsewhere.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 src.as_ptr(),
-                self.mem.ptr.as_ptr().add(offset),
+                inner.mem.ptr.as_ptr().add(offset),
                 src.len(),
             )
         };
@@ -373,11 +450,12 @@ impl OwnedRegion {
 
     /// Copies bytes at `offset` into `dst`.
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
-        check_range("owned region", offset as u64, dst.len() as u64, self.mr.len_bytes as u64)?;
+        let inner = &self.inner;
+        check_range("owned region", offset as u64, dst.len() as u64, inner.mr.len_bytes as u64)?;
         // SAFETY: as in write_at.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                self.mem.ptr.as_ptr().add(offset),
+                inner.mem.ptr.as_ptr().add(offset),
                 dst.as_mut_ptr(),
                 dst.len(),
             )

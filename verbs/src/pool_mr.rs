@@ -2,10 +2,21 @@
 //!
 //! Owns the registrations (`ibv_mr`s over consecutive groups of the pool's
 //! slots) and a handle on the pool, in that drop order, so every region is
-//! deregistered before this handle lets go of the mapping. It does not decide
-//! when the device may touch a slot: the sender and receiver do that with
-//! their lease bookkeeping, which is what the `register` contract below
-//! relies on.
+//! deregistered before this handle lets go of the mapping.
+//!
+//! The device reaches a slot in two ways, and both are bounded here:
+//! - a local WR (the sender's WRITE of a filled slot) names the slot only
+//!   through [`RegisteredPool::post_lease`], which takes the lease by value
+//!   and gives back a [`PostedLease`]: no access to the bytes remains, and
+//!   the slot goes back to the pool only when the `PostedLease` is dropped
+//!   (the sender drops it after the WR's completion was polled, or after its
+//!   QP was destroyed). The slice it hands out keeps the pool's mapping and
+//!   registrations alive, and the QP that posts it holds them until it is
+//!   destroyed;
+//! - a peer writes a slot through the rkey of a pool registered whole
+//!   ([`RegisteredPool::remote`]); which slots it may write is the
+//!   receiver's credit protocol (the boundary is in `register_group`'s
+//!   SAFETY comment and docs/rdma.md).
 //!
 //! Registering pins the pages, and the kernel clears every fresh page it
 //! pins: the cost grows with the pool, not with the transfer (~4 ms per MiB
@@ -16,7 +27,7 @@
 //!   pool empty); a slot is leasable only once its group is registered (it
 //!   stays parked in the pool until then), so readers start on the first
 //!   group, and a pool that is never drained is never registered whole;
-//! - a pool registered for one session can go back to its [`RdmaDomain`]
+//! - a pool registered for one session can go back to its [`Domain`]
 //!   when the session ends (`recycle_into`), and the next session with the
 //!   same shape takes it instead of registering anew.
 
@@ -28,9 +39,9 @@ use std::time::Duration;
 
 use blitx_core::{BufLease, BufferPool};
 
-use crate::domain::{PoolKey, RdmaDomain};
+use crate::domain::{Domain, PoolKey};
 use crate::error::{Error, Result};
-use crate::pd_mr::{LocalSlice, MemoryRegion, ProtectionDomain, RemoteRegion};
+use crate::pd_mr::{Keep, LocalSlice, MemoryRegion, ProtectionDomain, RemoteRegion};
 use crate::types::Access;
 
 /// The registrations of one pool.
@@ -99,11 +110,14 @@ fn register_group(
     // - no slot of the group is leased yet when it is registered: a growing
     //   pool keeps a group's slots parked until this returns, and a whole pool
     //   is registered before anyone can lease from it;
-    // - work requests that use it: the sender holds the lease of every slot a
-    //   posted WRITE reads until that WRITE's completion was polled or its QP
-    //   was destroyed (structural: the lease sits in the QP's in-flight queue,
-    //   and readers only write slots they lease, so no Rust reference covers
-    //   bytes the NIC reads while it may read them);
+    // - work requests that use it: a local WR can name a slot only through
+    //   `post_lease`, which takes the slot's lease (readers only write slots
+    //   they lease, so no Rust reference covers bytes the NIC may read) and
+    //   whose slice keeps these `Regs` alive; the QP that posts it holds them
+    //   until it is destroyed, so the MR and mapping outlive every WR. The
+    //   slot is leased again only after its `PostedLease` is dropped, which
+    //   the sender does after the WR's completion was polled or the QP was
+    //   destroyed;
     // - the receiver advertises a slot to the peer only while it holds the
     //   slot's lease in its ring table, where no reference to the bytes is
     //   taken; it reads a slot only after the WRITE_WITH_IMM completion that
@@ -119,26 +133,45 @@ fn register_group(
     unsafe { MemoryRegion::register(pd, ptr, group_bytes, access) }
 }
 
+/// A slot of a [`RegisteredPool`] handed over for posting: the lease (so the
+/// slot is not reused) without any access to its bytes, and the SGE over its
+/// filled part. Drop it once the WR that reads it completed (or its QP was
+/// destroyed): the slot then goes back to the pool.
+#[derive(Debug)]
+pub struct PostedLease {
+    sge: LocalSlice,
+    // never read: holding it keeps the slot out of the pool
+    _lease: BufLease,
+}
+
+impl PostedLease {
+    /// The SGE over `[0, len)` of the slot, `len` being the lease's length
+    /// when it was posted.
+    pub fn slice(&self) -> &LocalSlice {
+        &self.sge
+    }
+}
+
 /// A buffer pool and its registration(s). Dropping it stops a background
 /// registration, then either deregisters or hands the pool back to its domain.
 #[derive(Debug)]
-pub(crate) struct RegisteredPool {
+pub struct RegisteredPool {
     regs: Option<Arc<Regs>>,
     registrar: Option<JoinHandle<()>>,
     /// The domain that keeps the pool for the next session (`None`: deregister on drop).
-    home: Option<RdmaDomain>,
+    home: Option<Domain>,
     /// Kept from an earlier session (nothing was registered for this one).
     reused: bool,
 }
 
 impl RegisteredPool {
     /// Maps and registers a pool of `slots` × `slot_bytes`, whole, before returning.
-    pub(crate) fn new(
+    pub fn new(
         pd: &Arc<ProtectionDomain>,
         slots: usize,
         slot_bytes: usize,
         access: Access,
-        home: Option<RdmaDomain>,
+        home: Option<Domain>,
         what: &'static str,
     ) -> Result<Self> {
         let pool = BufferPool::new_parked(slots, slot_bytes, true, 0)
@@ -157,13 +190,13 @@ impl RegisteredPool {
     /// become leasable as it is registered. A group that
     /// cannot be registered (memlock limit) ends the registration with a
     /// warning: the pool then works with the slots it has.
-    pub(crate) fn growing(
+    pub fn growing(
         pd: &Arc<ProtectionDomain>,
         slots: usize,
         slot_bytes: usize,
         group_slots: usize,
         access: Access,
-        home: Option<RdmaDomain>,
+        home: Option<Domain>,
         what: &'static str,
     ) -> Result<Self> {
         let group_slots = group_slots.clamp(1, slots.max(1));
@@ -195,7 +228,7 @@ impl RegisteredPool {
     }
 
     /// A pool a domain kept from an earlier session.
-    pub(crate) fn reused(regs: Arc<Regs>, home: RdmaDomain) -> Self {
+    pub(crate) fn reused(regs: Arc<Regs>, home: Domain) -> Self {
         RegisteredPool { regs: Some(regs), registrar: None, home: Some(home), reused: true }
     }
 
@@ -205,12 +238,12 @@ impl RegisteredPool {
     }
 
     /// The pool.
-    pub(crate) fn pool(&self) -> &BufferPool {
+    pub fn pool(&self) -> &BufferPool {
         &self.regs().pool
     }
 
     /// Bytes registered so far.
-    pub(crate) fn registered_bytes(&self) -> u64 {
+    pub fn registered_bytes(&self) -> u64 {
         let r = self.regs();
         let groups = 1 + r.rest.iter().filter(|g| g.get().is_some()).count();
         let slots = (groups * r.group_slots).min(r.pool.slots());
@@ -218,13 +251,13 @@ impl RegisteredPool {
     }
 
     /// Bytes registered for this session (0 for a pool kept from an earlier one).
-    pub(crate) fn registered_here_bytes(&self) -> u64 {
+    pub fn registered_here_bytes(&self) -> u64 {
         if self.reused { 0 } else { self.registered_bytes() }
     }
 
     /// True when `lease` is a slot of this pool (and not of another pool with
     /// the same geometry).
-    pub(crate) fn owns(&self, lease: &BufLease) -> bool {
+    pub fn owns(&self, lease: &BufLease) -> bool {
         let pool = self.pool();
         let expected = pool.region().0.wrapping_add(lease.region_offset());
         std::ptr::eq(lease.as_ptr(), expected)
@@ -232,34 +265,43 @@ impl RegisteredPool {
             && (lease.index() as usize) < pool.slots()
     }
 
-    /// An SGE over `[offset, offset + len_bytes)` of the lease's slot.
-    pub(crate) fn slice(
-        &self,
-        lease: &BufLease,
-        offset: usize,
-        len_bytes: usize,
-    ) -> Result<LocalSlice> {
-        if offset.checked_add(len_bytes).is_none_or(|end| end > lease.capacity()) {
+    /// Hands a filled lease of this pool over for posting: the returned
+    /// [`PostedLease`] carries the SGE over its `len()` bytes and keeps the
+    /// slot out of the pool until it is dropped. A lease of another pool is
+    /// refused ([`RegisteredPool::owns`]), and so is a slot whose group is
+    /// not registered yet.
+    pub fn post_lease(&self, lease: BufLease) -> Result<PostedLease> {
+        if !self.owns(&lease) {
+            return Err(Error::InvalidConfig {
+                reason: "a lease of another buffer pool cannot be posted from this one".into(),
+            });
+        }
+        let len_bytes = lease.len();
+        if len_bytes > lease.capacity() {
             return Err(Error::OutOfBounds {
                 what: "buffer lease",
-                offset: offset as u64,
+                offset: 0,
                 len_bytes: len_bytes as u64,
                 region_bytes: lease.capacity() as u64,
             });
         }
-        let r = self.regs();
+        let regs = self.regs.as_ref().ok_or_else(|| Error::InvalidConfig {
+            reason: "registered pool used after drop".into(),
+        })?;
         let slot = lease.index() as usize;
-        let mr = r.group_of(slot).ok_or_else(|| Error::InvalidConfig {
+        let mr = regs.group_of(slot).ok_or_else(|| Error::InvalidConfig {
             reason: format!("slot {slot} of the pool is not registered"),
         })?;
-        let group_start = slot / r.group_slots * r.group_slots;
-        mr.slice((slot - group_start) * r.pool.slot_bytes() + offset, len_bytes)
+        let group_start = slot / regs.group_slots * regs.group_slots;
+        let keep: Keep = regs.clone();
+        let sge = mr.slice((slot - group_start) * regs.pool.slot_bytes(), len_bytes, keep)?;
+        Ok(PostedLease { sge, _lease: lease })
     }
 
     /// What a peer needs to write into the pool. Only for a pool registered
     /// whole ([`RegisteredPool::new`], or a kept one), which the receiver's
     /// ring always is: it is one region, so one address and rkey cover it.
-    pub(crate) fn remote(&self) -> Result<RemoteRegion> {
+    pub fn remote(&self) -> Result<RemoteRegion> {
         let r = self.regs();
         if !r.rest.is_empty() {
             return Err(Error::InvalidConfig {

@@ -241,7 +241,8 @@ impl Error {
         )
     }
 
-    pub(crate) fn verbs(op: &'static str, source: io::Error) -> Self {
+    /// A verbs call (or a system call of this layer) that failed with `source`.
+    pub fn verbs(op: &'static str, source: io::Error) -> Self {
         Error::Verbs { op, source }
     }
 }

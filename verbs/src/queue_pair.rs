@@ -2,24 +2,34 @@
 //! from a peer's [`RemoteQpParams`], and posting work requests.
 //!
 //! Owns `ibv_qp`. A QP holds `Arc`s to its PD and CQs, so it is always
-//! destroyed before them. It does not own any data memory: work requests name
-//! registered memory through [`LocalSlice`] (local) and [`RemoteSlice`]
-//! (peer), and the lifetime of that memory is the registration's contract.
+//! destroyed before them. Work requests name memory only through
+//! [`LocalSlice`] (registered local memory; its owner is kept alive) and
+//! [`RemoteSlice`] (a bounds-checked range of what the peer advertised).
+//!
+//! Why posting is safe (a safe `fn`, unlike rust-ibverbs' `post_send`): the
+//! device may read or write a WR's local memory until the WR completes or is
+//! flushed, which this layer cannot observe (completions are polled
+//! elsewhere). So every post hands the owners of the slices it names
+//! (registration + memory, see `pd_mr`) to the QP, which holds them until
+//! `ibv_destroy_qp` returned: after that no WR of the QP can touch memory, and
+//! only then can the memory be deregistered and unmapped. Which slot of a
+//! pool the device may still read is the pool's business (`pool_mr`'s
+//! `PostedLease` gives up the lease's bytes while it is posted).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::mem;
 use std::ptr::{self, NonNull};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::cq::CompletionQueue;
 use crate::error::{Error, QueueKind, Result};
-use crate::pd_mr::{LocalSlice, ProtectionDomain, RemoteSlice};
+use crate::pd_mr::{Keep, LocalSlice, ProtectionDomain, RemoteSlice};
 use crate::sys::{self, ibv_qp, ibv_qp_attr, ibv_qp_init_attr, ibv_recv_wr, ibv_send_wr, ibv_sge};
 use crate::types::{Access, Gid, LinkLayer, Mtu, PortState, imm_to_wire};
 
@@ -209,7 +219,7 @@ pub struct QpCaps {
 
 /// One RDMA WRITE_WITH_IMM: `local` is copied to `remote`, then the peer's
 /// next RECV completes with `imm` (`IBV_WC_RECV_RDMA_WITH_IMM`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteWithImm {
     /// Returned in this side's completion.
     pub wr_id: u64,
@@ -255,7 +265,7 @@ impl RdmaWrite<'_> {
 }
 
 /// The payload of a SEND.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SendPayload<'a> {
     /// Bytes in registered memory, read by the device after posting.
     Registered(LocalSlice),
@@ -265,7 +275,7 @@ pub enum SendPayload<'a> {
 }
 
 /// One SEND (e.g. a credit return).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendRequest<'a> {
     /// Returned in this side's completion.
     pub wr_id: u64,
@@ -277,7 +287,7 @@ pub struct SendRequest<'a> {
 
 /// One RECV: zero-SGE (consumes only the immediate of a WRITE_WITH_IMM) or
 /// with a buffer for an incoming SEND.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecvRequest {
     /// Returned in the completion.
     pub wr_id: u64,
@@ -304,6 +314,10 @@ pub struct QueuePair {
     // and anything → ERROR.
     state: AtomicU8,
     remote: Option<RemoteQpParams>,
+    /// The owners of every slice ever posted here (one entry per owner, so
+    /// as many as the distinct regions the caller posts from: a handful),
+    /// dropped only after `ibv_destroy_qp` (Drop runs before the fields).
+    attached: Mutex<Vec<Keep>>,
 }
 
 // SAFETY: ibv_post_send/ibv_post_recv/ibv_modify_qp are thread-safe in
@@ -409,6 +423,7 @@ impl QueuePair {
             timers: cfg.timers,
             state: AtomicU8::new(QpState::Reset.as_u8()),
             remote: None,
+            attached: Mutex::new(Vec::new()),
         };
         qp.modify_to_init()?; // on error `qp` drops and destroys the QP
         Ok(qp)
@@ -565,6 +580,25 @@ impl QueuePair {
         Ok(())
     }
 
+    /// Keeps the owners of `slices` alive until this QP is destroyed (before
+    /// they are posted, so a WR never names memory the QP does not hold).
+    fn attach<'s>(&self, slices: impl IntoIterator<Item = &'s LocalSlice>) {
+        let mut held = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        for s in slices {
+            // data pointers only: two `dyn` pointers to one owner may carry
+            // different vtable pointers
+            let owner = Arc::as_ptr(s.keep()).cast::<()>();
+            if !held.iter().any(|k| std::ptr::eq(Arc::as_ptr(k).cast::<()>(), owner)) {
+                held.push(Arc::clone(s.keep()));
+            }
+        }
+    }
+
+    /// How many owners of posted memory this QP holds (tests).
+    pub fn attached_owners(&self) -> usize {
+        self.attached.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn wrong_state(&self, op: &'static str, needed: &'static str) -> Error {
         Error::WrongState { qpn: self.qpn(), op, needed, state: self.state().name() }
     }
@@ -576,15 +610,16 @@ impl QueuePair {
             return Err(self.wrong_state("post_write_with_imm", "RTS"));
         }
         for w in wrs {
-            if w.local.len_bytes() > w.remote.len_bytes {
+            if w.local.len_bytes() > w.remote.len_bytes() {
                 return Err(Error::OutOfBounds {
                     what: "remote slice of a WRITE",
                     offset: 0,
                     len_bytes: u64::from(w.local.len_bytes()),
-                    region_bytes: u64::from(w.remote.len_bytes),
+                    region_bytes: u64::from(w.remote.len_bytes()),
                 });
             }
         }
+        self.attach(wrs.iter().map(|w| &w.local));
         let mut done = 0;
         for chunk in wrs.chunks(CHAIN_MAX) {
             // SAFETY: plain old data (pointers, integers, unions of those).
@@ -603,7 +638,8 @@ impl QueuePair {
                 wr.opcode = rdma_sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
                 wr.send_flags = signaled_flag(w.signaled);
                 wr.imm_data_invalidated_rkey_union.imm_data = imm_to_wire(w.imm);
-                wr.wr.rdma = rdma_sys::rdma_t { remote_addr: w.remote.addr, rkey: w.remote.rkey };
+                wr.wr.rdma =
+                    rdma_sys::rdma_t { remote_addr: w.remote.addr(), rkey: w.remote.rkey() };
             }
             self.post_send_chain(&mut chain[..chunk.len()], &mut sges, done, wrs.len())?;
             done += chunk.len();
@@ -628,15 +664,16 @@ impl QueuePair {
                     ),
                 });
             }
-            if w.len_bytes() > u64::from(w.remote.len_bytes) {
+            if w.len_bytes() > u64::from(w.remote.len_bytes()) {
                 return Err(Error::OutOfBounds {
                     what: "remote slice of a WRITE",
                     offset: 0,
                     len_bytes: w.len_bytes(),
-                    region_bytes: u64::from(w.remote.len_bytes),
+                    region_bytes: u64::from(w.remote.len_bytes()),
                 });
             }
         }
+        self.attach(wrs.iter().flat_map(|w| w.local));
         let mut done = 0;
         for chunk in wrs.chunks(CHAIN_MAX) {
             // SAFETY: plain old data (pointers, integers, unions of those).
@@ -662,7 +699,8 @@ impl QueuePair {
                     }
                     None => rdma_sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
                 };
-                wr.wr.rdma = rdma_sys::rdma_t { remote_addr: w.remote.addr, rkey: w.remote.rkey };
+                wr.wr.rdma =
+                    rdma_sys::rdma_t { remote_addr: w.remote.addr(), rkey: w.remote.rkey() };
             }
             let len = chunk.len();
             let base = chain.as_mut_ptr();
@@ -676,10 +714,11 @@ impl QueuePair {
                 }
             }
             let mut bad: *mut ibv_send_wr = ptr::null_mut();
-            // SAFETY: the QP is live and in RTS; every SGE points into a
-            // registered region (LocalSlice is only made from a MemoryRegion,
-            // whose contract keeps the memory alive until the WR completes);
-            // `chain` and `sges` outlive the call.
+            // SAFETY: the QP is live and in RTS; every SGE comes from a
+            // LocalSlice, i.e. a bounds-checked range of registered memory
+            // whose owner this QP now holds until it is destroyed (`attach`
+            // above), so the device cannot reach freed memory; `chain` and
+            // `sges` outlive the call.
             let rc = unsafe { sys::post_send(self.raw.as_ptr(), base, &mut bad) };
             if rc != 0 {
                 let posted = done + chain_index(base, bad, len);
@@ -710,6 +749,10 @@ impl QueuePair {
                 });
             }
         }
+        self.attach(reqs.iter().filter_map(|r| match &r.payload {
+            SendPayload::Registered(s) => Some(s),
+            SendPayload::Inline(_) => None,
+        }));
         let mut done = 0;
         for chunk in reqs.chunks(CHAIN_MAX) {
             // SAFETY: plain old data.
@@ -718,7 +761,7 @@ impl QueuePair {
             let mut chain: [ibv_send_wr; CHAIN_MAX] = unsafe { mem::zeroed() };
             for (i, r) in chunk.iter().enumerate() {
                 let mut flags = signaled_flag(r.signaled);
-                sges[i] = match r.payload {
+                sges[i] = match &r.payload {
                     SendPayload::Registered(s) => {
                         ibv_sge { addr: s.addr(), length: s.len_bytes(), lkey: s.lkey() }
                     }
@@ -762,10 +805,11 @@ impl QueuePair {
             }
         }
         let mut bad: *mut ibv_send_wr = ptr::null_mut();
-        // SAFETY: the QP is live and in RTS; every WR's SGE points into a
-        // registered region (LocalSlice is only made from a MemoryRegion, whose
-        // contract keeps the memory alive) or at inline bytes that live for
-        // this call; `chain` and `sges` outlive the call.
+        // SAFETY: the QP is live and in RTS; every WR's SGE points into
+        // registered memory whose owner this QP holds until it is destroyed
+        // (`attach` in the callers), or at inline bytes that live for this
+        // call (copied into the WQE by the provider); `chain` and `sges`
+        // outlive the call.
         let rc = unsafe { sys::post_send(self.raw.as_ptr(), base, &mut bad) };
         if rc == 0 {
             return Ok(());
@@ -781,6 +825,7 @@ impl QueuePair {
         if !matches!(self.state(), QpState::Init | QpState::Rtr | QpState::Rts) {
             return Err(self.wrong_state("post_recv", "INIT, RTR or RTS"));
         }
+        self.attach(reqs.iter().filter_map(|r| r.buf.as_ref()));
         let mut done = 0;
         for chunk in reqs.chunks(CHAIN_MAX) {
             // SAFETY: plain old data.
@@ -789,7 +834,7 @@ impl QueuePair {
             let mut chain: [ibv_recv_wr; CHAIN_MAX] = unsafe { mem::zeroed() };
             for (i, r) in chunk.iter().enumerate() {
                 chain[i].wr_id = r.wr_id;
-                if let Some(buf) = r.buf {
+                if let Some(buf) = &r.buf {
                     sges[i] =
                         ibv_sge { addr: buf.addr(), length: buf.len_bytes(), lkey: buf.lkey() };
                     chain[i].sg_list = &mut sges[i];
@@ -802,7 +847,8 @@ impl QueuePair {
                 chain[i - 1].next = unsafe { base.add(i) };
             }
             let mut bad: *mut ibv_recv_wr = ptr::null_mut();
-            // SAFETY: the QP is live; buffers are registered (LocalSlice) and
+            // SAFETY: the QP is live; every buffer is registered memory whose
+            // owner this QP holds until it is destroyed (`attach` above), and
             // `chain`/`sges` outlive the call.
             let rc = unsafe { sys::post_recv(self.raw.as_ptr(), base, &mut bad) };
             if rc != 0 {
@@ -840,7 +886,9 @@ fn post_error(queue: QueueKind, rc: libc::c_int, posted: usize, requested: usize
 impl Drop for QueuePair {
     fn drop(&mut self) {
         // SAFETY: created in create_rc, destroyed once; the PD and CQs are
-        // kept alive by this struct's Arcs until after this returns.
+        // kept alive by this struct's Arcs until after this returns, and so
+        // is every posted memory owner (`attached`): once this returns, no WR
+        // of the QP can reach memory.
         let rc = unsafe { (self.pd.context().verbs().destroy_qp)(self.raw.as_ptr()) };
         if rc != 0 {
             tracing::warn!(qpn = self.endpoint.qpn, error = %sys::rc_error(rc), "ibv_destroy_qp failed");
