@@ -5,7 +5,8 @@
 //!   a credited slot of the receiver's registered ring, straight from the
 //!   sender's registered buffer pool (no user-space copy). Set up with
 //!   [`SenderSetup`] / [`ReceiverSetup`], whose [`SenderInfo`] /
-//!   [`ReceiverInfo`] the control plane exchanges (one message each way).
+//!   [`ReceiverInfo`] the control plane exchanges (one message each way);
+//!   [`RdmaPlane`] is the same set-up behind the core's `DataPlane` seam.
 //!   [`probe`] summarizes the local device for negotiation.
 //! - **Verbs layer**: device discovery, protection domains, memory
 //!   registration, completion queues and RC queue pairs with RDMA
@@ -48,6 +49,7 @@ mod link;
 mod pd_mr;
 #[allow(unsafe_code)]
 mod pool_mr;
+mod plane;
 mod probe;
 #[allow(unsafe_code)]
 mod queue_pair;
@@ -77,6 +79,7 @@ pub use pd_mr::{
     LocalSlice, MemoryRegion, OwnedRegion, ProtectionDomain, REGION_ALIGN_BYTES, RemoteRegion,
     RemoteSlice, memlock_limit_bytes,
 };
+pub use plane::{PeerInfo, RdmaPlane};
 pub use probe::{DeviceSummary, probe};
 pub use queue_pair::{
     CHAIN_MAX, QpCaps, QpConfig, QpState, QpTimers, QueuePair, RdmaWrite, RecvRequest,

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use blitx_core::cancel::{Cancel, FirstFailure};
+use blitx_core::frame::FrameError;
 use blitx_core::transport::TransportError;
 
 use crate::config::RdmaConfig;
@@ -22,8 +24,9 @@ use crate::types::PortState;
 
 /// Completions taken per poll.
 pub(crate) const POLL_BATCH: usize = 32;
-/// How long blocked callers sleep between checks of the fault flag (bounds
-/// how promptly `abort` reaches them).
+/// How long the credit thread waits for a returned slot before it looks at
+/// its keepalive clock (a timer, not a cancellation check: a fault closes the
+/// pool, which wakes it).
 pub(crate) const WAIT_SLICE: Duration = Duration::from_millis(20);
 /// After a local abort, how long the abort notices get to leave before the
 /// QPs are moved to the error state (which would flush them).
@@ -36,7 +39,12 @@ const SPINS_BEFORE_YIELD: u32 = 4;
 /// session costs no CPU. A 100 Gb/s link with 4 MiB frames completes a WRITE
 /// every ~330 µs, so a busy session never gets there.
 const IDLE_SPIN: Duration = Duration::from_millis(2);
-/// Longest sleep on the completion channel between fault checks.
+/// Longest sleep on the completion channel. Callers blocked in `send`,
+/// `finish` and `recv` are woken by the session's `Cancel`; the CQ pollers
+/// are woken by the completions a fault produces (its abort notices are
+/// signalled) and, at the latest, after this slice, which also paces their
+/// stall and keepalive clocks. (A wake-up fd next to the completion channel
+/// would need the verbs layer's `poll_wait` to take one.)
 const EVENT_SLICE: Duration = Duration::from_millis(20);
 
 /// Locks a mutex; a panic while holding one of the transport's locks leaves
@@ -87,6 +95,8 @@ pub(crate) enum Fault {
     Verbs { op: &'static str, peer: String, error: Arc<Error> },
     /// The peer broke the protocol.
     Protocol { peer: String, detail: String },
+    /// The peer sent a frame that breaks the core's rules (`ReceiveRules`).
+    BadFrame { peer: String, error: FrameError },
 }
 
 impl Fault {
@@ -111,6 +121,9 @@ impl Fault {
             Fault::Protocol { peer, detail } => {
                 TransportError::Protocol { peer: peer.clone(), detail: detail.clone() }
             }
+            Fault::BadFrame { peer, error } => {
+                TransportError::BadFrame { peer: peer.clone(), source: error.clone() }
+            }
         }
     }
 
@@ -120,26 +133,35 @@ impl Fault {
     }
 }
 
-/// The session's first fault (first one wins), and whether the side that
-/// raised it has posted its abort notices yet.
-#[derive(Debug, Default)]
+/// The session's first fault (first one wins: the core's [`FirstFailure`], which fires the
+/// session's [`Cancel`] and so wakes every blocked caller), and whether the side that raised it
+/// has posted its abort notices yet.
+#[derive(Debug)]
 pub(crate) struct FaultSlot {
-    raised: AtomicBool,
-    fault: Mutex<Option<Fault>>,
+    first: FirstFailure<Fault>,
     notices_done: AtomicBool,
+}
+
+impl Default for FaultSlot {
+    fn default() -> Self {
+        FaultSlot { first: FirstFailure::new(Cancel::new()), notices_done: AtomicBool::new(false) }
+    }
 }
 
 impl FaultSlot {
     /// Records `fault` unless one is already recorded; true if it was.
     pub(crate) fn raise(&self, fault: Fault) -> bool {
-        let mut slot = lock(&self.fault);
-        if slot.is_some() {
-            return false;
+        let shown = format!("{fault:?}");
+        let first = self.first.fail(fault);
+        if first {
+            tracing::debug!(target: "blit::rdma", fault = %shown, "session fault");
         }
-        tracing::debug!(target: "blit::rdma", ?fault, "session fault");
-        *slot = Some(fault);
-        self.raised.store(true, Ordering::Release);
-        true
+        first
+    }
+
+    /// Fired by the first fault.
+    pub(crate) fn cancel(&self) -> &Cancel {
+        self.first.cancel()
     }
 
     /// The thread that raised the fault has posted its abort notices (or had
@@ -164,21 +186,15 @@ impl FaultSlot {
     }
 
     pub(crate) fn is_raised(&self) -> bool {
-        self.raised.load(Ordering::Acquire)
+        self.first.is_failed()
     }
 
     pub(crate) fn get(&self) -> Option<Fault> {
-        if !self.is_raised() {
-            return None;
-        }
-        lock(&self.fault).clone()
+        self.first.get()
     }
 
     pub(crate) fn check(&self) -> std::result::Result<(), TransportError> {
-        match self.get() {
-            Some(f) => Err(f.to_transport()),
-            None => Ok(()),
-        }
+        self.first.check(Fault::to_transport)
     }
 }
 
