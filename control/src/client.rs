@@ -96,17 +96,18 @@ pub enum ClientError {
     #[error("the transfer was cancelled")]
     Cancelled,
     #[error("RDMA is not available on this machine: {0}")]
-    RdmaUnavailable(String),
+    RdmaUnavailable(DataPlaneError),
 }
 
 impl ClientError {
     /// True when the requested transport is unavailable (exit code 3).
     pub fn is_transport_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             ClientError::Refused(RemoteError { code: ErrorCode::TransportUnavailable, .. })
-                | ClientError::RdmaUnavailable(_)
-        )
+            | ClientError::RdmaUnavailable(_) => true,
+            ClientError::DataPlane(e) => e.is_unavailable(),
+            _ => false,
+        }
     }
     /// True when the data plane stalled (exit code 30).
     pub fn is_stall(&self) -> bool {
@@ -328,6 +329,10 @@ pub fn transfer(
     tracing::info!(transport = %accepted.transport, reason = %accepted.reason, "daemon accepted the session");
     let dp_opts =
         DataPlaneOptions { streams: accepted.tcp.as_ref().map_or(1, |t| t.streams), ..dp_opts };
+    // The control plane's cancellation is still an `AtomicBool` (polled by `or_cancel`), not a
+    // core `Cancel`: until it is one, nothing fires this, and the set-up's waits end at
+    // DATA_CONNECT_TIMEOUT or with the peer, as before.
+    let setup_cancel = blitx_core::cancel::Cancel::new();
     let plane = match (&accepted.tcp, &accepted.rdma) {
         (_, Some(peer)) => {
             // RDMA: answer with our QPs (and ring, for a pull). A pusher (sender) connects
@@ -362,13 +367,13 @@ pub fn transfer(
                     }
                 }
             }
-            let plane = pending.connect(peer)?;
+            let plane = pending.connect(peer, &setup_cancel)?;
             tracing::debug!("RDMA: QPs connected");
             plane
         }
         (Some(tcp), None) => {
             drop(early_rdma); // its thread lets go of what it set up
-            dataplane::tcp_connect(tcp, role, &dp_opts)?
+            dataplane::tcp_connect(tcp, role, &dp_opts, &setup_cancel)?
         }
         (None, None) => {
             return Err(ClientError::Lost("the daemon offered no data plane".into()));
@@ -509,18 +514,13 @@ pub fn transfer(
                     confine: false,
                     limits: Limits { idle_timeout: opts.idle_timeout, ..Limits::none() },
                 };
-                run_source(
-                    &o,
-                    engine_out_src,
-                    engine_tgt,
-                    plane.sender(),
-                    progress,
-                    &session_cancel,
-                )
-                .map(|r| (Some(r), None))
-                .map_err(|e| {
-                    let chain = source_chain(&e);
-                    ClientError::Source(e, chain)
+                plane.sender().map_err(ClientError::DataPlane).and_then(|tx| {
+                    run_source(&o, engine_out_src, engine_tgt, tx, progress, &session_cancel)
+                        .map(|r| (Some(r), None))
+                        .map_err(|e| {
+                            let chain = source_chain(&e);
+                            ClientError::Source(e, chain)
+                        })
                 })
             }
             Local::Target(root) => {
@@ -528,19 +528,21 @@ pub fn transfer(
                 // Confined like a daemon's: the daemon is as untrusted as a client.
                 let mut o = TargetOptions::new(root, opts.params.clone(), opts.threads);
                 o.limits.idle_timeout = opts.idle_timeout;
-                run_target(
-                    &o,
-                    engine_src,
-                    engine_out_tgt,
-                    plane.receiver(),
-                    reporter,
-                    progress,
-                    &session_cancel,
-                )
-                .map(|r| (None, Some(r)))
-                .map_err(|e| {
-                    let chain = source_chain(&e);
-                    ClientError::Target(e, chain)
+                plane.receiver().map_err(ClientError::DataPlane).and_then(|rx| {
+                    run_target(
+                        &o,
+                        engine_src,
+                        engine_out_tgt,
+                        rx,
+                        reporter,
+                        progress,
+                        &session_cancel,
+                    )
+                    .map(|r| (None, Some(r)))
+                    .map_err(|e| {
+                        let chain = source_chain(&e);
+                        ClientError::Target(e, chain)
+                    })
                 })
             }
         };

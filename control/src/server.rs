@@ -145,7 +145,7 @@ pub enum DaemonError {
 struct Daemon {
     cfg: DaemonConfig,
     /// This machine's RDMA device, probed once at start (or why there is none).
-    rdma: Result<RdmaDeviceInfo, String>,
+    rdma: Result<RdmaDeviceInfo, Arc<dataplane::DataPlaneError>>,
     /// The device opened once for every session, with the pools it keeps between them.
     rdma_domain: Option<blitx_transport_rdma::RdmaDomain>,
     topology: Option<Arc<blitx_topology::Topology>>,
@@ -216,9 +216,9 @@ pub fn run_daemon(
         }
     };
     let rdma = if cfg.no_rdma {
-        Err("RDMA disabled with --no-rdma".to_string())
+        Err(Arc::new(dataplane::DataPlaneError::RdmaDisabled))
     } else {
-        dataplane::local_rdma_device(cfg.rdma_device.as_deref())
+        dataplane::local_rdma_device(cfg.rdma_device.as_deref()).map_err(Arc::new)
     };
     match &rdma {
         Ok(d) => tracing::info!("RDMA device {} (GID index {}) available", d.name, d.gid_index),
@@ -456,7 +456,7 @@ type Out = mpsc::Sender<Result<pb::ServerFrame, Status>>;
 
 struct SessionCtx {
     id: u64,
-    rdma: Result<RdmaDeviceInfo, String>,
+    rdma: Result<RdmaDeviceInfo, Arc<dataplane::DataPlaneError>>,
     rdma_domain: Option<blitx_transport_rdma::RdmaDomain>,
     placement: Option<blitx_topology::Placement>,
     peer: String,
@@ -756,6 +756,10 @@ impl SessionCtx {
         }
         tracing::info!(session = self.id, "transport: {reason}");
         let mut inbound = inbound;
+        // The session's cancellation is still an `AtomicBool` (polled by `or_cancel`), not a
+        // core `Cancel`: until it is one, nothing fires this, and the set-up's waits end at
+        // DATA_CONNECT_TIMEOUT or with the peer, as before.
+        let setup_cancel = blitx_core::cancel::Cancel::new();
         let plane = match rdma_pending {
             Some((pending, mine)) => {
                 let accepted = Accepted {
@@ -785,8 +789,9 @@ impl SessionCtx {
                     }
                 };
                 tracing::debug!(session = self.id, "RDMA: the client's QPs arrived");
-                let plane =
-                    pending.connect(&peer).map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
+                let plane = pending
+                    .connect(&peer, &setup_cancel)
+                    .map_err(|e| fail(ErrorCode::Internal, describe(&e)))?;
                 tracing::debug!(session = self.id, "RDMA: QPs connected");
                 if !push {
                     // Our sender is connected: the client's receiver may connect now.
@@ -795,13 +800,13 @@ impl SessionCtx {
                 plane
             }
             None => {
-                let listening = match dataplane::tcp_listen(self.control_ip, &dp_opts) {
+                let listening = match dataplane::tcp_listen(self.control_ip, role, &dp_opts) {
                     Ok(l) => l,
                     Err(e) => {
                         refuse(
                             out,
                             ErrorCode::Internal,
-                            format!("cannot open a data listener: {e}"),
+                            format!("cannot open a data listener: {}", describe(&e)),
                         );
                         return Ok(());
                     }
@@ -818,8 +823,8 @@ impl SessionCtx {
                     return Err(fail(ErrorCode::Internal, "client went away".into()));
                 }
                 listening
-                    .accept(role, &dp_opts, cancel)
-                    .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?
+                    .accept(&setup_cancel)
+                    .map_err(|e| fail(ErrorCode::Internal, describe(&e)))?
             }
         };
 
@@ -935,10 +940,13 @@ impl SessionCtx {
                 let mut opts = TargetOptions::new(root.clone(), params.clone(), threads);
                 opts.privileges = self.privileges;
                 opts.limits = limits.clone();
-                let rx = plane.receiver();
-                run_target(&opts, engine_src, engine_out_tgt, rx, &reporter, &progress, cancel)
-                    .map(|r| convert::target_summary_to_pb(&r))
-                    .map_err(|e| fail(target_code(&e), describe(&e)))
+                plane.receiver().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(
+                    |rx| {
+                        run_target(&opts, engine_src, engine_out_tgt, rx, &reporter, &progress, cancel)
+                            .map(|r| convert::target_summary_to_pb(&r))
+                            .map_err(|e| fail(target_code(&e), describe(&e)))
+                    },
+                )
             } else {
                 drop(engine_out_tgt);
                 let opts = SourceOptions {
@@ -949,10 +957,11 @@ impl SessionCtx {
                     confine: true,
                     limits: limits.clone(),
                 };
-                let tx = plane.sender();
-                run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel)
-                    .map(|r| convert::source_summary_to_pb(&r))
-                    .map_err(|e| fail(source_code(&e), describe(&e)))
+                plane.sender().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(|tx| {
+                    run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel)
+                        .map(|r| convert::source_summary_to_pb(&r))
+                        .map_err(|e| fail(source_code(&e), describe(&e)))
+                })
             };
             // A refused client message explains the engine's "the other half went away".
             let result = match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
