@@ -124,7 +124,11 @@ impl Half {
         Half::Send { half: Box::new(half), transport, streams }
     }
 
-    fn receiving(half: impl FrameReceiver + 'static, transport: &'static str, streams: u32) -> Self {
+    fn receiving(
+        half: impl FrameReceiver + 'static,
+        transport: &'static str,
+        streams: u32,
+    ) -> Self {
         Half::Receive { half: Box::new(half), transport, streams }
     }
 
@@ -133,7 +137,9 @@ impl Half {
     pub fn sender(&self) -> Result<&dyn FrameSender, DataPlaneError> {
         match self {
             Half::Send { half, .. } => Ok(half.as_ref()),
-            Half::Receive { .. } => Err(DataPlaneError::Role { has: Role::Receive, wanted: Role::Send }),
+            Half::Receive { .. } => {
+                Err(DataPlaneError::Role { has: Role::Receive, wanted: Role::Send })
+            }
         }
     }
 
@@ -141,7 +147,9 @@ impl Half {
     pub fn receiver(&self) -> Result<&dyn FrameReceiver, DataPlaneError> {
         match self {
             Half::Receive { half, .. } => Ok(half.as_ref()),
-            Half::Send { .. } => Err(DataPlaneError::Role { has: Role::Send, wanted: Role::Receive }),
+            Half::Send { .. } => {
+                Err(DataPlaneError::Role { has: Role::Send, wanted: Role::Receive })
+            }
         }
     }
 

@@ -942,9 +942,17 @@ impl SessionCtx {
                 opts.limits = limits.clone();
                 plane.receiver().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(
                     |rx| {
-                        run_target(&opts, engine_src, engine_out_tgt, rx, &reporter, &progress, cancel)
-                            .map(|r| convert::target_summary_to_pb(&r))
-                            .map_err(|e| fail(target_code(&e), describe(&e)))
+                        run_target(
+                            &opts,
+                            engine_src,
+                            engine_out_tgt,
+                            rx,
+                            &reporter,
+                            &progress,
+                            cancel,
+                        )
+                        .map(|r| convert::target_summary_to_pb(&r))
+                        .map_err(|e| fail(target_code(&e), describe(&e)))
                     },
                 )
             } else {

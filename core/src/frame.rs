@@ -76,7 +76,9 @@ pub enum FrameError {
     Bundle(&'static str),
     #[error("an unchecked {kind:?} frame in a session whose frames carry checksums")]
     Unchecked { kind: FrameKind },
-    #[error("the header of a {kind:?} frame says {len_bytes} payload bytes, {carried_bytes} came with it")]
+    #[error(
+        "the header of a {kind:?} frame says {len_bytes} payload bytes, {carried_bytes} came with it"
+    )]
     PayloadLength { kind: FrameKind, len_bytes: u32, carried_bytes: u64 },
     #[error("a frame after the End frame of its stream")]
     AfterEnd,

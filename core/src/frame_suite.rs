@@ -217,7 +217,10 @@ pub fn unchecked_only_without_checksums(h: &dyn FrameHarness) {
             Ok(None) => None,
             Err(e) => {
                 assert!(
-                    matches!(e, TransportError::BadFrame { source: FrameError::Unchecked { .. }, .. }),
+                    matches!(
+                        e,
+                        TransportError::BadFrame { source: FrameError::Unchecked { .. }, .. }
+                    ),
                     "unexpected error {e:?}"
                 );
                 None
@@ -295,11 +298,13 @@ pub fn peer_gone_is_an_error(h: &dyn FrameHarness) {
         tx.send(chunk(tx.as_ref(), i, &pattern(i, 1000))).unwrap_or_else(|e| panic!("{e}"));
     }
     drop(tx);
-    let end = within(PROMPT, "recv after the sender went away", move || loop {
-        match rx.recv() {
-            Ok(Some(_)) => continue,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+    let end = within(PROMPT, "recv after the sender went away", move || {
+        loop {
+            match rx.recv() {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            }
         }
     });
     assert!(end.is_err(), "{name}: a sender gone without finishing looked like a clean end");

@@ -40,11 +40,7 @@ pub trait DataPlane {
     type Answer: Send + 'static;
     type Error: std::error::Error + Send + Sync + 'static;
     type SendListener: Listener<Half = Self::Sender, Answer = Self::Answer, Error = Self::Error>;
-    type ReceiveListener: Listener<
-            Half = Self::Receiver,
-            Answer = Self::Answer,
-            Error = Self::Error,
-        >;
+    type ReceiveListener: Listener<Half = Self::Receiver, Answer = Self::Answer, Error = Self::Error>;
     type SendDialer: Dialer<Half = Self::Sender, Offer = Self::Offer, Error = Self::Error>;
     type ReceiveDialer: Dialer<Half = Self::Receiver, Offer = Self::Offer, Error = Self::Error>;
 

@@ -229,12 +229,18 @@ pub fn check_outgoing(frame: &Frame, frame_bytes_max: u32) -> Result<(), Transpo
         return Err(TransportError::Misuse("a received payload stream cannot be sent"));
     }
     if h.len_bytes > frame_bytes_max {
-        return Err(FrameError::TooLong { len_bytes: h.len_bytes, max_bytes: frame_bytes_max }.into());
+        return Err(
+            FrameError::TooLong { len_bytes: h.len_bytes, max_bytes: frame_bytes_max }.into()
+        );
     }
     let carried_bytes = frame.payload.len_bytes();
     if u64::from(h.len_bytes) != carried_bytes {
-        return Err(FrameError::PayloadLength { kind: h.kind, len_bytes: h.len_bytes, carried_bytes }
-            .into());
+        return Err(FrameError::PayloadLength {
+            kind: h.kind,
+            len_bytes: h.len_bytes,
+            carried_bytes,
+        }
+        .into());
     }
     Ok(())
 }

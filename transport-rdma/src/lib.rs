@@ -47,9 +47,9 @@ mod ifaddr;
 mod link;
 #[allow(unsafe_code)]
 mod pd_mr;
+mod plane;
 #[allow(unsafe_code)]
 mod pool_mr;
-mod plane;
 mod probe;
 #[allow(unsafe_code)]
 mod queue_pair;

@@ -19,7 +19,9 @@ use crate::counters::{Counters, add};
 use crate::cq::{Completion, CompletionQueue, CqMode};
 use crate::device::Context;
 use crate::error::{Error, Result};
-use crate::queue_pair::{QpTimers, QueuePair, RemoteQpParams};
+use crate::pd_mr::ProtectionDomain;
+use crate::queue_pair::{QpConfig, QpTimers, QueuePair, RecvRequest, RemoteQpParams};
+use crate::types::Access;
 use crate::types::PortState;
 
 /// Completions taken per poll.
@@ -40,11 +42,9 @@ const SPINS_BEFORE_YIELD: u32 = 4;
 /// every ~330 µs, so a busy session never gets there.
 const IDLE_SPIN: Duration = Duration::from_millis(2);
 /// Longest sleep on the completion channel. Callers blocked in `send`,
-/// `finish` and `recv` are woken by the session's `Cancel`; the CQ pollers
-/// are woken by the completions a fault produces (its abort notices are
-/// signalled) and, at the latest, after this slice, which also paces their
-/// stall and keepalive clocks. (A wake-up fd next to the completion channel
-/// would need the verbs layer's `poll_wait` to take one.)
+/// `finish` and `recv` are woken by the session's `Cancel`, and so are the CQ
+/// pollers ([`CqWaker`]); this slice paces the sender's stall and keepalive
+/// clocks (and stays a backstop should a device not flush the waker's RECV).
 const EVENT_SLICE: Duration = Duration::from_millis(20);
 
 /// Locks a mutex; a panic while holding one of the transport's locks leaves
@@ -251,6 +251,54 @@ pub(crate) fn transport_timers() -> QpTimers {
     QpTimers { retry_cnt: TRANSPORT_RETRIES, timeout: TRANSPORT_ACK_TIMEOUT, ..QpTimers::default() }
 }
 
+/// The `wr_id` of a [`CqWaker`]'s RECV; `wire::parse_wr_id` knows no such
+/// kind, and [`Poller::poll`] drops its completion.
+pub(crate) const WAKE_WR_ID: u64 = u64::MAX;
+
+/// Wakes a thread asleep on a CQ's completion channel when the session's
+/// [`Cancel`] fires. A CQ has no way in from user space but completions, so
+/// the waker is a QP of that CQ that is never connected and holds one posted
+/// RECV: firing moves it to the error state, which flushes the RECV into the
+/// CQ, and that completion raises the channel's event. The CQ is made one
+/// entry deeper for it. Costs one QP per session side, nothing per frame.
+#[derive(Debug)]
+pub(crate) struct CqWaker {
+    qp: QueuePair,
+}
+
+impl CqWaker {
+    pub(crate) fn new(
+        pd: &Arc<ProtectionDomain>,
+        cq: &Arc<CompletionQueue>,
+        port_num: u8,
+        gid_index: Option<u32>,
+    ) -> Result<Self> {
+        let cfg = QpConfig {
+            port_num,
+            gid_index,
+            max_send_wr: 1,
+            max_recv_wr: 1,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline_bytes: 0,
+            access: Access::NONE,
+            timers: QpTimers::default(),
+        };
+        let qp = QueuePair::create_rc(pd, cq, cq, &cfg)?;
+        qp.post_recv(&[RecvRequest { wr_id: WAKE_WR_ID, buf: None }])?;
+        Ok(CqWaker { qp })
+    }
+
+    /// Arms the waker on `cancel` (it fires once).
+    pub(crate) fn arm(self, cancel: &Cancel) {
+        cancel.on_fire(move || {
+            if let Err(e) = self.qp.set_error() {
+                tracing::debug!(target: "blit::rdma", error = %e, "CQ waker not fired");
+            }
+        });
+    }
+}
+
 /// How errors name the connection of one QP.
 pub(crate) fn peer_name(device: &str, local: &QueuePair, remote: &RemoteQpParams) -> String {
     format!("RDMA {device} qp {} <-> {} qp {}", local.qpn(), remote.gid, remote.qpn)
@@ -302,6 +350,16 @@ impl Poller {
             }
             CqMode::Event => cq.poll_wait(out, EVENT_SLICE)?,
         };
+        // A waker's flushed RECV only ended the wait: drop it (one compare per
+        // completion).
+        let mut kept = 0;
+        for i in 0..n {
+            if out[i].wr_id != WAKE_WR_ID {
+                out[kept] = out[i];
+                kept += 1;
+            }
+        }
+        let n = kept;
         if n > 0 {
             self.empty_since = None;
             add(&counters.completions, n as u64);

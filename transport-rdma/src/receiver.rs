@@ -28,7 +28,7 @@ use crate::device::Context;
 use crate::domain::RdmaDomain;
 use crate::error::{Error, Result};
 use crate::link::{
-    ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
+    ABORT_GRACE, CqWaker, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
     peer_name, transport_timers,
 };
 use crate::pool_mr::RegisteredPool;
@@ -52,6 +52,7 @@ pub struct ReceiverSetup {
     // Field order is drop order: QP → CQ → MR (+ pool) → context (the PD is
     // held by the QPs and the MR).
     qps: Vec<QueuePair>,
+    waker: CqWaker,
     cq: Arc<CompletionQueue>,
     ring: RegisteredPool,
     ctx: Arc<Context>,
@@ -78,7 +79,10 @@ impl ReceiverSetup {
         let (ctx, port_num, pd) = (Arc::clone(domain.ctx()), domain.port_num(cfg), domain.pd());
         let recv_depth = RdmaConfig::recv_depth(cfg.slots);
         let sq_depth = cfg.receiver_sq_depth();
-        let cq = CompletionQueue::new(&ctx, cfg.qps * (recv_depth + sq_depth), CqMode::Event)?; // see link::Poller
+        // one entry more for the CQ waker's flushed RECV
+        let cq_depth = cfg.qps * (recv_depth + sq_depth) + 1;
+        let cq = CompletionQueue::new(&ctx, cq_depth, CqMode::Event)?; // see link::Poller
+        let waker = CqWaker::new(pd, &cq, port_num, cfg.gid_index)?;
         let access = Access::LOCAL_WRITE | Access::REMOTE_WRITE;
         let ring = domain.receiver_ring(cfg)?;
         let qp_cfg = QpConfig {
@@ -108,7 +112,8 @@ impl ReceiverSetup {
             slots: cfg.slots,
             chunk_bytes: cfg.chunk_bytes,
         };
-        let setup = ReceiverSetup { cfg: cfg.clone(), info: info.clone(), qps, cq, ring, ctx };
+        let setup =
+            ReceiverSetup { cfg: cfg.clone(), info: info.clone(), qps, waker, cq, ring, ctx };
         Ok((setup, info))
     }
 
@@ -163,6 +168,8 @@ impl ReceiverSetup {
         // Every frame in the channel holds a slot, except Hole/End frames;
         // when writers fall behind, the poller waits on the channel and the
         // sender on credits.
+        // The poller sleeps on the CQ: the session's cancel wakes it.
+        self.waker.arm(shared.fault.cancel());
         let (tx, rx) = crossbeam_channel::bounded(slots as usize);
         let poller = {
             let shared = Arc::clone(&shared);
@@ -513,7 +520,10 @@ impl RecvShared {
                     .map_err(|e| Fault::verbs("post a RECV", peer, e))?;
                 add(&self.counters.wr_recv, 1);
                 if ended[q] {
-                    return Err(Fault::BadFrame { peer: peer.to_owned(), error: FrameError::AfterEnd });
+                    return Err(Fault::BadFrame {
+                        peer: peer.to_owned(),
+                        error: FrameError::AfterEnd,
+                    });
                 }
                 let frame = self.take_frame(slot, c.byte_len, peer)?;
                 add(&self.counters.nic_write_bytes, u64::from(c.byte_len));

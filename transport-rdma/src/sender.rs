@@ -28,8 +28,8 @@ use crate::device::Context;
 use crate::domain::RdmaDomain;
 use crate::error::{Error, Result};
 use crate::link::{
-    ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, keepalive_after, lock,
-    peer_name, transport_timers,
+    ABORT_GRACE, CqWaker, Fault, FaultSlot, POLL_BATCH, Poller, keepalive_after, lock, peer_name,
+    transport_timers,
 };
 use crate::pd_mr::{LocalSlice, OwnedRegion, RemoteSlice};
 use crate::pool_mr::RegisteredPool;
@@ -57,6 +57,7 @@ pub struct SenderSetup {
     // Field order is drop order: QP → CQ → MRs (+ pool) → context (the PD is
     // held by the QPs and the MRs).
     qps: Vec<QueuePair>,
+    waker: CqWaker,
     cq: Arc<CompletionQueue>,
     headers: OwnedRegion,
     control: OwnedRegion,
@@ -84,7 +85,10 @@ impl SenderSetup {
         let (ctx, port_num, pd) = (Arc::clone(domain.ctx()), domain.port_num(cfg), domain.pd());
         let sq_depth = cfg.sender_sq_depth(cfg.slots);
         let recv_depth = RdmaConfig::recv_depth(cfg.slots);
-        let cq = CompletionQueue::new(&ctx, cfg.qps * (sq_depth + recv_depth), CqMode::Event)?; // see link::Poller
+        // one entry more for the CQ waker's flushed RECV
+        let cq_depth = cfg.qps * (sq_depth + recv_depth) + 1;
+        let cq = CompletionQueue::new(&ctx, cq_depth, CqMode::Event)?; // see link::Poller
+        let waker = CqWaker::new(pd, &cq, port_num, cfg.gid_index)?;
         let pool = domain.sender_pool(cfg)?;
         let n = cfg.qps as usize;
         let headers =
@@ -128,6 +132,7 @@ impl SenderSetup {
             sq_depth,
             recv_depth,
             qps,
+            waker,
             cq,
             headers,
             control,
@@ -204,6 +209,8 @@ impl SenderSetup {
             started: Instant::now(),
             first_post_ns: AtomicU64::new(0),
         });
+        // The progress thread sleeps on the CQ: the session's cancel wakes it.
+        self.waker.arm(shared.fault.cancel());
         let thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -910,7 +917,9 @@ impl RdmaSender {
                 add(&shared.counters.payload_copy_bytes, len as u64);
                 Ok(Some(Some(own)))
             }
-            Payload::Stream(_) => Err(TransportError::Misuse("a received payload stream cannot be sent")),
+            Payload::Stream(_) => {
+                Err(TransportError::Misuse("a received payload stream cannot be sent"))
+            }
             Payload::File(region) => {
                 let len = region.len_bytes as usize;
                 let mut own = shared.pool.pool().acquire()?;

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use blitx_core::BufferPool;
 use blitx_core::frame::{FLAG_UNCHECKED, FrameError, FrameHeader, FrameKind, checksum};
+use blitx_core::frame_suite::{FrameHarness, FramePair, run_frame_suite};
 use blitx_core::session::SessionParams;
 use blitx_core::transport::{
     FileRegion, Frame, FrameReceiver, FrameSender, Payload, PayloadPref, TransportError,
 };
-use blitx_core::frame_suite::{FrameHarness, FramePair, run_frame_suite};
 use blitx_storage::conformance::{Harness, Pair, run_suite};
 use blitx_transport_rdma::{
     CqMode, Error, RdmaConfig, RdmaReceiver, RdmaSender, ReceiverInfo, ReceiverSetup, SenderInfo,

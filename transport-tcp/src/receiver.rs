@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use blitx_core::frame::{FRAME_HEADER_BYTES, FrameKind, ReceiveRules};
 use blitx_core::cancel::{Cancel, FirstFailure};
+use blitx_core::frame::{FRAME_HEADER_BYTES, FrameKind, ReceiveRules};
 use blitx_core::pool::BufferPool;
 use blitx_core::transport::{
     Frame, FrameReceiver, Payload, PayloadStream, TransportError, TransportStats,

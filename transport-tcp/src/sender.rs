@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use blitx_core::frame::{FRAME_HEADER_BYTES, FrameHeader};
 use blitx_core::cancel::{Cancel, FirstFailure};
+use blitx_core::frame::{FRAME_HEADER_BYTES, FrameHeader};
 use blitx_core::pool::BufferPool;
 use blitx_core::transport::{
     Frame, FrameSender, Payload, PayloadPref, TransportError, TransportStats, check_outgoing,

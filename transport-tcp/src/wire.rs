@@ -16,8 +16,8 @@ use blitx_core::frame::FRAME_HEADER_BYTES;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 
-use blitx_core::cancel::Cancel;
 use crate::error::{Failure, classify};
+use blitx_core::cancel::Cancel;
 
 /// Bytes hashed per `pread` when checksumming a file region: small enough to stay in L2, so the
 /// copy out of the page cache costs little more than the hash reading it.
