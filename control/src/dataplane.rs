@@ -393,3 +393,37 @@ impl RdmaPending {
 pub fn empty_stand_in() -> std::io::Result<RootDir> {
     RootDir::empty_stand_in()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blitx_core::BufferPool;
+    use blitx_core::transport::{MemFaults, PayloadPref, mem_pair};
+
+    #[test]
+    fn a_half_asked_for_the_other_role_is_a_typed_error() {
+        let pool = BufferPool::new(2, 4096, false).expect("pool");
+        let (tx, rx) = mem_pair(pool, PayloadPref::Buffer, 4096, 2, MemFaults::default());
+        let send = Half::sending(tx, "in-process", 1);
+        let receive = Half::receiving(rx, "in-process", 1);
+        assert!(send.sender().is_ok() && receive.receiver().is_ok());
+        assert!(matches!(
+            send.receiver(),
+            Err(DataPlaneError::Role { has: Role::Send, wanted: Role::Receive })
+        ));
+        assert!(matches!(
+            receive.sender(),
+            Err(DataPlaneError::Role { has: Role::Receive, wanted: Role::Send })
+        ));
+        assert_eq!(send.describe(), ("in-process", 1));
+    }
+
+    #[test]
+    fn unavailable_is_decided_on_the_type() {
+        assert!(DataPlaneError::RdmaDisabled.is_unavailable());
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let timeout = tcp::SetupError::AcceptTimeout { addr, arrived: 0, expected: 1 };
+        assert!(!DataPlaneError::Tcp(timeout).is_unavailable());
+        assert!(!DataPlaneError::RdmaPeer("Ready instead of its QPs").is_unavailable());
+    }
+}

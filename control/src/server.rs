@@ -1014,9 +1014,13 @@ fn describe(e: &dyn std::error::Error) -> String {
     }
 }
 
+/// The code a failed data plane reports, decided on its type.
 fn transport_code(e: &blitx_core::transport::TransportError) -> ErrorCode {
+    use blitx_core::transport::TransportError as E;
     match e {
-        blitx_core::transport::TransportError::Stalled { .. } => ErrorCode::Stalled,
+        E::Stalled { .. } => ErrorCode::Stalled,
+        E::BadFrame { .. } | E::Protocol { .. } => ErrorCode::ProtocolViolation,
+        E::Unsupported(_) => ErrorCode::TransportUnavailable,
         _ => ErrorCode::Internal,
     }
 }
