@@ -15,6 +15,9 @@ use tokio::sync::watch;
 pub struct Cancel {
     flag: Arc<AtomicBool>,
     woken: Arc<watch::Sender<bool>>,
+    /// The data plane's form of the same signal (`blitx_core::cancel`), fired with it: a
+    /// data-plane set-up blocked in an accept or a connect wakes on it.
+    plane: blitx_core::cancel::Cancel,
 }
 
 impl Default for Cancel {
@@ -25,13 +28,23 @@ impl Default for Cancel {
 
 impl Cancel {
     pub fn new() -> Self {
-        Cancel { flag: Arc::new(AtomicBool::new(false)), woken: Arc::new(watch::channel(false).0) }
+        Cancel {
+            flag: Arc::new(AtomicBool::new(false)),
+            woken: Arc::new(watch::channel(false).0),
+            plane: blitx_core::cancel::Cancel::new(),
+        }
     }
 
     /// Sets the flag and wakes every waiter.
     pub fn cancel(&self) {
         self.flag.store(true, Ordering::Release);
         self.woken.send_replace(true);
+        self.plane.fire();
+    }
+
+    /// The same signal for the data plane's set-up and transports.
+    pub fn plane(&self) -> &blitx_core::cancel::Cancel {
+        &self.plane
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -81,6 +94,8 @@ impl Cancel {
             if signals.forever().next().is_some() {
                 me.cancel();
             }
+            // The flag was set by the handler before the pipe woke this thread; `cancel` fired
+            // the rest.
         })?;
         Ok(())
     }

@@ -96,17 +96,18 @@ pub enum ClientError {
     #[error("the transfer was cancelled")]
     Cancelled,
     #[error("RDMA is not available on this machine: {0}")]
-    RdmaUnavailable(String),
+    RdmaUnavailable(DataPlaneError),
 }
 
 impl ClientError {
     /// True when the requested transport is unavailable (exit code 3).
     pub fn is_transport_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             ClientError::Refused(RemoteError { code: ErrorCode::TransportUnavailable, .. })
-                | ClientError::RdmaUnavailable(_)
-        )
+            | ClientError::RdmaUnavailable(_) => true,
+            ClientError::DataPlane(e) => e.is_unavailable(),
+            _ => false,
+        }
     }
     /// True when the data plane stalled (exit code 30).
     pub fn is_stall(&self) -> bool {
@@ -390,7 +391,10 @@ pub fn transfer(
                     }
                     Err(why) => {
                         tracing::info!("no RDMA here ({why})");
-                        ClientEvent::RdmaProbed(Err(why))
+                        let text = why.to_string();
+                        // Kept for the outcome (exit 3 is decided on its type).
+                        dp_error = Some(why);
+                        ClientEvent::RdmaProbed(Err(text))
                     }
                 }
             }
@@ -500,14 +504,14 @@ pub fn transfer(
                 let connected = match (offer, &accepted) {
                     (Offer::Rdma, Some(Accepted { rdma: Some(peer), .. })) => {
                         match pending_rdma.take() {
-                            Some(p) => p.connect(peer),
+                            Some(p) => p.connect(peer, cancel.plane()),
                             None => Err(DataPlaneError::RdmaPeer("no local set-up")),
                         }
                     }
                     (Offer::Tcp { streams }, Some(Accepted { tcp: Some(tcp), .. })) => {
                         drop(early_rdma.take()); // its thread lets go of what it set up
                         dp_opts.streams = streams;
-                        dataplane::tcp_connect(tcp, role, &dp_opts)
+                        dataplane::tcp_connect(tcp, role, &dp_opts, cancel.plane())
                     }
                     _ => Err(DataPlaneError::RdmaPeer("an offer without its endpoint")),
                 };
@@ -674,31 +678,27 @@ pub fn transfer(
                     confine: false,
                     limits: Limits { idle_timeout: opts.idle_timeout, ..Limits::none() },
                 };
-                run_source(&o, engine_out_src, engine_tgt, plane.sender(), progress, stop.flag())
-                    .map(|r| (Some(r), None))
-                    .map_err(|e| {
-                        let chain = source_chain(&e);
-                        ClientError::Source(e, chain)
-                    })
+                plane.sender().map_err(ClientError::DataPlane).and_then(|tx| {
+                    run_source(&o, engine_out_src, engine_tgt, tx, progress, stop.flag())
+                        .map(|r| (Some(r), None))
+                        .map_err(|e| {
+                            let chain = source_chain(&e);
+                            ClientError::Source(e, chain)
+                        })
+                })
             }
             Local::Target(root) => {
                 drop(engine_out_src);
                 // Confined like a daemon's: the daemon is as untrusted as a client.
                 let mut o = TargetOptions::new(root, opts.params.clone(), opts.threads);
                 o.limits.idle_timeout = opts.idle_timeout;
-                run_target(
-                    &o,
-                    engine_src,
-                    engine_out_tgt,
-                    plane.receiver(),
-                    reporter,
-                    progress,
-                    stop.flag(),
-                )
-                .map(|r| (None, Some(r)))
-                .map_err(|e| {
-                    let chain = source_chain(&e);
-                    ClientError::Target(e, chain)
+                plane.receiver().map_err(ClientError::DataPlane).and_then(|rx| {
+                    run_target(&o, engine_src, engine_out_tgt, rx, reporter, progress, stop.flag())
+                        .map(|r| (None, Some(r)))
+                        .map_err(|e| {
+                            let chain = source_chain(&e);
+                            ClientError::Target(e, chain)
+                        })
                 })
             }
         };
@@ -755,7 +755,10 @@ fn failure(
             endpoint: remote.to_string(),
             detail: "unreachable".into(),
         }),
-        ClientOutcome::RdmaUnavailable(why) => ClientError::RdmaUnavailable(why),
+        ClientOutcome::RdmaUnavailable(why) => match dp_error {
+            Some(e) => ClientError::RdmaUnavailable(e),
+            None => ClientError::Lost(why),
+        },
         ClientOutcome::Refused(e) => ClientError::Refused(e),
         ClientOutcome::Remote(e) => ClientError::Remote(e),
         ClientOutcome::Lost(m) => ClientError::Lost(m),

@@ -1,11 +1,17 @@
-//! Setting up the data plane a session negotiated: TCP streams (and, next, RDMA queue pairs).
-//! The control plane only sees "a sender" or "a receiver"; which backend moves the bytes is
-//! decided here.
+//! Choosing the data plane a session negotiated and setting up this side's half of it.
+//!
+//! Every backend is set up through the core's seam ([`blitx_core::plane::DataPlane`]: listen,
+//! dial, accept/connect); this module only picks the backend (TCP or RDMA), builds its
+//! configuration from the session's options, and carries the backend's offer and answer to and
+//! from the control plane's messages. The role is fixed when the half is made: a [`Half`] is a
+//! sender or a receiver, and asking it for the other role is a typed error
+//! ([`DataPlaneError::Role`]), never a panic.
 
 use std::net::IpAddr;
-use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use blitx_core::cancel::Cancel;
+use blitx_core::plane::{DataPlane, Dialer, Listener};
 use blitx_core::transport::{FrameReceiver, FrameSender};
 use blitx_storage::RootDir;
 use blitx_transport_tcp as tcp;
@@ -13,6 +19,8 @@ use blitx_transport_tcp as tcp;
 use blitx_transport_rdma as rdma;
 
 use crate::convert::{RdmaDeviceInfo, RdmaPeer, TcpEndpoint};
+
+pub use blitx_core::plane::Role;
 
 /// How long a listener waits for the client's data connections.
 pub const DATA_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,20 +45,33 @@ pub struct DataPlaneOptions {
     pub tcp_zero_copy: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Send,
-    Receive,
-}
-
+/// Why a session's data plane could not be set up. Each variant keeps the backend's typed error
+/// (operation, peer address or device, `io::Error` source), so callers decide on the type:
+/// [`DataPlaneError::is_unavailable`] says "this transport cannot run here" (fall back, exit 3).
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
     #[error("TCP data plane: {0}")]
-    Tcp(String),
+    Tcp(#[from] tcp::SetupError),
     #[error("RDMA data plane: {0}")]
     Rdma(#[from] rdma::Error),
+    #[error("RDMA is disabled on this daemon (--no-rdma)")]
+    RdmaDisabled,
     #[error("RDMA set-up: the peer sent {0}")]
     RdmaPeer(&'static str),
+    #[error("this side of the data plane {has:?}s; it was asked to {wanted:?}")]
+    Role { has: Role, wanted: Role },
+}
+
+impl DataPlaneError {
+    /// True when the transport cannot run on this machine at all (no verbs device, no
+    /// libibverbs, RDMA disabled): the caller falls back to TCP or reports exit code 3.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DataPlaneError::Rdma(e) => e.is_unavailable(),
+            DataPlaneError::RdmaDisabled => true,
+            _ => false,
+        }
+    }
 }
 
 fn tcp_config(opts: &DataPlaneOptions) -> tcp::TcpConfig {
@@ -90,33 +111,43 @@ pub fn pool_bytes(opts: &DataPlaneOptions, rdma: bool) -> u64 {
     slots * u64::from(opts.chunk_bytes)
 }
 
-/// A negotiated data plane: one half of it.
-pub enum DataPlane {
-    TcpSend(tcp::TcpSender),
-    TcpReceive(tcp::TcpReceiver),
-    RdmaSend(rdma::RdmaSender),
-    RdmaReceive(rdma::RdmaReceiver),
+/// This side's half of a negotiated data plane: a sender or a receiver, with the transport's
+/// name and parallelism (TCP streams or RDMA queue pairs).
+pub enum Half {
+    Send { half: Box<dyn FrameSender>, transport: &'static str, streams: u32 },
+    Receive { half: Box<dyn FrameReceiver>, transport: &'static str, streams: u32 },
 }
 
-impl DataPlane {
-    /// The sending half; panics if this side receives (a caller bug: roles are fixed by the
-    /// session's direction).
-    pub fn sender(&self) -> &dyn FrameSender {
+impl Half {
+    fn sending(half: impl FrameSender + 'static, transport: &'static str, streams: u32) -> Self {
+        Half::Send { half: Box::new(half), transport, streams }
+    }
+
+    fn receiving(
+        half: impl FrameReceiver + 'static,
+        transport: &'static str,
+        streams: u32,
+    ) -> Self {
+        Half::Receive { half: Box::new(half), transport, streams }
+    }
+
+    /// The sending half; a typed error if this side receives (the session's direction fixes
+    /// the role when the half is made).
+    pub fn sender(&self) -> Result<&dyn FrameSender, DataPlaneError> {
         match self {
-            DataPlane::TcpSend(s) => s,
-            DataPlane::RdmaSend(s) => s,
-            DataPlane::TcpReceive(_) | DataPlane::RdmaReceive(_) => {
-                panic!("data plane role mismatch: this side receives")
+            Half::Send { half, .. } => Ok(half.as_ref()),
+            Half::Receive { .. } => {
+                Err(DataPlaneError::Role { has: Role::Receive, wanted: Role::Send })
             }
         }
     }
 
-    pub fn receiver(&self) -> &dyn FrameReceiver {
+    /// The receiving half; a typed error if this side sends.
+    pub fn receiver(&self) -> Result<&dyn FrameReceiver, DataPlaneError> {
         match self {
-            DataPlane::TcpReceive(r) => r,
-            DataPlane::RdmaReceive(r) => r,
-            DataPlane::TcpSend(_) | DataPlane::RdmaSend(_) => {
-                panic!("data plane role mismatch: this side sends")
+            Half::Receive { half, .. } => Ok(half.as_ref()),
+            Half::Send { .. } => {
+                Err(DataPlaneError::Role { has: Role::Send, wanted: Role::Receive })
             }
         }
     }
@@ -124,52 +155,67 @@ impl DataPlane {
     /// Transport name and parallelism (TCP streams or RDMA queue pairs).
     pub fn describe(&self) -> (&'static str, u32) {
         match self {
-            DataPlane::TcpSend(s) => ("tcp", s.stats().streams),
-            DataPlane::TcpReceive(r) => ("tcp", r.stats().streams),
-            DataPlane::RdmaSend(s) => ("rdma", s.stats().streams),
-            DataPlane::RdmaReceive(r) => ("rdma", u32::try_from(r.qps()).unwrap_or(u32::MAX)),
+            Half::Send { transport, streams, .. } | Half::Receive { transport, streams, .. } => {
+                (transport, *streams)
+            }
         }
     }
 }
 
+/// Completes a set-up in `role`: the listener or dialer of that role, made by the backend.
+enum Pending<S, R> {
+    Send(S),
+    Receive(R),
+}
+
+fn tcp_plane(opts: &DataPlaneOptions, bind_ip: IpAddr) -> tcp::TcpPlane {
+    tcp::TcpPlane { config: tcp_config(opts), bind_ip, connect_timeout: DATA_CONNECT_TIMEOUT }
+}
+
 /// The daemon's listening side, before the client connected.
 pub struct Listening {
-    listener: tcp::DataListener,
-    token: tcp::SessionToken,
-    streams: u32,
+    pending: Pending<
+        <tcp::TcpPlane as DataPlane>::SendListener,
+        <tcp::TcpPlane as DataPlane>::ReceiveListener,
+    >,
+    offer: tcp::TcpOffer,
     buffer_bytes: u64,
 }
 
-pub fn tcp_listen(ip: IpAddr, opts: &DataPlaneOptions) -> Result<Listening, DataPlaneError> {
-    let token = tcp::SessionToken::random().map_err(|e| DataPlaneError::Tcp(e.to_string()))?;
-    let listener = tcp::DataListener::bind(ip, &tcp_config(opts))
-        .map_err(|e| DataPlaneError::Tcp(e.to_string()))?;
-    Ok(Listening { listener, token, streams: opts.streams, buffer_bytes: opts.socket_buffer_bytes })
+/// Listens for the client's data connections on `ip` (the daemon's control address).
+pub fn tcp_listen(
+    ip: IpAddr,
+    role: Role,
+    opts: &DataPlaneOptions,
+) -> Result<Listening, DataPlaneError> {
+    let plane = tcp_plane(opts, ip);
+    let (pending, offer) = match role {
+        Role::Send => plane.listen_send().map(|(l, o)| (Pending::Send(l), o))?,
+        Role::Receive => plane.listen_receive().map(|(l, o)| (Pending::Receive(l), o))?,
+    };
+    Ok(Listening { pending, offer, buffer_bytes: opts.socket_buffer_bytes })
 }
 
 impl Listening {
     pub fn endpoint(&self) -> TcpEndpoint {
         TcpEndpoint {
-            addr: self.listener.local_addr(),
-            token: *self.token.as_bytes(),
-            streams: self.streams,
+            addr: self.offer.addr,
+            token: *self.offer.token.as_bytes(),
+            streams: self.offer.streams,
             buffer_bytes: self.buffer_bytes,
         }
     }
 
-    /// Waits for the client's data connections (each must present the token).
-    pub fn accept(
-        self,
-        role: Role,
-        opts: &DataPlaneOptions,
-        _cancel: &AtomicBool,
-    ) -> Result<DataPlane, DataPlaneError> {
-        let deadline = Instant::now() + DATA_CONNECT_TIMEOUT;
-        let streams = self
-            .listener
-            .accept_streams(&self.token, self.streams, deadline)
-            .map_err(|e| DataPlaneError::Tcp(e.to_string()))?;
-        build(streams, role, opts)
+    /// Waits for the client's data connections (each must present the token), until
+    /// [`DATA_CONNECT_TIMEOUT`] or until `cancel` fires.
+    pub fn accept(self, cancel: &Cancel) -> Result<Half, DataPlaneError> {
+        let streams = self.offer.streams;
+        Ok(match self.pending {
+            Pending::Send(l) => Half::sending(l.accept((), cancel)?, tcp::TRANSPORT_NAME, streams),
+            Pending::Receive(l) => {
+                Half::receiving(l.accept((), cancel)?, tcp::TRANSPORT_NAME, streams)
+            }
+        })
     }
 }
 
@@ -178,28 +224,25 @@ pub fn tcp_connect(
     ep: &TcpEndpoint,
     role: Role,
     opts: &DataPlaneOptions,
-) -> Result<DataPlane, DataPlaneError> {
-    let token = tcp::SessionToken::from_bytes(ep.token);
+    cancel: &Cancel,
+) -> Result<Half, DataPlaneError> {
     let opts = DataPlaneOptions { streams: ep.streams, ..opts.clone() };
-    let streams =
-        tcp::connect_streams(ep.addr, &token, ep.streams, DATA_CONNECT_TIMEOUT, &tcp_config(&opts))
-            .map_err(|e| DataPlaneError::Tcp(e.to_string()))?;
-    build(streams, role, &opts)
-}
-
-fn build(
-    streams: Vec<std::net::TcpStream>,
-    role: Role,
-    opts: &DataPlaneOptions,
-) -> Result<DataPlane, DataPlaneError> {
-    let cfg = tcp_config(opts);
+    // The dialer binds nothing: the address is the listener's.
+    let plane = tcp_plane(&opts, ep.addr.ip());
+    let offer = tcp::TcpOffer {
+        addr: ep.addr,
+        token: tcp::SessionToken::from_bytes(ep.token),
+        streams: ep.streams,
+    };
     Ok(match role {
-        Role::Send => DataPlane::TcpSend(
-            tcp::TcpSender::new(streams, &cfg).map_err(|e| DataPlaneError::Tcp(e.to_string()))?,
-        ),
-        Role::Receive => DataPlane::TcpReceive(
-            tcp::TcpReceiver::new(streams, &cfg).map_err(|e| DataPlaneError::Tcp(e.to_string()))?,
-        ),
+        Role::Send => {
+            let (d, ()) = plane.dial_send()?;
+            Half::sending(d.connect(offer, cancel)?, tcp::TRANSPORT_NAME, ep.streams)
+        }
+        Role::Receive => {
+            let (d, ()) = plane.dial_receive()?;
+            Half::receiving(d.connect(offer, cancel)?, tcp::TRANSPORT_NAME, ep.streams)
+        }
     })
 }
 
@@ -215,10 +258,11 @@ pub fn preload_rdma() {
 }
 
 /// This machine's usable RDMA device (first active port, RoCE v2 GID preferred), or why there
-/// is none. Loading libibverbs is attempted here and only here; a machine without it simply
-/// has no device.
-pub fn local_rdma_device(device: Option<&str>) -> Result<RdmaDeviceInfo, String> {
-    let d = rdma::probe(device).map_err(|e| e.to_string())?;
+/// is none (typed: [`DataPlaneError::is_unavailable`] tells "no RDMA here" from a failure).
+/// Loading libibverbs is attempted here and only here; a machine without it simply has no
+/// device.
+pub fn local_rdma_device(device: Option<&str>) -> Result<RdmaDeviceInfo, DataPlaneError> {
+    let d = rdma::probe(device)?;
     tracing::debug!(device = %d.device, "RDMA: probed");
     Ok(RdmaDeviceInfo {
         name: d.device.clone(),
@@ -241,9 +285,9 @@ fn rdma_config(opts: &DataPlaneOptions) -> rdma::RdmaConfig {
 }
 
 /// One side's RDMA resources, created but not yet connected.
-pub enum RdmaPending {
-    Receiver(rdma::ReceiverSetup),
-    Sender(rdma::SenderSetup),
+pub struct RdmaPending {
+    pending: Pending<rdma::SenderSetup, rdma::ReceiverSetup>,
+    qps: u32,
 }
 
 /// Registered pools a daemon keeps between sessions: the last push's ring and the last pull's
@@ -265,52 +309,79 @@ pub fn rdma_daemon_domain(device: Option<&str>) -> Result<(rdma::RdmaDomain, u64
 
 /// Creates this side's QPs (and, for a receiver, its registered ring); returns what the peer
 /// needs to connect. In `domain` when given (its device, PD and kept pools), else in a domain
-/// of its own.
+/// of its own. The same call serves the listening daemon and the dialing client: RDMA's offer
+/// and answer are the same message.
 pub fn rdma_prepare(
     role: Role,
     opts: &DataPlaneOptions,
     domain: Option<&rdma::RdmaDomain>,
 ) -> Result<(RdmaPending, RdmaPeer), DataPlaneError> {
     let cfg = rdma_config(opts);
-    let own;
-    let domain = match domain {
-        Some(d) => d,
-        None => {
-            own = rdma::RdmaDomain::open(&cfg, 0)?;
-            tracing::debug!(device = own.device(), "RDMA: device opened");
-            &own
-        }
+    let plane = rdma::RdmaPlane { cfg: &cfg, domain };
+    let (pending, info) = match role {
+        Role::Send => plane.listen_send().map(|(s, i)| (Pending::Send(s), i))?,
+        Role::Receive => plane.listen_receive().map(|(r, i)| (Pending::Receive(r), i))?,
     };
-    let r = match role {
-        Role::Receive => {
-            let (setup, info) = rdma::ReceiverSetup::in_domain(domain, &cfg)?;
-            (RdmaPending::Receiver(setup), RdmaPeer::Receiver(info))
-        }
-        Role::Send => {
-            let (setup, info) = rdma::SenderSetup::in_domain(domain, &cfg)?;
-            (RdmaPending::Sender(setup), RdmaPeer::Sender(info))
-        }
+    let peer = match info {
+        rdma::PeerInfo::Sender(i) => RdmaPeer::Sender(i),
+        rdma::PeerInfo::Receiver(i) => RdmaPeer::Receiver(i),
     };
     tracing::debug!(?role, "RDMA: QPs and memory set up");
-    Ok(r)
+    Ok((RdmaPending { pending, qps: cfg.qps }, peer))
 }
 
 impl RdmaPending {
     /// Connects to the peer's QPs. A receiver must connect after (or shortly after) the sender.
-    pub fn connect(self, peer: &RdmaPeer) -> Result<DataPlane, DataPlaneError> {
-        match (self, peer) {
-            (RdmaPending::Receiver(setup), RdmaPeer::Sender(info)) => {
-                Ok(DataPlane::RdmaReceive(setup.connect(info)?))
+    pub fn connect(self, peer: &RdmaPeer, cancel: &Cancel) -> Result<Half, DataPlaneError> {
+        let info = match peer {
+            RdmaPeer::Sender(i) => rdma::PeerInfo::Sender(i.clone()),
+            RdmaPeer::Receiver(i) => rdma::PeerInfo::Receiver(i.clone()),
+            RdmaPeer::Ready => return Err(DataPlaneError::RdmaPeer("Ready instead of its QPs")),
+        };
+        Ok(match self.pending {
+            Pending::Send(s) => Half::sending(Listener::accept(s, info, cancel)?, "rdma", self.qps),
+            Pending::Receive(r) => {
+                Half::receiving(Listener::accept(r, info, cancel)?, "rdma", self.qps)
             }
-            (RdmaPending::Sender(setup), RdmaPeer::Receiver(info)) => {
-                Ok(DataPlane::RdmaSend(setup.connect(info)?))
-            }
-            _ => Err(DataPlaneError::RdmaPeer("set-up for the wrong role")),
-        }
+        })
     }
 }
 
 /// An empty, unreachable directory: the target of a dry run whose target does not exist.
 pub fn empty_stand_in() -> std::io::Result<RootDir> {
     RootDir::empty_stand_in()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blitx_core::BufferPool;
+    use blitx_core::transport::{MemFaults, PayloadPref, mem_pair};
+
+    #[test]
+    fn a_half_asked_for_the_other_role_is_a_typed_error() {
+        let pool = BufferPool::new(2, 4096, false).expect("pool");
+        let (tx, rx) = mem_pair(pool, PayloadPref::Buffer, 4096, 2, MemFaults::default());
+        let send = Half::sending(tx, "in-process", 1);
+        let receive = Half::receiving(rx, "in-process", 1);
+        assert!(send.sender().is_ok() && receive.receiver().is_ok());
+        assert!(matches!(
+            send.receiver(),
+            Err(DataPlaneError::Role { has: Role::Send, wanted: Role::Receive })
+        ));
+        assert!(matches!(
+            receive.sender(),
+            Err(DataPlaneError::Role { has: Role::Receive, wanted: Role::Send })
+        ));
+        assert_eq!(send.describe(), ("in-process", 1));
+    }
+
+    #[test]
+    fn unavailable_is_decided_on_the_type() {
+        assert!(DataPlaneError::RdmaDisabled.is_unavailable());
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let timeout = tcp::SetupError::AcceptTimeout { addr, arrived: 0, expected: 1 };
+        assert!(!DataPlaneError::Tcp(timeout).is_unavailable());
+        assert!(!DataPlaneError::RdmaPeer("Ready instead of its QPs").is_unavailable());
+    }
 }

@@ -148,7 +148,7 @@ pub enum DaemonError {
 struct Daemon {
     cfg: DaemonConfig,
     /// This machine's RDMA device, probed once at start (or why there is none).
-    rdma: Result<RdmaDeviceInfo, String>,
+    rdma: Result<RdmaDeviceInfo, Arc<dataplane::DataPlaneError>>,
     /// The device opened once for every session, with the pools it keeps between them.
     rdma_domain: Option<blitx_transport_rdma::RdmaDomain>,
     topology: Option<Arc<blitx_topology::Topology>>,
@@ -220,9 +220,9 @@ pub fn run_daemon(
         }
     };
     let rdma = if cfg.no_rdma {
-        Err("RDMA disabled with --no-rdma".to_string())
+        Err(Arc::new(dataplane::DataPlaneError::RdmaDisabled))
     } else {
-        dataplane::local_rdma_device(cfg.rdma_device.as_deref())
+        dataplane::local_rdma_device(cfg.rdma_device.as_deref()).map_err(Arc::new)
     };
     match &rdma {
         Ok(d) => tracing::info!("RDMA device {} (GID index {}) available", d.name, d.gid_index),
@@ -358,7 +358,7 @@ impl Daemon {
             max_sessions: self.cfg.max_sessions,
             threads: self.cfg.threads,
             rdma_device: self.cfg.rdma_device.clone(),
-            rdma: self.rdma.clone(),
+            rdma: self.rdma.clone().map_err(|e| e.to_string()),
             pool_bytes: dataplane::pool_bytes,
         }
     }
@@ -726,7 +726,7 @@ impl SessionCtx {
                         Err(e) => DaemonEvent::Prepared(Err(e.to_string())),
                     }
                 }
-                DaemonCmd::Listen(o) => match dataplane::tcp_listen(self.control_ip, &o) {
+                DaemonCmd::Listen(o) => match dataplane::tcp_listen(self.control_ip, role, &o) {
                     Ok(l) => {
                         listening = Some(l);
                         DaemonEvent::Prepared(Ok(()))
@@ -775,8 +775,10 @@ impl SessionCtx {
                 }
                 DaemonCmd::Connect => {
                     let connected = match (rdma.take(), peer.as_ref(), listening.take(), dp()) {
-                        (Some((pending, _)), Some(peer), _, _) => pending.connect(peer),
-                        (None, _, Some(l), Some(o)) => l.accept(role, &o, cancel.flag()),
+                        (Some((pending, _)), Some(peer), _, _) => {
+                            pending.connect(peer, cancel.plane())
+                        }
+                        (None, _, Some(l), Some(_)) => l.accept(cancel.plane()),
                         _ => Err(dataplane::DataPlaneError::RdmaPeer("no set-up to connect")),
                     };
                     match connected {
@@ -919,11 +921,22 @@ impl SessionCtx {
                 let mut opts = TargetOptions::new(root.clone(), params.clone(), threads);
                 opts.privileges = self.privileges;
                 opts.limits = limits.clone();
-                let rx = plane.receiver();
                 let flag = cancel.flag();
-                run_target(&opts, engine_src, engine_out_tgt, rx, &reporter, &progress, flag)
-                    .map(|r| convert::target_summary_to_pb(&r))
-                    .map_err(|e| fail(target_code(&e), describe(&e)))
+                plane.receiver().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(
+                    |rx| {
+                        run_target(
+                            &opts,
+                            engine_src,
+                            engine_out_tgt,
+                            rx,
+                            &reporter,
+                            &progress,
+                            flag,
+                        )
+                        .map(|r| convert::target_summary_to_pb(&r))
+                        .map_err(|e| fail(target_code(&e), describe(&e)))
+                    },
+                )
             } else {
                 drop(engine_out_tgt);
                 let opts = SourceOptions {
@@ -934,10 +947,11 @@ impl SessionCtx {
                     confine: true,
                     limits: limits.clone(),
                 };
-                let tx = plane.sender();
-                run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel.flag())
-                    .map(|r| convert::source_summary_to_pb(&r))
-                    .map_err(|e| fail(source_code(&e), describe(&e)))
+                plane.sender().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(|tx| {
+                    run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel.flag())
+                        .map(|r| convert::source_summary_to_pb(&r))
+                        .map_err(|e| fail(source_code(&e), describe(&e)))
+                })
             };
             let _ = fwd.join();
             reporter.flush(true);
@@ -1030,9 +1044,13 @@ fn describe(e: &dyn std::error::Error) -> String {
     }
 }
 
+/// The code a failed data plane reports, decided on its type.
 fn transport_code(e: &blitx_core::transport::TransportError) -> ErrorCode {
+    use blitx_core::transport::TransportError as E;
     match e {
-        blitx_core::transport::TransportError::Stalled { .. } => ErrorCode::Stalled,
+        E::Stalled { .. } => ErrorCode::Stalled,
+        E::BadFrame { .. } | E::Protocol { .. } => ErrorCode::ProtocolViolation,
+        E::Unsupported(_) => ErrorCode::TransportUnavailable,
         _ => ErrorCode::Internal,
     }
 }

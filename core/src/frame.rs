@@ -74,6 +74,57 @@ pub enum FrameError {
     Checksum { file_id: FileId, offset_bytes: u64, sent: u64, received: u64 },
     #[error("malformed bundle: {0}")]
     Bundle(&'static str),
+    #[error("an unchecked {kind:?} frame in a session whose frames carry checksums")]
+    Unchecked { kind: FrameKind },
+    #[error(
+        "the header of a {kind:?} frame says {len_bytes} payload bytes, {carried_bytes} came with it"
+    )]
+    PayloadLength { kind: FrameKind, len_bytes: u32, carried_bytes: u64 },
+    #[error("a frame after the End frame of its stream")]
+    AfterEnd,
+}
+
+/// What a receiver accepts from its peer: the one validation every backend's receiver runs on
+/// every frame, before it allocates or reads a payload.
+///
+/// The rules (the same for every transport; [`crate::transport`] documents them with the trait):
+/// - the header decodes (magic, kind) and its payload length is at most the session's chunk size
+///   (`chunk_bytes`), so a peer cannot make us allocate or read more; Hole and End frames carry
+///   no payload;
+/// - [`FLAG_UNCHECKED`] is accepted only where the session was set up without frame checksums
+///   (`unchecked_allowed`: the in-process transport, RDMA without `--rdma-frame-checksums`);
+///   TCP never allows it;
+/// - the payload that arrived is exactly as long as the header says ([`ReceiveRules::carried`],
+///   for transports that learn the length separately, as RDMA does from the completion);
+/// - an End frame ends its stream: nothing may follow it on that stream ([`FrameError::AfterEnd`]),
+///   and End frames are never delivered to the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiveRules {
+    pub chunk_bytes: u32,
+    pub unchecked_allowed: bool,
+}
+
+impl ReceiveRules {
+    /// Decodes and checks one header from the peer.
+    pub fn header(&self, raw: &[u8; FRAME_HEADER_BYTES]) -> Result<FrameHeader, FrameError> {
+        let header = FrameHeader::decode(raw, self.chunk_bytes)?;
+        if header.flags & FLAG_UNCHECKED != 0 && !self.unchecked_allowed {
+            return Err(FrameError::Unchecked { kind: header.kind });
+        }
+        Ok(header)
+    }
+
+    /// Checks the payload length that arrived against the header.
+    pub fn carried(&self, header: &FrameHeader, carried_bytes: u64) -> Result<(), FrameError> {
+        if u64::from(header.len_bytes) != carried_bytes {
+            return Err(FrameError::PayloadLength {
+                kind: header.kind,
+                len_bytes: header.len_bytes,
+                carried_bytes,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Pieces in which payloads are hashed: readers hash each piece right after reading it and
@@ -339,6 +390,32 @@ mod tests {
         assert_eq!(&buf[parsed[2].data_offset..parsed[2].data_offset + 6], b"world!");
         assert!(parse_bundle(&buf[..at - 1]).is_err());
         assert!(parse_bundle(&buf[..at + 1]).is_err());
+    }
+
+    #[test]
+    fn receive_rules_refuse_oversize_unchecked_and_short_payloads() {
+        let h = FrameHeader {
+            kind: FrameKind::Chunk,
+            flags: FLAG_UNCHECKED,
+            file_id: 1,
+            offset_bytes: 0,
+            len_bytes: 4096,
+            checksum: 0,
+        };
+        let strict = ReceiveRules { chunk_bytes: 1 << 20, unchecked_allowed: false };
+        let lax = ReceiveRules { unchecked_allowed: true, ..strict };
+        assert_eq!(
+            strict.header(&h.encode()),
+            Err(FrameError::Unchecked { kind: FrameKind::Chunk })
+        );
+        assert_eq!(lax.header(&h.encode()), Ok(h));
+        let small = ReceiveRules { chunk_bytes: 4095, unchecked_allowed: true };
+        assert!(matches!(small.header(&h.encode()), Err(FrameError::TooLong { .. })));
+        assert!(lax.carried(&h, 4096).is_ok());
+        assert!(matches!(lax.carried(&h, 4000), Err(FrameError::PayloadLength { .. })));
+        let mut end = FrameHeader::end().encode();
+        end[4] = 1; // an End frame with a payload
+        assert!(lax.header(&end).is_err());
     }
 
     proptest! {

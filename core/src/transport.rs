@@ -1,7 +1,9 @@
 //! The one data-plane abstraction every transport implements, and the in-process backend.
 //!
 //! A transfer's readers hand [`Frame`]s to a [`FrameSender`]; the target's writers take them from
-//! a [`FrameReceiver`]. The trait is shaped for zero-copy backends:
+//! a [`FrameReceiver`]. Setting a pair up (listen, dial, accept with the session's parameters)
+//! is the other half of the seam, [`crate::plane::DataPlane`]. The trait is shaped for zero-copy
+//! backends:
 //! - payloads are either a leased slot of the sender's [`BufferPool`] (which an RDMA backend has
 //!   registered with the NIC, so the reader fills registered memory directly) or a
 //!   [`FileRegion`] (which TCP can `sendfile`, and the in-process backend hands to
@@ -11,19 +13,40 @@
 //!
 //! Both halves are `Sync`: several reader threads share one sender and several writer threads
 //! share one receiver; a backend with N streams spreads frames over them internally.
+//!
+//! # Rules every backend follows (checked by [`crate::frame_suite`])
+//! - **Sending**: [`check_outgoing`] runs on every frame: no End frame through `send` (only
+//!   `finish` ends a session), no payload longer than [`FrameSender::frame_bytes_max`], and the
+//!   header's length is the payload's. A [`Payload::Stream`] cannot be sent.
+//! - **Receiving**: [`ReceiveRules`](crate::frame::ReceiveRules) runs on every header before a
+//!   payload is allocated or read: the payload fits the session's chunk size; `FLAG_UNCHECKED`
+//!   only where the sender said it needs no checksums (in-process; RDMA without frame
+//!   checksums); never over TCP. Payload checksums are verified by the consumer (the storage
+//!   writer), in one place for every backend.
+//! - **End**: `finish` sends one End per stream; a receiver never delivers End frames: `recv`
+//!   returns `Ok(None)` once every stream ended and every frame was delivered, on every thread,
+//!   and a frame after a stream's End is a protocol error. A stream that closes without its End
+//!   is `PeerGone`.
+//! - **File regions**: a sender reads a region when it sends it (TCP: hash, then `sendfile`;
+//!   RDMA: read into registered memory; in-process: the receiver's consumer reads it). A region
+//!   that cannot be read in full is the file's failure, not the session's: the sender calls
+//!   [`FileRegion::failed`] and skips the frame (or, once its header left, pads the payload so the
+//!   target's checksum fails).
+//! - **Failure and cancellation**: the first failure of any stream or queue pair is the one every
+//!   caller sees ([`crate::cancel::FirstFailure`]); `abort` and that first failure fire the
+//!   session's [`Cancel`](crate::cancel::Cancel), which *wakes* every blocked call (no call
+//!   sleeps and re-checks a flag).
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
+use crate::cancel::{Cancel, FirstFailure};
 use crate::frame::{FrameError, FrameHeader, FrameKind};
 use crate::pool::{BufLease, BufferPool, PoolError};
-
-/// How often blocked calls wake to check for cancellation.
-const CANCEL_POLL: Duration = Duration::from_millis(50);
 
 /// What form of payload the sender wants readers to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +79,23 @@ impl FileRegion {
     pub fn failed(&self, reason: String) {
         if let Some(d) = &self.done {
             d.fail(reason);
+        }
+    }
+
+    /// Reads the whole region into `buf` (`len_bytes` long) for a transport that sends from
+    /// memory. `false`: it could not (the file shrank, a read failed); the region was marked
+    /// [`FileRegion::failed`] and the frame must be skipped, not the session failed.
+    pub fn read_into(&self, buf: &mut [u8]) -> bool {
+        match self.file.read_exact_at(buf, self.offset_bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed(format!(
+                    "reading {} bytes at offset {} failed: {e} (did the file shrink?)",
+                    buf.len(),
+                    self.offset_bytes
+                ));
+                false
+            }
         }
     }
 }
@@ -171,6 +211,38 @@ pub enum TransportError {
     Pool(#[from] PoolError),
     #[error("protocol violation by {peer}: {detail}")]
     Protocol { peer: String, detail: String },
+    /// The peer sent a frame that breaks the rules ([`crate::frame::ReceiveRules`]).
+    #[error("bad frame from {peer}")]
+    BadFrame { peer: String, source: FrameError },
+    /// A bug in the caller (a frame no backend may send), never the peer's doing.
+    #[error("misuse of the data plane: {0}")]
+    Misuse(&'static str),
+}
+
+/// The checks every sender runs on every frame before it queues it (see the module docs).
+pub fn check_outgoing(frame: &Frame, frame_bytes_max: u32) -> Result<(), TransportError> {
+    let h = &frame.header;
+    if h.kind == FrameKind::End {
+        return Err(TransportError::Misuse("End frames are sent by finish(), not send()"));
+    }
+    if matches!(frame.payload, Payload::Stream(_)) {
+        return Err(TransportError::Misuse("a received payload stream cannot be sent"));
+    }
+    if h.len_bytes > frame_bytes_max {
+        return Err(
+            FrameError::TooLong { len_bytes: h.len_bytes, max_bytes: frame_bytes_max }.into()
+        );
+    }
+    let carried_bytes = frame.payload.len_bytes();
+    if u64::from(h.len_bytes) != carried_bytes {
+        return Err(FrameError::PayloadLength {
+            kind: h.kind,
+            len_bytes: h.len_bytes,
+            carried_bytes,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Counters every backend keeps, reported in the transfer summary.
@@ -223,14 +295,33 @@ pub struct MemFaults {
     pub vanish_after_frames: Option<u64>,
 }
 
+/// Why an in-process session failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemFailure {
+    Cancelled,
+    Vanished,
+}
+
+impl MemFailure {
+    fn to_error(self) -> TransportError {
+        match self {
+            MemFailure::Cancelled => TransportError::Cancelled,
+            MemFailure::Vanished => {
+                TransportError::PeerGone { detail: "in-process peer vanished".into() }
+            }
+        }
+    }
+}
+
 struct MemShared {
-    aborted: AtomicBool,
+    failure: FirstFailure<MemFailure>,
     /// The End frame was delivered: every later `recv`, on any thread, returns `None`.
     ended: AtomicBool,
+    /// `finish` was called: later sends are refused.
+    finished: AtomicBool,
     /// Dropped (set to `None`) when the End frame is delivered, which wakes every receiver
-    /// thread blocked on `end_rx` at once instead of at its next cancellation poll.
+    /// thread blocked on `end_rx` at once.
     end_tx: std::sync::Mutex<Option<Sender<()>>>,
-    vanished: AtomicBool,
     frames: AtomicU64,
     bytes: AtomicU64,
     faults: MemFaults,
@@ -240,13 +331,10 @@ struct MemShared {
 
 impl MemShared {
     fn check(&self) -> Result<(), TransportError> {
-        if self.vanished.load(Ordering::Acquire) {
-            return Err(TransportError::PeerGone { detail: "in-process peer vanished".into() });
-        }
-        if self.aborted.load(Ordering::Acquire) {
-            return Err(TransportError::Cancelled);
-        }
-        Ok(())
+        self.failure.check(|f| f.to_error())
+    }
+    fn cancel(&self) -> &Cancel {
+        self.failure.cancel()
     }
 }
 
@@ -283,15 +371,30 @@ pub fn mem_pair(
 ) -> (MemSender, MemReceiver) {
     let (tx, rx) = crossbeam_channel::bounded(depth.max(1));
     let (end_tx, end_rx) = crossbeam_channel::bounded(0);
+    let regions: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)> = Arc::default();
+    let cancel = Cancel::new();
+    {
+        // `finish` waits on this condvar for the receiver to drop the regions: a failure or an
+        // abort wakes it (taking the mutex first, so a waiter between its check and its wait
+        // cannot miss the notification).
+        let regions = Arc::clone(&regions);
+        cancel.on_fire(move || {
+            drop(regions.0.lock().unwrap_or_else(|p| p.into_inner()));
+            regions.1.notify_all();
+        });
+        // Readers blocked waiting for a buffer fail at once too, as over TCP and RDMA.
+        let pool = pool.clone();
+        cancel.on_fire(move || pool.close());
+    }
     let shared = Arc::new(MemShared {
-        aborted: AtomicBool::new(false),
+        failure: FirstFailure::new(cancel),
         ended: AtomicBool::new(false),
+        finished: AtomicBool::new(false),
         end_tx: std::sync::Mutex::new(Some(end_tx)),
-        vanished: AtomicBool::new(false),
         frames: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         faults,
-        regions: Arc::default(),
+        regions,
     });
     let rng = faults.seed | 1;
     (
@@ -303,6 +406,19 @@ pub fn mem_pair(
             reorder: std::sync::Mutex::new(Reorder { held: Vec::new(), rng, ended: false }),
         },
     )
+}
+
+impl MemSender {
+    fn put(&self, frame: Frame) -> Result<(), TransportError> {
+        self.shared.check()?;
+        crossbeam_channel::select! {
+            send(self.tx, frame) -> sent => match sent {
+                Ok(()) => Ok(()),
+                Err(_) => Err(TransportError::PeerGone { detail: "receiver dropped".into() }),
+            },
+            recv(self.shared.cancel().wake()) -> _ => self.shared.check(),
+        }
+    }
 }
 
 impl FrameSender for MemSender {
@@ -319,12 +435,16 @@ impl FrameSender for MemSender {
         false
     }
     fn send(&self, frame: Frame) -> Result<(), TransportError> {
+        check_outgoing(&frame, self.frame_bytes_max)?;
+        if self.shared.finished.load(Ordering::Acquire) {
+            return Err(TransportError::Misuse("send after finish"));
+        }
         let mut frame = frame;
         let n = self.shared.frames.fetch_add(1, Ordering::AcqRel);
         if let Some(limit) = self.shared.faults.vanish_after_frames
             && n >= limit
         {
-            self.shared.vanished.store(true, Ordering::Release);
+            self.shared.failure.fail(MemFailure::Vanished);
         }
         self.shared.bytes.fetch_add(frame.payload.len_bytes(), Ordering::Relaxed);
         if let Payload::File(region) = &mut frame.payload {
@@ -343,29 +463,24 @@ impl FrameSender for MemSender {
                 cv.notify_all();
             }));
         }
-        loop {
-            self.shared.check()?;
-            match self.tx.send_timeout(frame, CANCEL_POLL) {
-                Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Timeout(f)) => frame = f,
-                Err(SendTimeoutError::Disconnected(_)) => {
-                    return Err(TransportError::PeerGone { detail: "receiver dropped".into() });
-                }
-            }
-        }
+        self.put(frame)
     }
     fn finish(&self) -> Result<(), TransportError> {
-        self.send(Frame { header: FrameHeader::end(), payload: Payload::Empty })?;
+        if self.shared.finished.swap(true, Ordering::AcqRel) {
+            return self.shared.check();
+        }
+        self.shared.frames.fetch_add(1, Ordering::AcqRel);
+        self.put(Frame { header: FrameHeader::end(), payload: Payload::Empty })?;
         let (count, cv) = &*self.shared.regions;
         let mut left = count.lock().unwrap_or_else(|p| p.into_inner());
         while *left > 0 {
             self.shared.check()?;
-            left = cv.wait_timeout(left, CANCEL_POLL).unwrap_or_else(|p| p.into_inner()).0;
+            left = cv.wait(left).unwrap_or_else(|p| p.into_inner());
         }
         Ok(())
     }
     fn abort(&self) {
-        self.shared.aborted.store(true, Ordering::Release);
+        self.shared.failure.fail(MemFailure::Cancelled);
     }
     fn stats(&self) -> TransportStats {
         TransportStats {
@@ -394,6 +509,7 @@ impl MemReceiver {
                     }
                     Ok(f) => return Ok(Some(f)),
                     Err(_) => {
+                        self.shared.check()?;
                         return Err(TransportError::PeerGone {
                             detail: "sender dropped without finishing".into(),
                         });
@@ -401,7 +517,8 @@ impl MemReceiver {
                 },
                 // Only ever disconnects (nothing is sent on it): the loop re-checks `ended`.
                 recv(self.end_rx) -> _ => continue,
-                default(CANCEL_POLL) => continue,
+                // Fired by an abort or the first failure: the loop reports it.
+                recv(self.shared.cancel().wake()) -> _ => continue,
             }
         }
     }
@@ -431,7 +548,7 @@ impl FrameReceiver for MemReceiver {
         Ok(Some(st.held.swap_remove(i)))
     }
     fn abort(&self) {
-        self.shared.aborted.store(true, Ordering::Release);
+        self.shared.failure.fail(MemFailure::Cancelled);
     }
 }
 
@@ -499,6 +616,24 @@ mod tests {
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+    }
+
+    struct MemHarness;
+    impl crate::frame_suite::FrameHarness for MemHarness {
+        fn name(&self) -> String {
+            "in-process".into()
+        }
+        fn pair(&self, chunk_bytes: u32) -> crate::frame_suite::FramePair {
+            let pool = BufferPool::new(12, chunk_bytes as usize, false).unwrap();
+            let (tx, rx) =
+                mem_pair(pool, PayloadPref::Buffer, chunk_bytes, 8, MemFaults::default());
+            (Box::new(tx), Box::new(rx))
+        }
+    }
+
+    #[test]
+    fn frame_suite_in_process() {
+        crate::frame_suite::run_frame_suite(&MemHarness);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! sender's registered buffer pool (no user-space copy). Set up with
 //! [`SenderSetup`] / [`ReceiverSetup`], whose [`SenderInfo`] /
 //! [`ReceiverInfo`] the control plane exchanges (one message each way).
+//! [`RdmaPlane`] is the same set-up behind the core's `DataPlane` seam.
 //! [`probe`] summarizes the local device for negotiation.
 //!
 //! This crate has no `unsafe` (`forbid` below): every verbs object, every
@@ -24,6 +25,7 @@ mod config;
 mod counters;
 mod domain;
 mod link;
+mod plane;
 mod receiver;
 mod sender;
 pub mod window;
@@ -46,5 +48,6 @@ pub use config::{
 pub use counters::RdmaCounters;
 pub use domain::RdmaDomain;
 pub use link::rdma_error;
+pub use plane::{PeerInfo, RdmaPlane};
 pub use receiver::{RdmaReceiver, ReceiverSetup};
 pub use sender::{RdmaSender, SenderSetup};

@@ -10,19 +10,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use blitx_core::cancel::{Cancel, FirstFailure};
+use blitx_core::frame::FrameError;
 use blitx_core::transport::TransportError;
-use blitx_verbs::{
-    Completion, CompletionQueue, Context, CqMode, Error, PortState, QpTimers, QueuePair,
-    RemoteQpParams, Result,
-};
 
 use crate::config::RdmaConfig;
 use crate::counters::{Counters, add};
+use blitx_verbs::{
+    Access, Completion, CompletionQueue, Context, CqMode, Error, PortState, ProtectionDomain,
+    QpConfig, QpTimers, QueuePair, RecvRequest, RemoteQpParams, Result,
+};
 
 /// Completions taken per poll.
 pub(crate) const POLL_BATCH: usize = 32;
-/// How long blocked callers sleep between checks of the fault flag (bounds
-/// how promptly `abort` reaches them).
+/// How long the credit thread waits for a returned slot before it looks at
+/// its keepalive clock (a timer, not a cancellation check: a fault closes the
+/// pool, which wakes it).
 pub(crate) const WAIT_SLICE: Duration = Duration::from_millis(20);
 /// After a local abort, how long the abort notices get to leave before the
 /// QPs are moved to the error state (which would flush them).
@@ -35,7 +38,10 @@ const SPINS_BEFORE_YIELD: u32 = 4;
 /// session costs no CPU. A 100 Gb/s link with 4 MiB frames completes a WRITE
 /// every ~330 µs, so a busy session never gets there.
 const IDLE_SPIN: Duration = Duration::from_millis(2);
-/// Longest sleep on the completion channel between fault checks.
+/// Longest sleep on the completion channel. Callers blocked in `send`,
+/// `finish` and `recv` are woken by the session's `Cancel`, and so are the CQ
+/// pollers ([`CqWaker`]); this slice paces the sender's stall and keepalive
+/// clocks (and stays a backstop should a device not flush the waker's RECV).
 const EVENT_SLICE: Duration = Duration::from_millis(20);
 
 /// Locks a mutex; a panic while holding one of the transport's locks leaves
@@ -86,6 +92,8 @@ pub(crate) enum Fault {
     Verbs { op: &'static str, peer: String, error: Arc<Error> },
     /// The peer broke the protocol.
     Protocol { peer: String, detail: String },
+    /// The peer sent a frame that breaks the core's rules (`ReceiveRules`).
+    BadFrame { peer: String, error: FrameError },
 }
 
 impl Fault {
@@ -110,6 +118,9 @@ impl Fault {
             Fault::Protocol { peer, detail } => {
                 TransportError::Protocol { peer: peer.clone(), detail: detail.clone() }
             }
+            Fault::BadFrame { peer, error } => {
+                TransportError::BadFrame { peer: peer.clone(), source: error.clone() }
+            }
         }
     }
 
@@ -119,26 +130,35 @@ impl Fault {
     }
 }
 
-/// The session's first fault (first one wins), and whether the side that
-/// raised it has posted its abort notices yet.
-#[derive(Debug, Default)]
+/// The session's first fault (first one wins: the core's [`FirstFailure`], which fires the
+/// session's [`Cancel`] and so wakes every blocked caller), and whether the side that raised it
+/// has posted its abort notices yet.
+#[derive(Debug)]
 pub(crate) struct FaultSlot {
-    raised: AtomicBool,
-    fault: Mutex<Option<Fault>>,
+    first: FirstFailure<Fault>,
     notices_done: AtomicBool,
+}
+
+impl Default for FaultSlot {
+    fn default() -> Self {
+        FaultSlot { first: FirstFailure::new(Cancel::new()), notices_done: AtomicBool::new(false) }
+    }
 }
 
 impl FaultSlot {
     /// Records `fault` unless one is already recorded; true if it was.
     pub(crate) fn raise(&self, fault: Fault) -> bool {
-        let mut slot = lock(&self.fault);
-        if slot.is_some() {
-            return false;
+        let shown = format!("{fault:?}");
+        let first = self.first.fail(fault);
+        if first {
+            tracing::debug!(target: "blit::rdma", fault = %shown, "session fault");
         }
-        tracing::debug!(target: "blit::rdma", ?fault, "session fault");
-        *slot = Some(fault);
-        self.raised.store(true, Ordering::Release);
-        true
+        first
+    }
+
+    /// Fired by the first fault.
+    pub(crate) fn cancel(&self) -> &Cancel {
+        self.first.cancel()
     }
 
     /// The thread that raised the fault has posted its abort notices (or had
@@ -163,21 +183,15 @@ impl FaultSlot {
     }
 
     pub(crate) fn is_raised(&self) -> bool {
-        self.raised.load(Ordering::Acquire)
+        self.first.is_failed()
     }
 
     pub(crate) fn get(&self) -> Option<Fault> {
-        if !self.is_raised() {
-            return None;
-        }
-        lock(&self.fault).clone()
+        self.first.get()
     }
 
     pub(crate) fn check(&self) -> std::result::Result<(), TransportError> {
-        match self.get() {
-            Some(f) => Err(f.to_transport()),
-            None => Ok(()),
-        }
+        self.first.check(Fault::to_transport)
     }
 }
 
@@ -234,6 +248,54 @@ pub(crate) fn transport_timers() -> QpTimers {
     QpTimers { retry_cnt: TRANSPORT_RETRIES, timeout: TRANSPORT_ACK_TIMEOUT, ..QpTimers::default() }
 }
 
+/// The `wr_id` of a [`CqWaker`]'s RECV; `wire::parse_wr_id` knows no such
+/// kind, and [`Poller::poll`] drops its completion.
+pub(crate) const WAKE_WR_ID: u64 = u64::MAX;
+
+/// Wakes a thread asleep on a CQ's completion channel when the session's
+/// [`Cancel`] fires. A CQ has no way in from user space but completions, so
+/// the waker is a QP of that CQ that is never connected and holds one posted
+/// RECV: firing moves it to the error state, which flushes the RECV into the
+/// CQ, and that completion raises the channel's event. The CQ is made one
+/// entry deeper for it. Costs one QP per session side, nothing per frame.
+#[derive(Debug)]
+pub(crate) struct CqWaker {
+    qp: QueuePair,
+}
+
+impl CqWaker {
+    pub(crate) fn new(
+        pd: &Arc<ProtectionDomain>,
+        cq: &Arc<CompletionQueue>,
+        port_num: u8,
+        gid_index: Option<u32>,
+    ) -> Result<Self> {
+        let cfg = QpConfig {
+            port_num,
+            gid_index,
+            max_send_wr: 1,
+            max_recv_wr: 1,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline_bytes: 0,
+            access: Access::NONE,
+            timers: QpTimers::default(),
+        };
+        let qp = QueuePair::create_rc(pd, cq, cq, &cfg)?;
+        qp.post_recv(&[RecvRequest { wr_id: WAKE_WR_ID, buf: None }])?;
+        Ok(CqWaker { qp })
+    }
+
+    /// Arms the waker on `cancel` (it fires once).
+    pub(crate) fn arm(self, cancel: &Cancel) {
+        cancel.on_fire(move || {
+            if let Err(e) = self.qp.set_error() {
+                tracing::debug!(target: "blit::rdma", error = %e, "CQ waker not fired");
+            }
+        });
+    }
+}
+
 /// How errors name the connection of one QP.
 pub(crate) fn peer_name(device: &str, local: &QueuePair, remote: &RemoteQpParams) -> String {
     format!("RDMA {device} qp {} <-> {} qp {}", local.qpn(), remote.gid, remote.qpn)
@@ -285,6 +347,16 @@ impl Poller {
             }
             CqMode::Event => cq.poll_wait(out, EVENT_SLICE)?,
         };
+        // A waker's flushed RECV only ended the wait: drop it (one compare per
+        // completion).
+        let mut kept = 0;
+        for i in 0..n {
+            if out[i].wr_id != WAKE_WR_ID {
+                out[kept] = out[i];
+                kept += 1;
+            }
+        }
+        let n = kept;
         if n > 0 {
             self.empty_since = None;
             add(&counters.completions, n as u64);

@@ -17,19 +17,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blitx_core::BufLease;
-use blitx_core::frame::{FLAG_UNCHECKED, FRAME_HEADER_BYTES, FrameHeader, FrameKind};
+use blitx_core::frame::{FRAME_HEADER_BYTES, FrameError, FrameKind, ReceiveRules};
 use blitx_core::transport::{Frame, FrameReceiver, Payload, TransportError};
 use blitx_verbs::{
     Access, Completion, CompletionQueue, Context, CqMode, Error, QpConfig, QueuePair, RecvRequest,
     RegisteredPool, Result, SendPayload, SendRequest, WcOpcode,
 };
-use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::Sender;
 
 use crate::config::{RdmaConfig, ReceiverInfo, SenderInfo};
 use crate::counters::{Counters, RdmaCounters, add};
 use crate::domain::RdmaDomain;
 use crate::link::{
-    ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
+    ABORT_GRACE, CqWaker, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
     peer_name, transport_timers,
 };
 use crate::wire::{
@@ -50,6 +50,7 @@ pub struct ReceiverSetup {
     // Field order is drop order: QP → CQ → MR (+ pool) → context (the PD is
     // held by the QPs and the MR).
     qps: Vec<QueuePair>,
+    waker: CqWaker,
     cq: Arc<CompletionQueue>,
     ring: RegisteredPool,
     ctx: Arc<Context>,
@@ -76,7 +77,10 @@ impl ReceiverSetup {
         let (ctx, port_num, pd) = (Arc::clone(domain.ctx()), domain.port_num(cfg), domain.pd());
         let recv_depth = RdmaConfig::recv_depth(cfg.slots);
         let sq_depth = cfg.receiver_sq_depth();
-        let cq = CompletionQueue::new(&ctx, cfg.qps * (recv_depth + sq_depth), CqMode::Event)?; // see link::Poller
+        // one entry more for the CQ waker's flushed RECV
+        let cq_depth = cfg.qps * (recv_depth + sq_depth) + 1;
+        let cq = CompletionQueue::new(&ctx, cq_depth, CqMode::Event)?; // see link::Poller
+        let waker = CqWaker::new(pd, &cq, port_num, cfg.gid_index)?;
         let access = Access::LOCAL_WRITE | Access::REMOTE_WRITE;
         let ring = domain.receiver_ring(cfg)?;
         let qp_cfg = QpConfig {
@@ -106,7 +110,8 @@ impl ReceiverSetup {
             slots: cfg.slots,
             chunk_bytes: cfg.chunk_bytes,
         };
-        let setup = ReceiverSetup { cfg: cfg.clone(), info: info.clone(), qps, cq, ring, ctx };
+        let setup =
+            ReceiverSetup { cfg: cfg.clone(), info: info.clone(), qps, waker, cq, ring, ctx };
         Ok((setup, info))
     }
 
@@ -161,6 +166,8 @@ impl ReceiverSetup {
         // Every frame in the channel holds a slot, except Hole/End frames;
         // when writers fall behind, the poller waits on the channel and the
         // sender on credits.
+        // The poller sleeps on the CQ: the session's cancel wakes it.
+        self.waker.arm(shared.fault.cancel());
         let (tx, rx) = crossbeam_channel::bounded(slots as usize);
         let poller = {
             let shared = Arc::clone(&shared);
@@ -511,7 +518,10 @@ impl RecvShared {
                     .map_err(|e| Fault::verbs("post a RECV", peer, e))?;
                 add(&self.counters.wr_recv, 1);
                 if ended[q] {
-                    return Err(Fault::protocol(peer, "a frame after the QP's End frame"));
+                    return Err(Fault::BadFrame {
+                        peer: peer.to_owned(),
+                        error: FrameError::AfterEnd,
+                    });
                 }
                 let frame = self.take_frame(slot, c.byte_len, peer)?;
                 add(&self.counters.nic_write_bytes, u64::from(c.byte_len));
@@ -522,18 +532,11 @@ impl RecvShared {
                     *ended_count += 1;
                     return Ok(());
                 }
-                let mut frame = frame;
-                loop {
-                    match tx.send_timeout(frame, WAIT_SLICE) {
-                        Ok(()) => return Ok(()),
-                        Err(SendTimeoutError::Timeout(f)) => {
-                            if self.stop.load(Ordering::Acquire) || self.fault.is_raised() {
-                                return Ok(());
-                            }
-                            frame = f;
-                        }
-                        Err(SendTimeoutError::Disconnected(_)) => return Ok(()),
-                    }
+                // Writers behind: wait for room, or for the session's cancel (an abort
+                // or the first fault; the loop then stops).
+                crossbeam_channel::select! {
+                    send(tx, frame) -> _ => Ok(()),
+                    recv(self.fault.cancel().wake()) -> _ => Ok(()),
                 }
             }
             _ => Err(Fault::protocol(peer, format!("unexpected completion {c:?}"))),
@@ -553,26 +556,15 @@ impl RecvShared {
         // The WRITE that filled the slot completed, and the slot is no longer
         // credited (it left the table), so its bytes are stable.
         raw.copy_from_slice(&lease.full()[header_at..header_at + FRAME_HEADER_BYTES]);
-        let header = FrameHeader::decode(&raw, self.cfg.chunk_bytes)
-            .map_err(|e| Fault::protocol(peer, format!("slot {slot}: {e}")))?;
-        if self.cfg.frame_checksums
-            && header.flags & FLAG_UNCHECKED != 0
-            && matches!(header.kind, FrameKind::Chunk | FrameKind::Bundle)
-        {
-            return Err(Fault::protocol(
-                peer,
-                format!("slot {slot}: an unchecked frame in a session with frame checksums"),
-            ));
-        }
-        if header.len_bytes != payload_len {
-            return Err(Fault::protocol(
-                peer,
-                format!(
-                    "slot {slot}: header says {} payload bytes, the WRITE carried {payload_len}",
-                    header.len_bytes
-                ),
-            ));
-        }
+        // Unchecked frames only where this session runs without frame checksums (RoCE's ICRC
+        // covers the bytes); the payload is what the WRITE carried.
+        let rules = ReceiveRules {
+            chunk_bytes: self.cfg.chunk_bytes,
+            unchecked_allowed: !self.cfg.frame_checksums,
+        };
+        let bad = |error| Fault::BadFrame { peer: format!("{peer} slot {slot}"), error };
+        let header = rules.header(&raw).map_err(bad)?;
+        rules.carried(&header, u64::from(payload_len)).map_err(bad)?;
         let payload = match header.kind {
             FrameKind::Chunk | FrameKind::Bundle => {
                 lease.set_len(payload_len as usize); // <= chunk_bytes < slot (decode bounds it)
@@ -634,20 +626,24 @@ impl RdmaReceiver {
 
 impl FrameReceiver for RdmaReceiver {
     fn recv(&self) -> Result<Option<Frame>, TransportError> {
-        loop {
-            self.shared.fault.check()?;
-            match self.frames.recv_timeout(WAIT_SLICE) {
-                Ok(frame) => return Ok(Some(frame)),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
+        self.shared.fault.check()?;
+        crossbeam_channel::select! {
+            recv(self.frames) -> got => match got {
+                Ok(frame) => Ok(Some(frame)),
+                Err(_) => {
                     self.shared.fault.check()?;
                     if self.shared.ended.load(Ordering::Acquire) {
                         return Ok(None);
                     }
-                    return Err(TransportError::PeerGone {
+                    Err(TransportError::PeerGone {
                         detail: "the RDMA receiver stopped before the sender finished".into(),
-                    });
+                    })
                 }
+            },
+            // The first fault (or an abort) fired the session's cancel.
+            recv(self.shared.fault.cancel().wake()) -> _ => {
+                self.shared.fault.check()?;
+                Err(TransportError::Cancelled)
             }
         }
     }

@@ -11,15 +11,14 @@
 //! reused while the NIC may still read it.
 
 use std::collections::VecDeque;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use blitx_core::frame::{FrameHeader, FrameKind};
+use blitx_core::frame::FrameHeader;
 use blitx_core::transport::{
-    Frame, FrameSender, Payload, PayloadPref, TransportError, TransportStats,
+    Frame, FrameSender, Payload, PayloadPref, TransportError, TransportStats, check_outgoing,
 };
 use blitx_core::{BufLease, BufferPool};
 use blitx_verbs::{
@@ -32,8 +31,8 @@ use crate::config::{RdmaConfig, ReceiverInfo, SenderInfo};
 use crate::counters::{Counters, RdmaCounters, add};
 use crate::domain::RdmaDomain;
 use crate::link::{
-    ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
-    peer_name, transport_timers,
+    ABORT_GRACE, CqWaker, Fault, FaultSlot, POLL_BATCH, Poller, keepalive_after, lock, peer_name,
+    transport_timers,
 };
 use crate::window::{Blocked, Grant, SenderWindow};
 use crate::wire::{CONTROL_BYTES, Control, HEADER_BYTES, Imm, WrKind, parse_wr_id, wr_id};
@@ -57,6 +56,7 @@ pub struct SenderSetup {
     // Field order is drop order: QP → CQ → MRs (+ pool) → context (the PD is
     // held by the QPs and the MRs).
     qps: Vec<QueuePair>,
+    waker: CqWaker,
     cq: Arc<CompletionQueue>,
     headers: OwnedRegion,
     control: OwnedRegion,
@@ -84,7 +84,10 @@ impl SenderSetup {
         let (ctx, port_num, pd) = (Arc::clone(domain.ctx()), domain.port_num(cfg), domain.pd());
         let sq_depth = cfg.sender_sq_depth(cfg.slots);
         let recv_depth = RdmaConfig::recv_depth(cfg.slots);
-        let cq = CompletionQueue::new(&ctx, cfg.qps * (sq_depth + recv_depth), CqMode::Event)?; // see link::Poller
+        // one entry more for the CQ waker's flushed RECV
+        let cq_depth = cfg.qps * (sq_depth + recv_depth) + 1;
+        let cq = CompletionQueue::new(&ctx, cq_depth, CqMode::Event)?; // see link::Poller
+        let waker = CqWaker::new(pd, &cq, port_num, cfg.gid_index)?;
         let pool = domain.sender_pool(cfg)?;
         let n = cfg.qps as usize;
         let headers =
@@ -128,6 +131,7 @@ impl SenderSetup {
             sq_depth,
             recv_depth,
             qps,
+            waker,
             cq,
             headers,
             control,
@@ -204,6 +208,8 @@ impl SenderSetup {
             started: Instant::now(),
             first_post_ns: AtomicU64::new(0),
         });
+        // The progress thread sleeps on the CQ: the session's cancel wakes it.
+        self.waker.arm(shared.fault.cancel());
         let thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -329,6 +335,12 @@ impl WaitClock {
         Ok(())
     }
 
+    /// What is left of `limit` (at least 1 ms, so a wait with it is never a spin).
+    fn left(&self, limit: Duration) -> Duration {
+        let spent = self.since.map_or(Duration::ZERO, |s| s.elapsed());
+        limit.saturating_sub(spent).max(Duration::from_millis(1))
+    }
+
     fn finish(self, counters: &Counters) {
         if let Some(since) = self.since {
             add(&counters.send_waits, 1);
@@ -355,14 +367,16 @@ impl SendShared {
         if !self.fault.raise(fault) {
             return;
         }
-        // waiters (for the window or a turn) wake, see the fault and give up
-        self.wake.notify_all();
+        // waiters (for the window or a turn) wake, see the fault and give up; each
+        // mutex is taken before its notification, so a waiter between its fault
+        // check and its wait cannot miss it
+        self.wake_state();
         self.wake_turns();
         if notify {
             self.post_notices();
         }
         self.fault.notices_done();
-        self.wake.notify_all();
+        self.wake_state();
         self.pool.pool().close();
         if !self.thread_running.load(Ordering::Acquire) {
             for qp in &self.qps {
@@ -373,8 +387,15 @@ impl SendShared {
 
     fn wake_turns(&self) {
         for t in &self.turns {
+            drop(lock(&t.next));
             t.turn.notify_all();
         }
+    }
+
+    /// Wakes every caller waiting for the window (see [`SendShared::fail`]).
+    fn wake_state(&self) {
+        drop(self.lock_state());
+        self.wake.notify_all();
     }
 
     /// A zero-byte WRITE_WITH_IMM(IMM_ABORT) on every QP (best effort: a QP
@@ -469,13 +490,14 @@ impl SendShared {
                         clock.finish(&self.counters);
                         return Err(stalled);
                     }
+                    // Woken by completions and credits (the progress thread) and by
+                    // the first fault; the timeout is the stall clock, not a poll.
                     st.waiters += 1;
-                    st = self.wake.wait_timeout(st, WAIT_SLICE).map(|(g, _)| g).unwrap_or_else(
-                        |p| {
-                            let (g, _) = p.into_inner();
-                            g
-                        },
-                    );
+                    let left = clock.left(self.cfg.stall_timeout);
+                    st = self.wake.wait_timeout(st, left).map(|(g, _)| g).unwrap_or_else(|p| {
+                        let (g, _) = p.into_inner();
+                        g
+                    });
                     st.waiters -= 1;
                 }
             }
@@ -557,10 +579,8 @@ impl SendShared {
             if let Some(f) = self.fault.get() {
                 return Err(f);
             }
-            next = turn.turn.wait_timeout(next, WAIT_SLICE).map(|(g, _)| g).unwrap_or_else(|p| {
-                let (g, _) = p.into_inner();
-                g
-            });
+            // Woken by the poster before us, or by the first fault (`wake_turns`).
+            next = turn.turn.wait(next).unwrap_or_else(|p| p.into_inner());
         }
         let posted = prepared.and_then(|w| self.post_prepared(&w));
         *next += 1;
@@ -871,56 +891,38 @@ impl RdmaSender {
         }
     }
 
-    /// Turns a payload into a lease of this side's registered pool.
-    fn own_lease(
-        &self,
-        header: &FrameHeader,
-        payload: Payload,
-    ) -> Result<Option<BufLease>, TransportError> {
+    /// Turns a payload (already checked by `check_outgoing`) into a lease of
+    /// this side's registered pool. `Ok(None)`: a file region that could not
+    /// be read; it was marked failed and the frame is skipped (the file's
+    /// failure, not the session's, as over TCP).
+    fn own_lease(&self, payload: Payload) -> Result<Option<Option<BufLease>>, TransportError> {
         let shared = &self.shared;
-        let len = header.len_bytes as usize;
-        let mismatch = |got: u64| TransportError::Protocol {
-            peer: "local reader".into(),
-            detail: format!(
-                "frame header says {} payload bytes, the payload has {got}",
-                header.len_bytes
-            ),
-        };
         match payload {
-            Payload::Empty if len == 0 => Ok(None),
-            Payload::Empty => Err(mismatch(0)),
-            Payload::Buffer(lease) if lease.len() != len => Err(mismatch(lease.len() as u64)),
-            Payload::Buffer(lease) if shared.pool.owns(&lease) => Ok(Some(lease)),
+            Payload::Empty => Ok(Some(None)),
+            Payload::Buffer(lease) if shared.pool.owns(&lease) => Ok(Some(Some(lease))),
             Payload::Buffer(foreign) => {
                 // Not from `pool()`: the NIC cannot read it, so copy (counted).
+                let len = foreign.len();
                 let mut own = shared.pool.pool().acquire()?;
                 own.full_mut()[..len].copy_from_slice(foreign.data());
                 own.set_len(len);
                 add(&shared.counters.payload_copies, 1);
                 add(&shared.counters.payload_copy_bytes, len as u64);
-                Ok(Some(own))
+                Ok(Some(Some(own)))
             }
-            Payload::Stream(_) => Err(TransportError::Protocol {
-                peer: "local reader".into(),
-                detail: "a received payload stream cannot be sent".into(),
-            }),
-            Payload::File(region) if region.len_bytes as usize != len => {
-                Err(mismatch(u64::from(region.len_bytes)))
+            Payload::Stream(_) => {
+                Err(TransportError::Misuse("a received payload stream cannot be sent"))
             }
             Payload::File(region) => {
+                let len = region.len_bytes as usize;
                 let mut own = shared.pool.pool().acquire()?;
-                region
-                    .file
-                    .read_exact_at(&mut own.full_mut()[..len], region.offset_bytes)
-                    .map_err(|source| TransportError::Io {
-                        op: "read a file region",
-                        peer: "local file".into(),
-                        source,
-                    })?;
+                if !region.read_into(&mut own.full_mut()[..len]) {
+                    return Ok(None);
+                }
                 own.set_len(len);
                 add(&shared.counters.file_reads, 1);
                 add(&shared.counters.file_read_bytes, len as u64);
-                Ok(Some(own))
+                Ok(Some(Some(own)))
             }
         }
     }
@@ -946,28 +948,18 @@ impl FrameSender for RdmaSender {
     fn send(&self, frame: Frame) -> Result<(), TransportError> {
         let shared = &self.shared;
         shared.fault.check()?;
-        let Frame { header, payload } = frame;
-        let misuse =
-            |detail: String| TransportError::Protocol { peer: "local sender".into(), detail };
         if shared.finished.load(Ordering::Acquire) {
-            return Err(misuse("send after finish".into()));
+            return Err(TransportError::Misuse("send after finish"));
         }
-        if header.kind == FrameKind::End {
-            return Err(misuse("End frames are sent by finish()".into()));
-        }
-        if header.len_bytes > shared.cfg.chunk_bytes {
-            return Err(misuse(format!(
-                "a {}-byte payload exceeds the chunk size {}",
-                header.len_bytes, shared.cfg.chunk_bytes
-            )));
-        }
-        let lease = self.own_lease(&header, payload)?;
+        check_outgoing(&frame, shared.cfg.chunk_bytes)?;
+        let Frame { header, payload } = frame;
+        let Some(lease) = self.own_lease(payload)? else { return Ok(()) };
         // An empty pool forces a signal (see window.rs).
         let reserve =
             |st: &mut SendState, pool: &BufferPool| st.window.reserve_frame(pool.available() == 0);
         match shared.grant_and_post(reserve, &header, lease) {
             Ok(true) => {}
-            Ok(false) => return Err(misuse("send after finish".into())),
+            Ok(false) => return Err(TransportError::Misuse("send after finish")),
             Err(fault) => {
                 shared.fail(fault);
                 return shared.fault.check();
@@ -1003,7 +995,9 @@ impl FrameSender for RdmaSender {
                 shared.fail(stalled);
                 return shared.fault.check();
             }
-            st = shared.wake.wait_timeout(st, WAIT_SLICE).map(|(g, _)| g).unwrap_or_else(|p| {
+            // Woken by completions and by the first fault; the timeout is the stall clock.
+            let left = clock.left(shared.cfg.stall_timeout);
+            st = shared.wake.wait_timeout(st, left).map(|(g, _)| g).unwrap_or_else(|p| {
                 let (g, _) = p.into_inner();
                 g
             });

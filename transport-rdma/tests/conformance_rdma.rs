@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blitx_core::BufferPool;
-use blitx_core::frame::{FLAG_UNCHECKED, FrameHeader, FrameKind, checksum};
+use blitx_core::frame::{FLAG_UNCHECKED, FrameError, FrameHeader, FrameKind, checksum};
+use blitx_core::frame_suite::{FrameHarness, FramePair, run_frame_suite};
 use blitx_core::session::SessionParams;
 use blitx_core::transport::{
     FileRegion, Frame, FrameReceiver, FrameSender, Payload, PayloadPref, TransportError,
@@ -103,6 +104,45 @@ fn conformance_rdma_one_qp_event_mode() {
     let t = Instant::now();
     run_suite(&Rdma { qps: 1, cq_mode: CqMode::Event });
     println!("conformance rdma qps=1 event: {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// The core's frame-level suite (`blitx_core::frame_suite`) over RDMA: two
+/// QPs busy-polled without frame checksums (unchecked frames allowed), one QP
+/// event-driven with them (unchecked frames refused).
+struct RdmaFrames {
+    qps: u32,
+    cq_mode: CqMode,
+    checksums: bool,
+}
+
+impl FrameHarness for RdmaFrames {
+    fn name(&self) -> String {
+        format!("rdma qps={} cq={:?} checksums={}", self.qps, self.cq_mode, self.checksums)
+    }
+    fn pair(&self, chunk_bytes: u32) -> FramePair {
+        let cfg = RdmaConfig {
+            frame_checksums: self.checksums,
+            ..config(self.qps, chunk_bytes, self.cq_mode)
+        };
+        let (tx, rx) = connect(&cfg);
+        (Box::new(tx), Box::new(rx))
+    }
+}
+
+#[test]
+fn frame_suite_rdma_two_qps() {
+    if !device_or_skip("frame suite 2 QPs") {
+        return;
+    }
+    run_frame_suite(&RdmaFrames { qps: 2, cq_mode: CqMode::BusyPoll, checksums: false });
+}
+
+#[test]
+fn frame_suite_rdma_one_qp_event_checksums() {
+    if !device_or_skip("frame suite 1 QP") {
+        return;
+    }
+    run_frame_suite(&RdmaFrames { qps: 1, cq_mode: CqMode::Event, checksums: true });
 }
 
 fn chunk_header(id: u64, data: &[u8]) -> FrameHeader {
@@ -210,7 +250,10 @@ fn every_payload_form_arrives_and_buffer_frames_are_not_copied() {
         lease.set_len(10);
         let bad =
             tx.send(Frame { header: chunk_header(3, &[0; 9]), payload: Payload::Buffer(lease) });
-        assert!(matches!(bad, Err(TransportError::Protocol { .. })), "{bad:?}");
+        assert!(
+            matches!(bad, Err(TransportError::Frame(FrameError::PayloadLength { .. }))),
+            "{bad:?}"
+        );
         tx.finish().unwrap();
     });
     assert_eq!(got.load(Ordering::Relaxed), frames + 3);
@@ -366,10 +409,8 @@ fn frame_checksums_are_asked_for_and_enforced() {
     let header = FrameHeader { flags: FLAG_UNCHECKED, checksum: 0, ..chunk_header(2, &data) };
     tx.send(Frame { header, payload: Payload::Buffer(lease) }).unwrap();
     match rx.recv() {
-        Err(TransportError::Protocol { detail, .. }) => {
-            assert!(detail.contains("unchecked frame"), "{detail}")
-        }
-        other => panic!("expected a protocol error, got {other:?}"),
+        Err(TransportError::BadFrame { source: FrameError::Unchecked { .. }, .. }) => {}
+        other => panic!("expected a refused unchecked frame, got {other:?}"),
     }
 }
 

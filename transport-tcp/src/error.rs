@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use blitx_core::frame::FrameError;
 use blitx_core::pool::PoolError;
 use blitx_core::transport::TransportError;
 
@@ -49,6 +50,8 @@ pub enum SetupError {
     Accept { addr: SocketAddr, source: io::Error },
     #[error("only {arrived} of {expected} data connections arrived on {addr} before the deadline")]
     AcceptTimeout { addr: SocketAddr, arrived: u32, expected: u32 },
+    #[error("waiting for data connections on {addr} was cancelled")]
+    Cancelled { addr: SocketAddr },
     #[error("data connection {stream} to {addr} failed")]
     Connect { addr: SocketAddr, stream: u32, source: io::Error },
     #[error("data connection {stream} to {addr} timed out")]
@@ -74,6 +77,7 @@ pub(crate) enum Failure {
     PeerGone { detail: String },
     Stalled { idle_secs: u64 },
     Protocol { peer: String, detail: String },
+    BadFrame { peer: String, error: FrameError },
     Io { op: &'static str, peer: String, kind: io::ErrorKind, message: String },
 }
 
@@ -85,6 +89,9 @@ impl Failure {
             Failure::Stalled { idle_secs } => TransportError::Stalled { idle_secs: *idle_secs },
             Failure::Protocol { peer, detail } => {
                 TransportError::Protocol { peer: peer.clone(), detail: detail.clone() }
+            }
+            Failure::BadFrame { peer, error } => {
+                TransportError::BadFrame { peer: peer.clone(), source: error.clone() }
             }
             Failure::Io { op, peer, kind, message } => TransportError::Io {
                 op,

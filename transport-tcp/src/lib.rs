@@ -31,10 +31,10 @@
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-mod cancel;
 pub mod config;
 pub mod error;
 pub mod handshake;
+pub mod plane;
 mod receiver;
 mod sender;
 pub mod setup;
@@ -46,6 +46,7 @@ mod wire;
 
 pub use config::{Delivery, STREAMS_DEFAULT, STREAMS_MAX, TcpConfig};
 pub use error::{ConfigError, SetupError};
+pub use plane::{TcpOffer, TcpPlane};
 pub use receiver::TcpReceiver;
 pub use sender::TcpSender;
 pub use setup::{DataListener, connect_streams};

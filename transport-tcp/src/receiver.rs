@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use blitx_core::frame::{FLAG_UNCHECKED, FRAME_HEADER_BYTES, FrameHeader, FrameKind};
+use blitx_core::cancel::{Cancel, FirstFailure};
+use blitx_core::frame::{FRAME_HEADER_BYTES, FrameKind, ReceiveRules};
 use blitx_core::pool::BufferPool;
 use blitx_core::transport::{
     Frame, FrameReceiver, Payload, PayloadStream, TransportError, TransportStats,
@@ -29,15 +30,15 @@ use blitx_core::transport::{
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::TRANSPORT_NAME;
-use crate::cancel::Canceller;
 use crate::config::{Delivery, TcpConfig};
 use crate::error::{ConfigError, Failure, SetupError};
 use crate::tune::{self, Role};
 use crate::wire::{Link, Pipe};
 
 struct Shared {
-    cancel: Canceller,
-    failure: Mutex<Option<Failure>>,
+    /// Fired by `abort` and by the first failure (`failure` holds a clone).
+    cancel: Cancel,
+    failure: FirstFailure<Failure>,
     sockets: Vec<TcpStream>,
     pool: BufferPool,
     chunk_bytes: u32,
@@ -57,14 +58,10 @@ impl Shared {
     /// Records the first failure, wakes every thread (blocked reads via shutdown, blocked pool
     /// leases via close, blocked channel operations via the canceller).
     fn fail(&self, failure: Failure) {
-        {
-            let mut f = lock(&self.failure);
-            if f.is_none() {
-                tracing::debug!(?failure, "tcp receiver failed");
-                *f = Some(failure);
-            }
+        let shown = format!("{failure:?}");
+        if self.failure.fail(failure) {
+            tracing::debug!(failure = %shown, "tcp receiver failed");
         }
-        self.cancel.fire();
         self.pool.close();
         for s in &self.sockets {
             let _ = s.shutdown(Shutdown::Both);
@@ -77,7 +74,7 @@ impl Shared {
     }
 
     fn failure_error(&self) -> Option<TransportError> {
-        lock(&self.failure).as_ref().map(Failure::to_error)
+        self.failure.get().as_ref().map(Failure::to_error)
     }
 }
 
@@ -114,9 +111,10 @@ impl TcpReceiver {
             sockets.push(link.stream.try_clone().map_err(opt_err)?);
             links.push(link);
         }
+        let cancel = Cancel::new();
         let shared = Arc::new(Shared {
-            cancel: Canceller::new(),
-            failure: Mutex::new(None),
+            failure: FirstFailure::new(cancel.clone()),
+            cancel,
             sockets,
             pool,
             chunk_bytes: config.chunk_bytes,
@@ -224,15 +222,12 @@ fn receive_frames(
     let mut raw = [0u8; FRAME_HEADER_BYTES];
     loop {
         link.read_exact(&mut raw, true, &shared.cancel)?;
-        let header = FrameHeader::decode(&raw, shared.chunk_bytes)
-            .map_err(|e| Failure::Protocol { peer: link.name.clone(), detail: e.to_string() })?;
-        if header.flags & FLAG_UNCHECKED != 0 {
-            // TCP's 16-bit checksum does not protect the bytes well enough: every frame is hashed.
-            return Err(Failure::Protocol {
-                peer: link.name.clone(),
-                detail: "an unchecked frame (frames over TCP always carry a checksum)".into(),
-            });
-        }
+        // TCP's 16-bit checksum does not protect the bytes well enough: every frame is hashed
+        // (no unchecked frames).
+        let rules = ReceiveRules { chunk_bytes: shared.chunk_bytes, unchecked_allowed: false };
+        let header = rules
+            .header(&raw)
+            .map_err(|error| Failure::BadFrame { peer: link.name.clone(), error })?;
         let mut returned = None;
         let payload = match header.kind {
             FrameKind::End => return Ok(()),
@@ -271,8 +266,8 @@ fn receive_frames(
                 recv(wait) -> _ => {}
                 recv(shared.cancel.wake()) -> _ => return Err(Failure::Cancelled),
             }
-            if let Some(f) = lock(&shared.failure).as_ref() {
-                return Err(f.clone());
+            if let Some(f) = shared.failure.get() {
+                return Err(f);
             }
         }
     }

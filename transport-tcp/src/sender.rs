@@ -24,15 +24,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use blitx_core::frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameKind};
+use blitx_core::cancel::{Cancel, FirstFailure};
+use blitx_core::frame::{FRAME_HEADER_BYTES, FrameHeader};
 use blitx_core::pool::BufferPool;
 use blitx_core::transport::{
-    Frame, FrameSender, Payload, PayloadPref, TransportError, TransportStats,
+    Frame, FrameSender, Payload, PayloadPref, TransportError, TransportStats, check_outgoing,
 };
 use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 
 use crate::TRANSPORT_NAME;
-use crate::cancel::Canceller;
 use crate::config::TcpConfig;
 use crate::error::{ConfigError, Failure, SetupError};
 use crate::tune::{self, Role};
@@ -45,8 +45,9 @@ enum Job {
 }
 
 struct Shared {
-    cancel: Canceller,
-    failure: Mutex<Option<Failure>>,
+    /// Fired by `abort` and by the first failure (`failure` holds a clone).
+    cancel: Cancel,
+    failure: FirstFailure<Failure>,
     /// Duplicates of the stream sockets, to wake blocked threads on abort or failure.
     sockets: Vec<TcpStream>,
     /// Header and payload bytes queued or being written, per stream.
@@ -65,28 +66,21 @@ impl Shared {
     /// Records the session's first failure and wakes every thread; later failures are
     /// consequences (e.g. EPIPE after our own shutdown) and are dropped.
     fn fail(&self, failure: Failure) {
-        {
-            let mut f = lock(&self.failure);
-            if f.is_none() {
-                tracing::debug!(?failure, "tcp sender failed");
-                *f = Some(failure);
-            }
+        let shown = format!("{failure:?}");
+        if self.failure.fail(failure) {
+            tracing::debug!(failure = %shown, "tcp sender failed");
         }
-        self.cancel.fire();
         for s in &self.sockets {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
 
     fn check(&self) -> Result<(), TransportError> {
-        match lock(&self.failure).as_ref() {
-            Some(f) => Err(f.to_error()),
-            None => Ok(()),
-        }
+        self.failure.check(Failure::to_error)
     }
 
     fn failure_error(&self) -> TransportError {
-        lock(&self.failure).as_ref().map_or(TransportError::Cancelled, Failure::to_error)
+        self.failure.get().as_ref().map_or(TransportError::Cancelled, Failure::to_error)
     }
 }
 
@@ -130,9 +124,10 @@ impl TcpSender {
             sockets.push(link.stream.try_clone().map_err(opt_err)?);
             links.push(link);
         }
+        let cancel = Cancel::new();
         let shared = Arc::new(Shared {
-            cancel: Canceller::new(),
-            failure: Mutex::new(None),
+            failure: FirstFailure::new(cancel.clone()),
+            cancel,
             sockets,
             queued_bytes: links.iter().map(|_| AtomicU64::new(0)).collect(),
             frames: AtomicU64::new(0),
@@ -172,34 +167,6 @@ impl TcpSender {
         let mut order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
         order.sort_by_key(|&i| self.shared.queued_bytes[i].load(Ordering::Relaxed));
         order
-    }
-
-    /// Local misuse is a bug in the caller, reported as an error rather than sent to the peer.
-    fn validate(&self, frame: &Frame) -> Result<(), TransportError> {
-        let h = &frame.header;
-        let local =
-            |detail: String| TransportError::Protocol { peer: "local sender".into(), detail };
-        if h.kind == FrameKind::End {
-            return Err(local("End frames are sent by finish(), not send()".into()));
-        }
-        if u64::from(h.len_bytes) != frame.payload.len_bytes() {
-            return Err(local(format!(
-                "header says {} payload bytes, the payload has {}",
-                h.len_bytes,
-                frame.payload.len_bytes()
-            )));
-        }
-        if h.len_bytes > self.chunk_bytes {
-            return Err(FrameError::TooLong {
-                len_bytes: h.len_bytes,
-                max_bytes: self.chunk_bytes,
-            }
-            .into());
-        }
-        // Readers hash buffers as they fill them; the target verifies every payload (re-hashing
-        // here would cost a full pass over the data, and hide from tests the damage the target
-        // must catch).
-        Ok(())
     }
 
     /// Queues `job` on stream `i` if there is room. Accounts its bytes while queued.
@@ -245,12 +212,12 @@ impl FrameSender for TcpSender {
         // Poisoning cannot tear a bool.
         let finished = self.finished.read().unwrap_or_else(PoisonError::into_inner);
         if *finished {
-            return Err(TransportError::Protocol {
-                peer: "local sender".into(),
-                detail: "send after finish".into(),
-            });
+            return Err(TransportError::Misuse("send after finish"));
         }
-        self.validate(&frame)?;
+        // Readers hash buffers as they fill them; the target verifies every payload (re-hashing
+        // here would cost a full pass over the data, and hide from tests the damage the target
+        // must catch).
+        check_outgoing(&frame, self.chunk_bytes)?;
         let bytes = frame.payload.len_bytes() + FRAME_HEADER_BYTES as u64;
         let mut job = Job::Frame(frame);
         for i in self.by_load() {

@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use blitx_core::cancel::Cancel;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -71,12 +72,25 @@ impl DataListener {
         streams: u32,
         deadline: Instant,
     ) -> Result<Vec<TcpStream>, SetupError> {
+        self.accept_streams_or_cancel(token, streams, deadline, &Cancel::new())
+    }
+
+    /// [`DataListener::accept_streams`], woken by `cancel` (then `SetupError::Cancelled`):
+    /// firing it shuts the listening socket down, which wakes the `poll` at once (Linux).
+    pub fn accept_streams_or_cancel(
+        self,
+        token: &SessionToken,
+        streams: u32,
+        deadline: Instant,
+        cancel: &Cancel,
+    ) -> Result<Vec<TcpStream>, SetupError> {
         if !(1..=STREAMS_MAX).contains(&streams) {
             return Err(ConfigError::Streams { streams }.into());
         }
         let addr = self.local_addr;
         let accept_err = |source| SetupError::Accept { addr, source };
         self.listener.set_nonblocking(true).map_err(accept_err)?;
+        let _waker = ListenerWaker::register(&self.listener, cancel).map_err(accept_err)?;
         let mut session = Admission { token, slots: (0..streams).map(|_| None).collect() };
         let mut pending: Vec<PendingHello> = Vec::new();
         loop {
@@ -97,6 +111,9 @@ impl DataListener {
             });
             let wake = pending.iter().map(|p| p.deadline).fold(deadline, Instant::min);
             let ready = poll_ready(&self.listener, &pending, wake - now).map_err(accept_err)?;
+            if cancel.is_fired() {
+                return Err(SetupError::Cancelled { addr });
+            }
             // Reverse order, so swap_remove only moves entries already looked at.
             for i in (0..pending.len()).rev() {
                 if !ready[i + 1] {
@@ -121,6 +138,32 @@ impl DataListener {
         }
         // Dropping `self` closes the listener: the token admitted its streams and is spent.
         Ok(session.slots.into_iter().flatten().collect())
+    }
+}
+
+/// Shuts a listener down when a [`Cancel`] fires, until dropped (then the duplicate it holds
+/// is closed and a later firing does nothing).
+struct ListenerWaker {
+    dup: std::sync::Arc<std::sync::Mutex<Option<TcpListener>>>,
+}
+
+impl ListenerWaker {
+    fn register(listener: &TcpListener, cancel: &Cancel) -> io::Result<Self> {
+        let dup = std::sync::Arc::new(std::sync::Mutex::new(Some(listener.try_clone()?)));
+        let held = std::sync::Arc::clone(&dup);
+        cancel.on_fire(move || {
+            let l = held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(l) = l.as_ref() {
+                let _ = rustix::net::shutdown(l, rustix::net::Shutdown::Read);
+            }
+        });
+        Ok(ListenerWaker { dup })
+    }
+}
+
+impl Drop for ListenerWaker {
+    fn drop(&mut self) {
+        self.dup.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     }
 }
 

@@ -16,8 +16,8 @@ use blitx_core::frame::FRAME_HEADER_BYTES;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 
-use crate::cancel::Canceller;
 use crate::error::{Failure, classify};
+use blitx_core::cancel::Cancel;
 
 /// Bytes hashed per `pread` when checksumming a file region: small enough to stay in L2, so the
 /// copy out of the page cache costs little more than the hash reading it.
@@ -167,7 +167,7 @@ impl Link {
         file: &File,
         offset: u64,
         len: usize,
-        cancel: &Canceller,
+        cancel: &Cancel,
     ) -> Result<(usize, io::Result<()>), Failure> {
         use rustix::pipe::{SpliceFlags, splice};
         let (pipe_r, pipe_w, pipe_bytes) = (&pipe.r, &pipe.w, pipe.bytes);
@@ -216,7 +216,7 @@ impl Link {
         &self,
         buf: &mut [u8],
         at_boundary: bool,
-        cancel: &Canceller,
+        cancel: &Cancel,
     ) -> Result<(), Failure> {
         let mut done = 0;
         let mut moved_at = Instant::now();

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blitx_core::frame::{FrameHeader, FrameKind, checksum};
+use blitx_core::frame::{FrameError, FrameHeader, FrameKind, checksum};
 use blitx_core::transport::{
     FileRegion, Frame, FrameReceiver, FrameSender, Payload, PayloadPref, TransportError,
 };
@@ -248,12 +248,15 @@ fn send_refuses_malformed_frames() {
     let cfg = test_config(1, 64 << 10);
     let (tx, _rx) = pair(&cfg, false);
     let end = Frame { header: FrameHeader::end(), payload: Payload::Empty };
-    assert!(matches!(tx.send(end), Err(TransportError::Protocol { .. })));
+    assert!(matches!(tx.send(end), Err(TransportError::Misuse(_))));
     let mut f = chunk(&tx, 1, 100);
     f.header.len_bytes = 99;
-    assert!(matches!(tx.send(f), Err(TransportError::Protocol { .. })));
+    assert!(matches!(
+        tx.send(f),
+        Err(TransportError::Frame(FrameError::PayloadLength { len_bytes: 99, .. }))
+    ));
     tx.finish().unwrap();
-    assert!(matches!(tx.send(chunk(&tx, 2, 10)), Err(TransportError::Protocol { .. })));
+    assert!(matches!(tx.send(chunk(&tx, 2, 10)), Err(TransportError::Misuse(_))));
 }
 
 #[test]
@@ -271,9 +274,8 @@ fn a_peer_sending_oversized_frames_is_refused() {
     };
     client[0].write_all(&h.encode()).unwrap();
     match rx.recv() {
-        Err(TransportError::Protocol { peer, detail }) => {
+        Err(TransportError::BadFrame { peer, source: FrameError::TooLong { .. } }) => {
             assert!(peer.starts_with("stream 0 (127.0.0.1:"), "{peer}");
-            assert!(detail.contains("exceeds the limit"), "{detail}");
         }
         other => panic!("expected a protocol error, got {other:?}"),
     }
@@ -297,9 +299,7 @@ fn a_peer_sending_unchecked_frames_is_refused() {
     // One write: the receiver resets the connection as soon as it has read the header.
     let _ = client[0].write_all(&[&h.encode()[..], &payload].concat());
     match rx.recv() {
-        Err(TransportError::Protocol { detail, .. }) => {
-            assert!(detail.contains("unchecked frame"), "{detail}");
-        }
+        Err(TransportError::BadFrame { source: FrameError::Unchecked { .. }, .. }) => {}
         other => panic!("expected a protocol error, got {other:?}"),
     }
 }

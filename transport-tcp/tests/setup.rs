@@ -221,3 +221,24 @@ fn stream_count_mismatch_is_a_config_error() {
         })
     ));
 }
+
+#[test]
+fn accept_is_woken_by_cancel_not_by_its_deadline() {
+    let cfg = test_config(1, 64 << 10);
+    let listener =
+        DataListener::bind(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), &cfg).unwrap();
+    let token = SessionToken::random().unwrap();
+    let cancel = blitx_core::cancel::Cancel::new();
+    let c = cancel.clone();
+    let firing = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        c.fire();
+    });
+    let start = Instant::now();
+    let err = listener
+        .accept_streams_or_cancel(&token, 1, Instant::now() + Duration::from_secs(60), &cancel)
+        .unwrap_err();
+    assert!(matches!(err, SetupError::Cancelled { .. }), "{err:?}");
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    firing.join().unwrap();
+}
