@@ -608,7 +608,8 @@ pub fn source_msg_to_pb(m: &SourceMsg) -> pb::SourceMsg {
     use pb::source_msg::Msg;
     let msg = match m {
         SourceMsg::Root(e) => Msg::Root(entry_to_pb(e)),
-        SourceMsg::Listing { dir, entries, last_part } => Msg::Listing(pb::Listing {
+        SourceMsg::Listing { seq, dir, entries, last_part } => Msg::Listing(pb::Listing {
+            seq: *seq,
             dir: dir.as_bytes().to_vec(),
             entries: entries.iter().map(entry_to_pb).collect(),
             last_part: *last_part,
@@ -635,7 +636,7 @@ pub fn source_msg_from_pb(m: &pb::SourceMsg) -> Result<SourceMsg, ConvertError> 
         Msg::Root(e) => SourceMsg::Root(entry_from_pb(e)?),
         Msg::Listing(l) => {
             let dir = path(&l.dir)?;
-            if l.entries.len() > blitx_planner::walk::LISTING_ENTRIES_MAX {
+            if l.entries.len() > blitx_storage::walk::LISTING_ENTRIES_MAX {
                 return Err(bad("listing part too long"));
             }
             let mut entries = Vec::with_capacity(l.entries.len());
@@ -647,7 +648,7 @@ pub fn source_msg_from_pb(m: &pb::SourceMsg) -> Result<SourceMsg, ConvertError> 
                     _ => return Err(bad(format!("entry {} is not in directory {dir}", e.path))),
                 }
             }
-            SourceMsg::Listing { dir, entries, last_part: l.last_part }
+            SourceMsg::Listing { seq: l.seq, dir, entries, last_part: l.last_part }
         }
         Msg::WalkError(w) => {
             SourceMsg::WalkError { path: path(&w.path)?, message: w.message.clone() }
@@ -664,7 +665,9 @@ pub fn source_msg_from_pb(m: &pb::SourceMsg) -> Result<SourceMsg, ConvertError> 
 pub fn target_msg_to_pb(m: &TargetMsg) -> pb::TargetMsg {
     use pb::target_msg::Msg;
     let msg = match m {
-        TargetMsg::Need(ids) => Msg::Need(pb::Need { ids: ids.clone() }),
+        TargetMsg::Need { listing, ids } => {
+            Msg::Need(pb::Need { ids: ids.clone(), listing: *listing })
+        }
         TargetMsg::NeedEnd => Msg::NeedEnd(pb::Empty {}),
     };
     pb::TargetMsg { msg: Some(msg) }
@@ -673,7 +676,7 @@ pub fn target_msg_to_pb(m: &TargetMsg) -> pb::TargetMsg {
 pub fn target_msg_from_pb(m: &pb::TargetMsg) -> Result<TargetMsg, ConvertError> {
     use pb::target_msg::Msg;
     Ok(match m.msg.as_ref().ok_or_else(|| bad("empty target message"))? {
-        Msg::Need(n) => TargetMsg::Need(n.ids.clone()),
+        Msg::Need(n) => TargetMsg::Need { listing: n.listing, ids: n.ids.clone() },
         Msg::NeedEnd(_) => TargetMsg::NeedEnd,
     })
 }
@@ -854,6 +857,7 @@ mod tests {
         let e = entry();
         assert_eq!(entry_from_pb(&entry_to_pb(&e)).unwrap(), e);
         let m = SourceMsg::Listing {
+            seq: 7,
             dir: RelPath::parse_str("d").unwrap(),
             entries: vec![e],
             last_part: true,
@@ -881,6 +885,7 @@ mod tests {
         // An entry outside its listing's directory.
         let l = pb::SourceMsg {
             msg: Some(pb::source_msg::Msg::Listing(pb::Listing {
+                seq: 0,
                 dir: b"a".to_vec(),
                 entries: vec![entry_to_pb(&entry())],
                 last_part: true,

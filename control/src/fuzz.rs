@@ -301,6 +301,7 @@ fn source_seeds() -> Vec<(String, pb::SourceMsg)> {
         (
             "listing",
             Msg::Listing(pb::Listing {
+                seq: 0,
                 dir: b"d".to_vec(),
                 entries: vec![
                     entry_seed(b"d/f", pb::EntryKind::File),
@@ -335,7 +336,7 @@ fn source_seeds() -> Vec<(String, pb::SourceMsg)> {
 fn target_seeds() -> Vec<(String, pb::TargetMsg)> {
     use pb::target_msg::Msg;
     [
-        ("need", Msg::Need(pb::Need { ids: vec![1, 2, 300] })),
+        ("need", Msg::Need(pb::Need { ids: vec![1, 2, 300], listing: 0 })),
         ("need-end", Msg::NeedEnd(pb::Empty {})),
     ]
     .into_iter()
@@ -454,7 +455,7 @@ fn source_msg(m: &pb::SourceMsg) {
         SourceMsg::Root(e) => check_entry(e),
         SourceMsg::Listing { dir, entries, .. } => {
             check_path(dir);
-            assert!(entries.len() <= blitx_planner::walk::LISTING_ENTRIES_MAX);
+            assert!(entries.len() <= blitx_storage::walk::LISTING_ENTRIES_MAX);
             for e in entries {
                 check_entry(e);
                 // The promise the target relies on: every entry is a direct child of `dir`.

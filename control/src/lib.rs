@@ -32,7 +32,9 @@ mod pb {
 /// Version 3: a chunked file is committed only after the source's `FileRead` message (which
 /// replaces the `FILE_VERIFIED` flag on chunk frames), whatever the payload form; a chunk whose
 /// checksum fails discards its file instead of ending the session.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4: listings carry their number (`Listing.seq`) and each `Need` names the listing it
+/// answers (`Need.listing`); the source refuses an answer out of order.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The daemon's default control port.
 pub const DEFAULT_PORT: u16 = 9031;

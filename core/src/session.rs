@@ -168,7 +168,10 @@ pub enum SourceMsg {
     /// One part of the listing of a source directory (large directories come in several
     /// parts; `last_part` marks the end). A directory's listing always comes after the part
     /// that contains the directory itself.
-    Listing { dir: RelPath, entries: Vec<Entry>, last_part: bool },
+    /// `seq` numbers the listings of a session in the order sent (0, 1, …; the source half
+    /// assigns it as it sends them), and the target's [`TargetMsg::Need`] names the one it
+    /// answers.
+    Listing { seq: u64, dir: RelPath, entries: Vec<Entry>, last_part: bool },
     /// A source directory that could not be read; the target must not delete anything under it.
     WalkError { path: RelPath, message: String },
     /// No more listings.
@@ -203,8 +206,9 @@ impl SourceMsg {
 /// Target half → source half.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TargetMsg {
-    /// These files' contents must be sent.
-    Need(Vec<FileId>),
+    /// These files of listing `listing` (its `seq`) must be sent; exactly one answer per
+    /// listing, in order.
+    Need { listing: u64, ids: Vec<FileId> },
     /// No more needs will follow (the target has diffed the whole manifest).
     NeedEnd,
 }
@@ -213,7 +217,7 @@ impl TargetMsg {
     /// The variant's name (for tracing control traffic).
     pub fn kind(&self) -> &'static str {
         match self {
-            TargetMsg::Need(_) => "need",
+            TargetMsg::Need { .. } => "need",
             TargetMsg::NeedEnd => "need-end",
         }
     }

@@ -85,6 +85,8 @@ pub fn listing(dir: impl AsRef<[u8]>, entries: Vec<pb::Entry>, last_part: bool) 
         dir: dir.as_ref().to_vec(),
         entries,
         last_part,
+        // Targets echo it in their Need; a real source numbers its listings.
+        seq: 0,
     }))
 }
 
@@ -117,9 +119,14 @@ pub fn data_end() -> pb::SourceMsg {
     source(pb::source_msg::Msg::DataEnd(pb::Empty {}))
 }
 
-/// `TargetMsg.need`.
+/// `TargetMsg.need` answering the first listing (seq 0).
 pub fn need(ids: &[u64]) -> pb::TargetMsg {
-    pb::TargetMsg { msg: Some(pb::target_msg::Msg::Need(pb::Need { ids: ids.to_vec() })) }
+    need_for(0, ids)
+}
+
+/// `TargetMsg.need` answering listing `listing`.
+pub fn need_for(listing: u64, ids: &[u64]) -> pb::TargetMsg {
+    pb::TargetMsg { msg: Some(pb::target_msg::Msg::Need(pb::Need { ids: ids.to_vec(), listing })) }
 }
 
 pub fn need_end() -> pb::TargetMsg {

@@ -7,8 +7,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
+use crate::fsys;
 use blitx_core::RelPath;
-use blitx_planner::fsys;
 
 /// Handles kept open at most; beyond this the cache is emptied (directories are visited in
 /// walk order, so recent handles are the ones still needed).

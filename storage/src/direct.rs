@@ -18,8 +18,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
+use crate::fsys;
 use blitx_core::session::{DIRECT_IO_AUTO_MIN_BYTES, IoMode};
-use blitx_planner::fsys;
 use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
 
 use crate::uring;

@@ -12,11 +12,11 @@
 //! Remote transfers run one half here and the other in a daemon; the control plane carries the
 //! [`blitx_core::session`] messages and a network transport carries the frames.
 
-pub mod chunkset;
 #[cfg(feature = "testkit")]
 pub mod conformance;
 pub mod dircache;
 pub mod direct;
+pub mod fsys;
 pub mod limits;
 pub mod listing;
 pub mod local;
@@ -30,6 +30,7 @@ pub mod target;
 pub mod testkit;
 #[allow(unsafe_code)]
 pub mod uring;
+pub mod walk;
 
 pub use report::{Event, EventKind, Progress, Reporter, SourceReport, TargetReport};
 pub use root::RootDir;

@@ -124,33 +124,24 @@ impl Limits {
     }
 }
 
-/// Tells when a half has heard nothing from its peer and moved no data for its idle timeout.
+/// Tells when a half has heard nothing from its peer and moved no data for its idle timeout:
+/// [`blitx_session::idle::Idle`] read with this process's clock.
 #[derive(Debug)]
-pub struct IdleClock {
-    limit: Option<Duration>,
-    last_heard: Instant,
-    last_moved: u64,
-}
+pub struct IdleClock(blitx_session::idle::Idle);
 
 impl IdleClock {
     pub fn new(limit: Option<Duration>, progress: &Progress) -> Self {
-        IdleClock { limit, last_heard: Instant::now(), last_moved: progress.moved() }
+        IdleClock(blitx_session::idle::Idle::new(limit, Instant::now(), progress.moved()))
     }
 
     /// A message from the peer arrived.
     pub fn heard(&mut self) {
-        self.last_heard = Instant::now();
+        self.0.heard(Instant::now());
     }
 
     /// Called while waiting: `Some(limit in seconds)` once the timeout ran out.
     pub fn expired(&mut self, progress: &Progress) -> Option<u64> {
-        let moved = progress.moved();
-        if moved != self.last_moved {
-            self.last_moved = moved;
-            self.last_heard = Instant::now();
-        }
-        let limit = self.limit?;
-        (self.last_heard.elapsed() >= limit).then_some(limit.as_secs())
+        self.0.expired(Instant::now(), progress.moved())
     }
 }
 

@@ -9,8 +9,8 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use crate::fsys::{self, os};
 use blitx_core::manifest::{Entry, EntryKind, Timestamp};
-use blitx_planner::fsys::{self, os};
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, UTIME_OMIT, Uid};
 
 /// The metadata a target path ends up with.

@@ -10,8 +10,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::fsys;
 use blitx_core::RelPath;
-use blitx_planner::fsys;
 use rustix::fs::{Mode, OFlags};
 
 #[derive(Debug, Clone)]

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::fsys;
+use crate::walk::{self, WalkOptions};
 use blitx_core::frame::{
     self, BUNDLE_FLAG_FAILED, FLAG_FILE_VERIFIED, FLAG_UNCHECKED, FrameHeader, FrameKind,
 };
@@ -28,8 +30,9 @@ use blitx_core::transport::{
     FileRegion, Frame, FrameSender, Payload, PayloadPref, ReadDone, TransportError,
 };
 use blitx_core::{BufLease, RelPath};
-use blitx_planner::walk::{self, WalkOptions};
-use blitx_planner::{Chunker, Excludes, NeededFile, Unit, fsys};
+use blitx_planner::{Chunker, Excludes, NeededFile, Unit};
+use blitx_session::Violation;
+use blitx_session::source::{Answers, Listed};
 
 use crate::direct::{self, DirectFile};
 use crossbeam_channel::{Receiver, Sender};
@@ -61,7 +64,7 @@ pub enum SourceError {
     #[error("the target half went away before the transfer finished")]
     ControlClosed,
     #[error("protocol violation by the target: {0}")]
-    Protocol(String),
+    Protocol(Violation),
     #[error("nothing arrived from the target for {secs} s (idle timeout)")]
     Idle { secs: u64 },
     #[error("the transfer was cancelled")]
@@ -70,10 +73,6 @@ pub enum SourceError {
 
 /// Needed files queued for the readers at most before the source stops taking answers.
 const QUEUED_FILES_MAX: usize = 32 * 1024;
-/// Listings sent and not yet answered at most before the walk waits (a target that reads
-/// listings and never answers cannot make the source hold the whole tree).
-const UNANSWERED_LISTINGS_MAX: usize = 1024;
-
 /// What the source remembers about a walked file until the target has decided about it.
 #[derive(Debug, Clone)]
 struct FileRef {
@@ -96,10 +95,20 @@ impl FileRef {
     }
 }
 
-/// Each sent listing's files, until the target's answer to it arrives (in order).
+impl Listed for FileRef {
+    fn id(&self) -> FileId {
+        self.id
+    }
+    fn of(e: &Entry) -> Option<Self> {
+        Some(FileRef::of(e))
+    }
+}
+
+/// Each sent listing's files, until the target's answer to it arrives (in order): the
+/// decisions are [`Answers`]'; this adds the wait of a walk that is too far ahead.
 #[derive(Default)]
 struct Unanswered {
-    files: Mutex<VecDeque<Vec<FileRef>>>,
+    answers: Mutex<Answers<FileRef>>,
     /// Signalled when an answer took one off, for a walk waiting at the bound.
     answered: Condvar,
 }
@@ -361,24 +370,22 @@ fn forward(
     progress: &Progress,
     cancel: &AtomicBool,
 ) {
-    for msg in walk_rx.iter() {
-        if let SourceMsg::Listing { entries, .. } = &msg {
+    for mut msg in walk_rx.iter() {
+        if let SourceMsg::Listing { seq, entries, .. } = &mut msg {
             Progress::add(&progress.entries_seen, entries.len() as u64);
-            let files =
-                entries.iter().filter(|e| e.kind == EntryKind::File).map(FileRef::of).collect();
-            let mut queue = lock(&pending.files);
-            while queue.len() >= UNANSWERED_LISTINGS_MAX {
+            let mut answers = lock(&pending.answers);
+            while !answers.may_send() {
                 if cancel.load(Ordering::Acquire) {
                     return;
                 }
                 // Woken by each answer; the timeout only bounds how late a cancel is seen.
-                queue = pending
+                answers = pending
                     .answered
-                    .wait_timeout(queue, std::time::Duration::from_millis(100))
+                    .wait_timeout(answers, std::time::Duration::from_millis(100))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
-            queue.push_back(files);
+            *seq = answers.sent(entries);
         }
         if matches!(msg, SourceMsg::ManifestEnd) {
             progress.walk_done.store(true, Ordering::Release);
@@ -420,14 +427,11 @@ fn dispatch(
             }
         };
         match msg {
-            TargetMsg::Need(ids) => {
-                tracing::trace!(files = ids.len(), "needs from the target");
-                let answered = lock(&pending.files).pop_front();
+            TargetMsg::Need { listing, ids } => {
+                tracing::trace!(listing, files = ids.len(), "needs from the target");
+                let answered = lock(&pending.answers).answer(listing, &ids);
                 pending.answered.notify_one();
-                let Some(files) = answered else {
-                    return Err(SourceError::Protocol("a need answer for no listing".into()));
-                };
-                let mut by_id: IdMap<FileRef> = files.into_iter().map(|f| (f.id, f)).collect();
+                let files = answered.map_err(SourceError::Protocol)?;
                 let mut work = lock(&shared.work);
                 // Back-pressure: while the readers are this far behind, stop taking answers, so
                 // the target stops diffing and the walk stops listing (memory stays bounded
@@ -441,16 +445,11 @@ fn dispatch(
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }
-                for id in ids {
-                    let Some(f) = by_id.remove(&id) else {
-                        return Err(SourceError::Protocol(format!(
-                            "need for file {id}, which is not a file of that listing"
-                        )));
-                    };
+                for f in files {
                     Progress::add(&shared.progress.files_needed, 1);
                     Progress::add(&shared.progress.bytes_needed, f.size_bytes);
-                    work.chunker.push(NeededFile { id, size_bytes: f.size_bytes });
-                    work.needed.insert(id, f);
+                    work.chunker.push(NeededFile { id: f.id, size_bytes: f.size_bytes });
+                    work.needed.insert(f.id, f);
                 }
                 drop(work);
                 shared.more_work.notify_all();
@@ -919,8 +918,12 @@ fn generate_listing(
         Err(_) => unreachable!("a constant, valid file name"),
     };
     let _ = out.send(SourceMsg::Root(root));
-    let _ =
-        out.send(SourceMsg::Listing { dir: RelPath::root(), entries: vec![file], last_part: true });
+    let _ = out.send(SourceMsg::Listing {
+        seq: 0,
+        dir: RelPath::root(),
+        entries: vec![file],
+        last_part: true,
+    });
     let _ = out.send(SourceMsg::ManifestEnd);
     walk::WalkStats { entries: 1, dirs: 1, file_bytes: size_bytes, errors: 0 }
 }

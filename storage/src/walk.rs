@@ -16,8 +16,8 @@ use blitx_core::manifest::{Entry, EntryKind};
 use blitx_core::session::SourceMsg;
 use crossbeam_channel::Sender;
 
-use crate::exclude::Excludes;
 use crate::fsys;
+use blitx_planner::Excludes;
 
 /// Largest number of entries in one listing message; bigger directories are sent in parts.
 pub const LISTING_ENTRIES_MAX: usize = 4096;
@@ -248,7 +248,9 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
         if entries.len() == LISTING_ENTRIES_MAX {
             parts_sent += 1;
             let last_part = parts_sent == total_parts;
+            // The source half numbers listings as it sends them (`seq`).
             let msg = SourceMsg::Listing {
+                seq: 0,
                 dir: dir.clone(),
                 entries: std::mem::take(&mut entries),
                 last_part,
@@ -263,7 +265,7 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
         }
     }
     if parts_sent < total_parts || parts_sent == 0 {
-        let msg = SourceMsg::Listing { dir: dir.clone(), entries, last_part: true };
+        let msg = SourceMsg::Listing { seq: 0, dir: dir.clone(), entries, last_part: true };
         if shared.out.send(msg).is_err() {
             shared.cancel.store(true, Ordering::Release);
             return Vec::new();
@@ -317,7 +319,7 @@ mod tests {
         let mut seen_dirs: HashSet<RelPath> = HashSet::from([RelPath::root()]);
         let mut all = Vec::new();
         for m in &msgs {
-            if let SourceMsg::Listing { dir, entries, last_part } = m {
+            if let SourceMsg::Listing { dir, entries, last_part, .. } = m {
                 assert!(seen_dirs.contains(dir), "listing of {dir} before its parent");
                 assert!(last_part);
                 for e in entries {

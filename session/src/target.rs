@@ -1,0 +1,590 @@
+//! The target half's file protocol: which files are on their way, what each arriving frame
+//! means for its file, when a file is complete and may be committed, and the one error a failed
+//! file reports.
+//!
+//! No I/O happens here. The shell (`blitx_storage::target`, or the simulator) owns temporary
+//! files, writes and renames; it asks this machine what a frame means ([`Receiving::chunk`]),
+//! tells it what the write did ([`Receiving::written`]), and carries out the [`Step`]s it
+//! returns. Every decision about a file's fate is made here, on one thread at a time (the shell
+//! holds it behind one lock, taken briefly per frame), so the rules below hold whatever the
+//! order in which frames and control messages arrive:
+//!
+//! - a file is committed only when every chunk was written and verified, no write into it is
+//!   still running, and the source said it read the file unchanged (`FileRead`);
+//! - a chunk that fails its checksum discards the file; the error names the source's account if
+//!   it gives one (`FileFailed`), else "corrupted in transit" once the source vouched for the
+//!   file;
+//! - a chunk that is misaligned, of the wrong length, past the end or repeated is a protocol
+//!   violation (a bug or an attack, never a file problem), and ends the session;
+//! - when the data ends, every file neither committed nor failed is incomplete.
+
+use blitx_core::RelPath;
+use blitx_core::frame::{FrameHeader, FrameKind};
+use blitx_core::manifest::{FileId, IdMap};
+
+use crate::chunkset::ChunkSet;
+use crate::error::{Cause, FileError, FileOp, Violation};
+
+/// A file the target asked for.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub path: RelPath,
+    pub size_bytes: u64,
+    pub sparse: bool,
+    /// It travels in a bundle (one piece) rather than in chunks.
+    pub small: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Data is arriving.
+    Open,
+    /// Every condition held; the shell is committing it.
+    Committing,
+    /// Given up: its temporary file is (being) removed, and later frames for it are dropped.
+    Failed,
+}
+
+#[derive(Debug)]
+struct FileState<M> {
+    wanted: Wanted,
+    shell: M,
+    chunks: ChunkSet,
+    phase: Phase,
+    /// The source said every byte was read and the file did not change.
+    read_done: bool,
+    /// A chunk failed its checksum before the source's verdict: which explanation is reported
+    /// waits for it.
+    mismatch: Option<u64>,
+    /// Writes into the temporary file in progress (a repeated chunk still being written must
+    /// not land in the renamed file).
+    writing_now: u32,
+    /// The shell has been told to create the temporary file.
+    temp: bool,
+}
+
+/// What the shell does next for a file.
+#[derive(Debug)]
+pub enum Step<M> {
+    /// Apply metadata and rename the temporary file into place; report with
+    /// [`Receiving::commit_result`].
+    Commit { id: FileId, shell: M },
+    /// Remove the temporary file (if one was created): the file is given up.
+    Discard { id: FileId, shell: M },
+    /// The file is complete (committed, or verified in a memory session).
+    Done { id: FileId, path: RelPath, size_bytes: u64 },
+    /// Report this failure.
+    Fail(FileError),
+}
+
+/// What to do with an arriving chunk or hole frame.
+#[derive(Debug)]
+pub enum Admit<M> {
+    /// Write it; `create`: the file's temporary file does not exist yet (create it first).
+    /// Report with [`Receiving::written`] in every case, `Written::Failed` if creating failed.
+    Write { shell: M, create: bool },
+    /// A memory session: verify the payload and report with [`Receiving::written`].
+    Verify,
+    /// The file failed or is committed already: drop the frame (its payload is discarded).
+    Drop,
+}
+
+/// What writing (or verifying) a chunk did.
+#[derive(Debug)]
+pub enum Written {
+    Verified,
+    /// Its checksum did not match.
+    Mismatch,
+    /// The temporary file could not be created (`FileOp::Create`) or written.
+    Failed(FileOp, std::io::Error),
+}
+
+/// The files of one session whose data is on its way.
+#[derive(Debug)]
+pub struct Receiving<M> {
+    chunk_bytes: u64,
+    /// A memory session: chunks are verified and dropped, nothing is created.
+    sink: bool,
+    files: IdMap<FileState<M>>,
+}
+
+impl<M: Clone> Receiving<M> {
+    pub fn new(chunk_bytes: u32, sink: bool) -> Self {
+        assert!(chunk_bytes > 0, "a session's chunk size is validated before it starts");
+        Receiving { chunk_bytes: u64::from(chunk_bytes), sink, files: IdMap::default() }
+    }
+
+    /// Files neither committed nor given up.
+    pub fn waiting(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The target asks for file `id`; `shell` is whatever the shell needs to write and commit it.
+    pub fn want(&mut self, id: FileId, wanted: Wanted, shell: M) -> Result<(), Violation> {
+        if self.files.contains_key(&id) {
+            // Two files of this session share an id: one would silently go missing.
+            return Err(Violation::DuplicateId { id, path: wanted.path });
+        }
+        let chunks =
+            if wanted.small { 1 } else { wanted.size_bytes.div_ceil(self.chunk_bytes).max(1) };
+        self.files.insert(
+            id,
+            FileState {
+                wanted,
+                shell,
+                chunks: ChunkSet::new(chunks),
+                phase: Phase::Open,
+                read_done: false,
+                mismatch: None,
+                writing_now: 0,
+                temp: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// A chunk or hole frame arrived with `payload_bytes` of payload.
+    pub fn chunk(&mut self, h: &FrameHeader, payload_bytes: u64) -> Result<Admit<M>, Violation> {
+        let chunk_bytes = self.chunk_bytes;
+        let f = self.files.get_mut(&h.file_id).ok_or(Violation::NotNeeded(h.file_id))?;
+        let size = f.wanted.size_bytes;
+        // Both ends agree on chunk boundaries; anything else is a peer bug, not a file problem.
+        let expected_len = size.saturating_sub(h.offset_bytes).min(chunk_bytes);
+        if f.wanted.small
+            || !h.offset_bytes.is_multiple_of(chunk_bytes)
+            || (h.offset_bytes >= size && size > 0)
+            || (h.kind == FrameKind::Chunk && u64::from(h.len_bytes) != expected_len)
+            || (h.kind == FrameKind::Hole && h.len_bytes != 0)
+            || payload_bytes != u64::from(h.len_bytes)
+        {
+            return Err(Violation::BadChunk {
+                path: f.wanted.path.clone(),
+                offset_bytes: h.offset_bytes,
+                len_bytes: u64::from(h.len_bytes),
+            });
+        }
+        if self.sink && h.kind == FrameKind::Hole {
+            // A hole would count its chunks as verified without a byte moved.
+            return Err(Violation::HoleInMemorySession);
+        }
+        if f.phase != Phase::Open {
+            return Ok(Admit::Drop);
+        }
+        f.writing_now += 1;
+        if self.sink {
+            return Ok(Admit::Verify);
+        }
+        let create = !std::mem::replace(&mut f.temp, true);
+        Ok(Admit::Write { shell: f.shell.clone(), create })
+    }
+
+    /// The write (or verification) admitted by [`Receiving::chunk`] for `h` is over.
+    pub fn written(
+        &mut self,
+        h: &FrameHeader,
+        outcome: Written,
+        steps: &mut Vec<Step<M>>,
+    ) -> Result<(), Violation> {
+        let chunk_bytes = self.chunk_bytes;
+        let Some(f) = self.files.get_mut(&h.file_id) else { return Ok(()) };
+        debug_assert!(f.writing_now > 0, "written without an admitted write");
+        f.writing_now = f.writing_now.saturating_sub(1);
+        if f.phase != Phase::Open {
+            return Ok(());
+        }
+        match outcome {
+            Written::Verified => {}
+            Written::Mismatch => {
+                f.phase = Phase::Failed;
+                steps.push(Step::Discard { id: h.file_id, shell: f.shell.clone() });
+                if f.read_done {
+                    steps.push(Step::Fail(corrupted(&f.wanted.path, h.offset_bytes)));
+                } else {
+                    // Reported when the source's verdict says whether the file changed.
+                    f.mismatch = Some(h.offset_bytes);
+                }
+                return Ok(());
+            }
+            Written::Failed(op, e) => {
+                f.phase = Phase::Failed;
+                steps.push(Step::Discard { id: h.file_id, shell: f.shell.clone() });
+                steps.push(Step::Fail(FileError::io(f.wanted.path.clone(), op, e)));
+                return Ok(());
+            }
+        }
+        // A hole frame covers a run of chunks (a sparse file's empty stretch in one frame).
+        let chunks = if h.kind == FrameKind::Hole { h.hole_chunks() } else { 1 };
+        if !f.chunks.mark_run(h.offset_bytes / chunk_bytes, chunks) {
+            return Err(Violation::ChunkTwice {
+                path: f.wanted.path.clone(),
+                offset_bytes: h.offset_bytes,
+                chunks,
+            });
+        }
+        self.try_commit(h.file_id, steps);
+        Ok(())
+    }
+
+    /// The source read file `id` whole and unchanged (`FileRead`). Unknown ids (a bundled or
+    /// finished file) change nothing.
+    pub fn file_read(&mut self, id: FileId, steps: &mut Vec<Step<M>>) {
+        let Some(f) = self.files.get_mut(&id) else { return };
+        f.read_done = true;
+        if let Some(offset_bytes) = f.mismatch.take() {
+            // The source read an unchanged file: the bytes were damaged on the way.
+            steps.push(Step::Fail(corrupted(&f.wanted.path, offset_bytes)));
+            return;
+        }
+        self.try_commit(id, steps);
+    }
+
+    /// The source could not read file `id`, or it changed (`FileFailed`): its account is the
+    /// error reported, replacing a checksum failure it explains.
+    pub fn file_failed(
+        &mut self,
+        id: FileId,
+        path: &RelPath,
+        message: String,
+        steps: &mut Vec<Step<M>>,
+    ) {
+        if let Some(f) = self.files.get_mut(&id) {
+            f.mismatch = None;
+            if matches!(f.phase, Phase::Open | Phase::Failed) {
+                f.phase = Phase::Failed;
+                steps.push(Step::Discard { id, shell: f.shell.clone() });
+            }
+        }
+        steps.push(Step::Fail(FileError {
+            path: path.clone(),
+            op: FileOp::SourceRead,
+            cause: Cause::Source(message),
+        }));
+    }
+
+    /// The shell committed file `id` (or could not).
+    pub fn commit_result(
+        &mut self,
+        id: FileId,
+        result: std::io::Result<()>,
+        steps: &mut Vec<Step<M>>,
+    ) {
+        let Some(f) = self.files.get_mut(&id) else { return };
+        debug_assert_eq!(f.phase, Phase::Committing);
+        match result {
+            Ok(()) => {
+                if let Some(f) = self.files.remove(&id) {
+                    steps.push(Step::Done {
+                        id,
+                        path: f.wanted.path,
+                        size_bytes: f.wanted.size_bytes,
+                    });
+                }
+            }
+            Err(e) => {
+                f.phase = Phase::Failed;
+                steps.push(Step::Discard { id, shell: f.shell.clone() });
+                steps.push(Step::Fail(FileError::io(f.wanted.path.clone(), FileOp::Commit, e)));
+            }
+        }
+    }
+
+    /// A bundle carries file `id` whole (`len_bytes` of data). `Ok(Some(shell))`: write it and
+    /// report with [`Receiving::small_written`]; `Ok(None)`: drop it (the file failed already).
+    pub fn bundled(&mut self, id: FileId, len_bytes: u64) -> Result<Option<M>, Violation> {
+        let f = self.files.get_mut(&id).ok_or(Violation::NotNeeded(id))?;
+        if !f.wanted.small || self.sink {
+            return Err(Violation::BadChunk {
+                path: f.wanted.path.clone(),
+                offset_bytes: 0,
+                len_bytes,
+            });
+        }
+        if len_bytes != f.wanted.size_bytes {
+            return Err(Violation::BundleSize {
+                path: f.wanted.path.clone(),
+                len_bytes,
+                size_bytes: f.wanted.size_bytes,
+            });
+        }
+        if f.phase != Phase::Open {
+            return Ok(None);
+        }
+        if !f.chunks.mark(0) {
+            return Err(Violation::FileTwice(f.wanted.path.clone()));
+        }
+        // A bundled file is written and named in one go by the shell (its bundle vouches that
+        // the source read it unchanged).
+        f.phase = Phase::Committing;
+        Ok(Some(f.shell.clone()))
+    }
+
+    /// The shell wrote (and named) a bundled file, or could not.
+    pub fn small_written(
+        &mut self,
+        id: FileId,
+        result: std::io::Result<()>,
+        steps: &mut Vec<Step<M>>,
+    ) {
+        let Some(f) = self.files.get_mut(&id) else { return };
+        match result {
+            Ok(()) => {
+                if let Some(f) = self.files.remove(&id) {
+                    steps.push(Step::Done {
+                        id,
+                        path: f.wanted.path,
+                        size_bytes: f.wanted.size_bytes,
+                    });
+                }
+            }
+            Err(e) => {
+                f.phase = Phase::Failed;
+                steps.push(Step::Fail(FileError::io(f.wanted.path.clone(), FileOp::Write, e)));
+            }
+        }
+    }
+
+    /// No more data or verdicts will come: every file still open is incomplete. Returns the
+    /// files left (failed ones included) for the shell to forget.
+    pub fn end(&mut self, steps: &mut Vec<Step<M>>) -> Vec<(FileId, M)> {
+        let mut left = Vec::with_capacity(self.files.len());
+        for (id, f) in self.files.drain() {
+            if f.phase == Phase::Open || f.phase == Phase::Committing {
+                steps.push(Step::Discard { id, shell: f.shell.clone() });
+                steps.push(Step::Fail(FileError {
+                    path: f.wanted.path.clone(),
+                    op: FileOp::Receive,
+                    cause: Cause::Incomplete,
+                }));
+            }
+            left.push((id, f.shell));
+        }
+        left
+    }
+
+    /// The session failed or was cancelled: every file not committed is given up, without
+    /// reporting one error per file.
+    pub fn abandon(&mut self) -> Vec<(FileId, M)> {
+        self.files.drain().map(|(id, f)| (id, f.shell)).collect()
+    }
+
+    fn try_commit(&mut self, id: FileId, steps: &mut Vec<Step<M>>) {
+        let Some(f) = self.files.get_mut(&id) else { return };
+        if f.phase != Phase::Open || !f.read_done || !f.chunks.is_complete() || f.writing_now > 0 {
+            return;
+        }
+        if self.sink {
+            // Nothing to commit in a memory session: every chunk was verified.
+            if let Some(f) = self.files.remove(&id) {
+                steps.push(Step::Done { id, path: f.wanted.path, size_bytes: f.wanted.size_bytes });
+            }
+            return;
+        }
+        f.phase = Phase::Committing;
+        steps.push(Step::Commit { id, shell: f.shell.clone() });
+    }
+}
+
+fn corrupted(path: &RelPath, offset_bytes: u64) -> FileError {
+    FileError {
+        path: path.clone(),
+        op: FileOp::Receive,
+        cause: Cause::CorruptedInTransit { offset_bytes },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: u32 = 4096;
+
+    fn wanted(size_bytes: u64) -> Wanted {
+        Wanted { path: RelPath::parse(b"d/f").unwrap(), size_bytes, sparse: false, small: false }
+    }
+
+    fn chunk(id: FileId, index: u64, size_bytes: u64) -> FrameHeader {
+        let offset_bytes = index * u64::from(CHUNK);
+        let len_bytes = size_bytes.saturating_sub(offset_bytes).min(u64::from(CHUNK)) as u32;
+        FrameHeader {
+            kind: FrameKind::Chunk,
+            flags: 0,
+            file_id: id,
+            offset_bytes,
+            len_bytes,
+            checksum: 0,
+        }
+    }
+
+    /// Admits and writes `h` with `outcome`, returning the steps.
+    fn deliver(r: &mut Receiving<u8>, h: &FrameHeader, outcome: Written) -> Vec<Step<u8>> {
+        match r.chunk(h, u64::from(h.len_bytes)).unwrap() {
+            Admit::Write { .. } | Admit::Verify => {}
+            Admit::Drop => return Vec::new(),
+        }
+        let mut steps = Vec::new();
+        r.written(h, outcome, &mut steps).unwrap();
+        steps
+    }
+
+    fn commits(steps: &[Step<u8>]) -> usize {
+        steps.iter().filter(|s| matches!(s, Step::Commit { .. })).count()
+    }
+
+    #[test]
+    fn commits_only_when_every_chunk_and_the_verdict_arrived() {
+        let mut r = Receiving::new(CHUNK, false);
+        let size = 3 * u64::from(CHUNK) - 5;
+        r.want(1, wanted(size), 0).unwrap();
+        assert_eq!(commits(&deliver(&mut r, &chunk(1, 2, size), Written::Verified)), 0);
+        assert_eq!(commits(&deliver(&mut r, &chunk(1, 0, size), Written::Verified)), 0);
+        let mut steps = Vec::new();
+        r.file_read(1, &mut steps);
+        assert!(steps.is_empty(), "one chunk is still missing");
+        assert_eq!(commits(&deliver(&mut r, &chunk(1, 1, size), Written::Verified)), 1);
+        r.commit_result(1, Ok(()), &mut steps);
+        assert!(matches!(steps[..], [Step::Done { id: 1, .. }]));
+        assert_eq!(r.waiting(), 0);
+    }
+
+    #[test]
+    fn a_write_still_running_holds_the_commit_back() {
+        let mut r = Receiving::new(CHUNK, false);
+        r.want(1, wanted(u64::from(CHUNK)), 0).unwrap();
+        let h = chunk(1, 0, u64::from(CHUNK));
+        let Admit::Write { create: true, .. } = r.chunk(&h, u64::from(h.len_bytes)).unwrap() else {
+            panic!()
+        };
+        // The same chunk again (a duplicate) is admitted while the first is being written …
+        let Admit::Write { create: false, .. } = r.chunk(&h, u64::from(h.len_bytes)).unwrap()
+        else {
+            panic!()
+        };
+        let mut steps = Vec::new();
+        r.file_read(1, &mut steps);
+        r.written(&h, Written::Verified, &mut steps).unwrap();
+        assert!(steps.is_empty(), "the duplicate is still being written into the temp file");
+        // … and is refused when it completes.
+        assert!(matches!(
+            r.written(&h, Written::Verified, &mut steps),
+            Err(Violation::ChunkTwice { .. })
+        ));
+    }
+
+    #[test]
+    fn a_checksum_failure_names_the_source_account_if_it_has_one() {
+        let size = 2 * u64::from(CHUNK);
+        // The source saw the file change: its account is reported, once.
+        let mut r = Receiving::new(CHUNK, false);
+        r.want(1, wanted(size), 0).unwrap();
+        let steps = deliver(&mut r, &chunk(1, 0, size), Written::Mismatch);
+        assert!(matches!(steps[..], [Step::Discard { .. }]));
+        let mut steps = Vec::new();
+        r.file_failed(1, &wanted(size).path, "changed".into(), &mut steps);
+        let fails: Vec<String> = steps
+            .iter()
+            .filter_map(|s| if let Step::Fail(e) = s { Some(e.to_string()) } else { None })
+            .collect();
+        assert_eq!(fails, ["source: changed"]);
+        // The source read it unchanged: corrupted in transit.
+        let mut r = Receiving::new(CHUNK, false);
+        r.want(1, wanted(size), 0).unwrap();
+        deliver(&mut r, &chunk(1, 0, size), Written::Mismatch);
+        let mut steps = Vec::new();
+        r.file_read(1, &mut steps);
+        assert!(matches!(
+            &steps[..],
+            [Step::Fail(FileError { cause: Cause::CorruptedInTransit { offset_bytes: 0 }, .. })]
+        ));
+        // Later frames of a failed file are dropped, never committed.
+        let h = chunk(1, 1, size);
+        assert!(matches!(r.chunk(&h, u64::from(h.len_bytes)).unwrap(), Admit::Drop));
+    }
+
+    #[test]
+    fn malformed_chunks_are_violations() {
+        let size = 2 * u64::from(CHUNK);
+        let mut r = Receiving::new(CHUNK, false);
+        r.want(1, wanted(size), 0).unwrap();
+        let mut h = chunk(1, 0, size);
+        h.offset_bytes = 1;
+        assert!(matches!(r.chunk(&h, u64::from(h.len_bytes)), Err(Violation::BadChunk { .. })));
+        let h = chunk(1, 2, 3 * u64::from(CHUNK));
+        assert!(
+            matches!(r.chunk(&h, u64::from(h.len_bytes)), Err(Violation::BadChunk { .. })),
+            "past the end"
+        );
+        let mut h = chunk(1, 0, size);
+        h.len_bytes -= 1;
+        assert!(
+            matches!(r.chunk(&h, u64::from(h.len_bytes)), Err(Violation::BadChunk { .. })),
+            "short"
+        );
+        let h = chunk(1, 0, size);
+        assert!(
+            matches!(r.chunk(&h, 1), Err(Violation::BadChunk { .. })),
+            "payload differs from header"
+        );
+        assert!(matches!(
+            r.chunk(&chunk(9, 0, size), u64::from(CHUNK)),
+            Err(Violation::NotNeeded(9))
+        ));
+        assert!(matches!(r.want(1, wanted(1), 0), Err(Violation::DuplicateId { .. })));
+    }
+
+    #[test]
+    fn the_end_makes_every_open_file_incomplete_and_a_hole_counts_its_run() {
+        let size = 4 * u64::from(CHUNK);
+        let mut r = Receiving::new(CHUNK, false);
+        r.want(1, wanted(size), 0).unwrap();
+        r.want(2, wanted(size), 0).unwrap();
+        let hole = FrameHeader::hole(2, 0, 4);
+        assert!(matches!(r.chunk(&hole, 0).unwrap(), Admit::Write { .. }));
+        let mut steps = Vec::new();
+        r.written(&hole, Written::Verified, &mut steps).unwrap();
+        r.file_read(2, &mut steps);
+        assert_eq!(commits(&steps), 1, "one hole frame covered all four chunks");
+        deliver(&mut r, &chunk(1, 0, size), Written::Verified);
+        let mut steps = Vec::new();
+        let left = r.end(&mut steps);
+        assert_eq!(left.len(), 2);
+        let incomplete = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Fail(FileError { cause: Cause::Incomplete, .. })))
+            .count();
+        assert_eq!(incomplete, 2, "file 2 was still being committed, file 1 lacks chunks");
+    }
+
+    #[test]
+    fn a_memory_session_verifies_and_creates_nothing() {
+        let size = u64::from(CHUNK);
+        let mut r = Receiving::new(CHUNK, true);
+        r.want(1, wanted(size), 0).unwrap();
+        let h = chunk(1, 0, size);
+        assert!(matches!(r.chunk(&h, size).unwrap(), Admit::Verify));
+        let mut steps = Vec::new();
+        r.written(&h, Written::Verified, &mut steps).unwrap();
+        r.file_read(1, &mut steps);
+        assert!(matches!(steps[..], [Step::Done { .. }]));
+        r.want(2, wanted(size), 0).unwrap();
+        assert!(matches!(
+            r.chunk(&FrameHeader::hole(2, 0, 1), 0),
+            Err(Violation::HoleInMemorySession)
+        ));
+    }
+
+    #[test]
+    fn bundled_files_are_checked_and_written_once() {
+        let mut r = Receiving::new(CHUNK, false);
+        let mut w = wanted(10);
+        w.small = true;
+        r.want(1, w, 5).unwrap();
+        assert!(matches!(r.bundled(1, 9), Err(Violation::BundleSize { .. })));
+        assert_eq!(r.bundled(1, 10).unwrap(), Some(5));
+        assert!(matches!(r.bundled(1, 10), Ok(None)), "being written: the copy is dropped");
+        let mut steps = Vec::new();
+        r.small_written(1, Ok(()), &mut steps);
+        assert!(matches!(steps[..], [Step::Done { id: 1, .. }]));
+        let h = chunk(1, 0, 10);
+        assert!(matches!(r.chunk(&h, 10), Err(Violation::NotNeeded(1))));
+    }
+}

@@ -1,0 +1,461 @@
+//! The target half of a transfer: diff, create, write, commit, finalize.
+//!
+//! The calling thread handles the control messages in order: for each source listing it stats
+//! the same names on the target (through one directory handle per directory), asks the pure
+//! [`Differ`] what to do, applies directory/symlink/metadata actions at once, and answers with the
+//! files whose contents it needs. `write_threads` writers take frames from the transport
+//! concurrently: a large file's chunks land in one temporary file (preallocated, holes kept);
+//! a bundle's small files are each written and committed in one go.
+//!
+//! Every decision about a needed file — what a frame means for it, when it is complete, the
+//! commit, the one error it reports — is made by [`Receiving`] (`blitx-session`, sans-IO, run
+//! by the simulator too); this shell holds it behind one lock taken briefly per frame and
+//! carries out the steps it returns. A file is renamed into place only when every chunk was
+//! written and verified, no write into it is running, and the source vouched that the file did
+//! not change while it was read. Hard links, mirror deletions and directory metadata come last,
+//! in that order, so directory times survive everything else; deletions only happen when
+//! nothing failed.
+//!
+//! By job: [`plan`] (listings → actions and needs), [`write`] (frames → temporary files),
+//! [`commit`] (the steps: rename, discard, count, report), [`finalize`] (the end).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::fsys;
+use blitx_core::RelPath;
+use blitx_core::frame::{self, FrameKind};
+use blitx_core::manifest::{Entry, EntryKind, FileId, TargetEntry};
+use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
+use blitx_core::transport::{Frame, FrameReceiver, Payload, PayloadStream, TransportError};
+use blitx_planner::Excludes;
+use blitx_planner::diff::{Action, Clear, DiffOptions, Differ, needs_target_hash};
+use crossbeam_channel::{Receiver, Sender};
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use crate::dircache::DirCache;
+use crate::direct::{self, DirectFile};
+use crate::limits::{self, Exhausted, IdleClock, Limits};
+use crate::listing::{self, ListingCheck, Verdict};
+use crate::meta::{self, Identity, Meta, Privileges};
+use crate::report::{ErrorLog, Event, EventKind, Progress, Reporter, Stage, TargetReport};
+use crate::root::RootDir;
+use blitx_session::Violation;
+pub use blitx_session::chunkset::ChunkSet;
+use blitx_session::{FileError, FileOp};
+
+mod commit;
+mod finalize;
+mod plan;
+mod write;
+
+use blitx_session::target::{Admit, Receiving, Step, Wanted, Written};
+use commit::*;
+use finalize::*;
+use plan::*;
+use write::*;
+
+#[derive(Debug, Clone)]
+pub struct TargetOptions {
+    pub root: RootDir,
+    pub params: SessionParams,
+    pub write_threads: usize,
+    /// Resolve every path beneath `root` without crossing a symlink. Always on: the target
+    /// distrusts its source whether that is a client (daemon) or a daemon (pull).
+    pub confine: bool,
+    /// Which owners and mode bits a source may ask for.
+    pub privileges: Privileges,
+    pub limits: Limits,
+}
+
+impl TargetOptions {
+    /// A target half confined to `root`, with a local user's privileges and no limits.
+    pub fn new(root: RootDir, params: SessionParams, write_threads: usize) -> Self {
+        TargetOptions {
+            root,
+            params,
+            write_threads,
+            confine: true,
+            privileges: Privileges::local(),
+            limits: Limits::none(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot open target root {path}")]
+    OpenRoot { path: String, source: io::Error },
+    #[error(transparent)]
+    Exclude(#[from] blitx_planner::exclude::ExcludeError),
+    #[error("data transport failed")]
+    Transport(#[source] TransportError),
+    #[error("the source half went away before the transfer finished")]
+    ControlClosed,
+    #[error("protocol violation by the source: {0}")]
+    Protocol(Violation),
+    #[error("protocol violation by the source: {0}")]
+    Listing(listing::Violation),
+    #[error(transparent)]
+    Limit(Exhausted),
+    #[error("nothing arrived from the source for {secs} s (idle timeout)")]
+    Idle { secs: u64 },
+    #[error("the transfer was cancelled")]
+    Cancelled,
+}
+
+impl From<listing::Violation> for TargetError {
+    fn from(v: listing::Violation) -> Self {
+        match v {
+            listing::Violation::Limit(e) => TargetError::Limit(e),
+            other => TargetError::Listing(other),
+        }
+    }
+}
+
+/// Live temp files are named `.NAME.PID.N.blit-tmp` (`fsys::TEMP_SUFFIX`) in the file's own
+/// directory, and carry the mark of `fsys::mark_temp` while they are written.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn temp_name(name: &[u8]) -> Vec<u8> {
+    let tag = format!(
+        ".{}.{}{}",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed),
+        fsys::TEMP_SUFFIX
+    );
+    // Keep within NAME_MAX: shorten the visible part of long names.
+    let keep = name.len().min(blitx_core::path::NAME_BYTES_MAX - 1 - tag.len());
+    let mut t = Vec::with_capacity(1 + keep + tag.len());
+    t.push(b'.');
+    t.extend_from_slice(&name[..keep]);
+    t.extend_from_slice(tag.as_bytes());
+    t
+}
+
+struct Temp {
+    file: Arc<File>,
+    /// Its `O_DIRECT` descriptor, when chunks are written around the page cache (`--io`).
+    direct: Option<Arc<DirectFile>>,
+    /// Created with owner write permission its real mode lacks (for the direct descriptor).
+    widened: bool,
+    name: Vec<u8>,
+    dir: Arc<OwnedFd>,
+}
+
+/// Where a chunked file's temporary file stands. Only the first state may become the second,
+/// so a writer admitted just before the file was given up never creates a new one.
+enum TempSlot {
+    NotYet,
+    Open(Temp),
+    /// Discarded, or renamed into place.
+    Gone,
+}
+
+/// A file whose contents are on their way: what the shell needs to write and commit it. Its
+/// fate (chunks counted, verdicts, the commit) is decided by [`Receiving`].
+struct Pending {
+    path: RelPath,
+    meta: Meta,
+    size_bytes: u64,
+    sparse: bool,
+    temp: Mutex<TempSlot>,
+    /// Held around each write into the file. The kernel lets one buffered write into a file
+    /// run at a time (the inode lock), and writers waiting for it spin on their CPUs: measured
+    /// on tmpfs with four streams, a fifth of the receiver's CPU. Waiting here, they sleep.
+    writing: Mutex<()>,
+}
+
+/// What a file waiting for data is charged to the session's budget.
+fn pending_cost(path: &RelPath) -> u64 {
+    limits::PENDING_FILE_BYTES + path.as_bytes().len() as u64
+}
+
+impl Pending {
+    /// Removes the temporary file, if there is one; none is created after this.
+    fn discard(&self) {
+        if let TempSlot::Open(t) = std::mem::replace(&mut *lock(&self.temp), TempSlot::Gone) {
+            let _ = rustix::fs::unlinkat(t.dir.as_fd(), fsys::os(&t.name), AtFlags::empty());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct Counters {
+    files_copied: AtomicU64,
+    bytes_copied: AtomicU64,
+    meta_updated: AtomicU64,
+    dirs_created: AtomicU64,
+    symlinks: AtomicU64,
+    hardlinks: AtomicU64,
+    deleted: AtomicU64,
+    unsupported: AtomicU64,
+}
+
+struct Shared<'a> {
+    opts: &'a TargetOptions,
+    dirs: DirCache,
+    id: Identity,
+    /// The files on their way, and every decision about them.
+    files: Mutex<Receiving<Arc<Pending>>>,
+    reporter: &'a dyn Reporter,
+    progress: &'a Progress,
+    cancel: &'a AtomicBool,
+    errors: ErrorLog,
+    counters: Counters,
+    fatal: Mutex<Option<TargetError>>,
+    transport: &'a dyn FrameReceiver,
+    /// Owners are applied (taken from the source, or the operator's configured owner).
+    owners: bool,
+    /// With `--fsync`: the directories that gained or lost names, made durable at the end.
+    touched_dirs: Mutex<HashSet<RelPath>>,
+}
+
+/// Runs the target half to completion.
+#[allow(clippy::too_many_arguments)]
+pub fn run_target(
+    opts: &TargetOptions,
+    from_source: Receiver<SourceMsg>,
+    to_source: Sender<TargetMsg>,
+    transport: &dyn FrameReceiver,
+    reporter: &dyn Reporter,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<TargetReport, TargetError> {
+    let excludes = Excludes::new(&opts.params.excludes)?;
+    let root_fd = opts
+        .root
+        .dup()
+        .map_err(|e| TargetError::OpenRoot { path: opts.root.display().to_string(), source: e })?;
+    let id = Identity::current();
+    let shared = Shared {
+        opts,
+        dirs: DirCache::new(root_fd, opts.confine),
+        id,
+        files: Mutex::new(Receiving::new(opts.params.chunk_bytes, opts.params.mem_bytes.is_some())),
+        reporter,
+        progress,
+        cancel,
+        errors: ErrorLog::default(),
+        counters: Counters::default(),
+        fatal: Mutex::new(None),
+        transport,
+        owners: opts.privileges.applies_owners(opts.params.preserve_owner),
+        touched_dirs: Mutex::default(),
+    };
+    let diff_opts = DiffOptions {
+        compare: opts.params.compare,
+        mirror: opts.params.mirror,
+        owner: shared.owners && id.root,
+    };
+    let mut differ = Differ::new(diff_opts, excludes);
+    let mut deferred =
+        Deferred { check: ListingCheck::new(opts.limits.entries_max), ..Deferred::default() };
+
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..opts.write_threads.max(1))
+            .map(|_| {
+                s.spawn(blitx_core::placer::worker(blitx_core::placer::WorkerRole::Writer, || {
+                    writer(&shared)
+                }))
+            })
+            .collect();
+        if let Err(e) = control_loop(&shared, &mut differ, &mut deferred, &from_source, &to_source)
+        {
+            shared.fail(e);
+        }
+        for w in writers {
+            let _ = w.join();
+        }
+    });
+
+    if let Some(e) = lock(&shared.fatal).take() {
+        cleanup_temps(&shared);
+        return Err(e);
+    }
+    if cancel.load(Ordering::Acquire) {
+        cleanup_temps(&shared);
+        return Err(TargetError::Cancelled);
+    }
+    // Every needed file must have been committed or reported failed by the source.
+    let mut steps = Vec::new();
+    let left = lock(&shared.files).end(&mut steps);
+    for (_, p) in &left {
+        shared.opts.limits.release(pending_cost(&p.path));
+    }
+    carry_out(&shared, steps);
+    let finalizing = Instant::now();
+    // A memory session made nothing to finalize.
+    if opts.params.mem_bytes.is_none() {
+        finalize(&shared, &mut deferred);
+    }
+    progress.stages.add(Stage::Finalize, finalizing);
+
+    let c = &shared.counters;
+    let (errors, error_count) = shared.errors.take();
+    let mirror_skipped = opts.params.mirror
+        && !deferred.deletions.is_empty()
+        && error_count + deferred.walk_errors > 0;
+    Ok(TargetReport {
+        files_copied: c.files_copied.load(Ordering::Relaxed),
+        bytes_copied: c.bytes_copied.load(Ordering::Relaxed),
+        meta_updated: c.meta_updated.load(Ordering::Relaxed),
+        dirs_created: c.dirs_created.load(Ordering::Relaxed),
+        symlinks: c.symlinks.load(Ordering::Relaxed),
+        hardlinks: c.hardlinks.load(Ordering::Relaxed),
+        deleted: c.deleted.load(Ordering::Relaxed),
+        unsupported: c.unsupported.load(Ordering::Relaxed),
+        deletions_skipped: mirror_skipped,
+        errors,
+        error_count,
+    })
+}
+
+impl Shared<'_> {
+    /// With `--fsync`, remembers that `path`'s directory gained or lost a name.
+    fn touched(&self, path: &RelPath) {
+        if self.opts.params.fsync
+            && let Some((dir, _)) = path.split_last()
+        {
+            lock(&self.touched_dirs).insert(dir);
+        }
+    }
+
+    /// With `--fsync`, makes a new file's data (and its metadata) durable before its rename.
+    fn sync_file(&self, file: BorrowedFd<'_>) -> io::Result<()> {
+        if self.opts.params.fsync {
+            rustix::fs::fsync(file)?;
+        }
+        Ok(())
+    }
+
+    fn fail(&self, e: TargetError) {
+        let mut f = lock(&self.fatal);
+        if f.is_none() {
+            *f = Some(e);
+        }
+        drop(f);
+        self.cancel.store(true, Ordering::Release);
+        self.transport.abort();
+    }
+
+    fn event(&self, kind: EventKind, path: &RelPath, bytes: u64, message: Option<String>) {
+        self.reporter.event(Event { kind, path: path.clone(), bytes, message });
+    }
+
+    fn error(&self, e: FileError) {
+        let message = e.to_string();
+        self.event(EventKind::Failed, &e.path, 0, Some(message.clone()));
+        self.errors.push(e.path, message);
+    }
+
+    fn dry_run(&self) -> bool {
+        self.opts.params.dry_run
+    }
+}
+
+fn control_loop(
+    shared: &Shared<'_>,
+    differ: &mut Differ,
+    deferred: &mut Deferred,
+    from_source: &Receiver<SourceMsg>,
+    to_source: &Sender<TargetMsg>,
+) -> Result<(), TargetError> {
+    let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
+    loop {
+        if shared.cancel.load(Ordering::Acquire) {
+            return Err(TargetError::Cancelled);
+        }
+        let msg = match from_source.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(m) => m,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if lock(&shared.fatal).is_some() {
+                    return Ok(());
+                }
+                // Idle: no control message and no data for the whole timeout.
+                if let Some(secs) = idle.expired(shared.progress) {
+                    return Err(TargetError::Idle { secs });
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(TargetError::ControlClosed);
+            }
+        };
+        idle.heard();
+        match msg {
+            SourceMsg::Root(mut entry) => {
+                deferred.check.root()?;
+                if entry.kind != EntryKind::Dir {
+                    return Err(TargetError::Protocol(Violation::RootNotDir));
+                }
+                let p = &shared.opts.privileges;
+                p.restrict(&mut entry, &shared.id, shared.opts.params.preserve_owner);
+                deferred.root_meta = Some(Meta::of(&entry));
+            }
+            SourceMsg::Listing { seq, dir, entries, last_part } => {
+                let planning = Instant::now();
+                let needs = handle_listing(shared, differ, deferred, &dir, entries, last_part)?;
+                shared.progress.stages.add(Stage::Plan, planning);
+                send_to_source(shared, to_source, TargetMsg::Need { listing: seq, ids: needs })?;
+            }
+            SourceMsg::WalkError { path, message } => {
+                deferred.walk_errors += 1;
+                shared.error(FileError::source(path, message));
+            }
+            SourceMsg::ManifestEnd => {
+                send_to_source(shared, to_source, TargetMsg::NeedEnd)?;
+            }
+            SourceMsg::FileFailed { id, path, message } => {
+                let mut steps = Vec::new();
+                lock(&shared.files).file_failed(id, &path, message, &mut steps);
+                carry_out(shared, steps);
+            }
+            SourceMsg::FileRead { id } => {
+                let mut steps = Vec::new();
+                lock(&shared.files).file_read(id, &mut steps);
+                carry_out(shared, steps);
+            }
+            SourceMsg::DataEnd => return Ok(()),
+        }
+    }
+}
+
+fn send_to_source(
+    shared: &Shared<'_>,
+    to_source: &Sender<TargetMsg>,
+    msg: TargetMsg,
+) -> Result<(), TargetError> {
+    crate::send_or_cancel(to_source, msg, shared.cancel).map_err(|e| match e {
+        crate::Unsent::Closed => TargetError::ControlClosed,
+        crate::Unsent::Cancelled => TargetError::Cancelled,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_fit_and_are_recognized() {
+        let long = vec![b'x'; 255];
+        let t = temp_name(&long);
+        assert!(t.len() <= 255);
+        assert!(fsys::is_temp_name(&t));
+        assert!(!fsys::is_temp_name(b"normal"));
+        assert_ne!(temp_name(b"a"), temp_name(b"a"));
+        // Our own live temps are told apart from a crashed process's by the pid in the name.
+        assert_eq!(fsys::temp_pid(&temp_name(b"a.b.c")), Some(std::process::id()));
+        assert_eq!(fsys::temp_pid(&t), Some(std::process::id()));
+        assert_eq!(fsys::temp_pid(b".x.blit-tmp"), None);
+    }
+}

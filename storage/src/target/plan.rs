@@ -1,0 +1,476 @@
+//! Planning: each listing checked, diffed against the target directory, and applied —
+//! directories and symlinks made, metadata fixed, what is in the way cleared, the files whose
+//! data is needed registered with [`Receiving`](blitx_session::target::Receiving), mirror
+//! deletions collected for the end.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// Listings at least this long are stat'ed by two threads.
+pub(super) const PARALLEL_STAT_MIN: usize = 256;
+
+/// A directory listing still arriving in parts (mirror mode needs all of its names).
+#[derive(Default)]
+pub(super) struct OpenListing {
+    pub(super) source_names: HashSet<Vec<u8>>,
+    /// Bytes charged to the session's budget for this listing's names.
+    pub(super) charged_bytes: u64,
+    /// The directory was searched for crash debris in this session.
+    pub(super) debris_checked: bool,
+}
+
+/// Everything the diff loop defers to the end.
+#[derive(Default)]
+pub(super) struct Deferred {
+    pub(super) dirs: Vec<(RelPath, Meta)>,
+    pub(super) root_meta: Option<Meta>,
+    pub(super) links: Vec<(RelPath, RelPath)>,
+    pub(super) deletions: Vec<(RelPath, EntryKind)>,
+    /// Directories created (or, in a dry run, that would be): their target listing is empty.
+    pub(super) fresh_dirs: HashSet<RelPath>,
+    pub(super) listings: HashMap<RelPath, OpenListing>,
+    pub(super) walk_errors: u64,
+    pub(super) check: ListingCheck,
+}
+
+/// Stats `name` in `dir` on the target; `None` when absent.
+pub(super) fn target_entry(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<TargetEntry>> {
+    match fsys::stat_at(dir, name) {
+        Ok(st) => Ok(Some(fsys::target_from_stat(dir, name, &st)?)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub(super) fn handle_listing(
+    shared: &Shared<'_>,
+    differ: &mut Differ,
+    deferred: &mut Deferred,
+    dir: &RelPath,
+    mut entries: Vec<Entry>,
+    last_part: bool,
+) -> Result<Vec<FileId>, TargetError> {
+    let mut needs = Vec::new();
+    let verdict = deferred.check.listing(dir, &entries, last_part)?;
+    if shared.opts.params.mem_bytes.is_some() {
+        return sink_listing(shared, deferred, &entries);
+    }
+    // Every directory named here counts as failed until `apply` made or verified it, so a
+    // listing below one that could not be made is skipped, never applied elsewhere.
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+        deferred.check.directory(&e.path, false);
+    }
+    // A directory arriving in parts keeps its names until the last part (the duplicate check,
+    // and --mirror's deletions); they count against the session's memory.
+    let open = deferred.listings.entry(dir.clone()).or_default();
+    if !last_part {
+        let names_bytes: u64 =
+            entries.iter().map(|e| limits::NAME_BYTES + e.path.file_name().len() as u64).sum();
+        open.charged_bytes += names_bytes;
+        shared
+            .opts
+            .limits
+            .charge("a directory listed in parts", names_bytes)
+            .map_err(TargetError::Limit)?;
+    }
+    if shared.opts.params.mirror {
+        open.source_names.extend(entries.iter().map(|e| e.path.file_name().to_vec()));
+    }
+    let open_done = |deferred: &mut Deferred| {
+        if last_part && let Some(open) = deferred.listings.remove(dir) {
+            shared.opts.limits.release(open.charged_bytes);
+            return Some(open);
+        }
+        None
+    };
+    if verdict == Verdict::Skip {
+        open_done(deferred);
+        return Ok(needs);
+    }
+    for e in &mut entries {
+        shared.opts.privileges.restrict(e, &shared.id, shared.opts.params.preserve_owner);
+    }
+    let entries = &entries[..];
+    let fresh = deferred.fresh_dirs.contains(dir);
+    let dfd = if fresh && shared.dry_run() {
+        None
+    } else {
+        match shared.dirs.get(dir) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                shared.error(FileError::io(dir.clone(), FileOp::OpenDir, e));
+                open_done(deferred);
+                return Ok(needs);
+            }
+        }
+    };
+    let mirror = shared.opts.params.mirror;
+    // Stat (and, for --checksum, hash) the target side of every entry first, in parallel for
+    // big listings: this is the whole cost of a no-op run.
+    let compare = shared.opts.params.compare;
+    let look = |entry: &Entry| -> io::Result<Option<TargetEntry>> {
+        let Some(fd) = dfd.as_ref().filter(|_| !fresh) else { return Ok(None) };
+        let name = entry.path.file_name();
+        let mut t = target_entry(fd.as_fd(), name)?;
+        if let Some(t) = t.as_mut()
+            && needs_target_hash(compare, entry, t)
+        {
+            t.content_hash = fsys::hash_file(fd.as_fd(), name).ok();
+        }
+        Ok(t)
+    };
+    let targets: Vec<io::Result<Option<TargetEntry>>> =
+        if fresh || entries.len() < PARALLEL_STAT_MIN {
+            entries.iter().map(look).collect()
+        } else {
+            let half = entries.len() / 2;
+            std::thread::scope(|s| {
+                let second = s.spawn(|| entries[half..].iter().map(look).collect::<Vec<_>>());
+                let mut first: Vec<_> = entries[..half].iter().map(look).collect();
+                first.extend(second.join().unwrap_or_default());
+                first
+            })
+        };
+    for (entry, target) in entries.iter().zip(targets) {
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => {
+                shared.error(FileError::io(entry.path.clone(), FileOp::Stat, e));
+                continue;
+            }
+        };
+        let decision = differ.decide(entry, target.as_ref());
+        differ.leader_target_inode(entry, target.as_ref());
+        apply(shared, deferred, dfd.as_deref(), entry, decision, &mut needs)?;
+    }
+    // Crash debris goes when a transfer writes into its directory again (or, with --mirror,
+    // when the directory is read for deletions); a run that writes nothing pays nothing.
+    if !needs.is_empty()
+        && !fresh
+        && let Some(fd) = &dfd
+        && let Some(open) = deferred.listings.get_mut(dir)
+        && !std::mem::replace(&mut open.debris_checked, true)
+        && let Ok(names) = fsys::read_dir_names(fd)
+    {
+        remove_debris(shared, fd, dir, &names);
+    }
+    if let Some(open) = open_done(deferred)
+        && mirror
+        && let (Some(fd), false) = (&dfd, fresh)
+    {
+        collect_deletions(shared, differ, deferred, fd, dir, &open.source_names);
+    }
+    Ok(needs)
+}
+
+pub(super) fn collect_deletions(
+    shared: &Shared<'_>,
+    differ: &mut Differ,
+    deferred: &mut Deferred,
+    fd: &OwnedFd,
+    dir: &RelPath,
+    source_names: &HashSet<Vec<u8>>,
+) {
+    let names = match fsys::read_dir_names(fd) {
+        Ok(n) => n,
+        Err(e) => {
+            shared.error(FileError::io(dir.clone(), FileOp::ListDir, e));
+            return;
+        }
+    };
+    remove_debris(shared, fd, dir, &names);
+    let mut extra = Vec::new();
+    for name in names {
+        // Marked temporary files left now are this process's own, still being written.
+        if source_names.contains(&name) || fsys::is_debris(fd.as_fd(), &name) {
+            continue;
+        }
+        match target_entry(fd.as_fd(), &name) {
+            Ok(Some(t)) => extra.push(t),
+            Ok(None) => {}
+            Err(e) => {
+                let path = dir.join(&name).unwrap_or_else(|_| dir.clone());
+                shared.error(FileError::io(path, FileOp::Stat, e))
+            }
+        }
+    }
+    let in_source = |n: &[u8]| source_names.contains(n);
+    let plan = differ.diff_dir(dir, &[], &extra, Some(&in_source));
+    for (name, kind) in plan.deletions {
+        if let Ok(path) = dir.join(&name) {
+            deferred.deletions.push((path, kind));
+        }
+    }
+}
+
+/// Removes the temporary files an interrupted transfer left among `names` of `dir` (only
+/// marked ones, never a user's file; never this process's own). This transfer holds the target
+/// lock, so no other blit transfer can be writing here.
+pub(super) fn remove_debris(shared: &Shared<'_>, fd: &OwnedFd, dir: &RelPath, names: &[Vec<u8>]) {
+    let ours = std::process::id();
+    let mut removed = 0u64;
+    let debris =
+        names.iter().filter(|n| fsys::temp_pid(n) != Some(ours) && fsys::is_debris(fd.as_fd(), n));
+    for name in debris {
+        if shared.dry_run() {
+            removed += 1;
+            continue;
+        }
+        match rustix::fs::unlinkat(fd, fsys::os(name), AtFlags::empty()) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(
+                "cannot remove {:?} in {dir}, left by an interrupted transfer: {e}",
+                String::from_utf8_lossy(name)
+            ),
+        }
+    }
+    if removed > 0 {
+        let verb = if shared.dry_run() { "would remove" } else { "removed" };
+        tracing::info!("{verb} {removed} temporary files left in {dir} by an interrupted transfer");
+    }
+}
+
+pub(super) fn apply(
+    shared: &Shared<'_>,
+    deferred: &mut Deferred,
+    dfd: Option<&OwnedFd>,
+    entry: &Entry,
+    decision: blitx_planner::Decision,
+    needs: &mut Vec<FileId>,
+) -> Result<(), TargetError> {
+    let path = &entry.path;
+    let name = entry.path.file_name();
+    let meta = Meta::of(entry);
+    let dry = shared.dry_run();
+    let c = &shared.counters;
+    if !dry
+        && decision.clear != Clear::Nothing
+        && let Some(fd) = dfd
+        && let Err(e) = clear(shared, fd, path, decision.clear)
+    {
+        shared.error(FileError::io(path.clone(), e.0, e.1));
+        return Ok(());
+    }
+    let res: Result<(), (FileOp, io::Error)> = match decision.action {
+        Action::Skip => Ok(()),
+        Action::Unsupported => {
+            c.unsupported.fetch_add(1, Ordering::Relaxed);
+            shared.event(EventKind::Unsupported, path, 0, Some("special file not copied".into()));
+            Ok(())
+        }
+        Action::KeepDir => {
+            keep_dir(shared, deferred, path, meta)?;
+            Ok(())
+        }
+        Action::MakeDir => {
+            c.dirs_created.fetch_add(1, Ordering::Relaxed);
+            shared.event(EventKind::DirCreated, path, 0, None);
+            let made = match dfd {
+                Some(fd) if !dry => {
+                    // Owner-writable until finalization sets the real mode.
+                    rustix::fs::mkdirat(fd, fsys::os(name), Mode::from_raw_mode(0o700))
+                        .map_err(|e| (FileOp::MakeDir, e.into()))
+                }
+                _ => Ok(()),
+            };
+            if made.is_ok() {
+                shared.touched(path);
+                deferred.fresh_dirs.insert(path.clone());
+                keep_dir(shared, deferred, path, meta)?;
+            }
+            made
+        }
+        Action::MakeSymlink => {
+            c.symlinks.fetch_add(1, Ordering::Relaxed);
+            shared.event(EventKind::Symlinked, path, 0, None);
+            match dfd {
+                Some(fd) if !dry => {
+                    shared.touched(path);
+                    make_symlink(shared, fd, entry, &meta)
+                }
+                _ => Ok(()),
+            }
+        }
+        Action::FixMeta => {
+            c.meta_updated.fetch_add(1, Ordering::Relaxed);
+            shared.event(EventKind::MetaUpdated, path, 0, None);
+            match dfd {
+                Some(fd) if !dry => {
+                    meta::apply_at(fd.as_fd(), name, entry.kind, &meta, &shared.id, shared.owners)
+                        .map_err(|e| (FileOp::Metadata, e))
+                }
+                _ => Ok(()),
+            }
+        }
+        Action::Hardlink { leader } => {
+            deferred.links.push((path.clone(), leader));
+            Ok(())
+        }
+        Action::CopyFile => {
+            if dry {
+                c.files_copied.fetch_add(1, Ordering::Relaxed);
+                c.bytes_copied.fetch_add(entry.size_bytes, Ordering::Relaxed);
+                shared.event(EventKind::Copied, path, entry.size_bytes, None);
+            } else {
+                need_file(shared, entry, meta, needs)?;
+            }
+            Ok(())
+        }
+    };
+    if let Err((op, e)) = res {
+        shared.error(FileError::io(path.clone(), op, e));
+    }
+    Ok(())
+}
+
+/// Asks the source for a file: it is pending (charged to the session's budget) until committed
+/// or failed.
+pub(super) fn need_file(
+    shared: &Shared<'_>,
+    entry: &Entry,
+    meta: Meta,
+    needs: &mut Vec<FileId>,
+) -> Result<(), TargetError> {
+    let p = Arc::new(Pending {
+        path: entry.path.clone(),
+        meta,
+        size_bytes: entry.size_bytes,
+        sparse: entry.sparse,
+        temp: Mutex::new(TempSlot::NotYet),
+        writing: Mutex::new(()),
+    });
+    let cost = pending_cost(&p.path);
+    shared
+        .opts
+        .limits
+        .charge("files whose data is on its way", cost)
+        .map_err(TargetError::Limit)?;
+    let wanted = Wanted {
+        path: entry.path.clone(),
+        size_bytes: entry.size_bytes,
+        sparse: entry.sparse,
+        small: shared.opts.params.is_small(entry.size_bytes),
+    };
+    if let Err(v) = lock(&shared.files).want(entry.id, wanted, p) {
+        shared.opts.limits.release(cost);
+        return Err(TargetError::Protocol(v));
+    }
+    needs.push(entry.id);
+    Progress::add(&shared.progress.files_needed, 1);
+    Progress::add(&shared.progress.bytes_needed, entry.size_bytes);
+    Ok(())
+}
+
+/// A listing in a memory-to-memory session (`--mem`): checked like any other, then every
+/// chunked file in it is needed; nothing is looked up or created on disk.
+pub(super) fn sink_listing(
+    shared: &Shared<'_>,
+    deferred: &mut Deferred,
+    entries: &[Entry],
+) -> Result<Vec<FileId>, TargetError> {
+    let mut needs = Vec::new();
+    for e in entries {
+        match e.kind {
+            EntryKind::Dir => deferred.check.directory(&e.path, true),
+            EntryKind::File if shared.opts.params.is_small(e.size_bytes) => {
+                return Err(TargetError::Protocol(Violation::SmallInMemorySession(e.path.clone())));
+            }
+            EntryKind::File if e.sparse => {
+                return Err(TargetError::Protocol(Violation::SparseInMemorySession(
+                    e.path.clone(),
+                )));
+            }
+            EntryKind::File => need_file(shared, e, Meta::of(e), &mut needs)?,
+            _ => {}
+        }
+    }
+    Ok(needs)
+}
+
+/// Records a directory made or verified in this session: its listing may come now, and its
+/// metadata is applied at the end.
+pub(super) fn keep_dir(
+    shared: &Shared<'_>,
+    deferred: &mut Deferred,
+    path: &RelPath,
+    meta: Meta,
+) -> Result<(), TargetError> {
+    let cost = limits::DIR_BYTES + path.as_bytes().len() as u64;
+    shared.opts.limits.charge("directories", cost).map_err(TargetError::Limit)?;
+    deferred.check.directory(path, true);
+    deferred.dirs.push((path.clone(), meta));
+    Ok(())
+}
+
+pub(super) fn clear(
+    shared: &Shared<'_>,
+    fd: &OwnedFd,
+    path: &RelPath,
+    how: Clear,
+) -> Result<(), (FileOp, io::Error)> {
+    let name = fsys::os(path.file_name());
+    match how {
+        Clear::Nothing => Ok(()),
+        Clear::NonDir => rustix::fs::unlinkat(fd, name, AtFlags::empty())
+            .map_err(|e| (FileOp::ClearFile, e.into())),
+        Clear::Dir { recursive } => {
+            shared.dirs.forget(path);
+            if recursive {
+                remove_tree(fd.as_fd(), path.file_name())
+                    .map(|_| ())
+                    .map_err(|e| (FileOp::ClearDir, e))
+            } else {
+                rustix::fs::unlinkat(fd, name, AtFlags::REMOVEDIR)
+                    .map_err(|e| (FileOp::ClearNonEmpty, e.into()))
+            }
+        }
+    }
+}
+
+/// Removes `name` in `dir` and, if it is a directory, everything below it, without ever
+/// following a symlink. Returns how many paths were removed.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
+    let os = fsys::os(name);
+    match rustix::fs::unlinkat(dir, os, AtFlags::empty()) {
+        Ok(()) => return Ok(1),
+        Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
+        Err(rustix::io::Errno::NOENT) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        os,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut removed = 1;
+    for child in fsys::read_dir_names(&sub)? {
+        removed += remove_tree(sub.as_fd(), &child)?;
+    }
+    rustix::fs::unlinkat(dir, os, AtFlags::REMOVEDIR)?;
+    Ok(removed)
+}
+
+pub(super) fn make_symlink(
+    shared: &Shared<'_>,
+    fd: &OwnedFd,
+    entry: &Entry,
+    meta: &Meta,
+) -> Result<(), (FileOp, io::Error)> {
+    let name = entry.path.file_name();
+    let target = entry.link_target.as_deref().unwrap_or_default();
+    let tmp = temp_name(name);
+    rustix::fs::symlinkat(fsys::os(target), fd, fsys::os(&tmp))
+        .map_err(|e| (FileOp::Symlink, e.into()))?;
+    let done =
+        meta::apply_at(fd.as_fd(), &tmp, EntryKind::Symlink, meta, &shared.id, shared.owners)
+            .map_err(|e| (FileOp::SymlinkMetadata, e))
+            .and_then(|()| {
+                rustix::fs::renameat(fd, fsys::os(&tmp), fd, fsys::os(name))
+                    .map_err(|e| (FileOp::SymlinkRename, e.into()))
+            });
+    if done.is_err() {
+        let _ = rustix::fs::unlinkat(fd, fsys::os(&tmp), AtFlags::empty());
+    }
+    done
+}
