@@ -305,10 +305,7 @@ pub(super) type TempFiles = (Arc<File>, Option<Arc<DirectFile>>);
 
 /// The temporary file of `p` (created, preallocated, at the first chunk), or `None` if the file
 /// was given up meanwhile.
-pub(super) fn temp_of(
-    shared: &Shared<'_>,
-    p: &Pending,
-) -> io::Result<Option<TempFiles>> {
+pub(super) fn temp_of(shared: &Shared<'_>, p: &Pending) -> io::Result<Option<TempFiles>> {
     let mut slot = lock(&p.temp);
     if let TempSlot::NotYet = *slot {
         let t = create_temp(shared, p, true)?;
