@@ -71,6 +71,10 @@ pub enum Step<M> {
     Commit { id: FileId, shell: M },
     /// Remove the temporary file (if one was created): the file is given up.
     Discard { id: FileId, shell: M },
+    /// Every chunk is written and verified and the source's verdict has not come yet: close
+    /// the file's descriptors (reopen it to commit). Files waiting for their verdicts then
+    /// cost no descriptor each, however many there are.
+    Park { id: FileId, shell: M },
     /// The file is complete (committed, or verified in a memory session).
     Done { id: FileId, path: RelPath, size_bytes: u64 },
     /// Report this failure.
@@ -220,6 +224,9 @@ impl<M: Clone> Receiving<M> {
                 offset_bytes: h.offset_bytes,
                 chunks,
             });
+        }
+        if f.chunks.is_complete() && !f.read_done && f.writing_now == 0 && !self.sink {
+            steps.push(Step::Park { id: h.file_id, shell: f.shell.clone() });
         }
         self.try_commit(h.file_id, steps);
         Ok(())
@@ -424,6 +431,26 @@ mod tests {
         let mut steps = Vec::new();
         r.written(h, outcome, &mut steps).unwrap();
         steps
+    }
+
+    #[test]
+    fn a_complete_file_waiting_for_its_verdict_is_parked() {
+        let mut r = Receiving::new(CHUNK, false);
+        let size = 2 * u64::from(CHUNK);
+        r.want(1, wanted(size), 0).unwrap();
+        let parks = |s: &[Step<u8>]| s.iter().filter(|s| matches!(s, Step::Park { .. })).count();
+        assert_eq!(parks(&deliver(&mut r, &chunk(1, 0, size), Written::Verified)), 0);
+        assert_eq!(parks(&deliver(&mut r, &chunk(1, 1, size), Written::Verified)), 1);
+        let mut steps = Vec::new();
+        r.file_read(1, &mut steps);
+        assert_eq!(commits(&steps), 1);
+        // With the verdict first, the last chunk commits at once: nothing to park.
+        r.want(2, wanted(size), 0).unwrap();
+        let mut steps = Vec::new();
+        r.file_read(2, &mut steps);
+        deliver(&mut r, &chunk(2, 0, size), Written::Verified);
+        let last = deliver(&mut r, &chunk(2, 1, size), Written::Verified);
+        assert_eq!((parks(&last), commits(&last)), (0, 1));
     }
 
     fn commits(steps: &[Step<u8>]) -> usize {

@@ -972,6 +972,8 @@ impl Sim {
                     self.schedule(t, Event::CommitDone(id));
                 }
                 Step::Discard { id, .. } => self.discard(id),
+                // Descriptors are not modelled: a parked file keeps its contents.
+                Step::Park { .. } => {}
                 Step::Done { path, .. } => self.done.push(path),
                 Step::Fail(e) => {
                     self.log(|| format!("{}: {e}", e.path));

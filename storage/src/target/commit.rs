@@ -23,8 +23,13 @@ pub(super) fn carry_out(shared: &Shared<'_>, mut steps: Vec<Step<Arc<Pending>>>)
             match step {
                 Step::Commit { id, shell: p } => {
                     let slot = std::mem::replace(&mut *lock(&p.temp), TempSlot::Gone);
+                    let slot = match slot {
+                        TempSlot::Parked(pk) => unpark(&p, pk),
+                        other => Ok(other),
+                    };
                     let result = match slot {
-                        TempSlot::Open(temp) => {
+                        Err(e) => Err(e),
+                        Ok(TempSlot::Open(temp)) => {
                             let r = commit(shared, &p, &temp);
                             if r.is_err() {
                                 let _ = rustix::fs::unlinkat(
@@ -35,11 +40,12 @@ pub(super) fn carry_out(shared: &Shared<'_>, mut steps: Vec<Step<Arc<Pending>>>)
                             }
                             r
                         }
-                        _ => Err(io::Error::other("its temporary file is gone")),
+                        Ok(_) => Err(io::Error::other("its temporary file is gone")),
                     };
                     lock(&shared.files).commit_result(id, result, &mut more);
                 }
                 Step::Discard { shell: p, .. } => p.discard(),
+                Step::Park { shell: p, .. } => park(&p),
                 Step::Done { path, size_bytes, .. } => {
                     shared.opts.limits.release(pending_cost(&path));
                     file_done(shared, &path, size_bytes);
@@ -84,4 +90,50 @@ pub(super) fn file_done(shared: &Shared<'_>, path: &RelPath, size_bytes: u64) {
     c.files_copied.fetch_add(1, Ordering::Relaxed);
     c.bytes_copied.fetch_add(size_bytes, Ordering::Relaxed);
     shared.event(EventKind::Copied, path, size_bytes, None);
+}
+
+/// Closes the descriptors of a complete file that waits for its verdict (see [`Step::Park`]).
+fn park(p: &Pending) {
+    let mut slot = lock(&p.temp);
+    let TempSlot::Open(t) = &*slot else { return };
+    // Without its identity it could not be found again safely: it stays open.
+    let Ok(st) = rustix::fs::fstat(&*t.file) else { return };
+    let TempSlot::Open(t) = std::mem::replace(&mut *slot, TempSlot::Gone) else { return };
+    *slot = TempSlot::Parked(Parked {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        direct: t.direct.is_some(),
+        widened: t.widened,
+        name: t.name,
+        dir: t.dir,
+    });
+}
+
+/// Reopens a parked temporary file to commit it: beneath its directory handle, never through
+/// a symlink, and only if it is still the same file.
+fn unpark(p: &Pending, pk: Parked) -> io::Result<TempSlot> {
+    // Write access only for the cut of a padded last chunk (the file is owner-writable then);
+    // metadata, the temp mark and fsync work through a read-only descriptor.
+    let access = if pk.direct { OFlags::RDWR } else { OFlags::RDONLY };
+    let fd = rustix::fs::openat(
+        pk.dir.as_fd(),
+        fsys::os(&pk.name),
+        access | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if (st.st_dev, st.st_ino) != (pk.dev, pk.ino) {
+        return Err(io::Error::other("its temporary file was replaced while it waited"));
+    }
+    let file = File::from(fd);
+    if pk.direct {
+        rustix::fs::ftruncate(&file, p.size_bytes)?;
+    }
+    Ok(TempSlot::Open(Temp {
+        file: Arc::new(file),
+        direct: None,
+        widened: pk.widened,
+        name: pk.name,
+        dir: pk.dir,
+    }))
 }

@@ -153,8 +153,23 @@ struct Temp {
 enum TempSlot {
     NotYet,
     Open(Temp),
+    /// Complete and waiting for the source's verdict: its descriptors are closed (files
+    /// waiting for verdicts cost no descriptor each), and it is reopened by name to commit.
+    Parked(Parked),
     /// Discarded, or renamed into place.
     Gone,
+}
+
+/// A temporary file whose descriptors were closed: enough to find it again, and to be sure it
+/// is the same file (its device and inode).
+struct Parked {
+    name: Vec<u8>,
+    dir: Arc<OwnedFd>,
+    dev: u64,
+    ino: u64,
+    /// Written through the direct descriptor: its last chunk is padded (cut at commit).
+    direct: bool,
+    widened: bool,
 }
 
 /// A file whose contents are on their way: what the shell needs to write and commit it. Its
@@ -179,8 +194,14 @@ fn pending_cost(path: &RelPath) -> u64 {
 impl Pending {
     /// Removes the temporary file, if there is one; none is created after this.
     fn discard(&self) {
-        if let TempSlot::Open(t) = std::mem::replace(&mut *lock(&self.temp), TempSlot::Gone) {
-            let _ = rustix::fs::unlinkat(t.dir.as_fd(), fsys::os(&t.name), AtFlags::empty());
+        match std::mem::replace(&mut *lock(&self.temp), TempSlot::Gone) {
+            TempSlot::Open(t) => {
+                let _ = rustix::fs::unlinkat(t.dir.as_fd(), fsys::os(&t.name), AtFlags::empty());
+            }
+            TempSlot::Parked(pk) => {
+                let _ = rustix::fs::unlinkat(pk.dir.as_fd(), fsys::os(&pk.name), AtFlags::empty());
+            }
+            TempSlot::NotYet | TempSlot::Gone => {}
         }
     }
 }
