@@ -8,7 +8,7 @@ pkgs=(
   libibverbs-dev librdmacm-dev ibverbs-providers libibverbs1  # verbs headers (build) and providers (run)
   libclang1-14 libclang-common-14-dev                          # bindgen (rdma-sys) at build time
   rsync iperf3 perftest     # peers for benchmarks and tests
-  util-linux                # setpriv (privilege drops in tests), fincore (page-cache checks, --io)
+  util-linux                # setpriv (privilege drops in tests), fincore (page-cache checks, --io), prlimit (descriptor limits in tests)
   mount e2fsprogs           # the RDMA stage's --io direct leg: an ext4 on a loop device
   iproute2 iptables         # network-namespace tests (two hosts, packet loss)
   time                      # /usr/bin/time -v for peak RSS in benchmarks

@@ -279,13 +279,7 @@ impl<M: Clone> Receiving<M> {
         debug_assert_eq!(f.phase, Phase::Committing);
         match result {
             Ok(()) => {
-                if let Some(f) = self.files.remove(&id) {
-                    steps.push(Step::Done {
-                        id,
-                        path: f.wanted.path,
-                        size_bytes: f.wanted.size_bytes,
-                    });
-                }
+                self.done(id, steps);
             }
             Err(e) => {
                 f.phase = Phase::Failed;
@@ -335,13 +329,7 @@ impl<M: Clone> Receiving<M> {
         let Some(f) = self.files.get_mut(&id) else { return };
         match result {
             Ok(()) => {
-                if let Some(f) = self.files.remove(&id) {
-                    steps.push(Step::Done {
-                        id,
-                        path: f.wanted.path,
-                        size_bytes: f.wanted.size_bytes,
-                    });
-                }
+                self.done(id, steps);
             }
             Err(e) => {
                 f.phase = Phase::Failed;
@@ -381,13 +369,21 @@ impl<M: Clone> Receiving<M> {
         }
         if self.sink {
             // Nothing to commit in a memory session: every chunk was verified.
-            if let Some(f) = self.files.remove(&id) {
-                steps.push(Step::Done { id, path: f.wanted.path, size_bytes: f.wanted.size_bytes });
-            }
+            self.done(id, steps);
             return;
         }
         f.phase = Phase::Committing;
         steps.push(Step::Commit { id, shell: f.shell.clone() });
+    }
+}
+
+impl<M> Receiving<M> {
+    /// File `id` is complete (committed, written whole, or verified in a memory session): it
+    /// leaves the machine and is reported done.
+    fn done(&mut self, id: FileId, steps: &mut Vec<Step<M>>) {
+        if let Some(f) = self.files.remove(&id) {
+            steps.push(Step::Done { id, path: f.wanted.path, size_bytes: f.wanted.size_bytes });
+        }
     }
 }
 
