@@ -72,6 +72,16 @@ impl DataPlaneError {
             _ => false,
         }
     }
+
+    /// True when the set-up stopped because the session was cancelled (not a failure of the
+    /// transport or the peer).
+    pub fn is_cancelled(&self) -> bool {
+        match self {
+            DataPlaneError::Rdma(e) => e.is_cancelled(),
+            DataPlaneError::Tcp(tcp::SetupError::Cancelled { .. }) => true,
+            _ => false,
+        }
+    }
 }
 
 fn tcp_config(opts: &DataPlaneOptions) -> tcp::TcpConfig {

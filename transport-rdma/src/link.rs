@@ -1,13 +1,13 @@
 //! Plumbing both halves of the transport share: opening the device, the
-//! session's first fault and how it becomes a `TransportError`, and the CQ
-//! polling loop with its idle back-off.
+//! session's first fault and how it becomes a `TransportError`, the CQ
+//! polling loop with its idle back-off, and the wake-up that lets the
+//! session's `Cancel` end a poller's sleep at once.
 //!
 //! Owns no verbs object; the sender and receiver modules do.
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use blitx_core::cancel::{Cancel, FirstFailure};
@@ -17,16 +17,12 @@ use blitx_core::transport::TransportError;
 use crate::config::RdmaConfig;
 use crate::counters::{Counters, add};
 use blitx_verbs::{
-    Access, Completion, CompletionQueue, Context, CqMode, Error, PortState, ProtectionDomain,
-    QpConfig, QpTimers, QueuePair, RecvRequest, RemoteQpParams, Result,
+    Completion, CompletionQueue, Context, CqMode, Error, PortState, QpTimers, QueuePair,
+    RemoteQpParams, Result,
 };
 
 /// Completions taken per poll.
 pub(crate) const POLL_BATCH: usize = 32;
-/// How long the credit thread waits for a returned slot before it looks at
-/// its keepalive clock (a timer, not a cancellation check: a fault closes the
-/// pool, which wakes it).
-pub(crate) const WAIT_SLICE: Duration = Duration::from_millis(20);
 /// After a local abort, how long the abort notices get to leave before the
 /// QPs are moved to the error state (which would flush them).
 pub(crate) const ABORT_GRACE: Duration = Duration::from_millis(250);
@@ -35,14 +31,13 @@ pub(crate) const ABORT_GRACE: Duration = Duration::from_millis(250);
 const SPINS_BEFORE_YIELD: u32 = 4;
 /// Busy-poll: after this long without a completion the poller stops spinning
 /// and sleeps on the CQ's completion channel until the next one, so an idle
-/// session costs no CPU. A 100 Gb/s link with 4 MiB frames completes a WRITE
-/// every ~330 µs, so a busy session never gets there.
+/// session costs no CPU (perftest's busy-poll, then blocking). Spinning at
+/// all is for latency: a completion is seen within a poll instead of after a
+/// channel event, an interrupt and a wake-up (~5-20 µs each, per burst). A
+/// 100 Gb/s link with 4 MiB frames completes a WRITE every ~330 µs, so a busy
+/// session never gets to sleep. Cancellation does not depend on it: a
+/// sleeping poller is woken by its CQ's [`CqWake`](blitx_verbs::CqWake).
 const IDLE_SPIN: Duration = Duration::from_millis(2);
-/// Longest sleep on the completion channel. Callers blocked in `send`,
-/// `finish` and `recv` are woken by the session's `Cancel`, and so are the CQ
-/// pollers ([`CqWaker`]); this slice paces the sender's stall and keepalive
-/// clocks (and stays a backstop should a device not flush the waker's RECV).
-const EVENT_SLICE: Duration = Duration::from_millis(20);
 
 /// Locks a mutex; a panic while holding one of the transport's locks leaves
 /// only counters and queues behind, which the fault path discards anyway.
@@ -136,12 +131,18 @@ impl Fault {
 #[derive(Debug)]
 pub(crate) struct FaultSlot {
     first: FirstFailure<Fault>,
-    notices_done: AtomicBool,
+    /// Set once the notices are posted; `notices_posted` is notified then.
+    notices_done: Mutex<bool>,
+    notices_posted: Condvar,
 }
 
 impl Default for FaultSlot {
     fn default() -> Self {
-        FaultSlot { first: FirstFailure::new(Cancel::new()), notices_done: AtomicBool::new(false) }
+        FaultSlot {
+            first: FirstFailure::new(Cancel::new()),
+            notices_done: Mutex::new(false),
+            notices_posted: Condvar::new(),
+        }
     }
 }
 
@@ -164,22 +165,22 @@ impl FaultSlot {
     /// The thread that raised the fault has posted its abort notices (or had
     /// none to post).
     pub(crate) fn notices_done(&self) {
-        self.notices_done.store(true, Ordering::Release);
+        *lock(&self.notices_done) = true;
+        self.notices_posted.notify_all();
     }
 
     /// Waits up to `limit` for [`FaultSlot::notices_done`]. A thread that
     /// moves the QPs to the error state after a fault calls this first: QPs
     /// moved earlier flush the notices, and the peer learns of the fault only
     /// from its transport retries (~1.9 s) instead of at once.
+    /// Woken by [`FaultSlot::notices_done`]; `limit` is a deadline, not a poll.
     pub(crate) fn wait_notices(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while !self.notices_done.load(Ordering::Acquire) {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        true
+        let done = lock(&self.notices_done);
+        let (done, _) = self
+            .notices_posted
+            .wait_timeout_while(done, limit, |done| !*done)
+            .unwrap_or_else(|p| p.into_inner());
+        *done
     }
 
     pub(crate) fn is_raised(&self) -> bool {
@@ -248,52 +249,13 @@ pub(crate) fn transport_timers() -> QpTimers {
     QpTimers { retry_cnt: TRANSPORT_RETRIES, timeout: TRANSPORT_ACK_TIMEOUT, ..QpTimers::default() }
 }
 
-/// The `wr_id` of a [`CqWaker`]'s RECV; `wire::parse_wr_id` knows no such
-/// kind, and [`Poller::poll`] drops its completion.
-pub(crate) const WAKE_WR_ID: u64 = u64::MAX;
-
-/// Wakes a thread asleep on a CQ's completion channel when the session's
-/// [`Cancel`] fires. A CQ has no way in from user space but completions, so
-/// the waker is a QP of that CQ that is never connected and holds one posted
-/// RECV: firing moves it to the error state, which flushes the RECV into the
-/// CQ, and that completion raises the channel's event. The CQ is made one
-/// entry deeper for it. Costs one QP per session side, nothing per frame.
-#[derive(Debug)]
-pub(crate) struct CqWaker {
-    qp: QueuePair,
-}
-
-impl CqWaker {
-    pub(crate) fn new(
-        pd: &Arc<ProtectionDomain>,
-        cq: &Arc<CompletionQueue>,
-        port_num: u8,
-        gid_index: Option<u32>,
-    ) -> Result<Self> {
-        let cfg = QpConfig {
-            port_num,
-            gid_index,
-            max_send_wr: 1,
-            max_recv_wr: 1,
-            max_send_sge: 1,
-            max_recv_sge: 1,
-            max_inline_bytes: 0,
-            access: Access::NONE,
-            timers: QpTimers::default(),
-        };
-        let qp = QueuePair::create_rc(pd, cq, cq, &cfg)?;
-        qp.post_recv(&[RecvRequest { wr_id: WAKE_WR_ID, buf: None }])?;
-        Ok(CqWaker { qp })
-    }
-
-    /// Arms the waker on `cancel` (it fires once).
-    pub(crate) fn arm(self, cancel: &Cancel) {
-        cancel.on_fire(move || {
-            if let Err(e) = self.qp.set_error() {
-                tracing::debug!(target: "blit::rdma", error = %e, "CQ waker not fired");
-            }
-        });
-    }
+/// Wakes whoever sleeps on `cq` (a poller thread) when `cancel` fires: the
+/// CQ's eventfd is polled together with its completion channel (see the
+/// verbs crate's [`CqWake`](blitx_verbs::CqWake)), so the poller sees the fault at once instead of
+/// at its next completion or timer.
+pub(crate) fn wake_on_cancel(cq: &CompletionQueue, cancel: &Cancel) {
+    let wake = cq.waker();
+    cancel.on_fire(move || wake.wake());
 }
 
 /// How errors name the connection of one QP.
@@ -317,13 +279,16 @@ impl Poller {
         Poller { mode, spins: 0, empty_since: None }
     }
 
-    /// One poll: returns the completions read (0 after spinning, yielding,
-    /// napping or sleeping a little).
+    /// One poll: returns the completions read. 0 after a spin or a yield
+    /// (busy-poll, not idle yet), or after sleeping on the channel until
+    /// `until` (`None`: no deadline) or until the CQ's [`CqWake`](blitx_verbs::CqWake) was woken
+    /// (cancellation, stop). Callers re-check their flags and clocks on 0.
     pub(crate) fn poll(
         &mut self,
         cq: &CompletionQueue,
         out: &mut [Completion],
         counters: &Counters,
+        until: Option<Instant>,
     ) -> Result<usize> {
         let n = match self.mode {
             CqMode::BusyPoll => {
@@ -332,7 +297,7 @@ impl Poller {
                     let since = *self.empty_since.get_or_insert_with(Instant::now);
                     self.spins = self.spins.wrapping_add(1);
                     if since.elapsed() >= IDLE_SPIN {
-                        cq.poll_wait(out, EVENT_SLICE)?
+                        cq.poll_wait_until(out, until)?
                     } else {
                         if self.spins.is_multiple_of(SPINS_BEFORE_YIELD) {
                             std::thread::yield_now();
@@ -345,18 +310,8 @@ impl Poller {
                     n
                 }
             }
-            CqMode::Event => cq.poll_wait(out, EVENT_SLICE)?,
+            CqMode::Event => cq.poll_wait_until(out, until)?,
         };
-        // A waker's flushed RECV only ended the wait: drop it (one compare per
-        // completion).
-        let mut kept = 0;
-        for i in 0..n {
-            if out[i].wr_id != WAKE_WR_ID {
-                out[kept] = out[i];
-                kept += 1;
-            }
-        }
-        let n = kept;
         if n > 0 {
             self.empty_since = None;
             add(&counters.completions, n as u64);

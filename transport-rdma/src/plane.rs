@@ -39,31 +39,43 @@ fn wrong_role(got: &str) -> Error {
     Error::InvalidRemote { reason: format!("the peer set up as a {got} too") }
 }
 
-fn cancelled() -> Error {
-    Error::InvalidRemote { reason: "the set-up was cancelled".into() }
+/// Runs one step of a set-up unless `cancel` fired before it; a half made
+/// while it fired is dropped (its drop aborts it: the peer gets the abort
+/// notice) and the set-up reports [`Error::Cancelled`] too, so a cancelled
+/// set-up never hands out a half and never looks like the peer's fault.
+/// Connecting moves QPs through their states and does not block, so
+/// checking on both sides of it is enough: no wait inside needs a waker.
+fn unless_cancelled<H>(
+    cancel: &Cancel,
+    op: &'static str,
+    step: impl FnOnce() -> Result<H>,
+) -> Result<H> {
+    if cancel.is_fired() {
+        return Err(Error::Cancelled { op });
+    }
+    let half = step()?;
+    if cancel.is_fired() {
+        drop(half);
+        return Err(Error::Cancelled { op });
+    }
+    Ok(half)
 }
 
 impl SenderSetup {
     fn join(self, peer: PeerInfo, cancel: &Cancel) -> Result<RdmaSender> {
-        if cancel.is_fired() {
-            return Err(cancelled());
-        }
-        match peer {
+        unless_cancelled(cancel, "set-up of the sender", || match peer {
             PeerInfo::Receiver(info) => self.connect(&info),
             PeerInfo::Sender(_) => Err(wrong_role("sender")),
-        }
+        })
     }
 }
 
 impl ReceiverSetup {
     fn join(self, peer: PeerInfo, cancel: &Cancel) -> Result<RdmaReceiver> {
-        if cancel.is_fired() {
-            return Err(cancelled());
-        }
-        match peer {
+        unless_cancelled(cancel, "set-up of the receiver", || match peer {
             PeerInfo::Sender(info) => self.connect(&info),
             PeerInfo::Receiver(_) => Err(wrong_role("receiver")),
-        }
+        })
     }
 }
 
@@ -143,5 +155,53 @@ impl DataPlane for RdmaPlane<'_> {
     }
     fn dial_receive(&self) -> Result<(ReceiverSetup, PeerInfo)> {
         self.receiver()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_up_cancelled_before_it_connects_is_a_typed_cancel() {
+        let cancel = Cancel::new();
+        cancel.fire();
+        let mut ran = false;
+        let err = unless_cancelled(&cancel, "set-up of the sender", || {
+            ran = true;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(!ran, "nothing is connected after the cancel");
+        assert!(err.is_cancelled(), "{err:?}");
+        assert!(!matches!(err, Error::InvalidRemote { .. }));
+        assert!(!err.is_unavailable(), "a cancel is no reason to fall back to TCP");
+    }
+
+    #[test]
+    fn a_set_up_cancelled_while_it_connects_drops_the_half() {
+        struct Half(std::rc::Rc<std::cell::Cell<bool>>);
+        impl Drop for Half {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let cancel = Cancel::new();
+        let dropped = std::rc::Rc::new(std::cell::Cell::new(false));
+        let err = unless_cancelled(&cancel, "set-up of the receiver", || {
+            cancel.fire(); // the control plane gave up while the QPs were connecting
+            Ok(Half(std::rc::Rc::clone(&dropped)))
+        })
+        .map(|_| ())
+        .unwrap_err();
+        assert!(matches!(err, Error::Cancelled { op: "set-up of the receiver" }), "{err:?}");
+        assert!(dropped.get(), "the half was dropped (aborted), not handed out");
+        // not cancelled: the step's own result
+        let ok = unless_cancelled(&Cancel::new(), "set-up of the sender", || Ok(7));
+        assert_eq!(ok.unwrap(), 7);
+        let bad = unless_cancelled(&Cancel::new(), "set-up of the sender", || {
+            Err::<(), _>(wrong_role("sender"))
+        });
+        assert!(matches!(bad, Err(Error::InvalidRemote { .. })));
     }
 }

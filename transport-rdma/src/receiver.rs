@@ -12,7 +12,7 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,8 @@ use crate::config::{RdmaConfig, ReceiverInfo, SenderInfo};
 use crate::counters::{Counters, RdmaCounters, add};
 use crate::domain::RdmaDomain;
 use crate::link::{
-    ABORT_GRACE, CqWaker, Fault, FaultSlot, POLL_BATCH, Poller, WAIT_SLICE, keepalive_after, lock,
-    peer_name, transport_timers,
+    ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, keepalive_after, lock, peer_name,
+    transport_timers, wake_on_cancel,
 };
 use crate::wire::{
     CONTROL_BYTES, Control, CreditBatch, Imm, WrKind, parse_wr_id, split_write, wr_id,
@@ -50,7 +50,6 @@ pub struct ReceiverSetup {
     // Field order is drop order: QP → CQ → MR (+ pool) → context (the PD is
     // held by the QPs and the MR).
     qps: Vec<QueuePair>,
-    waker: CqWaker,
     cq: Arc<CompletionQueue>,
     ring: RegisteredPool,
     ctx: Arc<Context>,
@@ -77,10 +76,8 @@ impl ReceiverSetup {
         let (ctx, port_num, pd) = (Arc::clone(domain.ctx()), domain.port_num(cfg), domain.pd());
         let recv_depth = RdmaConfig::recv_depth(cfg.slots);
         let sq_depth = cfg.receiver_sq_depth();
-        // one entry more for the CQ waker's flushed RECV
-        let cq_depth = cfg.qps * (recv_depth + sq_depth) + 1;
+        let cq_depth = cfg.qps * (recv_depth + sq_depth);
         let cq = CompletionQueue::new(&ctx, cq_depth, CqMode::Event)?; // see link::Poller
-        let waker = CqWaker::new(pd, &cq, port_num, cfg.gid_index)?;
         let access = Access::LOCAL_WRITE | Access::REMOTE_WRITE;
         let ring = domain.receiver_ring(cfg)?;
         let qp_cfg = QpConfig {
@@ -110,8 +107,7 @@ impl ReceiverSetup {
             slots: cfg.slots,
             chunk_bytes: cfg.chunk_bytes,
         };
-        let setup =
-            ReceiverSetup { cfg: cfg.clone(), info: info.clone(), qps, waker, cq, ring, ctx };
+        let setup = ReceiverSetup { cfg: cfg.clone(), info: info.clone(), qps, cq, ring, ctx };
         Ok((setup, info))
     }
 
@@ -145,6 +141,7 @@ impl ReceiverSetup {
                 unsignaled_run: vec![0; n],
                 next_qp: 0,
             }),
+            sq_room: Condvar::new(),
             sq_completed: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sq_cap: u64::from(self.cfg.receiver_sq_depth()),
             slot_bytes: self.cfg.slot_bytes(),
@@ -166,8 +163,20 @@ impl ReceiverSetup {
         // Every frame in the channel holds a slot, except Hole/End frames;
         // when writers fall behind, the poller waits on the channel and the
         // sender on credits.
-        // The poller sleeps on the CQ: the session's cancel wakes it.
-        self.waker.arm(shared.fault.cancel());
+        // Every thread of this side is woken by the session's cancel, none polls for it: the
+        // poller sleeps on the CQ (its wake), the credit thread on the ring (closing it), and a
+        // control SEND waiting for send-queue room on `sq_room`.
+        wake_on_cancel(&shared.cq, shared.fault.cancel());
+        {
+            let ring = shared.ring.pool().clone();
+            shared.fault.cancel().on_fire(move || ring.close());
+            let weak = Arc::downgrade(&shared);
+            shared.fault.cancel().on_fire(move || {
+                if let Some(shared) = weak.upgrade() {
+                    shared.wake_sq_waiters();
+                }
+            });
+        }
         let (tx, rx) = crossbeam_channel::bounded(slots as usize);
         let poller = {
             let shared = Arc::clone(&shared);
@@ -191,6 +200,7 @@ impl ReceiverSetup {
             Ok(handle) => handle,
             Err(e) => {
                 shared.stop.store(true, Ordering::Release);
+                shared.cq.waker().wake();
                 let _ = poller.join();
                 return Err(Error::verbs("spawn the RDMA credit thread", e));
             }
@@ -222,6 +232,9 @@ struct RecvShared {
     slot_bytes: u64,
     peers: Vec<String>,
     sq: Mutex<ControlSq>,
+    /// Notified when control SENDs complete (room in a send queue), on a
+    /// fault and on stop: wakes [`RecvShared::post_control_wait`].
+    sq_room: Condvar,
     sq_completed: Vec<AtomicU64>,
     sq_cap: u64,
     fault: FaultSlot,
@@ -269,7 +282,16 @@ impl RecvShared {
 
     /// Posts one control SEND; `Ok(false)` when the QP's send queue is full.
     fn post_control(&self, qp: Option<usize>, msg: &Control, force_signal: bool) -> Result<bool> {
-        let mut sq = lock(&self.sq);
+        self.post_control_locked(&mut lock(&self.sq), qp, msg, force_signal)
+    }
+
+    fn post_control_locked(
+        &self,
+        sq: &mut ControlSq,
+        qp: Option<usize>,
+        msg: &Control,
+        force_signal: bool,
+    ) -> Result<bool> {
         let n = self.qps.len();
         let qp = qp.unwrap_or_else(|| {
             let q = sq.next_qp;
@@ -299,22 +321,64 @@ impl RecvShared {
         Ok(true)
     }
 
-    /// Posts a control SEND, waiting while the send queue is full.
+    /// Posts a control SEND, waiting while the send queue is full: woken by
+    /// the poller when control SENDs complete, by the first fault and by stop
+    /// (`sq_room`), never by a timer. The poller retires a full queue's
+    /// signalled SENDs (at least one in `CONTROL_SIGNAL_INTERVAL`), so a
+    /// live peer always makes room.
     fn post_control_wait(&self, qp: Option<usize>, msg: &Control) -> Result<bool> {
+        let mut sq = lock(&self.sq);
         loop {
             if self.stop.load(Ordering::Acquire) || self.fault.is_raised() {
                 return Ok(false);
             }
-            if self.post_control(qp, msg, false)? {
+            if self.post_control_locked(&mut sq, qp, msg, false)? {
                 return Ok(true);
             }
-            std::thread::sleep(Duration::from_micros(50));
+            sq = self.sq_room.wait(sq).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Wakes a credit thread waiting for send-queue room (see
+    /// [`RecvShared::post_control_wait`]); the mutex is taken first, so a
+    /// waiter between its check and its wait cannot miss it.
+    fn wake_sq_waiters(&self) {
+        drop(lock(&self.sq));
+        self.sq_room.notify_all();
     }
 
     fn control_idle(&self) -> bool {
         let sq = lock(&self.sq);
         sq.posted.iter().zip(&self.sq_completed).all(|(p, c)| c.load(Ordering::Acquire) >= *p)
+    }
+
+    /// How long the credit thread may sleep before its keepalive clock needs
+    /// it: until `keepalive` after the last completion (then it pings), or,
+    /// with a ping out, until the next multiple of `keepalive` since it was
+    /// sent (to see whether it completed, so the next one is due) or just past
+    /// the stall timeout (its deadline). At least 1 ms, so a wait is never a
+    /// spin. A timer for the clock only: cancellation closes the ring.
+    fn keepalive_wait(
+        &self,
+        ping: Option<&(Instant, Vec<Option<u64>>)>,
+        keepalive: Duration,
+    ) -> Duration {
+        let left = match ping {
+            Some((sent, _)) => {
+                let spent = sent.elapsed();
+                let period = keepalive.as_nanos().max(1);
+                let into = Duration::from_nanos((spent.as_nanos() % period) as u64);
+                let check = keepalive.saturating_sub(into);
+                let stall = self.cfg.stall_timeout.saturating_sub(spent) + Duration::from_millis(1);
+                check.min(stall)
+            }
+            None => {
+                let quiet_ns =
+                    self.now_ns().saturating_sub(self.last_rx_ns.load(Ordering::Acquire));
+                keepalive.saturating_sub(Duration::from_nanos(quiet_ns))
+            }
+        };
+        left.max(Duration::from_millis(1))
     }
 
     /// The credit thread: takes slots back from the pool as writers drop
@@ -327,7 +391,9 @@ impl RecvShared {
         // (when sent, per QP the ping's sequence number if it was posted)
         let mut ping: Option<(Instant, Vec<Option<u64>>)> = None;
         while !self.stopping() {
-            let first = match pool.acquire_timeout(WAIT_SLICE) {
+            // Sleeps until a writer returns a slot or the next keepalive deadline (a timer);
+            // a fault, the end of the stream and stop close the ring, which wakes it.
+            let first = match pool.acquire_timeout(self.keepalive_wait(ping.as_ref(), keepalive)) {
                 Ok(lease) => lease,
                 Err(_) => break, // the pool was closed: shutting down
             };
@@ -416,7 +482,8 @@ impl RecvShared {
         let mut ended = vec![false; self.qps.len()];
         let mut ended_count = 0;
         while !self.stop.load(Ordering::Acquire) && !self.fault.is_raised() {
-            let n = match poller.poll(&self.cq, &mut wcs, &self.counters) {
+            // no deadline: completions, and the CQ's wake on a fault or stop, end the sleep
+            let n = match poller.poll(&self.cq, &mut wcs, &self.counters, None) {
                 Ok(n) => n,
                 Err(e) => {
                     self.fail(Fault::verbs("ibv_poll_cq", self.peer(0), e));
@@ -442,6 +509,8 @@ impl RecvShared {
             }
             if ended_count == ended.len() {
                 self.ended.store(true, Ordering::Release);
+                // the credit thread has nothing left to credit: closing the ring wakes it
+                self.ring.pool().close();
                 let first = self.first_rx_ns.load(Ordering::Acquire);
                 add(&self.counters.data_ns, self.now_ns().saturating_sub(first));
                 self.log_counters();
@@ -455,7 +524,8 @@ impl RecvShared {
             self.fault.wait_notices(ABORT_GRACE);
             let deadline = Instant::now() + ABORT_GRACE;
             while Instant::now() < deadline && !self.control_idle() {
-                let n = poller.poll(&self.cq, &mut wcs, &self.counters).unwrap_or(0);
+                let n =
+                    poller.poll(&self.cq, &mut wcs, &self.counters, Some(deadline)).unwrap_or(0);
                 for c in &wcs[..n] {
                     self.note_control_completion(c);
                 }
@@ -473,6 +543,8 @@ impl RecvShared {
             && let Some(done) = self.sq_completed.get(usize::from(qp))
         {
             done.fetch_max(seq + 1, Ordering::AcqRel);
+            // one signalled SEND in CONTROL_SIGNAL_INTERVAL completes: cheap
+            self.wake_sq_waiters();
         }
     }
 
@@ -659,7 +731,10 @@ impl Drop for RdmaReceiver {
             self.shared.fail(Fault::Cancelled);
         }
         self.shared.stop.store(true, Ordering::Release);
+        // wake every thread (the cancel above did unless the stream had ended)
+        self.shared.cq.waker().wake();
         self.shared.ring.pool().close();
+        self.shared.wake_sq_waiters();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -31,15 +31,18 @@ use crate::config::{RdmaConfig, ReceiverInfo, SenderInfo};
 use crate::counters::{Counters, RdmaCounters, add};
 use crate::domain::RdmaDomain;
 use crate::link::{
-    ABORT_GRACE, CqWaker, Fault, FaultSlot, POLL_BATCH, Poller, keepalive_after, lock, peer_name,
-    transport_timers,
+    ABORT_GRACE, Fault, FaultSlot, POLL_BATCH, Poller, keepalive_after, lock, peer_name,
+    transport_timers, wake_on_cancel,
 };
 use crate::window::{Blocked, Grant, SenderWindow};
 use crate::wire::{CONTROL_BYTES, Control, HEADER_BYTES, Imm, WrKind, parse_wr_id, wr_id};
 
 /// Spacing of header-ring entries (one cache line each).
 const HEADER_STRIDE_BYTES: usize = 64;
-/// How often the progress thread checks for a stall.
+/// How often the progress thread looks at its clocks (stall, keepalive, an
+/// unsignalled tail to retire) while no completion arrives. A timer for those
+/// deadlines only: cancellation and stop wake the thread at once (the CQ's
+/// wake), and completions end its sleep as they arrive.
 const STALL_CHECK: Duration = Duration::from_millis(50);
 
 const _: () = assert!(HEADER_BYTES <= HEADER_STRIDE_BYTES);
@@ -56,7 +59,6 @@ pub struct SenderSetup {
     // Field order is drop order: QP → CQ → MRs (+ pool) → context (the PD is
     // held by the QPs and the MRs).
     qps: Vec<QueuePair>,
-    waker: CqWaker,
     cq: Arc<CompletionQueue>,
     headers: OwnedRegion,
     control: OwnedRegion,
@@ -84,10 +86,8 @@ impl SenderSetup {
         let (ctx, port_num, pd) = (Arc::clone(domain.ctx()), domain.port_num(cfg), domain.pd());
         let sq_depth = cfg.sender_sq_depth(cfg.slots);
         let recv_depth = RdmaConfig::recv_depth(cfg.slots);
-        // one entry more for the CQ waker's flushed RECV
-        let cq_depth = cfg.qps * (sq_depth + recv_depth) + 1;
+        let cq_depth = cfg.qps * (sq_depth + recv_depth);
         let cq = CompletionQueue::new(&ctx, cq_depth, CqMode::Event)?; // see link::Poller
-        let waker = CqWaker::new(pd, &cq, port_num, cfg.gid_index)?;
         let pool = domain.sender_pool(cfg)?;
         let n = cfg.qps as usize;
         let headers =
@@ -131,7 +131,6 @@ impl SenderSetup {
             sq_depth,
             recv_depth,
             qps,
-            waker,
             cq,
             headers,
             control,
@@ -209,7 +208,7 @@ impl SenderSetup {
             first_post_ns: AtomicU64::new(0),
         });
         // The progress thread sleeps on the CQ: the session's cancel wakes it.
-        self.waker.arm(shared.fault.cancel());
+        wake_on_cancel(&shared.cq, shared.fault.cancel());
         let thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -294,25 +293,32 @@ struct PreparedWrite {
 type Granted<'a> = (MutexGuard<'a, SendState>, Option<Grant>);
 
 /// The posting order of one QP: `next` is the `seq` of the next WR to hand
-/// to the NIC; the thread that holds WR `seq` waits for `next == seq`.
+/// to the NIC; the thread that holds WR `seq` waits for `next == seq`, marks
+/// the turn `posting`, lets go of the mutex for the post itself (slow on
+/// Soft-RoCE), then advances `next` and notifies `turn`.
 #[derive(Debug, Default)]
 struct PostTurn {
-    next: Mutex<u64>,
+    next: Mutex<TurnState>,
     turn: Condvar,
 }
 
-/// Takes `m` within `limit`, or gives up.
-fn lock_within<T>(m: &Mutex<T>, limit: Duration) -> Option<MutexGuard<'_, T>> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match m.try_lock() {
-            Ok(g) => return Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        }
+#[derive(Debug, Default)]
+struct TurnState {
+    next: u64,
+    /// WR `next` is being handed to the NIC right now.
+    posting: bool,
+}
+
+impl PostTurn {
+    /// The turn's state once no post is running on it, within `limit` (a
+    /// deadline; woken by the poster's notify), or `None`.
+    fn idle_within(&self, limit: Duration) -> Option<MutexGuard<'_, TurnState>> {
+        let st = lock(&self.next);
+        let (st, _) = self
+            .turn
+            .wait_timeout_while(st, limit, |t| t.posting)
+            .unwrap_or_else(|p| p.into_inner());
+        (!st.posting).then_some(st)
     }
 }
 
@@ -407,10 +413,10 @@ impl SendShared {
     fn post_notices(&self) {
         let Ok(target) = self.remote.ring.slice(0, 0) else { return };
         for q in 0..self.qps.len() {
-            let Some(mut next) = lock_within(&self.turns[q].next, ABORT_GRACE) else { continue };
+            let Some(mut turn) = self.turns[q].idle_within(ABORT_GRACE) else { continue };
             let mut st = self.lock_state();
             let Ok(g) = st.window.reserve_notice(q) else { continue };
-            *next = g.seq + 1;
+            turn.next = g.seq + 1;
             let write = RdmaWrite {
                 wr_id: wr_id(WrKind::Write, q as u8, g.seq),
                 local: &[],
@@ -438,12 +444,12 @@ impl SendShared {
             // `try_lock` while holding `state` cannot deadlock; a free turn
             // whose `next` is the window's next number means no other thread
             // is between numbering a WR on this QP and posting it
-            let Ok(mut next) = self.turns[q].next.try_lock() else { continue };
-            if *next != st.window.granted_on(q) {
+            let Ok(mut turn) = self.turns[q].next.try_lock() else { continue };
+            if turn.posting || turn.next != st.window.granted_on(q) {
                 continue;
             }
             let Ok(g) = st.window.reserve_notice(q) else { continue };
-            *next += 1;
+            turn.next += 1;
             let write = RdmaWrite {
                 wr_id: wr_id(WrKind::Write, q as u8, g.seq),
                 local: &[],
@@ -574,17 +580,21 @@ impl SendShared {
         prepared: Result<PreparedWrite, Fault>,
     ) -> Result<(), Fault> {
         let turn = &self.turns[qp];
-        let mut next = lock(&turn.next);
-        while *next != seq {
+        let mut t = lock(&turn.next);
+        while t.next != seq || t.posting {
             if let Some(f) = self.fault.get() {
                 return Err(f);
             }
             // Woken by the poster before us, or by the first fault (`wake_turns`).
-            next = turn.turn.wait(next).unwrap_or_else(|p| p.into_inner());
+            t = turn.turn.wait(t).unwrap_or_else(|p| p.into_inner());
         }
+        t.posting = true;
+        drop(t); // a probe or a notice sees `posting` and waits or skips
         let posted = prepared.and_then(|w| self.post_prepared(&w));
-        *next += 1;
-        drop(next);
+        let mut t = lock(&turn.next);
+        t.posting = false;
+        t.next += 1;
+        drop(t);
         turn.turn.notify_all();
         posted
     }
@@ -643,7 +653,9 @@ impl SendShared {
         let mut last_check = Instant::now();
         let keepalive = keepalive_after(self.cfg.stall_timeout);
         while !self.stop.load(Ordering::Acquire) && !self.fault.is_raised() {
-            let n = match poller.poll(&self.cq, &mut wcs, &self.counters) {
+            // sleeps until a completion, the CQ's wake (fault, stop) or the next clock check
+            let until = last_check + STALL_CHECK;
+            let n = match poller.poll(&self.cq, &mut wcs, &self.counters, Some(until)) {
                 Ok(n) => n,
                 Err(e) => {
                     self.fail(Fault::verbs("ibv_poll_cq", self.peer(0), e));
@@ -720,7 +732,7 @@ impl SendShared {
                 if self.lock_state().window.outstanding() == 0 {
                     return;
                 }
-                let n = poller.poll(&self.cq, wcs, &self.counters).unwrap_or(0);
+                let n = poller.poll(&self.cq, wcs, &self.counters, Some(until)).unwrap_or(0);
                 let mut st = self.lock_state();
                 for c in &wcs[..n] {
                     if let Some((WrKind::Write, qp, seq)) = parse_wr_id(c.wr_id) {
@@ -886,6 +898,7 @@ impl RdmaSender {
 
     fn stop_thread(&self) {
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.cq.waker().wake(); // it may sleep on the CQ
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }

@@ -6,9 +6,10 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::device::Context;
@@ -185,6 +186,8 @@ pub struct CompletionQueue {
     depth: u32,
     mode: CqMode,
     ctx: Arc<Context>,
+    /// Written by [`CqWake::wake`]; polled together with the channel.
+    wake: Arc<WakeFd>,
     // Dropped after the CQ is destroyed (Drop::drop runs before fields drop).
     channel: Option<CompChannel>,
 }
@@ -216,6 +219,7 @@ impl CompletionQueue {
                 reason: format!("CQ depth {depth} outside 1..={max} for {}", ctx.name()),
             });
         }
+        let wake = Arc::new(WakeFd::new()?);
         let channel = match mode {
             CqMode::BusyPoll => None,
             CqMode::Event => Some(CompChannel::new(ctx)?),
@@ -234,6 +238,7 @@ impl CompletionQueue {
             depth: u32::try_from(actual).unwrap_or(depth),
             mode,
             ctx: Arc::clone(ctx),
+            wake,
             channel,
         }))
     }
@@ -280,21 +285,38 @@ impl CompletionQueue {
 
     /// Polls until at least one completion arrives or `timeout` passes
     /// (then returns 0). Busy-poll mode spins (yielding now and then); event
-    /// mode arms the CQ and sleeps on the completion channel.
+    /// mode arms the CQ and sleeps on the completion channel. A
+    /// [`CqWake::wake`] also ends the wait with 0.
     pub fn poll_wait(&self, out: &mut [Completion], timeout: Duration) -> Result<usize> {
-        let deadline = Instant::now() + timeout;
+        self.poll_wait_until(out, Some(Instant::now() + timeout))
+    }
+
+    /// Polls until at least one completion arrives, [`CqWake::wake`] is
+    /// called (from any thread) or `deadline` passes (`None`: no deadline);
+    /// returns 0 in the last two cases, so the caller re-checks whatever it
+    /// was woken for. Event mode arms the CQ and sleeps in `poll(2)` on both
+    /// the completion channel and the CQ's wake eventfd, so the wake takes
+    /// effect at once and an idle waiter costs no CPU. Busy-poll mode spins
+    /// (yielding now and then) and sees a wake through an atomic flag.
+    pub fn poll_wait_until(
+        &self,
+        out: &mut [Completion],
+        deadline: Option<Instant>,
+    ) -> Result<usize> {
         let mut spins = 0u32;
         loop {
             let n = self.poll(out)?;
             if n > 0 || out.is_empty() {
                 return Ok(n);
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(0);
             }
             match &self.channel {
                 None => {
+                    if self.wake.take_pending() {
+                        return Ok(0);
+                    }
                     spins += 1;
                     if spins.is_multiple_of(SPINS_BEFORE_YIELD) {
                         std::thread::yield_now();
@@ -310,10 +332,19 @@ impl CompletionQueue {
                     if n > 0 {
                         return Ok(n);
                     }
-                    self.wait_event(channel, deadline - now)?;
+                    match wait_fds(Some(channel.fd()), &self.wake, deadline)? {
+                        Woke::Wake => return Ok(0),
+                        Woke::Event => self.take_event(channel)?,
+                        Woke::Nothing => {}
+                    }
                 }
             }
         }
+    }
+
+    /// A handle that wakes this CQ's waiters (see [`CqWake`]).
+    pub fn waker(&self) -> CqWake {
+        CqWake { inner: Arc::clone(&self.wake) }
     }
 
     /// `ibv_req_notify_cq(cq, 0)`: raise one event for the next completion.
@@ -326,24 +357,9 @@ impl CompletionQueue {
         Ok(())
     }
 
-    /// Sleeps until the channel is readable or `timeout`; consumes and acks
-    /// the event. Spurious wake-ups are fine: the caller polls again.
-    fn wait_event(&self, channel: &CompChannel, timeout: Duration) -> Result<()> {
-        let mut pfd = libc::pollfd { fd: channel.fd(), events: libc::POLLIN, revents: 0 };
-        let timeout_ms =
-            libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                return Ok(());
-            }
-            return Err(Error::verbs("poll(completion channel)", err));
-        }
-        if rc == 0 {
-            return Ok(());
-        }
+    /// Consumes and acks the channel's event (the channel was readable).
+    /// Spurious wake-ups are fine: the caller polls again.
+    fn take_event(&self, channel: &CompChannel) -> Result<()> {
         let mut cq: *mut ibv_cq = ptr::null_mut();
         let mut cq_context: *mut libc::c_void = ptr::null_mut();
         // SAFETY: the channel is live and non-blocking; out-pointers valid.
@@ -363,6 +379,127 @@ impl CompletionQueue {
         unsafe { (self.ctx.verbs().ack_cq_events)(cq, 1) };
         Ok(())
     }
+}
+
+/// Wakes whoever waits in [`CompletionQueue::poll_wait_until`] on one CQ,
+/// without a completion: for cancellation (register `wake` with the session's
+/// `Cancel::on_fire`) and stop requests. A CQ has no way in from user space
+/// but completions, so the waiter sleeps in `poll(2)` on the completion
+/// channel *and* this eventfd. A wake with nobody waiting is kept: the next
+/// wait returns at once (with 0), later ones sleep again. Cheap to clone;
+/// `wake` never blocks.
+#[derive(Clone, Debug)]
+pub struct CqWake {
+    inner: Arc<WakeFd>,
+}
+
+impl CqWake {
+    /// Ends the current (or the next) wait on the CQ with 0 completions.
+    pub fn wake(&self) {
+        self.inner.wake();
+    }
+}
+
+/// A non-blocking eventfd and a flag that says a wake is pending (busy-poll
+/// waiters read the flag, sleepers the fd).
+#[derive(Debug)]
+struct WakeFd {
+    fd: OwnedFd,
+    pending: AtomicBool,
+}
+
+impl WakeFd {
+    fn new() -> Result<Self> {
+        // SAFETY: plain system call, no pointers.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(Error::verbs("eventfd (CQ wake)", io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` was just returned by eventfd and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(WakeFd { fd, pending: AtomicBool::new(false) })
+    }
+
+    fn wake(&self) {
+        // One write per pending wake: the counter never grows past 1 per wait.
+        if self.pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let one = 1u64;
+        // SAFETY: writes the 8 bytes of a live u64 to our own eventfd. It can
+        // fail only with EAGAIN (counter at its maximum: readable already), so
+        // the wake is never lost.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// A busy-poll waiter consumes a pending wake (the fd may stay readable:
+    /// the next sleep then returns once, early, which callers tolerate).
+    fn take_pending(&self) -> bool {
+        self.pending.swap(false, Ordering::SeqCst)
+    }
+
+    /// A sleeper found the fd readable: clear the flag, then drain the
+    /// counter. In this order, a wake between the two writes again and is
+    /// consumed by this read (its waiter is this one); a wake after the read
+    /// leaves the fd readable for the next wait.
+    fn drain(&self) {
+        self.pending.store(false, Ordering::SeqCst);
+        let mut count = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from our own non-blocking
+        // eventfd; EAGAIN (already drained) is harmless.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut count).cast(), 8) };
+    }
+}
+
+/// What ended a [`wait_fds`].
+#[derive(Debug, PartialEq, Eq)]
+enum Woke {
+    /// The completion channel has an event.
+    Event,
+    /// [`CqWake::wake`] was called (the wake was consumed).
+    Wake,
+    /// The deadline passed, or a signal interrupted the wait.
+    Nothing,
+}
+
+/// Sleeps in `poll(2)` until the wake fd or the channel fd (if any) is
+/// readable, or `deadline` (`None`: none). The wake is checked first, so a
+/// cancelled waiter does not first drain a flood of completion events.
+fn wait_fds(channel: Option<RawFd>, wake: &WakeFd, deadline: Option<Instant>) -> Result<Woke> {
+    let timeout_ms = match deadline {
+        None => -1,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Woke::Nothing);
+            }
+            // rounded up, so a wait is never a spin
+            let ms = left.as_micros().div_ceil(1000);
+            libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+        }
+    };
+    let mut pfds = [
+        libc::pollfd { fd: wake.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        // poll(2) ignores negative fds
+        libc::pollfd { fd: channel.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+    ];
+    // SAFETY: two valid pollfds, owned by this frame for the call.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(Woke::Nothing);
+        }
+        return Err(Error::verbs("poll(completion channel, CQ wake)", err));
+    }
+    if pfds[0].revents != 0 {
+        wake.drain();
+        return Ok(Woke::Wake);
+    }
+    if pfds[1].revents != 0 {
+        return Ok(Woke::Event);
+    }
+    Ok(Woke::Nothing)
 }
 
 impl Drop for CompletionQueue {
@@ -390,6 +527,36 @@ mod tests {
         wc.byte_len = 1 << 20;
         wc.imm_data_invalidated_rkey_union.imm_data = imm_wire;
         wc
+    }
+
+    #[test]
+    fn a_wake_before_the_wait_is_kept_for_it_and_consumed() {
+        let w = WakeFd::new().unwrap();
+        w.wake();
+        w.wake(); // coalesced
+        assert_eq!(wait_fds(None, &w, None).unwrap(), Woke::Wake);
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(wait_fds(None, &w, Some(soon)).unwrap(), Woke::Nothing);
+        assert!(Instant::now() >= soon, "a timed wait sleeps until its deadline");
+        assert!(!w.take_pending());
+    }
+
+    #[test]
+    fn a_blocked_wait_without_deadline_is_woken_at_once() {
+        let w = Arc::new(WakeFd::new().unwrap());
+        let sleeper = {
+            let w = Arc::clone(&w);
+            std::thread::spawn(move || wait_fds(None, &w, None).unwrap())
+        };
+        // No sleep needed for correctness: whether the wake lands before or
+        // during the wait, the wait returns Wake.
+        let waker = CqWake { inner: Arc::clone(&w) };
+        waker.wake();
+        assert_eq!(sleeper.join().unwrap(), Woke::Wake);
+        // a busy-poll waiter sees a wake through the flag
+        waker.wake();
+        assert!(w.take_pending());
+        assert!(!w.take_pending());
     }
 
     #[test]

@@ -194,6 +194,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// The caller's cancellation signal fired before `op` completed (a set-up
+    /// that was cancelled: not the peer's fault, nothing to fall back from).
+    #[error("RDMA {op} was cancelled")]
+    Cancelled {
+        /// What was cancelled (for example "connect the sender's QPs").
+        op: &'static str,
+    },
+
     /// A configuration value is out of range for this device.
     #[error("invalid RDMA configuration: {reason}")]
     InvalidConfig {
@@ -241,6 +249,11 @@ impl Error {
         )
     }
 
+    /// True when the operation stopped because the caller cancelled it.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled { .. })
+    }
+
     /// A verbs call (or a system call of this layer) that failed with `source`.
     pub fn verbs(op: &'static str, source: io::Error) -> Self {
         Error::Verbs { op, source }
@@ -277,6 +290,9 @@ mod tests {
             vendor_err: 0,
         };
         assert!(!wc.is_unavailable());
+        let cancelled = Error::Cancelled { op: "connect" };
+        assert!(cancelled.is_cancelled() && !cancelled.is_unavailable());
+        assert!(!wc.is_cancelled());
         assert!(wc.to_string().contains("IBV_WC_RETRY_EXC_ERR"));
     }
 }

@@ -59,7 +59,7 @@ mod sys;
 mod sysfs;
 mod types;
 
-pub use cq::{Completion, CompletionQueue, CqMode, WcOpcode};
+pub use cq::{Completion, CompletionQueue, CqMode, CqWake, WcOpcode};
 pub use device::{Context, DeviceInfo, DeviceLimits, PortInfo, discover, preload};
 pub use domain::{Domain, PoolKey};
 pub use error::{Error, QueueKind, Result};

@@ -239,6 +239,40 @@ fn pool_leases_stream_with_event_mode_cqs_and_odd_geometry() {
 }
 
 #[test]
+fn a_waiter_asleep_on_an_event_cq_is_woken_without_a_completion() {
+    let Some(ctx) = device_or_skip("cq_wake") else { return };
+    let cq = CompletionQueue::new(&ctx, 16, CqMode::Event).unwrap();
+    let waker = cq.waker();
+    // no deadline: only the wake can end this wait (the CQ has no QP)
+    let sleeper = {
+        let cq = Arc::clone(&cq);
+        std::thread::spawn(move || {
+            let mut wc = [Completion::default(); 4];
+            cq.poll_wait_until(&mut wc, None).unwrap()
+        })
+    };
+    waker.wake();
+    assert_eq!(sleeper.join().unwrap(), 0, "woken, not completed");
+    // consumed: the next timed wait sleeps to its deadline
+    let mut wc = [Completion::default(); 4];
+    let t = std::time::Instant::now();
+    assert_eq!(cq.poll_wait(&mut wc, Duration::from_millis(30)).unwrap(), 0);
+    assert!(t.elapsed() >= Duration::from_millis(30));
+    // a wake and a completion together: the completion is still delivered
+    let p = connected_pair(&ctx, CqMode::Event);
+    let rx_buf = OwnedRegion::new(&p.pd, 4096, Access::LOCAL_WRITE).unwrap();
+    p.b.post_recv(&[RecvRequest { wr_id: 9, buf: Some(rx_buf.slice(0, 64).unwrap()) }]).unwrap();
+    p.cq_b.waker().wake();
+    let mut got = [Completion::default(); 4];
+    assert_eq!(p.cq_b.poll_wait_until(&mut got, None).unwrap(), 0, "the wake ends the wait");
+    p.a.post_send(SendRequest { wr_id: 1, payload: SendPayload::Inline(b"hi"), signaled: true })
+        .unwrap();
+    let c = wait_one(&p.cq_b);
+    assert_eq!((c.wr_id, c.opcode, c.byte_len), (9, WcOpcode::Recv, 2));
+    assert_eq!(wait_one(&p.cq_a).wr_id, 1);
+}
+
+#[test]
 fn a_qp_keeps_the_memory_of_a_posted_recv_until_it_is_destroyed() {
     let Some(ctx) = device_or_skip("posted memory kept") else { return };
     let p = connected_pair(&ctx, CqMode::BusyPoll);

@@ -89,6 +89,7 @@ fn test_binary_does_not_need_libibverbs() {
     black_box(QueuePair::post_recv as fn(&_, &[_]) -> _);
     black_box(QueuePair::connect as fn(&mut _, &_) -> _);
     black_box(CompletionQueue::poll_wait as fn(&_, &mut [_], _) -> _);
+    black_box(CompletionQueue::poll_wait_until as fn(&_, &mut [_], _) -> _);
     black_box(OwnedRegion::new as fn(&_, usize, _) -> _);
     black_box(MemoryRegion::remote as fn(&_) -> _);
     let _ = black_box(discover());
