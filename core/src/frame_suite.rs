@@ -39,18 +39,31 @@ fn pattern(id: u64, len: usize) -> Vec<u8> {
 
 /// A chunk frame of `data` in a lease of the sender's pool, with `data`'s checksum.
 fn chunk(tx: &dyn FrameSender, id: u64, data: &[u8]) -> Frame {
-    let mut lease = tx.pool().acquire().unwrap_or_else(|e| panic!("pool: {e}"));
+    let offset_bytes = id * u64::from(SUITE_CHUNK_BYTES);
+    try_chunk(tx, id, offset_bytes, data, true).unwrap_or_else(|| panic!("pool: none to lease"))
+}
+
+/// A chunk frame of `data` in a leased buffer; `None` once the pool gives none (aborted, or the
+/// peer went away). `checked`: carries the payload's checksum (else 0, "unchecked").
+fn try_chunk(
+    tx: &dyn FrameSender,
+    id: u64,
+    offset_bytes: u64,
+    data: &[u8],
+    checked: bool,
+) -> Option<Frame> {
+    let mut lease = tx.pool().acquire().ok()?;
     lease.full_mut()[..data.len()].copy_from_slice(data);
     lease.set_len(data.len());
     let header = FrameHeader {
         kind: FrameKind::Chunk,
         flags: 0,
         file_id: id,
-        offset_bytes: id * u64::from(SUITE_CHUNK_BYTES),
+        offset_bytes,
         len_bytes: data.len() as u32,
-        checksum: checksum(data),
+        checksum: if checked { checksum(data) } else { 0 },
     };
-    Frame { header, payload: Payload::Buffer(lease) }
+    Some(Frame { header, payload: Payload::Buffer(lease) })
 }
 
 /// The payload bytes of a received frame, whatever form the backend delivered it in.
@@ -265,18 +278,8 @@ pub fn cancel_wakes_blocked_calls(h: &dyn FrameHarness) {
     let data = pattern(5, SUITE_CHUNK_BYTES as usize);
     let sending = std::thread::spawn(move || {
         for i in 0..100_000u64 {
-            let Ok(mut lease) = t.pool().acquire() else { return Ok(i) };
-            lease.full_mut()[..data.len()].copy_from_slice(&data);
-            lease.set_len(data.len());
-            let header = FrameHeader {
-                kind: FrameKind::Chunk,
-                flags: 0,
-                file_id: i,
-                offset_bytes: 0,
-                len_bytes: data.len() as u32,
-                checksum: 0,
-            };
-            t.send(Frame { header, payload: Payload::Buffer(lease) })?;
+            let Some(frame) = try_chunk(t.as_ref(), i, 0, &data, false) else { return Ok(i) };
+            t.send(frame)?;
         }
         Ok(u64::MAX)
     });
@@ -314,18 +317,8 @@ pub fn peer_gone_is_an_error(h: &dyn FrameHarness) {
     let failed = within(PROMPT, "send after the receiver went away", move || {
         let data = pattern(7, 64 << 10);
         for i in 0..10_000u64 {
-            let Ok(mut lease) = tx.pool().acquire() else { return true };
-            lease.full_mut()[..data.len()].copy_from_slice(&data);
-            lease.set_len(data.len());
-            let header = FrameHeader {
-                kind: FrameKind::Chunk,
-                flags: 0,
-                file_id: i,
-                offset_bytes: 0,
-                len_bytes: data.len() as u32,
-                checksum: checksum(&data),
-            };
-            if tx.send(Frame { header, payload: Payload::Buffer(lease) }).is_err() {
+            let Some(frame) = try_chunk(tx.as_ref(), i, 0, &data, true) else { return true };
+            if tx.send(frame).is_err() {
                 return true;
             }
         }

@@ -354,10 +354,17 @@ fn awaiting_peer_rdma(t0: Instant) -> DaemonSession {
     f.rdma = Ok(device("mlx0", [10, 0, 0, 1]));
     let mut o = open(Direction::Pull);
     o.client_rdma = Some(device("mlx1", [10, 0, 0, 2]));
+    prepared(f, o, t0)
+}
+
+/// A daemon pull whose root, charge and data-plane preparation succeeded (a pull takes no lock).
+fn prepared(f: DaemonFacts, o: OpenRequest, t0: Instant) -> DaemonSession {
     let (mut s, _) = opened(f, o, t0);
-    s.handle(t0, DaemonEvent::Root(Ok(())));
-    s.handle(t0, DaemonEvent::Charged(Ok(())));
-    s.handle(t0, DaemonEvent::Prepared(Ok(())));
+    for ev in
+        [DaemonEvent::Root(Ok(())), DaemonEvent::Charged(Ok(())), DaemonEvent::Prepared(Ok(()))]
+    {
+        s.handle(t0, ev);
+    }
     drain_d(&mut s);
     s
 }
@@ -387,11 +394,7 @@ fn daemon_peer_gone_or_silent_during_rdma_set_up_fails_the_session() {
 #[test]
 fn daemon_peer_gone_when_accepting_fails_the_session() {
     let t0 = Instant::now();
-    let (mut s, _) = opened(facts(), open(Direction::Pull), t0);
-    s.handle(t0, DaemonEvent::Root(Ok(())));
-    s.handle(t0, DaemonEvent::Charged(Ok(())));
-    s.handle(t0, DaemonEvent::Prepared(Ok(())));
-    drain_d(&mut s);
+    let mut s = prepared(facts(), open(Direction::Pull), t0);
     s.handle(t0, DaemonEvent::PeerGone);
     assert_eq!(fail(&drain_d(&mut s)).map(|e| e.message.as_str()), Some("client went away"));
 }
@@ -454,11 +457,7 @@ fn daemon_shutdown_stops_the_running_halves() {
 #[test]
 fn daemon_shutdown_while_connecting_stops_the_halves_as_they_start() {
     let t0 = Instant::now();
-    let (mut s, _) = opened(facts(), open(Direction::Pull), t0);
-    s.handle(t0, DaemonEvent::Root(Ok(())));
-    s.handle(t0, DaemonEvent::Charged(Ok(())));
-    s.handle(t0, DaemonEvent::Prepared(Ok(())));
-    drain_d(&mut s);
+    let mut s = prepared(facts(), open(Direction::Pull), t0);
     s.handle(t0, DaemonEvent::Cancel);
     s.handle(t0, DaemonEvent::DataPlane(Ok(())));
     assert!(matches!(drain_d(&mut s)[..], [DaemonCmd::StartLocal(_), DaemonCmd::StopLocal]));
