@@ -1,44 +1,55 @@
 #!/usr/bin/env bash
-# Mutation check of the simulator. Each mutant breaks one rule of blitx_session::target (the
-# code that decides when a file is committed and what a failed file reports); the simulator
-# must catch every one within the CI seed budget — a simulator that passes a broken session
-# proves nothing. The file is restored on exit, whatever happens. Built in the dev profile
-# (opt-level 1, what the test stage already built): a mutant rebuilds two crates in seconds.
+# Mutation check of the simulator. Each mutant breaks one rule of the session core
+# (blitx_session: the target's per-file fate, the source's verdict on each file it reads); the
+# simulator must catch every one within the CI seed budget — a simulator that passes a broken
+# session proves nothing. Every mutated file is restored on exit, whatever happens. Built in
+# the dev profile (opt-level 1, what the test stage already built): a mutant rebuilds two
+# crates in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-file=session/src/target.rs
 seeds=${SIM_SEEDS:-200000}
-backup=$(mktemp)
-cp "$file" "$backup"
-trap 'cp "$backup" "$file"; rm -f "$backup"' EXIT
+sim=${CARGO_TARGET_DIR:-target}/debug/blit-sim
+saved=$(mktemp -d)
+files=(session/src/target.rs session/src/source.rs)
+for f in "${files[@]}"; do cp "$f" "$saved/${f//\//_}"; done
+restore() { for f in "${files[@]}"; do cp "$saved/${f//\//_}" "$f"; done; }
+trap 'restore; rm -rf "$saved"' EXIT
 
-# name | perl substitution applied to the whole file (-0: multi-line)
+# file | what a session with the mutant does | perl substitution applied to the whole file
+# (-0: multi-line)
 mutants=(
-  'commits a file with a missing chunk|s/ \|\| !f\.chunks\.is_complete\(\)//'
-  'commits while a write into the file still runs|s/ \|\| f\.writing_now > 0 \{/ {/'
-  'keeps the temporary file of a file that failed its checksum|s/(Written::Mismatch => \{\n\s*f\.phase = Phase::Failed;\n)\s*steps\.push\(Step::Discard \{ id: h\.file_id, shell: f\.shell\.clone\(\) \}\);\n/$1/'
-  'reopens a file whose checksum failed when the source vouches for it|s/(if let Some\(offset_bytes\) = f\.mismatch\.take\(\) \{\n)/$1            f.phase = Phase::Open;\n/'
+  # blitx_session::target::Receiving: when a file is committed, what a failed file reports
+  'session/src/target.rs|commits a file with a missing chunk|s/ \|\| !f\.chunks\.is_complete\(\)//'
+  'session/src/target.rs|commits while a write into the file still runs|s/ \|\| f\.writing_now > 0 \{/ {/'
+  'session/src/target.rs|keeps the temporary file of a file that failed its checksum|s/(Written::Mismatch => \{\n\s*f\.phase = Phase::Failed;\n)\s*steps\.push\(Step::Discard \{ id: h\.file_id, shell: f\.shell\.clone\(\) \}\);\n/$1/'
+  'session/src/target.rs|reopens a file whose checksum failed when the source vouches for it|s/(if let Some\(offset_bytes\) = f\.mismatch\.take\(\) \{\n)/$1            f.phase = Phase::Open;\n/'
+  # blitx_session::source::Reading: the source's verdict on each chunked file it reads
+  'session/src/source.rs|vouches for a file one of whose reads failed|s/if let Some\(e\) = f\.failure\.take\(\) \{/if let Some(e) = f.failure.take().filter(|_| false) {/'
+  'session/src/source.rs|vouches for a file without looking at it again|s/f\.stage = Stage::Checking;\n(\s*)steps\.push\(Step::Check\(id\)\);/self.files.remove(&id);\n$1steps.push(Step::Read(id));/'
+  'session/src/source.rs|compares only the size of a file read against its listing|s/now\.size_bytes != listed\.size_bytes \|\| now\.mtime != listed\.mtime/now.size_bytes != listed.size_bytes/'
 )
 
 failed=0
 for m in "${mutants[@]}"; do
-  name=${m%%|*}
-  expr=${m#*|}
-  cp "$backup" "$file"
+  file=${m%%|*}
+  rest=${m#*|}
+  name=${rest%%|*}
+  expr=${rest#*|}
+  restore
   perl -0pi -e "$expr" "$file"
-  if cmp -s "$backup" "$file"; then
+  if cmp -s "$saved/${file//\//_}" "$file"; then
     echo "sim-mutants: the mutant '$name' did not apply (the code changed): update ci/sim-mutants.sh" >&2
     failed=1
     continue
   fi
   cargo build --locked -q -p blitx-sim
-  if out=$("${CARGO_TARGET_DIR:-target}/debug/blit-sim" --seeds "$seeds" 2>&1); then
-    echo "sim-mutants: NOT CAUGHT in $seeds seeds: a session that $name" >&2
+  if out=$("$sim" --seeds "$seeds" 2>&1); then
+    echo "sim-mutants: NOT CAUGHT in $seeds seeds: a session that $name ($file)" >&2
     failed=1
   else
-    echo "sim-mutants: caught a session that $name: $(echo "$out" | head -1)"
+    echo "sim-mutants: caught a session that $name ($file): $(echo "$out" | head -1)"
   fi
 done
-cp "$backup" "$file"
+restore
 cargo build --locked -q -p blitx-sim
 exit $failed

@@ -23,8 +23,12 @@ pub enum FileOp {
     Receive,
     /// The source reading it (its account, relayed).
     SourceRead,
+    /// Opening it to read it (source side).
+    Open,
     /// Reading it (source side).
     Read,
+    /// Looking at it again once every byte was read (source side: did it change?).
+    ReadCheck,
     /// Opening a directory of the target.
     OpenDir,
     /// Looking at what the target holds under its name.
@@ -60,7 +64,9 @@ impl FileOp {
             FileOp::Commit => "cannot commit",
             FileOp::Receive => "not received",
             FileOp::SourceRead => "source",
-            FileOp::Read => "cannot read",
+            FileOp::Open => "cannot open",
+            FileOp::Read => "read failed",
+            FileOp::ReadCheck => "cannot stat after reading",
             FileOp::OpenDir => "cannot open target directory",
             FileOp::Stat => "cannot stat target",
             FileOp::ListDir => "cannot list target directory for --mirror",
@@ -95,6 +101,13 @@ pub enum Cause {
     CorruptedInTransit { offset_bytes: u64 },
     /// The data ended before every chunk of the file arrived.
     Incomplete,
+    /// The file ended before its listed size while it was read (source side).
+    Shrank,
+    /// Once read, the file's size or modification time differs from its listing (source side).
+    Changed { size_bytes_listed: u64, size_bytes_now: u64 },
+    /// The transport's own account of a part of the file it could not send (a region that
+    /// could not be read in full, a pool that closed).
+    Transport(String),
 }
 
 /// A file that was not transferred.
@@ -125,6 +138,13 @@ impl fmt::Display for FileError {
                 write!(f, "the chunk at {offset_bytes} failed its checksum: corrupted in transit")
             }
             Cause::Incomplete => f.write_str("incomplete: not all of its data arrived"),
+            Cause::Shrank => f.write_str("file shrank while being read; not copied, run again"),
+            Cause::Changed { size_bytes_listed, size_bytes_now } => write!(
+                f,
+                "changed while being read (size {size_bytes_listed} -> {size_bytes_now}); \
+                 not copied, run again"
+            ),
+            Cause::Transport(m) => f.write_str(m),
         }
     }
 }

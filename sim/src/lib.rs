@@ -4,12 +4,13 @@
 //! order of every event in virtual time. The session's decisions are made by the same code
 //! users run — [`blitx_session::target::Receiving`] (what a frame means, when a file commits,
 //! which error it reports), [`blitx_session::source::Answers`] (listings and their answers),
+//! [`blitx_session::source::Reading`] (a chunked file's reads, its check and its verdict),
 //! [`blitx_session::idle::Idle`] and the planner's [`blitx_planner::Differ`] and
 //! [`blitx_planner::Chunker`]; this crate supplies what the threads, files and sockets supply
 //! in production: an in-memory file system on each side, a data channel that reorders,
 //! duplicates, drops, corrupts and truncates frames, an ordered control channel, writes and
-//! renames that take time and can fail (a full disk), source files that change or vanish while
-//! they are read, a peer that stalls or dies, and cancellation.
+//! renames that take time and can fail (a full disk), source files that change, vanish or fail
+//! to read while they are read, a peer that stalls or dies, and cancellation.
 //!
 //! After every run the invariants are checked ([`check`]): each target path holds either its
 //! old contents or the complete new file, never a mix; no temporary file is left; nothing was
@@ -27,7 +28,9 @@ use blitx_core::manifest::{Entry, EntryKind, FileId, TargetEntry, Timestamp};
 use blitx_planner::diff::{Action, DiffOptions, Differ};
 use blitx_planner::{Chunker, Excludes, NeededFile, Unit};
 use blitx_session::idle::Idle;
-use blitx_session::source::{Answers, Listed};
+use blitx_session::source::{
+    self as source_session, Answers, Begin, Counted, Listed, Reading, Seen,
+};
 use blitx_session::target::{Admit, Receiving, Step, Wanted, Written};
 use blitx_session::{Cause, FileError, FileOp, Violation};
 
@@ -48,6 +51,8 @@ pub struct Faults {
     /// Per mille of source reads after which the file changes; of files that vanish.
     pub change: u32,
     pub vanish: u32,
+    /// Per mille of source reads that fail (EIO).
+    pub read_error: u32,
     /// Target capacity for temporary data, if limited (a full disk).
     pub disk_bytes: Option<u64>,
     /// Per mille of commits (renames) that fail.
@@ -94,6 +99,9 @@ impl Faults {
         }
         if on(rng, 10) {
             f.cancel_after = Some(rng.u64(0..400));
+        }
+        if on(rng, 15) {
+            f.read_error = rng.u32(1..100);
         }
         f
     }
@@ -242,8 +250,8 @@ struct Sim {
     listings: VecDeque<Vec<Entry>>,
     chunker: Chunker,
     needs_done: bool,
-    /// Reads left per chunked file, the version it was first read at, and a failure seen.
-    reading: HashMap<FileId, (u64, u32, Option<String>)>,
+    /// The chunked files being read (the handle is nothing: a read sees the file as it is).
+    reading: Reading<()>,
     bundle_seq: u64,
     source_silent: bool,
 
@@ -300,7 +308,7 @@ pub fn run(seed: u64, tracing: bool) -> Run {
         listings: VecDeque::new(),
         chunker: Chunker::new(&params()),
         needs_done: false,
-        reading: HashMap::new(),
+        reading: Reading::new(CHUNK_BYTES),
         bundle_seq: 0,
         source_silent: false,
         recv: Receiving::new(CHUNK_BYTES, false),
@@ -411,6 +419,10 @@ fn params() -> blitx_core::session::SessionParams {
         bundle_bytes: BUNDLE_BYTES,
         ..Default::default()
     }
+}
+
+fn listed(e: &Entry) -> Seen {
+    Seen { size_bytes: e.size_bytes, mtime: e.mtime }
 }
 
 fn content_of(e: &Entry, data: &[u8]) -> Content {
@@ -601,21 +613,21 @@ impl Sim {
         let mut items = Vec::new();
         let mut bytes = Vec::new();
         for id in ids {
-            let f = &self.files[(id - 1) as usize];
-            match (&f.data, f.version) {
-                // A bundled file is read whole and checked unchanged at once.
-                (Some(d), 0) if d.len() as u64 == f.entry.size_bytes => {
+            // A bundled file is read whole and checked unchanged at once.
+            let read = self.read_range(id, 0, u32::MAX).and_then(|data| {
+                let f = &self.files[(id - 1) as usize];
+                source_session::unchanged(&f.entry.path, listed(&f.entry), self.seen_again(id))?;
+                Ok(data)
+            });
+            match read {
+                Ok(d) => {
                     items.push((id, d.len() as u32, 0));
-                    bytes.extend_from_slice(d);
+                    bytes.extend_from_slice(&d);
                 }
-                _ => {
+                Err(e) => {
                     items.push((id, 0, frame::BUNDLE_FLAG_FAILED));
-                    let path = f.entry.path.clone();
-                    self.send_to_target(SourceMsg::FileFailed {
-                        id,
-                        path,
-                        message: "changed or vanished".into(),
-                    });
+                    let message = e.to_string();
+                    self.send_to_target(SourceMsg::FileFailed { id, path: e.path, message });
                 }
             }
             self.maybe_mutate(id);
@@ -635,28 +647,67 @@ impl Sim {
         self.send_frame(SimFrame { header, payload });
     }
 
-    fn send_chunk(&mut self, id: FileId, offset_bytes: u64, len_bytes: u32) {
-        let chunks =
-            self.files[(id - 1) as usize].entry.size_bytes.div_ceil(u64::from(CHUNK_BYTES)).max(1);
-        let version = self.files[(id - 1) as usize].version;
-        let r = self.reading.entry(id).or_insert((chunks, version, None));
-        r.0 -= 1;
-        let (left, first_version, failed) = (r.0, r.1, r.2.clone());
+    /// Reads `len_bytes` at `offset_bytes` of file `id` (to its end if it is shorter than
+    /// that and `len_bytes` is `u32::MAX`), as it is now: it may have vanished, shrunk, or the
+    /// read may fail.
+    fn read_range(
+        &mut self,
+        id: FileId,
+        offset_bytes: u64,
+        len_bytes: u32,
+    ) -> Result<Vec<u8>, FileError> {
+        let fails = self.rng.u32(0..1000) < self.faults.read_error;
         let f = &self.files[(id - 1) as usize];
-        let (path, sparse) = (f.entry.path.clone(), f.entry.sparse);
-        let read = f.data.as_ref().map(|d| {
-            let start = (offset_bytes as usize).min(d.len());
-            let end = (start + len_bytes as usize).min(d.len());
-            d[start..end].to_vec()
-        });
-        let mut failure = failed.clone();
-        match read {
-            _ if failed.is_some() => {}
-            None => failure = Some("cannot open: No such file or directory".into()),
-            Some(data) if data.len() != len_bytes as usize => {
-                failure = Some("changed: shorter than listed".into())
+        let path = f.entry.path.clone();
+        let Some(d) = &f.data else {
+            return Err(FileError::io(path, FileOp::Read, std::io::Error::from_raw_os_error(2)));
+        };
+        if fails {
+            return Err(FileError::io(path, FileOp::Read, std::io::Error::from_raw_os_error(5)));
+        }
+        let start = (offset_bytes as usize).min(d.len());
+        let end = start.saturating_add(len_bytes as usize).min(d.len());
+        if len_bytes != u32::MAX && end - start != len_bytes as usize {
+            return Err(FileError { path, op: FileOp::Read, cause: Cause::Shrank });
+        }
+        Ok(d[start..end].to_vec())
+    }
+
+    /// File `id` looked at again (fstat): each change moves its mtime on; a vanished file is
+    /// seen empty.
+    fn seen_again(&self, id: FileId) -> Seen {
+        let f = &self.files[(id - 1) as usize];
+        let mut mtime = f.entry.mtime;
+        mtime.sec += i64::from(f.version);
+        Seen { size_bytes: f.data.as_ref().map_or(0, |d| d.len() as u64), mtime }
+    }
+
+    fn send_chunk(&mut self, id: FileId, offset_bytes: u64, len_bytes: u32) {
+        let entry = &self.files[(id - 1) as usize].entry;
+        let (path, sparse, listed) = (entry.path.clone(), entry.sparse, listed(entry));
+        let mut steps = Vec::new();
+        let read = match self.reading.begin(id, &path, listed, &mut steps) {
+            Begin::Read(()) => true,
+            Begin::Skip => false,
+            Begin::Open => {
+                let opened = match self.files[(id - 1) as usize].data {
+                    Some(_) => Ok(()),
+                    None => Err(FileError::io(
+                        path.clone(),
+                        FileOp::Open,
+                        std::io::Error::from_raw_os_error(2),
+                    )),
+                };
+                let read = opened.is_ok();
+                self.reading.opened(id, opened, &mut steps);
+                read
             }
-            Some(data) => {
+        };
+        if read {
+            let data = self.read_range(id, offset_bytes, len_bytes);
+            let outcome = data.as_ref().map(|_| ()).map_err(Clone::clone);
+            let counted = self.reading.read(id, 1, outcome, &mut steps);
+            if let (Counted::Send { .. }, Ok(data)) = (counted, data) {
                 let frame = if sparse && data.iter().all(|&b| b == 0) {
                     SimFrame { header: FrameHeader::hole(id, offset_bytes, 1), payload: Vec::new() }
                 } else {
@@ -672,26 +723,36 @@ impl Sim {
                 };
                 self.send_frame(frame);
             }
+            self.maybe_mutate(id);
         }
-        if let Some(r) = self.reading.get_mut(&id) {
-            r.2 = failure.clone();
-        }
-        self.maybe_mutate(id);
-        if left == 0 {
-            self.reading.remove(&id);
-            let now_version = self.files[(id - 1) as usize].version;
-            // The check after the last read: the file is the one listed, unchanged throughout.
-            let verdict = match failure {
-                Some(m) => Err(m),
-                None if now_version != first_version || first_version != 0 => {
-                    Err("changed while it was read".to_string())
+        self.source_steps(steps);
+    }
+
+    /// Carries out what [`Reading`] asked for.
+    fn source_steps(&mut self, steps: Vec<source_session::Step<()>>) {
+        use source_session::Step as S;
+        for step in steps {
+            let mut more = Vec::new();
+            match step {
+                // No transport holds a region here: the last hold goes with the last read.
+                S::Close(id, ()) => self.reading.released(id, None, &mut more),
+                S::DropRest(id) => {
+                    if let Some((from, to)) = self.chunker.skip_large(id, u64::MAX) {
+                        let chunks = self.reading.chunks(from, to);
+                        self.reading.dropped(id, chunks, &mut more);
+                    }
                 }
-                None => Ok(()),
-            };
-            match verdict {
-                Ok(()) => self.send_to_target(SourceMsg::FileRead(id)),
-                Err(message) => self.send_to_target(SourceMsg::FileFailed { id, path, message }),
+                S::Check(id) => {
+                    let now = self.seen_again(id);
+                    self.reading.checked(id, Ok(now), &mut more);
+                }
+                S::Read(id) => self.send_to_target(SourceMsg::FileRead(id)),
+                S::Failed(id, e) => {
+                    let message = e.to_string();
+                    self.send_to_target(SourceMsg::FileFailed { id, path: e.path, message });
+                }
             }
+            self.source_steps(more);
         }
     }
 
@@ -1084,6 +1145,9 @@ mod tests {
                     Cause::Incomplete => incomplete += 1,
                     Cause::Source(_) => source += 1,
                     Cause::Io(_) => io += 1,
+                    Cause::Shrank | Cause::Changed { .. } | Cause::Transport(_) => {
+                        panic!("a source-side cause reported by the target: {e}")
+                    }
                 }
             }
         }

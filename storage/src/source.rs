@@ -5,18 +5,22 @@
 //! into work units; and `read_threads` readers that fill the transport's buffers (or describe
 //! file regions for transports that move bytes themselves) and send frames.
 //!
-//! A chunked file is re-checked (fstat: size and mtime) once every byte of it was read, by a
-//! reader or, for file regions, by the transport when it sent them: every read holds the file's
-//! [`ReadDone`], and the last one dropped runs the check. Then, and only then, the target is
-//! told [`SourceMsg::FileRead`] (the file may be committed) or [`SourceMsg::FileFailed`]. The
-//! same fact travels the same way whatever form the payload took. A bundle's files are read
-//! and re-checked by the one reader that fills it, and the bundle frame carries the flag.
+//! A chunked file's fate is decided by [`Reading`] (`blitx_session::source`): which reads of it
+//! count, its first failure, the rest of it dropped from the plan, the check that it did not
+//! change, and its one verdict. This shell opens, reads, stats and sends, under one lock taken
+//! twice per chunk (before the read and after it). Every read holds the file's [`ReadDone`],
+//! as does every region of it the transport has not sent yet; the last one dropped tells the
+//! machine, which then asks for the check (fstat: size and mtime). Then, and only then, the
+//! target is told [`SourceMsg::FileRead`] (the file may be committed) or
+//! [`SourceMsg::FileFailed`]. The same fact travels the same way whatever form the payload
+//! took. A bundle's files are read and re-checked by the one reader that fills it, and the
+//! bundle frame carries the flag.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use crate::fsys;
@@ -31,8 +35,10 @@ use blitx_core::transport::{
 };
 use blitx_core::{BufLease, RelPath};
 use blitx_planner::{Chunker, Excludes, NeededFile, Unit};
-use blitx_session::Violation;
-use blitx_session::source::{Answers, Listed};
+use blitx_session::source::{
+    self as machine, Answers, Begin, Counted, Listed, Reading, Seen, Step,
+};
+use blitx_session::{Cause, FileError, FileOp, Violation};
 
 use crate::direct::{self, DirectFile};
 use crossbeam_channel::{Receiver, Sender};
@@ -95,6 +101,12 @@ impl FileRef {
     }
 }
 
+impl FileRef {
+    fn listed(&self) -> Seen {
+        Seen { size_bytes: self.size_bytes, mtime: self.mtime }
+    }
+}
+
 impl Listed for FileRef {
     fn id(&self) -> FileId {
         self.id
@@ -113,15 +125,17 @@ struct Unanswered {
     answered: Condvar,
 }
 
-/// A large file being read chunk by chunk by possibly several readers.
-struct OpenFile {
+/// A chunked file's handle while it is read (possibly by several readers): what [`Reading`]
+/// keeps for the shell from its first read to its last.
+#[derive(Clone)]
+struct Held {
+    /// `None` for a generated file (`--mem`).
     file: Option<Arc<File>>,
-    /// Held by every read of the file in progress and every region of it not yet sent.
-    done: Option<Arc<ReadDone>>,
+    /// Held by every read of the file in progress and every region of it not yet sent; the
+    /// last one dropped tells the machine ([`Reading::released`]).
+    done: Arc<ReadDone>,
     /// Its `O_DIRECT` descriptor, when it is read around the page cache (`--io`).
     direct: Option<Arc<DirectFile>>,
-    reads_left: u64,
-    failed: bool,
 }
 
 struct Work {
@@ -136,7 +150,10 @@ struct Shared<'a> {
     dirs: DirCache,
     work: Mutex<Work>,
     more_work: Condvar,
-    open: Mutex<IdMap<OpenFile>>,
+    /// The chunked files being read. A file's last hold reports to it from any thread, so it
+    /// is shared; the holds keep a `Weak`, or every file still open when a session fails would
+    /// keep the machine (and itself) alive.
+    reading: Arc<Mutex<Reading<Held>>>,
     transport: &'a dyn FrameSender,
     progress: &'a Progress,
     cancel: &'a AtomicBool,
@@ -257,7 +274,7 @@ pub fn run_source(
             busy_readers: 0,
         }),
         more_work: Condvar::new(),
-        open: Mutex::new(IdMap::default()),
+        reading: Arc::new(Mutex::new(Reading::new(opts.params.chunk_bytes))),
         transport,
         progress,
         cancel,
@@ -338,6 +355,9 @@ fn source_session(
     let stats = match outcome {
         Ok(stats) => stats,
         Err(e) => {
+            // Dropped outside the lock: a file's last hold reports to the machine.
+            let held = lock(&shared.reading).abandon();
+            drop(held);
             transport.abort();
             return Err(e);
         }
@@ -476,9 +496,49 @@ impl Shared<'_> {
         self.more_work.notify_all();
     }
 
-    fn file_failed(&self, f: &FileRef, message: String) {
-        self.errors.push(f.path.clone(), message.clone());
-        self.verdicts.push(SourceMsg::FileFailed { id: f.id, path: f.path.clone(), message });
+    /// Carries out the steps of [`Reading`] that a reader's events produced (outside its lock).
+    fn carry_out(&self, f: &FileRef, steps: Vec<Step<Held>>) {
+        if steps.is_empty() {
+            return;
+        }
+        let mut closed = None;
+        let mut verdicts = Vec::new();
+        for step in steps {
+            match step {
+                Step::Close(_, h) => closed = Some(h),
+                Step::DropRest(_) => {
+                    if let Some((from, to)) = take_from_plan(self, f, u64::MAX) {
+                        let mut more = Vec::new();
+                        let mut reading = lock(&self.reading);
+                        let chunks = reading.chunks(from, to);
+                        reading.dropped(f.id, chunks, &mut more);
+                        drop(reading);
+                        self.carry_out(f, more);
+                    }
+                }
+                other => verdicts.push(other),
+            }
+        }
+        let again = match &closed {
+            Some(Held { file: Some(file), .. }) => Again::File(file),
+            Some(Held { file: None, .. }) => Again::Generated,
+            None => Again::Gone,
+        };
+        report(&self.reading, &self.verdicts, &self.errors, f, again, verdicts);
+        drop(closed);
+    }
+
+    /// Opens a chunked file for its reads (under the machine's lock: the first read of it).
+    fn open_held(&self, f: &FileRef) -> Result<Held, FileError> {
+        if self.opts.params.mem_bytes.is_some() {
+            // Generated: nothing to open.
+            return Ok(Held { file: None, done: file_check(self, f, None), direct: None });
+        }
+        let file = self.open_file(f).map_err(|e| FileError::io(f.path.clone(), FileOp::Open, e))?;
+        let direct = self.open_direct(f, &file);
+        let file = Arc::new(file);
+        let done = file_check(self, f, Some(&file));
+        Ok(Held { file: Some(file), done, direct })
     }
 
     /// Opens a source file relative to its directory handle.
@@ -506,33 +566,91 @@ impl Shared<'_> {
     }
 }
 
-/// Checks that an open file still matches what the walk saw.
-fn unchanged(file: &File, f: &FileRef) -> Result<(), String> {
+/// A file's size and mtime now, through the descriptor it was read from.
+fn seen(file: &File, f: &FileRef) -> Result<Seen, FileError> {
     let st = rustix::fs::statx(
         file.as_fd(),
         "",
         rustix::fs::AtFlags::EMPTY_PATH,
         rustix::fs::StatxFlags::BASIC_STATS,
     )
-    .map_err(|e| format!("cannot stat after reading: {e}"))?;
-    if st.stx_size != f.size_bytes || fsys::mtime_of(&st) != f.mtime {
-        return Err(format!(
-            "changed while being read (size {} -> {}); not copied, run again",
-            f.size_bytes, st.stx_size
-        ));
+    .map_err(|e| FileError::io(f.path.clone(), FileOp::ReadCheck, e))?;
+    Ok(Seen { size_bytes: st.stx_size, mtime: fsys::mtime_of(&st) })
+}
+
+/// Where [`Step::Check`] looks at a file again.
+#[derive(Clone, Copy)]
+enum Again<'a> {
+    File(&'a File),
+    /// A generated file (`--mem`) cannot change: it is what was listed.
+    Generated,
+    /// No descriptor came with the step (the machine asks for the check when the last hold
+    /// goes, and every read's hold carries the file: not expected).
+    Gone,
+}
+
+/// Carries out the verdict steps of [`Reading`]: the check, `FileRead`, `FileFailed`. Runs on
+/// whichever thread dropped a file's last hold, or on a reader; it only queues the verdict.
+fn report(
+    reading: &Mutex<Reading<Held>>,
+    verdicts: &Verdicts,
+    errors: &ErrorLog,
+    f: &FileRef,
+    again: Again<'_>,
+    steps: Vec<Step<Held>>,
+) {
+    for step in steps {
+        match step {
+            Step::Check(id) => {
+                let now = match again {
+                    Again::File(file) => seen(file, f),
+                    Again::Generated => Ok(f.listed()),
+                    Again::Gone => Err(FileError::io(
+                        f.path.clone(),
+                        FileOp::ReadCheck,
+                        std::io::Error::from(std::io::ErrorKind::NotFound),
+                    )),
+                };
+                let mut more = Vec::new();
+                lock(reading).checked(id, now, &mut more);
+                report(reading, verdicts, errors, f, Again::Gone, more);
+            }
+            Step::Read(id) => verdicts.push(SourceMsg::FileRead { id }),
+            Step::Failed(id, e) => file_failed(verdicts, errors, id, e),
+            // A reader's events close files and drop their rest (`Shared::carry_out`); the
+            // release and the check do neither.
+            Step::Close(_, h) => drop(h),
+            Step::DropRest(_) => {}
+        }
     }
-    Ok(())
+}
+
+fn file_failed(verdicts: &Verdicts, errors: &ErrorLog, id: FileId, e: FileError) {
+    let message = e.to_string();
+    errors.push(e.path.clone(), message.clone());
+    verdicts.push(SourceMsg::FileFailed { id, path: e.path, message });
 }
 
 /// Reads `len` bytes at `offset` into `buf` exactly; a short read means the file shrank.
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), String> {
+fn read_exact_at(
+    file: &File,
+    buf: &mut [u8],
+    offset: u64,
+    path: &RelPath,
+) -> Result<(), FileError> {
     let mut done = 0;
     while done < buf.len() {
         match rustix::io::pread(file, &mut buf[done..], offset + done as u64) {
-            Ok(0) => return Err("file shrank while being read; not copied, run again".into()),
+            Ok(0) => {
+                return Err(FileError {
+                    path: path.clone(),
+                    op: FileOp::Read,
+                    cause: Cause::Shrank,
+                });
+            }
             Ok(n) => done += n,
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(format!("read failed: {e}")),
+            Err(e) => return Err(FileError::io(path.clone(), FileOp::Read, e)),
         }
     }
     Ok(())
@@ -601,18 +719,19 @@ fn send_bundle(shared: &Shared<'_>, files: &[FileRef]) -> Result<(), TransportEr
     let buf = lease.full_mut();
     for f in files {
         let len = f.size_bytes as usize;
-        let read = shared.open_file(f).map_err(|e| format!("cannot open: {e}")).and_then(|file| {
-            read_exact_at(&file, &mut buf[at..at + len], 0)?;
-            unchanged(&file, f)
+        let read = shared.open_file(f).map_err(|e| FileError::io(f.path.clone(), FileOp::Open, e));
+        let read = read.and_then(|file| {
+            read_exact_at(&file, &mut buf[at..at + len], 0, &f.path)?;
+            machine::unchanged(&f.path, f.listed(), seen(&file, f)?)
         });
         match read {
             Ok(()) => {
                 items.push((f.id, len as u32, 0));
                 at += len;
             }
-            Err(message) => {
+            Err(e) => {
                 items.push((f.id, 0, BUNDLE_FLAG_FAILED));
-                shared.file_failed(f, message);
+                file_failed(&shared.verdicts, &shared.errors, f.id, e);
             }
         }
     }
@@ -648,25 +767,22 @@ fn send_chunk(
     let reading = Instant::now();
     let result = read_chunk(shared, f, offset_bytes, len_bytes);
     shared.progress.stages.add(Stage::Read, reading);
-    // Every chunk counts down, read or not (and a hole run counts the chunks it took out of
-    // the plan), so the bookkeeping ends with the file.
-    let taken = match &result {
-        Ok(Some(r)) => r.run_chunks,
-        _ => 0,
-    };
-    let (last_read, failed_before) = count_down(shared, f.id, 1 + taken);
-    if failed_before {
-        // Reported once already, by the reader that saw the first failure.
-        return Ok(());
-    }
-    let ReadOut { header, payload, done: _done, run, run_chunks: _ } = match result {
-        Ok(Some(x)) => x,
+    // Every chunk counts, read or not (and a hole run counts the chunks it took out of the
+    // plan), so the machine's bookkeeping ends with the file.
+    let (out, outcome, failed_hold) = match result {
+        // Not read (the file failed): counted already.
         Ok(None) => return Ok(()),
-        Err((message, done)) => {
-            mark_failed(shared, f, message, done.as_deref());
-            return Ok(());
-        }
+        Ok(Some(out)) => (Some(out), Ok(()), None),
+        Err((e, done)) => (None, Err(e), Some(done)),
     };
+    let chunks = 1 + out.as_ref().map_or(0, |r| r.run_chunks);
+    let mut steps = Vec::new();
+    let counted = lock(&shared.reading).read(f.id, chunks, outcome, &mut steps);
+    shared.carry_out(f, steps);
+    // The failed read's hold goes once its failure is recorded: then the verdict may follow.
+    drop(failed_hold);
+    let (Counted::Send { last }, Some(out)) = (counted, out) else { return Ok(()) };
+    let ReadOut { header, payload, done: _done, run, run_chunks: _ } = out;
     // `_done` is dropped after the frame was handed over: if this was the file's last read
     // and its payload is a buffer, the file's check runs right here.
     let sending = Instant::now();
@@ -679,23 +795,11 @@ fn send_chunk(
     if let Some((_, bytes)) = run {
         Progress::add(&shared.progress.bytes_done, bytes);
     }
-    if last_read {
+    if last {
         shared.files_sent.fetch_add(1, Ordering::Relaxed);
         Progress::add(&shared.progress.files_done, 1);
     }
     Ok(())
-}
-
-/// Counts `chunks` reads of file `id` as done; returns (this was its last read, it had failed).
-fn count_down(shared: &Shared<'_>, id: FileId, chunks: u64) -> (bool, bool) {
-    let mut open = lock(&shared.open);
-    let Some(o) = open.get_mut(&id) else { return (false, true) };
-    o.reads_left = o.reads_left.saturating_sub(chunks);
-    let state = (o.reads_left == 0, o.failed);
-    if o.reads_left == 0 {
-        open.remove(&id);
-    }
-    state
 }
 
 /// One chunk read (or described), and the hole run a sparse file's empty stretch added.
@@ -711,70 +815,57 @@ struct ReadOut {
     run_chunks: u64,
 }
 
-/// What runs once every read of a chunked file is over: the check that it did not change, and
-/// the verdict to the target.
-/// A generated file (`file` is `None`) cannot change.
+/// A chunked file's hold, shared by its reads: dropped with the last of them, it tells the
+/// machine (with the transport's failure, if a region of it could not be sent), and carries
+/// out the verdict steps that come back.
 fn file_check(shared: &Shared<'_>, f: &FileRef, file: Option<&Arc<File>>) -> Arc<ReadDone> {
+    let reading: Weak<Mutex<Reading<Held>>> = Arc::downgrade(&shared.reading);
     let (verdicts, errors, f, file) =
         (Arc::clone(&shared.verdicts), Arc::clone(&shared.errors), f.clone(), file.cloned());
     ReadDone::new(move |failure| {
-        let verdict = match (failure, &file) {
-            (Some(message), _) => Err(message),
-            (None, Some(file)) => unchanged(file, &f),
-            (None, None) => Ok(()),
-        };
-        let msg = match verdict {
-            Ok(()) => SourceMsg::FileRead { id: f.id },
-            Err(message) => {
-                errors.push(f.path.clone(), message.clone());
-                SourceMsg::FileFailed { id: f.id, path: f.path, message }
-            }
-        };
-        verdicts.push(msg);
+        // Gone: the session is over and its files were forgotten.
+        let Some(reading) = reading.upgrade() else { return };
+        let failure = failure.map(|message| FileError {
+            path: f.path.clone(),
+            op: FileOp::Read,
+            cause: Cause::Transport(message),
+        });
+        let mut steps = Vec::new();
+        lock(&reading).released(f.id, failure, &mut steps);
+        let again = file.as_deref().map_or(Again::Generated, Again::File);
+        report(&reading, &verdicts, &errors, &f, again, steps);
     })
 }
 
-/// A read's failure, with its hold on the file's check (`None` when the file never opened).
-type ReadFailure = (String, Option<Arc<ReadDone>>);
+/// A read's failure, with its hold on the file (which goes once the failure is recorded).
+type ReadFailure = (FileError, Arc<ReadDone>);
 
-/// Reads (or describes) one chunk. `Ok(None)`: the file already failed; `Err`: it fails now.
+/// Reads (or describes) one chunk. `Ok(None)`: the file failed (before, or as it opened), and
+/// the chunk is counted; `Err`: it fails now.
 fn read_chunk(
     shared: &Shared<'_>,
     f: &FileRef,
     offset_bytes: u64,
     len_bytes: u32,
 ) -> Result<Option<ReadOut>, ReadFailure> {
-    let (file, done, direct) = {
-        let mut open = lock(&shared.open);
-        let o = open.entry(f.id).or_insert_with(|| {
-            let reads_left = shared.opts.params.chunk_count(f.size_bytes);
-            if shared.opts.params.mem_bytes.is_some() {
-                // Generated: nothing to open.
-                let done = Some(file_check(shared, f, None));
-                return OpenFile { file: None, done, direct: None, reads_left, failed: false };
-            }
-            match shared.open_file(f) {
-                Ok(file) => {
-                    let direct = shared.open_direct(f, &file);
-                    let file = Arc::new(file);
-                    let done = Some(file_check(shared, f, Some(&file)));
-                    OpenFile { file: Some(file), done, direct, reads_left, failed: false }
-                }
-                Err(e) => {
-                    shared.file_failed(f, format!("cannot open: {e}"));
-                    OpenFile { file: None, done: None, direct: None, reads_left, failed: true }
-                }
-            }
-        });
-        match (&o.file, &o.done, o.failed) {
-            (file, Some(done), false) => (file.clone(), Arc::clone(done), o.direct.clone()),
-            _ => {
-                drop(open);
-                drop_rest_of_file(shared, f);
-                return Ok(None);
+    let mut steps = Vec::new();
+    let held = {
+        let mut reading = lock(&shared.reading);
+        match reading.begin(f.id, &f.path, f.listed(), &mut steps) {
+            Begin::Read(h) => Some(h),
+            Begin::Skip => None,
+            Begin::Open => {
+                // Opened under the lock, by the file's first read: another reader of it waits
+                // rather than opening it twice.
+                let opened = shared.open_held(f);
+                let h = opened.as_ref().ok().cloned();
+                reading.opened(f.id, opened, &mut steps);
+                h
             }
         }
     };
+    shared.carry_out(f, steps);
+    let Some(Held { file, done, direct }) = held else { return Ok(None) };
     let mut header = FrameHeader {
         kind: FrameKind::Chunk,
         flags: 0,
@@ -791,8 +882,11 @@ fn read_chunk(
         run_chunks: 0,
     };
     let Some(file) = file else {
-        let (header, payload) =
-            generate_chunk(shared, header, len_bytes).map_err(|e| (e, Some(Arc::clone(&done))))?;
+        let (header, payload) = generate_chunk(shared, header, len_bytes).map_err(|e| {
+            let e =
+                FileError { path: f.path.clone(), op: FileOp::Read, cause: Cause::Transport(e) };
+            (e, Arc::clone(&done))
+        })?;
         return Ok(Some(out(header, payload)));
     };
     if f.sparse
@@ -822,8 +916,14 @@ fn read_chunk(
         region.done = Some(Arc::clone(&done));
         return Ok(Some(out(header, Payload::File(region))));
     }
-    let fail = |message: String| (message, Some(Arc::clone(&done)));
-    let mut lease = shared.transport.pool().acquire().map_err(|e| fail(e.to_string()))?;
+    let fail = |e: FileError| (e, Arc::clone(&done));
+    let mut lease = shared.transport.pool().acquire().map_err(|e| {
+        fail(FileError {
+            path: f.path.clone(),
+            op: FileOp::Read,
+            cause: Cause::Transport(e.to_string()),
+        })
+    })?;
     let len = len_bytes as usize;
     let mut hasher = shared.transport.needs_checksums().then(frame::Hasher::default);
     match direct.filter(|d| d.fits(lease.as_ptr(), lease.capacity(), len)) {
@@ -831,9 +931,11 @@ fn read_chunk(
             // Around the page cache, in up to `--io-depth` requests; hashed once it is all in.
             let n = d
                 .read(lease.full_mut(), len, offset_bytes)
-                .map_err(|e| fail(format!("read failed: {e}")))?;
+                .map_err(|e| fail(FileError::io(f.path.clone(), FileOp::Read, e)))?;
             if n < len {
-                return Err(fail("file shrank while being read; not copied, run again".into()));
+                let shrank =
+                    FileError { path: f.path.clone(), op: FileOp::Read, cause: Cause::Shrank };
+                return Err(fail(shrank));
             }
             if let Some(h) = hasher.as_mut() {
                 for piece in lease.full()[..len].chunks(frame::HASH_PIECE_BYTES) {
@@ -845,7 +947,7 @@ fn read_chunk(
             // Read and hash piece by piece, so each piece is hashed while it is still in cache.
             let mut at = offset_bytes;
             for piece in lease.full_mut()[..len].chunks_mut(frame::HASH_PIECE_BYTES) {
-                read_exact_at(&file, piece, at).map_err(fail)?;
+                read_exact_at(&file, piece, at, &f.path).map_err(fail)?;
                 at += piece.len() as u64;
                 if let Some(h) = hasher.as_mut() {
                     h.update(piece);
@@ -937,28 +1039,6 @@ fn take_from_plan(shared: &Shared<'_>, f: &FileRef, to_bytes: u64) -> Option<(u6
         work.needed.remove(&f.id);
     }
     Some(taken)
-}
-
-/// A failed file's remaining chunks are dropped from the plan at once (and counted down), so
-/// a huge file that failed early costs no further work.
-fn drop_rest_of_file(shared: &Shared<'_>, f: &FileRef) {
-    if let Some((from, to)) = take_from_plan(shared, f, u64::MAX) {
-        let chunk = u64::from(shared.opts.params.chunk_bytes);
-        count_down(shared, f.id, (to - from).div_ceil(chunk));
-    }
-}
-
-/// A read of `f` failed: no more of it is read, and its check reports the first failure
-/// (`done`, the failed read's hold on it, keeps the check from running before this).
-fn mark_failed(shared: &Shared<'_>, f: &FileRef, message: String, done: Option<&ReadDone>) {
-    if let Some(o) = lock(&shared.open).get_mut(&f.id) {
-        o.failed = true;
-    }
-    match done {
-        Some(d) => d.fail(message),
-        None => shared.file_failed(f, message),
-    }
-    drop_rest_of_file(shared, f);
 }
 
 /// When `[offset, offset+len)` of a sparse file holds no data: where the next data starts
