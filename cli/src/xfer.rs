@@ -358,7 +358,7 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         let r = if remote_source || remote_target {
             run_remote(args, params, threads, &reporter, &progress, &cancel)
         } else {
-            run_local_copy(args, params, threads, &reporter, &progress, cancel.flag())
+            run_local_copy(args, params, threads, &reporter, &progress, cancel.plane())
         };
         done.store(true, Ordering::Release);
         if let Some(t) = &bar_thread {
@@ -516,7 +516,7 @@ fn run_local_copy(
     threads: usize,
     reporter: &PrintReporter,
     progress: &PairProgress,
-    cancel: &AtomicBool,
+    cancel: &blitx_core::cancel::Cancel,
 ) -> anyhow::Result<Outcome> {
     let target = Path::new(&args.target);
     let mem = params.mem_bytes.is_some();
@@ -547,7 +547,7 @@ fn run_local_copy(
 fn lock_target(
     root: &RootDir,
     args: &XferArgs,
-    cancel: &AtomicBool,
+    cancel: &blitx_core::cancel::Cancel,
 ) -> anyhow::Result<Option<blitx_storage::lock::TargetLock>> {
     use blitx_storage::lock::{LockError, TargetLock};
     if args.dry_run {
@@ -605,7 +605,7 @@ fn run_remote(
             let target = Path::new(&args.target);
             check_target(target)?;
             let root = open_target(target, args.dry_run)?;
-            _lock = lock_target(&root, args, cancel.flag())?;
+            _lock = lock_target(&root, args, cancel.plane())?;
             (remote, Local::Target(root))
         }
     } else {

@@ -376,6 +376,68 @@ fn sigint_removes_temp_files() {
     assert!(temp_files(&dst).is_empty(), "temp files left: {:?}", temp_files(&dst));
 }
 
+/// Whether process `pid` has a thread named `name` (what it is blocked in is its own business;
+/// the name says it got there).
+fn has_thread(pid: u32, name: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+}
+
+/// `--wait-lock` on a target another process writes into: the wait ends at once when that
+/// process lets go (no retry tick), and at once on SIGINT (exit code 130).
+#[test]
+fn a_lock_wait_ends_at_the_release_and_at_sigint() {
+    use blitx_storage::lock::TargetLock;
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let bound = Duration::from_secs(3);
+    for interrupt in [false, true] {
+        let dir = std::fs::File::open(&dst).unwrap();
+        // This test process is the other writer: a real lock, held by another process.
+        let held =
+            TargetLock::acquire(dir.as_fd(), None, &blitx_core::cancel::Cancel::new()).unwrap();
+        let mut child = blit()
+            .arg("xfer")
+            .arg(&src)
+            .arg(&dst)
+            .args(["--no-progress", "--wait-lock"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let waiting = Instant::now();
+        while !has_thread(pid, "blit-lock-wait") {
+            assert!(waiting.elapsed() < Duration::from_secs(20), "blit never waited for the lock");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let at = Instant::now();
+        if interrupt {
+            rustix::process::kill_process(
+                rustix::process::Pid::from_child(&child),
+                rustix::process::Signal::INT,
+            )
+            .unwrap();
+        } else {
+            drop(held);
+        }
+        let status = child.wait().unwrap();
+        let took = at.elapsed();
+        assert_eq!(status.code(), Some(if interrupt { 130 } else { 0 }), "interrupt {interrupt}");
+        assert!(took < bound, "interrupt {interrupt}: ended {took:?} after the event");
+        if !interrupt {
+            assert_eq!(std::fs::read(dst.join("f")).unwrap(), b"data");
+            std::fs::remove_file(dst.join("f")).unwrap();
+        }
+    }
+}
+
 #[test]
 fn version_and_help() {
     let out = run(&["--version"]);

@@ -1,23 +1,23 @@
-//! Cancellation that wakes its waiters: a flag (what the engines look at between steps) and a
-//! watch channel (what the control plane's waits select on), set together. Nothing here polls.
+//! Cancellation for the control plane: the one signal of `blitx_core::cancel` (what the engines
+//! and the data plane wait on), with what the async control plane needs on top: a future that
+//! completes when it fires, children, and signal handling. Nothing here polls.
 //!
-//! A signal handler may only set an atomic; [`Cancel::watch_signals`] pairs such a handler with
-//! a thread blocked on signal-hook's self-pipe, which calls [`Cancel::cancel`] and so wakes every
-//! waiter at once.
+//! There is one signal, not a flag and a channel set together: [`Cancel::cancel`] fires the core
+//! signal, and a waker registered on it wakes the tokio side (a watch channel). A signal
+//! handler does nothing itself; [`Cancel::watch_signals`] has a thread blocked on
+//! signal-hook's self-pipe fire the signal, which wakes every waiter at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
-/// A cancellation flag with wake-ups. Clones share it.
+/// A cancellation signal with async wake-ups. Clones share it.
 #[derive(Clone, Debug)]
 pub struct Cancel {
-    flag: Arc<AtomicBool>,
+    /// The signal itself: what the engines, the data plane's set-up and the transports wait on.
+    core: blitx_core::cancel::Cancel,
+    /// Set to true by the core signal's waker, for [`Cancel::cancelled`].
     woken: Arc<watch::Sender<bool>>,
-    /// The data plane's form of the same signal (`blitx_core::cancel`), fired with it: a
-    /// data-plane set-up blocked in an accept or a connect wakes on it.
-    plane: blitx_core::cancel::Cancel,
 }
 
 impl Default for Cancel {
@@ -26,34 +26,35 @@ impl Default for Cancel {
     }
 }
 
+impl From<blitx_core::cancel::Cancel> for Cancel {
+    /// The async view of an existing signal (fired by whoever else holds it).
+    fn from(core: blitx_core::cancel::Cancel) -> Self {
+        let woken = Arc::new(watch::channel(false).0);
+        let w = Arc::clone(&woken);
+        core.on_fire(move || {
+            w.send_replace(true);
+        });
+        Cancel { core, woken }
+    }
+}
+
 impl Cancel {
     pub fn new() -> Self {
-        Cancel {
-            flag: Arc::new(AtomicBool::new(false)),
-            woken: Arc::new(watch::channel(false).0),
-            plane: blitx_core::cancel::Cancel::new(),
-        }
+        Cancel::from(blitx_core::cancel::Cancel::new())
     }
 
-    /// Sets the flag and wakes every waiter.
+    /// Fires the signal: wakes every waiter, sync and async.
     pub fn cancel(&self) {
-        self.flag.store(true, Ordering::Release);
-        self.woken.send_replace(true);
-        self.plane.fire();
+        self.core.fire();
     }
 
-    /// The same signal for the data plane's set-up and transports.
+    /// The signal itself, for the engines, the data plane's set-up and the transports.
     pub fn plane(&self) -> &blitx_core::cancel::Cancel {
-        &self.plane
+        &self.core
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
-
-    /// The flag itself, for the engines (which look at it between steps).
-    pub fn flag(&self) -> &AtomicBool {
-        &self.flag
+        self.core.is_fired()
     }
 
     /// Completes once [`Cancel::cancel`] was called (at once if it already was).
@@ -68,7 +69,9 @@ impl Cancel {
 
     /// A new token cancelled when this one is (and on its own): a session's cancel below the
     /// daemon's shutdown or the caller's interrupt. The forwarding task ends when either is
-    /// cancelled, so a finished session cancels its own token to let it go.
+    /// cancelled, so a finished session cancels its own token to let it go. (A waker on the
+    /// parent would do without the task, but a daemon's shutdown would then keep one waker per
+    /// session it ever served.)
     pub fn child(&self, rt: &tokio::runtime::Handle) -> Cancel {
         let child = Cancel::new();
         let (parent, c) = (self.clone(), child.clone());
@@ -81,21 +84,16 @@ impl Cancel {
         child
     }
 
-    /// Cancels on SIGINT and SIGTERM: the handler sets the flag (async-signal-safe), and a
-    /// thread blocked on signal-hook's self-pipe wakes the waiters.
+    /// Cancels on SIGINT and SIGTERM: signal-hook's handler writes to its self-pipe
+    /// (async-signal-safe), and a thread blocked on the pipe fires the signal.
     pub fn watch_signals(&self) -> std::io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        for sig in [SIGINT, SIGTERM] {
-            signal_hook::flag::register(sig, Arc::clone(&self.flag))?;
-        }
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
         let me = self.clone();
         std::thread::Builder::new().name("blit-signals".into()).spawn(move || {
             if signals.forever().next().is_some() {
                 me.cancel();
             }
-            // The flag was set by the handler before the pipe woke this thread; `cancel` fired
-            // the rest.
         })?;
         Ok(())
     }
@@ -155,6 +153,18 @@ mod tests {
         c.cancel();
         rt.block_on(c.cancelled());
         assert!(c.is_cancelled());
+    }
+
+    #[test]
+    fn the_async_side_wakes_on_the_core_signal() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let core = blitx_core::cancel::Cancel::new();
+        let c = Cancel::from(core.clone());
+        assert!(!c.is_cancelled());
+        let fire = std::thread::spawn(move || core.fire());
+        rt.block_on(c.cancelled());
+        assert!(c.is_cancelled() && c.plane().is_fired());
+        fire.join().expect("fire");
     }
 
     #[test]

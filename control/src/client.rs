@@ -679,7 +679,7 @@ pub fn transfer(
                     limits: Limits { idle_timeout: opts.idle_timeout, ..Limits::none() },
                 };
                 plane.sender().map_err(ClientError::DataPlane).and_then(|tx| {
-                    run_source(&o, engine_out_src, engine_tgt, tx, progress, stop.flag())
+                    run_source(&o, engine_out_src, engine_tgt, tx, progress, stop.plane())
                         .map(|r| (Some(r), None))
                         .map_err(|e| {
                             let chain = source_chain(&e);
@@ -693,7 +693,7 @@ pub fn transfer(
                 let mut o = TargetOptions::new(root, opts.params.clone(), opts.threads);
                 o.limits.idle_timeout = opts.idle_timeout;
                 plane.receiver().map_err(ClientError::DataPlane).and_then(|rx| {
-                    run_target(&o, engine_src, engine_out_tgt, rx, reporter, progress, stop.flag())
+                    run_target(&o, engine_src, engine_out_tgt, rx, reporter, progress, stop.plane())
                         .map(|r| (None, Some(r)))
                         .map_err(|e| {
                             let chain = source_chain(&e);

@@ -700,7 +700,7 @@ impl SessionCtx {
                 }
                 DaemonCmd::Lock { wait } => {
                     let Some(r) = root.as_ref() else { continue };
-                    DaemonEvent::Lock(match TargetLock::acquire(r.fd(), wait, cancel.flag()) {
+                    DaemonEvent::Lock(match TargetLock::acquire(r.fd(), wait, cancel.plane()) {
                         Ok(l) => {
                             _lock = Some(l);
                             LockResult::Acquired
@@ -921,7 +921,7 @@ impl SessionCtx {
                 let mut opts = TargetOptions::new(root.clone(), params.clone(), threads);
                 opts.privileges = self.privileges;
                 opts.limits = limits.clone();
-                let flag = cancel.flag();
+                let flag = cancel.plane();
                 plane.receiver().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(
                     |rx| {
                         run_target(
@@ -948,7 +948,7 @@ impl SessionCtx {
                     limits: limits.clone(),
                 };
                 plane.sender().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(|tx| {
-                    run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel.flag())
+                    run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel.plane())
                         .map(|r| convert::source_summary_to_pb(&r))
                         .map_err(|e| fail(source_code(&e), describe(&e)))
                 })

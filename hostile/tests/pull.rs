@@ -220,3 +220,83 @@ fn fifo_swapped_for_a_source_file_does_not_wedge_a_pull() {
         "the FIFO was not reported as a failed file (after {took:?}): {summary}; seen {seen:?}"
     );
 }
+
+/// The daemon's listings of an export holding `a` and `d/b`, as (seq, dir, ids of the entries
+/// whose path ends in `name`), read off a raw pull session until both arrived.
+fn read_listings(sess: &mut blitx_hostile::raw::Session) -> Vec<(u64, Vec<u8>, Vec<u64>)> {
+    let mut listings = Vec::new();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listings.len() < 2 && Instant::now() < deadline {
+        match sess.recv_skip_events(Duration::from_secs(10)) {
+            Recv::Frame(pb::ServerFrame {
+                msg:
+                    Some(pb::server_frame::Msg::Source(pb::SourceMsg {
+                        msg: Some(pb::source_msg::Msg::Listing(l)),
+                    })),
+            }) => {
+                let files = l.entries.iter().filter(|e| e.path.ends_with(b"b")).map(|e| e.id);
+                listings.push((l.seq, l.dir.clone(), files.collect()));
+            }
+            Recv::Frame(other) => seen.push(msg::describe_server(&other)),
+            other => panic!("the pull ended before its listings: {}", describe_recv(&other)),
+        }
+    }
+    assert_eq!(listings.len(), 2, "two listings expected; seen {seen:?}");
+    listings
+}
+
+/// A target that answers a listing with a `Need` naming the wrong listing (a replay of an
+/// answer already given), or naming a file that listing did not contain (it is in the next
+/// one): the daemon's source half ends the session with PROTOCOL_VIOLATION and sends no file
+/// data at all (docs/protocol.md: "an answer naming another listing than the oldest
+/// unanswered one, or a file that listing did not name").
+#[test]
+fn a_need_naming_the_wrong_listing_or_a_foreign_file_is_a_protocol_violation() {
+    for replay in [true, false] {
+        let t = scratch("need-replay");
+        let root = t.path().join("export");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::write(root.join("a"), b"in the root listing").unwrap();
+        std::fs::write(root.join("d/b"), b"in the listing of d").unwrap();
+        let d = DaemonProc::start(&root, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let c = RawClient::connect(&d.addr).unwrap();
+        let (mut sess, data) = c.open_with_data(msg::open_pull("")).unwrap();
+        let readers = data.read_in_background(msg::CHUNK_BYTES);
+        let listings = read_listings(&mut sess);
+        let (first, second) = (&listings[0], &listings[1]);
+        assert!(first.1.is_empty() && first.2.is_empty(), "root listing first: {listings:?}");
+        let b = *second.2.first().unwrap_or_else(|| panic!("no `d/b` in {listings:?}"));
+        if replay {
+            // The first listing answered properly, then its answer again for the second.
+            sess.send_target(msg::need_for(first.0, &[])).unwrap();
+            sess.send_target(msg::need_for(first.0, &[b])).unwrap();
+        } else {
+            // The first listing answered with the second's file.
+            sess.send_target(msg::need_for(first.0, &[b])).unwrap();
+        }
+        let end = sess.finish(Duration::from_secs(10));
+        let code = match &end {
+            blitx_hostile::raw::End::Summary(s) if !s.fatal.is_empty() => s.fatal_code,
+            blitx_hostile::raw::End::Error(e) => e.code,
+            other => panic!("replay {replay}: no fatal end: {}", other.describe()),
+        };
+        assert_eq!(
+            code,
+            pb::ErrorCode::ProtocolViolation as i32,
+            "replay {replay}: {}",
+            end.describe()
+        );
+        assert!(
+            blitx_hostile::wait_until(Duration::from_secs(10), || readers.done()),
+            "replay {replay}: the data streams were not closed after the violation"
+        );
+        let (frames, _) = readers.join();
+        let data: Vec<_> = frames
+            .iter()
+            .filter(|(h, _)| h.kind != blitx_core::frame::FrameKind::End)
+            .map(|(h, _)| format!("{:?}", h.kind))
+            .collect();
+        assert!(data.is_empty(), "replay {replay}: file data sent after a bad Need: {data:?}");
+    }
+}

@@ -8,11 +8,11 @@
 //! it passes all of them.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use blitx_core::BufferPool;
+use blitx_core::cancel::Cancel;
 use blitx_core::frame::FrameKind;
 use blitx_core::session::SessionParams;
 use blitx_core::transport::{
@@ -52,7 +52,7 @@ fn transfer(
     src: &Path,
     dst: &Path,
     params: &SessionParams,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<(), LocalError> {
     let source = SourceOptions {
         root: RootDir::open(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())),
@@ -89,7 +89,7 @@ fn copy_and_compare(h: &dyn Harness, build: impl Fn(&Path), what: &str) {
     let dst = tempdir();
     build(src.path());
     let p = params();
-    let cancel = AtomicBool::new(false);
+    let cancel = Cancel::new();
     transfer(h, h.pair(&p), src.path(), dst.path(), &p, &cancel)
         .unwrap_or_else(|e| panic!("{}: {what}: transfer failed: {e:?}", h.name()));
     testkit::compare_trees(src.path(), dst.path())
@@ -158,8 +158,8 @@ pub fn cancel_midway(h: &dyn Harness) {
     let dst = tempdir();
     testkit::mixed_tree(src.path(), 4, 200, 64 << 10, 2 << 20);
     let p = params();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let c2 = Arc::clone(&cancel);
+    let cancel = Cancel::new();
+    let c2 = cancel.clone();
     let dst_path = dst.path().to_path_buf();
     let watcher = std::thread::spawn(move || {
         // Cancel as soon as the first file landed (or after a while regardless).
@@ -169,10 +169,16 @@ pub fn cancel_midway(h: &dyn Harness) {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        c2.store(true, Ordering::Release);
+        c2.fire();
+        std::time::Instant::now()
     });
     let r = transfer(h, h.pair(&p), src.path(), dst.path(), &p, &cancel);
-    let _ = watcher.join();
+    let returned = std::time::Instant::now();
+    let fired = watcher.join().unwrap_or_else(|_| panic!("{}: the watcher panicked", h.name()));
+    // Every wait of both halves is woken by the cancel: the transfer ends at once, not after a
+    // tick or a timeout (the bound is generous for loaded CI machines).
+    let late = returned.saturating_duration_since(fired);
+    assert!(late < Duration::from_secs(2), "{}: ended {late:?} after the cancel", h.name());
     assert!(r.is_err(), "{}: a cancelled transfer must not report success", h.name());
     assert!(
         testkit::temp_files(dst.path()).is_empty(),
@@ -187,7 +193,7 @@ pub fn peer_disappears(h: &dyn Harness) {
     let dst = tempdir();
     testkit::mixed_tree(src.path(), 5, 100, 256 << 10, 4 << 20);
     let p = params();
-    let cancel = AtomicBool::new(false);
+    let cancel = Cancel::new();
     let r = transfer(h, h.breaking_pair(&p, 20), src.path(), dst.path(), &p, &cancel);
     assert!(r.is_err(), "{}: a broken link must fail the transfer", h.name());
     assert!(
@@ -289,7 +295,7 @@ fn meddled(h: &dyn Harness, what: impl FnOnce(&Path) -> Meddle) -> (Vec<String>,
         p.clone(),
         2,
     );
-    let cancel = AtomicBool::new(false);
+    let cancel = Cancel::new();
     let (s, t) =
         run_pair(&source, &target, &tx, rx.as_ref(), &Quiet, &PairProgress::default(), &cancel)
             .unwrap_or_else(|e| panic!("{}: one bad file failed the transfer: {e:?}", h.name()));
@@ -361,7 +367,7 @@ pub fn memory_session(h: &dyn Harness) {
         };
         let root = RootDir::open(dst.path()).unwrap_or_else(|e| panic!("{e}"));
         let target = TargetOptions::new(root, p.clone(), 2);
-        let cancel = AtomicBool::new(false);
+        let cancel = Cancel::new();
         let progress = PairProgress::default();
         let (s, t) =
             run_pair(&source, &target, tx.as_ref(), rx.as_ref(), &Quiet, &progress, &cancel)

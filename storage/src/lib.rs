@@ -45,27 +45,42 @@ pub(crate) enum Unsent {
 }
 
 /// Sends a control message to the other half, waiting while its queue is full but never past a
-/// cancellation: a half that stopped reading (it failed) must not hold this one forever.
+/// cancellation: a half that stopped reading (it failed) must not hold this one forever. The
+/// wait is woken by `cancel`, never polled; a queue with room costs no `select!`.
 pub(crate) fn send_or_cancel<T>(
     tx: &crossbeam_channel::Sender<T>,
     msg: T,
-    cancel: &std::sync::atomic::AtomicBool,
+    cancel: &blitx_core::cancel::Cancel,
 ) -> Result<(), Unsent> {
-    let mut msg = msg;
-    loop {
-        match tx.send_timeout(msg, std::time::Duration::from_millis(100)) {
-            Ok(()) => return Ok(()),
-            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
-                return Err(Unsent::Closed);
-            }
-            Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
-                if cancel.load(std::sync::atomic::Ordering::Acquire) {
-                    return Err(Unsent::Cancelled);
-                }
-                msg = m;
-            }
-        }
+    let msg = match tx.try_send(msg) {
+        Ok(()) => return Ok(()),
+        Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(Unsent::Closed),
+        Err(crossbeam_channel::TrySendError::Full(m)) => m,
+    };
+    crossbeam_channel::select! {
+        send(tx, msg) -> r => r.map_err(|_| Unsent::Closed),
+        recv(cancel.wake()) -> _ => Err(Unsent::Cancelled),
     }
+}
+
+/// Wakes the waiters of a condition variable when `cancel` fires. The waker takes the mutex
+/// before notifying, so a waiter between its check of [`Cancel::is_fired`] and its wait cannot
+/// miss the wake-up. It holds the state weakly: a finished session's state is not kept alive by
+/// a longer-lived signal (the CLI's, or a daemon's).
+///
+/// [`Cancel::is_fired`]: blitx_core::cancel::Cancel::is_fired
+pub(crate) fn notify_on_cancel<T: Send + 'static>(
+    cancel: &blitx_core::cancel::Cancel,
+    mutex: &std::sync::Arc<std::sync::Mutex<T>>,
+    condvar: &std::sync::Arc<std::sync::Condvar>,
+) {
+    let (m, cv) = (std::sync::Arc::downgrade(mutex), std::sync::Arc::downgrade(condvar));
+    cancel.on_fire(move || {
+        if let (Some(m), Some(cv)) = (m.upgrade(), cv.upgrade()) {
+            drop(m.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            cv.notify_all();
+        }
+    });
 }
 
 /// Threads that move file data on each side: the machine's cores, at least two (one can block in

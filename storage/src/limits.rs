@@ -127,21 +127,47 @@ impl Limits {
 /// Tells when a half has heard nothing from its peer and moved no data for its idle timeout:
 /// [`blitx_session::idle::Idle`] read with this process's clock.
 #[derive(Debug)]
-pub struct IdleClock(blitx_session::idle::Idle);
+pub struct IdleClock {
+    idle: blitx_session::idle::Idle,
+    /// How often a waiting half looks at the data counters (an eighth of the limit).
+    look_every: Option<Duration>,
+}
+
+/// A look at the counters at least this far apart, whatever the limit (a zero limit must not
+/// make a waiting half spin).
+const LOOK_EVERY_MIN: Duration = Duration::from_millis(10);
 
 impl IdleClock {
     pub fn new(limit: Option<Duration>, progress: &Progress) -> Self {
-        IdleClock(blitx_session::idle::Idle::new(limit, Instant::now(), progress.moved()))
+        IdleClock {
+            idle: blitx_session::idle::Idle::new(limit, Instant::now(), progress.moved()),
+            look_every: limit.map(|l| (l / 8).max(LOOK_EVERY_MIN)),
+        }
     }
 
     /// A message from the peer arrived.
     pub fn heard(&mut self) {
-        self.0.heard(Instant::now());
+        self.idle.heard(Instant::now());
     }
 
     /// Called while waiting: `Some(limit in seconds)` once the timeout ran out.
     pub fn expired(&mut self, progress: &Progress) -> Option<u64> {
-        self.0.expired(Instant::now(), progress.moved())
+        self.idle.expired(Instant::now(), progress.moved())
+    }
+
+    /// The one timer a waiting half selects on besides its peer's messages and its cancel
+    /// (never ready without a limit). It is ready when the limit runs out if nothing is heard,
+    /// and every eighth of the limit before that: data moving announces itself to no one, so
+    /// the counters are looked at often enough that the limit is measured from the last byte
+    /// moved to within an eighth. A message heard after the timer was made only makes it early
+    /// (the caller calls [`IdleClock::expired`], then makes a new one), never late.
+    pub fn timer(&self) -> crossbeam_channel::Receiver<Instant> {
+        match (self.idle.deadline(), self.look_every) {
+            (Some(deadline), Some(every)) => {
+                crossbeam_channel::at(deadline.min(Instant::now() + every))
+            }
+            _ => crossbeam_channel::never(),
+        }
     }
 }
 
@@ -167,5 +193,23 @@ mod tests {
         assert_eq!(daemon.used_bytes(), 0);
         b.charge("buffers", 55).unwrap();
         assert_eq!(daemon.used_bytes(), 55);
+    }
+
+    #[test]
+    fn the_idle_timer_is_never_ready_without_a_limit_and_ready_within_one_with_one() {
+        let progress = Progress::default();
+        let none = IdleClock::new(None, &progress);
+        assert!(none.timer().recv_timeout(Duration::from_millis(20)).is_err());
+        let limit = Duration::from_millis(80);
+        let mut clock = IdleClock::new(Some(limit), &progress);
+        let start = Instant::now();
+        let mut looks = 0;
+        while clock.expired(&progress).is_none() {
+            clock.timer().recv().unwrap();
+            looks += 1;
+        }
+        assert!(start.elapsed() >= limit);
+        // An eighth of the limit apart: about eight looks, not one per 100 ms tick.
+        assert!((1..=16).contains(&looks), "{looks} looks");
     }
 }

@@ -6,8 +6,8 @@
 //! move with copy_file_range and never pass through user space, while small-file bundles move as
 //! pooled buffers without copying.
 
+use blitx_core::cancel::Cancel;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 
 use blitx_core::BufferPool;
 use blitx_core::session::SessionParams;
@@ -72,7 +72,7 @@ pub fn run_pair(
     rx: &dyn FrameReceiver,
     reporter: &dyn Reporter,
     progress: &PairProgress,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<(SourceReport, TargetReport), LocalError> {
     let (to_target, from_source) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
     let (to_source, from_target) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
@@ -105,7 +105,7 @@ pub fn run_local(
     opts: &LocalOptions,
     reporter: &dyn Reporter,
     progress: &PairProgress,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<(SourceReport, TargetReport), LocalError> {
     let threads = opts.threads.max(1);
     let slots = pool_slots(threads);

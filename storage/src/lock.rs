@@ -4,19 +4,26 @@
 //! files; readers (pulls, the source side) take no lock. Local copies and daemon sessions take
 //! the same locks, so they exclude each other too.
 //!
-//! Locks are taken without blocking, all or nothing, and retried until a deadline: nothing is
-//! held while waiting, so two waiters can never deadlock. They are released when the
-//! [`TargetLock`] is dropped (or the process dies: `flock` locks belong to open files).
+//! Locks are taken without blocking, all or nothing. A waiter then holds nothing and waits for
+//! the one directory that was busy: so two waiters can never deadlock. They are released when
+//! the [`TargetLock`] is dropped (or the process dies: `flock` locks belong to open files).
+//!
+//! The wait is woken, never polled. The kernel wakes a blocking `flock` when the holder lets
+//! go, whichever process it is (nothing else tells another process's release: no inotify
+//! event, no file to watch), so a helper thread blocks in `flock` on the busy directory while
+//! the waiter `select!`s on that thread's answer, the cancel and the deadline. A blocking
+//! `flock` cannot be interrupted but by a signal, so on a cancel or the deadline the waiter
+//! returns at once and leaves the helper behind: it takes the lock once the holder lets go and
+//! drops it at once (a moment's hold, which at worst makes another waiter wait one turn more).
+//! An in-process registry woken by condition variables would see only this process's releases
+//! and would still need a timer for the others.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use blitx_core::cancel::Cancel;
 use rustix::fs::{FlockOperation, Mode, OFlags};
-
-/// How often a waiting transfer tries again.
-const RETRY_EVERY: Duration = Duration::from_millis(100);
 /// Directories above a target, at most, that are locked shared (deeper trees are unusual; the
 /// bound keeps a pathological mount from making this walk long).
 const ANCESTORS_MAX: usize = 256;
@@ -37,40 +44,60 @@ pub struct TargetLock {
     _held: Vec<OwnedFd>,
 }
 
+/// Why one attempt did not take every lock.
+enum Attempt {
+    /// This directory is locked by another transfer, in a way that excludes `op`.
+    Busy(OwnedFd, FlockOperation),
+    Failed(LockError),
+}
+
+impl From<LockError> for Attempt {
+    fn from(e: LockError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
 impl TargetLock {
-    /// Locks the directory `dir` for writing. With `wait`, retries until then (or `cancel`);
-    /// without, fails at once with [`LockError::Busy`].
+    /// Locks the directory `dir` for writing. With `wait`, waits until then (or `cancel`) for
+    /// the other transfers to let go; without, fails at once with [`LockError::Busy`].
     pub fn acquire(
         dir: BorrowedFd<'_>,
         wait: Option<Duration>,
-        cancel: &AtomicBool,
+        cancel: &Cancel,
     ) -> Result<Self, LockError> {
         let deadline = wait.map(|w| Instant::now() + w);
         loop {
-            match Self::try_once(dir) {
+            let (busy, op) = match Self::try_once(dir) {
                 Ok(lock) => return Ok(lock),
-                Err(LockError::Busy) => {}
-                Err(e) => return Err(e),
-            }
-            match deadline {
-                Some(d) if Instant::now() < d => {}
-                _ => return Err(LockError::Busy),
-            }
-            if cancel.load(Ordering::Acquire) {
+                Err(Attempt::Busy(fd, op)) => (fd, op),
+                Err(Attempt::Failed(e)) => return Err(e),
+            };
+            let Some(deadline) = deadline else { return Err(LockError::Busy) };
+            if cancel.is_fired() {
                 return Err(LockError::Cancelled);
             }
-            std::thread::sleep(RETRY_EVERY);
+            // Everything else this attempt took is released already: block on the one busy
+            // directory only, then try the whole set again.
+            let freed = wait_until_free(busy, op)?;
+            crossbeam_channel::select! {
+                recv(freed) -> r => match r {
+                    Ok(Ok(())) | Err(_) => {}
+                    Ok(Err(e)) => return Err(LockError::Io(e.into())),
+                },
+                recv(cancel.wake()) -> _ => return Err(LockError::Cancelled),
+                recv(crossbeam_channel::at(deadline)) -> _ => return Err(LockError::Busy),
+            }
         }
     }
 
-    fn try_once(dir: BorrowedFd<'_>) -> Result<Self, LockError> {
+    fn try_once(dir: BorrowedFd<'_>) -> Result<Self, Attempt> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         // A fresh open file of its own: flock locks belong to open files, and the caller's
         // handle may be shared.
         let own = rustix::fs::openat(dir, ".", flags, Mode::empty())
             .map_err(|e| LockError::Io(e.into()))?;
         let mut held = Vec::new();
-        lock(&own, FlockOperation::NonBlockingLockExclusive)?;
+        let own = lock(own, FlockOperation::LockExclusive)?;
         let mut st = rustix::fs::fstat(&own).map_err(|e| LockError::Io(e.into()))?;
         held.push(own);
         for _ in 0..ANCESTORS_MAX {
@@ -80,13 +107,13 @@ impl TargetLock {
                 // An ancestor this user cannot read cannot be locked by it either; others that
                 // can read it still exclude each other below it.
                 Err(rustix::io::Errno::ACCESS) => break,
-                Err(e) => return Err(LockError::Io(e.into())),
+                Err(e) => return Err(LockError::Io(e.into()).into()),
             };
             let pst = rustix::fs::fstat(&parent).map_err(|e| LockError::Io(e.into()))?;
             if (pst.st_dev, pst.st_ino) == (st.st_dev, st.st_ino) {
                 break; // "/" is its own parent
             }
-            lock(&parent, FlockOperation::NonBlockingLockShared)?;
+            let parent = lock(parent, FlockOperation::LockShared)?;
             st = pst;
             held.push(parent);
         }
@@ -94,12 +121,42 @@ impl TargetLock {
     }
 }
 
-fn lock(fd: &OwnedFd, op: FlockOperation) -> Result<(), LockError> {
-    match rustix::fs::flock(fd, op) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::Busy),
-        Err(rustix::io::Errno::INTR) => Err(LockError::Busy),
-        Err(e) => Err(LockError::Io(e.into())),
+/// Blocks a helper thread in `flock(busy, op)` until the directory is free, then lets go at
+/// once; the receiver gets the outcome. The helper holds no lock while it blocks.
+fn wait_until_free(
+    busy: OwnedFd,
+    op: FlockOperation,
+) -> Result<crossbeam_channel::Receiver<rustix::io::Result<()>>, LockError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("blit-lock-wait".into())
+        .spawn(move || {
+            let r = loop {
+                match rustix::fs::flock(&busy, op) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    r => break r,
+                }
+            };
+            // Dropping the descriptor releases the lock before the waiter tries again; a
+            // waiter that gave up is gone, and the send fails harmlessly.
+            drop(busy);
+            let _ = tx.send(r);
+        })
+        .map_err(LockError::Io)?;
+    Ok(rx)
+}
+
+/// Takes `op` on `fd` without blocking; if another transfer holds it, hands `fd` back with the
+/// blocking form of `op` for the wait.
+fn lock(fd: OwnedFd, op: FlockOperation) -> Result<OwnedFd, Attempt> {
+    let now = match op {
+        FlockOperation::LockShared => FlockOperation::NonBlockingLockShared,
+        _ => FlockOperation::NonBlockingLockExclusive,
+    };
+    match rustix::fs::flock(&fd, now) {
+        Ok(()) => Ok(fd),
+        Err(rustix::io::Errno::WOULDBLOCK | rustix::io::Errno::INTR) => Err(Attempt::Busy(fd, op)),
+        Err(e) => Err(LockError::Io(e.into()).into()),
     }
 }
 
@@ -119,7 +176,7 @@ mod tests {
         let a = t.path().join("a");
         std::fs::create_dir_all(a.join("b")).unwrap();
         std::fs::create_dir_all(t.path().join("c")).unwrap();
-        let no = AtomicBool::new(false);
+        let no = Cancel::new();
         let first = TargetLock::acquire(open(&a).as_fd(), None, &no).unwrap();
         assert!(matches!(TargetLock::acquire(open(&a).as_fd(), None, &no), Err(LockError::Busy)));
         // Below and above a locked target are busy too; a sibling is free.
@@ -131,11 +188,58 @@ mod tests {
         drop(sibling);
         // A waiter gets the lock once the first writer is done.
         let waiter = std::thread::spawn(move || {
-            let no = AtomicBool::new(false);
+            let no = Cancel::new();
             TargetLock::acquire(open(&a).as_fd(), Some(Duration::from_secs(10)), &no).is_ok()
         });
         std::thread::sleep(Duration::from_millis(300));
         drop(first);
         assert!(waiter.join().unwrap());
+    }
+
+    /// A waiter for a target held by another transfer (here: a subtree below it, so the wait
+    /// is for an exclusive lock on the target itself) ends at once on a cancel or on the
+    /// release, never on a retry tick, and never past its deadline.
+    #[test]
+    fn a_waiter_is_woken_by_the_cancel_the_release_and_the_deadline() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        std::fs::create_dir_all(a.join("b")).unwrap();
+        let hour = Some(Duration::from_secs(3600));
+        let bound = Duration::from_secs(2);
+
+        let below = TargetLock::acquire(open(&a.join("b")).as_fd(), None, &Cancel::new()).unwrap();
+        let cancel = Cancel::new();
+        let c = cancel.clone();
+        let dir = a.clone();
+        let waiter = std::thread::spawn(move || {
+            let r = TargetLock::acquire(open(&dir).as_fd(), hour, &c);
+            (r.map(|_| ()), Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let fired = Instant::now();
+        cancel.fire();
+        let (r, ended) = waiter.join().unwrap();
+        assert!(matches!(r, Err(LockError::Cancelled)), "{r:?}");
+        assert!(ended - fired < bound, "ended {:?} after the cancel", ended - fired);
+
+        // Released by the holder: the waiter takes it.
+        let dir = a.clone();
+        let waiter = std::thread::spawn(move || {
+            let r = TargetLock::acquire(open(&dir).as_fd(), hour, &Cancel::new());
+            (r.map(|_| ()), Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let released = Instant::now();
+        drop(below);
+        let (r, ended) = waiter.join().unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert!(ended - released < bound, "took it {:?} after the release", ended - released);
+
+        // A deadline ends the wait as Busy.
+        let held = TargetLock::acquire(open(&a).as_fd(), None, &Cancel::new()).unwrap();
+        let short = Some(Duration::from_millis(100));
+        let r = TargetLock::acquire(open(&a).as_fd(), short, &Cancel::new());
+        assert!(matches!(r, Err(LockError::Busy)), "{r:?}");
+        drop(held);
     }
 }

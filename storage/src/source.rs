@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use crate::fsys;
 use crate::walk::{self, WalkOptions};
+use blitx_core::cancel::Cancel;
 use blitx_core::frame::{
     self, BUNDLE_FLAG_FAILED, FLAG_FILE_VERIFIED, FLAG_UNCHECKED, FrameHeader, FrameKind,
 };
@@ -120,9 +121,9 @@ impl Listed for FileRef {
 /// decisions are [`Answers`]'; this adds the wait of a walk that is too far ahead.
 #[derive(Default)]
 struct Unanswered {
-    answers: Mutex<Answers<FileRef>>,
-    /// Signalled when an answer took one off, for a walk waiting at the bound.
-    answered: Condvar,
+    answers: Arc<Mutex<Answers<FileRef>>>,
+    /// Signalled when an answer took one off (or on cancel), for a walk waiting at the bound.
+    answered: Arc<Condvar>,
 }
 
 /// A chunked file's handle while it is read (possibly by several readers): what [`Reading`]
@@ -148,15 +149,16 @@ struct Work {
 struct Shared<'a> {
     opts: &'a SourceOptions,
     dirs: DirCache,
-    work: Mutex<Work>,
-    more_work: Condvar,
+    work: Arc<Mutex<Work>>,
+    /// Signalled when work arrives or is taken, and on cancel.
+    more_work: Arc<Condvar>,
     /// The chunked files being read. A file's last hold reports to it from any thread, so it
     /// is shared; the holds keep a `Weak`, or every file still open when a session fails would
     /// keep the machine (and itself) alive.
     reading: Arc<Mutex<Reading<Held>>>,
     transport: &'a dyn FrameSender,
     progress: &'a Progress,
-    cancel: &'a AtomicBool,
+    cancel: &'a Cancel,
     errors: Arc<ErrorLog>,
     /// Files' verdicts on their way to the target (see [`Verdicts`]).
     verdicts: Arc<Verdicts>,
@@ -180,8 +182,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 struct Verdicts {
     /// Queued verdicts, and whether the queue is closed.
-    queue: Mutex<(VecDeque<SourceMsg>, bool)>,
-    ready: Condvar,
+    queue: Arc<Mutex<(VecDeque<SourceMsg>, bool)>>,
+    /// Signalled when a verdict is queued, the queue closes, or on cancel.
+    ready: Arc<Condvar>,
     /// The session failed: the pump stops even with verdicts queued.
     abandoned: AtomicBool,
     /// Set by the pump when it returns.
@@ -201,8 +204,8 @@ impl Verdicts {
         self.ready.notify_one();
     }
 
-    fn stopped(&self, cancel: &AtomicBool) -> bool {
-        cancel.load(Ordering::Acquire) || self.abandoned.load(Ordering::Acquire)
+    fn stopped(&self, cancel: &Cancel) -> bool {
+        cancel.is_fired() || self.abandoned.load(Ordering::Acquire)
     }
 
     /// Closes the queue and waits until the pump has sent everything queued (or gave up).
@@ -215,14 +218,13 @@ impl Verdicts {
     }
 
     /// Sends queued verdicts until closed and empty, the target is gone, or `cancel`.
-    fn pump(&self, to_target: &Sender<SourceMsg>, cancel: &AtomicBool) {
+    fn pump(&self, to_target: &Sender<SourceMsg>, cancel: &Cancel) {
         self.pump_queue(to_target, cancel);
         *lock(&self.pumped) = true;
         self.pumped_cv.notify_all();
     }
 
-    fn pump_queue(&self, to_target: &Sender<SourceMsg>, cancel: &AtomicBool) {
-        let tick = std::time::Duration::from_millis(100);
+    fn pump_queue(&self, to_target: &Sender<SourceMsg>, cancel: &Cancel) {
         loop {
             let msg = {
                 let mut q = lock(&self.queue);
@@ -233,7 +235,8 @@ impl Verdicts {
                     if q.1 || self.stopped(cancel) {
                         return;
                     }
-                    q = self.ready.wait_timeout(q, tick).unwrap_or_else(|p| p.into_inner()).0;
+                    // Woken by a push, the close, or the cancel (`notify_on_cancel`).
+                    q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
                 }
             };
             if crate::send_or_cancel(to_target, msg, cancel).is_err() {
@@ -251,7 +254,7 @@ pub fn run_source(
     from_target: Receiver<TargetMsg>,
     transport: &dyn FrameSender,
     progress: &Progress,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<SourceReport, SourceError> {
     let excludes = Excludes::new(&opts.params.excludes)?;
     let walk_opts = WalkOptions {
@@ -267,13 +270,13 @@ pub fn run_source(
     let shared = Shared {
         opts,
         dirs: DirCache::new(root_fd, opts.confine),
-        work: Mutex::new(Work {
+        work: Arc::new(Mutex::new(Work {
             chunker: Chunker::new(&opts.params),
             needed: IdMap::default(),
             needs_done: false,
             busy_readers: 0,
-        }),
-        more_work: Condvar::new(),
+        })),
+        more_work: Arc::default(),
         reading: Arc::new(Mutex::new(Reading::new(opts.params.chunk_bytes))),
         transport,
         progress,
@@ -286,6 +289,9 @@ pub fn run_source(
         bundle_seq: AtomicU64::new(0),
     };
     let next_id = AtomicU64::new(1);
+    // Every condition variable a thread of this half waits on is woken by the cancel.
+    crate::notify_on_cancel(cancel, &shared.work, &shared.more_work);
+    crate::notify_on_cancel(cancel, &shared.verdicts.queue, &shared.verdicts.ready);
 
     // The verdict pump outlives the readers: file regions' checks run while the transport
     // finishes, and every verdict must be sent before DataEnd.
@@ -314,6 +320,7 @@ fn source_session(
     let (opts, progress, cancel, transport) =
         (shared.opts, shared.progress, shared.cancel, shared.transport);
     let pending = Unanswered::default();
+    crate::notify_on_cancel(cancel, &pending.answers, &pending.answered);
     let (walk_tx, walk_rx) = crossbeam_channel::bounded::<SourceMsg>(64);
     let outcome = std::thread::scope(|s| -> Result<walk::WalkStats, SourceError> {
         let walker = s.spawn(|| {
@@ -347,7 +354,7 @@ fn source_session(
         if let Some(e) = lock(&shared.fatal).take() {
             return Err(e);
         }
-        if cancel.load(Ordering::Acquire) {
+        if cancel.is_fired() {
             return Err(SourceError::Cancelled);
         }
         Ok(walked?)
@@ -388,22 +395,25 @@ fn forward(
     pending: &Unanswered,
     to_target: &Sender<SourceMsg>,
     progress: &Progress,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) {
-    for mut msg in walk_rx.iter() {
+    loop {
+        let mut msg = crossbeam_channel::select! {
+            recv(walk_rx) -> m => match m {
+                Ok(m) => m,
+                Err(_) => return, // the walk is over
+            },
+            recv(cancel.wake()) -> _ => return,
+        };
         if let SourceMsg::Listing { seq, entries, .. } = &mut msg {
             Progress::add(&progress.entries_seen, entries.len() as u64);
             let mut answers = lock(&pending.answers);
             while !answers.may_send() {
-                if cancel.load(Ordering::Acquire) {
+                if cancel.is_fired() {
                     return;
                 }
-                // Woken by each answer; the timeout only bounds how late a cancel is seen.
-                answers = pending
-                    .answered
-                    .wait_timeout(answers, std::time::Duration::from_millis(100))
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                // Woken by each answer, and by the cancel.
+                answers = pending.answered.wait(answers).unwrap_or_else(|p| p.into_inner());
             }
             *seq = answers.sent(entries);
         }
@@ -411,7 +421,7 @@ fn forward(
             progress.walk_done.store(true, Ordering::Release);
         }
         if crate::send_or_cancel(to_target, msg, cancel).is_err() {
-            cancel.store(true, Ordering::Release);
+            cancel.fire();
             return;
         }
     }
@@ -424,28 +434,26 @@ fn dispatch(
     pending: &Unanswered,
 ) -> Result<(), SourceError> {
     let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
+    let mut timer = idle.timer();
     loop {
-        if shared.cancel.load(Ordering::Acquire) {
-            return Err(SourceError::Cancelled);
-        }
-        let msg = match from_target.recv_timeout(std::time::Duration::from_millis(100)) {
-            Ok(m) => {
-                idle.heard();
-                m
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if lock(&shared.fatal).is_some() {
-                    return Ok(());
-                }
+        // Woken by the target's message, the cancel (a failure of this half fires it too), or
+        // the idle timer; nothing else runs the clock.
+        let msg = crossbeam_channel::select! {
+            recv(from_target) -> m => match m {
+                Ok(m) if !shared.cancel.is_fired() => m,
+                Ok(_) => return Err(SourceError::Cancelled),
+                Err(_) => return Err(SourceError::ControlClosed),
+            },
+            recv(shared.cancel.wake()) -> _ => return Err(SourceError::Cancelled),
+            recv(timer) -> _ => {
                 if let Some(secs) = idle.expired(shared.progress) {
                     return Err(SourceError::Idle { secs });
                 }
+                timer = idle.timer();
                 continue;
             }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Err(SourceError::ControlClosed);
-            }
         };
+        idle.heard();
         match msg {
             TargetMsg::Need { listing, ids } => {
                 tracing::trace!(listing, files = ids.len(), "needs from the target");
@@ -456,14 +464,9 @@ fn dispatch(
                 // Back-pressure: while the readers are this far behind, stop taking answers, so
                 // the target stops diffing and the walk stops listing (memory stays bounded
                 // whatever the number of files).
-                while work.chunker.queued() >= QUEUED_FILES_MAX
-                    && !shared.cancel.load(Ordering::Acquire)
-                {
-                    work = shared
-                        .more_work
-                        .wait_timeout(work, std::time::Duration::from_millis(100))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                while work.chunker.queued() >= QUEUED_FILES_MAX && !shared.cancel.is_fired() {
+                    // Woken by a reader taking work, and by the cancel.
+                    work = shared.more_work.wait(work).unwrap_or_else(|p| p.into_inner());
                 }
                 for f in files {
                     Progress::add(&shared.progress.files_needed, 1);
@@ -490,7 +493,7 @@ impl Shared<'_> {
             *f = Some(e);
         }
         drop(f);
-        self.cancel.store(true, Ordering::Release);
+        self.cancel.fire();
         self.transport.abort();
         lock(&self.work).needs_done = true;
         self.more_work.notify_all();
@@ -663,7 +666,7 @@ fn reader(shared: &Shared<'_>) {
         let (unit, input) = {
             let mut work = lock(&shared.work);
             loop {
-                if shared.cancel.load(Ordering::Acquire) {
+                if shared.cancel.is_fired() {
                     return;
                 }
                 // Hold a partial bundle back only while more needs may arrive and other readers

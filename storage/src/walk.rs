@@ -8,10 +8,11 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use blitx_core::RelPath;
+use blitx_core::cancel::Cancel;
 use blitx_core::manifest::{Entry, EntryKind};
 use blitx_core::session::SourceMsg;
 use crossbeam_channel::Sender;
@@ -59,21 +60,28 @@ struct Shared<'a> {
     root: OwnedFd,
     opts: &'a WalkOptions,
     out: &'a Sender<SourceMsg>,
-    cancel: &'a AtomicBool,
+    cancel: &'a Cancel,
     next_id: &'a AtomicU64,
     queue: Mutex<Queue>,
     wake: Condvar,
     stats: Mutex<WalkStats>,
 }
 
+impl Shared<'_> {
+    /// Sends to the forwarder, waiting while its queue is full but never past the cancel.
+    fn send(&self, msg: SourceMsg) -> Result<(), crate::Unsent> {
+        crate::send_or_cancel(self.out, msg, self.cancel)
+    }
+}
+
 /// Walks `root`, sending `Root`, `Listing`s, `WalkError`s and finally `ManifestEnd` to `out`.
-/// Entry ids are drawn from `next_id`. Returns early (without `ManifestEnd`) when `cancel` is
+/// Entry ids are drawn from `next_id`. Returns early (without `ManifestEnd`) when `cancel` fires
 /// set or the receiver goes away.
 pub fn walk(
     root: BorrowedFd<'_>,
     opts: &WalkOptions,
     out: &Sender<SourceMsg>,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
     next_id: &AtomicU64,
 ) -> Result<WalkStats, WalkError> {
     let fail = |source: std::io::Error| WalkError::OpenRoot { path: ".".into(), source };
@@ -97,7 +105,7 @@ pub fn walk(
     )
     .map_err(fail)?;
     root_entry.inode = None;
-    if out.send(SourceMsg::Root(root_entry)).is_err() {
+    if crate::send_or_cancel(out, SourceMsg::Root(root_entry), cancel).is_err() {
         return Ok(WalkStats::default());
     }
     let shared = Shared {
@@ -123,8 +131,8 @@ pub fn walk(
         worker(&shared);
     });
     let stats = *shared.stats.lock().unwrap_or_else(|p| p.into_inner());
-    if !cancel.load(Ordering::Acquire) {
-        let _ = out.send(SourceMsg::ManifestEnd);
+    if !cancel.is_fired() {
+        let _ = crate::send_or_cancel(out, SourceMsg::ManifestEnd, cancel);
     }
     Ok(stats)
 }
@@ -149,11 +157,10 @@ fn worker(shared: &Shared<'_>) {
                 q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let children =
-            if shared.cancel.load(Ordering::Acquire) { Vec::new() } else { read_one(shared, &dir) };
+        let children = if shared.cancel.is_fired() { Vec::new() } else { read_one(shared, &dir) };
         let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.busy -= 1;
-        if shared.cancel.load(Ordering::Acquire) {
+        if shared.cancel.is_fired() {
             q.done = true;
         }
         q.dirs.extend(children);
@@ -165,7 +172,8 @@ fn worker(shared: &Shared<'_>) {
 fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
     let fail = |message: String| {
         shared.stats.lock().unwrap_or_else(|p| p.into_inner()).errors += 1;
-        let _ = shared.out.send(SourceMsg::WalkError { path: dir.clone(), message });
+        let msg = SourceMsg::WalkError { path: dir.clone(), message };
+        let _ = shared.send(msg);
         Vec::new()
     };
     let fd = match fsys::open_dir_beneath(shared.root.as_fd(), dir, shared.opts.confine) {
@@ -185,7 +193,7 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
     for name in names {
         let Ok(path) = dir.join(&name) else {
             local.errors += 1;
-            let _ = shared.out.send(SourceMsg::WalkError {
+            let _ = shared.send(SourceMsg::WalkError {
                 path: dir.clone(),
                 message: format!("skipping unusable name {:?}", String::from_utf8_lossy(&name)),
             });
@@ -203,7 +211,7 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
             Ok(st) => st,
             Err(e) => {
                 local.errors += 1;
-                let _ = shared.out.send(SourceMsg::WalkError {
+                let _ = shared.send(SourceMsg::WalkError {
                     path,
                     message: format!("vanished or unreadable: {e}"),
                 });
@@ -215,7 +223,7 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
             Ok(e) => e,
             Err(e) => {
                 local.errors += 1;
-                let _ = shared.out.send(SourceMsg::WalkError {
+                let _ = shared.send(SourceMsg::WalkError {
                     path,
                     message: format!("cannot read symlink: {e}"),
                 });
@@ -227,7 +235,7 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
                 Ok(h) => entry.content_hash = Some(h),
                 Err(e) => {
                     local.errors += 1;
-                    let _ = shared.out.send(SourceMsg::WalkError {
+                    let _ = shared.send(SourceMsg::WalkError {
                         path,
                         message: format!("cannot read for --checksum: {e}"),
                     });
@@ -255,8 +263,8 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
                 entries: std::mem::take(&mut entries),
                 last_part,
             };
-            if shared.out.send(msg).is_err() {
-                shared.cancel.store(true, Ordering::Release);
+            if shared.send(msg).is_err() {
+                shared.cancel.fire();
                 return Vec::new();
             }
             if last_part {
@@ -266,8 +274,8 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
     }
     if parts_sent < total_parts || parts_sent == 0 {
         let msg = SourceMsg::Listing { seq: 0, dir: dir.clone(), entries, last_part: true };
-        if shared.out.send(msg).is_err() {
-            shared.cancel.store(true, Ordering::Release);
+        if shared.send(msg).is_err() {
+            shared.cancel.fire();
             return Vec::new();
         }
     }
@@ -300,7 +308,7 @@ mod tests {
             confine: true,
         };
         let (tx, rx) = crossbeam_channel::bounded(4);
-        let cancel = AtomicBool::new(false);
+        let cancel = Cancel::new();
         let ids = AtomicU64::new(0);
         let mut msgs = Vec::new();
         let stats = std::thread::scope(|s| {

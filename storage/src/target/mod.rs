@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use crate::fsys;
 use blitx_core::RelPath;
+use blitx_core::cancel::Cancel;
 use blitx_core::frame::{self, FrameKind};
 use blitx_core::manifest::{Entry, EntryKind, FileId, TargetEntry};
 use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
@@ -230,7 +231,7 @@ struct Shared<'a> {
     files: Mutex<Receiving<Arc<Pending>>>,
     reporter: &'a dyn Reporter,
     progress: &'a Progress,
-    cancel: &'a AtomicBool,
+    cancel: &'a Cancel,
     errors: ErrorLog,
     counters: Counters,
     fatal: Mutex<Option<TargetError>>,
@@ -250,7 +251,7 @@ pub fn run_target(
     transport: &dyn FrameReceiver,
     reporter: &dyn Reporter,
     progress: &Progress,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<TargetReport, TargetError> {
     let excludes = Excludes::new(&opts.params.excludes)?;
     let root_fd = opts
@@ -303,7 +304,7 @@ pub fn run_target(
         cleanup_temps(&shared);
         return Err(e);
     }
-    if cancel.load(Ordering::Acquire) {
+    if cancel.is_fired() {
         cleanup_temps(&shared);
         return Err(TargetError::Cancelled);
     }
@@ -365,7 +366,7 @@ impl Shared<'_> {
             *f = Some(e);
         }
         drop(f);
-        self.cancel.store(true, Ordering::Release);
+        self.cancel.fire();
         self.transport.abort();
     }
 
@@ -392,24 +393,24 @@ fn control_loop(
     to_source: &Sender<TargetMsg>,
 ) -> Result<(), TargetError> {
     let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
+    let mut timer = idle.timer();
     loop {
-        if shared.cancel.load(Ordering::Acquire) {
-            return Err(TargetError::Cancelled);
-        }
-        let msg = match from_source.recv_timeout(std::time::Duration::from_millis(100)) {
-            Ok(m) => m,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if lock(&shared.fatal).is_some() {
-                    return Ok(());
-                }
+        // Woken by the source's message, the cancel (a failure of this half fires it too), or
+        // the idle timer; nothing else runs the clock.
+        let msg = crossbeam_channel::select! {
+            recv(from_source) -> m => match m {
+                Ok(m) if !shared.cancel.is_fired() => m,
+                Ok(_) => return Err(TargetError::Cancelled),
+                Err(_) => return Err(TargetError::ControlClosed),
+            },
+            recv(shared.cancel.wake()) -> _ => return Err(TargetError::Cancelled),
+            recv(timer) -> _ => {
                 // Idle: no control message and no data for the whole timeout.
                 if let Some(secs) = idle.expired(shared.progress) {
                     return Err(TargetError::Idle { secs });
                 }
+                timer = idle.timer();
                 continue;
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Err(TargetError::ControlClosed);
             }
         };
         idle.heard();
