@@ -95,6 +95,8 @@ pub enum Cause {
     CorruptedInTransit { offset_bytes: u64 },
     /// The data ended before every chunk of the file arrived.
     Incomplete,
+    /// A hard link whose first name (`leader`) was not transferred: it is not made.
+    LeaderFailed { leader: RelPath },
 }
 
 /// A file that was not transferred.
@@ -125,6 +127,9 @@ impl fmt::Display for FileError {
                 write!(f, "the chunk at {offset_bytes} failed its checksum: corrupted in transit")
             }
             Cause::Incomplete => f.write_str("incomplete: not all of its data arrived"),
+            Cause::LeaderFailed { leader } => {
+                write!(f, "{}: {leader}, its first name, was not transferred", self.op.verb())
+            }
         }
     }
 }
@@ -161,8 +166,6 @@ pub enum Violation {
     AnswerOutOfOrder { answered: u64, expected: u64 },
     #[error("need for file {0}, which is not a file of that listing")]
     NeedNotListed(FileId),
-    #[error("the source root is not a directory")]
-    RootNotDir,
     #[error("a bundle in a memory session")]
     BundleInMemorySession,
     #[error("{0} is bundled: a memory session moves chunked files only")]
