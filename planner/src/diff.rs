@@ -208,7 +208,6 @@ impl Differ {
     fn owner_matches(&self, source: &Entry, target: &TargetEntry) -> bool {
         !self.opts.owner || (source.uid == target.uid && source.gid == target.gid)
     }
-
 }
 
 #[cfg(test)]
@@ -327,7 +326,10 @@ mod tests {
         // inode), so `b` must be linked to the new one, not left on the old contents.
         let mut d = differ(Compare::SizeMtime, false);
         let key = InodeKey { dev: 1, ino: 2 };
-        assert_eq!(d.decide(&linked("a", key), Some(&on_inode("a", 2, 7))).action, Action::CopyFile);
+        assert_eq!(
+            d.decide(&linked("a", key), Some(&on_inode("a", 2, 7))).action,
+            Action::CopyFile
+        );
         assert_eq!(
             d.decide(&linked("b", key), Some(&on_inode("b", 2, 7))).action,
             Action::Hardlink { leader: RelPath::parse_str("a").unwrap() }

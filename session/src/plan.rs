@@ -453,12 +453,10 @@ mod tests {
         let mut meta = e(3, "meta", EntryKind::File);
         meta.mode = 0o600;
         let missing = e(4, "missing", EntryKind::File);
-        let target = [t("same", EntryKind::File), t("newer", EntryKind::File), t("meta", EntryKind::File)];
+        let target =
+            [t("same", EntryKind::File), t("newer", EntryKind::File), t("meta", EntryKind::File)];
         let actions = apply(&mut pl, "", &[same, newer, meta, missing], &target);
-        assert_eq!(
-            actions,
-            [Action::Skip, Action::CopyFile, Action::FixMeta, Action::CopyFile]
-        );
+        assert_eq!(actions, [Action::Skip, Action::CopyFile, Action::FixMeta, Action::CopyFile]);
     }
 
     #[test]
@@ -469,7 +467,11 @@ mod tests {
         let mut other = planning(false, &[]);
         assert_eq!(other.root(EntryKind::Symlink, 1), Err(listing::Violation::RootNotDir));
         let root = RelPath::root();
-        let entries = [e(1, "ok", EntryKind::Dir), e(2, "bad", EntryKind::Dir), e(3, "l", EntryKind::Symlink)];
+        let entries = [
+            e(1, "ok", EntryKind::Dir),
+            e(2, "bad", EntryKind::Dir),
+            e(3, "l", EntryKind::Symlink),
+        ];
         pl.listing(&root, &entries, true).unwrap();
         pl.dir_ready(&p("ok"), 0, true);
         // "bad" could not be made (the shell never called dir_ready): its listing is skipped.
@@ -578,7 +580,10 @@ mod tests {
         let mut pl = planning(true, &[]);
         pl.listing(&RelPath::root(), &[], true).unwrap();
         let scan = pl.listing_end(&RelPath::root(), true).scan.unwrap();
-        pl.extras(scan, &[t("..", EntryKind::Dir), t("a/b", EntryKind::File), t("", EntryKind::File)]);
+        pl.extras(
+            scan,
+            &[t("..", EntryKind::Dir), t("a/b", EntryKind::File), t("", EntryKind::File)],
+        );
         assert_eq!(pl.deletions(0), Deletions::Delete(Vec::new()));
     }
 
@@ -621,7 +626,10 @@ mod tests {
         assert_eq!(pl.listing(&p("d"), &[], true).unwrap().verdict, Verdict::Apply);
         assert_eq!(pl.sink_entry(&entries[1], false), Ok(true));
         assert_eq!(pl.sink_entry(&entries[0], false), Ok(false));
-        assert!(matches!(pl.sink_entry(&entries[1], true), Err(Violation::SmallInMemorySession(_))));
+        assert!(matches!(
+            pl.sink_entry(&entries[1], true),
+            Err(Violation::SmallInMemorySession(_))
+        ));
         let mut sparse = e(3, "s", EntryKind::File);
         sparse.sparse = true;
         assert!(matches!(pl.sink_entry(&sparse, false), Err(Violation::SparseInMemorySession(_))));

@@ -547,10 +547,10 @@ fn tree(rng: &mut fastrand::Rng) -> Tree {
                 0 => {}
                 1 => {
                     fs.dirs.insert(e.path.clone(), DirAttr { mtime: 9, mode: 0o755 });
-                },
+                }
                 _ => {
                     fs.dirs.insert(e.path.clone(), DirAttr::of(&e));
-                },
+                }
             }
         }
         dirs.push(e);
@@ -648,7 +648,10 @@ fn tree(rng: &mut fastrand::Rng) -> Tree {
             match rng.u32(0..3) {
                 0 => {
                     let p = dir.join(format!("x{k}").as_bytes()).expect("a plain name");
-                    fs.place(&p, Content { data: vec![7; rng.usize(0..100)], mtime: 4, mode: 0o644 });
+                    fs.place(
+                        &p,
+                        Content { data: vec![7; rng.usize(0..100)], mtime: 4, mode: 0o644 },
+                    );
                 }
                 1 => {
                     let p = dir.join(format!("xd{k}").as_bytes()).expect("a plain name");
@@ -1043,7 +1046,9 @@ impl Sim {
             for e in entries {
                 let t = if started.fresh { None } else { self.fs.stat(&e.path) };
                 let d = self.plan.entry(&e, t.as_ref());
-                self.log(|| format!("{}: {:?} (target {:?})", e.path, d, t.as_ref().map(|t| t.inode)));
+                self.log(|| {
+                    format!("{}: {:?} (target {:?})", e.path, d, t.as_ref().map(|t| t.inode))
+                });
                 match d.clear {
                     blitx_planner::diff::Clear::Nothing => {}
                     _ => self.fs.remove_tree(&e.path),
@@ -1064,7 +1069,9 @@ impl Sim {
                         self.wanted.insert(e.id, e);
                     }
                     Action::FixMeta => {
-                        if let Some(c) = self.fs.files.get(&e.path).and_then(|i| self.fs.inodes.get_mut(i)) {
+                        if let Some(c) =
+                            self.fs.files.get(&e.path).and_then(|i| self.fs.inodes.get_mut(i))
+                        {
                             (c.mtime, c.mode) = (e.mtime.sec, e.mode);
                         }
                     }
@@ -1427,8 +1434,7 @@ fn check_tree(run: &Run) -> Result<(), String> {
     if run.ending == Ending::Finished {
         for g in &run.groups {
             let inos: Vec<Option<&u64>> = g.iter().map(|p| run.new_fs.files.get(p)).collect();
-            if !g.iter().any(failed) && (inos[0].is_none() || inos.iter().any(|i| *i != inos[0]))
-            {
+            if !g.iter().any(failed) && (inos[0].is_none() || inos.iter().any(|i| *i != inos[0])) {
                 return Err(format!("{g:?}: not one file on the target, and no error"));
             }
         }

@@ -65,8 +65,7 @@ pub(super) fn finalize(shared: &Shared<'_>, deferred: &mut Deferred, not_done: &
         let r = shared.dirs.get(&dir).and_then(|fd| {
             // One stat instead of changing a directory that is already right (a run that
             // changed nothing in it); one made in this run never is.
-            if !fresh && dir_meta_matches(fd.as_fd(), name, meta, shared.owners && shared.id.root)
-            {
+            if !fresh && dir_meta_matches(fd.as_fd(), name, meta, shared.owners && shared.id.root) {
                 return Ok(());
             }
             meta::apply_to_dir(fd.as_fd(), name, meta, &shared.id, shared.owners)
