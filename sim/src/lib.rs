@@ -517,7 +517,6 @@ fn tree(rng: &mut fastrand::Rng) -> Tree {
     let mut fs = Fs { root: DirAttr { mtime: 3, mode: 0o755 }, ..Fs::default() };
     // Directories: each below the root or an earlier one, at most three levels deep.
     let dir_count = if rng.u32(0..3) == 0 { 0 } else { rng.usize(1..5) };
-    let mut ids = 1000;
     for j in 0..dir_count {
         let parents: Vec<RelPath> = [RelPath::root()]
             .into_iter()
@@ -525,9 +524,9 @@ fn tree(rng: &mut fastrand::Rng) -> Tree {
             .collect();
         let parent = &parents[rng.usize(0..parents.len())];
         let path = parent.join(format!("d{j}").as_bytes()).expect("a plain name");
-        ids += 1;
         let e = Entry {
-            id: ids,
+            // Directory ids after every file's (the source finds a file by its id).
+            id: 1001 + j as FileId,
             path,
             kind: EntryKind::Dir,
             size_bytes: 0,

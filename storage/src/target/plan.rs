@@ -37,11 +37,13 @@ pub(super) fn handle_listing(
     }
     // A directory arriving in parts keeps its names until the last part (the duplicate check,
     // and --mirror's deletions); they count against the session's memory.
-    shared
-        .opts
-        .limits
-        .charge("a directory listed in parts", started.charge_bytes)
-        .map_err(TargetError::Limit)?;
+    if started.charge_bytes > 0 {
+        shared
+            .opts
+            .limits
+            .charge("a directory listed in parts", started.charge_bytes)
+            .map_err(TargetError::Limit)?;
+    }
     let end = |deferred: &mut Deferred, opened: bool| {
         if !last_part {
             return None;
