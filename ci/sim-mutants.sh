@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation check of the simulator. Each mutant breaks one rule of the session core
-# (blitx_session: the target's per-file fate, the source's verdict on each file it reads); the
+# (blitx_session: the target's per-file fate, the source's verdict on each file it reads, the
+# target's planning: hard links, --mirror deletions); the
 # simulator must catch every one within the CI seed budget — a simulator that passes a broken
 # session proves nothing. Every mutated file is restored on exit, whatever happens. Built in
 # the dev profile (opt-level 1, what the test stage already built): a mutant rebuilds two
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 seeds=${SIM_SEEDS:-200000}
 sim=${CARGO_TARGET_DIR:-target}/debug/blit-sim
 saved=$(mktemp -d)
-files=(session/src/target.rs session/src/source.rs)
+files=(session/src/target.rs session/src/source.rs session/src/plan.rs)
 for f in "${files[@]}"; do cp "$f" "$saved/${f//\//_}"; done
 restore() { for f in "${files[@]}"; do cp "$saved/${f//\//_}" "$f"; done; }
 trap 'restore; rm -rf "$saved"' EXIT
@@ -27,6 +28,11 @@ mutants=(
   'session/src/source.rs|vouches for a file one of whose reads failed|s/if let Some\(e\) = f\.failure\.take\(\) \{/if let Some(e) = f.failure.take().filter(|_| false) {/'
   'session/src/source.rs|vouches for a file without looking at it again|s/f\.stage = Stage::Checking;\n(\s*)steps\.push\(Step::Check\(id\)\);/self.files.remove(&id);\n$1steps.push(Step::Read(id));/'
   'session/src/source.rs|compares only the size of a file read against its listing|s/now\.size_bytes != listed\.size_bytes \|\| now\.mtime != listed\.mtime/now.size_bytes != listed.size_bytes/'
+  # blitx_session::plan::Planning: the target's planning (hard links, --mirror deletions)
+  'session/src/plan.rs|deletes, under --mirror, names the source still lists|s/scan\.source_names\.contains\(n\)/false/; s/self\.source_names\.contains\(name\)/false/'
+  'session/src/plan.rs|makes a hard link to a leader that was not committed|s/if matches!\(l, Leader::Needed\(id\) if not_done\.contains\(id\)\) \{/if false {/'
+  'session/src/plan.rs|deletes, under --mirror, after a session with errors|s/if failures > 0 \{/if failures > 0 \&\& false {/'
+  'session/src/plan.rs|forgets the names of a listing'"'"'s earlier parts (and deletes them under --mirror)|s/if self\.mirror \{\n(\s*)open\.source_names/if self.mirror \&\& last_part {\n$1open.source_names/'
 )
 
 failed=0

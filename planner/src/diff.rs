@@ -168,44 +168,45 @@ impl Differ {
                             return d(Action::Hardlink { leader }, clear);
                         }
                     }
-                }
-                let Some(t) = target.filter(|t| t.kind == EntryKind::File) else {
-                    return d(Action::CopyFile, clear);
-                };
-                let content_same = match self.opts.compare {
-                    Compare::SizeMtime => {
-                        t.size_bytes == source.size_bytes && t.mtime == source.mtime
+                    let decision = self.decide_file(source, target, clear);
+                    if decision.action == Action::CopyFile {
+                        // The leader is renamed over with a new file: no name linked to its
+                        // old inode is linked to the new one.
+                        self.links.set_leader_target(key, None);
                     }
-                    Compare::Checksum => {
-                        t.size_bytes == source.size_bytes
-                            && t.content_hash.is_some()
-                            && t.content_hash == source.content_hash
-                    }
-                };
-                if !content_same {
-                    d(Action::CopyFile, Clear::Nothing)
-                } else if t.mtime == source.mtime
-                    && t.mode == source.mode
-                    && self.owner_matches(source, t)
-                {
-                    d(Action::Skip, Clear::Nothing)
-                } else {
-                    d(Action::FixMeta, Clear::Nothing)
+                    return decision;
                 }
+                self.decide_file(source, target, clear)
             }
+        }
+    }
+
+    /// A regular file that is not a hard link's follower.
+    fn decide_file(&self, source: &Entry, target: Option<&TargetEntry>, clear: Clear) -> Decision {
+        let d = |action, clear| Decision { action, clear };
+        let Some(t) = target.filter(|t| t.kind == EntryKind::File) else {
+            return d(Action::CopyFile, clear);
+        };
+        let content_same = match self.opts.compare {
+            Compare::SizeMtime => t.size_bytes == source.size_bytes && t.mtime == source.mtime,
+            Compare::Checksum => {
+                t.size_bytes == source.size_bytes
+                    && t.content_hash.is_some()
+                    && t.content_hash == source.content_hash
+            }
+        };
+        if !content_same {
+            d(Action::CopyFile, Clear::Nothing)
+        } else if t.mtime == source.mtime && t.mode == source.mode && self.owner_matches(source, t)
+        {
+            d(Action::Skip, Clear::Nothing)
+        } else {
+            d(Action::FixMeta, Clear::Nothing)
         }
     }
 
     fn owner_matches(&self, source: &Entry, target: &TargetEntry) -> bool {
         !self.opts.owner || (source.uid == target.uid && source.gid == target.gid)
-    }
-
-    /// Records the target inode a leader file ended up with (for the "already linked" check of
-    /// later runs, the leader's target inode is what followers are compared against).
-    pub fn leader_target_inode(&mut self, source: &Entry, target: Option<&TargetEntry>) {
-        if let (Some(key), Some(t)) = (source.inode, target) {
-            self.links.set_leader_target(key, t.inode);
-        }
     }
 }
 
@@ -305,6 +306,51 @@ mod tests {
             d.decide(&b, None).action,
             Action::Hardlink { leader: RelPath::parse_str("a").unwrap() }
         );
+    }
+
+    fn linked(name: &str, key: InodeKey) -> Entry {
+        let mut e = src(name, EntryKind::File, 3, 1);
+        e.inode = Some(key);
+        e
+    }
+
+    fn on_inode(name: &str, size: u64, ino: u64) -> TargetEntry {
+        let mut t = tgt(name, EntryKind::File, size, 1);
+        t.inode = Some(InodeKey { dev: 9, ino });
+        t
+    }
+
+    #[test]
+    fn a_name_linked_to_a_leader_that_is_replaced_is_linked_again() {
+        // Found by the simulator: `b` shared the old `a`'s inode, `a` is copied anew (a new
+        // inode), so `b` must be linked to the new one, not left on the old contents.
+        let mut d = differ(Compare::SizeMtime, false);
+        let key = InodeKey { dev: 1, ino: 2 };
+        assert_eq!(
+            d.decide(&linked("a", key), Some(&on_inode("a", 2, 7))).action,
+            Action::CopyFile
+        );
+        assert_eq!(
+            d.decide(&linked("b", key), Some(&on_inode("b", 2, 7))).action,
+            Action::Hardlink { leader: RelPath::parse_str("a").unwrap() }
+        );
+        // Up to date, the leader keeps its inode: a name already on it stays.
+        let mut d = differ(Compare::SizeMtime, false);
+        assert_eq!(d.decide(&linked("a", key), Some(&on_inode("a", 3, 7))).action, Action::Skip);
+        assert_eq!(d.decide(&linked("b", key), Some(&on_inode("b", 3, 7))).action, Action::Skip);
+    }
+
+    #[test]
+    fn a_follower_never_changes_what_the_leader_is_compared_with() {
+        // Found by the simulator: `b` on another inode once made `c` (on `b`'s inode) count as
+        // linked to the leader `a`.
+        let mut d = differ(Compare::SizeMtime, false);
+        let key = InodeKey { dev: 1, ino: 2 };
+        let a = RelPath::parse_str("a").unwrap();
+        assert_eq!(d.decide(&linked("a", key), Some(&on_inode("a", 3, 7))).action, Action::Skip);
+        let follower = Action::Hardlink { leader: a };
+        assert_eq!(d.decide(&linked("b", key), Some(&on_inode("b", 3, 8))).action, follower);
+        assert_eq!(d.decide(&linked("c", key), Some(&on_inode("c", 3, 8))).action, follower);
     }
 
     #[test]

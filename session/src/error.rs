@@ -108,6 +108,8 @@ pub enum Cause {
     /// The transport's own account of a part of the file it could not send (a region that
     /// could not be read in full, a pool that closed).
     Transport(String),
+    /// A hard link whose first name (`leader`) was not transferred: it is not made.
+    LeaderFailed { leader: RelPath },
 }
 
 /// A file that was not transferred.
@@ -145,6 +147,9 @@ impl fmt::Display for FileError {
                  not copied, run again"
             ),
             Cause::Transport(m) => f.write_str(m),
+            Cause::LeaderFailed { leader } => {
+                write!(f, "{}: {leader}, its first name, was not transferred", self.op.verb())
+            }
         }
     }
 }
@@ -181,8 +186,6 @@ pub enum Violation {
     AnswerOutOfOrder { answered: u64, expected: u64 },
     #[error("need for file {0}, which is not a file of that listing")]
     NeedNotListed(FileId),
-    #[error("the source root is not a directory")]
-    RootNotDir,
     #[error("a bundle in a memory session")]
     BundleInMemorySession,
     #[error("{0} is bundled: a memory session moves chunked files only")]

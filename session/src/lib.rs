@@ -10,12 +10,17 @@
 //!   the commit decision, the one error a failed file reports.
 //! - [`source`]: the source's answers protocol — listings awaiting their answer, in order,
 //!   bounded, and needs checked against the listing they answer.
+//! - [`plan`]: the target's planning — each listing checked ([`listing`]), each entry's
+//!   verdict, and what waits for the end: hard links after their leader, `--mirror`
+//!   deletions only after a clean session, directory metadata deepest first.
 //! - [`chunkset`]: which chunks of a file have arrived, as runs.
 //! - [`error`]: typed per-file failures ([`FileError`]) and protocol violations ([`Violation`]).
 
 pub mod chunkset;
 pub mod error;
 pub mod idle;
+pub mod listing;
+pub mod plan;
 pub mod source;
 pub mod target;
 

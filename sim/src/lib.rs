@@ -3,7 +3,9 @@
 //! One seed decides everything: the source tree, the target's old files, the faults, and the
 //! order of every event in virtual time. The session's decisions are made by the same code
 //! users run — [`blitx_session::target::Receiving`] (what a frame means, when a file commits,
-//! which error it reports), [`blitx_session::source::Answers`] (listings and their answers),
+//! which error it reports), [`blitx_session::plan::Planning`] (listings checked, each entry's
+//! verdict, hard links, `--mirror` deletions, directory metadata at the end),
+//! [`blitx_session::source::Answers`] (listings and their answers),
 //! [`blitx_session::source::Reading`] (a chunked file's reads, its check and its verdict),
 //! [`blitx_session::idle::Idle`] and the planner's [`blitx_planner::Differ`] and
 //! [`blitx_planner::Chunker`]; this crate supplies what the threads, files and sockets supply
@@ -16,18 +18,26 @@
 //! old contents or the complete new file, never a mix; no temporary file is left; nothing was
 //! written outside the listed paths; a file reported done is identical in bytes and metadata;
 //! a needed file that is not done has an error reported (or the session failed); a session
-//! that reports success with no errors left the target identical to the source.
+//! that reports success with no errors left the target identical to the source, directories'
+//! metadata included. The tree is nested, with hard links, and the target may hold extra
+//! files, directories and symlinks: with `--mirror` every extra is gone exactly when the
+//! session succeeded without errors, and without it (or after any error) every extra is
+//! untouched; nothing the source lists is deleted, no deletion is outside a listed directory;
+//! a hard-link group is one file on the target unless one of its names reported an error; a
+//! file already up to date is not rewritten.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use blitx_core::RelPath;
 use blitx_core::frame::{self, FLAG_FILE_VERIFIED, FrameHeader, FrameKind};
-use blitx_core::manifest::{Entry, EntryKind, FileId, TargetEntry, Timestamp};
+use blitx_core::manifest::{Entry, EntryKind, FileId, InodeKey, TargetEntry, Timestamp};
 use blitx_planner::diff::{Action, DiffOptions, Differ};
 use blitx_planner::{Chunker, Excludes, NeededFile, Unit};
 use blitx_session::idle::Idle;
+use blitx_session::listing::Verdict;
+use blitx_session::plan::{Deletions, Planning};
 use blitx_session::source::{
     self as source_session, Answers, Begin, Counted, Listed, Reading, Seen,
 };
@@ -115,6 +125,105 @@ pub struct Content {
     pub mode: u32,
 }
 
+/// A directory's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirAttr {
+    pub mtime: i64,
+    pub mode: u32,
+}
+
+impl DirAttr {
+    fn of(e: &Entry) -> Self {
+        DirAttr { mtime: e.mtime.sec, mode: e.mode }
+    }
+}
+
+/// The target's file system: names of files point at inodes (hard links share one),
+/// directories, and symlinks (which may point anywhere, outside the root too).
+#[derive(Debug, Clone, Default)]
+pub struct Fs {
+    files: BTreeMap<RelPath, u64>,
+    inodes: HashMap<u64, Content>,
+    dirs: BTreeMap<RelPath, DirAttr>,
+    symlinks: BTreeMap<RelPath, Vec<u8>>,
+    root: DirAttr,
+    next_ino: u64,
+}
+
+impl Fs {
+    fn content(&self, path: &RelPath) -> Option<&Content> {
+        self.files.get(path).and_then(|i| self.inodes.get(i))
+    }
+
+    /// Every file by name, resolved.
+    fn contents(&self) -> BTreeMap<RelPath, Content> {
+        self.files.iter().map(|(p, i)| (p.clone(), self.inodes[i].clone())).collect()
+    }
+
+    /// A new file renamed into place at `path`: a new inode under that name.
+    fn place(&mut self, path: &RelPath, c: Content) -> u64 {
+        self.next_ino += 1;
+        self.inodes.insert(self.next_ino, c);
+        self.files.insert(path.clone(), self.next_ino);
+        self.next_ino
+    }
+
+    fn exists(&self, path: &RelPath) -> bool {
+        self.files.contains_key(path)
+            || self.dirs.contains_key(path)
+            || self.symlinks.contains_key(path)
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &RelPath> {
+        self.files.keys().chain(self.dirs.keys()).chain(self.symlinks.keys())
+    }
+
+    fn stat(&self, path: &RelPath) -> Option<TargetEntry> {
+        let t = |kind, size_bytes, mtime, mode, inode, link_target| TargetEntry {
+            name: path.file_name().to_vec(),
+            kind,
+            size_bytes,
+            mtime: Timestamp { sec: mtime, nsec: 0 },
+            mode,
+            uid: 0,
+            gid: 0,
+            inode,
+            link_target,
+            content_hash: None,
+        };
+        if let Some(&ino) = self.files.get(path) {
+            let c = &self.inodes[&ino];
+            let key = Some(InodeKey { dev: 2, ino });
+            return Some(t(EntryKind::File, c.data.len() as u64, c.mtime, c.mode, key, None));
+        }
+        if let Some(a) = self.dirs.get(path) {
+            return Some(t(EntryKind::Dir, 0, a.mtime, a.mode, None, None));
+        }
+        let link = self.symlinks.get(path)?;
+        Some(t(EntryKind::Symlink, 0, 0, 0o777, None, Some(link.clone())))
+    }
+
+    /// The names directly in `dir`.
+    fn children(&self, dir: &RelPath) -> Vec<Vec<u8>> {
+        self.paths()
+            .filter(|p| p.split_last().is_some_and(|(d, _)| &d == dir))
+            .map(|p| p.file_name().to_vec())
+            .collect()
+    }
+
+    /// Removes `path` and everything below it; a symlink is removed, never followed.
+    fn remove_tree(&mut self, path: &RelPath) {
+        let below = |p: &RelPath| {
+            p == path
+                || (p.as_bytes().starts_with(path.as_bytes())
+                    && p.as_bytes().get(path.as_bytes().len()) == Some(&b'/'))
+        };
+        self.files.retain(|p, _| !below(p));
+        self.dirs.retain(|p, _| !below(p));
+        self.symlinks.retain(|p, _| !below(p));
+    }
+}
+
 #[derive(Debug, Clone)]
 struct SourceFile {
     entry: Entry,
@@ -147,7 +256,7 @@ struct SimFrame {
 
 #[derive(Debug)]
 enum SourceMsg {
-    Listing { seq: u64, entries: Vec<Entry> },
+    Listing { seq: u64, dir: RelPath, entries: Vec<Entry>, last_part: bool },
     FileRead(FileId),
     FileFailed { id: FileId, path: RelPath, message: String },
     DataEnd,
@@ -223,6 +332,15 @@ pub struct Run {
     broken: Option<String>,
     needed: Vec<RelPath>,
     listed: Vec<RelPath>,
+    /// `--mirror` was asked for.
+    pub mirror: bool,
+    /// The target's file systems before and after (directories, links, inodes).
+    old_fs: Fs,
+    new_fs: Fs,
+    source_dirs: BTreeMap<RelPath, DirAttr>,
+    source_root: DirAttr,
+    /// The source's hard-link groups: paths of one inode.
+    groups: Vec<Vec<RelPath>>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,7 +365,8 @@ struct Sim {
     // Source.
     files: Vec<SourceFile>,
     answers: Answers<Needed>,
-    listings: VecDeque<Vec<Entry>>,
+    /// Listing parts to send: the directory, its entries, whether it is the last part.
+    listings: VecDeque<(RelPath, Vec<Entry>, bool)>,
     chunker: Chunker,
     needs_done: bool,
     /// The chunked files being read (the handle is nothing: a read sees the file as it is).
@@ -257,14 +376,18 @@ struct Sim {
 
     // Target.
     recv: Receiving<Handle>,
-    differ: Differ,
+    plan: Planning<DirAttr>,
     idle: Idle,
-    disk: BTreeMap<RelPath, Content>,
+    fs: Fs,
+    /// Directories the source listed (the root too): deletions happen only in them.
+    listed_dirs: HashSet<RelPath>,
+    /// Every path the source listed: none is ever deleted.
+    listed_paths: HashSet<RelPath>,
     temps: HashMap<FileId, Vec<u8>>,
     temp_bytes: u64,
     committing: std::collections::HashSet<FileId>,
-    /// Committed files by id: a write still running lands in the renamed file.
-    renamed: HashMap<FileId, RelPath>,
+    /// Committed files by id: a write still running lands in the renamed file (its inode).
+    renamed: HashMap<FileId, u64>,
     failed_now: Vec<RelPath>,
     /// An invariant broken while the run went on.
     broken: Option<String>,
@@ -283,14 +406,15 @@ pub fn run(seed: u64, tracing: bool) -> Run {
     let mut rng = fastrand::Rng::with_seed(seed);
     let faults = Faults::pick(&mut rng);
     let base = Instant::now();
-    let (files, old) = tree(&mut rng);
+    let Tree { files, dirs, old_fs, mirror, root, groups } = tree(&mut rng);
+    let old = old_fs.contents();
     let source: BTreeMap<RelPath, Content> = files
         .iter()
         .map(|f| {
             (f.entry.path.clone(), content_of(&f.entry, f.data.as_deref().unwrap_or_default()))
         })
         .collect();
-    let opts = DiffOptions { compare: Default::default(), mirror: false, owner: false };
+    let opts = DiffOptions { compare: Default::default(), mirror, owner: false };
     let excludes = Excludes::new(&[]).expect("no patterns");
     let mut sim = Sim {
         rng,
@@ -312,9 +436,11 @@ pub fn run(seed: u64, tracing: bool) -> Run {
         bundle_seq: 0,
         source_silent: false,
         recv: Receiving::new(CHUNK_BYTES, false),
-        differ: Differ::new(opts, excludes),
+        plan: Planning::new(Differ::new(opts, excludes), 0, false, 48),
         idle: Idle::new(Some(IDLE_LIMIT), base, 0),
-        disk: old.clone(),
+        fs: old_fs.clone(),
+        listed_dirs: dirs.iter().map(|d| d.path.clone()).chain([RelPath::root()]).collect(),
+        listed_paths: HashSet::new(),
         temps: HashMap::new(),
         temp_bytes: 0,
         committing: Default::default(),
@@ -331,11 +457,25 @@ pub fn run(seed: u64, tracing: bool) -> Run {
         moved: 0,
         files,
     };
-    let listed: Vec<RelPath> = sim.files.iter().map(|f| f.entry.path.clone()).collect();
-    // The walk: one listing per few files.
-    let entries: Vec<Entry> = sim.files.iter().map(|f| f.entry.clone()).collect();
-    for part in entries.chunks(3) {
-        sim.listings.push_back(part.to_vec());
+    let mut listed: Vec<RelPath> = sim.files.iter().map(|f| f.entry.path.clone()).collect();
+    listed.extend(dirs.iter().map(|d| d.path.clone()));
+    sim.listed_paths = listed.iter().cloned().collect();
+    if let Err(v) = sim.plan.root(EntryKind::Dir, root) {
+        sim.fatal(Ending::Violation(v.to_string()));
+    }
+    // The walk: each directory (parents first) in parts of a few entries.
+    let all: Vec<&Entry> = sim.files.iter().map(|f| &f.entry).chain(&dirs).collect();
+    for dir in [RelPath::root()].iter().chain(dirs.iter().map(|d| &d.path)) {
+        let entries: Vec<Entry> = all
+            .iter()
+            .filter(|e| e.path.split_last().is_some_and(|(d, _)| &d == dir))
+            .map(|e| (*e).clone())
+            .collect();
+        let parts = entries.len().div_ceil(3).max(1);
+        for (i, part) in entries.chunks(3).chain(entries.is_empty().then_some(&[][..])).enumerate()
+        {
+            sim.listings.push_back((dir.clone(), part.to_vec(), i + 1 == parts));
+        }
     }
     sim.send_listings();
     sim.schedule(IDLE_LIMIT / 2, Event::Tick);
@@ -350,20 +490,85 @@ pub fn run(seed: u64, tracing: bool) -> Run {
         trace: sim.trace,
         source,
         old,
-        new: sim.disk,
+        new: sim.fs.contents(),
         temps_left: sim.temps.len(),
         broken: sim.broken,
         needed,
         listed,
+        mirror,
+        old_fs,
+        new_fs: sim.fs,
+        source_dirs: dirs.iter().map(|d| (d.path.clone(), DirAttr::of(d))).collect(),
+        source_root: root,
+        groups,
     }
 }
 
-/// A random tree: a flat directory of files, some small (bundled), some chunked, some sparse,
-/// with old versions of some of them on the target.
-fn tree(rng: &mut fastrand::Rng) -> (Vec<SourceFile>, BTreeMap<RelPath, Content>) {
+/// A source tree and the target it is copied onto.
+struct Tree {
+    files: Vec<SourceFile>,
+    /// Source directories below the root, each after its parent.
+    dirs: Vec<Entry>,
+    old_fs: Fs,
+    mirror: bool,
+    root: DirAttr,
+    groups: Vec<Vec<RelPath>>,
+}
+
+/// A random tree: directories a few levels deep; files, some small (bundled), some chunked,
+/// some sparse, some hard-linked (several names, one inode); on the target, old versions of
+/// some files, identical copies of others (up to date: not rewritten), some of the
+/// directories, and — whether or not `--mirror` is asked — extra files, directories and
+/// symlinks the source does not have.
+fn tree(rng: &mut fastrand::Rng) -> Tree {
+    let mut dirs: Vec<Entry> = Vec::new();
+    let mut fs = Fs { root: DirAttr { mtime: 3, mode: 0o755 }, ..Fs::default() };
+    // Directories: each below the root or an earlier one, at most three levels deep.
+    let dir_count = if rng.u32(0..3) == 0 { 0 } else { rng.usize(1..5) };
+    for j in 0..dir_count {
+        let parents: Vec<RelPath> = [RelPath::root()]
+            .into_iter()
+            .chain(dirs.iter().map(|d| d.path.clone()).filter(|p| p.depth() < 3))
+            .collect();
+        let parent = &parents[rng.usize(0..parents.len())];
+        let path = parent.join(format!("d{j}").as_bytes()).expect("a plain name");
+        let e = Entry {
+            // Directory ids after every file's (the source finds a file by its id).
+            id: 1001 + j as FileId,
+            path,
+            kind: EntryKind::Dir,
+            size_bytes: 0,
+            mtime: Timestamp { sec: 2_000 + rng.i64(0..100), nsec: 0 },
+            mode: 0o700 | rng.u32(0..0o100),
+            uid: 0,
+            gid: 0,
+            link_target: None,
+            inode: None,
+            sparse: false,
+            content_hash: None,
+        };
+        // Some exist on the target already (where their parent does), some with their
+        // metadata right.
+        if fs.dirs.contains_key(parent) || parent.is_root() {
+            match rng.u32(0..3) {
+                0 => {}
+                1 => {
+                    fs.dirs.insert(e.path.clone(), DirAttr { mtime: 9, mode: 0o755 });
+                }
+                _ => {
+                    fs.dirs.insert(e.path.clone(), DirAttr::of(&e));
+                }
+            }
+        }
+        dirs.push(e);
+    }
+    let places: Vec<RelPath> =
+        [RelPath::root()].into_iter().chain(dirs.iter().map(|d| d.path.clone())).collect();
+    let on_target = |fs: &Fs, p: &RelPath| {
+        p.split_last().is_some_and(|(d, _)| d.is_root() || fs.dirs.contains_key(&d))
+    };
     let count = rng.usize(1..10);
-    let mut files = Vec::with_capacity(count);
-    let mut old = BTreeMap::new();
+    let mut files: Vec<SourceFile> = Vec::with_capacity(count + 2);
     for i in 0..count {
         let size = match rng.u32(0..4) {
             0 => rng.u64(0..=u64::from(SMALL_FILE_BYTES)),
@@ -378,7 +583,8 @@ fn tree(rng: &mut fastrand::Rng) -> (Vec<SourceFile>, BTreeMap<RelPath, Content>
                 rng.fill(piece);
             }
         }
-        let path = RelPath::parse(format!("f{i}").as_bytes()).expect("a plain name");
+        let dir = &places[rng.usize(0..places.len())];
+        let path = dir.join(format!("f{i}").as_bytes()).expect("a plain name");
         let entry = Entry {
             id: i as FileId + 1,
             path: path.clone(),
@@ -393,23 +599,83 @@ fn tree(rng: &mut fastrand::Rng) -> (Vec<SourceFile>, BTreeMap<RelPath, Content>
             sparse,
             content_hash: None,
         };
-        match rng.u32(0..3) {
-            0 => {}
-            1 => {
-                // An old version: different contents, maybe another size.
-                let mut o = data.clone();
-                o.truncate(rng.usize(0..=o.len()));
-                o.push(0xA5);
-                old.insert(path, Content { data: o, mtime: 5, mode: 0o644 });
-            }
-            _ => {
-                // Already identical: the diff skips it.
-                old.insert(path, content_of(&entry, &data));
+        if on_target(&fs, &path) {
+            match rng.u32(0..3) {
+                0 => {}
+                1 => {
+                    // An old version: different contents, maybe another size.
+                    let mut o = data.clone();
+                    o.truncate(rng.usize(0..=o.len()));
+                    o.push(0xA5);
+                    fs.place(&path, Content { data: o, mtime: 5, mode: 0o644 });
+                }
+                _ => {
+                    // Already identical: the diff skips it.
+                    fs.place(&path, content_of(&entry, &data));
+                }
             }
         }
         files.push(SourceFile { entry, data: Some(data), version: 0 });
     }
-    (files, old)
+    // A hard-link group: one file and one or two more names of it, elsewhere in the tree.
+    let mut groups = Vec::new();
+    if rng.u32(0..3) == 0 {
+        let first = rng.usize(0..files.len());
+        let key = InodeKey { dev: 1, ino: first as u64 + 1 };
+        files[first].entry.inode = Some(key);
+        let mut group = vec![files[first].entry.path.clone()];
+        for k in 0..rng.usize(1..3) {
+            let dir = &places[rng.usize(0..places.len())];
+            let mut entry = files[first].entry.clone();
+            entry.id = files.len() as FileId + 1;
+            entry.path = dir.join(format!("h{k}").as_bytes()).expect("a plain name");
+            if on_target(&fs, &entry.path) && rng.bool() {
+                // Already another name of the first one's target file, or a stale copy.
+                match (fs.files.get(&group[0]).copied(), rng.bool()) {
+                    (Some(ino), true) => {
+                        fs.files.insert(entry.path.clone(), ino);
+                    }
+                    _ => {
+                        fs.place(&entry.path, Content { data: vec![1], mtime: 5, mode: 0o644 });
+                    }
+                }
+            }
+            group.push(entry.path.clone());
+            let data = files[first].data.clone();
+            files.push(SourceFile { entry, data, version: 0 });
+        }
+        groups.push(group);
+    }
+    // Extras: names the source does not have, in directories the target already has.
+    if rng.bool() {
+        let mut existing: Vec<RelPath> = vec![RelPath::root()];
+        existing.extend(fs.dirs.keys().cloned());
+        for k in 0..rng.usize(1..4) {
+            let dir = existing[rng.usize(0..existing.len())].clone();
+            match rng.u32(0..3) {
+                0 => {
+                    let p = dir.join(format!("x{k}").as_bytes()).expect("a plain name");
+                    fs.place(
+                        &p,
+                        Content { data: vec![7; rng.usize(0..100)], mtime: 4, mode: 0o644 },
+                    );
+                }
+                1 => {
+                    let p = dir.join(format!("xd{k}").as_bytes()).expect("a plain name");
+                    fs.dirs.insert(p.clone(), DirAttr { mtime: 4, mode: 0o755 });
+                    let inner = p.join(b"inner").expect("a plain name");
+                    fs.place(&inner, Content { data: vec![8; 10], mtime: 4, mode: 0o644 });
+                }
+                _ => {
+                    // A symlink out of the root: deleting it must not follow it.
+                    let p = dir.join(format!("xl{k}").as_bytes()).expect("a plain name");
+                    fs.symlinks.insert(p, b"/outside".to_vec());
+                }
+            }
+        }
+    }
+    let root = DirAttr { mtime: 3_000 + rng.i64(0..100), mode: 0o755 };
+    Tree { files, dirs, old_fs: fs, mirror: rng.u32(0..3) == 0, root, groups }
 }
 
 fn params() -> blitx_core::session::SessionParams {
@@ -519,10 +785,13 @@ impl Sim {
             }
         } else {
             let mut steps = Vec::new();
+            let mut not_done = Vec::new();
             for (id, _) in self.recv.end(&mut steps) {
                 self.discard(id);
+                not_done.push(id);
             }
             self.steps(steps);
+            self.finalize(not_done);
             self.ending = Some(Ending::Finished);
         }
         self.queue.clear();
@@ -532,9 +801,9 @@ impl Sim {
 
     fn send_listings(&mut self) {
         while self.answers.may_send() {
-            let Some(entries) = self.listings.pop_front() else { break };
+            let Some((dir, entries, last_part)) = self.listings.pop_front() else { break };
             let seq = self.answers.sent(&entries);
-            self.send_to_target(SourceMsg::Listing { seq, entries });
+            self.send_to_target(SourceMsg::Listing { seq, dir, entries, last_part });
         }
     }
 
@@ -813,38 +1082,8 @@ impl Sim {
         self.heard();
         let mut steps = Vec::new();
         match msg {
-            SourceMsg::Listing { seq, entries } => {
-                let mut ids = Vec::new();
-                for e in entries {
-                    let t = self.disk.get(&e.path).map(|c| TargetEntry {
-                        name: e.path.file_name().to_vec(),
-                        kind: EntryKind::File,
-                        size_bytes: c.data.len() as u64,
-                        mtime: Timestamp { sec: c.mtime, nsec: 0 },
-                        mode: c.mode,
-                        uid: 0,
-                        gid: 0,
-                        inode: None,
-                        link_target: None,
-                        content_hash: None,
-                    });
-                    let d = self.differ.decide(&e, t.as_ref());
-                    if d.action != Action::CopyFile {
-                        continue;
-                    }
-                    let wanted = Wanted {
-                        path: e.path.clone(),
-                        size_bytes: e.size_bytes,
-                        sparse: e.sparse,
-                        small: e.size_bytes <= u64::from(SMALL_FILE_BYTES),
-                    };
-                    if let Err(v) = self.recv.want(e.id, wanted, Handle { path: e.path.clone() }) {
-                        return self.violation(v);
-                    }
-                    ids.push(e.id);
-                    self.wanted.insert(e.id, e);
-                }
-                self.send_to_source(TargetMsg::Need { seq, ids });
+            SourceMsg::Listing { seq, dir, entries, last_part } => {
+                return self.listing(seq, &dir, entries, last_part);
             }
             SourceMsg::FileRead(id) => self.recv.file_read(id, &mut steps),
             SourceMsg::FileFailed { id, path, message } => {
@@ -853,6 +1092,115 @@ impl Sim {
             SourceMsg::DataEnd => self.data_end = true,
         }
         self.steps(steps);
+    }
+
+    /// A listing part: checked and decided by [`Planning`], carried out on the target's file
+    /// system; the needed files registered with [`Receiving`].
+    fn listing(&mut self, seq: u64, dir: &RelPath, entries: Vec<Entry>, last_part: bool) {
+        let started = match self.plan.listing(dir, &entries, last_part) {
+            Ok(s) => s,
+            Err(v) => return self.fatal(Ending::Violation(v.to_string())),
+        };
+        let mut ids = Vec::new();
+        if started.verdict == Verdict::Apply {
+            for e in entries {
+                let t = if started.fresh { None } else { self.fs.stat(&e.path) };
+                let d = self.plan.entry(&e, t.as_ref());
+                self.log(|| {
+                    format!("{}: {:?} (target {:?})", e.path, d, t.as_ref().map(|t| t.inode))
+                });
+                match d.clear {
+                    blitx_planner::diff::Clear::Nothing => {}
+                    _ => self.fs.remove_tree(&e.path),
+                }
+                match d.action {
+                    Action::CopyFile => {
+                        let wanted = Wanted {
+                            path: e.path.clone(),
+                            size_bytes: e.size_bytes,
+                            sparse: e.sparse,
+                            small: e.size_bytes <= u64::from(SMALL_FILE_BYTES),
+                        };
+                        let handle = Handle { path: e.path.clone() };
+                        if let Err(v) = self.recv.want(e.id, wanted, handle) {
+                            return self.violation(v);
+                        }
+                        ids.push(e.id);
+                        self.wanted.insert(e.id, e);
+                    }
+                    Action::FixMeta => {
+                        if let Some(c) =
+                            self.fs.files.get(&e.path).and_then(|i| self.fs.inodes.get_mut(i))
+                        {
+                            (c.mtime, c.mode) = (e.mtime.sec, e.mode);
+                        }
+                    }
+                    Action::MakeDir => {
+                        self.fs.dirs.insert(e.path.clone(), DirAttr { mtime: 0, mode: 0o700 });
+                        self.plan.dir_ready(&e.path, DirAttr::of(&e), true);
+                    }
+                    Action::KeepDir => self.plan.dir_ready(&e.path, DirAttr::of(&e), false),
+                    // Links wait for the end; the tree has no symlinks or special files.
+                    Action::Skip
+                    | Action::Hardlink { .. }
+                    | Action::MakeSymlink
+                    | Action::Unsupported => {}
+                }
+            }
+        }
+        let opened = started.verdict == Verdict::Apply;
+        if last_part && let Some(scan) = self.plan.listing_end(dir, opened).scan {
+            let extra: Vec<TargetEntry> = self
+                .fs
+                .children(dir)
+                .into_iter()
+                .filter(|n| !scan.listed(n))
+                .filter_map(|n| dir.join(&n).ok().and_then(|p| self.fs.stat(&p)))
+                .collect();
+            self.plan.extras(scan, &extra);
+        }
+        self.send_to_source(TargetMsg::Need { seq, ids });
+    }
+
+    /// The end of a session that finished: what [`Planning`] kept for it, in its order.
+    fn finalize(&mut self, not_done: Vec<FileId>) {
+        for link in self.plan.links(not_done) {
+            match link {
+                Ok(l) => match self.fs.files.get(&l.leader).copied() {
+                    Some(ino) => {
+                        self.fs.files.insert(l.path, ino);
+                    }
+                    None => self.errors.push(FileError::io(
+                        l.path,
+                        FileOp::Hardlink,
+                        std::io::Error::from_raw_os_error(2),
+                    )),
+                },
+                Err(e) => {
+                    self.log(|| format!("{}: {e}", e.path));
+                    self.errors.push(e);
+                }
+            }
+        }
+        if let Deletions::Delete(deletions) = self.plan.deletions(self.errors.len() as u64) {
+            for (path, _) in deletions {
+                // Only below a directory the source listed, never a listed name.
+                let inside = path.split_last().is_some_and(|(d, _)| self.listed_dirs.contains(&d));
+                let listed = self.listed_paths.contains(&path);
+                if (!inside || listed) && self.broken.is_none() {
+                    self.broken = Some(format!("--mirror deleted {path}, not an extra"));
+                }
+                self.log(|| format!("{path}: deleted (--mirror)"));
+                self.fs.remove_tree(&path);
+            }
+        }
+        let (dirs, root) = self.plan.directories();
+        for d in dirs {
+            self.fs.dirs.insert(d.path, d.meta);
+        }
+        if let Some(root) = root {
+            self.fs.root = root;
+        }
     }
 
     fn violation(&mut self, v: Violation) {
@@ -911,8 +1259,8 @@ impl Sim {
                 t[at..at + f.payload.len()].copy_from_slice(&f.payload);
                 self.temp_bytes += f.payload.len() as u64;
                 landed = true;
-            } else if let Some(path) = self.renamed.get(&id)
-                && let Some(c) = self.disk.get_mut(path)
+            } else if let Some(ino) = self.renamed.get(&id)
+                && let Some(c) = self.fs.inodes.get_mut(ino)
             {
                 let end = (at + f.payload.len()).min(c.data.len());
                 c.data[at..end].copy_from_slice(&f.payload[..end - at]);
@@ -973,7 +1321,7 @@ impl Sim {
                         Err(std::io::Error::from_raw_os_error(28))
                     } else {
                         self.moved += data.len() as u64;
-                        self.disk.insert(h.path, c);
+                        self.fs.place(&h.path, c);
                         Ok(())
                     };
                     self.recv.small_written(item.file_id, result, &mut steps);
@@ -998,8 +1346,8 @@ impl Sim {
             self.temp_bytes = self.temp_bytes.saturating_sub(data.len() as u64);
             data.truncate(e.size_bytes as usize);
             let c = content_of(e, &data);
-            self.disk.insert(path.clone(), c);
-            self.renamed.insert(id, path);
+            let ino = self.fs.place(&path, c);
+            self.renamed.insert(id, ino);
             Ok(())
         };
         self.recv.commit_result(id, result, &mut steps);
@@ -1091,6 +1439,7 @@ pub fn check(run: &Run) -> Result<(), String> {
             }
         }
     }
+    check_tree(run)?;
     // A file that failed for lack of data is attributed to the right cause.
     for e in &run.errors {
         if matches!(e.cause, Cause::Incomplete)
@@ -1098,6 +1447,80 @@ pub fn check(run: &Run) -> Result<(), String> {
             && run.faults.stall_after.is_none()
         {
             return Err(format!("{}: incomplete without a lost frame or a stall", e.path));
+        }
+    }
+    Ok(())
+}
+
+/// The invariants of the tree around the files: `--mirror`'s deletions, hard links,
+/// directories, files already up to date.
+fn check_tree(run: &Run) -> Result<(), String> {
+    let clean = run.ending == Ending::Finished && run.errors.is_empty();
+    let failed = |p: &RelPath| run.errors.iter().any(|e| &e.path == p);
+    // Extras: on the target before, not listed by the source (with everything below them).
+    for path in run.old_fs.paths() {
+        if run.listed.contains(path) {
+            // Nothing the source lists is ever deleted.
+            if !run.new_fs.exists(path) {
+                return Err(format!("{path} is listed by the source and was deleted"));
+            }
+            continue;
+        }
+        let kept = run.new_fs.exists(path)
+            && run.new_fs.content(path) == run.old_fs.content(path)
+            && run.new_fs.symlinks.get(path) == run.old_fs.symlinks.get(path);
+        match (run.mirror && clean, kept) {
+            (true, true) => return Err(format!("{path}: an extra left by a clean --mirror run")),
+            (false, false) => {
+                return Err(format!(
+                    "{path}: an extra deleted or changed (mirror {}, clean {clean})",
+                    run.mirror
+                ));
+            }
+            _ => {}
+        }
+    }
+    // Up to date: an unlinked file identical on the target is never rewritten.
+    for (path, ino) in &run.old_fs.files {
+        let linked = run.groups.iter().any(|g| g.contains(path));
+        if !linked
+            && run.old_fs.content(path) == run.source.get(path)
+            && run.new_fs.files.get(path) != Some(ino)
+        {
+            return Err(format!("{path} was up to date and was rewritten"));
+        }
+    }
+    // Hard links: one inode per group on the target, or an error for one of its names.
+    if run.ending == Ending::Finished {
+        for g in &run.groups {
+            let inos: Vec<Option<&u64>> = g.iter().map(|p| run.new_fs.files.get(p)).collect();
+            if !g.iter().any(failed) && (inos[0].is_none() || inos.iter().any(|i| *i != inos[0])) {
+                return Err(format!("{g:?}: not one file on the target, and no error"));
+            }
+        }
+    }
+    let mut by_ino: HashMap<u64, Vec<&RelPath>> = HashMap::new();
+    for (p, i) in &run.new_fs.files {
+        if run.listed.contains(p) {
+            by_ino.entry(*i).or_default().push(p);
+        }
+    }
+    for names in by_ino.values().filter(|n| n.len() > 1) {
+        let same_group = run.groups.iter().any(|g| names.iter().all(|n| g.contains(n)));
+        let untouched = names.iter().all(|n| run.old_fs.files.get(*n) == run.new_fs.files.get(*n));
+        if !same_group && !untouched {
+            return Err(format!("{names:?} were linked on the target, not on the source"));
+        }
+    }
+    // Directories: a clean run leaves each with the source's metadata, the root's too.
+    if clean {
+        for (path, a) in &run.source_dirs {
+            if run.new_fs.dirs.get(path) != Some(a) {
+                return Err(format!("success without errors, but directory {path} differs"));
+            }
+        }
+        if run.new_fs.root != run.source_root {
+            return Err("success without errors, but the root's metadata differs".into());
         }
     }
     Ok(())
@@ -1144,7 +1567,7 @@ mod tests {
                     Cause::CorruptedInTransit { .. } => corrupted += 1,
                     Cause::Incomplete => incomplete += 1,
                     Cause::Source(_) => source += 1,
-                    Cause::Io(_) => io += 1,
+                    Cause::Io(_) | Cause::LeaderFailed { .. } => io += 1,
                     Cause::Shrank | Cause::Changed { .. } | Cause::Transport(_) => {
                         panic!("a source-side cause reported by the target: {e}")
                     }

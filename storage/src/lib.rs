@@ -18,7 +18,6 @@ pub mod dircache;
 pub mod direct;
 pub mod fsys;
 pub mod limits;
-pub mod listing;
 pub mod local;
 pub mod lock;
 pub mod meta;

@@ -1,33 +1,39 @@
-//! Finalizing, once every file is committed or failed: hard links, mirror deletions (only
-//! when nothing failed), directory metadata deepest first, `--fsync` of touched directories.
+//! Finalizing, once every file is committed or failed: carrying out, in order, what
+//! [`Planning`](blitx_session::plan::Planning) kept for the end — hard links whose leader is
+//! in place, mirror deletions (it decides whether any may run), directory metadata deepest
+//! first — then `--fsync` of touched directories.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-pub(super) fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
+/// `not_done`: the needed files that were not committed (their links are not made).
+pub(super) fn finalize(shared: &Shared<'_>, deferred: &mut Deferred, not_done: &[FileId]) {
     let dry = shared.dry_run();
     let c = &shared.counters;
-    for (path, leader) in std::mem::take(&mut deferred.links) {
+    for link in deferred.links(not_done.iter().copied()) {
+        let link = match link {
+            Ok(link) => link,
+            Err(e) => {
+                shared.error(e);
+                continue;
+            }
+        };
+        let (path, leader) = (&link.path, &link.leader);
         c.hardlinks.fetch_add(1, Ordering::Relaxed);
-        shared.event(EventKind::Hardlinked, &path, 0, Some(format!("=> {leader}")));
-        shared.touched(&path);
-        if !dry && let Err(e) = make_hardlink(shared, &path, &leader) {
+        shared.event(EventKind::Hardlinked, path, 0, Some(format!("=> {leader}")));
+        shared.touched(path);
+        if !dry && let Err(e) = make_hardlink(shared, path, leader) {
             shared.error(FileError::io(path.clone(), e.0, e.1));
         }
     }
-    if shared.opts.params.mirror {
-        let failures = shared.errors.count() + deferred.walk_errors;
-        if failures > 0 {
-            if !deferred.deletions.is_empty() {
-                tracing::warn!(
-                    "{} deletions skipped because {failures} errors occurred",
-                    deferred.deletions.len()
-                );
+    match deferred.deletions(shared.errors.count()) {
+        Deletions::Skipped { count, failures } => {
+            if count > 0 {
+                tracing::warn!("{count} deletions skipped because {failures} errors occurred");
             }
-        } else {
-            // Deepest first, so a directory is empty by the time its own deletion comes.
-            deferred.deletions.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
-            for (path, _kind) in &deferred.deletions {
+        }
+        Deletions::Delete(deletions) => {
+            for (path, _kind) in &deletions {
                 shared.event(EventKind::Deleted, path, 0, None);
                 if dry {
                     c.deleted.fetch_add(1, Ordering::Relaxed);
@@ -53,15 +59,13 @@ pub(super) fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
     }
     // Directory metadata last and deepest first: nothing changes a directory after its times
     // are set.
-    deferred.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
-    for (path, meta) in &deferred.dirs {
+    let (dirs, root_meta) = deferred.directories();
+    for DirMeta { path, meta, fresh } in &dirs {
         let Some((dir, name)) = path.split_last() else { continue };
         let r = shared.dirs.get(&dir).and_then(|fd| {
             // One stat instead of changing a directory that is already right (a run that
             // changed nothing in it); one made in this run never is.
-            if !deferred.fresh_dirs.contains(path)
-                && dir_meta_matches(fd.as_fd(), name, meta, shared.owners && shared.id.root)
-            {
+            if !fresh && dir_meta_matches(fd.as_fd(), name, meta, shared.owners && shared.id.root) {
                 return Ok(());
             }
             meta::apply_to_dir(fd.as_fd(), name, meta, &shared.id, shared.owners)
@@ -70,7 +74,7 @@ pub(super) fn finalize(shared: &Shared<'_>, deferred: &mut Deferred) {
             shared.error(FileError::io(path.clone(), FileOp::DirMetadata, e));
         }
     }
-    if let Some(meta) = deferred.root_meta {
+    if let Some(meta) = root_meta {
         let r = meta::apply_to_dir_fd(shared.dirs.root(), &meta, &shared.id, shared.owners);
         if let Err(e) = r {
             shared.error(FileError::io(RelPath::root(), FileOp::RootMetadata, e));

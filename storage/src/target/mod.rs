@@ -19,7 +19,7 @@
 //! By job: [`plan`] (listings → actions and needs), [`write`] (frames → temporary files),
 //! [`commit`] (the steps: rename, discard, count, report), [`finalize`] (the end).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -42,7 +42,6 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use crate::dircache::DirCache;
 use crate::direct::{self, DirectFile};
 use crate::limits::{self, Exhausted, IdleClock, Limits};
-use crate::listing::{self, ListingCheck, Verdict};
 use crate::meta::{self, Identity, Meta, Privileges};
 use crate::report::{ErrorLog, Event, EventKind, Progress, Reporter, Stage, TargetReport};
 use crate::root::RootDir;
@@ -55,6 +54,8 @@ mod finalize;
 mod plan;
 mod write;
 
+use blitx_session::listing::{self, Verdict};
+use blitx_session::plan::{Deletions, DirMeta, Planning, Scan};
 use blitx_session::target::{Admit, Receiving, Step, Wanted, Written};
 use commit::*;
 use finalize::*;
@@ -113,7 +114,9 @@ pub enum TargetError {
 impl From<listing::Violation> for TargetError {
     fn from(v: listing::Violation) -> Self {
         match v {
-            listing::Violation::Limit(e) => TargetError::Limit(e),
+            listing::Violation::TooManyEntries { limit } => {
+                TargetError::Limit(Exhausted::Entries { limit })
+            }
             other => TargetError::Listing(other),
         }
     }
@@ -279,9 +282,12 @@ pub fn run_target(
         mirror: opts.params.mirror,
         owner: shared.owners && id.root,
     };
-    let mut differ = Differ::new(diff_opts, excludes);
-    let mut deferred =
-        Deferred { check: ListingCheck::new(opts.limits.entries_max), ..Deferred::default() };
+    let mut deferred = Planning::new(
+        Differ::new(diff_opts, excludes),
+        opts.limits.entries_max,
+        opts.params.mem_bytes.is_some(),
+        limits::NAME_BYTES,
+    );
 
     std::thread::scope(|s| {
         let writers: Vec<_> = (0..opts.write_threads.max(1))
@@ -291,8 +297,7 @@ pub fn run_target(
                 }))
             })
             .collect();
-        if let Err(e) = control_loop(&shared, &mut differ, &mut deferred, &from_source, &to_source)
-        {
+        if let Err(e) = control_loop(&shared, &mut deferred, &from_source, &to_source) {
             shared.fail(e);
         }
         for w in writers {
@@ -318,15 +323,14 @@ pub fn run_target(
     let finalizing = Instant::now();
     // A memory session made nothing to finalize.
     if opts.params.mem_bytes.is_none() {
-        finalize(&shared, &mut deferred);
+        let not_done: Vec<FileId> = left.iter().map(|(id, _)| *id).collect();
+        finalize(&shared, &mut deferred, &not_done);
     }
     progress.stages.add(Stage::Finalize, finalizing);
 
     let c = &shared.counters;
     let (errors, error_count) = shared.errors.take();
-    let mirror_skipped = opts.params.mirror
-        && !deferred.deletions.is_empty()
-        && error_count + deferred.walk_errors > 0;
+    let mirror_skipped = deferred.deletions_skipped();
     Ok(TargetReport {
         files_copied: c.files_copied.load(Ordering::Relaxed),
         bytes_copied: c.bytes_copied.load(Ordering::Relaxed),
@@ -387,7 +391,6 @@ impl Shared<'_> {
 
 fn control_loop(
     shared: &Shared<'_>,
-    differ: &mut Differ,
     deferred: &mut Deferred,
     from_source: &Receiver<SourceMsg>,
     to_source: &Sender<TargetMsg>,
@@ -416,22 +419,18 @@ fn control_loop(
         idle.heard();
         match msg {
             SourceMsg::Root(mut entry) => {
-                deferred.check.root()?;
-                if entry.kind != EntryKind::Dir {
-                    return Err(TargetError::Protocol(Violation::RootNotDir));
-                }
                 let p = &shared.opts.privileges;
                 p.restrict(&mut entry, &shared.id, shared.opts.params.preserve_owner);
-                deferred.root_meta = Some(Meta::of(&entry));
+                deferred.root(entry.kind, Meta::of(&entry))?;
             }
             SourceMsg::Listing { seq, dir, entries, last_part } => {
                 let planning = Instant::now();
-                let needs = handle_listing(shared, differ, deferred, &dir, entries, last_part)?;
+                let needs = handle_listing(shared, deferred, &dir, entries, last_part)?;
                 shared.progress.stages.add(Stage::Plan, planning);
                 send_to_source(shared, to_source, TargetMsg::Need { listing: seq, ids: needs })?;
             }
             SourceMsg::WalkError { path, message } => {
-                deferred.walk_errors += 1;
+                deferred.walk_error();
                 shared.error(FileError::source(path, message));
             }
             SourceMsg::ManifestEnd => {

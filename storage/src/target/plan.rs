@@ -1,7 +1,8 @@
-//! Planning: each listing checked, diffed against the target directory, and applied —
-//! directories and symlinks made, metadata fixed, what is in the way cleared, the files whose
-//! data is needed registered with [`Receiving`](blitx_session::target::Receiving), mirror
-//! deletions collected for the end.
+//! Planning's shell: each listing handed to [`Planning`](blitx_session::plan::Planning) (which
+//! checks it, decides per entry, and keeps what waits for the end), the target side stat'ed
+//! for it, and its decisions applied — directories and symlinks made, metadata fixed, what is
+//! in the way cleared, the files whose data is needed registered with
+//! [`Receiving`](blitx_session::target::Receiving), directories listed for `--mirror`.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -9,29 +10,9 @@ use super::*;
 /// Listings at least this long are stat'ed by two threads.
 pub(super) const PARALLEL_STAT_MIN: usize = 256;
 
-/// A directory listing still arriving in parts (mirror mode needs all of its names).
-#[derive(Default)]
-pub(super) struct OpenListing {
-    pub(super) source_names: HashSet<Vec<u8>>,
-    /// Bytes charged to the session's budget for this listing's names.
-    pub(super) charged_bytes: u64,
-    /// The directory was searched for crash debris in this session.
-    pub(super) debris_checked: bool,
-}
-
-/// Everything the diff loop defers to the end.
-#[derive(Default)]
-pub(super) struct Deferred {
-    pub(super) dirs: Vec<(RelPath, Meta)>,
-    pub(super) root_meta: Option<Meta>,
-    pub(super) links: Vec<(RelPath, RelPath)>,
-    pub(super) deletions: Vec<(RelPath, EntryKind)>,
-    /// Directories created (or, in a dry run, that would be): their target listing is empty.
-    pub(super) fresh_dirs: HashSet<RelPath>,
-    pub(super) listings: HashMap<RelPath, OpenListing>,
-    pub(super) walk_errors: u64,
-    pub(super) check: ListingCheck,
-}
+/// Every planning decision of the session (listings checked, entries' verdicts, what waits
+/// for the end) is made by [`Planning`]; this shell stats, creates and clears.
+pub(super) type Deferred = Planning<Meta>;
 
 /// Stats `name` in `dir` on the target; `None` when absent.
 pub(super) fn target_entry(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<TargetEntry>> {
@@ -44,54 +25,42 @@ pub(super) fn target_entry(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Optio
 
 pub(super) fn handle_listing(
     shared: &Shared<'_>,
-    differ: &mut Differ,
     deferred: &mut Deferred,
     dir: &RelPath,
     mut entries: Vec<Entry>,
     last_part: bool,
 ) -> Result<Vec<FileId>, TargetError> {
     let mut needs = Vec::new();
-    let verdict = deferred.check.listing(dir, &entries, last_part)?;
+    let started = deferred.listing(dir, &entries, last_part)?;
     if shared.opts.params.mem_bytes.is_some() {
         return sink_listing(shared, deferred, &entries);
     }
-    // Every directory named here counts as failed until `apply` made or verified it, so a
-    // listing below one that could not be made is skipped, never applied elsewhere.
-    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
-        deferred.check.directory(&e.path, false);
-    }
     // A directory arriving in parts keeps its names until the last part (the duplicate check,
     // and --mirror's deletions); they count against the session's memory.
-    let open = deferred.listings.entry(dir.clone()).or_default();
-    if !last_part {
-        let names_bytes: u64 =
-            entries.iter().map(|e| limits::NAME_BYTES + e.path.file_name().len() as u64).sum();
-        open.charged_bytes += names_bytes;
+    if started.charge_bytes > 0 {
         shared
             .opts
             .limits
-            .charge("a directory listed in parts", names_bytes)
+            .charge("a directory listed in parts", started.charge_bytes)
             .map_err(TargetError::Limit)?;
     }
-    if shared.opts.params.mirror {
-        open.source_names.extend(entries.iter().map(|e| e.path.file_name().to_vec()));
-    }
-    let open_done = |deferred: &mut Deferred| {
-        if last_part && let Some(open) = deferred.listings.remove(dir) {
-            shared.opts.limits.release(open.charged_bytes);
-            return Some(open);
+    let end = |deferred: &mut Deferred, opened: bool| {
+        if !last_part {
+            return None;
         }
-        None
+        let ended = deferred.listing_end(dir, opened);
+        shared.opts.limits.release(ended.release_bytes);
+        ended.scan
     };
-    if verdict == Verdict::Skip {
-        open_done(deferred);
+    if started.verdict == Verdict::Skip {
+        end(deferred, false);
         return Ok(needs);
     }
     for e in &mut entries {
         shared.opts.privileges.restrict(e, &shared.id, shared.opts.params.preserve_owner);
     }
     let entries = &entries[..];
-    let fresh = deferred.fresh_dirs.contains(dir);
+    let fresh = started.fresh;
     let dfd = if fresh && shared.dry_run() {
         None
     } else {
@@ -99,12 +68,11 @@ pub(super) fn handle_listing(
             Ok(fd) => Some(fd),
             Err(e) => {
                 shared.error(FileError::io(dir.clone(), FileOp::OpenDir, e));
-                open_done(deferred);
+                end(deferred, false);
                 return Ok(needs);
             }
         }
     };
-    let mirror = shared.opts.params.mirror;
     // Stat (and, for --checksum, hash) the target side of every entry first, in parallel for
     // big listings: this is the whole cost of a no-op run.
     let compare = shared.opts.params.compare;
@@ -139,38 +107,35 @@ pub(super) fn handle_listing(
                 continue;
             }
         };
-        let decision = differ.decide(entry, target.as_ref());
-        differ.leader_target_inode(entry, target.as_ref());
+        let decision = deferred.entry(entry, target.as_ref());
         apply(shared, deferred, dfd.as_deref(), entry, decision, &mut needs)?;
     }
     // Crash debris goes when a transfer writes into its directory again (or, with --mirror,
     // when the directory is read for deletions); a run that writes nothing pays nothing.
     if !needs.is_empty()
-        && !fresh
         && let Some(fd) = &dfd
-        && let Some(open) = deferred.listings.get_mut(dir)
-        && !std::mem::replace(&mut open.debris_checked, true)
+        && deferred.sweep_debris(dir)
         && let Ok(names) = fsys::read_dir_names(fd)
     {
         remove_debris(shared, fd, dir, &names);
     }
-    if let Some(open) = open_done(deferred)
-        && mirror
-        && let (Some(fd), false) = (&dfd, fresh)
+    if let Some(scan) = end(deferred, dfd.is_some())
+        && let Some(fd) = &dfd
     {
-        collect_deletions(shared, differ, deferred, fd, dir, &open.source_names);
+        collect_deletions(shared, deferred, fd, scan);
     }
     Ok(needs)
 }
 
+/// Lists a directory for `--mirror` and hands its extra entries (not listed by the source) to
+/// [`Planning::extras`], which decides what is deleted.
 pub(super) fn collect_deletions(
     shared: &Shared<'_>,
-    differ: &mut Differ,
     deferred: &mut Deferred,
     fd: &OwnedFd,
-    dir: &RelPath,
-    source_names: &HashSet<Vec<u8>>,
+    scan: Scan,
 ) {
+    let dir = scan.dir();
     let names = match fsys::read_dir_names(fd) {
         Ok(n) => n,
         Err(e) => {
@@ -182,7 +147,7 @@ pub(super) fn collect_deletions(
     let mut extra = Vec::new();
     for name in names {
         // Marked temporary files left now are this process's own, still being written.
-        if source_names.contains(&name) || fsys::is_debris(fd.as_fd(), &name) {
+        if scan.listed(&name) || fsys::is_debris(fd.as_fd(), &name) {
             continue;
         }
         match target_entry(fd.as_fd(), &name) {
@@ -194,13 +159,7 @@ pub(super) fn collect_deletions(
             }
         }
     }
-    let in_source = |n: &[u8]| source_names.contains(n);
-    let plan = differ.diff_dir(dir, &[], &extra, Some(&in_source));
-    for (name, kind) in plan.deletions {
-        if let Ok(path) = dir.join(&name) {
-            deferred.deletions.push((path, kind));
-        }
-    }
+    deferred.extras(scan, &extra);
 }
 
 /// Removes the temporary files an interrupted transfer left among `names` of `dir` (only
@@ -249,6 +208,7 @@ pub(super) fn apply(
         && let Err(e) = clear(shared, fd, path, decision.clear)
     {
         shared.error(FileError::io(path.clone(), e.0, e.1));
+        deferred.failed(path);
         return Ok(());
     }
     let res: Result<(), (FileOp, io::Error)> = match decision.action {
@@ -259,7 +219,7 @@ pub(super) fn apply(
             Ok(())
         }
         Action::KeepDir => {
-            keep_dir(shared, deferred, path, meta)?;
+            keep_dir(shared, deferred, path, meta, false)?;
             Ok(())
         }
         Action::MakeDir => {
@@ -275,8 +235,7 @@ pub(super) fn apply(
             };
             if made.is_ok() {
                 shared.touched(path);
-                deferred.fresh_dirs.insert(path.clone());
-                keep_dir(shared, deferred, path, meta)?;
+                keep_dir(shared, deferred, path, meta, true)?;
             }
             made
         }
@@ -302,10 +261,8 @@ pub(super) fn apply(
                 _ => Ok(()),
             }
         }
-        Action::Hardlink { leader } => {
-            deferred.links.push((path.clone(), leader));
-            Ok(())
-        }
+        // Kept by `Planning` for the end, once the leader is in place.
+        Action::Hardlink { .. } => Ok(()),
         Action::CopyFile => {
             if dry {
                 c.files_copied.fetch_add(1, Ordering::Relaxed);
@@ -319,6 +276,7 @@ pub(super) fn apply(
     };
     if let Err((op, e)) = res {
         shared.error(FileError::io(path.clone(), op, e));
+        deferred.failed(path);
     }
     Ok(())
 }
@@ -370,35 +328,26 @@ pub(super) fn sink_listing(
 ) -> Result<Vec<FileId>, TargetError> {
     let mut needs = Vec::new();
     for e in entries {
-        match e.kind {
-            EntryKind::Dir => deferred.check.directory(&e.path, true),
-            EntryKind::File if shared.opts.params.is_small(e.size_bytes) => {
-                return Err(TargetError::Protocol(Violation::SmallInMemorySession(e.path.clone())));
-            }
-            EntryKind::File if e.sparse => {
-                return Err(TargetError::Protocol(Violation::SparseInMemorySession(
-                    e.path.clone(),
-                )));
-            }
-            EntryKind::File => need_file(shared, e, Meta::of(e), &mut needs)?,
-            _ => {}
+        let small = shared.opts.params.is_small(e.size_bytes);
+        if deferred.sink_entry(e, small).map_err(TargetError::Protocol)? {
+            need_file(shared, e, Meta::of(e), &mut needs)?;
         }
     }
     Ok(needs)
 }
 
-/// Records a directory made or verified in this session: its listing may come now, and its
-/// metadata is applied at the end.
+/// Records a directory made (`made`) or verified in this session: its listing may come now,
+/// and its metadata is applied at the end.
 pub(super) fn keep_dir(
     shared: &Shared<'_>,
     deferred: &mut Deferred,
     path: &RelPath,
     meta: Meta,
+    made: bool,
 ) -> Result<(), TargetError> {
     let cost = limits::DIR_BYTES + path.as_bytes().len() as u64;
     shared.opts.limits.charge("directories", cost).map_err(TargetError::Limit)?;
-    deferred.check.directory(path, true);
-    deferred.dirs.push((path.clone(), meta));
+    deferred.dir_ready(path, meta, made);
     Ok(())
 }
 

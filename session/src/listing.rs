@@ -12,13 +12,13 @@
 //!
 //! Memory: one path per directory announced but not yet listed, one name per entry of a
 //! listing still arriving in parts; both are charged to the session's budget by the caller.
+//!
+//! [`crate::plan::Planning`] runs this check on every listing before it decides anything.
 
 use std::collections::{HashMap, HashSet};
 
 use blitx_core::RelPath;
 use blitx_core::manifest::{Entry, FileId};
-
-use crate::limits::Exhausted;
 
 /// A listing that contradicts what came before: the peer is broken or hostile; the session
 /// ends.
@@ -34,8 +34,12 @@ pub enum Violation {
     DuplicateId(FileId),
     #[error("a second root entry")]
     SecondRoot,
-    #[error(transparent)]
-    Limit(#[from] Exhausted),
+    #[error("the source root is not a directory")]
+    RootNotDir,
+    /// The operator's limit on a session's entries (the shell reports it as a limit, not as
+    /// a protocol violation).
+    #[error("the source listed more than {limit} entries (the limit for one session)")]
+    TooManyEntries { limit: u64 },
 }
 
 /// How the target treats a listing that passed the checks.
@@ -98,7 +102,7 @@ impl ListingCheck {
         };
         self.entries = self.entries.saturating_add(entries.len() as u64);
         if self.entries_max > 0 && self.entries > self.entries_max {
-            return Err(Exhausted::Entries { limit: self.entries_max }.into());
+            return Err(Violation::TooManyEntries { limit: self.entries_max });
         }
         let mut ids = HashSet::with_capacity(entries.len());
         for e in entries {
@@ -231,7 +235,7 @@ mod tests {
         let err = c
             .listing(&root, &[e(3, "c", EntryKind::File), e(4, "d", EntryKind::File)], true)
             .unwrap_err();
-        assert_eq!(err, Violation::Limit(Exhausted::Entries { limit: 3 }));
+        assert_eq!(err, Violation::TooManyEntries { limit: 3 });
         let mut c = ListingCheck::new(0);
         c.root().unwrap();
         assert_eq!(c.root(), Err(Violation::SecondRoot));
