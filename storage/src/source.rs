@@ -398,12 +398,10 @@ fn forward(
     cancel: &Cancel,
 ) {
     loop {
-        let mut msg = crossbeam_channel::select! {
-            recv(walk_rx) -> m => match m {
-                Ok(m) => m,
-                Err(_) => return, // the walk is over
-            },
-            recv(cancel.wake()) -> _ => return,
+        let mut msg = match crate::recv_woken(walk_rx, cancel, &crossbeam_channel::never()) {
+            crate::Heard::Msg(m) => m,
+            // The walk is over, or the session cancelled.
+            crate::Heard::Closed | crate::Heard::Cancelled | crate::Heard::Timer => return,
         };
         if let SourceMsg::Listing { seq, entries, .. } = &mut msg {
             Progress::add(&progress.entries_seen, entries.len() as u64);
@@ -438,14 +436,11 @@ fn dispatch(
     loop {
         // Woken by the target's message, the cancel (a failure of this half fires it too), or
         // the idle timer; nothing else runs the clock.
-        let msg = crossbeam_channel::select! {
-            recv(from_target) -> m => match m {
-                Ok(m) if !shared.cancel.is_fired() => m,
-                Ok(_) => return Err(SourceError::Cancelled),
-                Err(_) => return Err(SourceError::ControlClosed),
-            },
-            recv(shared.cancel.wake()) -> _ => return Err(SourceError::Cancelled),
-            recv(timer) -> _ => {
+        let msg = match crate::recv_woken(from_target, shared.cancel, &timer) {
+            crate::Heard::Msg(m) => m,
+            crate::Heard::Cancelled => return Err(SourceError::Cancelled),
+            crate::Heard::Closed => return Err(SourceError::ControlClosed),
+            crate::Heard::Timer => {
                 if let Some(secs) = idle.expired(shared.progress) {
                     return Err(SourceError::Idle { secs });
                 }

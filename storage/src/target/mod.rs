@@ -400,14 +400,11 @@ fn control_loop(
     loop {
         // Woken by the source's message, the cancel (a failure of this half fires it too), or
         // the idle timer; nothing else runs the clock.
-        let msg = crossbeam_channel::select! {
-            recv(from_source) -> m => match m {
-                Ok(m) if !shared.cancel.is_fired() => m,
-                Ok(_) => return Err(TargetError::Cancelled),
-                Err(_) => return Err(TargetError::ControlClosed),
-            },
-            recv(shared.cancel.wake()) -> _ => return Err(TargetError::Cancelled),
-            recv(timer) -> _ => {
+        let msg = match crate::recv_woken(from_source, shared.cancel, &timer) {
+            crate::Heard::Msg(m) => m,
+            crate::Heard::Cancelled => return Err(TargetError::Cancelled),
+            crate::Heard::Closed => return Err(TargetError::ControlClosed),
+            crate::Heard::Timer => {
                 // Idle: no control message and no data for the whole timeout.
                 if let Some(secs) = idle.expired(shared.progress) {
                     return Err(TargetError::Idle { secs });
