@@ -17,13 +17,30 @@
 //! drops it at once (a moment's hold, which at worst makes another waiter wait one turn more).
 //! An in-process registry woken by condition variables would see only this process's releases
 //! and would still need a timer for the others.
+//!
+//! Helpers left behind are bounded: at most [`LOCK_WAITERS_MAX`] block at once in a process.
+//! Without the bound, a client that opens sessions with `--wait-lock` on a target that a long
+//! transfer holds, and abandons each, would pile up threads and descriptors in the daemon until
+//! that transfer ends. Past the bound a waiter is answered [`LockError::Busy`] at once.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use blitx_core::cancel::Cancel;
 use rustix::fs::{FlockOperation, Mode, OFlags};
+/// Helper threads blocked in `flock` at once in this process, at most (see the module's doc).
+pub const LOCK_WAITERS_MAX: usize = 64;
+
+/// Helper threads blocked in `flock` now (each counted from its start to its end).
+static LOCK_WAITERS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many helper threads wait for a busy directory now, in this process.
+pub fn lock_waiters() -> usize {
+    LOCK_WAITERS.load(Ordering::Acquire)
+}
+
 /// Directories above a target, at most, that are locked shared (deeper trees are unusual; the
 /// bound keeps a pathological mount from making this walk long).
 const ANCESTORS_MAX: usize = 256;
@@ -78,7 +95,13 @@ impl TargetLock {
             }
             // Everything else this attempt took is released already: block on the one busy
             // directory only, then try the whole set again.
-            let freed = wait_until_free(busy, op)?;
+            let Some(freed) = wait_until_free(busy, op)? else {
+                tracing::warn!(
+                    waiters = LOCK_WAITERS_MAX,
+                    "too many transfers wait for a target lock: answered busy at once"
+                );
+                return Err(LockError::Busy);
+            };
             crossbeam_channel::select! {
                 recv(freed) -> r => match r {
                     Ok(Ok(())) | Err(_) => {}
@@ -122,15 +145,31 @@ impl TargetLock {
 }
 
 /// Blocks a helper thread in `flock(busy, op)` until the directory is free, then lets go at
-/// once; the receiver gets the outcome. The helper holds no lock while it blocks.
+/// once; the receiver gets the outcome. The helper holds no lock while it blocks. `None` when
+/// [`LOCK_WAITERS_MAX`] helpers block already.
 fn wait_until_free(
     busy: OwnedFd,
     op: FlockOperation,
-) -> Result<crossbeam_channel::Receiver<rustix::io::Result<()>>, LockError> {
+) -> Result<Option<crossbeam_channel::Receiver<rustix::io::Result<()>>>, LockError> {
+    /// Counts one helper from its start to its end (its thread, or a failed spawn).
+    struct Counted;
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            LOCK_WAITERS.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    if LOCK_WAITERS.fetch_add(1, Ordering::AcqRel) >= LOCK_WAITERS_MAX {
+        LOCK_WAITERS.fetch_sub(1, Ordering::AcqRel);
+        return Ok(None);
+    }
+    let counted = Counted;
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
         .name("blit-lock-wait".into())
+        // It only blocks in one system call.
+        .stack_size(64 << 10)
         .spawn(move || {
+            let _counted = counted;
             let r = loop {
                 match rustix::fs::flock(&busy, op) {
                     Err(rustix::io::Errno::INTR) => continue,
@@ -143,7 +182,7 @@ fn wait_until_free(
             let _ = tx.send(r);
         })
         .map_err(LockError::Io)?;
-    Ok(rx)
+    Ok(Some(rx))
 }
 
 /// Takes `op` on `fd` without blocking; if another transfer holds it, hands `fd` back with the
