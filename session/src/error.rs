@@ -182,6 +182,8 @@ pub enum Violation {
     FileTwice(RelPath),
     #[error("a need answer for no listing")]
     AnswerForNoListing,
+    #[error("the target ended its needs with {unanswered} listings unanswered or more to come")]
+    NeedEndEarly { unanswered: u64 },
     #[error("answer to listing {answered} arrived while listing {expected} was unanswered")]
     AnswerOutOfOrder { answered: u64, expected: u64 },
     #[error("need for file {0}, which is not a file of that listing")]

@@ -30,6 +30,8 @@ pub enum Violation {
     UnknownDir(RelPath),
     #[error("{0} appears twice in its directory's listing")]
     DuplicateName(RelPath),
+    #[error("{path} in the listing of {dir}, which does not hold it")]
+    NotInDir { dir: RelPath, path: RelPath },
     #[error("file id {0} appears twice in one listing")]
     DuplicateId(FileId),
     #[error("a second root entry")]
@@ -40,6 +42,18 @@ pub enum Violation {
     /// a protocol violation).
     #[error("the source listed more than {limit} entries (the limit for one session)")]
     TooManyEntries { limit: u64 },
+}
+
+/// `path` is a direct child of `dir` (one component more, the same before it).
+fn child_of(dir: &RelPath, path: &RelPath) -> bool {
+    let (d, p) = (dir.as_bytes(), path.as_bytes());
+    if d.is_empty() {
+        return !p.is_empty() && !p.contains(&b'/');
+    }
+    p.len() > d.len() + 1
+        && p.starts_with(d)
+        && p[d.len()] == b'/'
+        && !p[d.len() + 1..].contains(&b'/')
 }
 
 /// How the target treats a listing that passed the checks.
@@ -108,6 +122,11 @@ impl ListingCheck {
         for e in entries {
             if !ids.insert(e.id) {
                 return Err(Violation::DuplicateId(e.id));
+            }
+            // The shell makes `dir/<name>` while this side records the entry's own path: the
+            // two must be one (the wire decoder checks this too; every path in must).
+            if !child_of(dir, &e.path) {
+                return Err(Violation::NotInDir { dir: dir.clone(), path: e.path.clone() });
             }
         }
         if last_part && !self.names.contains_key(dir) {
@@ -239,5 +258,25 @@ mod tests {
         let mut c = ListingCheck::new(0);
         c.root().unwrap();
         assert_eq!(c.root(), Err(Violation::SecondRoot));
+    }
+
+    /// Review of 2026-12-07: an entry whose path is not `dir/<name>` was accepted; the shell
+    /// makes `dir/<name>` while the planning records the entry's own path.
+    #[test]
+    fn entries_outside_their_directory_are_refused() {
+        let mut c = ListingCheck::new(0);
+        c.root().unwrap();
+        let r = c.listing(&RelPath::root(), &[e(1, "other/x", EntryKind::Dir)], true);
+        assert!(matches!(r, Err(Violation::NotInDir { .. })), "{r:?}");
+        let mut c = ListingCheck::new(0);
+        c.root().unwrap();
+        c.listing(&RelPath::root(), &[e(1, "d", EntryKind::Dir)], true).unwrap();
+        c.directory(&RelPath::parse_str("d").unwrap(), true);
+        let d = RelPath::parse_str("d").unwrap();
+        for bad in ["x", "d/e/f", "dd/x"] {
+            let r = c.listing(&d, &[e(2, bad, EntryKind::File)], false);
+            assert!(matches!(r, Err(Violation::NotInDir { .. })), "{bad}: {r:?}");
+        }
+        assert!(c.listing(&d, &[e(3, "d/x", EntryKind::File)], true).is_ok());
     }
 }

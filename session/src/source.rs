@@ -44,6 +44,8 @@ pub struct Answers<F> {
     queue: VecDeque<Unanswered<F>>,
     next_seq: u64,
     limit: usize,
+    /// The last listing is sent (`ManifestEnd`): only now may the target end its needs.
+    manifest_ended: bool,
 }
 
 impl<F: Listed> Default for Answers<F> {
@@ -55,7 +57,7 @@ impl<F: Listed> Default for Answers<F> {
 impl<F: Listed> Answers<F> {
     pub fn with_limit(limit: usize) -> Self {
         assert!(limit > 0);
-        Answers { queue: VecDeque::new(), next_seq: 0, limit }
+        Answers { queue: VecDeque::new(), next_seq: 0, limit, manifest_ended: false }
     }
 
     /// Whether another listing may be sent now.
@@ -76,6 +78,21 @@ impl<F: Listed> Answers<F> {
             entries.iter().filter(|e| e.kind == EntryKind::File).filter_map(F::of).collect();
         self.queue.push_back(Unanswered { seq, files });
         seq
+    }
+
+    /// The last listing was sent (the shell sends `ManifestEnd` next).
+    pub fn manifest_end(&mut self) {
+        self.manifest_ended = true;
+    }
+
+    /// The target says it needs nothing more (`NeedEnd`): only true once every listing is sent
+    /// and answered. Earlier, it would leave the walk waiting for answers that never come,
+    /// with nothing left to time the wait.
+    pub fn need_end(&self) -> Result<(), Violation> {
+        if !self.manifest_ended || !self.queue.is_empty() {
+            return Err(Violation::NeedEndEarly { unanswered: self.queue.len() as u64 });
+        }
+        Ok(())
     }
 
     /// The target answered listing `seq` with the files it needs: they are returned in the
@@ -469,6 +486,22 @@ mod tests {
         let mut a: Answers<F> = Answers::default();
         let s = a.sent(&[file(7)]);
         assert_eq!(a.answer(s, &[7, 7]), Err(Violation::NeedNotListed(7)));
+    }
+
+    /// Review of 2026-12-07: a target that sent `NeedEnd` with listings unanswered (or before
+    /// the last listing) left the walk waiting for answers forever, with no timer running.
+    #[test]
+    fn needs_end_only_after_the_last_listing_is_answered() {
+        let mut a: Answers<F> = Answers::default();
+        let s = a.sent(&[file(1)]);
+        assert_eq!(a.need_end(), Err(Violation::NeedEndEarly { unanswered: 1 }));
+        a.answer(s, &[]).unwrap();
+        assert_eq!(a.need_end(), Err(Violation::NeedEndEarly { unanswered: 0 }), "walk not over");
+        let s = a.sent(&[file(2)]);
+        a.manifest_end();
+        assert_eq!(a.need_end(), Err(Violation::NeedEndEarly { unanswered: 1 }));
+        a.answer(s, &[2]).unwrap();
+        assert_eq!(a.need_end(), Ok(()));
     }
 
     // -- Reading ----------------------------------------------------------------------------

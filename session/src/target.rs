@@ -246,23 +246,27 @@ impl<M: Clone> Receiving<M> {
     }
 
     /// The source could not read file `id`, or it changed (`FileFailed`): its account is the
-    /// error reported, replacing a checksum failure it explains.
-    pub fn file_failed(
-        &mut self,
-        id: FileId,
-        path: &RelPath,
-        message: String,
-        steps: &mut Vec<Step<M>>,
-    ) {
-        if let Some(f) = self.files.get_mut(&id) {
-            f.mismatch = None;
-            if matches!(f.phase, Phase::Open | Phase::Failed) {
-                f.phase = Phase::Failed;
-                steps.push(Step::Discard { id, shell: f.shell.clone() });
-            }
+    /// error reported, replacing a checksum failure it explains. Reported under the path this
+    /// side wanted (not one the source names), and only for a file still open or whose checksum
+    /// failure waits for this verdict: a file already committing or finished, one that reported
+    /// its own failure, or an id never wanted reports nothing more (a source sends one verdict
+    /// per file; a second, or one for a stranger, must not count an error twice or report a
+    /// done file as failed).
+    pub fn file_failed(&mut self, id: FileId, message: String, steps: &mut Vec<Step<M>>) {
+        let Some(f) = self.files.get_mut(&id) else { return };
+        let explains_mismatch = f.mismatch.take().is_some();
+        let report = match f.phase {
+            Phase::Open => true,
+            Phase::Failed => explains_mismatch,
+            Phase::Committing => false,
+        };
+        if !report {
+            return;
         }
+        f.phase = Phase::Failed;
+        steps.push(Step::Discard { id, shell: f.shell.clone() });
         steps.push(Step::Fail(FileError {
-            path: path.clone(),
+            path: f.wanted.path.clone(),
             op: FileOp::SourceRead,
             cause: Cause::Source(message),
         }));
@@ -502,7 +506,7 @@ mod tests {
         let steps = deliver(&mut r, &chunk(1, 0, size), Written::Mismatch);
         assert!(matches!(steps[..], [Step::Discard { .. }]));
         let mut steps = Vec::new();
-        r.file_failed(1, &wanted(size).path, "changed".into(), &mut steps);
+        r.file_failed(1, "changed".into(), &mut steps);
         let fails: Vec<String> = steps
             .iter()
             .filter_map(|s| if let Step::Fail(e) = s { Some(e.to_string()) } else { None })
@@ -609,5 +613,39 @@ mod tests {
         assert!(matches!(steps[..], [Step::Done { id: 1, .. }]));
         let h = chunk(1, 0, 10);
         assert!(matches!(r.chunk(&h, 10), Err(Violation::NotNeeded(1))));
+    }
+
+    /// Review of 2026-12-07: a `FileFailed` for a file whose commit began made it reported
+    /// both done and failed, under a path the source chose.
+    #[test]
+    fn a_verdict_after_the_commit_began_reports_nothing_more() {
+        let mut r = Receiving::new(CHUNK, false);
+        let size = u64::from(CHUNK);
+        r.want(1, wanted(size), 0).unwrap();
+        deliver(&mut r, &chunk(1, 0, size), Written::Verified);
+        let mut steps = Vec::new();
+        r.file_read(1, &mut steps);
+        assert!(matches!(steps[..], [Step::Commit { .. }]), "{steps:?}");
+        let mut steps = Vec::new();
+        r.file_failed(1, "x".into(), &mut steps);
+        r.commit_result(1, Ok(()), &mut steps);
+        assert!(matches!(steps[..], [Step::Done { .. }]), "{steps:?}");
+        // An id never wanted reports nothing either.
+        let mut steps = Vec::new();
+        r.file_failed(99, "x".into(), &mut steps);
+        assert!(steps.is_empty(), "{steps:?}");
+    }
+
+    /// Review of 2026-12-07: a file that reported its own write failure was counted again when
+    /// the source's verdict came.
+    #[test]
+    fn a_failed_file_is_reported_once() {
+        let mut r = Receiving::new(CHUNK, false);
+        let size = u64::from(CHUNK);
+        r.want(1, wanted(size), 0).unwrap();
+        let io = std::io::Error::other("disk");
+        let mut steps = deliver(&mut r, &chunk(1, 0, size), Written::Failed(FileOp::Write, io));
+        r.file_failed(1, "x".into(), &mut steps);
+        assert_eq!(steps.iter().filter(|s| matches!(s, Step::Fail(_))).count(), 1, "{steps:?}");
     }
 }

@@ -258,7 +258,7 @@ struct SimFrame {
 enum SourceMsg {
     Listing { seq: u64, dir: RelPath, entries: Vec<Entry>, last_part: bool },
     FileRead(FileId),
-    FileFailed { id: FileId, path: RelPath, message: String },
+    FileFailed { id: FileId, message: String },
     DataEnd,
 }
 
@@ -896,7 +896,7 @@ impl Sim {
                 Err(e) => {
                     items.push((id, 0, frame::BUNDLE_FLAG_FAILED));
                     let message = e.to_string();
-                    self.send_to_target(SourceMsg::FileFailed { id, path: e.path, message });
+                    self.send_to_target(SourceMsg::FileFailed { id, message });
                 }
             }
             self.maybe_mutate(id);
@@ -1018,7 +1018,7 @@ impl Sim {
                 S::Read(id) => self.send_to_target(SourceMsg::FileRead(id)),
                 S::Failed(id, e) => {
                     let message = e.to_string();
-                    self.send_to_target(SourceMsg::FileFailed { id, path: e.path, message });
+                    self.send_to_target(SourceMsg::FileFailed { id, message });
                 }
             }
             self.source_steps(more);
@@ -1086,9 +1086,7 @@ impl Sim {
                 return self.listing(seq, &dir, entries, last_part);
             }
             SourceMsg::FileRead(id) => self.recv.file_read(id, &mut steps),
-            SourceMsg::FileFailed { id, path, message } => {
-                self.recv.file_failed(id, &path, message, &mut steps)
-            }
+            SourceMsg::FileFailed { id, message } => self.recv.file_failed(id, message, &mut steps),
             SourceMsg::DataEnd => self.data_end = true,
         }
         self.steps(steps);

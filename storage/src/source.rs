@@ -416,6 +416,7 @@ fn forward(
             *seq = answers.sent(entries);
         }
         if matches!(msg, SourceMsg::ManifestEnd) {
+            lock(&pending.answers).manifest_end();
             progress.walk_done.store(true, Ordering::Release);
         }
         if crate::send_or_cancel(to_target, msg, cancel).is_err() {
@@ -473,6 +474,7 @@ fn dispatch(
                 shared.more_work.notify_all();
             }
             TargetMsg::NeedEnd => {
+                lock(&pending.answers).need_end().map_err(SourceError::Protocol)?;
                 lock(&shared.work).needs_done = true;
                 shared.more_work.notify_all();
                 return Ok(());

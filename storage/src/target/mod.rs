@@ -433,9 +433,9 @@ fn control_loop(
             SourceMsg::ManifestEnd => {
                 send_to_source(shared, to_source, TargetMsg::NeedEnd)?;
             }
-            SourceMsg::FileFailed { id, path, message } => {
+            SourceMsg::FileFailed { id, message, .. } => {
                 let mut steps = Vec::new();
-                lock(&shared.files).file_failed(id, &path, message, &mut steps);
+                lock(&shared.files).file_failed(id, message, &mut steps);
                 carry_out(shared, steps);
             }
             SourceMsg::FileRead { id } => {

@@ -95,7 +95,8 @@ pub(super) fn handle_listing(
             std::thread::scope(|s| {
                 let second = s.spawn(|| entries[half..].iter().map(look).collect::<Vec<_>>());
                 let mut first: Vec<_> = entries[..half].iter().map(look).collect();
-                first.extend(second.join().unwrap_or_default());
+                // A panic there is a bug: carried on here, never half a listing dropped.
+                first.extend(second.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
                 first
             })
         };
