@@ -14,7 +14,11 @@
 //!   listing lacks (never a listed name, never an excluded one, never the root or anything
 //!   above it: a deletion is a name joined below a listed directory); they run at the end,
 //!   deepest first, and only when the session had no error at all (a failed file or a walk
-//!   error may mean the source listing is not the whole truth).
+//!   error may mean the source listing is not the whole truth). One thing is removed earlier:
+//!   a target directory that stands where the source has a file or a symlink is cleared when
+//!   its listing is applied (recursively with `--mirror`; without it, only if empty), so a
+//!   session that fails later has lost it. Moving it aside and deleting it at the end is not
+//!   built yet.
 //!
 //! No I/O happens here. The shell (`blitx_storage::target::plan`/`finalize`, or the simulator)
 //! stats the target's entries, makes directories, clears what is in the way, lists directories
