@@ -176,6 +176,8 @@ pub enum Violation {
     ChunkTwice { path: RelPath, offset_bytes: u64, chunks: u64 },
     #[error("a hole frame in a memory session")]
     HoleInMemorySession,
+    #[error("a hole frame for {0}, which was not listed as sparse")]
+    HoleInDenseFile(RelPath),
     #[error("bundle carries {len_bytes} bytes for {path}, expected {size_bytes}")]
     BundleSize { path: RelPath, len_bytes: u64, size_bytes: u64 },
     #[error("file {0} sent twice")]

@@ -171,6 +171,11 @@ impl<M: Clone> Receiving<M> {
             // A hole would count its chunks as verified without a byte moved.
             return Err(Violation::HoleInMemorySession);
         }
+        if h.kind == FrameKind::Hole && !f.wanted.sparse {
+            // Only a file listed as sparse has holes; for any other a hole frame would count
+            // chunks as written for the price of a header.
+            return Err(Violation::HoleInDenseFile(f.wanted.path.clone()));
+        }
         if f.phase != Phase::Open {
             return Ok(Admit::Drop);
         }
@@ -563,7 +568,7 @@ mod tests {
         let size = 4 * u64::from(CHUNK);
         let mut r = Receiving::new(CHUNK, false);
         r.want(1, wanted(size), 0).unwrap();
-        r.want(2, wanted(size), 0).unwrap();
+        r.want(2, Wanted { sparse: true, ..wanted(size) }, 0).unwrap();
         let hole = FrameHeader::hole(2, 0, 4);
         assert!(matches!(r.chunk(&hole, 0).unwrap(), Admit::Write { .. }));
         let mut steps = Vec::new();
@@ -647,5 +652,17 @@ mod tests {
         let mut steps = deliver(&mut r, &chunk(1, 0, size), Written::Failed(FileOp::Write, io));
         r.file_failed(1, "x".into(), &mut steps);
         assert_eq!(steps.iter().filter(|s| matches!(s, Step::Fail(_))).count(), 1, "{steps:?}");
+    }
+
+    /// Review of 2026-12-07: hole frames were accepted for a file not listed as sparse.
+    #[test]
+    fn a_hole_in_a_file_not_listed_sparse_is_a_violation() {
+        let mut r: Receiving<u8> = Receiving::new(CHUNK, false);
+        let size = 4 * u64::from(CHUNK);
+        r.want(1, wanted(size), 0).unwrap();
+        let hole = FrameHeader::hole(1, 0, 1);
+        assert!(matches!(r.chunk(&hole, 0), Err(Violation::HoleInDenseFile(_))));
+        r.want(2, Wanted { sparse: true, ..wanted(size) }, 0).unwrap();
+        assert!(matches!(r.chunk(&FrameHeader::hole(2, 0, 1), 0), Ok(Admit::Write { .. })));
     }
 }
