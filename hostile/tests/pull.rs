@@ -137,26 +137,11 @@ fn fifo_swapped_for_a_source_file_does_not_wedge_a_pull() {
     let c = RawClient::connect(&d.addr).unwrap();
     let (mut sess, data) = c.open_with_data(msg::open_pull("")).unwrap();
     let readers = data.read_in_background(msg::CHUNK_BYTES);
-    // The daemon's manifest: the root, then the listing naming `f`.
-    let mut id = None;
+    // The daemon's manifest: the root, then the root's listing naming `f`.
+    let listings = read_listings(&mut sess, 1);
+    let id = listings[0].entries.iter().find(|e| e.path == b"f").map(|e| e.id);
+    let id = id.unwrap_or_else(|| panic!("no listing named `f`: {:?}", listings[0].entries));
     let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while id.is_none() && Instant::now() < deadline {
-        match sess.recv_skip_events(Duration::from_secs(10)) {
-            Recv::Frame(pb::ServerFrame {
-                msg:
-                    Some(pb::server_frame::Msg::Source(pb::SourceMsg {
-                        msg: Some(pb::source_msg::Msg::Listing(l)),
-                    })),
-            }) => {
-                id = l.entries.iter().find(|e| e.path == b"f").map(|e| e.id);
-                seen.push(format!("listing of {} entries", l.entries.len()));
-            }
-            Recv::Frame(other) => seen.push(msg::describe_server(&other)),
-            other => panic!("the pull ended before its listing: {}", describe_recv(&other)),
-        }
-    }
-    let id = id.unwrap_or_else(|| panic!("no listing named `f`: {seen:?}"));
     // Swap `f` for a FIFO between the listing and the need.
     std::fs::remove_file(&f).unwrap();
     rustix::fs::mknodat(
@@ -221,28 +206,25 @@ fn fifo_swapped_for_a_source_file_does_not_wedge_a_pull() {
     );
 }
 
-/// The daemon's listings of an export holding `a` and `d/b`, as (seq, dir, ids of the entries
-/// whose path ends in `name`), read off a raw pull session until both arrived.
-fn read_listings(sess: &mut blitx_hostile::raw::Session) -> Vec<(u64, Vec<u8>, Vec<u64>)> {
+/// The first `count` listings a raw pull session receives from the daemon (events and other
+/// messages before them are skipped); panics if the session ends or 10 s pass first.
+fn read_listings(sess: &mut blitx_hostile::raw::Session, count: usize) -> Vec<pb::Listing> {
     let mut listings = Vec::new();
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while listings.len() < 2 && Instant::now() < deadline {
+    while listings.len() < count && Instant::now() < deadline {
         match sess.recv_skip_events(Duration::from_secs(10)) {
             Recv::Frame(pb::ServerFrame {
                 msg:
                     Some(pb::server_frame::Msg::Source(pb::SourceMsg {
                         msg: Some(pb::source_msg::Msg::Listing(l)),
                     })),
-            }) => {
-                let files = l.entries.iter().filter(|e| e.path.ends_with(b"b")).map(|e| e.id);
-                listings.push((l.seq, l.dir.clone(), files.collect()));
-            }
+            }) => listings.push(l),
             Recv::Frame(other) => seen.push(msg::describe_server(&other)),
             other => panic!("the pull ended before its listings: {}", describe_recv(&other)),
         }
     }
-    assert_eq!(listings.len(), 2, "two listings expected; seen {seen:?}");
+    assert_eq!(listings.len(), count, "{count} listings expected; seen {seen:?}");
     listings
 }
 
@@ -263,17 +245,20 @@ fn a_need_naming_the_wrong_listing_or_a_foreign_file_is_a_protocol_violation() {
         let c = RawClient::connect(&d.addr).unwrap();
         let (mut sess, data) = c.open_with_data(msg::open_pull("")).unwrap();
         let readers = data.read_in_background(msg::CHUNK_BYTES);
-        let listings = read_listings(&mut sess);
+        let listings = read_listings(&mut sess, 2);
         let (first, second) = (&listings[0], &listings[1]);
-        assert!(first.1.is_empty() && first.2.is_empty(), "root listing first: {listings:?}");
-        let b = *second.2.first().unwrap_or_else(|| panic!("no `d/b` in {listings:?}"));
+        let names = |l: &pb::Listing| l.entries.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
+        let holds_b = |l: &pb::Listing| l.entries.iter().any(|e| e.path.ends_with(b"b"));
+        assert!(first.dir.is_empty() && !holds_b(first), "root listing first: {:?}", names(first));
+        let b = second.entries.iter().find(|e| e.path.ends_with(b"b")).map(|e| e.id);
+        let b = b.unwrap_or_else(|| panic!("no `d/b` in {:?}", names(second)));
         if replay {
             // The first listing answered properly, then its answer again for the second.
-            sess.send_target(msg::need_for(first.0, &[])).unwrap();
-            sess.send_target(msg::need_for(first.0, &[b])).unwrap();
+            sess.send_target(msg::need_for(first.seq, &[])).unwrap();
+            sess.send_target(msg::need_for(first.seq, &[b])).unwrap();
         } else {
             // The first listing answered with the second's file.
-            sess.send_target(msg::need_for(first.0, &[b])).unwrap();
+            sess.send_target(msg::need_for(first.seq, &[b])).unwrap();
         }
         let end = sess.finish(Duration::from_secs(10));
         let code = match &end {
