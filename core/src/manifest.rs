@@ -56,6 +56,26 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry with no metadata to speak of (size 0, mtime 0, mode 0, owner 0, no link, no
+    /// inode, not sparse, no hash): what generators and tests start from, setting the fields
+    /// they care about with `..Entry::new(id, path, kind)`.
+    pub fn new(id: FileId, path: RelPath, kind: EntryKind) -> Self {
+        Entry {
+            id,
+            path,
+            kind,
+            size_bytes: 0,
+            mtime: Timestamp::default(),
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            link_target: None,
+            inode: None,
+            sparse: false,
+            content_hash: None,
+        }
+    }
+
     pub fn is_file(&self) -> bool {
         self.kind == EntryKind::File
     }
@@ -77,6 +97,24 @@ pub struct TargetEntry {
     pub link_target: Option<Vec<u8>>,
     pub inode: Option<InodeKey>,
     pub content_hash: Option<u128>,
+}
+
+impl TargetEntry {
+    /// The target-side counterpart of [`Entry::new`].
+    pub fn new(name: Vec<u8>, kind: EntryKind) -> Self {
+        TargetEntry {
+            name,
+            kind,
+            size_bytes: 0,
+            mtime: Timestamp::default(),
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            link_target: None,
+            inode: None,
+            content_hash: None,
+        }
+    }
 }
 
 /// Hasher for maps keyed by [`FileId`]: ids are small unique integers chosen by our own walker

@@ -173,22 +173,13 @@ impl ListingCheck {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use blitx_core::manifest::{EntryKind, Timestamp};
+    use blitx_core::manifest::EntryKind;
 
     fn e(id: u64, path: &str, kind: EntryKind) -> Entry {
         Entry {
-            id,
-            path: RelPath::parse_str(path).unwrap(),
-            kind,
-            size_bytes: 0,
-            mtime: Timestamp::default(),
             mode: 0o755,
-            uid: 0,
-            gid: 0,
             link_target: (kind == EntryKind::Symlink).then(|| b"/etc".to_vec()),
-            inode: None,
-            sparse: false,
-            content_hash: None,
+            ..Entry::new(id, RelPath::parse_str(path).unwrap(), kind)
         }
     }
 

@@ -381,33 +381,19 @@ mod tests {
 
     fn e(id: FileId, path: &str, kind: EntryKind) -> Entry {
         Entry {
-            id,
-            path: p(path),
-            kind,
             size_bytes: 10,
             mtime: Timestamp { sec: 7, nsec: 0 },
             mode: 0o644,
-            uid: 0,
-            gid: 0,
-            link_target: None,
-            inode: None,
-            sparse: false,
-            content_hash: None,
+            ..Entry::new(id, p(path), kind)
         }
     }
 
     fn t(name: &str, kind: EntryKind) -> TargetEntry {
         TargetEntry {
-            name: name.as_bytes().to_vec(),
-            kind,
             size_bytes: 10,
             mtime: Timestamp { sec: 7, nsec: 0 },
             mode: 0o644,
-            uid: 0,
-            gid: 0,
-            link_target: None,
-            inode: None,
-            content_hash: None,
+            ..TargetEntry::new(name.as_bytes().to_vec(), kind)
         }
     }
 

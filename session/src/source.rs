@@ -449,20 +449,8 @@ mod tests {
     }
 
     fn file(id: FileId) -> Entry {
-        Entry {
-            id,
-            path: RelPath::parse(format!("f{id}").as_bytes()).unwrap(),
-            kind: EntryKind::File,
-            size_bytes: 1,
-            mtime: blitx_core::manifest::Timestamp { sec: 0, nsec: 0 },
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            link_target: None,
-            inode: None,
-            sparse: false,
-            content_hash: None,
-        }
+        let path = RelPath::parse(format!("f{id}").as_bytes()).unwrap();
+        Entry { size_bytes: 1, mode: 0o644, ..Entry::new(id, path, EntryKind::File) }
     }
 
     #[test]

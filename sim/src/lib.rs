@@ -533,19 +533,10 @@ fn tree(rng: &mut fastrand::Rng) -> Tree {
         let parent = &parents[rng.usize(0..parents.len())];
         let path = parent.join(format!("d{j}").as_bytes()).expect("a plain name");
         let e = Entry {
-            // Directory ids after every file's (the source finds a file by its id).
-            id: 1001 + j as FileId,
-            path,
-            kind: EntryKind::Dir,
-            size_bytes: 0,
             mtime: Timestamp { sec: 2_000 + rng.i64(0..100), nsec: 0 },
             mode: 0o700 | rng.u32(0..0o100),
-            uid: 0,
-            gid: 0,
-            link_target: None,
-            inode: None,
-            sparse: false,
-            content_hash: None,
+            // Directory ids after every file's (the source finds a file by its id).
+            ..Entry::new(1001 + j as FileId, path, EntryKind::Dir)
         };
         // Some exist on the target already (where their parent does), some with their
         // metadata right.
@@ -586,18 +577,11 @@ fn tree(rng: &mut fastrand::Rng) -> Tree {
         let dir = &places[rng.usize(0..places.len())];
         let path = dir.join(format!("f{i}").as_bytes()).expect("a plain name");
         let entry = Entry {
-            id: i as FileId + 1,
-            path: path.clone(),
-            kind: EntryKind::File,
             size_bytes: size,
             mtime: Timestamp { sec: 1_000 + rng.i64(0..100), nsec: 0 },
             mode: 0o600 | rng.u32(0..0o100),
-            uid: 0,
-            gid: 0,
-            link_target: None,
-            inode: None,
             sparse,
-            content_hash: None,
+            ..Entry::new(i as FileId + 1, path.clone(), EntryKind::File)
         };
         if on_target(&fs, &path) {
             match rng.u32(0..3) {
