@@ -7,10 +7,10 @@
 use super::*;
 
 /// `not_done`: the needed files that were not committed (their links are not made).
-pub(super) fn finalize(shared: &Shared<'_>, deferred: &mut Deferred, not_done: &[FileId]) {
+pub(super) fn finalize(shared: &Shared<'_>, plan: &mut Plan, not_done: &[FileId]) {
     let dry = shared.dry_run();
     let c = &shared.counters;
-    for link in deferred.links(not_done.iter().copied()) {
+    for link in plan.links(not_done.iter().copied()) {
         let link = match link {
             Ok(link) => link,
             Err(e) => {
@@ -26,7 +26,7 @@ pub(super) fn finalize(shared: &Shared<'_>, deferred: &mut Deferred, not_done: &
             shared.error(FileError::io(path.clone(), e.0, e.1));
         }
     }
-    match deferred.deletions(shared.errors.count()) {
+    match plan.deletions(shared.errors.count()) {
         Deletions::Skipped { count, failures } => {
             if count > 0 {
                 tracing::warn!("{count} deletions skipped because {failures} errors occurred");
@@ -59,7 +59,7 @@ pub(super) fn finalize(shared: &Shared<'_>, deferred: &mut Deferred, not_done: &
     }
     // Directory metadata last and deepest first: nothing changes a directory after its times
     // are set.
-    let (dirs, root_meta) = deferred.directories();
+    let (dirs, root_meta) = plan.directories();
     for DirMeta { path, meta, fresh } in &dirs {
         let Some((dir, name)) = path.split_last() else { continue };
         let r = shared.dirs.get(&dir).and_then(|fd| {

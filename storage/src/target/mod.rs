@@ -282,7 +282,7 @@ pub fn run_target(
         mirror: opts.params.mirror,
         owner: shared.owners && id.root,
     };
-    let mut deferred = Planning::new(
+    let mut plan = Planning::new(
         Differ::new(diff_opts, excludes),
         opts.limits.entries_max,
         opts.params.mem_bytes.is_some(),
@@ -297,7 +297,7 @@ pub fn run_target(
                 }))
             })
             .collect();
-        if let Err(e) = control_loop(&shared, &mut deferred, &from_source, &to_source) {
+        if let Err(e) = control_loop(&shared, &mut plan, &from_source, &to_source) {
             shared.fail(e);
         }
         for w in writers {
@@ -324,13 +324,13 @@ pub fn run_target(
     // A memory session made nothing to finalize.
     if opts.params.mem_bytes.is_none() {
         let not_done: Vec<FileId> = left.iter().map(|(id, _)| *id).collect();
-        finalize(&shared, &mut deferred, &not_done);
+        finalize(&shared, &mut plan, &not_done);
     }
     progress.stages.add(Stage::Finalize, finalizing);
 
     let c = &shared.counters;
     let (errors, error_count) = shared.errors.take();
-    let mirror_skipped = deferred.deletions_skipped();
+    let mirror_skipped = plan.deletions_skipped();
     Ok(TargetReport {
         files_copied: c.files_copied.load(Ordering::Relaxed),
         bytes_copied: c.bytes_copied.load(Ordering::Relaxed),
@@ -391,7 +391,7 @@ impl Shared<'_> {
 
 fn control_loop(
     shared: &Shared<'_>,
-    deferred: &mut Deferred,
+    plan: &mut Plan,
     from_source: &Receiver<SourceMsg>,
     to_source: &Sender<TargetMsg>,
 ) -> Result<(), TargetError> {
@@ -418,16 +418,16 @@ fn control_loop(
             SourceMsg::Root(mut entry) => {
                 let p = &shared.opts.privileges;
                 p.restrict(&mut entry, &shared.id, shared.opts.params.preserve_owner);
-                deferred.root(entry.kind, Meta::of(&entry))?;
+                plan.root(entry.kind, Meta::of(&entry))?;
             }
             SourceMsg::Listing { seq, dir, entries, last_part } => {
                 let planning = Instant::now();
-                let needs = handle_listing(shared, deferred, &dir, entries, last_part)?;
+                let needs = handle_listing(shared, plan, &dir, entries, last_part)?;
                 shared.progress.stages.add(Stage::Plan, planning);
                 send_to_source(shared, to_source, TargetMsg::Need { listing: seq, ids: needs })?;
             }
             SourceMsg::WalkError { path, message } => {
-                deferred.walk_error();
+                plan.walk_error();
                 shared.error(FileError::source(path, message));
             }
             SourceMsg::ManifestEnd => {

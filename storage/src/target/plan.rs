@@ -10,9 +10,8 @@ use super::*;
 /// Listings at least this long are stat'ed by two threads.
 pub(super) const PARALLEL_STAT_MIN: usize = 256;
 
-/// Every planning decision of the session (listings checked, entries' verdicts, what waits
-/// for the end) is made by [`Planning`]; this shell stats, creates and clears.
-pub(super) type Deferred = Planning<Meta>;
+/// The session's planning, with the metadata each directory gets at the end.
+pub(super) type Plan = Planning<Meta>;
 
 /// Stats `name` in `dir` on the target; `None` when absent.
 pub(super) fn target_entry(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<TargetEntry>> {
@@ -25,15 +24,15 @@ pub(super) fn target_entry(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Optio
 
 pub(super) fn handle_listing(
     shared: &Shared<'_>,
-    deferred: &mut Deferred,
+    plan: &mut Plan,
     dir: &RelPath,
     mut entries: Vec<Entry>,
     last_part: bool,
 ) -> Result<Vec<FileId>, TargetError> {
     let mut needs = Vec::new();
-    let started = deferred.listing(dir, &entries, last_part)?;
+    let started = plan.listing(dir, &entries, last_part)?;
     if shared.opts.params.mem_bytes.is_some() {
-        return sink_listing(shared, deferred, &entries);
+        return sink_listing(shared, plan, &entries);
     }
     // A directory arriving in parts keeps its names until the last part (the duplicate check,
     // and --mirror's deletions); they count against the session's memory.
@@ -44,16 +43,16 @@ pub(super) fn handle_listing(
             .charge("a directory listed in parts", started.charge_bytes)
             .map_err(TargetError::Limit)?;
     }
-    let end = |deferred: &mut Deferred, opened: bool| {
+    let end = |plan: &mut Plan, opened: bool| {
         if !last_part {
             return None;
         }
-        let ended = deferred.listing_end(dir, opened);
+        let ended = plan.listing_end(dir, opened);
         shared.opts.limits.release(ended.release_bytes);
         ended.scan
     };
     if started.verdict == Verdict::Skip {
-        end(deferred, false);
+        end(plan, false);
         return Ok(needs);
     }
     for e in &mut entries {
@@ -68,7 +67,7 @@ pub(super) fn handle_listing(
             Ok(fd) => Some(fd),
             Err(e) => {
                 shared.error(FileError::io(dir.clone(), FileOp::OpenDir, e));
-                end(deferred, false);
+                end(plan, false);
                 return Ok(needs);
             }
         }
@@ -108,22 +107,22 @@ pub(super) fn handle_listing(
                 continue;
             }
         };
-        let decision = deferred.entry(entry, target.as_ref());
-        apply(shared, deferred, dfd.as_deref(), entry, decision, &mut needs)?;
+        let decision = plan.entry(entry, target.as_ref());
+        apply(shared, plan, dfd.as_deref(), entry, decision, &mut needs)?;
     }
     // Crash debris goes when a transfer writes into its directory again (or, with --mirror,
     // when the directory is read for deletions); a run that writes nothing pays nothing.
     if !needs.is_empty()
         && let Some(fd) = &dfd
-        && deferred.sweep_debris(dir)
+        && plan.sweep_debris(dir)
         && let Ok(names) = fsys::read_dir_names(fd)
     {
         remove_debris(shared, fd, dir, &names);
     }
-    if let Some(scan) = end(deferred, dfd.is_some())
+    if let Some(scan) = end(plan, dfd.is_some())
         && let Some(fd) = &dfd
     {
-        collect_deletions(shared, deferred, fd, scan);
+        collect_deletions(shared, plan, fd, scan);
     }
     Ok(needs)
 }
@@ -132,7 +131,7 @@ pub(super) fn handle_listing(
 /// [`Planning::extras`], which decides what is deleted.
 pub(super) fn collect_deletions(
     shared: &Shared<'_>,
-    deferred: &mut Deferred,
+    plan: &mut Plan,
     fd: &OwnedFd,
     scan: Scan,
 ) {
@@ -160,7 +159,7 @@ pub(super) fn collect_deletions(
             }
         }
     }
-    deferred.extras(scan, &extra);
+    plan.extras(scan, &extra);
 }
 
 /// Removes the temporary files an interrupted transfer left among `names` of `dir` (only
@@ -192,7 +191,7 @@ pub(super) fn remove_debris(shared: &Shared<'_>, fd: &OwnedFd, dir: &RelPath, na
 
 pub(super) fn apply(
     shared: &Shared<'_>,
-    deferred: &mut Deferred,
+    plan: &mut Plan,
     dfd: Option<&OwnedFd>,
     entry: &Entry,
     decision: blitx_planner::Decision,
@@ -209,7 +208,7 @@ pub(super) fn apply(
         && let Err(e) = clear(shared, fd, path, decision.clear)
     {
         shared.error(FileError::io(path.clone(), e.0, e.1));
-        deferred.failed(path);
+        plan.failed(path);
         return Ok(());
     }
     let res: Result<(), (FileOp, io::Error)> = match decision.action {
@@ -220,7 +219,7 @@ pub(super) fn apply(
             Ok(())
         }
         Action::KeepDir => {
-            keep_dir(shared, deferred, path, meta, false)?;
+            keep_dir(shared, plan, path, meta, false)?;
             Ok(())
         }
         Action::MakeDir => {
@@ -236,7 +235,7 @@ pub(super) fn apply(
             };
             if made.is_ok() {
                 shared.touched(path);
-                keep_dir(shared, deferred, path, meta, true)?;
+                keep_dir(shared, plan, path, meta, true)?;
             }
             made
         }
@@ -277,7 +276,7 @@ pub(super) fn apply(
     };
     if let Err((op, e)) = res {
         shared.error(FileError::io(path.clone(), op, e));
-        deferred.failed(path);
+        plan.failed(path);
     }
     Ok(())
 }
@@ -324,13 +323,13 @@ pub(super) fn need_file(
 /// chunked file in it is needed; nothing is looked up or created on disk.
 pub(super) fn sink_listing(
     shared: &Shared<'_>,
-    deferred: &mut Deferred,
+    plan: &mut Plan,
     entries: &[Entry],
 ) -> Result<Vec<FileId>, TargetError> {
     let mut needs = Vec::new();
     for e in entries {
         let small = shared.opts.params.is_small(e.size_bytes);
-        if deferred.sink_entry(e, small).map_err(TargetError::Protocol)? {
+        if plan.sink_entry(e, small).map_err(TargetError::Protocol)? {
             need_file(shared, e, Meta::of(e), &mut needs)?;
         }
     }
@@ -341,14 +340,14 @@ pub(super) fn sink_listing(
 /// and its metadata is applied at the end.
 pub(super) fn keep_dir(
     shared: &Shared<'_>,
-    deferred: &mut Deferred,
+    plan: &mut Plan,
     path: &RelPath,
     meta: Meta,
     made: bool,
 ) -> Result<(), TargetError> {
     let cost = limits::DIR_BYTES + path.as_bytes().len() as u64;
     shared.opts.limits.charge("directories", cost).map_err(TargetError::Limit)?;
-    deferred.dir_ready(path, meta, made);
+    plan.dir_ready(path, meta, made);
     Ok(())
 }
 
