@@ -129,12 +129,7 @@ pub(super) fn handle_listing(
 
 /// Lists a directory for `--mirror` and hands its extra entries (not listed by the source) to
 /// [`Planning::extras`], which decides what is deleted.
-pub(super) fn collect_deletions(
-    shared: &Shared<'_>,
-    plan: &mut Plan,
-    fd: &OwnedFd,
-    scan: Scan,
-) {
+pub(super) fn collect_deletions(shared: &Shared<'_>, plan: &mut Plan, fd: &OwnedFd, scan: Scan) {
     let dir = scan.dir();
     let names = match fsys::read_dir_names(fd) {
         Ok(n) => n,
