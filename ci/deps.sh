@@ -14,6 +14,7 @@ pkgs=(
   time                      # /usr/bin/time -v for peak RSS in benchmarks
   strace                    # syscall checks in tests (--fsync) and payload-path measurements
   g++                       # libFuzzer's C++ sources (the cargo-fuzz targets, ci/fuzz.sh)
+  perl                      # ci/sim-mutants.sh applies its mutants with perl -0pi
 )
 missing=()
 for p in "${pkgs[@]}"; do
