@@ -172,6 +172,9 @@ pub struct Summary {
     /// Payload bytes that went through the data plane (file data and the small index of each
     /// bundle; holes of sparse files never do): what the throughput is of.
     pub bytes_moved: u64,
+    /// Bytes of resumed files that partial files of an interrupted transfer already held
+    /// (each chunk confirmed by hash with the source): not sent again.
+    pub bytes_reused: u64,
     pub seconds: f64,
     /// `bytes_moved / seconds`: a sparse terabyte copied in a second is not a TB/s link.
     pub throughput_bytes_per_sec: f64,
@@ -224,6 +227,9 @@ impl Summary {
         } else {
             let rate = human_bytes(self.throughput_bytes_per_sec as u64);
             line += &format!(" in {:.2} s, {rate}/s", self.seconds);
+        }
+        if self.bytes_reused > 0 {
+            line += &format!(", {} resumed from partial files", human_bytes(self.bytes_reused));
         }
         line += &format!(
             " via {} ({}); scanned {}",
@@ -311,6 +317,7 @@ mod tests {
             files: 1,
             bytes: 1 << 40,
             bytes_moved: 1 << 20,
+            bytes_reused: 0,
             seconds: 1.0,
             throughput_bytes_per_sec: f64::from(1 << 20),
             entries_scanned: 1,

@@ -117,6 +117,11 @@ pub struct XferArgs {
     /// power loss a target file is the old or the complete new one (rsync --fsync).
     #[arg(long)]
     pub fsync: bool,
+    /// Start every file over: remove the partial files an interrupted transfer kept instead of
+    /// resuming them (by default a re-run sends only the chunks they lack, each kept chunk
+    /// confirmed by hash with the source, the finished file read back and checked).
+    #[arg(long)]
+    pub no_resume: bool,
     /// How file data meets the disks, on both ends: auto (O_DIRECT through io_uring for files
     /// of 64 MiB and more on ext4, XFS and F2FS, the page cache otherwise),
     /// buffered (always the page cache), direct (O_DIRECT for every chunked, non-sparse file).
@@ -174,6 +179,7 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
         },
         io_depth: args.io_depth,
         mem_bytes: args.mem,
+        resume: !args.no_resume,
     };
     params.validate()?;
     Ok(params)
@@ -367,7 +373,11 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         r
     });
     if cancel.is_cancelled() {
-        eprintln!("blit: interrupted; temporary files removed");
+        if args.no_resume {
+            eprintln!("blit: interrupted; temporary files removed");
+        } else {
+            eprintln!("blit: interrupted; partial files kept: the same command resumes them");
+        }
         return Ok(Exit::Interrupted);
     }
     let outcome = outcome?;
@@ -387,6 +397,7 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         files: t.files_copied,
         bytes: t.bytes_copied,
         bytes_moved,
+        bytes_reused: t.bytes_reused.max(outcome.source.bytes_reused),
         seconds,
         throughput_bytes_per_sec: if seconds > 0.0 { bytes_moved as f64 / seconds } else { 0.0 },
         entries_scanned: outcome.source.entries,

@@ -306,8 +306,25 @@ fn daemon_killed_mid_push_gives_a_clear_error() {
     assert!(partial_real_files(&dest, &src).is_empty(), "partial files under real names");
 }
 
+/// Temporary files left under `root` that are not partial files kept for resuming (named for
+/// process 0, with a journal).
+fn unkept_temp_files(root: &Path) -> Vec<PathBuf> {
+    temp_files(root)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let kept = name.rsplitn(3, '.').nth(2).is_some_and(|stem| stem.ends_with(".0"));
+            // `temp_files` names them relative to `root`.
+            let journal = std::fs::File::open(root.join(p)).is_ok_and(|f| {
+                rustix::fs::fgetxattr(&f, "user.blit.part", &mut [0u8; 4096][..]).is_ok()
+            });
+            !(kept && journal)
+        })
+        .collect()
+}
+
 #[test]
-fn daemon_killed_mid_pull_leaves_no_partial_files() {
+fn daemon_killed_mid_pull_keeps_partial_files_that_the_next_pull_resumes() {
     let t = scratch();
     let root = t.path().join("export");
     big_tree(&root.join("data"), 8, 64 << 20);
@@ -327,8 +344,9 @@ fn daemon_killed_mid_pull_leaves_no_partial_files() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = wait_for("a temp file in the local target", Duration::from_secs(20), || {
-        local.is_dir() && !temp_files(&local).is_empty()
+    // Killed once a temporary file's journal records 32 MiB (one is saved every 32 MiB).
+    let started = wait_for("a journal in the local target", Duration::from_secs(20), || {
+        blitx_storage::testkit::journaled_bytes(&local) >= 32 << 20
     });
     d.child.kill().unwrap();
     let _ = d.child.wait();
@@ -339,12 +357,25 @@ fn daemon_killed_mid_pull_leaves_no_partial_files() {
     }
     assert_ne!(out.status.code(), Some(0));
     assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
-    assert!(temp_files(&local).is_empty(), "temp files left: {:?}", temp_files(&local));
     assert!(partial_real_files(&local, &root.join("data")).is_empty());
+    assert!(unkept_temp_files(&local).is_empty(), "not kept: {:?}", unkept_temp_files(&local));
+    assert!(!temp_files(&local).is_empty(), "the interrupted file was not kept");
+    // The same pull again: the kept chunks are not sent again, and the tree is whole.
+    let d = Daemon::start(&root, &[]);
+    let v = ok(&xfer(&d.url("data"), s(&local), &["--streams", "1", "--chunk-size", "256K"]));
+    assert!(v["bytes_reused"].as_u64().unwrap() >= 32 << 20, "{v}");
+    let total = 8 * (64u64 << 20);
+    assert_eq!(
+        v["bytes_moved"].as_u64().unwrap() + v["bytes_reused"].as_u64().unwrap(),
+        total,
+        "{v}"
+    );
+    compare_trees(&root.join("data"), &local).unwrap();
+    assert!(temp_files(&local).is_empty(), "{:?}", temp_files(&local));
 }
 
 #[test]
-fn sigterm_ends_sessions_and_removes_temp_files() {
+fn sigterm_ends_sessions_and_keeps_only_resumable_partial_files() {
     let t = scratch();
     let src = t.path().join("src");
     big_tree(&src, 8, 64 << 20);
@@ -381,9 +412,19 @@ fn sigterm_ends_sessions_and_removes_temp_files() {
     let _ = client.wait();
     assert!(exited, "the daemon did not exit on SIGTERM");
     if started {
-        assert!(temp_files(&root).is_empty(), "temp files left: {:?}", temp_files(&root));
+        assert!(
+            unkept_temp_files(&root).is_empty(),
+            "temp files left: {:?}",
+            unkept_temp_files(&root)
+        );
         assert!(partial_real_files(&dest, &src).is_empty());
     }
+    // With --no-resume the next push removes what was kept and sends everything.
+    let d = Daemon::start(&root, &[]);
+    let v = ok(&xfer(s(&src), &d.url("dst"), &["--no-resume"]));
+    assert_eq!(v["bytes_reused"].as_u64(), Some(0), "{v}");
+    compare_trees(&src, &dest).unwrap();
+    assert!(temp_files(&root).is_empty(), "{:?}", temp_files(&root));
 }
 
 /// Two hosts in network namespaces joined by a veth pair, with 0.5% packet loss injected by

@@ -338,42 +338,108 @@ fn file_changing_during_copy_is_reported_never_corrupted() {
     }
 }
 
-#[test]
-fn sigint_removes_temp_files() {
-    let t = tempfile::Builder::new().prefix("blit-int-").tempdir_in("/tmp").unwrap();
-    let src = t.path().join("src");
+/// Six 48 MiB files in `src`, and a copy to `dst` started with `extra`, interrupted by
+/// `signal` once a temporary file's journal records 32 MiB. `None` when it finished first.
+fn interrupted_copy(
+    t: &Path,
+    signal: rustix::process::Signal,
+    extra: &[&str],
+) -> Option<(PathBuf, PathBuf, std::process::ExitStatus)> {
+    let src = t.join("src");
     std::fs::create_dir(&src).unwrap();
     let mut rng = blitx_storage::testkit::Rng::new(5);
     for i in 0..6 {
         blitx_storage::testkit::write_random(&src.join(format!("f{i}")), 48 << 20, &mut rng);
     }
-    let dst = t.path().join("dst");
+    let dst = t.join("dst");
     let mut child = blit()
         .arg("xfer")
         .arg(&src)
         .arg(&dst)
         .args(["--no-progress", "--buffered", "--threads", "1", "--chunk-size", "256K"])
+        .args(extra)
         .spawn()
         .unwrap();
-    // Wait until a temp file exists, then interrupt.
-    for _ in 0..500 {
-        if !temp_files(&dst).is_empty() {
+    // Wait until a temp file's journal records 32 MiB (one is saved every 32 MiB), then
+    // interrupt.
+    for _ in 0..5000 {
+        if blitx_storage::testkit::journaled_bytes(&dst) >= 32 << 20 {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), signal).unwrap();
     let status = child.wait().unwrap();
     if status.code() == Some(0) {
         eprintln!("NOTE: the transfer finished before the interrupt arrived");
-        return;
+        return None;
     }
+    Some((src, dst, status))
+}
+
+#[test]
+fn sigint_with_no_resume_removes_temp_files() {
+    let t = tempfile::Builder::new().prefix("blit-int-").tempdir_in("/tmp").unwrap();
+    let signal = rustix::process::Signal::INT;
+    let Some((_, dst, status)) = interrupted_copy(t.path(), signal, &["--no-resume"]) else {
+        return;
+    };
     assert_eq!(status.code(), Some(130));
     assert!(temp_files(&dst).is_empty(), "temp files left: {:?}", temp_files(&dst));
+}
+
+#[test]
+fn sigint_keeps_partial_files_and_the_same_command_resumes_them() {
+    let t = tempfile::Builder::new().prefix("blit-int-").tempdir_in("/tmp").unwrap();
+    let signal = rustix::process::Signal::INT;
+    let Some((src, dst, status)) = interrupted_copy(t.path(), signal, &[]) else { return };
+    assert_eq!(status.code(), Some(130));
+    let kept = temp_files(&dst);
+    assert!(!kept.is_empty(), "the interrupted file was not kept");
+    for p in &kept {
+        // Named for no live process (pid 0), so a later transfer takes it over.
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.contains(".0."), "{name}");
+    }
+    let v = json(&xfer(&src, &dst, &["--json", "--chunk-size", "256K"]));
+    let reused = v["bytes_reused"].as_u64().unwrap();
+    assert!(reused >= 32 << 20, "{v}");
+    assert_eq!(v["bytes_moved"].as_u64().unwrap() + reused, 6 * (48 << 20), "{v}");
+    compare_trees(&src, &dst).unwrap();
+    assert!(temp_files(&dst).is_empty(), "{:?}", temp_files(&dst));
+}
+
+#[test]
+fn sigkill_then_the_same_command_resumes_from_the_last_journal() {
+    let t = tempfile::Builder::new().prefix("blit-kill-").tempdir_in("/tmp").unwrap();
+    let signal = rustix::process::Signal::KILL;
+    let Some((src, dst, _)) = interrupted_copy(t.path(), signal, &[]) else { return };
+    assert!(!temp_files(&dst).is_empty());
+    let v = json(&xfer(&src, &dst, &["--json", "--chunk-size", "256K"]));
+    // Journals are saved every 32 MiB of new chunks: at least that much was kept.
+    assert!(v["bytes_reused"].as_u64().unwrap() >= 32 << 20, "{v}");
+    compare_trees(&src, &dst).unwrap();
+    assert!(temp_files(&dst).is_empty(), "{:?}", temp_files(&dst));
+    // Done: a third run moves nothing.
+    let again = json(&xfer(&src, &dst, &["--json"]));
+    assert_eq!(again["files"].as_u64(), Some(0), "{again}");
+}
+
+#[test]
+fn a_partial_file_of_a_changed_source_is_not_used() {
+    let t = tempfile::Builder::new().prefix("blit-kill-").tempdir_in("/tmp").unwrap();
+    let signal = rustix::process::Signal::KILL;
+    let Some((src, dst, _)) = interrupted_copy(t.path(), signal, &[]) else { return };
+    // Every source file gets new contents and a new mtime: no journal fits any more.
+    let mut rng = blitx_storage::testkit::Rng::new(6);
+    for i in 0..6 {
+        blitx_storage::testkit::write_random(&src.join(format!("f{i}")), 48 << 20, &mut rng);
+        blitx_storage::testkit::set_mtime(&src.join(format!("f{i}")), 1_600_000_000 + i as i64, 0);
+    }
+    let v = json(&xfer(&src, &dst, &["--json", "--chunk-size", "256K"]));
+    assert_eq!(v["bytes_reused"].as_u64(), Some(0), "{v}");
+    compare_trees(&src, &dst).unwrap();
+    assert!(temp_files(&dst).is_empty(), "{:?}", temp_files(&dst));
 }
 
 /// Whether process `pid` has a thread named `name` (what it is blocked in is its own business;

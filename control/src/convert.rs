@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use blitx_core::RelPath;
 use blitx_core::manifest::{Entry, EntryKind, InodeKey, Timestamp};
-use blitx_core::session::{Compare, IO_DEPTH_DEFAULT, IoMode, SessionParams, SourceMsg, TargetMsg};
+use blitx_core::session::{
+    Compare, IO_DEPTH_DEFAULT, IoMode, Offer, SessionParams, SourceMsg, TargetMsg,
+};
 use blitx_storage::report::{Event, EventKind, FileError, SourceReport, TargetReport};
 
 use crate::negotiate::OpenDefect;
@@ -196,6 +198,7 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
         },
         io_depth: p.io_depth,
         mem_bytes: p.mem_bytes.unwrap_or(0),
+        no_resume: !p.resume,
     }
 }
 
@@ -227,6 +230,7 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         io,
         io_depth: if p.io_depth == 0 { IO_DEPTH_DEFAULT } else { p.io_depth },
         mem_bytes: (p.mem_bytes > 0).then_some(p.mem_bytes),
+        resume: !p.no_resume,
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)
@@ -665,9 +669,18 @@ pub fn source_msg_from_pb(m: &pb::SourceMsg) -> Result<SourceMsg, ConvertError> 
 pub fn target_msg_to_pb(m: &TargetMsg) -> pb::TargetMsg {
     use pb::target_msg::Msg;
     let msg = match m {
-        TargetMsg::Need { listing, ids } => {
-            Msg::Need(pb::Need { ids: ids.clone(), listing: *listing })
-        }
+        TargetMsg::Need { listing, ids, offers } => Msg::Need(pb::Need {
+            ids: ids.clone(),
+            listing: *listing,
+            offers: offers
+                .iter()
+                .map(|o| pb::Offer {
+                    id: o.id,
+                    chunks: o.chunks.iter().map(|&(i, _)| i).collect(),
+                    hashes: o.chunks.iter().map(|&(_, h)| h).collect(),
+                })
+                .collect(),
+        }),
         TargetMsg::NeedEnd => Msg::NeedEnd(pb::Empty {}),
     };
     pb::TargetMsg { msg: Some(msg) }
@@ -676,7 +689,19 @@ pub fn target_msg_to_pb(m: &TargetMsg) -> pb::TargetMsg {
 pub fn target_msg_from_pb(m: &pb::TargetMsg) -> Result<TargetMsg, ConvertError> {
     use pb::target_msg::Msg;
     Ok(match m.msg.as_ref().ok_or_else(|| bad("empty target message"))? {
-        Msg::Need(n) => TargetMsg::Need { listing: n.listing, ids: n.ids.clone() },
+        Msg::Need(n) => {
+            let mut offers = Vec::with_capacity(n.offers.len().min(n.ids.len()));
+            for o in &n.offers {
+                if o.chunks.len() != o.hashes.len() {
+                    return Err(bad("an offer's chunks and hashes differ in number"));
+                }
+                offers.push(Offer {
+                    id: o.id,
+                    chunks: o.chunks.iter().copied().zip(o.hashes.iter().copied()).collect(),
+                });
+            }
+            TargetMsg::Need { listing: n.listing, ids: n.ids.clone(), offers }
+        }
         Msg::NeedEnd(_) => TargetMsg::NeedEnd,
     })
 }
@@ -738,6 +763,7 @@ pub fn target_summary_to_pb(t: &TargetReport) -> pb::ServerFrame {
         deleted: t.deleted,
         unsupported: t.unsupported,
         deletions_skipped: t.deletions_skipped,
+        bytes_reused: t.bytes_reused,
         errors: errors_to_pb(&t.errors),
         error_count: t.error_count,
         ..Default::default()
@@ -751,6 +777,7 @@ pub fn source_summary_to_pb(s: &SourceReport) -> pb::ServerFrame {
         source_bytes: s.source_bytes,
         files_sent: s.files_sent,
         bytes_sent: s.bytes_sent,
+        bytes_reused: s.bytes_reused,
         errors: errors_to_pb(&s.errors),
         error_count: s.error_count,
         ..Default::default()
@@ -786,6 +813,7 @@ pub fn summary_from_pb(s: &pb::Summary) -> Result<RemoteSummary, ConvertError> {
             deleted: s.deleted,
             unsupported: s.unsupported,
             deletions_skipped: s.deletions_skipped,
+            bytes_reused: s.bytes_reused,
             errors: errors.clone(),
             error_count: s.error_count,
         },
@@ -795,6 +823,7 @@ pub fn summary_from_pb(s: &pb::Summary) -> Result<RemoteSummary, ConvertError> {
             source_bytes: s.source_bytes,
             files_sent: s.files_sent,
             bytes_sent: s.bytes_sent,
+            bytes_reused: s.bytes_reused,
             errors,
             error_count: s.error_count,
         },

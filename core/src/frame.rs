@@ -47,6 +47,10 @@ pub enum FrameKind {
     Bundle = 3,
     /// The sender has no more frames on this stream.
     End = 4,
+    /// A resumed file's chunk that the target offered (its partial file already holds it) and
+    /// the source found identical: no payload; the checksum field carries the source's hash
+    /// of the chunk ([`checksum`]), which must equal the hash the target offered.
+    Same = 5,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +93,8 @@ pub enum FrameError {
 ///
 /// The rules (the same for every transport; [`crate::transport`] documents them with the trait):
 /// - the header decodes (magic, kind) and its payload length is at most the session's chunk size
-///   (`chunk_bytes`), so a peer cannot make us allocate or read more; Hole and End frames carry
-///   no payload;
+///   (`chunk_bytes`), so a peer cannot make us allocate or read more; Hole, Same and End frames
+///   carry no payload;
 /// - [`FLAG_UNCHECKED`] is accepted only where the session was set up without frame checksums
 ///   (`unchecked_allowed`: the in-process transport, RDMA without `--rdma-frame-checksums`);
 ///   TCP never allows it;
@@ -178,6 +182,18 @@ impl FrameHeader {
         self.checksum.max(1)
     }
 
+    /// Chunk `offset_bytes` of `file_id` is the one the target offered, with hash `hash`.
+    pub fn same(file_id: FileId, offset_bytes: u64, hash: u64) -> Self {
+        FrameHeader {
+            kind: FrameKind::Same,
+            flags: 0,
+            file_id,
+            offset_bytes,
+            len_bytes: 0,
+            checksum: hash,
+        }
+    }
+
     pub fn end() -> Self {
         FrameHeader {
             kind: FrameKind::End,
@@ -214,6 +230,7 @@ impl FrameHeader {
             2 => FrameKind::Hole,
             3 => FrameKind::Bundle,
             4 => FrameKind::End,
+            5 => FrameKind::Same,
             k => return Err(FrameError::Kind(k)),
         };
         let le64 = |r: std::ops::Range<usize>| {
@@ -225,7 +242,7 @@ impl FrameHeader {
         if len_bytes > max_payload_bytes {
             return Err(FrameError::TooLong { len_bytes, max_bytes: max_payload_bytes });
         }
-        if matches!(kind, FrameKind::Hole | FrameKind::End) && len_bytes != 0 {
+        if matches!(kind, FrameKind::Hole | FrameKind::End | FrameKind::Same) && len_bytes != 0 {
             return Err(FrameError::TooLong { len_bytes, max_bytes: 0 });
         }
         Ok(FrameHeader {

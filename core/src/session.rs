@@ -80,6 +80,11 @@ pub struct SessionParams {
     /// Memory to memory (`--mem`): the source sends one generated file of this many bytes
     /// instead of reading its root, and the target verifies every chunk and writes nothing.
     pub mem_bytes: Option<u64>,
+    /// Resume interrupted files (unset by `--no-resume`): the target keeps a chunked file's
+    /// partial temporary file with a journal of its written chunks when a transfer is
+    /// interrupted, and the next transfer offers those chunks ([`Offer`]) instead of asking
+    /// for them again. Unset, partial files are removed and every file starts over.
+    pub resume: bool,
 }
 
 impl Default for SessionParams {
@@ -97,6 +102,7 @@ impl Default for SessionParams {
             io: IoMode::Auto,
             io_depth: IO_DEPTH_DEFAULT,
             mem_bytes: None,
+            resume: true,
         }
     }
 }
@@ -160,6 +166,24 @@ impl SessionParams {
     }
 }
 
+/// Chunks of one file an [`Offer`] may name (a 4 TiB file in 4 MiB chunks); a file with more
+/// starts over. Bounds what a peer's offer makes the source hold.
+pub const OFFER_CHUNKS_MAX: usize = 1 << 20;
+/// Chunks all the offers of one [`TargetMsg::Need`] may name together (16 MiB on the wire);
+/// the target offers nothing more in that answer.
+pub const NEED_OFFERED_CHUNKS_MAX: usize = 1 << 20;
+
+/// A resumed file: chunks the target's partial file already holds, each with its hash
+/// ([`crate::frame::checksum`] of the chunk as the target reads it now). The source reads each
+/// of them, and sends a [`crate::frame::FrameKind::Same`] frame for one whose hash it shares
+/// and the chunk itself for one that differs; chunks not offered are sent as usual.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    pub id: FileId,
+    /// (chunk index, hash), indexes strictly ascending.
+    pub chunks: Vec<(u64, u64)>,
+}
+
 /// Source half → target half.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SourceMsg {
@@ -207,8 +231,9 @@ impl SourceMsg {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TargetMsg {
     /// These files of listing `listing` (its `seq`) must be sent; exactly one answer per
-    /// listing, in order.
-    Need { listing: u64, ids: Vec<FileId> },
+    /// listing, in order. `offers`: for some of them (at most one each), the chunks the
+    /// target already holds from an interrupted transfer.
+    Need { listing: u64, ids: Vec<FileId>, offers: Vec<Offer> },
     /// No more needs will follow (the target has diffed the whole manifest).
     NeedEnd,
 }

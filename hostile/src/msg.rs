@@ -126,7 +126,13 @@ pub fn need(ids: &[u64]) -> pb::TargetMsg {
 
 /// `TargetMsg.need` answering listing `listing`.
 pub fn need_for(listing: u64, ids: &[u64]) -> pb::TargetMsg {
-    pb::TargetMsg { msg: Some(pb::target_msg::Msg::Need(pb::Need { ids: ids.to_vec(), listing })) }
+    pb::TargetMsg {
+        msg: Some(pb::target_msg::Msg::Need(pb::Need {
+            ids: ids.to_vec(),
+            listing,
+            offers: Vec::new(),
+        })),
+    }
 }
 
 pub fn need_end() -> pb::TargetMsg {

@@ -153,6 +153,7 @@ fn fifo_swapped_for_a_source_file_does_not_wedge_a_pull() {
     )
     .unwrap();
     sess.send_target(msg::need(&[id])).unwrap();
+    read_manifest_end(&mut sess);
     sess.send_target(msg::need_end()).unwrap();
     let asked = Instant::now();
     let mut failed = false;
@@ -228,6 +229,23 @@ fn read_listings(sess: &mut blitx_hostile::raw::Session, count: usize) -> Vec<pb
     listings
 }
 
+/// Reads until the daemon's ManifestEnd: a target says NeedEnd only after the whole manifest
+/// (sent earlier, it is a protocol violation — what a test must not provoke by racing the walk).
+fn read_manifest_end(sess: &mut blitx_hostile::raw::Session) {
+    loop {
+        match sess.recv_skip_events(Duration::from_secs(10)) {
+            Recv::Frame(pb::ServerFrame {
+                msg:
+                    Some(pb::server_frame::Msg::Source(pb::SourceMsg {
+                        msg: Some(pb::source_msg::Msg::ManifestEnd(_)),
+                    })),
+            }) => return,
+            Recv::Frame(_) => {}
+            other => panic!("the pull ended before its ManifestEnd: {}", describe_recv(&other)),
+        }
+    }
+}
+
 /// A target that answers a listing with a `Need` naming the wrong listing (a replay of an
 /// answer already given), or naming a file that listing did not contain (it is in the next
 /// one): the daemon's source half ends the session with PROTOCOL_VIOLATION and sends no file
@@ -284,4 +302,127 @@ fn a_need_naming_the_wrong_listing_or_a_foreign_file_is_a_protocol_violation() {
             .collect();
         assert!(data.is_empty(), "replay {replay}: file data sent after a bad Need: {data:?}");
     }
+}
+
+/// `TargetMsg.need` answering listing `listing` with `ids`, offering `chunks` (index, hash)
+/// of file `offered`.
+fn need_offering(listing: u64, ids: &[u64], offered: u64, chunks: &[(u64, u64)]) -> pb::TargetMsg {
+    let mut m = msg::need_for(listing, ids);
+    if let Some(pb::target_msg::Msg::Need(n)) = m.msg.as_mut() {
+        n.offers.push(pb::Offer {
+            id: offered,
+            chunks: chunks.iter().map(|&(i, _)| i).collect(),
+            hashes: chunks.iter().map(|&(_, h)| h).collect(),
+        });
+    }
+    m
+}
+
+/// A pulling client (the target) that offers chunks it does not hold, for files it does not
+/// need, past a file's end, for a bundled file, in the wrong order or in numbers past the
+/// limit: the daemon's source half ends the session with PROTOCOL_VIOLATION and sends no file
+/// data. An honest offer gets a `Same` frame for the chunk whose hash matches and the chunk
+/// itself where it does not.
+#[test]
+fn offers_are_checked_by_the_source_and_answered_chunk_by_chunk() {
+    let t = scratch("offers");
+    let root = t.path().join("export");
+    std::fs::create_dir_all(&root).unwrap();
+    let chunk = u64::from(msg::CHUNK_BYTES);
+    write_random(&root.join("big"), 3 * chunk - 100, &mut Rng::new(3));
+    std::fs::write(root.join("small"), b"bundled").unwrap();
+    let big_bytes = std::fs::read(root.join("big")).unwrap();
+    let hash0 = blitx_core::frame::checksum(&big_bytes[..chunk as usize]);
+    let d = DaemonProc::start(&root, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let limit = blitx_core::session::NEED_OFFERED_CHUNKS_MAX as u64;
+    type Need = Box<dyn Fn(u64, u64, u64) -> pb::TargetMsg>;
+    let cases: Vec<(&str, Need)> = vec![
+        ("a file not needed", Box::new(|seq, big, _| need_offering(seq, &[], big, &[(0, 1)]))),
+        ("past the end", Box::new(|seq, big, _| need_offering(seq, &[big], big, &[(3, 1)]))),
+        (
+            "out of order",
+            Box::new(|seq, big, _| need_offering(seq, &[big], big, &[(1, 1), (0, 1)])),
+        ),
+        (
+            "a bundled file",
+            Box::new(|seq, _, small| need_offering(seq, &[small], small, &[(0, 1)])),
+        ),
+        (
+            "more chunks than the limit",
+            Box::new(move |seq, big, _| {
+                let many: Vec<(u64, u64)> = (0..=limit).map(|i| (i, 0)).collect();
+                need_offering(seq, &[big], big, &many)
+            }),
+        ),
+        (
+            "hashes and chunks differ in number",
+            Box::new(|seq, big, _| {
+                let mut m = need_offering(seq, &[big], big, &[(0, 1)]);
+                if let Some(pb::target_msg::Msg::Need(n)) = m.msg.as_mut() {
+                    n.offers[0].hashes.push(2);
+                }
+                m
+            }),
+        ),
+    ];
+    for (what, need) in &cases {
+        let c = RawClient::connect(&d.addr).unwrap();
+        let (mut sess, data) = c.open_with_data(msg::open_pull("")).unwrap();
+        let readers = data.read_in_background(msg::CHUNK_BYTES);
+        let listing = read_listings(&mut sess, 1).remove(0);
+        let id = |name: &[u8]| listing.entries.iter().find(|e| e.path == name).unwrap().id;
+        sess.send_target(need(listing.seq, id(b"big"), id(b"small"))).unwrap();
+        let end = sess.finish(Duration::from_secs(10));
+        let code = match &end {
+            blitx_hostile::raw::End::Summary(s) if !s.fatal.is_empty() => s.fatal_code,
+            blitx_hostile::raw::End::Error(e) => e.code,
+            other => panic!("{what}: no fatal end: {}", other.describe()),
+        };
+        assert_eq!(code, pb::ErrorCode::ProtocolViolation as i32, "{what}: {}", end.describe());
+        assert!(
+            blitx_hostile::wait_until(Duration::from_secs(10), || readers.done()),
+            "{what}: the data streams were not closed after the violation"
+        );
+        let (frames, _) = readers.join();
+        let data: Vec<_> = frames
+            .iter()
+            .filter(|(h, _)| h.kind != blitx_core::frame::FrameKind::End)
+            .map(|(h, _)| format!("{:?}", h.kind))
+            .collect();
+        assert!(data.is_empty(), "{what}: file data sent after a bad offer: {data:?}");
+    }
+    // An honest offer: chunk 0 with its hash, chunk 1 with another.
+    let c = RawClient::connect(&d.addr).unwrap();
+    let (mut sess, data) = c.open_with_data(msg::open_pull("")).unwrap();
+    let readers = data.read_in_background(msg::CHUNK_BYTES);
+    let listing = read_listings(&mut sess, 1).remove(0);
+    let big = listing.entries.iter().find(|e| e.path == b"big").unwrap().id;
+    sess.send_target(need_offering(listing.seq, &[big], big, &[(0, hash0), (1, 7)])).unwrap();
+    read_manifest_end(&mut sess);
+    sess.send_target(msg::need_end()).unwrap();
+    let end = sess.finish(Duration::from_secs(10));
+    assert!(
+        matches!(&end, blitx_hostile::raw::End::Summary(s) if s.fatal.is_empty()),
+        "{}",
+        end.describe()
+    );
+    assert!(blitx_hostile::wait_until(Duration::from_secs(10), || readers.done()));
+    let (frames, _) = readers.join();
+    let mut got: Vec<(u64, String, u32)> = frames
+        .iter()
+        .filter(|(h, _)| h.kind != blitx_core::frame::FrameKind::End)
+        .map(|(h, _)| (h.offset_bytes / chunk, format!("{:?}", h.kind), h.len_bytes))
+        .collect();
+    got.sort();
+    let last = (3 * chunk - 100 - 2 * chunk) as u32;
+    assert_eq!(
+        got,
+        vec![
+            (0, "Same".to_string(), 0),
+            (1, "Chunk".to_string(), msg::CHUNK_BYTES),
+            (2, "Chunk".to_string(), last)
+        ]
+    );
+    let same = frames.iter().find(|(h, _)| h.kind == blitx_core::frame::FrameKind::Same).unwrap();
+    assert_eq!(same.0.checksum, hash0, "a Same frame carries the source's hash");
 }

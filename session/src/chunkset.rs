@@ -65,6 +65,17 @@ impl ChunkSet {
     pub fn runs(&self) -> usize {
         self.runs.len()
     }
+
+    /// The marked chunks as (first, count) runs, in order; at most `max` of them (the first
+    /// ones: a caller that can keep only some keeps a true subset).
+    pub fn run_list(&self, max: usize) -> Vec<(u64, u64)> {
+        self.runs.iter().take(max).map(|(&s, &e)| (s, e - s)).collect()
+    }
+
+    /// Whether chunk `i` is marked.
+    pub fn contains(&self, i: u64) -> bool {
+        self.runs.range(..=i).next_back().is_some_and(|(_, &e)| e > i)
+    }
 }
 
 #[cfg(test)]

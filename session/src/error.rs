@@ -204,6 +204,18 @@ pub enum Violation {
     Bundle(#[from] blitx_core::frame::FrameError),
     #[error("file data for the root")]
     DataForRoot,
+    #[error("an offer for file {0}, which that answer does not need, or a second offer for it")]
+    OfferNotNeeded(FileId),
+    #[error("an offer for {path}: {why}")]
+    BadOffer { path: RelPath, why: &'static str },
+    #[error("the answer offers more chunks than the limit of {limit}")]
+    OfferTooLarge { limit: usize },
+    #[error(
+        "a same-chunk frame for {path} at {offset_bytes}, which was not offered with that hash"
+    )]
+    NotOffered { path: RelPath, offset_bytes: u64 },
+    #[error("an unchecked chunk of {0}, a resumed file (its chunks must carry checksums)")]
+    UncheckedResumed(RelPath),
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! - [`plan`]: the target's planning — each listing checked ([`listing`]), each entry's
 //!   verdict, and what waits for the end: hard links after their leader, `--mirror`
 //!   deletions only after a clean session, directory metadata deepest first.
+//! - [`resume`]: a partial file's journal, when it may be used, and the checks on an offer.
 //! - [`chunkset`]: which chunks of a file have arrived, as runs.
 //! - [`error`]: typed per-file failures ([`FileError`]) and protocol violations ([`Violation`]).
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod idle;
 pub mod listing;
 pub mod plan;
+pub mod resume;
 pub mod source;
 pub mod target;
 

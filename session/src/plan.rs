@@ -115,6 +115,8 @@ struct Open {
     charged_bytes: u64,
     /// The directory was searched for crash debris in this session.
     debris_checked: bool,
+    /// ... and for partial files to resume.
+    partials_checked: bool,
 }
 
 /// The target's planning for one session. `D` is the shell's directory metadata.
@@ -265,6 +267,16 @@ impl<D> Planning<D> {
             return false;
         }
         self.open.get_mut(dir).is_some_and(|o| !std::mem::replace(&mut o.debris_checked, true))
+    }
+
+    /// True once per directory listing, for an existing directory: search it for partial
+    /// files an interrupted transfer kept (before its entries are decided, so a needed file
+    /// can take its partial file over).
+    pub fn scan_partials(&mut self, dir: &RelPath) -> bool {
+        if self.fresh.contains(dir) {
+            return false;
+        }
+        self.open.get_mut(dir).is_some_and(|o| !std::mem::replace(&mut o.partials_checked, true))
     }
 
     /// The last part of `dir`'s listing was handled (applied, skipped, or its directory could

@@ -16,14 +16,26 @@
 //!   file;
 //! - a chunk that is misaligned, of the wrong length, past the end or repeated is a protocol
 //!   violation (a bug or an attack, never a file problem), and ends the session;
-//! - when the data ends, every file neither committed nor failed is incomplete.
+//! - when the data ends, every file neither committed nor failed is incomplete;
+//! - a resumed file (its partial file kept from an interrupted transfer, some of its chunks
+//!   offered to the source) takes a `Same` frame only for a chunk offered with the hash the
+//!   source names, needs checksums on all of its chunks, and is committed only after every
+//!   chunk of the finished file was read back and matched the source's hash of it
+//!   ([`Step::Commit`]'s `verify`);
+//! - when a session is given up with partials kept ([`Receiving::keeping_partials`]), a chunked
+//!   file's temporary file stays with the chunks it holds ([`Receiving::abandon`]), and while
+//!   it is written its journal is saved every [`JOURNAL_EVERY_BYTES`] ([`Step::Journal`]).
 
 use blitx_core::RelPath;
-use blitx_core::frame::{FrameHeader, FrameKind};
+use blitx_core::frame::{FLAG_UNCHECKED, FrameHeader, FrameKind};
 use blitx_core::manifest::{FileId, IdMap};
 
 use crate::chunkset::ChunkSet;
 use crate::error::{Cause, FileError, FileOp, Violation};
+use crate::resume::{JOURNAL_EVERY_BYTES, Journal};
+
+/// Chunks as (first, count) runs, ascending.
+pub type Runs = Vec<(u64, u64)>;
 
 /// A file the target asked for.
 #[derive(Debug, Clone)]
@@ -59,24 +71,47 @@ struct FileState<M> {
     /// Writes into the temporary file in progress (a repeated chunk still being written must
     /// not land in the renamed file).
     writing_now: u32,
-    /// The shell has been told to create the temporary file.
+    /// The shell has been told to create the temporary file (or it exists: resumed).
     temp: bool,
+    /// A resumed file: what it offered and what its final check compares.
+    resumed: Option<Box<Resumed>>,
+    /// Chunks marked when the journal was last saved.
+    journaled: u64,
+}
+
+/// A resumed file's state.
+#[derive(Debug)]
+struct Resumed {
+    /// (chunk index, hash) offered, ascending.
+    offered: Vec<(u64, u64)>,
+    /// The source's hash of each chunk (from its Same frame or its chunk's checksum).
+    hashes: Vec<u64>,
+    /// Chunks the partial file holds: offered ones and those written since (its journal).
+    kept: ChunkSet,
+    /// Bytes of chunks the source confirmed (not sent again).
+    reused_bytes: u64,
 }
 
 /// What the shell does next for a file.
 #[derive(Debug)]
 pub enum Step<M> {
     /// Apply metadata and rename the temporary file into place; report with
-    /// [`Receiving::commit_result`].
-    Commit { id: FileId, shell: M },
+    /// [`Receiving::commit_result`]. `verify` (a resumed file): first read the whole file
+    /// back, and commit only if each chunk's [`blitx_core::frame::checksum`] equals its entry.
+    Commit { id: FileId, shell: M, verify: Option<Vec<u64>> },
     /// Remove the temporary file (if one was created): the file is given up.
     Discard { id: FileId, shell: M },
     /// Every chunk is written and verified and the source's verdict has not come yet: close
     /// the file's descriptors (reopen it to commit). Files waiting for their verdicts then
     /// cost no descriptor each, however many there are.
     Park { id: FileId, shell: M },
-    /// The file is complete (committed, or verified in a memory session).
-    Done { id: FileId, path: RelPath, size_bytes: u64 },
+    /// The file is complete (committed, or verified in a memory session); `reused_bytes` of
+    /// it came from its partial file rather than over the wire.
+    Done { id: FileId, path: RelPath, size_bytes: u64, reused_bytes: u64 },
+    /// Save the journal of the file's temporary file: it holds the chunks `runs` (see
+    /// [`Journal`]). Skip it if the temporary file is gone (committed or discarded); saved
+    /// out of order it only records fewer chunks than there are.
+    Journal { id: FileId, shell: M, runs: Vec<(u64, u64)> },
     /// Report this failure.
     Fail(FileError),
 }
@@ -89,6 +124,8 @@ pub enum Admit<M> {
     Write { shell: M, create: bool },
     /// A memory session: verify the payload and report with [`Receiving::written`].
     Verify,
+    /// A `Same` frame for an offered chunk: nothing to write; report `Written::Verified`.
+    Same,
     /// The file failed or is committed already: drop the frame (its payload is discarded).
     Drop,
 }
@@ -109,13 +146,27 @@ pub struct Receiving<M> {
     chunk_bytes: u64,
     /// A memory session: chunks are verified and dropped, nothing is created.
     sink: bool,
+    /// Partial files are kept when the session is given up, with their journals.
+    keep: bool,
     files: IdMap<FileState<M>>,
 }
 
 impl<M: Clone> Receiving<M> {
     pub fn new(chunk_bytes: u32, sink: bool) -> Self {
         assert!(chunk_bytes > 0, "a session's chunk size is validated before it starts");
-        Receiving { chunk_bytes: u64::from(chunk_bytes), sink, files: IdMap::default() }
+        Receiving {
+            chunk_bytes: u64::from(chunk_bytes),
+            sink,
+            keep: false,
+            files: IdMap::default(),
+        }
+    }
+
+    /// Keep partial files for resuming (`SessionParams::resume`): journals are saved while
+    /// files are written, and [`Receiving::abandon`] names the chunks each partial file holds.
+    pub fn keeping_partials(mut self, keep: bool) -> Self {
+        self.keep = keep && !self.sink;
+        self
     }
 
     /// Files neither committed nor given up.
@@ -142,8 +193,39 @@ impl<M: Clone> Receiving<M> {
                 mismatch: None,
                 writing_now: 0,
                 temp: false,
+                resumed: None,
+                journaled: 0,
             },
         );
+        Ok(())
+    }
+
+    /// The target asks for file `id`, whose temporary file exists already (kept from an
+    /// interrupted transfer) and holds the chunks `offered` (index, hash; ascending, each
+    /// inside the file) — what the [`blitx_core::session::Offer`] sent with the need says.
+    pub fn want_resumed(
+        &mut self,
+        id: FileId,
+        wanted: Wanted,
+        shell: M,
+        offered: Vec<(u64, u64)>,
+    ) -> Result<(), Violation> {
+        assert!(!wanted.small && !wanted.sparse && !self.sink, "only dense chunked files resume");
+        self.want(id, wanted, shell)?;
+        let chunk_bytes = self.chunk_bytes;
+        let f = self.files.get_mut(&id).expect("just wanted");
+        let total = f.wanted.size_bytes.div_ceil(chunk_bytes).max(1);
+        let mut kept = ChunkSet::new(total);
+        for &(i, _) in &offered {
+            assert!(kept.mark(i), "offered chunks are ascending and inside the file");
+        }
+        f.temp = true;
+        f.resumed = Some(Box::new(Resumed {
+            offered,
+            hashes: vec![0; total as usize],
+            kept,
+            reused_bytes: 0,
+        }));
         Ok(())
     }
 
@@ -158,7 +240,7 @@ impl<M: Clone> Receiving<M> {
             || !h.offset_bytes.is_multiple_of(chunk_bytes)
             || (h.offset_bytes >= size && size > 0)
             || (h.kind == FrameKind::Chunk && u64::from(h.len_bytes) != expected_len)
-            || (h.kind == FrameKind::Hole && h.len_bytes != 0)
+            || (matches!(h.kind, FrameKind::Hole | FrameKind::Same) && h.len_bytes != 0)
             || payload_bytes != u64::from(h.len_bytes)
         {
             return Err(Violation::BadChunk {
@@ -176,12 +258,33 @@ impl<M: Clone> Receiving<M> {
             // chunks as written for the price of a header.
             return Err(Violation::HoleInDenseFile(f.wanted.path.clone()));
         }
+        if h.kind == FrameKind::Same {
+            // Only for a chunk this side offered, with the hash it offered.
+            let index = h.offset_bytes / chunk_bytes;
+            let offered = f.resumed.as_ref().is_some_and(|r| {
+                r.offered
+                    .binary_search_by_key(&index, |&(i, _)| i)
+                    .is_ok_and(|at| r.offered[at].1 == h.checksum)
+            });
+            if !offered {
+                return Err(Violation::NotOffered {
+                    path: f.wanted.path.clone(),
+                    offset_bytes: h.offset_bytes,
+                });
+            }
+        } else if f.resumed.is_some() && h.flags & FLAG_UNCHECKED != 0 {
+            // Its final check compares every chunk with the source's hash of it.
+            return Err(Violation::UncheckedResumed(f.wanted.path.clone()));
+        }
         if f.phase != Phase::Open {
             return Ok(Admit::Drop);
         }
         f.writing_now += 1;
         if self.sink {
             return Ok(Admit::Verify);
+        }
+        if h.kind == FrameKind::Same {
+            return Ok(Admit::Same);
         }
         let create = !std::mem::replace(&mut f.temp, true);
         Ok(Admit::Write { shell: f.shell.clone(), create })
@@ -223,12 +326,31 @@ impl<M: Clone> Receiving<M> {
         }
         // A hole frame covers a run of chunks (a sparse file's empty stretch in one frame).
         let chunks = if h.kind == FrameKind::Hole { h.hole_chunks() } else { 1 };
-        if !f.chunks.mark_run(h.offset_bytes / chunk_bytes, chunks) {
+        let index = h.offset_bytes / chunk_bytes;
+        if !f.chunks.mark_run(index, chunks) {
             return Err(Violation::ChunkTwice {
                 path: f.wanted.path.clone(),
                 offset_bytes: h.offset_bytes,
                 chunks,
             });
+        }
+        if let Some(r) = f.resumed.as_mut() {
+            // Only chunk and Same frames reach a resumed file (it is dense).
+            r.hashes[index as usize] = h.checksum;
+            r.kept.mark(index);
+            if h.kind == FrameKind::Same {
+                r.reused_bytes +=
+                    f.wanted.size_bytes.saturating_sub(h.offset_bytes).min(chunk_bytes);
+            }
+        }
+        if self.keep && !f.wanted.small {
+            // A journal every JOURNAL_EVERY_BYTES of new chunks (at least every chunk).
+            let every = (JOURNAL_EVERY_BYTES / chunk_bytes).max(1);
+            if f.chunks.done() - f.journaled >= every && !f.chunks.is_complete() {
+                f.journaled = f.chunks.done();
+                let runs = journal_runs(f);
+                steps.push(Step::Journal { id: h.file_id, shell: f.shell.clone(), runs });
+            }
         }
         if f.chunks.is_complete() && !f.read_done && f.writing_now == 0 && !self.sink {
             steps.push(Step::Park { id: h.file_id, shell: f.shell.clone() });
@@ -366,9 +488,23 @@ impl<M: Clone> Receiving<M> {
     }
 
     /// The session failed or was cancelled: every file not committed is given up, without
-    /// reporting one error per file.
-    pub fn abandon(&mut self) -> Vec<(FileId, M)> {
-        self.files.drain().map(|(id, f)| (id, f.shell)).collect()
+    /// reporting one error per file. With partials kept, each returns the chunks its
+    /// temporary file holds (the runs of its final journal; empty: remove it). Call it once
+    /// no write is running (the writers are done).
+    pub fn abandon(&mut self) -> Vec<(FileId, M, Runs)> {
+        let keep = self.keep;
+        self.files
+            .drain()
+            .map(|(id, f)| {
+                let kept = keep
+                    && !f.wanted.small
+                    && f.temp
+                    && f.phase == Phase::Open
+                    && f.writing_now == 0;
+                let runs = if kept { journal_runs(&f) } else { Vec::new() };
+                (id, f.shell, runs)
+            })
+            .collect()
     }
 
     fn try_commit(&mut self, id: FileId, steps: &mut Vec<Step<M>>) {
@@ -382,7 +518,18 @@ impl<M: Clone> Receiving<M> {
             return;
         }
         f.phase = Phase::Committing;
-        steps.push(Step::Commit { id, shell: f.shell.clone() });
+        let verify = f.resumed.as_mut().map(|r| std::mem::take(&mut r.hashes));
+        steps.push(Step::Commit { id, shell: f.shell.clone(), verify });
+    }
+}
+
+/// The chunks a file's temporary file holds, as its journal records them (at most as many runs
+/// as a journal keeps).
+fn journal_runs<M>(f: &FileState<M>) -> Vec<(u64, u64)> {
+    let max = Journal::runs_max(f.wanted.path.file_name().len());
+    match &f.resumed {
+        Some(r) => r.kept.run_list(max),
+        None => f.chunks.run_list(max),
     }
 }
 
@@ -391,7 +538,13 @@ impl<M> Receiving<M> {
     /// leaves the machine and is reported done.
     fn done(&mut self, id: FileId, steps: &mut Vec<Step<M>>) {
         if let Some(f) = self.files.remove(&id) {
-            steps.push(Step::Done { id, path: f.wanted.path, size_bytes: f.wanted.size_bytes });
+            let reused_bytes = f.resumed.map_or(0, |r| r.reused_bytes);
+            steps.push(Step::Done {
+                id,
+                path: f.wanted.path,
+                size_bytes: f.wanted.size_bytes,
+                reused_bytes,
+            });
         }
     }
 }
@@ -430,7 +583,7 @@ mod tests {
     /// Admits and writes `h` with `outcome`, returning the steps.
     fn deliver(r: &mut Receiving<u8>, h: &FrameHeader, outcome: Written) -> Vec<Step<u8>> {
         match r.chunk(h, u64::from(h.len_bytes)).unwrap() {
-            Admit::Write { .. } | Admit::Verify => {}
+            Admit::Write { .. } | Admit::Verify | Admit::Same => {}
             Admit::Drop => return Vec::new(),
         }
         let mut steps = Vec::new();
@@ -664,5 +817,107 @@ mod tests {
         assert!(matches!(r.chunk(&hole, 0), Err(Violation::HoleInDenseFile(_))));
         r.want(2, Wanted { sparse: true, ..wanted(size) }, 0).unwrap();
         assert!(matches!(r.chunk(&FrameHeader::hole(2, 0, 1), 0), Ok(Admit::Write { .. })));
+    }
+
+    fn same(id: FileId, index: u64, hash: u64) -> FrameHeader {
+        FrameHeader::same(id, index * u64::from(CHUNK), hash)
+    }
+
+    fn checked(id: FileId, index: u64, size_bytes: u64, hash: u64) -> FrameHeader {
+        FrameHeader { checksum: hash, ..chunk(id, index, size_bytes) }
+    }
+
+    #[test]
+    fn a_resumed_file_commits_with_its_offered_chunks_confirmed_and_verifies_them() {
+        let size = 4 * u64::from(CHUNK) - 10;
+        let mut r = Receiving::new(CHUNK, false).keeping_partials(true);
+        r.want_resumed(1, wanted(size), 7u8, vec![(0, 100), (2, 102)]).unwrap();
+        // The temporary file exists: no chunk asks for it to be created.
+        assert!(matches!(
+            r.chunk(&checked(1, 1, size, 201), u64::from(CHUNK)).unwrap(),
+            Admit::Write { create: false, .. }
+        ));
+        let mut steps = Vec::new();
+        r.written(&checked(1, 1, size, 201), Written::Verified, &mut steps).unwrap();
+        assert!(matches!(r.chunk(&same(1, 0, 100), 0).unwrap(), Admit::Same));
+        r.written(&same(1, 0, 100), Written::Verified, &mut steps).unwrap();
+        // An offered chunk the source found different comes as data.
+        deliver(&mut r, &checked(1, 2, size, 202), Written::Verified);
+        deliver(&mut r, &checked(1, 3, size, 203), Written::Verified);
+        let mut steps = Vec::new();
+        r.file_read(1, &mut steps);
+        let Some(Step::Commit { verify: Some(hashes), .. }) = steps.pop() else {
+            panic!("commit with a check: {steps:?}")
+        };
+        assert_eq!(hashes, vec![100, 201, 202, 203], "the source's hash of every chunk");
+        let mut steps = Vec::new();
+        r.commit_result(1, Ok(()), &mut steps);
+        assert!(
+            matches!(steps[..], [Step::Done { reused_bytes, .. }] if reused_bytes == u64::from(CHUNK)),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn same_frames_for_chunks_not_offered_or_with_another_hash_are_violations() {
+        let size = 4 * u64::from(CHUNK);
+        let mut r = Receiving::new(CHUNK, false);
+        r.want_resumed(1, wanted(size), 7u8, vec![(0, 100)]).unwrap();
+        r.want(2, wanted(size), 8u8).unwrap();
+        for h in [same(1, 1, 100), same(1, 0, 99), same(2, 0, 100)] {
+            assert!(matches!(r.chunk(&h, 0), Err(Violation::NotOffered { .. })), "{h:?}");
+        }
+        let unchecked = FrameHeader { flags: FLAG_UNCHECKED, ..chunk(1, 1, size) };
+        assert!(matches!(
+            r.chunk(&unchecked, u64::from(CHUNK)),
+            Err(Violation::UncheckedResumed(_))
+        ));
+        // A second Same for the same chunk counts it twice.
+        deliver(&mut r, &same(1, 0, 100), Written::Verified);
+        r.chunk(&same(1, 0, 100), 0).unwrap();
+        let mut steps = Vec::new();
+        assert!(matches!(
+            r.written(&same(1, 0, 100), Written::Verified, &mut steps),
+            Err(Violation::ChunkTwice { .. })
+        ));
+    }
+
+    #[test]
+    fn journals_are_saved_as_chunks_arrive_and_abandoned_partials_keep_their_chunks() {
+        let chunk = 16u64 << 20;
+        let size = 10 * chunk;
+        let mut r = Receiving::new(chunk as u32, false).keeping_partials(true);
+        r.want(1, wanted(size), 1u8).unwrap();
+        r.want(2, Wanted { small: true, ..wanted(100) }, 2u8).unwrap();
+        let h = |i: u64| FrameHeader {
+            offset_bytes: i * chunk,
+            len_bytes: chunk as u32,
+            ..chunk_header(1)
+        };
+        let mut journals = Vec::new();
+        for i in [0, 1, 5, 2] {
+            r.chunk(&h(i), chunk).unwrap();
+            let mut steps = Vec::new();
+            r.written(&h(i), Written::Verified, &mut steps).unwrap();
+            journals.extend(steps.into_iter().filter_map(|s| match s {
+                Step::Journal { runs, .. } => Some(runs),
+                _ => None,
+            }));
+        }
+        // Every 32 MiB of new chunks: after the 2nd and the 4th.
+        assert_eq!(journals, vec![vec![(0, 2)], vec![(0, 3), (5, 1)]]);
+        let mut left = r.abandon();
+        left.sort_by_key(|l| l.0);
+        assert_eq!(left[0].2, vec![(0, 3), (5, 1)]);
+        assert!(left[1].2.is_empty(), "a bundled file keeps nothing");
+        // Without partials kept, nothing is.
+        let mut r = Receiving::new(chunk as u32, false);
+        r.want(1, wanted(size), 1u8).unwrap();
+        deliver(&mut r, &h(0), Written::Verified);
+        assert!(r.abandon()[0].2.is_empty());
+    }
+
+    fn chunk_header(id: FileId) -> FrameHeader {
+        chunk(id, 0, 1)
     }
 }

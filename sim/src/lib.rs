@@ -764,7 +764,7 @@ impl Sim {
         }
         if failed {
             // The shell's clean-up: every file not committed is given up, its temp removed.
-            for (id, _) in self.recv.abandon() {
+            for (id, _, _) in self.recv.abandon() {
                 self.discard(id);
             }
         } else {
@@ -1201,11 +1201,20 @@ impl Sim {
         });
         match f.header.kind {
             FrameKind::Bundle => self.bundle_arrived(f),
-            FrameKind::Chunk | FrameKind::Hole => {
+            FrameKind::Chunk | FrameKind::Hole | FrameKind::Same => {
                 match self.recv.chunk(&f.header, f.payload.len() as u64) {
                     Err(v) => self.violation(v),
                     Ok(Admit::Drop) => {}
                     Ok(Admit::Verify) => self.violation(Violation::HoleInMemorySession),
+                    // The partial file holds it: nothing to write.
+                    Ok(Admit::Same) => {
+                        let mut steps = Vec::new();
+                        let r = self.recv.written(&f.header, Written::Verified, &mut steps);
+                        if let Err(v) = r {
+                            self.violation(v);
+                        }
+                        self.steps(steps);
+                    }
                     Ok(Admit::Write { create, .. }) => {
                         let id = f.header.file_id;
                         if create {
@@ -1365,6 +1374,8 @@ impl Sim {
                 Step::Discard { id, .. } => self.discard(id),
                 // Descriptors are not modelled: a parked file keeps its contents.
                 Step::Park { .. } => {}
+                // This simulator's sessions keep no partial files.
+                Step::Journal { .. } => {}
                 Step::Done { path, .. } => self.done.push(path),
                 Step::Fail(e) => {
                     self.log(|| format!("{}: {e}", e.path));

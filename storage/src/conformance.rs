@@ -20,7 +20,7 @@ use blitx_core::transport::{
 };
 
 use crate::local::{LocalError, PairProgress, run_pair};
-use crate::report::Quiet;
+use crate::report::{Quiet, SourceReport, TargetReport};
 use crate::root::RootDir;
 use crate::source::SourceOptions;
 use crate::target::TargetOptions;
@@ -53,7 +53,7 @@ fn transfer(
     dst: &Path,
     params: &SessionParams,
     cancel: &Cancel,
-) -> Result<(), LocalError> {
+) -> Result<(SourceReport, TargetReport), LocalError> {
     let source = SourceOptions {
         root: RootDir::open(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())),
         params: params.clone(),
@@ -81,7 +81,45 @@ fn transfer(
         assert_eq!(t.error_count, 0, "{}: target errors {:?}", h.name(), t.errors);
         assert_eq!(s.error_count, 0, "{}: source errors {:?}", h.name(), s.errors);
     }
-    r.map(|_| ())
+    r
+}
+
+/// Temporary files under `root` other than partial files kept for resuming (named for process
+/// 0, with a journal that decodes).
+fn unkept_temps(root: &Path) -> Vec<std::path::PathBuf> {
+    testkit::temp_files(root)
+        .into_iter()
+        .filter(|p| {
+            let kept = p
+                .file_name()
+                .is_some_and(|n| crate::fsys::temp_pid(n.as_encoded_bytes()) == Some(0));
+            let journal = std::fs::File::open(root.join(p))
+                .is_ok_and(|f| crate::fsys::load_journal(std::os::fd::AsFd::as_fd(&f)).is_some());
+            !(kept && journal)
+        })
+        .collect()
+}
+
+/// After an interrupted transfer (`first`): only resumable partial files are left, and the
+/// same transfer again completes the tree, taking the chunks they hold from them.
+fn resumes(h: &dyn Harness, src: &Path, dst: &Path, what: &str) {
+    let left = unkept_temps(dst);
+    assert!(left.is_empty(), "{}: {what}: temp files left that are not kept: {left:?}", h.name());
+    let kept = testkit::temp_files(dst).len();
+    eprintln!("{}: {what}: {kept} partial files kept", h.name());
+    let p = params();
+    let (s, t) = transfer(h, h.pair(&p), src, dst, &p, &Cancel::new())
+        .unwrap_or_else(|e| panic!("{}: {what}: the resumed transfer failed: {e:?}", h.name()));
+    testkit::compare_trees(src, dst)
+        .unwrap_or_else(|e| panic!("{}: {what}: trees differ after resuming: {e}", h.name()));
+    assert!(testkit::temp_files(dst).is_empty(), "{}: {what}: temp files after resuming", h.name());
+    assert_eq!(s.bytes_reused, t.bytes_reused, "{}: {what}: both halves count reuse", h.name());
+    eprintln!("{}: {what}: {} bytes reused", h.name(), t.bytes_reused);
+    assert!(
+        kept == 0 || t.bytes_reused > 0,
+        "{}: {what}: {kept} partial files kept, nothing reused",
+        h.name()
+    );
 }
 
 fn copy_and_compare(h: &dyn Harness, build: impl Fn(&Path), what: &str) {
@@ -172,6 +210,7 @@ pub fn cancel_midway(h: &dyn Harness) {
         c2.fire();
         std::time::Instant::now()
     });
+    let p = SessionParams { resume: false, ..p };
     let r = transfer(h, h.pair(&p), src.path(), dst.path(), &p, &cancel);
     let returned = std::time::Instant::now();
     let fired = watcher.join().unwrap_or_else(|_| panic!("{}: the watcher panicked", h.name()));
@@ -182,12 +221,33 @@ pub fn cancel_midway(h: &dyn Harness) {
     assert!(r.is_err(), "{}: a cancelled transfer must not report success", h.name());
     assert!(
         testkit::temp_files(dst.path()).is_empty(),
-        "{}: temp files left after cancel",
+        "{}: temp files left after cancel (--no-resume)",
         h.name()
     );
+    // Resuming on (the default): cancelled once data is flowing, the partial files stay and
+    // the next transfer takes what they hold.
+    let dst = tempdir();
+    let p = params();
+    let cancel = Cancel::new();
+    let c2 = cancel.clone();
+    let dst_path = dst.path().to_path_buf();
+    let watcher = std::thread::spawn(move || {
+        for _ in 0..400 {
+            if testkit::list(&dst_path).map(|l| l.len() > 3).unwrap_or(false) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        c2.fire();
+    });
+    let r = transfer(h, h.pair(&p), src.path(), dst.path(), &p, &cancel);
+    watcher.join().unwrap_or_else(|_| panic!("{}: the watcher panicked", h.name()));
+    assert!(r.is_err(), "{}: a cancelled transfer must not report success", h.name());
+    resumes(h, src.path(), dst.path(), "cancelled");
 }
 
-/// The peer vanishes mid-transfer: an error, never a hang or a success, and no temp files.
+/// The peer vanishes mid-transfer: an error, never a hang or a success; only resumable partial
+/// files are left, and the same transfer again completes from them.
 pub fn peer_disappears(h: &dyn Harness) {
     let src = tempdir();
     let dst = tempdir();
@@ -196,11 +256,7 @@ pub fn peer_disappears(h: &dyn Harness) {
     let cancel = Cancel::new();
     let r = transfer(h, h.breaking_pair(&p, 20), src.path(), dst.path(), &p, &cancel);
     assert!(r.is_err(), "{}: a broken link must fail the transfer", h.name());
-    assert!(
-        testkit::temp_files(dst.path()).is_empty(),
-        "{}: temp files left after the peer vanished",
-        h.name()
-    );
+    resumes(h, src.path(), dst.path(), "the peer vanished");
 }
 
 /// What [`Meddler`] does to the first chunk of a chunked file that it sends.

@@ -166,12 +166,36 @@ pub fn mark_temp(fd: BorrowedFd<'_>) {
     let _ = rustix::fs::fsetxattr(fd, TEMP_XATTR, b"1", rustix::fs::XattrFlags::empty());
 }
 
-/// Removes the mark before a temporary file gets its real name.
+/// Removes the mark (and a resumable file's journal) before a temporary file gets its real
+/// name.
 pub fn unmark_temp(fd: BorrowedFd<'_>) -> io::Result<()> {
-    match rustix::fs::fremovexattr(fd, TEMP_XATTR) {
-        Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => Ok(()),
-        Err(e) => Err(e.into()),
+    for attr in [PART_XATTR, TEMP_XATTR] {
+        match rustix::fs::fremovexattr(fd, attr) {
+            Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(())
+}
+
+/// A kept partial file's journal ([`blitx_session::resume::Journal`]): which chunks it holds,
+/// and of which source file.
+pub const PART_XATTR: &str = "user.blit.part";
+
+/// Saves a partial file's journal (replacing the last one).
+pub fn save_journal(
+    fd: BorrowedFd<'_>,
+    journal: &blitx_session::resume::Journal,
+) -> io::Result<()> {
+    rustix::fs::fsetxattr(fd, PART_XATTR, &journal.encode(), rustix::fs::XattrFlags::empty())?;
+    Ok(())
+}
+
+/// The journal of a partial file, if it has one that decodes.
+pub fn load_journal(fd: BorrowedFd<'_>) -> Option<blitx_session::resume::Journal> {
+    let mut buf = vec![0u8; blitx_session::resume::JOURNAL_BYTES_MAX];
+    let n = rustix::fs::fgetxattr(fd, PART_XATTR, &mut buf[..]).ok()?;
+    blitx_session::resume::Journal::decode(&buf[..n])
 }
 
 /// True when `name` in `dir` is a temporary file left by a blit transfer that never finished:

@@ -204,6 +204,8 @@ pub struct SourceReport {
     pub source_bytes: u64,
     pub files_sent: u64,
     pub bytes_sent: u64,
+    /// Bytes of chunks the target's partial files held already (confirmed, not sent).
+    pub bytes_reused: u64,
     pub errors: Vec<FileError>,
     pub error_count: u64,
 }
@@ -219,6 +221,9 @@ pub struct TargetReport {
     pub hardlinks: u64,
     pub deleted: u64,
     pub unsupported: u64,
+    /// Bytes of copied files that partial files kept by an interrupted transfer already held
+    /// (confirmed by the source, not sent again).
+    pub bytes_reused: u64,
     /// Mirror deletions were skipped because something failed.
     pub deletions_skipped: bool,
     pub errors: Vec<FileError>,

@@ -30,12 +30,13 @@ use blitx_core::frame::{
     self, BUNDLE_FLAG_FAILED, FLAG_FILE_VERIFIED, FLAG_UNCHECKED, FrameHeader, FrameKind,
 };
 use blitx_core::manifest::{Entry, EntryKind, FileId, IdMap, Timestamp};
-use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
+use blitx_core::session::{NEED_OFFERED_CHUNKS_MAX, Offer, SessionParams, SourceMsg, TargetMsg};
 use blitx_core::transport::{
     FileRegion, Frame, FrameSender, Payload, PayloadPref, ReadDone, TransportError,
 };
 use blitx_core::{BufLease, RelPath};
 use blitx_planner::{Chunker, Excludes, NeededFile, Unit};
+use blitx_session::resume::check_offer;
 use blitx_session::source::{
     self as machine, Answers, Begin, Counted, Listed, Reading, Seen, Step,
 };
@@ -88,6 +89,9 @@ struct FileRef {
     size_bytes: u64,
     mtime: Timestamp,
     sparse: bool,
+    /// The chunks the target's partial file holds, with its hashes (index, hash; ascending):
+    /// each is read and hashed, and a `Same` frame replaces it where the hashes agree.
+    offer: Option<Arc<Vec<(u64, u64)>>>,
 }
 
 impl FileRef {
@@ -98,7 +102,14 @@ impl FileRef {
             size_bytes: e.size_bytes,
             mtime: e.mtime,
             sparse: e.sparse,
+            offer: None,
         }
+    }
+
+    /// The hash the target offered for chunk `index`, if it offered it.
+    fn offered(&self, index: u64) -> Option<u64> {
+        let offer = self.offer.as_deref()?;
+        offer.binary_search_by_key(&index, |&(i, _)| i).ok().map(|at| offer[at].1)
     }
 }
 
@@ -166,6 +177,8 @@ struct Shared<'a> {
     /// Pool slots already holding the generated pattern (`--mem`).
     generated: Mutex<std::collections::HashSet<u32>>,
     files_sent: AtomicU64,
+    /// Bytes of offered chunks the target's partial files held already (sent as `Same`).
+    bytes_reused: AtomicU64,
     bundle_seq: AtomicU64,
 }
 
@@ -286,6 +299,7 @@ pub fn run_source(
         fatal: Mutex::new(None),
         generated: Mutex::default(),
         files_sent: AtomicU64::new(0),
+        bytes_reused: AtomicU64::new(0),
         bundle_seq: AtomicU64::new(0),
     };
     let next_id = AtomicU64::new(1);
@@ -383,6 +397,7 @@ fn source_session(
         dirs: stats.dirs,
         source_bytes: stats.file_bytes,
         files_sent: shared.files_sent.load(Ordering::Relaxed),
+        bytes_reused: shared.bytes_reused.load(Ordering::Relaxed),
         bytes_sent: t.payload_bytes,
         errors,
         error_count: error_count + stats.errors,
@@ -451,11 +466,12 @@ fn dispatch(
         };
         idle.heard();
         match msg {
-            TargetMsg::Need { listing, ids } => {
+            TargetMsg::Need { listing, ids, offers } => {
                 tracing::trace!(listing, files = ids.len(), "needs from the target");
                 let answered = lock(&pending.answers).answer(listing, &ids);
                 pending.answered.notify_one();
-                let files = answered.map_err(SourceError::Protocol)?;
+                let mut files = answered.map_err(SourceError::Protocol)?;
+                attach_offers(shared, &mut files, offers).map_err(SourceError::Protocol)?;
                 let mut work = lock(&shared.work);
                 // Back-pressure: while the readers are this far behind, stop taking answers, so
                 // the target stops diffing and the walk stops listing (memory stays bounded
@@ -481,6 +497,37 @@ fn dispatch(
             }
         }
     }
+}
+
+/// Checks the target's offers (it may be hostile: each names a dense chunked file of this
+/// answer, at most once, its chunks in order and inside the file, all of them together within
+/// [`NEED_OFFERED_CHUNKS_MAX`]) and attaches each to its file.
+fn attach_offers(
+    shared: &Shared<'_>,
+    files: &mut [FileRef],
+    offers: Vec<Offer>,
+) -> Result<(), Violation> {
+    if offers.is_empty() {
+        return Ok(());
+    }
+    let total: usize = offers.iter().map(|o| o.chunks.len()).sum();
+    if total > NEED_OFFERED_CHUNKS_MAX {
+        return Err(Violation::OfferTooLarge { limit: NEED_OFFERED_CHUNKS_MAX });
+    }
+    let params = &shared.opts.params;
+    let at: IdMap<usize> = files.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
+    for offer in offers {
+        let Some(&i) = at.get(&offer.id) else { return Err(Violation::OfferNotNeeded(offer.id)) };
+        let f = &mut files[i];
+        if f.offer.is_some() {
+            return Err(Violation::OfferNotNeeded(offer.id));
+        }
+        // A memory session's file is generated: nothing of it is on the target's disk.
+        let small = params.is_small(f.size_bytes) || params.mem_bytes.is_some();
+        check_offer(&offer, &f.path, f.size_bytes, params.chunk_bytes, small, f.sparse)?;
+        f.offer = Some(Arc::new(offer.chunks));
+    }
+    Ok(())
 }
 
 impl Shared<'_> {
@@ -783,6 +830,9 @@ fn send_chunk(
     drop(failed_hold);
     let (Counted::Send { last }, Some(out)) = (counted, out) else { return Ok(()) };
     let ReadOut { header, payload, done: _done, run, run_chunks: _ } = out;
+    if header.kind == FrameKind::Same {
+        shared.bytes_reused.fetch_add(u64::from(len_bytes), Ordering::Relaxed);
+    }
     // `_done` is dropped after the frame was handed over: if this was the file's last read
     // and its payload is a buffer, the file's check runs right here.
     let sending = Instant::now();
@@ -911,7 +961,8 @@ fn read_chunk(
         }
         return Ok(Some(r));
     }
-    if shared.transport.payload_pref() == PayloadPref::FileRegion {
+    // An offered chunk is read and hashed here, whatever the transport prefers.
+    if shared.transport.payload_pref() == PayloadPref::FileRegion && f.offer.is_none() {
         let mut region = FileRegion::new(Arc::clone(&file), offset_bytes, len_bytes);
         region.done = Some(Arc::clone(&done));
         return Ok(Some(out(header, Payload::File(region))));
@@ -925,7 +976,9 @@ fn read_chunk(
         })
     })?;
     let len = len_bytes as usize;
-    let mut hasher = shared.transport.needs_checksums().then(frame::Hasher::default);
+    // A resumed file's chunks all carry checksums: its target compares each with the file.
+    let hashed = shared.transport.needs_checksums() || f.offer.is_some();
+    let mut hasher = hashed.then(frame::Hasher::default);
     match direct.filter(|d| d.fits(lease.as_ptr(), lease.capacity(), len)) {
         Some(d) => {
             // Around the page cache, in up to `--io-depth` requests; hashed once it is all in.
@@ -959,6 +1012,13 @@ fn read_chunk(
     match hasher {
         Some(h) => header.checksum = h.finish(),
         None => header.flags |= FLAG_UNCHECKED,
+    }
+    let index = offset_bytes / u64::from(shared.opts.params.chunk_bytes);
+    if f.offered(index) == Some(header.checksum) {
+        // The target's partial file holds this chunk already: say so instead of sending it.
+        drop(lease);
+        let same = FrameHeader::same(f.id, offset_bytes, header.checksum);
+        return Ok(Some(out(same, Payload::Empty)));
     }
     Ok(Some(out(header, Payload::Buffer(lease))))
 }

@@ -151,6 +151,20 @@ pub fn temp_files(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The most bytes any temporary file under `root` holds by its journal (the chunks a resumed
+/// transfer would offer; 0 without journals). Preallocated files say nothing by their size.
+pub fn journaled_bytes(root: &Path) -> u64 {
+    temp_files(root)
+        .iter()
+        .filter_map(|p| {
+            let f = std::fs::File::open(root.join(p)).ok()?;
+            let j = crate::fsys::load_journal(std::os::fd::AsFd::as_fd(&f))?;
+            Some(j.chunks() * u64::from(j.chunk_bytes))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// A small deterministic PRNG (xorshift64*), so trees are reproducible from a seed.
 pub struct Rng(u64);
 

@@ -642,7 +642,7 @@ impl RecvShared {
                 lease.set_len(payload_len as usize); // <= chunk_bytes < slot (decode bounds it)
                 Payload::Buffer(lease)
             }
-            FrameKind::Hole | FrameKind::End => Payload::Empty, // the lease goes back now
+            FrameKind::Hole | FrameKind::Same | FrameKind::End => Payload::Empty, // the lease goes back now
         };
         Ok(Frame { header, payload })
     }

@@ -231,7 +231,7 @@ fn receive_frames(
         let mut returned = None;
         let payload = match header.kind {
             FrameKind::End => return Ok(()),
-            FrameKind::Hole => Payload::Empty,
+            FrameKind::Hole | FrameKind::Same => Payload::Empty,
             FrameKind::Chunk if shared.delivery != Delivery::Buffered && header.len_bytes > 0 => {
                 let (back, wait) = crossbeam_channel::bounded(1);
                 returned = Some(wait);

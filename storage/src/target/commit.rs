@@ -9,9 +9,9 @@ use super::*;
 /// file) and its temporary file removed.
 pub(super) fn cleanup_temps(shared: &Shared<'_>) {
     let all = lock(&shared.files).abandon();
-    for (_, p) in all {
+    for (_, p, runs) in all {
         shared.opts.limits.release(pending_cost(&p.path));
-        p.discard();
+        keep_or_discard(shared, &p, runs);
     }
 }
 
@@ -21,7 +21,7 @@ pub(super) fn carry_out(shared: &Shared<'_>, mut steps: Vec<Step<Arc<Pending>>>)
         let mut more = Vec::new();
         for step in steps {
             match step {
-                Step::Commit { id, shell: p } => {
+                Step::Commit { id, shell: p, verify: hashes } => {
                     let slot = std::mem::replace(&mut *lock(&p.temp), TempSlot::Gone);
                     let slot = match slot {
                         TempSlot::Parked(pk) => unpark(&p, pk),
@@ -30,7 +30,11 @@ pub(super) fn carry_out(shared: &Shared<'_>, mut steps: Vec<Step<Arc<Pending>>>)
                     let result = match slot {
                         Err(e) => Err(e),
                         Ok(TempSlot::Open(temp)) => {
-                            let r = commit(shared, &p, &temp);
+                            let checked = match &hashes {
+                                Some(h) => verify(shared, &p, &temp, h),
+                                None => Ok(()),
+                            };
+                            let r = checked.and_then(|()| commit(shared, &p, &temp));
                             if r.is_err() {
                                 let _ = rustix::fs::unlinkat(
                                     temp.dir.as_fd(),
@@ -45,8 +49,10 @@ pub(super) fn carry_out(shared: &Shared<'_>, mut steps: Vec<Step<Arc<Pending>>>)
                     lock(&shared.files).commit_result(id, result, &mut more);
                 }
                 Step::Discard { shell: p, .. } => p.discard(),
-                Step::Park { shell: p, .. } => park(&p),
-                Step::Done { path, size_bytes, .. } => {
+                Step::Park { shell: p, .. } => park(shared, &p),
+                Step::Journal { shell: p, runs, .. } => save(shared, &p, runs),
+                Step::Done { path, size_bytes, reused_bytes, .. } => {
+                    shared.counters.bytes_reused.fetch_add(reused_bytes, Ordering::Relaxed);
                     shared.opts.limits.release(pending_cost(&path));
                     file_done(shared, &path, size_bytes);
                 }
@@ -93,9 +99,10 @@ pub(super) fn file_done(shared: &Shared<'_>, path: &RelPath, size_bytes: u64) {
 }
 
 /// Closes the descriptors of a complete file that waits for its verdict (see [`Step::Park`]).
-fn park(p: &Pending) {
+fn park(shared: &Shared<'_>, p: &Pending) {
     let mut slot = lock(&p.temp);
     let TempSlot::Open(t) = &*slot else { return };
+    save_complete(shared, p, &t.file);
     // Without its identity it could not be found again safely: it stays open.
     let Ok(st) = rustix::fs::fstat(&*t.file) else { return };
     let TempSlot::Open(t) = std::mem::replace(&mut *slot, TempSlot::Gone) else { return };

@@ -52,6 +52,7 @@ use blitx_session::{FileError, FileOp};
 mod commit;
 mod finalize;
 mod plan;
+mod resume;
 mod write;
 
 use blitx_session::listing::{self, Verdict};
@@ -60,6 +61,7 @@ use blitx_session::target::{Admit, Receiving, Step, Wanted, Written};
 use commit::*;
 use finalize::*;
 use plan::*;
+use resume::*;
 use write::*;
 
 #[derive(Debug, Clone)]
@@ -224,6 +226,8 @@ struct Counters {
     hardlinks: AtomicU64,
     deleted: AtomicU64,
     unsupported: AtomicU64,
+    /// Bytes of resumed files their partial files already held.
+    bytes_reused: AtomicU64,
 }
 
 struct Shared<'a> {
@@ -243,6 +247,8 @@ struct Shared<'a> {
     owners: bool,
     /// With `--fsync`: the directories that gained or lost names, made durable at the end.
     touched_dirs: Mutex<HashSet<RelPath>>,
+    /// Partial files found, waiting for their files' listings.
+    partials: Mutex<Partials>,
 }
 
 /// Runs the target half to completion.
@@ -266,7 +272,10 @@ pub fn run_target(
         opts,
         dirs: DirCache::new(root_fd, opts.confine),
         id,
-        files: Mutex::new(Receiving::new(opts.params.chunk_bytes, opts.params.mem_bytes.is_some())),
+        files: Mutex::new(
+            Receiving::new(opts.params.chunk_bytes, opts.params.mem_bytes.is_some())
+                .keeping_partials(opts.params.resume && !opts.params.dry_run),
+        ),
         reporter,
         progress,
         cancel,
@@ -276,6 +285,7 @@ pub fn run_target(
         transport,
         owners: opts.privileges.applies_owners(opts.params.preserve_owner),
         touched_dirs: Mutex::default(),
+        partials: Mutex::default(),
     };
     let diff_opts = DiffOptions {
         compare: opts.params.compare,
@@ -340,6 +350,7 @@ pub fn run_target(
         hardlinks: c.hardlinks.load(Ordering::Relaxed),
         deleted: c.deleted.load(Ordering::Relaxed),
         unsupported: c.unsupported.load(Ordering::Relaxed),
+        bytes_reused: c.bytes_reused.load(Ordering::Relaxed),
         deletions_skipped: mirror_skipped,
         errors,
         error_count,
@@ -422,9 +433,10 @@ fn control_loop(
             }
             SourceMsg::Listing { seq, dir, entries, last_part } => {
                 let planning = Instant::now();
-                let needs = handle_listing(shared, plan, &dir, entries, last_part)?;
+                let answer = handle_listing(shared, plan, &dir, entries, last_part)?;
                 shared.progress.stages.add(Stage::Plan, planning);
-                send_to_source(shared, to_source, TargetMsg::Need { listing: seq, ids: needs })?;
+                let need = TargetMsg::Need { listing: seq, ids: answer.ids, offers: answer.offers };
+                send_to_source(shared, to_source, need)?;
             }
             SourceMsg::WalkError { path, message } => {
                 plan.walk_error();

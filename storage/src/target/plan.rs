@@ -28,8 +28,8 @@ pub(super) fn handle_listing(
     dir: &RelPath,
     mut entries: Vec<Entry>,
     last_part: bool,
-) -> Result<Vec<FileId>, TargetError> {
-    let mut needs = Vec::new();
+) -> Result<Answer, TargetError> {
+    let mut needs = Answer::default();
     let started = plan.listing(dir, &entries, last_part)?;
     if shared.opts.params.mem_bytes.is_some() {
         return sink_listing(shared, plan, &entries);
@@ -43,16 +43,19 @@ pub(super) fn handle_listing(
             .charge("a directory listed in parts", started.charge_bytes)
             .map_err(TargetError::Limit)?;
     }
-    let end = |plan: &mut Plan, opened: bool| {
+    let end = |plan: &mut Plan, opened: bool, fd: Option<&OwnedFd>| {
         if !last_part {
             return None;
+        }
+        if let Some(fd) = fd {
+            drop_unclaimed(shared, dir, fd);
         }
         let ended = plan.listing_end(dir, opened);
         shared.opts.limits.release(ended.release_bytes);
         ended.scan
     };
     if started.verdict == Verdict::Skip {
-        end(plan, false);
+        end(plan, false, None);
         return Ok(needs);
     }
     for e in &mut entries {
@@ -67,11 +70,21 @@ pub(super) fn handle_listing(
             Ok(fd) => Some(fd),
             Err(e) => {
                 shared.error(FileError::io(dir.clone(), FileOp::OpenDir, e));
-                end(plan, false);
+                end(plan, false, None);
                 return Ok(needs);
             }
         }
     };
+    // Partial files of interrupted transfers, for the files that may resume.
+    let params = &shared.opts.params;
+    if params.resume
+        && !fresh
+        && !shared.dry_run()
+        && let Some(fd) = &dfd
+        && entries.iter().any(|e| e.is_file() && !e.sparse && !params.is_small(e.size_bytes))
+    {
+        scan(shared, plan, dir, fd);
+    }
     // Stat (and, for --checksum, hash) the target side of every entry first, in parallel for
     // big listings: this is the whole cost of a no-op run.
     let compare = shared.opts.params.compare;
@@ -112,14 +125,14 @@ pub(super) fn handle_listing(
     }
     // Crash debris goes when a transfer writes into its directory again (or, with --mirror,
     // when the directory is read for deletions); a run that writes nothing pays nothing.
-    if !needs.is_empty()
+    if !needs.ids.is_empty()
         && let Some(fd) = &dfd
         && plan.sweep_debris(dir)
         && let Ok(names) = fsys::read_dir_names(fd)
     {
         remove_debris(shared, fd, dir, &names);
     }
-    if let Some(scan) = end(plan, dfd.is_some())
+    if let Some(scan) = end(plan, dfd.is_some(), dfd.as_deref())
         && let Some(fd) = &dfd
     {
         collect_deletions(shared, plan, fd, scan);
@@ -163,8 +176,11 @@ pub(super) fn collect_deletions(shared: &Shared<'_>, plan: &mut Plan, fd: &Owned
 pub(super) fn remove_debris(shared: &Shared<'_>, fd: &OwnedFd, dir: &RelPath, names: &[Vec<u8>]) {
     let ours = std::process::id();
     let mut removed = 0u64;
-    let debris =
-        names.iter().filter(|n| fsys::temp_pid(n) != Some(ours) && fsys::is_debris(fd.as_fd(), n));
+    let debris = names.iter().filter(|n| {
+        fsys::temp_pid(n) != Some(ours)
+            && fsys::is_debris(fd.as_fd(), n)
+            && !lock(&shared.partials).holds(dir, n)
+    });
     for name in debris {
         if shared.dry_run() {
             removed += 1;
@@ -190,7 +206,7 @@ pub(super) fn apply(
     dfd: Option<&OwnedFd>,
     entry: &Entry,
     decision: blitx_planner::Decision,
-    needs: &mut Vec<FileId>,
+    needs: &mut Answer,
 ) -> Result<(), TargetError> {
     let path = &entry.path;
     let name = entry.path.file_name();
@@ -282,7 +298,7 @@ pub(super) fn need_file(
     shared: &Shared<'_>,
     entry: &Entry,
     meta: Meta,
-    needs: &mut Vec<FileId>,
+    needs: &mut Answer,
 ) -> Result<(), TargetError> {
     let p = Arc::new(Pending {
         path: entry.path.clone(),
@@ -304,11 +320,30 @@ pub(super) fn need_file(
         sparse: entry.sparse,
         small: shared.opts.params.is_small(entry.size_bytes),
     };
-    if let Err(v) = lock(&shared.files).want(entry.id, wanted, p) {
+    // A partial file kept by an interrupted transfer is taken over (dense chunked files only).
+    let resumed = if shared.opts.params.resume
+        && !wanted.small
+        && !wanted.sparse
+        && shared.opts.params.mem_bytes.is_none()
+        && let Some((dir, _)) = entry.path.split_last()
+        && let Ok(dfd) = shared.dirs.get(&dir)
+    {
+        adopt(shared, &dfd, entry, &p, needs)
+    } else {
+        None
+    };
+    let wanted_now = match resumed {
+        Some((temp, offered)) => {
+            *lock(&p.temp) = TempSlot::Open(temp);
+            lock(&shared.files).want_resumed(entry.id, wanted, p, offered)
+        }
+        None => lock(&shared.files).want(entry.id, wanted, p),
+    };
+    if let Err(v) = wanted_now {
         shared.opts.limits.release(cost);
         return Err(TargetError::Protocol(v));
     }
-    needs.push(entry.id);
+    needs.ids.push(entry.id);
     Progress::add(&shared.progress.files_needed, 1);
     Progress::add(&shared.progress.bytes_needed, entry.size_bytes);
     Ok(())
@@ -320,8 +355,8 @@ pub(super) fn sink_listing(
     shared: &Shared<'_>,
     plan: &mut Plan,
     entries: &[Entry],
-) -> Result<Vec<FileId>, TargetError> {
-    let mut needs = Vec::new();
+) -> Result<Answer, TargetError> {
+    let mut needs = Answer::default();
     for e in entries {
         let small = shared.opts.params.is_small(e.size_bytes);
         if plan.sink_entry(e, small).map_err(TargetError::Protocol)? {

@@ -23,7 +23,7 @@ pub(super) fn writer(shared: &Shared<'_>) {
         };
         let result = match frame.header.kind {
             FrameKind::Bundle => write_bundle(shared, &frame),
-            FrameKind::Chunk | FrameKind::Hole => write_chunk(shared, frame),
+            FrameKind::Chunk | FrameKind::Hole | FrameKind::Same => write_chunk(shared, frame),
             FrameKind::End => Ok(()),
         };
         stages.add(Stage::Write, writing);
@@ -271,6 +271,8 @@ pub(super) fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), T
         Admit::Drop => return Ok(()),
         // A memory session's sink: verified, then dropped.
         Admit::Verify => verify_only(&mut frame.payload, &h)?,
+        // The partial file holds it already (the source hashed it the same).
+        Admit::Same => Written::Verified,
         Admit::Write { shell: p, .. } => match temp_of(shared, &p) {
             Err(e) => Written::Failed(FileOp::Create, e),
             // Given up meanwhile: `written` below ignores what this says.

@@ -1,0 +1,168 @@
+//! Partial files found on the target: used only as far as both sides hashed the same bytes,
+//! never when their journal does not fit, and never when they are not plainly this user's own
+//! (a file linked in under a temporary name from elsewhere is left alone).
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use blitx_core::BufferPool;
+use blitx_core::cancel::Cancel;
+use blitx_core::manifest::Timestamp;
+use blitx_core::session::SessionParams;
+use blitx_core::transport::{MemFaults, PayloadPref, mem_pair};
+use blitx_session::resume::Journal;
+use blitx_storage::local::{PairProgress, run_pair};
+use blitx_storage::report::Quiet;
+use blitx_storage::source::SourceOptions;
+use blitx_storage::target::TargetOptions;
+use blitx_storage::testkit::{self, Rng, write_random};
+use blitx_storage::{RootDir, SourceReport, TargetReport, fsys};
+
+const CHUNK: u64 = 1 << 20;
+const SIZE: u64 = 8 * CHUNK - 1000;
+
+fn params() -> SessionParams {
+    SessionParams {
+        chunk_bytes: CHUNK as u32,
+        small_file_bytes_max: 64 << 10,
+        bundle_bytes: 256 << 10,
+        ..SessionParams::default()
+    }
+}
+
+fn copy(src: &Path, dst: &Path) -> (SourceReport, TargetReport) {
+    let p = params();
+    let pool = BufferPool::new(16, p.chunk_bytes as usize, false).unwrap();
+    let (tx, rx) = mem_pair(pool, PayloadPref::FileRegion, p.chunk_bytes, 8, MemFaults::default());
+    let source = SourceOptions {
+        root: RootDir::open(src).unwrap(),
+        params: p.clone(),
+        walk_threads: 2,
+        read_threads: 2,
+        confine: false,
+        limits: blitx_storage::limits::Limits::none(),
+    };
+    let target = TargetOptions::new(RootDir::open(dst).unwrap(), p, 2);
+    let cancel = Cancel::new();
+    let r = run_pair(&source, &target, &tx, &rx, &Quiet, &PairProgress::default(), &cancel);
+    let (s, t) = r.unwrap();
+    assert_eq!((s.error_count, t.error_count), (0, 0), "{:?} {:?}", s.errors, t.errors);
+    (s, t)
+}
+
+/// `src/big` and an empty target directory.
+fn setup(t: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let (src, dst) = (t.join("src"), t.join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    write_random(&src.join("big"), SIZE, &mut Rng::new(11));
+    let bytes = std::fs::read(src.join("big")).unwrap();
+    (src, dst, bytes)
+}
+
+fn mtime(p: &Path) -> Timestamp {
+    let m = std::fs::metadata(p).unwrap();
+    Timestamp { sec: m.mtime(), nsec: m.mtime_nsec() as u32 }
+}
+
+/// Marks `path` as a partial file of `big` in `src` whose journal records `runs`.
+fn plant(path: &Path, src: &Path, runs: Vec<(u64, u64)>) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    fsys::mark_temp(f.as_fd());
+    let journal = Journal {
+        chunk_bytes: CHUNK as u32,
+        size_bytes: SIZE,
+        mtime: mtime(&src.join("big")),
+        saved_unix_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        name: b"big".to_vec(),
+        runs,
+    };
+    fsys::save_journal(f.as_fd(), &journal).unwrap();
+}
+
+#[test]
+fn a_partial_file_is_used_where_its_chunks_hash_the_same_and_repaired_where_not() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, mut bytes) = setup(t.path());
+    // What a crash left: the journal says chunks 0..6 were written, but chunk 2 was damaged
+    // since and chunk 4 never reached the disk (zeros).
+    bytes[2 * CHUNK as usize + 17] ^= 0xff;
+    bytes[4 * CHUNK as usize..5 * CHUNK as usize].fill(0);
+    bytes[6 * CHUNK as usize..].fill(0);
+    let partial = dst.join(".big.0.0.blit-tmp");
+    std::fs::write(&partial, &bytes).unwrap();
+    plant(&partial, &src, vec![(0, 6)]);
+    let (s, t) = copy(&src, &dst);
+    testkit::compare_trees(&src, &dst).unwrap();
+    assert!(testkit::temp_files(&dst).is_empty());
+    // Chunks 0, 1, 3 and 5 came from the partial file; 2, 4, 6 and 7 over the wire.
+    assert_eq!(t.bytes_reused, 4 * CHUNK);
+    assert_eq!(s.bytes_reused, 4 * CHUNK);
+    assert_eq!(s.bytes_sent, SIZE - 4 * CHUNK);
+}
+
+#[test]
+fn a_journal_that_does_not_fit_the_file_listed_now_is_not_used() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, bytes) = setup(t.path());
+    let partial = dst.join(".big.0.0.blit-tmp");
+    std::fs::write(&partial, &bytes).unwrap();
+    plant(&partial, &src, vec![(0, 8)]);
+    // The source changed since the journal was saved (its mtime).
+    let later = mtime(&src.join("big")).sec + 10;
+    testkit::set_mtime(&src.join("big"), later, 0);
+    let (_, t) = copy(&src, &dst);
+    assert_eq!(t.bytes_reused, 0);
+    testkit::compare_trees(&src, &dst).unwrap();
+    assert!(testkit::temp_files(&dst).is_empty(), "the unusable partial file is removed");
+}
+
+#[test]
+fn a_file_linked_in_under_a_temporary_name_is_never_taken_over() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, bytes) = setup(t.path());
+    // Someone links a file from elsewhere in under a partial file's name, mark and journal
+    // included: taken over, it would be written into, chmod'ed and renamed into place.
+    let outside = t.path().join("outside");
+    std::fs::write(&outside, &bytes).unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let partial = dst.join(".big.0.0.blit-tmp");
+    std::fs::hard_link(&outside, &partial).unwrap();
+    plant(&partial, &src, vec![(0, 8)]);
+    let before = std::fs::metadata(&outside).unwrap();
+    let (_, t) = copy(&src, &dst);
+    assert_eq!(t.bytes_reused, 0, "a file with two names is nobody's partial file");
+    testkit::compare_trees(&src, &dst).unwrap();
+    let after = std::fs::metadata(&outside).unwrap();
+    assert_eq!(std::fs::read(&outside).unwrap(), bytes);
+    assert_eq!(after.mode(), before.mode());
+    assert_ne!(after.ino(), std::fs::metadata(dst.join("big")).unwrap().ino());
+}
+
+#[test]
+fn an_unmarked_file_with_a_temporary_name_is_a_users_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, bytes) = setup(t.path());
+    // The journal without the temporary-file mark: not blit's.
+    let users = dst.join(".big.0.0.blit-tmp");
+    std::fs::write(&users, &bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&users).unwrap();
+    let journal = Journal {
+        chunk_bytes: CHUNK as u32,
+        size_bytes: SIZE,
+        mtime: mtime(&src.join("big")),
+        saved_unix_secs: u64::MAX / 2,
+        name: b"big".to_vec(),
+        runs: vec![(0, 8)],
+    };
+    fsys::save_journal(f.as_fd(), &journal).unwrap();
+    let (_, t) = copy(&src, &dst);
+    assert_eq!(t.bytes_reused, 0);
+    assert_eq!(std::fs::read(&users).unwrap(), bytes, "a user's file is left alone");
+}
