@@ -43,22 +43,29 @@ pub fn match_chunk(index: &Index, data: &[u8]) -> Recipe<'static> {
     if data.len() >= block && full_blocks > 0 {
         let mut rolling = Rolling::new(&data[..block]);
         loop {
+            // Fast path inside unchanged runs: the basis's next block, by strong hash alone
+            // (xxh3 is several times faster than the weak sum, and its 64 bits decide a match
+            // in the index path too; docs/delta.md has the arithmetic).
             let window = &data[at..at + block];
-            let weak = rolling.weak();
-            let mut strong = None;
             let mut found = None;
             if let Some(expected) = next_block.filter(|&b| b < full_blocks)
                 && let Some(sig) = index.block(expected)
-                && sig.weak == weak
+                && sig.strong == strong_hash(window, seed)
             {
-                let hash = *strong.get_or_insert_with(|| strong_hash(window, seed));
-                if hash == sig.strong {
-                    found = Some(expected);
-                }
+                found = Some(expected);
             }
             if found.is_none() {
-                found =
-                    index.find(weak, || *strong.get_or_insert_with(|| strong_hash(window, seed)));
+                if next_block.take().is_some() {
+                    // The run ended: the weak sum was not rolled to here.
+                    rolling = Rolling::new(window);
+                }
+                // Scan byte by byte while the filter says no block has the weak sum.
+                while !index.may_contain(rolling.weak()) && at + block < data.len() {
+                    rolling.roll(data[at], data[at + block]);
+                    at += 1;
+                }
+                let window = &data[at..at + block];
+                found = index.find(rolling.weak(), || strong_hash(window, seed));
             }
             if let Some(found) = found {
                 recipe.push_literal(&data[pending..at]);
@@ -69,9 +76,7 @@ pub fn match_chunk(index: &Index, data: &[u8]) -> Recipe<'static> {
                 if at + block > data.len() {
                     break;
                 }
-                rolling = Rolling::new(&data[at..at + block]);
             } else {
-                next_block = None;
                 if at + block >= data.len() {
                     break;
                 }
