@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use blitx_delta::cdc::{CDC_ENTRY_BYTES, CdcIndex, CdcParams, sign_range};
 use blitx_delta::{
-    ChunkPlan, Index, Recipe, SIGNATURE_HEADER_BYTES, Signature, SignatureBuilder, SignatureLimits,
-    SignatureParams, encode_chunk,
+    Index, Recipe, SIGNATURE_HEADER_BYTES, Signature, SignatureBuilder, SignatureLimits,
+    SignatureParams, match_chunk,
 };
 
 const CHUNK_BYTES: usize = 4 << 20;
@@ -53,7 +53,8 @@ fn main() {
             Edit::Small => "16 B in blocks",
             Edit::Unrelated => "unrelated",
         };
-        let blocks: &[u32] = if edit == Edit::Unrelated { &[4096] } else { &[2048, 4096, 8192, 16384, 65536] };
+        let blocks: &[u32] =
+            if edit == Edit::Unrelated { &[4096] } else { &[2048, 4096, 8192, 16384, 65536] };
         for &block in blocks {
             let label = if block == 65536 { "rolling (rsync's 4 GiB rule)" } else { "rolling" };
             row(name, label, block, &rolling(&basis, &data, block, runs));
@@ -115,13 +116,13 @@ fn row(edit: &str, algorithm: &str, block: u32, m: &Measured) {
     );
 }
 
-/// Bytes a chunk costs on the wire: its recipe, or the chunk itself where that is shorter.
-fn chunk_cost(plan: &ChunkPlan, recipe_for_literals: &Recipe<'_>, chunk: &[u8]) -> (u64, u64) {
-    match plan {
-        ChunkPlan::Raw => (chunk.len() as u64, chunk.len() as u64),
-        ChunkPlan::Delta(recipe) => {
-            (recipe.encoded_bytes() as u64, recipe_for_literals.literals().len() as u64)
-        }
+/// Bytes a chunk costs on the wire and the literal bytes among them: its recipe, or the chunk
+/// itself where the recipe is not shorter (what `encode_chunk` decides).
+fn chunk_cost(recipe: &Recipe<'_>, chunk: &[u8]) -> (u64, u64) {
+    if recipe.encoded_bytes() >= chunk.len() {
+        (chunk.len() as u64, chunk.len() as u64)
+    } else {
+        (recipe.encoded_bytes() as u64, recipe.literals().len() as u64)
     }
 }
 
@@ -139,7 +140,8 @@ fn rolling(basis: &[u8], data: &[u8], block: u32, runs: usize) -> Measured {
                 .map(|(i, range)| {
                     let start = (i * TARGET_RANGE_BYTES) as u64;
                     let mut builder =
-                        SignatureBuilder::new(params, start..start + range.len() as u64).expect("range");
+                        SignatureBuilder::new(params, start..start + range.len() as u64)
+                            .expect("range");
                     for piece in range.chunks(CHUNK_BYTES) {
                         builder.update(piece).expect("fed within the range");
                     }
@@ -148,24 +150,19 @@ fn rolling(basis: &[u8], data: &[u8], block: u32, runs: usize) -> Measured {
                 .collect::<Vec<_>>();
             Signature::from_parts(parts, &limits).expect("parts cover the basis")
         });
-        let signature_bytes = signature.clone().into_part().encoded_bytes(BLOCKS_PER_MESSAGE) as u64;
-        let (plans, match_s) = timed(|| {
+        let signature_bytes =
+            signature.clone().into_part().encoded_bytes(BLOCKS_PER_MESSAGE) as u64;
+        let (recipes, match_s) = timed(|| {
             let index = Index::new(signature).expect("index");
-            data.chunks(CHUNK_BYTES).map(|chunk| encode_chunk(&index, chunk)).collect::<Vec<_>>()
+            data.chunks(CHUNK_BYTES).map(|chunk| match_chunk(&index, chunk)).collect::<Vec<_>>()
         });
         sign_times.push(sign_s);
         match_times.push(match_s);
         if result.is_none() {
             let (mut recipe_bytes, mut literal_bytes) = (0, 0);
-            for (plan, chunk) in plans.iter().zip(data.chunks(CHUNK_BYTES)) {
-                let recipe = match plan {
-                    ChunkPlan::Delta(recipe) => {
-                        check(recipe, basis, chunk);
-                        recipe.clone()
-                    }
-                    ChunkPlan::Raw => Recipe::default(),
-                };
-                let (r, l) = chunk_cost(plan, &recipe, chunk);
+            for (recipe, chunk) in recipes.iter().zip(data.chunks(CHUNK_BYTES)) {
+                check(recipe, basis, chunk);
+                let (r, l) = chunk_cost(recipe, chunk);
                 recipe_bytes += r;
                 literal_bytes += l;
             }
@@ -193,11 +190,14 @@ fn cdc(basis: &[u8], data: &[u8], avg: u32, runs: usize) -> Measured {
             basis
                 .chunks(TARGET_RANGE_BYTES)
                 .enumerate()
-                .flat_map(|(i, range)| sign_range(&params, 0x5EED, (i * TARGET_RANGE_BYTES) as u64, range))
+                .flat_map(|(i, range)| {
+                    sign_range(&params, 0x5EED, (i * TARGET_RANGE_BYTES) as u64, range)
+                })
                 .collect::<Vec<_>>()
         });
         let messages = entries.len().div_ceil(BLOCKS_PER_MESSAGE).max(1);
-        let signature_bytes = (messages * SIGNATURE_HEADER_BYTES + entries.len() * CDC_ENTRY_BYTES) as u64;
+        let signature_bytes =
+            (messages * SIGNATURE_HEADER_BYTES + entries.len() * CDC_ENTRY_BYTES) as u64;
         let (recipes, match_s) = timed(|| {
             let index = CdcIndex::new(params, 0x5EED, &entries);
             data.chunks(CHUNK_BYTES).map(|chunk| index.match_chunk(chunk)).collect::<Vec<_>>()
@@ -208,12 +208,7 @@ fn cdc(basis: &[u8], data: &[u8], avg: u32, runs: usize) -> Measured {
             let (mut recipe_bytes, mut literal_bytes) = (0, 0);
             for (recipe, chunk) in recipes.iter().zip(data.chunks(CHUNK_BYTES)) {
                 check(recipe, basis, chunk);
-                let plan = if recipe.encoded_bytes() >= chunk.len() {
-                    ChunkPlan::Raw
-                } else {
-                    ChunkPlan::Delta(recipe.clone())
-                };
-                let (r, l) = chunk_cost(&plan, recipe, chunk);
+                let (r, l) = chunk_cost(recipe, chunk);
                 recipe_bytes += r;
                 literal_bytes += l;
             }

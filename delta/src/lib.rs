@@ -33,7 +33,7 @@ pub const RULE_BLOCK_BYTES_MIN: u32 = 4 << 10;
 /// Largest block the rule picks (rsync's cap too).
 pub const RULE_BLOCK_BYTES_MAX: u32 = 128 << 10;
 /// The rule keeps a signature at about this many blocks or fewer (12 MiB on the wire, about
-/// 16 MiB in the source's index) until the largest block is reached.
+/// 50 MiB with the source's index) until the largest block is reached.
 pub const RULE_BLOCKS_TARGET: u64 = 1 << 20;
 
 const _: () = assert!(BLOCK_BYTES_MIN <= RULE_BLOCK_BYTES_MIN);
