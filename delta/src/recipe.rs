@@ -430,6 +430,31 @@ mod tests {
         assert!(matches!(Recipe::decode(&empty, &bounds), Err(RecipeError::EmptyOp { index: 0 })));
     }
 
+    /// Random corruptions of a valid recipe: decoding never panics, and whatever it accepts
+    /// applies inside the basis and the chunk.
+    #[test]
+    fn corrupted_recipes_never_escape_their_bounds() {
+        let mut wire = Vec::new();
+        sample().encode(&mut wire);
+        let basis = [7u8; 20];
+        let bounds = RecipeBounds { chunk_bytes: 13, basis_bytes: 20 };
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..20_000 {
+            let mut bytes = wire.clone();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..bytes.len());
+                bytes[at] = rng.u8(..);
+            }
+            if rng.bool() {
+                bytes.truncate(rng.usize(..=bytes.len()));
+            }
+            if let Ok(recipe) = Recipe::decode(&bytes, &bounds) {
+                let mut out = [0u8; 13];
+                recipe.apply(20, read_from(&basis), &mut out).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn apply_checks_before_it_reads_or_writes() {
         let recipe = sample();

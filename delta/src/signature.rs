@@ -568,6 +568,28 @@ mod tests {
         ));
     }
 
+    /// Random corruptions of valid messages: decoding never panics, and what it accepts lies
+    /// within the limits.
+    #[test]
+    fn corrupted_messages_never_exceed_the_limits() {
+        let basis = data(3000, 5);
+        let params = SignatureParams::new(256, basis.len() as u64, 3).unwrap();
+        let messages = whole(params, &basis).messages(4);
+        let limits = SignatureLimits { message_bytes_max: 4096, blocks_max: 64 };
+        let mut rng = fastrand::Rng::with_seed(12);
+        for _ in 0..20_000 {
+            let mut bytes = messages[rng.usize(..messages.len())].clone();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..bytes.len());
+                bytes[at] = rng.u8(..);
+            }
+            if let Ok(part) = SignaturePart::decode(&bytes, &limits) {
+                assert!(part.params.blocks() <= limits.blocks_max);
+                assert!(part.first_block + part.blocks.len() as u64 <= part.params.blocks());
+            }
+        }
+    }
+
     #[test]
     fn assembler_refuses_overlaps_gaps_and_mixed_parameters() {
         let basis = data(4096, 4);
