@@ -3,6 +3,7 @@
 
 mod bench;
 mod daemon;
+mod delta_auto;
 mod exit;
 mod output;
 mod topo;

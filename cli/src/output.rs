@@ -175,6 +175,9 @@ pub struct Summary {
     /// Bytes of resumed files that partial files of an interrupted transfer already held
     /// (each chunk confirmed by hash with the source): not sent again.
     pub bytes_reused: u64,
+    /// Bytes of block signatures of the target's old copies sent to the source (`--delta`),
+    /// on the control channel: with `bytes_moved`, what crossed the link for the files' data.
+    pub signature_bytes: u64,
     pub seconds: f64,
     /// `bytes_moved / seconds`: a sparse terabyte copied in a second is not a TB/s link.
     pub throughput_bytes_per_sec: f64,
@@ -318,6 +321,7 @@ mod tests {
             bytes: 1 << 40,
             bytes_moved: 1 << 20,
             bytes_reused: 0,
+            signature_bytes: 0,
             seconds: 1.0,
             throughput_bytes_per_sec: f64::from(1 << 20),
             entries_scanned: 1,

@@ -122,6 +122,14 @@ pub struct XferArgs {
     /// confirmed by hash with the source, the finished file read back and checked).
     #[arg(long)]
     pub no_resume: bool,
+    /// Delta transfer for files the target has an older copy of: the target sends the old
+    /// copy's block signature (4 KiB blocks up to 4 GiB) and the source sends each chunk as
+    /// copies from it and literal bytes where that is shorter (rsync's algorithm; every rebuilt
+    /// chunk checked against the source's hash). auto: on when the link is slower than this
+    /// machine hashes (a remote transfer over an interface whose speed is known), off for local
+    /// copies and loopback.
+    #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub delta: String,
     /// How file data meets the disks, on both ends: auto (O_DIRECT through io_uring for files
     /// of 64 MiB and more on ext4, XFS and F2FS, the page cache otherwise),
     /// buffered (always the page cache), direct (O_DIRECT for every chunked, non-sparse file).
@@ -180,6 +188,20 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
         io_depth: args.io_depth,
         mem_bytes: args.mem,
         resume: !args.no_resume,
+        delta: match args.delta.as_str() {
+            "on" => true,
+            "off" => false,
+            // auto: only a remote transfer has a link whose speed may be below the hashing rate.
+            _ => [&args.source, &args.target]
+                .into_iter()
+                .filter(|side| RemoteSpec::is_remote(side))
+                .find_map(|side| RemoteSpec::parse(side).ok())
+                .is_some_and(|r| {
+                    let d = crate::delta_auto::decide(&r.host, r.port);
+                    tracing::info!("--delta auto: {} ({})", if d.on { "on" } else { "off" }, d.why);
+                    d.on
+                }),
+        },
     };
     params.validate()?;
     Ok(params)
@@ -398,6 +420,7 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         bytes: t.bytes_copied,
         bytes_moved,
         bytes_reused: t.bytes_reused.max(outcome.source.bytes_reused),
+        signature_bytes: t.signature_bytes,
         seconds,
         throughput_bytes_per_sec: if seconds > 0.0 { bytes_moved as f64 / seconds } else { 0.0 },
         entries_scanned: outcome.source.entries,

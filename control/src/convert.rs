@@ -199,6 +199,7 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
         io_depth: p.io_depth,
         mem_bytes: p.mem_bytes.unwrap_or(0),
         no_resume: !p.resume,
+        delta: p.delta,
     }
 }
 
@@ -231,6 +232,7 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         io_depth: if p.io_depth == 0 { IO_DEPTH_DEFAULT } else { p.io_depth },
         mem_bytes: (p.mem_bytes > 0).then_some(p.mem_bytes),
         resume: !p.no_resume,
+        delta: p.delta,
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)
@@ -682,6 +684,9 @@ pub fn target_msg_to_pb(m: &TargetMsg) -> pb::TargetMsg {
                 .collect(),
         }),
         TargetMsg::NeedEnd => Msg::NeedEnd(pb::Empty {}),
+        TargetMsg::Signature { id, part } => {
+            Msg::Signature(pb::Signature { id: *id, part: part.clone() })
+        }
     };
     pb::TargetMsg { msg: Some(msg) }
 }
@@ -703,6 +708,7 @@ pub fn target_msg_from_pb(m: &pb::TargetMsg) -> Result<TargetMsg, ConvertError> 
             TargetMsg::Need { listing: n.listing, ids: n.ids.clone(), offers }
         }
         Msg::NeedEnd(_) => TargetMsg::NeedEnd,
+        Msg::Signature(sg) => TargetMsg::Signature { id: sg.id, part: sg.part.clone() },
     })
 }
 
@@ -764,6 +770,7 @@ pub fn target_summary_to_pb(t: &TargetReport) -> pb::ServerFrame {
         unsupported: t.unsupported,
         deletions_skipped: t.deletions_skipped,
         bytes_reused: t.bytes_reused,
+        signature_bytes: t.signature_bytes,
         errors: errors_to_pb(&t.errors),
         error_count: t.error_count,
         ..Default::default()
@@ -814,6 +821,7 @@ pub fn summary_from_pb(s: &pb::Summary) -> Result<RemoteSummary, ConvertError> {
             unsupported: s.unsupported,
             deletions_skipped: s.deletions_skipped,
             bytes_reused: s.bytes_reused,
+            signature_bytes: s.signature_bytes,
             errors: errors.clone(),
             error_count: s.error_count,
         },

@@ -51,6 +51,11 @@ pub enum FrameKind {
     /// the source found identical: no payload; the checksum field carries the source's hash
     /// of the chunk ([`checksum`]), which must equal the hash the target offered.
     Same = 5,
+    /// A chunk of a file the target has an old copy of (its *basis*) as a recipe
+    /// (`blitx_delta::Recipe`: ranges of the basis to copy and literal bytes) instead of its
+    /// bytes; `len_bytes` is the recipe's length, and the checksum is that of the rebuilt chunk
+    /// (always present).
+    Delta = 6,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +236,7 @@ impl FrameHeader {
             3 => FrameKind::Bundle,
             4 => FrameKind::End,
             5 => FrameKind::Same,
+            6 => FrameKind::Delta,
             k => return Err(FrameError::Kind(k)),
         };
         let le64 = |r: std::ops::Range<usize>| {

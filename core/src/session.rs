@@ -85,6 +85,10 @@ pub struct SessionParams {
     /// interrupted, and the next transfer offers those chunks ([`Offer`]) instead of asking
     /// for them again. Unset, partial files are removed and every file starts over.
     pub resume: bool,
+    /// Delta transfer (`--delta`): for a chunked file the target has an older copy of, the
+    /// target sends the copy's block signature ([`TargetMsg::Signature`]) and the source sends
+    /// each chunk as a recipe of copies from it and literal bytes where that is shorter.
+    pub delta: bool,
 }
 
 impl Default for SessionParams {
@@ -103,6 +107,7 @@ impl Default for SessionParams {
             io_depth: IO_DEPTH_DEFAULT,
             mem_bytes: None,
             resume: true,
+            delta: false,
         }
     }
 }
@@ -236,7 +241,17 @@ pub enum TargetMsg {
     Need { listing: u64, ids: Vec<FileId>, offers: Vec<Offer> },
     /// No more needs will follow (the target has diffed the whole manifest).
     NeedEnd,
+    /// One part of the block signature of the target's old copy of file `id`
+    /// (`blitx_delta::SignaturePart` encoded, at most [`SIGNATURE_MESSAGE_BYTES_MAX`]): every
+    /// part of a file's signature comes before the `Need` that names the file, and a `Need`
+    /// must name every file whose signature came since the last one.
+    Signature { id: FileId, part: Vec<u8> },
 }
+
+/// The largest signature message (64 Ki blocks of 12 bytes and a header).
+pub const SIGNATURE_MESSAGE_BYTES_MAX: usize = (1 << 20) + 64;
+/// Signature bytes a source holds at most at once (signatures of files not yet read).
+pub const SIGNATURE_BYTES_HELD_MAX: u64 = 256 << 20;
 
 impl TargetMsg {
     /// The variant's name (for tracing control traffic).
@@ -244,6 +259,7 @@ impl TargetMsg {
         match self {
             TargetMsg::Need { .. } => "need",
             TargetMsg::NeedEnd => "need-end",
+            TargetMsg::Signature { .. } => "signature",
         }
     }
 }

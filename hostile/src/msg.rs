@@ -217,6 +217,9 @@ pub fn describe_server(f: &pb::ServerFrame) -> String {
         Some(Msg::Target(t)) => match &t.msg {
             Some(pb::target_msg::Msg::Need(n)) => format!("Need({} ids)", n.ids.len()),
             Some(pb::target_msg::Msg::NeedEnd(_)) => "NeedEnd".into(),
+            Some(pb::target_msg::Msg::Signature(sg)) => {
+                format!("Signature(file {}, {} bytes)", sg.id, sg.part.len())
+            }
             None => "Target(empty)".into(),
         },
         Some(Msg::Events(e)) => format!(

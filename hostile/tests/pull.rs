@@ -426,3 +426,61 @@ fn offers_are_checked_by_the_source_and_answered_chunk_by_chunk() {
     let same = frames.iter().find(|(h, _)| h.kind == blitx_core::frame::FrameKind::Same).unwrap();
     assert_eq!(same.0.checksum, hash0, "a Same frame carries the source's hash");
 }
+
+/// Issue 18 (delta): a pulling client's signatures are decoded within their bounds and must be
+/// for a file of the answer that follows: garbage, a signature for a file the answer does not
+/// need, or one left without an answer at NeedEnd end the session with PROTOCOL_VIOLATION, and
+/// no file data is sent.
+/// One valid signature message (of an 8 KiB basis).
+fn valid_part() -> Vec<u8> {
+    let params = blitx_delta::SignatureParams::new(4096, 8192, 1).unwrap();
+    let mut b = blitx_delta::SignatureBuilder::new(params, 0..8192).unwrap();
+    b.update(&[7u8; 8192]).unwrap();
+    b.finish().unwrap().messages(1024).remove(0)
+}
+
+#[test]
+fn signatures_are_checked_by_the_source() {
+    let t = scratch("signatures");
+    let root = t.path().join("export");
+    std::fs::create_dir_all(&root).unwrap();
+    write_random(&root.join("big"), 3 * u64::from(msg::CHUNK_BYTES), &mut Rng::new(4));
+    let d = DaemonProc::start(&root, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let signature = |id: u64, part: Vec<u8>| pb::TargetMsg {
+        msg: Some(pb::target_msg::Msg::Signature(pb::Signature { id, part })),
+    };
+    for what in ["garbage", "not needed", "never answered"] {
+        let c = RawClient::connect(&d.addr).unwrap();
+        let (mut sess, data) = c.open_with_data(msg::open_pull("")).unwrap();
+        let readers = data.read_in_background(msg::CHUNK_BYTES);
+        let listing = read_listings(&mut sess, 1).remove(0);
+        let big = listing.entries.iter().find(|e| e.path == b"big").unwrap().id;
+        match what {
+            "garbage" => {
+                sess.send_target(signature(big, b"BXS1 and then nonsense".to_vec())).unwrap();
+                sess.send_target(msg::need_for(listing.seq, &[big])).unwrap();
+            }
+            "not needed" => {
+                sess.send_target(signature(big, valid_part())).unwrap();
+                sess.send_target(msg::need_for(listing.seq, &[])).unwrap();
+            }
+            _ => {
+                sess.send_target(msg::need_for(listing.seq, &[])).unwrap();
+                read_manifest_end(&mut sess);
+                sess.send_target(signature(big, valid_part())).unwrap();
+                sess.send_target(msg::need_end()).unwrap();
+            }
+        }
+        let end = sess.finish(Duration::from_secs(10));
+        let code = match &end {
+            blitx_hostile::raw::End::Summary(s) if !s.fatal.is_empty() => s.fatal_code,
+            blitx_hostile::raw::End::Error(e) => e.code,
+            other => panic!("{what}: no fatal end: {}", other.describe()),
+        };
+        assert_eq!(code, pb::ErrorCode::ProtocolViolation as i32, "{what}: {}", end.describe());
+        assert!(blitx_hostile::wait_until(Duration::from_secs(10), || readers.done()), "{what}");
+        let (frames, _) = readers.join();
+        let sent = frames.iter().filter(|(h, _)| h.kind != blitx_core::frame::FrameKind::End);
+        assert_eq!(sent.count(), 0, "{what}: file data sent");
+    }
+}

@@ -432,3 +432,112 @@ fn memory_push_verifies_creates_nothing_and_refuses_bundles() {
     let end = if matches!(end, End::Closed) { sess.finish(STEP) } else { end };
     assert!(end.is_refusal(), "a hole frame in a memory session was accepted: {}", end.describe());
 }
+
+/// A recipe (docs/delta.md): `ops` of (basis offset, length) copies, no literals.
+fn copy_recipe(ops: &[(u64, u32)]) -> Vec<u8> {
+    let mut r = Vec::new();
+    r.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+    r.extend_from_slice(&0u32.to_le_bytes());
+    for &(at, len) in ops {
+        r.push(1);
+        r.extend_from_slice(&at.to_le_bytes());
+        r.extend_from_slice(&len.to_le_bytes());
+    }
+    r
+}
+
+/// A Delta frame for chunk `offset` of file `id`: `recipe`, vouched for by `checksum`.
+fn delta_frame(id: u64, offset: u64, recipe: &[u8], checksum: u64) -> Vec<u8> {
+    let header = blitx_core::frame::FrameHeader {
+        kind: blitx_core::frame::FrameKind::Delta,
+        flags: 0,
+        file_id: id,
+        offset_bytes: offset,
+        len_bytes: recipe.len() as u32,
+        checksum,
+    };
+    let mut out = header.encode().to_vec();
+    out.extend_from_slice(recipe);
+    out
+}
+
+/// Reads the daemon's answer to a listing with one file: its signature messages (delta), then
+/// the Need.
+fn signatures_then_need(sess: &mut Session) -> (usize, Vec<u64>) {
+    let mut signatures = 0;
+    loop {
+        match sess.recv_skip_events(STEP) {
+            blitx_hostile::raw::Recv::Frame(pb::ServerFrame {
+                msg: Some(pb::server_frame::Msg::Target(pb::TargetMsg { msg: Some(m) })),
+            }) => match m {
+                pb::target_msg::Msg::Signature(_) => signatures += 1,
+                pb::target_msg::Msg::Need(n) => return (signatures, n.ids),
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("no Need: {}", blitx_hostile::raw::describe_recv(&other)),
+        }
+    }
+}
+
+/// Issue 18 (delta): a pushing client's recipes are checked against the chunk and the daemon's
+/// old copy. A recipe that copies from past the old copy's end, or a recipe for a file the
+/// daemon sent no signature for, ends the session with PROTOCOL_VIOLATION and leaves the old
+/// file as it was; an honest recipe rebuilds the chunk from the old copy, checked against the
+/// checksum of the real chunk.
+#[test]
+fn recipes_are_checked_against_the_chunk_and_the_old_copy() {
+    let chunk = msg::CHUNK_BYTES as usize;
+    let old: Vec<u8> = (0..2 * chunk).map(|i| (i * 7 % 251) as u8).collect();
+    // The new file: the old one's second chunk first, then the old first chunk.
+    let mut new = old[chunk..].to_vec();
+    new.extend_from_slice(&old[..chunk]);
+    let cases: [(&str, bool, Vec<u8>); 3] = [
+        ("a copy past the old copy's end", true, copy_recipe(&[(old.len() as u64, chunk as u32)])),
+        ("a recipe without a signature", false, copy_recipe(&[(chunk as u64, chunk as u32)])),
+        ("an honest recipe", true, copy_recipe(&[(chunk as u64, chunk as u32)])),
+    ];
+    for (what, delta, recipe) in cases {
+        let t = scratch("delta-push");
+        let root = t.path().join("export");
+        std::fs::create_dir_all(root.join("dst")).unwrap();
+        std::fs::write(root.join("dst/big"), &old).unwrap();
+        let d = start(&root, &[]);
+        let c = RawClient::connect(&d.addr).unwrap();
+        let mut open = msg::open_push("dst");
+        open.params.as_mut().unwrap().delta = delta;
+        let (mut sess, mut data) = c.open_with_data(open).unwrap();
+        sess.send_source(msg::root(msg::root_entry(0o755))).unwrap();
+        sess.send_source(msg::listing(
+            "",
+            vec![msg::file(1, "big", new.len() as u64, 0o644)],
+            true,
+        ))
+        .unwrap();
+        let (signatures, ids) = signatures_then_need(&mut sess);
+        assert_eq!(ids, vec![1], "{what}");
+        assert_eq!(signatures > 0, delta, "{what}: {signatures} signature messages");
+        let first = blitx_core::frame::checksum(&new[..chunk]);
+        // After a violation the daemon closes the session: later sends may fail.
+        let _ = data.send_raw(0, &delta_frame(1, 0, &recipe, first));
+        let _ = data.send_raw(0, &blitx_hostile::frames::chunk(1, chunk as u64, &new[chunk..]));
+        let _ = sess.send_source(msg::file_read(1));
+        let end = match sess.end_push(&mut data, STEP) {
+            Ok(end) => end,
+            Err(_) => sess.finish(STEP),
+        };
+        if what == "an honest recipe" {
+            assert!(end.is_success_summary(), "{what}: {}", end.describe());
+            assert_eq!(std::fs::read(root.join("dst/big")).unwrap(), new, "{what}");
+        } else {
+            let code = match &end {
+                End::Summary(s) if !s.fatal.is_empty() => s.fatal_code,
+                End::Error(e) => e.code,
+                other => panic!("{what}: no fatal end: {}", other.describe()),
+            };
+            assert_eq!(code, pb::ErrorCode::ProtocolViolation as i32, "{what}: {}", end.describe());
+            assert_eq!(std::fs::read(root.join("dst/big")).unwrap(), old, "{what}: old file");
+        }
+        let left: Vec<_> = std::fs::read_dir(root.join("dst")).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "{what}: temp files left: {left:?}");
+    }
+}

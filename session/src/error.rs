@@ -54,6 +54,8 @@ pub enum FileOp {
     RootMetadata,
     /// `--fsync` of a directory that gained or lost names.
     SyncDir,
+    /// Reading the target's old copy of a file to rebuild a chunk from its recipe (delta).
+    ReadBasis,
 }
 
 impl FileOp {
@@ -86,6 +88,7 @@ impl FileOp {
             FileOp::DirMetadata => "cannot set directory metadata",
             FileOp::RootMetadata => "cannot set root metadata",
             FileOp::SyncDir => "cannot make the directory durable (fsync)",
+            FileOp::ReadBasis => "cannot read the old copy to rebuild a chunk",
         }
     }
 }
@@ -216,6 +219,14 @@ pub enum Violation {
     NotOffered { path: RelPath, offset_bytes: u64 },
     #[error("an unchecked chunk of {0}, a resumed file (its chunks must carry checksums)")]
     UncheckedResumed(RelPath),
+    #[error("a recipe chunk for {0}, whose basis this side did not offer")]
+    NotDelta(RelPath),
+    #[error("a bad recipe for {path} at {offset_bytes}: {why}")]
+    BadRecipe { path: RelPath, offset_bytes: u64, why: String },
+    #[error("a signature for file {0}, which the answer that followed did not need")]
+    SignatureNotNeeded(FileId),
+    #[error("a bad signature for file {id}: {why}")]
+    BadSignature { id: FileId, why: String },
 }
 
 #[cfg(test)]

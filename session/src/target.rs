@@ -77,6 +77,8 @@ struct FileState<M> {
     resumed: Option<Box<Resumed>>,
     /// Chunks marked when the journal was last saved.
     journaled: u64,
+    /// The target has an old copy (a basis): chunks may come as recipes (`Delta` frames).
+    delta: bool,
 }
 
 /// A resumed file's state.
@@ -174,6 +176,11 @@ impl<M: Clone> Receiving<M> {
         self.files.len()
     }
 
+    /// The size of file `id`, while it is on its way.
+    pub fn size_of(&self, id: FileId) -> Option<u64> {
+        self.files.get(&id).map(|f| f.wanted.size_bytes)
+    }
+
     /// The target asks for file `id`; `shell` is whatever the shell needs to write and commit it.
     pub fn want(&mut self, id: FileId, wanted: Wanted, shell: M) -> Result<(), Violation> {
         if self.files.contains_key(&id) {
@@ -195,6 +202,7 @@ impl<M: Clone> Receiving<M> {
                 temp: false,
                 resumed: None,
                 journaled: 0,
+                delta: false,
             },
         );
         Ok(())
@@ -229,6 +237,27 @@ impl<M: Clone> Receiving<M> {
         Ok(())
     }
 
+    /// The target asks for file `id`, of which it has an old copy (the basis whose signature
+    /// it sent): its chunks may come as recipes (`Delta` frames), all of them carry checksums,
+    /// and it is read back and checked against them before its commit, like a resumed file.
+    pub fn want_delta(&mut self, id: FileId, wanted: Wanted, shell: M) -> Result<(), Violation> {
+        assert!(!wanted.small && !wanted.sparse && !self.sink, "only dense chunked files");
+        self.want(id, wanted, shell)?;
+        let total = {
+            let f = self.files.get(&id).expect("just wanted");
+            f.wanted.size_bytes.div_ceil(self.chunk_bytes).max(1)
+        };
+        let f = self.files.get_mut(&id).expect("just wanted");
+        f.delta = true;
+        f.resumed = Some(Box::new(Resumed {
+            offered: Vec::new(),
+            hashes: vec![0; total as usize],
+            kept: ChunkSet::new(total),
+            reused_bytes: 0,
+        }));
+        Ok(())
+    }
+
     /// A chunk or hole frame arrived with `payload_bytes` of payload.
     pub fn chunk(&mut self, h: &FrameHeader, payload_bytes: u64) -> Result<Admit<M>, Violation> {
         let chunk_bytes = self.chunk_bytes;
@@ -241,6 +270,7 @@ impl<M: Clone> Receiving<M> {
             || (h.offset_bytes >= size && size > 0)
             || (h.kind == FrameKind::Chunk && u64::from(h.len_bytes) != expected_len)
             || (matches!(h.kind, FrameKind::Hole | FrameKind::Same) && h.len_bytes != 0)
+            || (h.kind == FrameKind::Delta && u64::from(h.len_bytes) >= expected_len)
             || payload_bytes != u64::from(h.len_bytes)
         {
             return Err(Violation::BadChunk {
@@ -257,6 +287,10 @@ impl<M: Clone> Receiving<M> {
             // Only a file listed as sparse has holes; for any other a hole frame would count
             // chunks as written for the price of a header.
             return Err(Violation::HoleInDenseFile(f.wanted.path.clone()));
+        }
+        if h.kind == FrameKind::Delta && !f.delta {
+            // A recipe refers to a basis only a file with a signature has.
+            return Err(Violation::NotDelta(f.wanted.path.clone()));
         }
         if h.kind == FrameKind::Same {
             // Only for a chunk this side offered, with the hash it offered.
@@ -919,5 +953,42 @@ mod tests {
 
     fn chunk_header(id: FileId) -> FrameHeader {
         chunk(id, 0, 1)
+    }
+
+    #[test]
+    fn recipe_chunks_only_for_files_with_a_basis_shorter_than_the_chunk_and_checked() {
+        let size = 2 * u64::from(CHUNK);
+        let mut r = Receiving::new(CHUNK, false);
+        r.want_delta(1, wanted(size), 1u8).unwrap();
+        r.want(2, wanted(size), 2u8).unwrap();
+        let delta = |id: FileId, len: u32, flags: u16| FrameHeader {
+            kind: FrameKind::Delta,
+            flags,
+            len_bytes: len,
+            checksum: 5,
+            ..chunk(id, 0, size)
+        };
+        assert!(matches!(r.chunk(&delta(2, 100, 0), 100), Err(Violation::NotDelta(_))));
+        assert!(matches!(
+            r.chunk(&delta(1, CHUNK, 0), u64::from(CHUNK)),
+            Err(Violation::BadChunk { .. })
+        ));
+        assert!(matches!(
+            r.chunk(&delta(1, 100, FLAG_UNCHECKED), 100),
+            Err(Violation::UncheckedResumed(_))
+        ));
+        assert!(matches!(
+            r.chunk(&delta(1, 100, 0), 100).unwrap(),
+            Admit::Write { create: true, .. }
+        ));
+        let mut steps = Vec::new();
+        r.written(&delta(1, 100, 0), Written::Verified, &mut steps).unwrap();
+        deliver(&mut r, &checked(1, 1, size, 6), Written::Verified);
+        let mut steps = Vec::new();
+        r.file_read(1, &mut steps);
+        let Some(Step::Commit { verify: Some(hashes), .. }) = steps.pop() else {
+            panic!("a delta file is read back before its commit: {steps:?}")
+        };
+        assert_eq!(hashes, vec![5, 6]);
     }
 }

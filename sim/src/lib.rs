@@ -1201,7 +1201,7 @@ impl Sim {
         });
         match f.header.kind {
             FrameKind::Bundle => self.bundle_arrived(f),
-            FrameKind::Chunk | FrameKind::Hole | FrameKind::Same => {
+            FrameKind::Chunk | FrameKind::Hole | FrameKind::Same | FrameKind::Delta => {
                 match self.recv.chunk(&f.header, f.payload.len() as u64) {
                     Err(v) => self.violation(v),
                     Ok(Admit::Drop) => {}

@@ -446,6 +446,37 @@ pub fn memory_session(h: &dyn Harness) {
     }
 }
 
+/// Delta (`SessionParams::delta`): the target holds an old copy of a large file — a few 4 KiB
+/// blocks rewritten, 64 bytes inserted near the start. The new file arrives whole and identical
+/// while the chunks travel as recipes against the old copy: a small part of it crosses.
+pub fn delta_against_an_old_copy(h: &dyn Harness) {
+    let (src, dst) = (tempdir(), tempdir());
+    let size = 6 << 20;
+    let mut rng = testkit::Rng::new(18);
+    testkit::write_random(&src.path().join("big"), size, &mut rng);
+    let mut old = std::fs::read(src.path().join("big")).unwrap();
+    for block in [3usize, 200, 777, 1400] {
+        old[block * 4096..block * 4096 + 4096].fill(block as u8);
+    }
+    old.splice(1000..1000, [9u8; 64]);
+    std::fs::write(dst.path().join("big"), &old).unwrap();
+    testkit::set_mtime(&dst.path().join("big"), 1_500_000_000, 0);
+    let p = SessionParams { delta: true, ..params() };
+    let (s, t) = transfer(h, h.pair(&p), src.path(), dst.path(), &p, &Cancel::new())
+        .unwrap_or_else(|e| panic!("{}: delta: transfer failed: {e:?}", h.name()));
+    testkit::compare_trees(src.path(), dst.path())
+        .unwrap_or_else(|e| panic!("{}: delta: trees differ: {e}", h.name()));
+    assert!(testkit::temp_files(dst.path()).is_empty());
+    assert_eq!(t.files_copied, 1);
+    assert!(t.signature_bytes > 0, "{}: no signature was sent", h.name());
+    assert!(
+        s.bytes_sent < size / 8,
+        "{}: {} of {size} bytes crossed with delta",
+        h.name(),
+        s.bytes_sent
+    );
+}
+
 /// Runs every scenario against one backend.
 pub fn run_suite(h: &dyn Harness) {
     large_file(h);
@@ -457,4 +488,5 @@ pub fn run_suite(h: &dyn Harness) {
     file_changed_while_read(h);
     corrupted_chunk(h);
     memory_session(h);
+    delta_against_an_old_copy(h);
 }

@@ -224,6 +224,9 @@ pub struct TargetReport {
     /// Bytes of copied files that partial files kept by an interrupted transfer already held
     /// (confirmed by the source, not sent again).
     pub bytes_reused: u64,
+    /// Bytes of block signatures of old copies sent to the source (delta), on the control
+    /// channel.
+    pub signature_bytes: u64,
     /// Mirror deletions were skipped because something failed.
     pub deletions_skipped: bool,
     pub errors: Vec<FileError>,

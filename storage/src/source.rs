@@ -92,7 +92,42 @@ struct FileRef {
     /// The chunks the target's partial file holds, with its hashes (index, hash; ascending):
     /// each is read and hashed, and a `Same` frame replaces it where the hashes agree.
     offer: Option<Arc<Vec<(u64, u64)>>>,
+    /// The signature of the target's old copy (delta): each chunk goes as a recipe where that
+    /// is shorter.
+    delta: Option<Arc<HeldIndex>>,
 }
+
+/// A basis's index, counted against the signature bytes a source holds while it lives.
+struct HeldIndex {
+    index: blitx_delta::Index,
+    bytes: u64,
+    held: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for HeldIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeldIndex({} bytes)", self.bytes)
+    }
+}
+
+impl Drop for HeldIndex {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Signatures the target sent for files of its next answer: assembled until it comes.
+#[derive(Default)]
+struct Signatures {
+    building: IdMap<(blitx_delta::SignatureAssembler, u64)>,
+    /// Files whose signature did not fit what a source holds: sent whole.
+    declined: std::collections::HashSet<FileId>,
+    /// Signature bytes held now (assembling, and indexes of files not yet read).
+    held: Arc<AtomicU64>,
+}
+
+/// Files one answer may have signatures for (a listing part's entries).
+const SIGNED_FILES_MAX: usize = 4096;
 
 impl FileRef {
     fn of(e: &Entry) -> Self {
@@ -103,6 +138,7 @@ impl FileRef {
             mtime: e.mtime,
             sparse: e.sparse,
             offer: None,
+            delta: None,
         }
     }
 
@@ -179,6 +215,8 @@ struct Shared<'a> {
     files_sent: AtomicU64,
     /// Bytes of offered chunks the target's partial files held already (sent as `Same`).
     bytes_reused: AtomicU64,
+    /// Signatures for the next answer (delta).
+    signatures: Mutex<Signatures>,
     bundle_seq: AtomicU64,
 }
 
@@ -300,6 +338,7 @@ pub fn run_source(
         generated: Mutex::default(),
         files_sent: AtomicU64::new(0),
         bytes_reused: AtomicU64::new(0),
+        signatures: Mutex::default(),
         bundle_seq: AtomicU64::new(0),
     };
     let next_id = AtomicU64::new(1);
@@ -472,6 +511,7 @@ fn dispatch(
                 pending.answered.notify_one();
                 let mut files = answered.map_err(SourceError::Protocol)?;
                 attach_offers(shared, &mut files, offers).map_err(SourceError::Protocol)?;
+                attach_signatures(shared, &mut files).map_err(SourceError::Protocol)?;
                 let mut work = lock(&shared.work);
                 // Back-pressure: while the readers are this far behind, stop taking answers, so
                 // the target stops diffing and the walk stops listing (memory stays bounded
@@ -489,8 +529,16 @@ fn dispatch(
                 drop(work);
                 shared.more_work.notify_all();
             }
+            TargetMsg::Signature { id, part } => {
+                signature_part(shared, id, &part).map_err(SourceError::Protocol)?;
+            }
             TargetMsg::NeedEnd => {
                 lock(&pending.answers).need_end().map_err(SourceError::Protocol)?;
+                let sigs = lock(&shared.signatures);
+                if let Some(id) = sigs.building.keys().chain(sigs.declined.iter()).next() {
+                    return Err(SourceError::Protocol(Violation::SignatureNotNeeded(*id)));
+                }
+                drop(sigs);
                 lock(&shared.work).needs_done = true;
                 shared.more_work.notify_all();
                 return Ok(());
@@ -528,6 +576,94 @@ fn attach_offers(
         f.offer = Some(Arc::new(offer.chunks));
     }
     Ok(())
+}
+
+/// One signature message from the target (which may be hostile: every message is decoded
+/// within its bounds, and what a source holds is bounded — a signature past that is declined
+/// and its file sent whole).
+fn signature_part(shared: &Shared<'_>, id: FileId, part: &[u8]) -> Result<(), Violation> {
+    use blitx_core::session::{SIGNATURE_BYTES_HELD_MAX, SIGNATURE_MESSAGE_BYTES_MAX};
+    let bad = |why: String| Violation::BadSignature { id, why };
+    if part.len() > SIGNATURE_MESSAGE_BYTES_MAX {
+        return Err(bad(format!("a message of {} bytes", part.len())));
+    }
+    let mut sigs = lock(&shared.signatures);
+    if sigs.declined.contains(&id) {
+        return Ok(());
+    }
+    if !sigs.building.contains_key(&id)
+        && sigs.building.len() + sigs.declined.len() >= SIGNED_FILES_MAX
+    {
+        return Err(bad(format!("more than {SIGNED_FILES_MAX} signatures for one answer")));
+    }
+    let bytes = part.len() as u64;
+    if sigs.held.load(Ordering::Relaxed) + bytes > SIGNATURE_BYTES_HELD_MAX {
+        if let Some((_, had)) = sigs.building.remove(&id) {
+            sigs.held.fetch_sub(had, Ordering::Relaxed);
+        }
+        sigs.declined.insert(id);
+        return Ok(());
+    }
+    let limits = blitx_delta::SignatureLimits {
+        message_bytes_max: SIGNATURE_MESSAGE_BYTES_MAX,
+        blocks_max: SIGNATURE_BYTES_HELD_MAX / blitx_delta::SIGNATURE_ENTRY_BYTES as u64,
+    };
+    let held = Arc::clone(&sigs.held);
+    let (assembler, had) = sigs
+        .building
+        .entry(id)
+        .or_insert_with(|| (blitx_delta::SignatureAssembler::new(limits), 0));
+    assembler.push_message(part).map_err(|e| bad(e.to_string()))?;
+    *had += bytes;
+    held.fetch_add(bytes, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Every signature that came since the last answer must be for a dense chunked file this
+/// answer needs, without an offer; each is indexed and attached to its file.
+fn attach_signatures(shared: &Shared<'_>, files: &mut [FileRef]) -> Result<(), Violation> {
+    let mut sigs = lock(&shared.signatures);
+    if sigs.building.is_empty() && sigs.declined.is_empty() {
+        return Ok(());
+    }
+    let params = &shared.opts.params;
+    let at: IdMap<usize> = files.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
+    for id in std::mem::take(&mut sigs.declined) {
+        if !at.contains_key(&id) {
+            return Err(Violation::SignatureNotNeeded(id));
+        }
+    }
+    let held = Arc::clone(&sigs.held);
+    for (id, (assembler, bytes)) in std::mem::take(&mut sigs.building) {
+        let bad = |why: String| Violation::BadSignature { id, why };
+        // Counted until the index goes (or now, if it is refused).
+        let release = HeldIndexBytes { bytes, held: Arc::clone(&held) };
+        let Some(&i) = at.get(&id) else { return Err(Violation::SignatureNotNeeded(id)) };
+        let f = &mut files[i];
+        if params.is_small(f.size_bytes) || f.sparse || params.mem_bytes.is_some() {
+            return Err(bad("its file is bundled, sparse or generated".into()));
+        }
+        if f.offer.is_some() {
+            return Err(bad("its file is also resumed".into()));
+        }
+        let signature = assembler.finish().map_err(|e| bad(e.to_string()))?;
+        let index = blitx_delta::Index::new(signature).map_err(|e| bad(e.to_string()))?;
+        std::mem::forget(release);
+        f.delta = Some(Arc::new(HeldIndex { index, bytes, held: Arc::clone(&held) }));
+    }
+    Ok(())
+}
+
+/// Releases signature bytes if an index is not made after all.
+struct HeldIndexBytes {
+    bytes: u64,
+    held: Arc<AtomicU64>,
+}
+
+impl Drop for HeldIndexBytes {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Shared<'_> {
@@ -962,7 +1098,10 @@ fn read_chunk(
         return Ok(Some(r));
     }
     // An offered chunk is read and hashed here, whatever the transport prefers.
-    if shared.transport.payload_pref() == PayloadPref::FileRegion && f.offer.is_none() {
+    if shared.transport.payload_pref() == PayloadPref::FileRegion
+        && f.offer.is_none()
+        && f.delta.is_none()
+    {
         let mut region = FileRegion::new(Arc::clone(&file), offset_bytes, len_bytes);
         region.done = Some(Arc::clone(&done));
         return Ok(Some(out(header, Payload::File(region))));
@@ -977,7 +1116,7 @@ fn read_chunk(
     })?;
     let len = len_bytes as usize;
     // A resumed file's chunks all carry checksums: its target compares each with the file.
-    let hashed = shared.transport.needs_checksums() || f.offer.is_some();
+    let hashed = shared.transport.needs_checksums() || f.offer.is_some() || f.delta.is_some();
     let mut hasher = hashed.then(frame::Hasher::default);
     match direct.filter(|d| d.fits(lease.as_ptr(), lease.capacity(), len)) {
         Some(d) => {
@@ -1019,6 +1158,19 @@ fn read_chunk(
         drop(lease);
         let same = FrameHeader::same(f.id, offset_bytes, header.checksum);
         return Ok(Some(out(same, Payload::Empty)));
+    }
+    if let Some(d) = &f.delta
+        && let blitx_delta::ChunkPlan::Delta(recipe) =
+            blitx_delta::encode_chunk(&d.index, lease.data())
+    {
+        // Shorter than the chunk: the recipe replaces its bytes in the same buffer; the
+        // checksum stays the chunk's, which the target checks the rebuilt chunk against.
+        let mut encoded = Vec::with_capacity(recipe.encoded_bytes());
+        recipe.encode(&mut encoded);
+        lease.full_mut()[..encoded.len()].copy_from_slice(&encoded);
+        lease.set_len(encoded.len());
+        header.kind = FrameKind::Delta;
+        header.len_bytes = encoded.len() as u32;
     }
     Ok(Some(out(header, Payload::Buffer(lease))))
 }

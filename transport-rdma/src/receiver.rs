@@ -638,7 +638,7 @@ impl RecvShared {
         let header = rules.header(&raw).map_err(bad)?;
         rules.carried(&header, u64::from(payload_len)).map_err(bad)?;
         let payload = match header.kind {
-            FrameKind::Chunk | FrameKind::Bundle => {
+            FrameKind::Chunk | FrameKind::Bundle | FrameKind::Delta => {
                 lease.set_len(payload_len as usize); // <= chunk_bytes < slot (decode bounds it)
                 Payload::Buffer(lease)
             }

@@ -243,7 +243,7 @@ fn receive_frames(
                     pipe: None,
                 }))
             }
-            FrameKind::Chunk | FrameKind::Bundle => {
+            FrameKind::Chunk | FrameKind::Bundle | FrameKind::Delta => {
                 // Blocks while the writers hold every buffer: back-pressure onto the socket.
                 let mut lease = shared.pool.acquire().map_err(|_| Failure::Cancelled)?;
                 let len = header.len_bytes as usize;

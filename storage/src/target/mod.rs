@@ -50,6 +50,7 @@ pub use blitx_session::chunkset::ChunkSet;
 use blitx_session::{FileError, FileOp};
 
 mod commit;
+mod delta;
 mod finalize;
 mod plan;
 mod resume;
@@ -59,6 +60,7 @@ use blitx_session::listing::{self, Verdict};
 use blitx_session::plan::{Deletions, DirMeta, Planning, Scan};
 use blitx_session::target::{Admit, Receiving, Step, Wanted, Written};
 use commit::*;
+use delta::*;
 use finalize::*;
 use plan::*;
 use resume::*;
@@ -185,6 +187,8 @@ struct Pending {
     meta: Meta,
     size_bytes: u64,
     sparse: bool,
+    /// The old copy its chunks may be rebuilt from (delta).
+    basis: Option<Basis>,
     temp: Mutex<TempSlot>,
     /// Held around each write into the file. The kernel lets one buffered write into a file
     /// run at a time (the inode lock), and writers waiting for it spin on their CPUs: measured
@@ -228,6 +232,8 @@ struct Counters {
     unsupported: AtomicU64,
     /// Bytes of resumed files their partial files already held.
     bytes_reused: AtomicU64,
+    /// Signature bytes sent (delta).
+    signature_bytes: AtomicU64,
 }
 
 struct Shared<'a> {
@@ -351,6 +357,7 @@ pub fn run_target(
         deleted: c.deleted.load(Ordering::Relaxed),
         unsupported: c.unsupported.load(Ordering::Relaxed),
         bytes_reused: c.bytes_reused.load(Ordering::Relaxed),
+        signature_bytes: c.signature_bytes.load(Ordering::Relaxed),
         deletions_skipped: mirror_skipped,
         errors,
         error_count,
@@ -433,8 +440,14 @@ fn control_loop(
             }
             SourceMsg::Listing { seq, dir, entries, last_part } => {
                 let planning = Instant::now();
-                let answer = handle_listing(shared, plan, &dir, entries, last_part)?;
+                let mut answer = handle_listing(shared, plan, &dir, entries, last_part)?;
                 shared.progress.stages.add(Stage::Plan, planning);
+                // Signatures go first: the source takes them with the Need naming their files.
+                let signed = answer.signature_bytes;
+                shared.counters.signature_bytes.fetch_add(signed, Ordering::Relaxed);
+                for (id, part) in std::mem::take(&mut answer.signatures) {
+                    send_to_source(shared, to_source, TargetMsg::Signature { id, part })?;
+                }
                 let need = TargetMsg::Need { listing: seq, ids: answer.ids, offers: answer.offers };
                 send_to_source(shared, to_source, need)?;
             }

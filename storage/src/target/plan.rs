@@ -300,11 +300,39 @@ pub(super) fn need_file(
     meta: Meta,
     needs: &mut Answer,
 ) -> Result<(), TargetError> {
+    let params = &shared.opts.params;
+    let chunked = !params.is_small(entry.size_bytes) && !entry.sparse && params.mem_bytes.is_none();
+    let dir = entry.path.split_last().and_then(|(dir, _)| shared.dirs.get(&dir).ok());
+    // A partial file kept by an interrupted transfer is taken over (dense chunked files only);
+    // else, with --delta, the old copy is signed for the source.
+    let resumed = match &dir {
+        Some(dfd) if params.resume && chunked => adopt(shared, dfd, entry, meta.mode, needs),
+        _ => None,
+    };
+    let mut basis = None;
+    if let Some(dfd) = &dir
+        && resumed.is_none()
+        && params.delta
+        && chunked
+        && let Some(b) = open_basis(dfd.as_fd(), entry.path.file_name())
+    {
+        match sign(&b, needs.signature_bytes) {
+            Ok(Some(messages)) => {
+                needs.signature_bytes += messages.iter().map(|m| m.len() as u64).sum::<u64>();
+                needs.signatures.extend(messages.into_iter().map(|m| (entry.id, m)));
+                basis = Some(b);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("{}: its old copy could not be signed: {e}", entry.path),
+        }
+    }
+    let delta = basis.is_some();
     let p = Arc::new(Pending {
         path: entry.path.clone(),
         meta,
         size_bytes: entry.size_bytes,
         sparse: entry.sparse,
+        basis,
         temp: Mutex::new(TempSlot::NotYet),
         writing: Mutex::new(()),
     });
@@ -320,23 +348,12 @@ pub(super) fn need_file(
         sparse: entry.sparse,
         small: shared.opts.params.is_small(entry.size_bytes),
     };
-    // A partial file kept by an interrupted transfer is taken over (dense chunked files only).
-    let resumed = if shared.opts.params.resume
-        && !wanted.small
-        && !wanted.sparse
-        && shared.opts.params.mem_bytes.is_none()
-        && let Some((dir, _)) = entry.path.split_last()
-        && let Ok(dfd) = shared.dirs.get(&dir)
-    {
-        adopt(shared, &dfd, entry, &p, needs)
-    } else {
-        None
-    };
     let wanted_now = match resumed {
         Some((temp, offered)) => {
             *lock(&p.temp) = TempSlot::Open(temp);
             lock(&shared.files).want_resumed(entry.id, wanted, p, offered)
         }
+        None if delta => lock(&shared.files).want_delta(entry.id, wanted, p),
         None => lock(&shared.files).want(entry.id, wanted, p),
     };
     if let Err(v) = wanted_now {

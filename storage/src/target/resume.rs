@@ -44,6 +44,9 @@ pub(super) struct Answer {
     pub(super) ids: Vec<FileId>,
     pub(super) offers: Vec<Offer>,
     offered_chunks: usize,
+    /// Signature messages of the files sent as deltas (sent before the Need).
+    pub(super) signatures: Vec<(FileId, Vec<u8>)>,
+    pub(super) signature_bytes: u64,
 }
 
 pub(super) fn now_unix_secs() -> u64 {
@@ -96,7 +99,7 @@ pub(super) fn adopt(
     shared: &Shared<'_>,
     dfd: &Arc<OwnedFd>,
     entry: &Entry,
-    p: &Pending,
+    mode: u32,
     answer: &mut Answer,
 ) -> Option<(Temp, Vec<(u64, u64)>)> {
     let (dir, name) = entry.path.split_last()?;
@@ -119,7 +122,7 @@ pub(super) fn adopt(
         remove();
         return None;
     }
-    let taken = take_over(shared, dfd, &found, entry, p);
+    let taken = take_over(shared, dfd, &found, entry, mode);
     let Ok((temp, file)) = taken else {
         if let Err(e) = taken {
             tracing::debug!("partial file of {} not used: {e}", entry.path);
@@ -161,7 +164,7 @@ fn take_over(
     dfd: &Arc<OwnedFd>,
     found: &Found,
     entry: &Entry,
-    p: &Pending,
+    mode: u32,
 ) -> io::Result<(Temp, Arc<File>)> {
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
     let fd = rustix::fs::openat(dfd, fsys::os(&found.temp_name), flags, Mode::empty())?;
@@ -176,10 +179,10 @@ fn take_over(
     let setup = (|| -> io::Result<Option<Arc<DirectFile>>> {
         // Writable by its owner until the commit applies the real mode (as a direct
         // descriptor's temporary file is).
-        rustix::fs::fchmod(&*file, Mode::from_raw_mode(p.meta.mode | 0o200))?;
+        rustix::fs::fchmod(&*file, Mode::from_raw_mode(mode | 0o200))?;
         rustix::fs::ftruncate(&*file, entry.size_bytes)?;
         let params = &shared.opts.params;
-        Ok(direct::wants_direct(params.io, p.size_bytes, p.sparse)
+        Ok(direct::wants_direct(params.io, entry.size_bytes, entry.sparse)
             .then(|| DirectFile::open(dfd.as_fd(), &tmp, &file, params.io, params.io_depth, true))
             .flatten()
             .map(Arc::new))

@@ -23,7 +23,9 @@ pub(super) fn writer(shared: &Shared<'_>) {
         };
         let result = match frame.header.kind {
             FrameKind::Bundle => write_bundle(shared, &frame),
-            FrameKind::Chunk | FrameKind::Hole | FrameKind::Same => write_chunk(shared, frame),
+            FrameKind::Chunk | FrameKind::Hole | FrameKind::Same | FrameKind::Delta => {
+                write_chunk(shared, frame)
+            }
             FrameKind::End => Ok(()),
         };
         stages.add(Stage::Write, writing);
@@ -42,7 +44,9 @@ pub(super) fn create_temp(shared: &Shared<'_>, p: &Pending, chunked: bool) -> io
     let dfd = shared.dirs.get(&dir)?;
     let tmp = temp_name(name);
     let params = &shared.opts.params;
-    let wants_direct = chunked && direct::wants_direct(params.io, p.size_bytes, p.sparse);
+    // A delta file's chunks are rebuilt in memory and written with pwrite.
+    let wants_direct =
+        chunked && p.basis.is_none() && direct::wants_direct(params.io, p.size_bytes, p.sparse);
     // The direct descriptor is a second open for writing: the owner needs write permission
     // meanwhile, even for a read-only file (its mode is applied at commit).
     let mode = if wants_direct { p.meta.mode | 0o200 } else { p.meta.mode };
@@ -277,6 +281,9 @@ pub(super) fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), T
             Err(e) => Written::Failed(FileOp::Create, e),
             // Given up meanwhile: `written` below ignores what this says.
             Ok(None) => Written::Verified,
+            Ok(Some((temp_file, _))) if h.kind == FrameKind::Delta => {
+                write_delta(shared, &p, &temp_file, &frame.payload, &h)?
+            }
             Ok(Some((temp_file, direct))) => {
                 let written = match direct.as_deref() {
                     Some(d) => write_direct(d, &mut frame.payload, &h),
@@ -296,10 +303,48 @@ pub(super) fn write_chunk(shared: &Shared<'_>, mut frame: Frame) -> Result<(), T
     let mut steps = Vec::new();
     lock(&shared.files).written(&h, written, &mut steps).map_err(TargetError::Protocol)?;
     if verified {
-        Progress::add(&shared.progress.bytes_done, u64::from(h.len_bytes));
+        // A recipe or a Same frame stands for the whole chunk.
+        let chunk = u64::from(shared.opts.params.chunk_bytes);
+        let bytes = match h.kind {
+            FrameKind::Delta | FrameKind::Same => lock(&shared.files)
+                .size_of(h.file_id)
+                .map_or(0, |size| size.saturating_sub(h.offset_bytes).min(chunk)),
+            _ => u64::from(h.len_bytes),
+        };
+        Progress::add(&shared.progress.bytes_done, bytes);
     }
     carry_out(shared, steps);
     Ok(())
+}
+
+/// Rebuilds a chunk from its recipe and the basis, checks it against the source's checksum and
+/// writes it. A recipe that breaks its bounds ends the session (a protocol violation).
+fn write_delta(
+    shared: &Shared<'_>,
+    p: &Pending,
+    temp: &File,
+    payload: &Payload,
+    h: &frame::FrameHeader,
+) -> Result<Written, TargetError> {
+    let Payload::Buffer(lease) = payload else {
+        return Err(TargetError::Protocol(Violation::BadRecipe {
+            path: p.path.clone(),
+            offset_bytes: h.offset_bytes,
+            why: "not carried in a buffer".into(),
+        }));
+    };
+    let chunk_bytes = shared.opts.params.chunk_bytes;
+    Ok(match rebuild(p, h, lease.data(), chunk_bytes).map_err(TargetError::Protocol)? {
+        Err(e) => Written::Failed(FileOp::ReadBasis, e),
+        Ok(Rebuilt::Mismatch) => Written::Mismatch,
+        Ok(Rebuilt::Bytes(out)) => {
+            let _one_at_a_time = lock(&p.writing);
+            match pwrite_all(temp, &out, h.offset_bytes) {
+                Ok(()) => Written::Verified,
+                Err(e) => Written::Failed(FileOp::Write, e),
+            }
+        }
+    })
 }
 
 /// A temporary file's descriptors: buffered, and direct (`--io`).
