@@ -21,6 +21,8 @@
 #   link-down         pair, tbf 400mbit on the client's veth, 256 MiB push; the link goes
 #                     down for 3 s at a seeded 1-2 s. The push completes identical, or fails
 #                     with an error on stderr and the old target intact; a re-run completes.
+#   link-down-8s      the same with an 8 s outage, longer than --stall-timeout 5: the push
+#                     must fail with exit 30 (stalled), the old file intact, no temporary file.
 #   loss-1pct         pair, iptables drops 1 % of the daemon's incoming packets (statistic
 #                     match): a 256 MiB file and a 2,000-file tree, both identical.
 #   disk-full         daemon root on a 64 MiB tmpfs holding an OLD 10 MiB target file; a
@@ -38,7 +40,8 @@
 # usage: ci/faults.sh [--out DIR] [--cases "a b ..."] [--vm] [--keep]
 #   --out DIR     results (faults.md, results.txt, logs/) (default: <target dir>/faults)
 #   --cases LIST  run only these cases (names above)
-#   --vm          also run vm-delay-50ms (boots two qemu guests; ~2-4 min with KVM)
+#   --vm          also run vm-delay-50ms (boots two qemu guests: ~1 min with KVM; bounded by
+#                 RXE_VM_TIMEOUT, default here 240 s)
 #   --keep        keep the work directory under /dev/shm (data, daemon roots)
 # Environment:
 #   FAULTS_SEED   seed of the kill points and the link-down time (printed; default: from the
@@ -276,8 +279,10 @@ kill_case() {
     "old file intact, only .blit-tmp names added; re-run exit 0, identical (cmp), no temp left" "$ok: $obs" "cmp, find, exit codes"
 }
 
+# case_link_down DOWN_S MUST_FAIL(0|1): with MUST_FAIL the outage outlasts --stall-timeout 5,
+# so the push must fail with exit 30 (stalled)
 case_link_down() {
-  local t0 rc why= ok=ok obs down_at f=256
+  local down_s=$1 must_fail=$2 t0 rc why= ok=ok obs down_at f=256 n=0 exp
   C=$W/$CASE; mkdir -p "$C/src" "$C/root/t"
   pair_up || { check "$CASE" FAIL "veth pair set-up failed"; return; }
   head -c $((f * MIB)) /dev/urandom > "$C/src/big.bin"
@@ -289,8 +294,8 @@ case_link_down() {
   t0=$(now)
   xfer_bg "$CASE-1" "$NSB" 60 "$C/src" blit://10.99.0.1:9031/t --stall-timeout 5 --idle-timeout 10
   sleep "$down_at"
-  note "link $VB down at $down_at s for 3 s"
-  ip -n "$NSB" link set dev "$VB" down; sleep 3; ip -n "$NSB" link set dev "$VB" up
+  note "link $VB down at $down_at s for $down_s s"
+  ip -n "$NSB" link set dev "$VB" down; sleep "$down_s"; ip -n "$NSB" link set dev "$VB" up
   wait_rc "$CWRAP"; rc=$WRC
   local wall; wall=$(elapsed "$t0")
   if [ "$rc" = 0 ]; then
@@ -301,6 +306,12 @@ case_link_down() {
     case "$rc" in 124|137) why="client hung (timeout); " ;; esac
     [ -n "$(lasterr "$LOGS/$CASE-1.err")" ] || why="${why}failed without a message; "
     cmp -s "$C/old.bin" "$C/root/t/big.bin" || why="${why}old target file not intact; "
+    # the daemon ends its half on its own stall timeout (5 s) and removes its temporary file
+    while [ -n "$(leftovers "$C/root")" ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
+    [ -z "$(leftovers "$C/root")" ] || why="${why}the failed push left temporary files: $(leftovers "$C/root"); "
+  fi
+  if [ "$must_fail" = 1 ] && [ "$rc" != 30 ]; then
+    why="${why}a ${down_s} s outage with --stall-timeout 5 must end in exit 30 (stalled), got $rc; "
   fi
   ip netns exec "$NSB" tc qdisc del dev "$VB" root || true
   xfer "$CASE-2" "$NSB" 90 "$C/src" blit://10.99.0.1:9031/t --stall-timeout 5 --wait-lock
@@ -311,8 +322,13 @@ case_link_down() {
   obs="$obs; re-run exit $XRC in $XSEC s"
   [ -z "$why" ] || ok=FAIL
   check "$CASE" "$ok" "${why:+${why%; } | }$obs"
-  row "$CASE" "link down 3 s, then up" "veth pair, tbf 400mbit, 256 MiB push; \`ip link set $VB down\` at a seeded 1-2 s; --stall-timeout 5" \
-    "completes identical, or fails with an error and the old file intact; re-run identical" "$ok: $obs" "cmp, exit codes, stderr"
+  if [ "$must_fail" = 1 ]; then
+    exp="exit 30 (stalled) with an error; old file intact, no temp left; re-run identical"
+  else
+    exp="completes identical, or fails with an error and the old file intact; re-run identical"
+  fi
+  row "$CASE" "link down ${down_s} s, then up" "veth pair, tbf 400mbit, 256 MiB push; \`ip link set dev VETH down\` at a seeded 1-2 s; --stall-timeout 5" \
+    "$exp" "$ok: $obs" "cmp, find, exit codes, stderr"
 }
 
 case_loss() {
@@ -463,7 +479,8 @@ run_case() {
     kill-daemon-push) kill_case daemon push ;;
     kill-client-pull) kill_case client pull ;;
     kill-daemon-pull) kill_case daemon pull ;;
-    link-down) case_link_down ;;
+    link-down) case_link_down 3 0 ;;
+    link-down-8s) case_link_down 8 1 ;;
     loss-1pct) case_loss ;;
     disk-full) case_disk_full ;;
     concurrent-8) case_concurrent ;;
@@ -487,7 +504,7 @@ fi
 # host side
 # ---------------------------------------------------------------------------
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit "${1:-2}"; }
-ALL_CASES="kill-client-push kill-daemon-push kill-client-pull kill-daemon-pull link-down loss-1pct disk-full concurrent-8 same-dir-2"
+ALL_CASES="kill-client-push kill-daemon-push kill-client-pull kill-daemon-pull link-down link-down-8s loss-1pct disk-full concurrent-8 same-dir-2"
 OUT='' CASES=$ALL_CASES VM=0 KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -564,12 +581,13 @@ for CASE in $CASES; do
     # own VM pair, configured for this case
     set +e
     NETEM_DELAY=50ms NETEM_LOSS= NETEM_LARGE_MIB=64 NETEM_SMALL_FILES=300 NETEM_TCP_BUFFER= \
-      NETEM_PULL_STREAMS=4 RXE_VM_TIMEOUT=${RXE_VM_TIMEOUT:-300} timeout -k 10 400 \
+      NETEM_PULL_STREAMS=4 RXE_VM_TIMEOUT=${RXE_VM_TIMEOUT:-240} timeout -k 10 280 \
       bash "$HERE/netem-stage.sh" --out "$OUT/vm-delay-50ms" --streams 4 --no-baseline > "$LOGS/vm-delay-50ms.log" 2>&1
     rc=$?
     set -e
-    s=$(awk '/^netem push/ { print $4 " s push (" $5 " MB/s)" } /^netem pull/ { print $4 " s pull" }' \
-      "$OUT/vm-delay-50ms/summary.txt" 2>/dev/null | paste -sd ';' | sed 's/;/; /')
+    s=$(awk '/^  ping B -> A, netem/ { print "RTT " $(NF - 1) " ms (min/avg/max)" }
+             /^netem (push|pull) / { print $2 " " $5 " s (" $6 " MB/s, " $(NF - 2) " retransmitted)" }' \
+      "$OUT/vm-delay-50ms/summary.txt" 2>/dev/null | paste -sd ';' | sed 's/;/; /g')
     if [ "$rc" = 0 ]; then st=ok; else st=FAIL; fi
     check "$CASE" "$st" "netem-stage exit $rc${s:+: $s} (logs/vm-delay-50ms.log)"
     row "$CASE" "50 ms delay" "qemu VM pair (ci/netem-stage.sh), \`tc qdisc add dev rxenet0 root netem delay 50ms\` on both guests" \
