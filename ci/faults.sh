@@ -21,8 +21,10 @@
 #   link-down         pair, tbf 400mbit on the client's veth, 256 MiB push; the link goes
 #                     down for 3 s at a seeded 1-2 s. The push completes identical, or fails
 #                     with an error on stderr and the old target intact; a re-run completes.
-#   link-down-8s      the same with an 8 s outage, longer than --stall-timeout 5: the push
-#                     must fail with exit 30 (stalled), the old file intact, no temporary file.
+#   link-down-20s     the same with a 20 s outage, longer than --stall-timeout 5 on both
+#                     ends: while the link is still down, the client must fail with exit 30
+#                     (stalled) and the daemon end the session (< 10 s after the link went
+#                     down); the old file intact, no temporary file.
 #   loss-1pct         pair, iptables drops 1 % of the daemon's incoming packets (statistic
 #                     match): a 256 MiB file and a 2,000-file tree, both identical.
 #   disk-full         daemon root on a 64 MiB tmpfs holding an OLD 10 MiB target file; a
@@ -295,14 +297,36 @@ case_link_down() {
   xfer_bg "$CASE-1" "$NSB" 60 "$C/src" blit://10.99.0.1:9031/t --stall-timeout 5 --idle-timeout 10
   sleep "$down_at"
   note "link $VB down at $down_at s for $down_s s"
-  ip -n "$NSB" link set dev "$VB" down; sleep "$down_s"; ip -n "$NSB" link set dev "$VB" up
+  # while the link is down: when does the client give up (if it does)?
+  local tdown c_end= d_end= lim=$((5 + 5))
+  tdown=$(now)
+  ip -n "$NSB" link set dev "$VB" down
+  while [ "$(elapsed "$tdown" | tr -d .)" -lt "${down_s}00" ]; do
+    if [ -z "$c_end" ] && ! kill -0 "$CPID" 2>/dev/null; then c_end=$(elapsed "$tdown"); fi
+    sleep 0.1
+  done
+  ip -n "$NSB" link set dev "$VB" up
   wait_rc "$CWRAP"; rc=$WRC
   local wall; wall=$(elapsed "$t0")
+  [ -n "$c_end" ] || c_end="$(elapsed "$tdown") (after the link came back)"
+  # the daemon's verdict on the session, from its log's timestamp
+  d_end=$(awk '/session failed/ { print $1; exit }' "$LOGS/$CASE-daemon.log")
+  [ -z "$d_end" ] || d_end=$(awk -v a="$tdown" -v b="$(date -d "$d_end" +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+  if [ "$must_fail" = 1 ]; then
+    case "$c_end" in
+      *after*) why="${why}the client was still running ${down_s} s after the link went down (--stall-timeout 5, --idle-timeout 10): it ended only when the link came back; " ;;
+      *) [ "${c_end%.*}" -lt "$lim" ] || why="${why}the client ended ${c_end} s after the link went down (stall timeout 5 s); " ;;
+    esac
+    if [ -z "$d_end" ]; then why="${why}the daemon logged no failed session; "
+    elif [ "$(awk -v d="$d_end" -v l="$lim" 'BEGIN { print (d < l) }')" != 1 ]; then
+      why="${why}the daemon ended the session ${d_end} s after the link went down (its --stall-timeout 5); "
+    fi
+  fi
   if [ "$rc" = 0 ]; then
     if cmp -s "$C/src/big.bin" "$C/root/t/big.bin"; then obs="completed identical in $wall s"
     else why="exit 0 but the target differs; "; obs="exit 0, target differs"; fi
   else
-    obs="failed: exit $rc after $wall s (\"$(lasterr "$LOGS/$CASE-1.err")\")"
+    obs="failed: exit $rc, ${c_end%% *} s after the link went down (\"$(lasterr "$LOGS/$CASE-1.err")\")${d_end:+; the daemon ended the session after $d_end s}"
     case "$rc" in 124|137) why="client hung (timeout); " ;; esac
     [ -n "$(lasterr "$LOGS/$CASE-1.err")" ] || why="${why}failed without a message; "
     cmp -s "$C/old.bin" "$C/root/t/big.bin" || why="${why}old target file not intact; "
@@ -323,7 +347,7 @@ case_link_down() {
   [ -z "$why" ] || ok=FAIL
   check "$CASE" "$ok" "${why:+${why%; } | }$obs"
   if [ "$must_fail" = 1 ]; then
-    exp="exit 30 (stalled) with an error; old file intact, no temp left; re-run identical"
+    exp="client exit 30 (stalled) with an error and the daemon's session ended, both < 10 s after the link went down (stall timeouts 5 s); old file intact, no temp left; re-run identical"
   else
     exp="completes identical, or fails with an error and the old file intact; re-run identical"
   fi
@@ -480,7 +504,7 @@ run_case() {
     kill-client-pull) kill_case client pull ;;
     kill-daemon-pull) kill_case daemon pull ;;
     link-down) case_link_down 3 0 ;;
-    link-down-8s) case_link_down 8 1 ;;
+    link-down-20s) case_link_down 20 1 ;;
     loss-1pct) case_loss ;;
     disk-full) case_disk_full ;;
     concurrent-8) case_concurrent ;;
@@ -504,7 +528,7 @@ fi
 # host side
 # ---------------------------------------------------------------------------
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit "${1:-2}"; }
-ALL_CASES="kill-client-push kill-daemon-push kill-client-pull kill-daemon-pull link-down link-down-8s loss-1pct disk-full concurrent-8 same-dir-2"
+ALL_CASES="kill-client-push kill-daemon-push kill-client-pull kill-daemon-pull link-down link-down-20s loss-1pct disk-full concurrent-8 same-dir-2"
 OUT='' CASES=$ALL_CASES VM=0 KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
