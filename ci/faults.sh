@@ -7,17 +7,19 @@
 # Cases (all daemons and clients run in network namespaces this script creates:
 # "lo" is the loopback of a private namespace, "pair" two namespaces joined by a
 # veth pair, 10.99.0.1 = daemon, 10.99.0.2 = client; nothing reaches the host's network):
-#   kill-client-push  SIGKILL of the client once the daemon's temporary file of a 512 MiB
-#   kill-daemon-push  push holds a seeded 60-85 % of it; kill-*-pull: the same for a pull,
-#   kill-client-pull  measured on the client's temporary file. Before the transfer an OLD
-#   kill-daemon-pull  file sits at the target path: after the kill it must still be there,
+#   kill-client-push  SIGKILL mid-transfer of a 512 MiB file: the side that writes it (the
+#   kill-daemon-push  daemon of a push, the client of a pull) once its temporary file holds
+#   kill-client-pull  a seeded 60-85 %, the side that reads it once it has read a seeded
+#   kill-daemon-pull  82-97 % (/proc/PID/io). Before the transfer an OLD
+#                     file sits at the target path: after the kill it must still be there,
 #                     byte for byte, and nothing but blit temporary files (.NAME.*.blit-tmp)
 #                     may have appeared; a killed daemon must make the client fail with an
 #                     error. Then the daemon is restarted (if killed) and the same command
 #                     run again (--wait-lock): exit 0, identical target (cmp), no temporary
 #                     file left. Its --json bytes_moved (and bytes_reused, once resume
-#                     exists) are recorded; when bytes_reused is present and the kill came
-#                     at >= 60 %, the re-run must move <= 45 % of the file.
+#                     exists) are recorded; when bytes_reused is present and the target's
+#                     temporary file held >= 60 % at the kill, the re-run must move <= 45 %
+#                     of the file.
 #   link-down         pair, tbf 400mbit on the client's veth, 256 MiB push; the link goes
 #                     down for 3 s at a seeded 1-2 s. The push completes identical, or fails
 #                     with an error on stderr and the old target intact; a re-run completes.
@@ -215,16 +217,19 @@ kill_case() {
   cp "$C/old.bin" "$T/big.bin"
   touch -d @1500000000 "$T/big.bin"
   daemon_start "$NSL" "127.0.0.1:$DPORT" "$C/root" || { check "$CASE" FAIL "daemon did not start"; return; }
-  # the kill point: a pull's daemon is killed when it has READ a seeded 70-95 % of the file
-  # (what the client holds lags behind by the buffers in between, so a kill measured at the
-  # client could come after the daemon's last word); every other case when the target's
-  # temporary file holds a seeded 60-85 % (the writer is killed, or waits for data that
-  # only the killed side has)
-  local by=target r0=0 rd= k v
-  if [ "$who$dir" = daemonpull ]; then
-    by=read thr=$((70 + RANDOM % 26))
-    while read -r k v; do [ "$k" != rchar: ] || r0=$v; done < "/proc/$DPID/io"
-    note "SIGKILL of the daemon when it has read $thr % of $((BIG_BYTES / MIB)) MiB"
+  # the kill point. The side that READS the file (the client of a push, the daemon of a
+  # pull) is killed when it has read a seeded 70-95 % of it (/proc/PID/io rchar): what the
+  # target holds lags behind by the buffers in between, so a kill measured at the target
+  # could come after the source's last byte, and the survivor could finish the file (82-97 %:
+  # the target then holds about 60 % or more, where a resume assertion applies). The
+  # side that WRITES it is killed when its temporary file holds a seeded 60-85 %.
+  local by=target r0=0 rd= k v rpid=
+  if [ "$who$dir" = daemonpull ] || [ "$who$dir" = clientpush ]; then
+    by=read thr=$((82 + RANDOM % 16))
+    if [ "$who" = daemon ]; then
+      while read -r k v; do [ "$k" != rchar: ] || r0=$v; done < "/proc/$DPID/io"
+    fi
+    note "SIGKILL of the $who when it has read $thr % of $((BIG_BYTES / MIB)) MiB"
   else
     thr=$((60 + RANDOM % 26))
     note "SIGKILL of the $who when the target's temporary file holds $thr % of $((BIG_BYTES / MIB)) MiB"
@@ -232,6 +237,7 @@ kill_case() {
   t0=$(now)
   xfer_bg "$CASE-1" "$NSL" 60 "$src" "$dst" --stall-timeout 5
   [ -n "$CPID" ] || { check "$CASE" FAIL "client did not start (logs/$CASE-1.err)"; return; }
+  if [ "$who" = daemon ]; then rpid=$DPID; else rpid=$CPID; fi
   # poll the temporary file's allocated bytes (it is created at full size, sparse): one
   # fork per round, so the kill lands within a few MiB of the threshold even at GB/s
   local deadline=$((SECONDS + 50)) b
@@ -243,7 +249,7 @@ kill_case() {
       for b in $(stat -c %b -- "${tf[@]}" 2>/dev/null); do [ $((b * 512)) -le "$at_kill" ] || at_kill=$((b * 512)); done
     fi
     if [ "$by" = read ]; then
-      while read -r k v; do [ "$k" != rchar: ] || rd=$((v - r0)); done < "/proc/$DPID/io"
+      while read -r k v; do [ "$k" != rchar: ] || rd=$((v - r0)); done < "/proc/$rpid/io" 2>/dev/null
       [ "${rd:-0}" -ge $((BIG_BYTES / 100 * thr)) ] && break
     else
       [ "$at_kill" -ge $((BIG_BYTES / 100 * thr)) ] && break
@@ -261,8 +267,7 @@ kill_case() {
   [ "$who" = client ] || wait_rc "$DWRAP"
   sleep 0.3                                       # let a surviving side finish its writes
   settled=$(tmp_bytes "$T" big.bin)
-  # the target path holds the old file, or (only where the surviving side had every byte)
-  # the complete new one; never anything else
+  # the target path must hold the old file: the killed side had to supply or write the rest
   if cmp -s "$T/big.bin" "$C/old.bin"; then intact=yes
   elif cmp -s "$T/big.bin" "$W/data/big.bin"; then intact="no: it holds the complete new file"
   else intact="NO: neither the old nor the new file"; fi
@@ -271,9 +276,7 @@ kill_case() {
   # the old file, and nothing else
   case "$intact" in
     yes) ;;
-    no:*) if [ "$who$dir" != clientpush ]; then
-            why="${why}old target file replaced by the new one although the $who, which had to supply or write the rest, was killed; "
-          fi ;;
+    no:*) why="${why}old target file replaced by the new one although the $who, which had to supply or write the rest, was killed; " ;;
     *) why="${why}old target file not intact after the kill ($intact); " ;;
   esac
   if [ "$rc_first" = 0 ] && [ "$intact" = yes ]; then
@@ -309,15 +312,15 @@ kill_case() {
     why="${why}resume: re-run moved $moved bytes (> 45 %) after a kill at $(pct "$at_kill" "$BIG_BYTES") %; "
   fi
   [ "$dir" = push ] && exp="daemon's temp" || exp="client's temp"
-  obs="killed at $(pct "$at_kill" "$BIG_BYTES") % in the target's temp${rd:+ ($(pct "$rd" "$BIG_BYTES") % read by the daemon)} ($kill_s s), temp kept: $(pct "$settled" "$BIG_BYTES") %; 1st run exit $rc_first"
+  obs="killed at $(pct "$at_kill" "$BIG_BYTES") % in the target's temp${rd:+ ($(pct "$rd" "$BIG_BYTES") % read by the $who)} ($kill_s s), temp kept: $(pct "$settled" "$BIG_BYTES") %; 1st run exit $rc_first"
   [ "$who" = client ] || obs="$obs (\"$err_first\")"
   obs="$obs; old file intact: $intact; re-run exit $rc2 in $XSEC s, bytes_moved ${moved:-?}${reused:+, bytes_reused $reused}"
   [ -z "$why" ] || ok=FAIL
   check "$CASE" "$ok" "${why:+${why%; } | }$obs"
-  if [ "$by" = read ]; then exp="kill -9 when the daemon has read a seeded 70-95 % of a 512 MiB file (/proc/PID/io rchar)"
+  if [ "$by" = read ]; then exp="kill -9 when the $who has read a seeded 82-97 % of a 512 MiB file (/proc/PID/io rchar)"
   else exp="kill -9 when the $exp of a 512 MiB file holds a seeded 60-85 % (allocated blocks)"; fi
   row "$CASE" "SIGKILL of the $who mid-$dir" "$exp" \
-    "old file intact$([ "$who$dir" = clientpush ] && echo " (or the complete new one, if the daemon had every byte)"), only .blit-tmp names added; $([ "$who" = daemon ] && echo "client exit != 0 with an error; ")re-run exit 0, identical (cmp), no temp left" "$ok: $obs" "cmp, find, exit codes"
+    "old file intact, only .blit-tmp names added; $([ "$who" = daemon ] && echo "client exit != 0 with an error; ")re-run exit 0, identical (cmp), no temp left" "$ok: $obs" "cmp, find, exit codes"
 }
 
 # case_link_down DOWN_S MUST_FAIL(0|1): with MUST_FAIL the outage outlasts --stall-timeout 5,
@@ -628,7 +631,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "seed $SEED (replay: FAULTS_SEED=$SEED bash ci/faults.sh${CASES:+ --cases \"$CASES\"}); cases: $CASES"
+sel=; [ "$CASES" = "$ALL_CASES" ] || sel=" --cases \"$CASES\""
+log "seed $SEED (replay: FAULTS_SEED=$SEED bash ci/faults.sh$sel); cases: $CASES"
 log "binary $BLIT_ID; work dir $W; results $OUT"
 ip netns add "$NSL" && ip -n "$NSL" link set lo up || die 4 "cannot create network namespace $NSL"
 case " $CASES " in
