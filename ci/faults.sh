@@ -631,7 +631,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-sel=; [ "$CASES" = "$ALL_CASES" ] || sel=" --cases \"$CASES\""
+case "$CASES" in
+  "$ALL_CASES"|"$ALL_CASES vm-delay-50ms") sel=; [ "$VM" = 0 ] || sel=" --vm" ;;
+  *) sel=" --cases \"$CASES\"" ;;
+esac
 log "seed $SEED (replay: FAULTS_SEED=$SEED bash ci/faults.sh$sel); cases: $CASES"
 log "binary $BLIT_ID; work dir $W; results $OUT"
 ip netns add "$NSL" && ip -n "$NSL" link set lo up || die 4 "cannot create network namespace $NSL"
