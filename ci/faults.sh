@@ -44,14 +44,16 @@
 # usage: ci/faults.sh [--out DIR] [--cases "a b ..."] [--vm] [--keep]
 #   --out DIR     results (faults.md, results.txt, logs/) (default: <target dir>/faults)
 #   --cases LIST  run only these cases (names above)
-#   --vm          also run vm-delay-50ms (boots two qemu guests: ~1 min with KVM; bounded by
-#                 RXE_VM_TIMEOUT, default here 240 s)
+#   --vm          also run vm-delay-50ms (boots two qemu guests: ~1 min with KVM)
 #   --keep        keep the work directory under /dev/shm (data, daemon roots)
 # Environment:
 #   FAULTS_SEED   seed of the kill points and the link-down time (printed; default: from the
 #                 clock). Data is random every run; the seed replays the faults.
 #   BLIT          blit binary (default <target dir>/release/blit; built when missing)
 #   FAULTS_CASE_TIMEOUT  limit per case in s (default 120)
+#   FAULTS_TIMEOUT       limit of the whole run in s (default 330; CI's budget for the stage is
+#                        6 min): a case gets what is left, cases that find < 20 s left FAIL as not run
+#   RXE_VM_TIMEOUT       limit of the VM pair of vm-delay-50ms (default here 240)
 # Needs root (network namespaces, tc, iptables, mount), iproute2, iptables, cmp.
 # Exit status:
 #   0  every case ok    2  usage    3  missing binary, tool or privilege
@@ -592,8 +594,8 @@ for t in ip tc iptables timeout cmp diff split mountpoint; do
 done
 SEED=${FAULTS_SEED:-$(( $(date +%s%N) % 1000000 ))}
 [[ "$SEED" =~ ^[0-9]+$ ]] || die 2 "FAULTS_SEED must be a number"
-CASE_T=${FAULTS_CASE_TIMEOUT:-120}
-[[ "$CASE_T" =~ ^[0-9]+$ ]] || die 2 "FAULTS_CASE_TIMEOUT must be a number"
+CASE_T=${FAULTS_CASE_TIMEOUT:-120} TOTAL_T=${FAULTS_TIMEOUT:-330}
+[[ "$CASE_T" =~ ^[0-9]+$ ]] && [[ "$TOTAL_T" =~ ^[0-9]+$ ]] || die 2 "FAULTS_CASE_TIMEOUT and FAULTS_TIMEOUT must be numbers"
 
 cd "$ROOT"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -646,12 +648,20 @@ i=0
 for CASE in $CASES; do
   i=$((i + 1))
   t=$(date +%s.%N)
+  left=$((T0 + TOTAL_T - $(date +%s)))
+  if [ "$left" -lt 20 ]; then
+    check "$CASE" FAIL "not run: FAULTS_TIMEOUT (${TOTAL_T}s) ran out"
+    row "$CASE" - - - "FAIL: not run (FAULTS_TIMEOUT)" -
+    printf '%s\t-\n' "$CASE" >> "$W/secs.tsv"
+    continue
+  fi
   if [ "$CASE" = vm-delay-50ms ]; then
+    vm_t=${RXE_VM_TIMEOUT:-240}; [ "$vm_t" -le $((left - 15)) ] || vm_t=$((left - 15))
     # netem exists only in the lab guests (the host kernel has none): the netem stage's
     # own VM pair, configured for this case
     set +e
     NETEM_DELAY=50ms NETEM_LOSS= NETEM_LARGE_MIB=64 NETEM_SMALL_FILES=300 NETEM_TCP_BUFFER= \
-      NETEM_PULL_STREAMS=4 RXE_VM_TIMEOUT=${RXE_VM_TIMEOUT:-240} timeout -k 10 280 \
+      NETEM_PULL_STREAMS=4 RXE_VM_TIMEOUT=$vm_t timeout -k 5 $((vm_t + 10)) \
       bash "$HERE/netem-stage.sh" --out "$OUT/vm-delay-50ms" --streams 4 --no-baseline > "$LOGS/vm-delay-50ms.log" 2>&1
     rc=$?
     set -e
@@ -664,12 +674,13 @@ for CASE in $CASES; do
       "a 64 MiB file + 300 small files pushed and pulled back identical" "$st: exit $rc${s:+, $s}" "netem-stage: diff -r and metadata manifests"
   else
     set +e
-    FZ_CASE_SEED=$((SEED + i)) timeout -k 5 "$CASE_T" bash "$SELF" --case "$CASE"
+    lim=$CASE_T; [ "$lim" -le $((left - 5)) ] || lim=$((left - 5))
+    FZ_CASE_SEED=$((SEED + i)) CASE_T=$lim timeout -k 5 "$lim" bash "$SELF" --case "$CASE"
     rc=$?
     set -e
     if ! grep -q "^CHECK faults $CASE " "$W/results.txt"; then
       case "$rc" in
-        124|137) check "$CASE" FAIL "the case ran past ${CASE_T}s (FAULTS_CASE_TIMEOUT) and was stopped" ;;
+        124|137) check "$CASE" FAIL "the case ran past ${lim}s (FAULTS_CASE_TIMEOUT, FAULTS_TIMEOUT) and was stopped" ;;
         *) check "$CASE" FAIL "the case ended (exit $rc) without a verdict" ;;
       esac
       row "$CASE" - - - "FAIL: no verdict (exit $rc)" -
