@@ -201,7 +201,7 @@ case_cleanup() {
 # ---------------------------------------------------------------------------
 # kill_case WHO(client|daemon) DIR(push|pull)
 kill_case() {
-  local who=$1 dir=$2 t0 T src dst url thr at_kill settled rc_first err_first kill_s why=
+  local who=$1 dir=$2 t0 T src dst url thr at_kill settled rc_first err_first kill_s why=''
   local rc2 moved reused obs ok=ok exp intact
   C=$W/$CASE; mkdir -p "$C/root"
   DPORT=$((DPORT + 1))
@@ -225,7 +225,7 @@ kill_case() {
   # could come after the source's last byte, and the survivor could finish the file (82-97 %:
   # the target then holds about 60 % or more, where a resume assertion applies). The
   # side that WRITES it is killed when its temporary file holds a seeded 60-85 %.
-  local by=target r0=0 rd= k v rpid=
+  local by=target r0=0 rd='' k v rpid=''
   if [ "$who$dir" = daemonpull ] || [ "$who$dir" = clientpush ]; then
     by=read thr=$((82 + RANDOM % 16))
     if [ "$who" = daemon ]; then
@@ -252,9 +252,9 @@ kill_case() {
     fi
     if [ "$by" = read ]; then
       while read -r k v; do [ "$k" != rchar: ] || rd=$((v - r0)); done < "/proc/$rpid/io" 2>/dev/null
-      [ "${rd:-0}" -ge $((BIG_BYTES / 100 * thr)) ] && break
+      [ "${rd:-0}" -ge $((BIG_BYTES * thr / 100)) ] && break
     else
-      [ "$at_kill" -ge $((BIG_BYTES / 100 * thr)) ] && break
+      [ "$at_kill" -ge $((BIG_BYTES * thr / 100)) ] && break
     fi
     if ! kill -0 "$CPID" 2>/dev/null; then wait_rc "$CWRAP"; why="the transfer ended before the kill point (exit $WRC)"; break; fi
     if [ "$SECONDS" -ge "$deadline" ]; then why="the kill point ($thr %, by $by) was not reached in 50 s"; break; fi
@@ -328,7 +328,7 @@ kill_case() {
 # case_link_down DOWN_S MUST_FAIL(0|1): with MUST_FAIL the outage outlasts --stall-timeout 5,
 # so the push must fail with exit 30 (stalled)
 case_link_down() {
-  local down_s=$1 must_fail=$2 t0 rc why= ok=ok obs down_at f=256 n=0 exp
+  local down_s=$1 must_fail=$2 t0 rc why='' ok=ok obs down_at f=256 n=0 exp
   C=$W/$CASE; mkdir -p "$C/src" "$C/root/t"
   pair_up || { check "$CASE" FAIL "veth pair set-up failed"; return; }
   head -c $((f * MIB)) /dev/urandom > "$C/src/big.bin"
@@ -342,7 +342,7 @@ case_link_down() {
   sleep "$down_at"
   note "link $VB down at $down_at s for $down_s s"
   # while the link is down: when does the client give up (if it does)?
-  local tdown c_end= d_end= lim=$((5 + 5))
+  local tdown c_end='' d_end='' lim=$((5 + 5))
   tdown=$(now)
   ip -n "$NSB" link set dev "$VB" down
   while [ "$(elapsed "$tdown" | tr -d .)" -lt "${down_s}00" ]; do
@@ -400,7 +400,7 @@ case_link_down() {
 }
 
 case_loss() {
-  local why= ok=ok r0 r1 d f=256 s1 s2
+  local why='' ok=ok r0 r1 d f=256 s1 s2
   C=$W/$CASE; mkdir -p "$C/src/f" "$C/root"
   pair_up || { check "$CASE" FAIL "veth pair set-up failed"; return; }
   # one MSS per packet: with segmentation offload a veth carries 64 KiB super-packets, and
@@ -432,7 +432,7 @@ case_loss() {
 }
 
 case_disk_full() {
-  local why= ok=ok n=0 obs err
+  local why='' ok=ok n=0 obs err
   C=$W/$CASE; MNT=$C/full; mkdir -p "$C/src" "$C/small" "$MNT"
   mount -t tmpfs -o size=64m blit-faults "$MNT" || { check "$CASE" FAIL "mount tmpfs failed"; return; }
   mkdir -p "$MNT/t"
@@ -467,7 +467,7 @@ case_disk_full() {
 }
 
 case_concurrent() {
-  local i why= ok=ok t0 rc
+  local i why='' ok=ok t0 rc
   local -a wraps
   C=$W/$CASE; mkdir -p "$C/root"
   for i in 1 2 3 4 5 6 7 8; do
@@ -498,7 +498,7 @@ case_concurrent() {
 
 # same_dir_round LABEL [--wait-lock]: two pushes at once into one directory; sets RWHY, ROBS
 same_dir_round() {
-  local label=$1 i rc w1 w2 eq= n_ok=0
+  local label=$1 i rc w1 w2 eq='' n_ok=0
   shift
   local -a rcs
   xfer_bg "$CASE-$label-x" "$NSL" 90 "$C/x" "blit://127.0.0.1:$DPORT/t" --stall-timeout 10 "$@"; w1=$CWRAP
@@ -530,7 +530,7 @@ case_same_dir() {
   done
   DPORT=$((DPORT + 1))
   daemon_start "$NSL" "127.0.0.1:$DPORT" "$C/root" || { check "$CASE" FAIL "daemon did not start"; return; }
-  RWHY= ROBS=
+  RWHY='' ROBS=
   same_dir_round nowait
   rm -rf "${C:?}/root/t"
   same_dir_round wait --wait-lock
@@ -660,7 +660,7 @@ for CASE in $CASES; do
     # netem exists only in the lab guests (the host kernel has none): the netem stage's
     # own VM pair, configured for this case
     set +e
-    NETEM_DELAY=50ms NETEM_LOSS= NETEM_LARGE_MIB=64 NETEM_SMALL_FILES=300 NETEM_TCP_BUFFER= \
+    NETEM_DELAY=50ms NETEM_LOSS='' NETEM_LARGE_MIB=64 NETEM_SMALL_FILES=300 NETEM_TCP_BUFFER='' \
       NETEM_PULL_STREAMS=4 RXE_VM_TIMEOUT=$vm_t timeout -k 5 $((vm_t + 10)) \
       bash "$HERE/netem-stage.sh" --out "$OUT/vm-delay-50ms" --streams 4 --no-baseline > "$LOGS/vm-delay-50ms.log" 2>&1
     rc=$?
