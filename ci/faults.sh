@@ -54,6 +54,8 @@
 #   FAULTS_TIMEOUT       limit of the whole run in s (default 330; CI's budget for the stage is
 #                        6 min): a case gets what is left, cases that find < 20 s left FAIL as not run
 #   RXE_VM_TIMEOUT       limit of the VM pair of vm-delay-50ms (default here 240)
+#   FAULTS_SELFTEST_CORRUPT=1  damage one byte of a target just before a check of every case
+#                        (vm-delay-50ms: NETEM_SELFTEST_CORRUPT): every case must then FAIL
 # Needs root (network namespaces, tc, iptables, mount), iproute2, iptables, cmp.
 # Exit status:
 #   0  every case ok    2  usage    3  missing binary, tool or privilege
@@ -158,6 +160,15 @@ strangers() {
   find "$1" -mindepth 1 ! -name "$2" ! -name ".$2.*.blit-tmp" -printf '%P ' 2>/dev/null
 }
 same_tree() { diff -r --no-dereference "$1" "$2" > /dev/null 2>&1; }
+# selftest FILE: with FAULTS_SELFTEST_CORRUPT=1, damage one byte of FILE (mtime kept) just
+# before a check that must then fail: checks the checks
+selftest() {
+  [ "${FAULTS_SELFTEST_CORRUPT:-0}" = 1 ] && [ -f "$1" ] || return 0
+  touch -r "$1" "$W/mtime-ref"
+  printf 'X' | dd of="$1" bs=1 seek=1000 conv=notrunc status=none
+  touch -r "$W/mtime-ref" "$1"
+  note "self-test: damaged one byte of ${1#"$W"/}"
+}
 
 # gen_tree DIR N BYTES: N small files of BYTES each (one random stream, split), 10 per mille dirs
 gen_small() {
@@ -270,6 +281,7 @@ kill_case() {
   sleep 0.3                                       # let a surviving side finish its writes
   settled=$(tmp_bytes "$T" big.bin)
   # the target path must hold the old file: the killed side had to supply or write the rest
+  selftest "$T/big.bin"
   if cmp -s "$T/big.bin" "$C/old.bin"; then intact=yes
   elif cmp -s "$T/big.bin" "$W/data/big.bin"; then intact="no: it holds the complete new file"
   else intact="NO: neither the old nor the new file"; fi
@@ -383,6 +395,7 @@ case_link_down() {
   fi
   ip netns exec "$NSB" tc qdisc del dev "$VB" root || true
   xfer "$CASE-2" "$NSB" 90 "$C/src" blit://10.99.0.1:9031/t --stall-timeout 5 --wait-lock
+  selftest "$C/root/t/big.bin"
   if [ "$XRC" != 0 ]; then why="${why}re-run exit $XRC: $(lasterr "$LOGS/$CASE-2.err"); "
   elif ! cmp -s "$C/src/big.bin" "$C/root/t/big.bin"; then why="${why}re-run target differs; "; fi
   [ -z "$(leftovers "$C/root")" ] || why="${why}temporary files left: $(leftovers "$C/root"); "
@@ -415,6 +428,7 @@ case_loss() {
   r0=$(tcp_retrans "$NSB")
   xfer "$CASE-file" "$NSB" 120 "$C/src/f" blit://10.99.0.1:9031/f --stall-timeout 10
   s1=$XSEC
+  selftest "$C/root/f/big.bin"
   if [ "$XRC" != 0 ]; then why="file push exit $XRC: $(lasterr "$LOGS/$CASE-file.err"); "
   elif ! cmp -s "$C/src/f/big.bin" "$C/root/f/big.bin"; then why="file push target differs; "; fi
   xfer "$CASE-tree" "$NSB" 120 "$C/src/tree" blit://10.99.0.1:9031/tree --stall-timeout 10
@@ -448,6 +462,7 @@ case_disk_full() {
   elif ! grep -Eqi 'no space|ENOSPC|space left|disk full' "$LOGS/$CASE-1.err" "$LOGS/$CASE-1.json"; then
     why="the error does not name the cause (no space); "
   fi
+  selftest "$MNT/t/big.bin"
   cmp -s "$MNT/t/big.bin" "$C/old.bin" || why="${why}old target file not intact; "
   # the daemon may remove its temporary file just after the client heard the error
   while [ -n "$(leftovers "$MNT")" ] && [ $n -lt 40 ]; do sleep 0.05; n=$((n + 1)); done
@@ -484,6 +499,7 @@ case_concurrent() {
   done
   for i in 1 2 3 4 5 6 7 8; do
     wait_rc "${wraps[i]}"; rc=$WRC
+    [ "$i" != 1 ] || selftest "$C/root/s1/big.bin"
     if [ "$rc" != 0 ]; then why="${why}session $i exit $rc: $(lasterr "$LOGS/$CASE-$i.err"); "
     elif ! same_tree "$C/src$i" "$C/root/s$i"; then why="${why}session $i differs; "; fi
   done
@@ -514,6 +530,7 @@ same_dir_round() {
     fi
   done
   [ "$n_ok" -ge 1 ] || RWHY="${RWHY}$label: neither push succeeded; "
+  selftest "$C/root/t/big.bin"
   same_tree "$C/x" "$C/root/t" && eq=x
   same_tree "$C/y" "$C/root/t" && eq=y
   [ -n "$eq" ] || RWHY="${RWHY}$label: the target equals neither source (mixed); "
@@ -660,7 +677,7 @@ for CASE in $CASES; do
     # netem exists only in the lab guests (the host kernel has none): the netem stage's
     # own VM pair, configured for this case
     set +e
-    NETEM_DELAY=50ms NETEM_LOSS='' NETEM_LARGE_MIB=64 NETEM_SMALL_FILES=300 NETEM_TCP_BUFFER='' \
+    NETEM_SELFTEST_CORRUPT=${FAULTS_SELFTEST_CORRUPT:-0} NETEM_DELAY=50ms NETEM_LOSS='' NETEM_LARGE_MIB=64 NETEM_SMALL_FILES=300 NETEM_TCP_BUFFER='' \
       NETEM_PULL_STREAMS=4 RXE_VM_TIMEOUT=$vm_t timeout -k 5 $((vm_t + 10)) \
       bash "$HERE/netem-stage.sh" --out "$OUT/vm-delay-50ms" --streams 4 --no-baseline > "$LOGS/vm-delay-50ms.log" 2>&1
     rc=$?
