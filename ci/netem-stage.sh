@@ -34,7 +34,8 @@
 #   RXE_VM_TIMEOUT      deadline of the whole VM pair run in s (default here 300)
 #   NETEM_STEP_TIMEOUT  limit per guest step (one transfer, one verification) in s (default 120)
 #   NETEM_BUILD_TIMEOUT limit of the cargo build in s, only when the binary is missing (default 1800)
-#   NETEM_DELAY, NETEM_LOSS   netem parameters, each direction (default 2ms, 0.5%)
+#   NETEM_DELAY, NETEM_LOSS   netem parameters, each direction (default 2ms, 0.5%; NETEM_LOSS set
+#                       but empty: delay only, as ci/faults.sh --vm uses it)
 #   NETEM_LARGE_MIB     sizes of the large files in MiB (default "4 8 12 16")
 #   NETEM_SMALL_FILES   number of small files, 0-64 KiB each (default 300)
 #   NETEM_PULL_STREAMS  streams of the pull (default 4)
@@ -148,8 +149,10 @@ g_verify() {
 
 g_netem() {
   local err
-  if ! err=$(timeout "$STEP" tc qdisc add dev rxenet0 root netem delay "$NETEM_DELAY" loss "$NETEM_LOSS" 2>&1); then
-    check netem "$ROLE" FAIL "tc qdisc add dev rxenet0 root netem delay $NETEM_DELAY loss $NETEM_LOSS: $(echo "$err" | head -2 | xargs)"
+  local -a spec=(delay "$NETEM_DELAY")
+  [ -z "$NETEM_LOSS" ] || spec+=(loss "$NETEM_LOSS")
+  if ! err=$(timeout "$STEP" tc qdisc add dev rxenet0 root netem "${spec[@]}" 2>&1); then
+    check netem "$ROLE" FAIL "tc qdisc add dev rxenet0 root netem ${spec[*]}: $(echo "$err" | head -2 | xargs)"
     return 1
   fi
   local q
@@ -158,6 +161,8 @@ g_netem() {
   echo "tc qdisc show dev rxenet0: $q"
   case "$q" in
     *netem*delay*loss*) check netem "$ROLE" ok ;;
+    *netem*delay*) if [ -z "$NETEM_LOSS" ]; then check netem "$ROLE" ok
+                   else check netem "$ROLE" FAIL "no loss in the netem qdisc on rxenet0: $q"; return 1; fi ;;
     *) check netem "$ROLE" FAIL "no netem qdisc on rxenet0: $q"; return 1 ;;
   esac
 }
@@ -322,7 +327,7 @@ for n in $STREAMS ${NETEM_PULL_STREAMS:-4}; do [[ "$n" =~ ^[1-9][0-9]*$ ]] || di
 [ -n "$STREAMS" ] || die 2 "--streams needs at least one count"
 export RXE_VM_TIMEOUT=${RXE_VM_TIMEOUT:-300}
 export NETEM_STEP_TIMEOUT=${NETEM_STEP_TIMEOUT:-120}
-export NETEM_DELAY=${NETEM_DELAY:-2ms} NETEM_LOSS=${NETEM_LOSS:-0.5%}
+export NETEM_DELAY=${NETEM_DELAY:-2ms} NETEM_LOSS=${NETEM_LOSS-0.5%}
 export NETEM_PULL_STREAMS=${NETEM_PULL_STREAMS:-4} NETEM_TCP_BUFFER=${NETEM_TCP_BUFFER-4M}
 export NETEM_STREAMS=$STREAMS NETEM_BASELINE=$BASELINE
 LARGE_MIB=${NETEM_LARGE_MIB:-4 8 12 16}
@@ -399,7 +404,7 @@ trap cleanup EXIT
 
 # --- 3. the VM pair ------------------------------------------------------------------
 log "VM pair: A = daemon on 10.77.0.1:$PORT, B = client; streams: $STREAMS (pull: $NETEM_PULL_STREAMS);" \
-    "netem delay $NETEM_DELAY loss $NETEM_LOSS; baseline $([ "$BASELINE" = 1 ] && echo on || echo off);" \
+    "netem delay $NETEM_DELAY${NETEM_LOSS:+ loss $NETEM_LOSS}; baseline $([ "$BASELINE" = 1 ] && echo on || echo off);" \
     "RXE_VM_TIMEOUT=${RXE_VM_TIMEOUT}s, NETEM_STEP_TIMEOUT=${NETEM_STEP_TIMEOUT}s"
 # host CPU around each transfer (B drops mark files into $OUT/marks): the two
 # guests' qemu processes (found by the share path on their command line) against
