@@ -34,7 +34,7 @@ mod pb {
 /// checksum fails discards its file instead of ending the session.
 /// Version 4: listings carry their number (`Listing.seq`) and each `Need` names the listing it
 /// answers (`Need.listing`); the source refuses an answer out of order.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The daemon's default control port.
 pub const DEFAULT_PORT: u16 = 9031;

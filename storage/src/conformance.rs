@@ -454,12 +454,12 @@ pub fn delta_against_an_old_copy(h: &dyn Harness) {
     let size = 6 << 20;
     let mut rng = testkit::Rng::new(18);
     testkit::write_random(&src.path().join("big"), size, &mut rng);
-    let mut old = std::fs::read(src.path().join("big")).unwrap();
+    let mut old = std::fs::read(src.path().join("big")).expect("the source file just written");
     for block in [3usize, 200, 777, 1400] {
         old[block * 4096..block * 4096 + 4096].fill(block as u8);
     }
     old.splice(1000..1000, [9u8; 64]);
-    std::fs::write(dst.path().join("big"), &old).unwrap();
+    std::fs::write(dst.path().join("big"), &old).expect("the old copy");
     testkit::set_mtime(&dst.path().join("big"), 1_500_000_000, 0);
     let p = SessionParams { delta: true, ..params() };
     let (s, t) = transfer(h, h.pair(&p), src.path(), dst.path(), &p, &Cancel::new())
