@@ -75,16 +75,6 @@ pub(super) fn handle_listing(
             }
         }
     };
-    // Partial files of interrupted transfers, for the files that may resume.
-    let params = &shared.opts.params;
-    if params.resume
-        && !fresh
-        && !shared.dry_run()
-        && let Some(fd) = &dfd
-        && entries.iter().any(|e| e.is_file() && !e.sparse && !params.is_small(e.size_bytes))
-    {
-        scan(shared, plan, dir, fd);
-    }
     // Stat (and, for --checksum, hash) the target side of every entry first, in parallel for
     // big listings: this is the whole cost of a no-op run.
     let compare = shared.opts.params.compare;
@@ -121,6 +111,19 @@ pub(super) fn handle_listing(
             }
         };
         let decision = plan.entry(entry, target.as_ref());
+        // Partial files of interrupted transfers, searched for once the first file that could
+        // resume is needed (a run that writes nothing pays nothing).
+        let params = &shared.opts.params;
+        if decision.action == Action::CopyFile
+            && params.resume
+            && !fresh
+            && !shared.dry_run()
+            && !entry.sparse
+            && !params.is_small(entry.size_bytes)
+            && let Some(fd) = &dfd
+        {
+            scan(shared, plan, dir, fd);
+        }
         apply(shared, plan, dfd.as_deref(), entry, decision, &mut needs)?;
     }
     // Crash debris goes when a transfer writes into its directory again (or, with --mirror,
@@ -128,9 +131,15 @@ pub(super) fn handle_listing(
     if !needs.ids.is_empty()
         && let Some(fd) = &dfd
         && plan.sweep_debris(dir)
-        && let Ok(names) = fsys::read_dir_names(fd)
     {
-        remove_debris(shared, fd, dir, &names);
+        // Partial files that files of later parts of this listing may take over are held,
+        // not swept (they go at the last part if none does).
+        if shared.opts.params.resume && !shared.dry_run() {
+            scan(shared, plan, dir, fd);
+        }
+        if let Ok(names) = fsys::read_dir_names(fd) {
+            remove_debris(shared, fd, dir, &names);
+        }
     }
     if let Some(scan) = end(plan, dfd.is_some(), dfd.as_deref())
         && let Some(fd) = &dfd
