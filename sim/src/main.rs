@@ -78,6 +78,7 @@ fn main() -> ExitCode {
     let mut file_errors = 0u64;
     let (mut killed, mut second_runs, mut lost) = (0u64, 0u64, 0u64);
     let (mut resumed, mut reused_bytes, mut resent_bytes) = (0u64, 0u64, 0u64);
+    let mut swept = 0u64;
     for seed in from..from.saturating_add(count) {
         let run = blitx_sim::run(seed, false);
         if let Err(why) = blitx_sim::check(&run) {
@@ -97,6 +98,7 @@ fn main() -> ExitCode {
             resumed += r.resumed;
             reused_bytes += r.reused_bytes;
             resent_bytes += r.resent_bytes;
+            swept += r.swept_fitting;
         }
     }
     println!(
@@ -104,7 +106,7 @@ fn main() -> ExitCode {
          {files_done} files done, {file_errors} file errors; {killed} seeds killed a run, \
          {second_runs} ran a second time; {lost} lost a control message; {resumed} files \
          resumed: {reused_bytes} bytes reused, {resent_bytes} bytes their journals recorded \
-         sent again",
+         sent again; {swept} fitting partial files swept as debris before they were searched for",
         started.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS
