@@ -12,7 +12,24 @@
 //! in production: an in-memory file system on each side, a data channel that reorders,
 //! duplicates, drops, corrupts and truncates frames, an ordered control channel, writes and
 //! renames that take time and can fail (a full disk), source files that change, vanish or fail
-//! to read while they are read, a peer that stalls or dies, and cancellation.
+//! to read while they are read, a peer that stalls or dies, cancellation, a lost control
+//! message (either direction), and a hostile target's malformed offer.
+//!
+//! Resume: in a quarter of the seeds the first run is killed at a random point — SIGKILL of
+//! the target's process (every completed write survives, each temporary file keeps the
+//! journal last saved by a [`Step::Journal`]), of the source's (the target gives up as usual,
+//! keeping its partial files with their final journals), or a crash of the target's machine
+//! (in addition, each written chunk may read back as zeros or stale bytes). A second run
+//! (resume on) over the same target follows, as it does after a first run given up with
+//! partial files kept; between the two, time passes (sometimes past a journal's age limit)
+//! and the source may change — with its mtime, or in place with its size and mtime put back,
+//! so the journal fits and only the hashes tell. The target's shell does what production's
+//! does (`storage/src/target/resume.rs`): searches a directory for partial files before its
+//! entries are decided, takes over one whose journal fits and offers the chunks it records,
+//! hashed as they are now; sweeps debris; removes the rest; reads a resumed file back before
+//! its commit. The source's does what `storage/src/source.rs` does: checks offers
+//! ([`resume::check_offer`]) and sends a `Same` frame for an offered chunk whose hash it
+//! shares, which the data channel may lose, repeat or damage like any frame.
 //!
 //! After every run the invariants are checked ([`check`]): each target path holds either its
 //! old contents or the complete new file, never a mix; no temporary file is left; nothing was
@@ -24,7 +41,13 @@
 //! session succeeded without errors, and without it (or after any error) every extra is
 //! untouched; nothing the source lists is deleted, no deletion is outside a listed directory;
 //! a hard-link group is one file on the target unless one of its names reported an error; a
-//! file already up to date is not rewritten.
+//! file already up to date is not rewritten. With resume: only a session given up (or killed)
+//! leaves partial files, a clean one none; a journal records only chunks its file holds; a
+//! partial file whose journal fits a needed file is taken over and any other removed, never
+//! renamed into place; a resumed file done equals the source as it is now; bytes reused never
+//! exceed what its journal recorded; without a crash or a change, no chunk a journal recorded
+//! is sent again; the read-back check fails only for a partial file that changed on disk; the
+//! source refuses every malformed offer. Each run of a seed is checked.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
