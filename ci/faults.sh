@@ -155,6 +155,19 @@ tmp_bytes() {
 }
 # leftovers DIR: temporary files anywhere below DIR
 leftovers() { find "$1" -name '*.blit-tmp' 2>/dev/null | sed "s#^$1/##" | tr '\n' ' '; }
+# unkept DIR: temporary files under DIR other than partial files kept for resuming, which a
+# session that was given up leaves on purpose: `.NAME.0.N.blit-tmp` (named for no live process)
+# with a journal (`user.blit.part`)
+unkept() {
+  local f
+  find "$1" -name '*.blit-tmp' 2>/dev/null | while read -r f; do
+    case "$(basename "$f")" in
+      .*.0.[0-9]*.blit-tmp)
+        getfattr --only-values -n user.blit.part "$f" > /dev/null 2>&1 && continue ;;
+    esac
+    printf '%s ' "${f#"$1"/}"
+  done
+}
 # only_expected DIR NAME: names in DIR besides NAME and its temporary files
 strangers() {
   find "$1" -mindepth 1 ! -name "$2" ! -name ".$2.*.blit-tmp" -printf '%P ' 2>/dev/null
@@ -389,9 +402,10 @@ case_link_down() {
     case "$rc" in 124|137) why="client hung (timeout); " ;; esac
     [ -n "$(lasterr "$LOGS/$CASE-1.err")" ] || why="${why}failed without a message; "
     cmp -s "$C/old.bin" "$C/root/t/big.bin" || why="${why}old target file not intact; "
-    # the daemon ends its half on its own stall timeout (5 s) and removes its temporary file
-    while [ -n "$(leftovers "$C/root")" ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
-    [ -z "$(leftovers "$C/root")" ] || why="${why}the failed push left temporary files: $(leftovers "$C/root"); "
+    # the daemon ends its half on its own stall timeout (5 s): its temporary file becomes a
+    # partial file kept for resuming (the re-run below takes it over), never anything else
+    while [ -n "$(unkept "$C/root")" ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
+    [ -z "$(unkept "$C/root")" ] || why="${why}the failed push left temporary files: $(unkept "$C/root"); "
   fi
   if [ "$must_fail" = 1 ] && [ "$rc" != 30 ]; then
     why="${why}a ${down_s} s outage with --stall-timeout 5 must end in exit 30 (stalled), got $rc; "

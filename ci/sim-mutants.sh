@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Mutation check of the simulator. Each mutant breaks one rule of the session core
 # (blitx_session: the target's per-file fate, the source's verdict on each file it reads, the
-# target's planning: hard links, --mirror deletions); the
+# target's planning: hard links, --mirror deletions; resuming: journals, offers, Same frames,
+# the read-back check); the
 # simulator must catch every one within the CI seed budget — a simulator that passes a broken
 # session proves nothing. Every mutated file is restored on exit, whatever happens. Built in
 # the dev profile (opt-level 1, what the test stage already built): a mutant rebuilds two
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 seeds=${SIM_SEEDS:-200000}
 sim=${CARGO_TARGET_DIR:-target}/debug/blit-sim
 saved=$(mktemp -d)
-files=(session/src/target.rs session/src/source.rs session/src/plan.rs)
+files=(session/src/target.rs session/src/source.rs session/src/plan.rs session/src/resume.rs)
 for f in "${files[@]}"; do cp "$f" "$saved/${f//\//_}"; done
 restore() { for f in "${files[@]}"; do cp "$saved/${f//\//_}" "$f"; done; }
 trap 'restore; rm -rf "$saved"' EXIT
@@ -32,6 +33,12 @@ mutants=(
   'session/src/plan.rs|deletes, under --mirror, names the source still lists|s/scan\.source_names\.contains\(n\)/false/; s/self\.source_names\.contains\(name\)/false/'
   'session/src/plan.rs|makes a hard link to a leader that was not committed|s/if matches!\(l, Leader::Needed\(id\) if not_done\.contains\(id\)\) \{/if false {/'
   'session/src/plan.rs|deletes, under --mirror, after a session with errors|s/if failures > 0 \{/if failures > 0 \&\& false {/'
+  # blitx_session::target and ::resume: resuming interrupted files
+  'session/src/target.rs|admits a Same frame whatever hash it carries|s/\.is_ok_and\(\|at\| r\.offered\[at\]\.1 == h\.checksum\)/.is_ok()/'
+  'session/src/target.rs|commits a resumed file without reading it back|s/let verify = f\.resumed\.as_mut\(\)\.map\(\|r\| std::mem::take\(\&mut r\.hashes\)\);/let verify = f.resumed.as_mut().map(|_| Vec::new()).filter(|_| false);/'
+  'session/src/target.rs|keeps the partial file of a file it gave up (a checksum failure)|s/\&\& f\.phase == Phase::Open\n(\s*)\&\& f\.writing_now == 0;/\&\& f.writing_now == 0;/'
+  'session/src/resume.rs|accepts offers past the end of the file (the source)|s/if i < next \|\| i >= total \{/if i < next || (i >= total \&\& false) {/'
+  'session/src/resume.rs|takes over a partial file whose source changed behind the same size|s/if self\.size_bytes != size_bytes \|\| self\.mtime != mtime \{/if self.size_bytes != size_bytes || (self.mtime != mtime \&\& false) {/'
   'session/src/plan.rs|forgets the names of a listing'"'"'s earlier parts (and deletes them under --mirror)|s/if self\.mirror \{\n(\s*)open\.source_names/if self.mirror \&\& last_part {\n$1open.source_names/'
 )
 

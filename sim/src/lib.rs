@@ -12,7 +12,24 @@
 //! in production: an in-memory file system on each side, a data channel that reorders,
 //! duplicates, drops, corrupts and truncates frames, an ordered control channel, writes and
 //! renames that take time and can fail (a full disk), source files that change, vanish or fail
-//! to read while they are read, a peer that stalls or dies, and cancellation.
+//! to read while they are read, a peer that stalls or dies, cancellation, a lost control
+//! message (either direction), and a hostile target's malformed offer.
+//!
+//! Resume: in a quarter of the seeds the first run is killed at a random point — SIGKILL of
+//! the target's process (every completed write survives, each temporary file keeps the
+//! journal last saved by a [`Step::Journal`]), of the source's (the target gives up as usual,
+//! keeping its partial files with their final journals), or a crash of the target's machine
+//! (in addition, each written chunk may read back as zeros or stale bytes). A second run
+//! (resume on) over the same target follows, as it does after a first run given up with
+//! partial files kept; between the two, time passes (sometimes past a journal's age limit)
+//! and the source may change — with its mtime, or in place with its size and mtime put back,
+//! so the journal fits and only the hashes tell. The target's shell does what production's
+//! does (`storage/src/target/resume.rs`): searches a directory for partial files before its
+//! entries are decided, takes over one whose journal fits and offers the chunks it records,
+//! hashed as they are now; sweeps debris; removes the rest; reads a resumed file back before
+//! its commit. The source's does what `storage/src/source.rs` does: checks offers
+//! ([`resume::check_offer`]) and sends a `Same` frame for an offered chunk whose hash it
+//! shares, which the data channel may lose, repeat or damage like any frame.
 //!
 //! After every run the invariants are checked ([`check`]): each target path holds either its
 //! old contents or the complete new file, never a mix; no temporary file is left; nothing was
@@ -24,24 +41,32 @@
 //! session succeeded without errors, and without it (or after any error) every extra is
 //! untouched; nothing the source lists is deleted, no deletion is outside a listed directory;
 //! a hard-link group is one file on the target unless one of its names reported an error; a
-//! file already up to date is not rewritten.
+//! file already up to date is not rewritten. With resume: only a session given up (or killed)
+//! leaves partial files, a clean one none; a journal records only chunks its file holds; a
+//! partial file whose journal fits a needed file is taken over and any other removed, never
+//! renamed into place; a resumed file done equals the source as it is now; bytes reused never
+//! exceed what its journal recorded; without a crash or a change, no chunk a journal recorded
+//! is sent again; the read-back check fails only for a partial file that changed on disk; the
+//! source refuses every malformed offer. Each run of a seed is checked.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use blitx_core::RelPath;
 use blitx_core::frame::{self, FLAG_FILE_VERIFIED, FrameHeader, FrameKind};
 use blitx_core::manifest::{Entry, EntryKind, FileId, InodeKey, TargetEntry, Timestamp};
+use blitx_core::session::{NEED_OFFERED_CHUNKS_MAX, Offer};
 use blitx_planner::diff::{Action, DiffOptions, Differ};
 use blitx_planner::{Chunker, Excludes, NeededFile, Unit};
 use blitx_session::idle::Idle;
 use blitx_session::listing::Verdict;
 use blitx_session::plan::{Deletions, Planning};
+use blitx_session::resume::{self, Journal, PARTIAL_AGE_MAX_SECS};
 use blitx_session::source::{
     self as source_session, Answers, Begin, Counted, Listed, Reading, Seen,
 };
-use blitx_session::target::{Admit, Receiving, Step, Wanted, Written};
+use blitx_session::target::{Admit, Receiving, Runs, Step, Wanted, Written};
 use blitx_session::{Cause, FileError, FileOp, Violation};
 
 /// Small chunks keep runs fast while files still span several of them.
@@ -73,6 +98,39 @@ pub struct Faults {
     pub dies: bool,
     /// The user cancels after this many events.
     pub cancel_after: Option<u64>,
+    /// The control message with this number (both directions, counted as sent) is lost.
+    pub lose_control: Option<u64>,
+    /// The target's first offer is malformed (a hostile target): the source must refuse it.
+    pub bad_offer: Option<BadOffer>,
+    /// Per mille of resumed files whose partial file changes on disk after its chunks were
+    /// hashed (bit rot, another writer): only the read-back check before the commit sees it.
+    pub rot: u32,
+}
+
+/// How an offer is made malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadOffer {
+    /// A chunk past the file's end.
+    PastEnd,
+    /// A chunk offered twice.
+    Repeated,
+    /// A file the answer does not need.
+    NotInAnswer,
+    /// The same file offered twice.
+    Twice,
+}
+
+/// How the first run of a seed is killed (no clean-up runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kill {
+    /// SIGKILL of the target's process: every completed write survives (page cache), each
+    /// temporary file keeps its last saved journal.
+    Target,
+    /// SIGKILL of the source's process: the target sees the peer gone and gives up as usual.
+    Source,
+    /// The target's machine crashes: as a kill of its process, and in addition each chunk
+    /// written to a temporary file (never fsynced) may read back as zeros or stale bytes.
+    Crash,
 }
 
 impl Faults {
@@ -113,6 +171,17 @@ impl Faults {
         if on(rng, 15) {
             f.read_error = rng.u32(1..100);
         }
+        if on(rng, 10) {
+            f.lose_control = Some(rng.u64(1..24));
+        }
+        if on(rng, 10) {
+            let kinds =
+                [BadOffer::PastEnd, BadOffer::Repeated, BadOffer::NotInAnswer, BadOffer::Twice];
+            f.bad_offer = Some(kinds[rng.usize(0..kinds.len())]);
+        }
+        if on(rng, 20) {
+            f.rot = rng.u32(1..500);
+        }
         f
     }
 }
@@ -148,6 +217,41 @@ pub struct Fs {
     symlinks: BTreeMap<RelPath, Vec<u8>>,
     root: DirAttr,
     next_ino: u64,
+    /// Partial (temporary) files, by the path they are for: the data, and the journal last
+    /// saved (encoded; none: crash debris without one).
+    partials: BTreeMap<RelPath, Partial>,
+}
+
+#[derive(Debug, Clone)]
+struct Partial {
+    data: Vec<u8>,
+    journal: Option<Vec<u8>>,
+}
+
+/// A temporary file being written.
+#[derive(Debug, Clone)]
+struct Temp {
+    data: Vec<u8>,
+    /// The journal last saved on it (encoded).
+    journal: Option<Vec<u8>>,
+    /// Chunks some write landed in (a crash may lose them).
+    written: Vec<bool>,
+    /// Chunks it holds whole and verified (written with a matching checksum, a hole, or held
+    /// by the partial file it was taken over from): all a journal may record.
+    good: Vec<bool>,
+}
+
+impl Temp {
+    fn new(size_bytes: u64) -> Self {
+        let chunks = size_bytes.div_ceil(u64::from(CHUNK_BYTES)).max(1) as usize;
+        Temp {
+            // Preallocated, or extended and kept sparse: either way it reads zeros.
+            data: vec![0; size_bytes as usize],
+            journal: None,
+            written: vec![false; chunks],
+            good: vec![false; chunks],
+        }
+    }
 }
 
 impl Fs {
@@ -264,7 +368,8 @@ enum SourceMsg {
 
 #[derive(Debug)]
 enum TargetMsg {
-    Need { seq: u64, ids: Vec<FileId> },
+    /// `tampered`: the offers were made malformed on purpose (the source must refuse them).
+    Need { seq: u64, ids: Vec<FileId>, offers: Vec<Offer>, tampered: Option<BadOffer> },
 }
 
 #[derive(Debug)]
@@ -313,6 +418,8 @@ pub enum Ending {
     Idle,
     PeerGone,
     Cancelled,
+    /// The target's process was killed, or its machine crashed: nothing was cleaned up.
+    Killed,
 }
 
 /// The result of one run, for the invariant check and the report.
@@ -324,6 +431,20 @@ pub struct Run {
     pub done: Vec<RelPath>,
     pub errors: Vec<FileError>,
     pub trace: String,
+    /// The run before this one over the same target (killed, or given up with partial files
+    /// kept): its own invariants are checked too.
+    pub first: Option<Box<Run>>,
+    /// How this run was killed, if it was.
+    pub kill: Option<Kill>,
+    /// Partial files were kept for resuming (`SessionParams::resume`).
+    pub resume: bool,
+    /// Resume's counts: files taken over, bytes the partial files held that the source
+    /// confirmed, bytes of chunks a journal recorded that were sent again.
+    pub resumed: u64,
+    pub reused_bytes: u64,
+    pub resent_bytes: u64,
+    /// A control message was lost.
+    pub lost_control: bool,
     source: BTreeMap<RelPath, Content>,
     /// The target before and after.
     old: BTreeMap<RelPath, Content>,
@@ -341,11 +462,31 @@ pub struct Run {
     source_root: DirAttr,
     /// The source's hard-link groups: paths of one inode.
     groups: Vec<Vec<RelPath>>,
+    /// Directories in which this run needed a file.
+    wrote_dirs: HashSet<RelPath>,
+}
+
+impl Run {
+    /// This run and the one before it, if any.
+    pub fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.first.as_deref().into_iter().chain([self])
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Handle {
     path: RelPath,
+}
+
+/// A file taken over from its partial file.
+#[derive(Debug)]
+struct Adopted {
+    /// Bytes and chunks its journal recorded.
+    journal_bytes: u64,
+    journaled: Vec<bool>,
+    /// Nothing may have changed those chunks (no crash, no change of the source since, none
+    /// while this run reads): none of them may be sent again.
+    exact: bool,
 }
 
 struct Sim {
@@ -361,6 +502,13 @@ struct Sim {
     base: Instant,
     trace: String,
     tracing: bool,
+    /// Control messages sent (both directions), and whether one was lost.
+    control_sent: u64,
+    lost_control: bool,
+    /// When the run kills the target or the source (after this many events), and whether it
+    /// did.
+    kill: Option<(u64, Kill)>,
+    killed: Option<Kill>,
 
     // Source.
     files: Vec<SourceFile>,
@@ -373,19 +521,25 @@ struct Sim {
     reading: Reading<()>,
     bundle_seq: u64,
     source_silent: bool,
+    /// What the target offered of each resumed file: (chunk, hash), ascending.
+    offers: HashMap<FileId, Vec<(u64, u64)>>,
 
     // Target.
     recv: Receiving<Handle>,
     plan: Planning<DirAttr>,
     idle: Idle,
     fs: Fs,
+    resume: bool,
+    /// The wall clock (seconds since the epoch) when the run began: journals carry it.
+    unix_secs: u64,
     /// Directories the source listed (the root too): deletions happen only in them.
     listed_dirs: HashSet<RelPath>,
     /// Every path the source listed: none is ever deleted.
     listed_paths: HashSet<RelPath>,
-    temps: HashMap<FileId, Vec<u8>>,
+    temps: HashMap<FileId, Temp>,
     temp_bytes: u64,
-    committing: std::collections::HashSet<FileId>,
+    /// Files being committed, with the hashes their read-back check compares (resumed).
+    committing: HashMap<FileId, Option<Vec<u64>>>,
     /// Committed files by id: a write still running lands in the renamed file (its inode).
     renamed: HashMap<FileId, u64>,
     failed_now: Vec<RelPath>,
@@ -399,14 +553,179 @@ struct Sim {
     done: Vec<RelPath>,
     errors: Vec<FileError>,
     moved: u64,
+    /// Partial files found in the directories being listed, not yet taken over.
+    found: BTreeSet<RelPath>,
+    adopted: HashMap<FileId, Adopted>,
+    /// Resumed files whose partial file changed on disk after it was hashed.
+    rotted: HashSet<FileId>,
+    /// The run before ended in a machine crash; files changed in place since (their size and
+    /// mtime kept, so their journals still fit).
+    crashed_before: bool,
+    changed_in_place: HashSet<FileId>,
+    reused_bytes: u64,
+    resent_bytes: u64,
+    wrote_dirs: HashSet<RelPath>,
 }
 
-/// Runs the transfer that `seed` describes.
+/// What a seed's runs share: the source's directories and links, `--mirror`.
+struct World {
+    dirs: Vec<Entry>,
+    mirror: bool,
+    root: DirAttr,
+    groups: Vec<Vec<RelPath>>,
+}
+
+/// One run over the target `fs`.
+struct Setup<'a> {
+    seed: u64,
+    tracing: bool,
+    world: &'a World,
+    files: Vec<SourceFile>,
+    fs: Fs,
+    faults: Faults,
+    resume: bool,
+    kill: Option<(u64, Kill)>,
+    unix_secs: u64,
+    crashed_before: bool,
+    changed_in_place: HashSet<FileId>,
+}
+
+/// Runs the transfer that `seed` describes. In a share of seeds the first run is killed (the
+/// target's process, the source's, or the target's machine) and a second run over the same
+/// target follows, resuming what the first left; a second run also follows a first one given
+/// up with partial files kept. The source may change between the two.
 pub fn run(seed: u64, tracing: bool) -> Run {
     let mut rng = fastrand::Rng::with_seed(seed);
     let faults = Faults::pick(&mut rng);
-    let base = Instant::now();
     let Tree { files, dirs, old_fs, mirror, root, groups } = tree(&mut rng);
+    let kill = (rng.u32(0..4) == 0).then(|| {
+        let how = [Kill::Target, Kill::Source, Kill::Crash][rng.usize(0..3)];
+        (rng.u64(1..50), how)
+    });
+    let resume = if kill.is_some() { rng.u32(0..8) != 0 } else { rng.bool() };
+    let world = World { dirs, mirror, root, groups };
+    let unix_secs = 1_800_000_000;
+    let setup = Setup {
+        seed,
+        tracing,
+        world: &world,
+        files,
+        fs: old_fs,
+        faults,
+        resume,
+        kill,
+        unix_secs,
+        crashed_before: false,
+        changed_in_place: HashSet::new(),
+    };
+    let (first, mut files, ended_at) = session(&mut rng, setup);
+    let given_up = !matches!(first.ending, Ending::Finished | Ending::Killed);
+    let kept = given_up && !first.new_fs.partials.is_empty();
+    if kill.is_none() && !kept {
+        return first;
+    }
+    // Between the runs: time passes (sometimes more than a partial file may wait), the source
+    // settles and may change.
+    let gap_secs =
+        if rng.u32(0..8) == 0 { PARTIAL_AGE_MAX_SECS + rng.u64(1..1000) } else { rng.u64(1..3600) };
+    let changed_in_place = between(&mut rng, &mut files, &world.groups, &first.new_fs);
+    let faults = if rng.bool() { Faults::default() } else { Faults::pick(&mut rng) };
+    let setup = Setup {
+        seed,
+        tracing,
+        world: &world,
+        files,
+        fs: first.new_fs.clone(),
+        faults,
+        resume: true,
+        kill: None,
+        unix_secs: unix_secs + ended_at.as_secs() + gap_secs,
+        crashed_before: first.kill == Some(Kill::Crash),
+        changed_in_place,
+    };
+    let (mut second, _, _) = session(&mut rng, setup);
+    if tracing {
+        second.trace = format!("{}--- the second run ---\n{}", first.trace, second.trace);
+    }
+    second.first = Some(Box::new(first));
+    second
+}
+
+/// Between two runs: each source file as it is now is what the next run lists (one that
+/// vanished is back, empty; the names of a hard-link group one file again); in some seeds a
+/// file changes with its mtime, and one whose partial file the target kept changes in place
+/// with its size and mtime put back (its journal still fits: only the hashes tell). Returns
+/// the files changed in place.
+fn between(
+    rng: &mut fastrand::Rng,
+    files: &mut [SourceFile],
+    groups: &[Vec<RelPath>],
+    target: &Fs,
+) -> HashSet<FileId> {
+    for f in files.iter_mut() {
+        let data = f.data.get_or_insert_with(Vec::new);
+        f.entry.size_bytes = data.len() as u64;
+        f.entry.mtime.sec += i64::from(f.version);
+        f.version = 0;
+    }
+    for g in groups {
+        let Some(lead) = files.iter().position(|f| f.entry.path == g[0]) else { continue };
+        let (data, size, mtime) =
+            (files[lead].data.clone(), files[lead].entry.size_bytes, files[lead].entry.mtime);
+        for f in files.iter_mut().filter(|f| g.contains(&f.entry.path)) {
+            (f.data, f.entry.size_bytes, f.entry.mtime) = (data.clone(), size, mtime);
+        }
+    }
+    let alone: Vec<usize> = (0..files.len())
+        .filter(|&i| files[i].entry.inode.is_none() && files[i].entry.size_bytes > 0)
+        .collect();
+    if !alone.is_empty() && rng.u32(0..3) == 0 {
+        // Changed, and its mtime with it (sometimes its size too).
+        let f = &mut files[alone[rng.usize(0..alone.len())]];
+        let data = f.data.get_or_insert_with(Vec::new);
+        let at = rng.usize(0..data.len());
+        data[at] ^= 0x3C;
+        if rng.bool() {
+            data.push(0x11);
+        }
+        f.entry.size_bytes = data.len() as u64;
+        f.entry.mtime.sec += 1;
+    }
+    let mut in_place = HashSet::new();
+    let kept: Vec<usize> =
+        alone.into_iter().filter(|&i| target.partials.contains_key(&files[i].entry.path)).collect();
+    if !kept.is_empty() && rng.u32(0..3) == 0 {
+        // Changed in place, its size and mtime put back.
+        let f = &mut files[kept[rng.usize(0..kept.len())]];
+        let data = f.data.get_or_insert_with(Vec::new);
+        for _ in 0..rng.usize(1..4) {
+            let at = rng.usize(0..data.len());
+            data[at] = data[at].wrapping_add(1);
+        }
+        in_place.insert(f.entry.id);
+    }
+    in_place
+}
+
+/// One session from `setup`; returns its run, the source files as they are at its end, and
+/// the virtual time it took.
+fn session(rng: &mut fastrand::Rng, setup: Setup<'_>) -> (Run, Vec<SourceFile>, Duration) {
+    let Setup {
+        seed,
+        tracing,
+        world,
+        files,
+        fs: old_fs,
+        faults,
+        resume,
+        kill,
+        unix_secs,
+        crashed_before,
+        changed_in_place,
+    } = setup;
+    let World { dirs, mirror, root, groups } = world;
+    let (mirror, root) = (*mirror, *root);
+    let base = Instant::now();
     let old = old_fs.contents();
     let source: BTreeMap<RelPath, Content> = files
         .iter()
@@ -416,8 +735,9 @@ pub fn run(seed: u64, tracing: bool) -> Run {
         .collect();
     let opts = DiffOptions { compare: Default::default(), mirror, owner: false };
     let excludes = Excludes::new(&[]).expect("no patterns");
+    let journal_every = u64::from(CHUNK_BYTES) * rng.u64(1..4);
     let mut sim = Sim {
-        rng,
+        rng: rng.fork(),
         faults,
         now: Duration::ZERO,
         seq: 0,
@@ -428,6 +748,10 @@ pub fn run(seed: u64, tracing: bool) -> Run {
         base,
         trace: String::new(),
         tracing,
+        control_sent: 0,
+        lost_control: false,
+        kill,
+        killed: None,
         answers: Answers::with_limit(2),
         listings: VecDeque::new(),
         chunker: Chunker::new(&params()),
@@ -435,15 +759,20 @@ pub fn run(seed: u64, tracing: bool) -> Run {
         reading: Reading::new(CHUNK_BYTES),
         bundle_seq: 0,
         source_silent: false,
-        recv: Receiving::new(CHUNK_BYTES, false),
+        offers: HashMap::new(),
+        recv: Receiving::new(CHUNK_BYTES, false)
+            .keeping_partials(resume)
+            .journal_every(journal_every),
         plan: Planning::new(Differ::new(opts, excludes), 0, false, 48),
         idle: Idle::new(Some(IDLE_LIMIT), base, 0),
         fs: old_fs.clone(),
+        resume,
+        unix_secs,
         listed_dirs: dirs.iter().map(|d| d.path.clone()).chain([RelPath::root()]).collect(),
         listed_paths: HashSet::new(),
         temps: HashMap::new(),
         temp_bytes: 0,
-        committing: Default::default(),
+        committing: HashMap::new(),
         renamed: HashMap::new(),
         failed_now: Vec::new(),
         broken: None,
@@ -456,6 +785,14 @@ pub fn run(seed: u64, tracing: bool) -> Run {
         errors: Vec::new(),
         moved: 0,
         files,
+        found: BTreeSet::new(),
+        adopted: HashMap::new(),
+        rotted: HashSet::new(),
+        crashed_before,
+        changed_in_place,
+        reused_bytes: 0,
+        resent_bytes: 0,
+        wrote_dirs: HashSet::new(),
     };
     let mut listed: Vec<RelPath> = sim.files.iter().map(|f| f.entry.path.clone()).collect();
     listed.extend(dirs.iter().map(|d| d.path.clone()));
@@ -464,7 +801,7 @@ pub fn run(seed: u64, tracing: bool) -> Run {
         sim.fatal(Ending::Violation(v.to_string()));
     }
     // The walk: each directory (parents first) in parts of a few entries.
-    let all: Vec<&Entry> = sim.files.iter().map(|f| &f.entry).chain(&dirs).collect();
+    let all: Vec<&Entry> = sim.files.iter().map(|f| &f.entry).chain(dirs).collect();
     for dir in [RelPath::root()].iter().chain(dirs.iter().map(|d| &d.path)) {
         let entries: Vec<Entry> = all
             .iter()
@@ -480,14 +817,24 @@ pub fn run(seed: u64, tracing: bool) -> Run {
     sim.send_listings();
     sim.schedule(IDLE_LIMIT / 2, Event::Tick);
     sim.main_loop();
+    if resume {
+        sim.check_taken_over(&old_fs);
+    }
     let needed = sim.wanted.values().map(|e| e.path.clone()).collect();
-    Run {
+    let run = Run {
         seed,
         faults,
         ending: sim.ending.clone().unwrap_or(Ending::Finished),
         done: sim.done,
         errors: sim.errors,
         trace: sim.trace,
+        first: None,
+        kill: sim.killed,
+        resume,
+        resumed: sim.adopted.len() as u64,
+        reused_bytes: sim.reused_bytes,
+        resent_bytes: sim.resent_bytes,
+        lost_control: sim.lost_control,
         source,
         old,
         new: sim.fs.contents(),
@@ -500,8 +847,10 @@ pub fn run(seed: u64, tracing: bool) -> Run {
         new_fs: sim.fs,
         source_dirs: dirs.iter().map(|d| (d.path.clone(), DirAttr::of(d))).collect(),
         source_root: root,
-        groups,
-    }
+        groups: groups.clone(),
+        wrote_dirs: sim.wrote_dirs,
+    };
+    (run, sim.files, sim.now)
 }
 
 /// A source tree and the target it is copied onto.
@@ -703,8 +1052,19 @@ impl Sim {
         }
     }
 
+    /// Whether the control message being sent is the one lost.
+    fn control_lost(&mut self) -> bool {
+        self.control_sent += 1;
+        let lost = self.faults.lose_control == Some(self.control_sent);
+        if lost {
+            self.log(|| "a control message is lost".into());
+            self.lost_control = true;
+        }
+        lost
+    }
+
     fn send_to_target(&mut self, msg: SourceMsg) {
-        if self.source_silent {
+        if self.source_silent || self.control_lost() {
             return;
         }
         let at = self.to_target_at.max(self.now) + self.jitter(200);
@@ -714,6 +1074,9 @@ impl Sim {
     }
 
     fn send_to_source(&mut self, msg: TargetMsg) {
+        if self.control_lost() {
+            return;
+        }
         let at = self.to_source_at.max(self.now) + self.jitter(200);
         self.to_source_at = at;
         self.seq += 1;
@@ -726,6 +1089,21 @@ impl Sim {
             self.events_run += 1;
             if self.faults.cancel_after == Some(self.events_run) {
                 self.fatal(Ending::Cancelled);
+            }
+            if let Some((after, how)) = self.kill
+                && after == self.events_run
+            {
+                self.log(|| format!("killed: {how:?}"));
+                if how == Kill::Source {
+                    self.killed = Some(how);
+                    self.source_silent = true;
+                    self.fatal(Ending::PeerGone);
+                } else {
+                    self.killed = Some(how);
+                    self.ending = Some(Ending::Killed);
+                    self.die(how == Kill::Crash);
+                    return;
+                }
             }
             if self.faults.stall_after == Some(self.events_run) && !self.source_silent {
                 self.log(|| "the source stalls".into());
@@ -763,9 +1141,12 @@ impl Sim {
             return;
         }
         if failed {
-            // The shell's clean-up: every file not committed is given up, its temp removed.
-            for (id, _, _) in self.recv.abandon() {
-                self.discard(id);
+            // The shell's clean-up: every file not committed is given up, its temp removed
+            // (or, with partials kept, kept with its final journal).
+            let mut left = self.recv.abandon();
+            left.sort_by_key(|l| l.0);
+            for (id, _, runs) in left {
+                self.keep_or_discard(id, runs);
             }
         } else {
             let mut steps = Vec::new();
@@ -795,9 +1176,17 @@ impl Sim {
         if self.source_silent {
             return;
         }
-        let TargetMsg::Need { seq, ids } = msg;
+        let TargetMsg::Need { seq, ids, offers, tampered } = msg;
         match self.answers.answer(seq, &ids) {
             Ok(files) => {
+                if let Err(v) = self.attach_offers(&files, offers) {
+                    return self.fatal(Ending::Violation(format!("at the source: {v}")));
+                }
+                if let Some(how) = tampered
+                    && self.broken.is_none()
+                {
+                    self.broken = Some(format!("the source accepted a malformed offer ({how:?})"));
+                }
                 for f in files {
                     self.chunker.push(NeededFile { id: f.id, size_bytes: f.size_bytes });
                 }
@@ -810,6 +1199,25 @@ impl Sim {
             }
             Err(v) => self.fatal(Ending::Violation(format!("at the source: {v}"))),
         }
+    }
+
+    /// What the production source checks of the target's offers (`attach_offers`): within
+    /// the limit, each for a file of this answer, once, and sound ([`resume::check_offer`]).
+    fn attach_offers(&mut self, files: &[Needed], offers: Vec<Offer>) -> Result<(), Violation> {
+        let total: usize = offers.iter().map(|o| o.chunks.len()).sum();
+        if total > NEED_OFFERED_CHUNKS_MAX {
+            return Err(Violation::OfferTooLarge { limit: NEED_OFFERED_CHUNKS_MAX });
+        }
+        for offer in offers {
+            if !files.iter().any(|f| f.id == offer.id) || self.offers.contains_key(&offer.id) {
+                return Err(Violation::OfferNotNeeded(offer.id));
+            }
+            let e = &self.files[(offer.id - 1) as usize].entry;
+            let small = e.size_bytes <= u64::from(SMALL_FILE_BYTES);
+            resume::check_offer(&offer, &e.path, e.size_bytes, CHUNK_BYTES, small, e.sparse)?;
+            self.offers.insert(offer.id, offer.chunks);
+        }
+        Ok(())
     }
 
     fn source_step(&mut self) {
@@ -961,16 +1369,28 @@ impl Sim {
             let outcome = data.as_ref().map(|_| ()).map_err(Clone::clone);
             let counted = self.reading.read(id, 1, outcome, &mut steps);
             if let (Counted::Send { .. }, Ok(data)) = (counted, data) {
+                let index = offset_bytes / u64::from(CHUNK_BYTES);
+                let offered = self.offers.get(&id).and_then(|o| {
+                    o.binary_search_by_key(&index, |&(i, _)| i).ok().map(|at| o[at].1)
+                });
+                let hash = frame::checksum(&data);
                 let frame = if sparse && data.iter().all(|&b| b == 0) {
                     SimFrame { header: FrameHeader::hole(id, offset_bytes, 1), payload: Vec::new() }
+                } else if offered == Some(hash) {
+                    // The target's partial file holds this chunk already.
+                    SimFrame {
+                        header: FrameHeader::same(id, offset_bytes, hash),
+                        payload: Vec::new(),
+                    }
                 } else {
+                    self.resent(id, index, data.len() as u64);
                     let header = FrameHeader {
                         kind: FrameKind::Chunk,
                         flags: 0,
                         file_id: id,
                         offset_bytes,
                         len_bytes,
-                        checksum: frame::checksum(&data),
+                        checksum: hash,
                     };
                     SimFrame { header, payload: data }
                 };
@@ -1029,6 +1449,10 @@ impl Sim {
                 let at = self.rng.usize(0..f.payload.len());
                 f.payload[at] ^= 1 << self.rng.u32(0..8);
                 self.log(|| format!("frame {what:?} corrupted"));
+            } else if r < fl.drop + fl.corrupt && f.header.kind == FrameKind::Same {
+                // A Same frame's hash is all it carries.
+                f.header.checksum ^= 1 << self.rng.u32(0..64);
+                self.log(|| format!("frame {what:?} corrupted"));
             } else if r < fl.drop + fl.corrupt + fl.truncate && !f.payload.is_empty() {
                 let keep = self.rng.usize(0..f.payload.len());
                 f.payload.truncate(keep);
@@ -1084,7 +1508,20 @@ impl Sim {
             Err(v) => return self.fatal(Ending::Violation(v.to_string())),
         };
         let mut ids = Vec::new();
-        if started.verdict == Verdict::Apply {
+        let mut offers = Vec::new();
+        let apply = started.verdict == Verdict::Apply;
+        // Partial files of interrupted transfers, for the files that may resume (found before
+        // the entries are decided, as the production shell's `scan`).
+        if apply
+            && self.resume
+            && !started.fresh
+            && entries.iter().any(|e| {
+                e.kind == EntryKind::File && !e.sparse && e.size_bytes > u64::from(SMALL_FILE_BYTES)
+            })
+        {
+            self.scan_partials(dir);
+        }
+        if apply {
             for e in entries {
                 let t = if started.fresh { None } else { self.fs.stat(&e.path) };
                 let d = self.plan.entry(&e, t.as_ref());
@@ -1104,10 +1541,23 @@ impl Sim {
                             small: e.size_bytes <= u64::from(SMALL_FILE_BYTES),
                         };
                         let handle = Handle { path: e.path.clone() };
-                        if let Err(v) = self.recv.want(e.id, wanted, handle) {
+                        let adopted = if self.resume && !wanted.small && !wanted.sparse {
+                            self.adopt(&e)
+                        } else {
+                            None
+                        };
+                        let r = match adopted {
+                            Some(chunks) => {
+                                offers.push(Offer { id: e.id, chunks: chunks.clone() });
+                                self.recv.want_resumed(e.id, wanted, handle, chunks)
+                            }
+                            None => self.recv.want(e.id, wanted, handle),
+                        };
+                        if let Err(v) = r {
                             return self.violation(v);
                         }
                         ids.push(e.id);
+                        self.wrote_dirs.insert(dir.clone());
                         self.wanted.insert(e.id, e);
                     }
                     Action::FixMeta => {
@@ -1130,8 +1580,33 @@ impl Sim {
                 }
             }
         }
-        let opened = started.verdict == Verdict::Apply;
-        if last_part && let Some(scan) = self.plan.listing_end(dir, opened).scan {
+        // Crash debris goes when a transfer writes into its directory again; partial files are
+        // searched for first (production's `scan` before `remove_debris`), so one that a file
+        // of a later part may take over is held, not swept.
+        if apply && !ids.is_empty() && self.plan.sweep_debris(dir) {
+            if self.resume && !started.fresh {
+                self.scan_partials(dir);
+            }
+            self.remove_debris(dir, true);
+        }
+        if apply && last_part {
+            // The partial files no file took over (production's `drop_unclaimed`).
+            let unclaimed: Vec<RelPath> = self
+                .found
+                .iter()
+                .filter(|p| p.split_last().is_some_and(|(d, _)| &d == dir))
+                .cloned()
+                .collect();
+            for p in unclaimed {
+                self.log(|| format!("{p}: partial file not taken over, removed"));
+                self.found.remove(&p);
+                self.fs.partials.remove(&p);
+            }
+        }
+        if last_part && let Some(scan) = self.plan.listing_end(dir, apply).scan {
+            // --mirror reads the directory at its listing's end: what is left of blit's is
+            // debris now (the partial files its files could use were taken over).
+            self.remove_debris(dir, false);
             let extra: Vec<TargetEntry> = self
                 .fs
                 .children(dir)
@@ -1141,7 +1616,307 @@ impl Sim {
                 .collect();
             self.plan.extras(scan, &extra);
         }
-        self.send_to_source(TargetMsg::Need { seq, ids });
+        let tampered = self.tamper(&ids, &mut offers);
+        self.send_to_source(TargetMsg::Need { seq, ids, offers, tampered });
+    }
+
+    /// Production's `scan`: once per directory (not one made in this session), the partial
+    /// files with a journal that decodes are found and held for the files of its listing.
+    fn scan_partials(&mut self, dir: &RelPath) {
+        if !self.plan.scan_partials(dir) {
+            return;
+        }
+        let found: Vec<RelPath> = self
+            .fs
+            .partials
+            .iter()
+            .filter(|(p, part)| {
+                p.split_last().is_some_and(|(d, _)| &d == dir)
+                    && part.journal.as_deref().and_then(Journal::decode).is_some()
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.found.extend(found);
+    }
+
+    /// Resume saves what it can: a partial file the run began with, whose journal fits its
+    /// file as listed now, is taken over if that file was needed.
+    fn check_taken_over(&mut self, before: &Fs) {
+        for (path, partial) in &before.partials {
+            let Some(j) = partial.journal.as_deref().and_then(Journal::decode) else { continue };
+            let Some((&id, e)) = self.wanted.iter().find(|(_, e)| &e.path == path) else {
+                continue;
+            };
+            let fits = j.size_bytes == e.size_bytes
+                && j.mtime == e.mtime
+                && !e.sparse
+                && e.size_bytes > u64::from(SMALL_FILE_BYTES)
+                && self.unix_secs.saturating_sub(j.saved_unix_secs) <= PARTIAL_AGE_MAX_SECS;
+            if fits && !self.adopted.contains_key(&id) && self.broken.is_none() {
+                self.broken = Some(format!("{path}: its partial file fit, but was not taken over"));
+            }
+        }
+    }
+
+    /// Removes the partial files in `dir` an interrupted transfer left (production's
+    /// `remove_debris`), but not those found for resuming and not yet taken over.
+    ///
+    /// A sweep (`sweep`) with resume on searched the directory first: a partial file with a
+    /// journal that decodes is never removed by it (that would lose it to resume; seed 1384
+    /// found it).
+    fn remove_debris(&mut self, dir: &RelPath, sweep: bool) {
+        let gone: Vec<RelPath> = self
+            .fs
+            .partials
+            .keys()
+            .filter(|p| !self.found.contains(*p) && p.split_last().is_some_and(|(d, _)| &d == dir))
+            .cloned()
+            .collect();
+        for p in gone {
+            let partial = self.fs.partials.remove(&p).expect("listed");
+            if sweep
+                && self.resume
+                && partial.journal.as_deref().and_then(Journal::decode).is_some()
+                && self.broken.is_none()
+            {
+                self.broken =
+                    Some(format!("{p}: partial file removed as debris, never searched for"));
+            }
+        }
+    }
+
+    /// Makes the first offers malformed, as a hostile target would ([`Faults::bad_offer`]).
+    fn tamper(&mut self, ids: &[FileId], offers: &mut Vec<Offer>) -> Option<BadOffer> {
+        let how = self.faults.bad_offer?;
+        let first = offers.first_mut()?;
+        self.faults.bad_offer = None;
+        let last = *first.chunks.last()?;
+        match how {
+            BadOffer::PastEnd => {
+                let size = self.wanted.get(&first.id).map_or(0, |e| e.size_bytes);
+                let total = size.div_ceil(u64::from(CHUNK_BYTES)).max(1);
+                first.chunks.push((total, last.1));
+            }
+            BadOffer::Repeated => first.chunks.push(last),
+            BadOffer::NotInAnswer => {
+                let stranger = (1..).find(|i| !ids.contains(i)).unwrap_or(0);
+                offers.push(Offer { id: stranger, chunks: vec![(0, 0)] });
+            }
+            BadOffer::Twice => {
+                let again = first.clone();
+                offers.push(again);
+            }
+        }
+        self.log(|| format!("offers made malformed: {how:?}"));
+        Some(how)
+    }
+
+    /// Takes over the partial file of `e` if one was found and its journal fits (production's
+    /// `adopt`): the chunks its journal records are hashed as they are on disk now and offered.
+    /// `None`: the file starts over, and an unusable partial file is removed.
+    fn adopt(&mut self, e: &Entry) -> Option<Vec<(u64, u64)>> {
+        if !self.found.remove(&e.path) {
+            return None;
+        }
+        let partial = self.fs.partials.remove(&e.path)?;
+        let journal = partial.journal.as_deref().and_then(Journal::decode)?;
+        let now = self.unix_secs + self.now.as_secs();
+        let name = e.path.file_name();
+        let fits = journal.fits(name, e.size_bytes, e.mtime, CHUNK_BYTES, now).is_ok();
+        // The same rule, written out here: a journal fits only the file it was written for,
+        // unchanged since (size, mtime), in chunks of this size, not too old.
+        let should = journal.name == name
+            && journal.size_bytes == e.size_bytes
+            && journal.mtime == e.mtime
+            && journal.chunk_bytes == CHUNK_BYTES
+            && now.saturating_sub(journal.saved_unix_secs) <= PARTIAL_AGE_MAX_SECS
+            && !journal.runs.is_empty();
+        if fits != should && self.broken.is_none() {
+            self.broken = Some(format!(
+                "{}: the partial file's journal {} but was {}",
+                e.path,
+                if should { "fits" } else { "does not fit" },
+                if fits { "taken over" } else { "removed" }
+            ));
+        }
+        if !fits {
+            self.log(|| format!("{}: partial file does not fit, removed", e.path));
+            return None;
+        }
+        let size = e.size_bytes as usize;
+        let chunk = CHUNK_BYTES as usize;
+        let mut temp = Temp::new(e.size_bytes);
+        // Cut (or extended) to the file's size.
+        let held = partial.data.len().min(size);
+        temp.data[..held].copy_from_slice(&partial.data[..held]);
+        temp.journal = partial.journal;
+        let mut journaled = vec![false; temp.good.len()];
+        let (mut offered, mut journal_bytes) = (Vec::new(), 0u64);
+        for &(first, count) in &journal.runs {
+            for i in first..first + count {
+                let at = i as usize * chunk;
+                let end = (at + chunk).min(size);
+                offered.push((i, frame::checksum(&temp.data[at..end])));
+                temp.good[i as usize] = true;
+                journaled[i as usize] = true;
+                journal_bytes += (end - at) as u64;
+            }
+        }
+        if self.rng.u32(0..1000) < self.faults.rot {
+            // The partial file changes on disk after it was hashed.
+            let at = self.rng.usize(0..size);
+            temp.data[at] ^= 0x80;
+            self.rotted.insert(e.id);
+            self.log(|| format!("{}: its partial file changes at {at}", e.path));
+        }
+        self.log(|| format!("{}: partial file taken over, offers {offered:?}", e.path));
+        self.temps.insert(e.id, temp);
+        let exact = !self.crashed_before
+            && !self.changed_in_place.contains(&e.id)
+            && self.faults.change == 0;
+        self.adopted.insert(e.id, Adopted { journal_bytes, journaled, exact });
+        Some(offered)
+    }
+
+    /// The source sends chunk `index` of file `id` (`len_bytes`) as data: counted if its
+    /// partial file's journal recorded it, an invariant broken if nothing can have changed it.
+    fn resent(&mut self, id: FileId, index: u64, len_bytes: u64) {
+        let Some(a) = self.adopted.get(&id) else { return };
+        if !a.journaled.get(index as usize).copied().unwrap_or(false) {
+            return;
+        }
+        self.resent_bytes += len_bytes;
+        if a.exact && self.broken.is_none() {
+            let path = &self.files[(id - 1) as usize].entry.path;
+            self.broken = Some(format!(
+                "{path}: chunk {index} sent again, though its partial file's journal recorded it \
+                 and nothing changed it"
+            ));
+        }
+    }
+
+    /// The journal of file `id`'s temporary file, recording `runs`.
+    fn journal(&self, id: FileId, runs: Runs) -> Journal {
+        let e = &self.wanted[&id];
+        Journal {
+            chunk_bytes: CHUNK_BYTES,
+            size_bytes: e.size_bytes,
+            mtime: e.mtime,
+            saved_unix_secs: self.unix_secs + self.now.as_secs(),
+            name: e.path.file_name().to_vec(),
+            runs,
+        }
+    }
+
+    /// Whether every chunk `runs` names is held whole by file `id`'s temporary file; if not,
+    /// an invariant is broken (a journal may record only what its file holds).
+    fn holds(&mut self, id: FileId, runs: &Runs) -> bool {
+        let t = &self.temps[&id];
+        let missing = runs.iter().flat_map(|&(f, n)| f..f + n).find(|&i| !t.good[i as usize]);
+        if let Some(i) = missing {
+            let path = &self.wanted[&id].path;
+            if self.broken.is_none() {
+                self.broken = Some(format!(
+                    "{path}: a journal records chunk {i}, which its temporary file does not hold"
+                ));
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Saves the journal of file `id`'s temporary file (skipped if it is gone).
+    fn save_journal(&mut self, id: FileId, runs: Runs) {
+        if !self.temps.contains_key(&id) || !self.holds(id, &runs) {
+            return;
+        }
+        let journal = self.journal(id, runs).encode();
+        if let Some(t) = self.temps.get_mut(&id) {
+            t.journal = Some(journal);
+        }
+    }
+
+    /// The session was given up: file `id`'s partial file is kept with its final journal
+    /// (`runs` non-empty), or removed (production's `keep_or_discard`).
+    fn keep_or_discard(&mut self, id: FileId, runs: Runs) {
+        if runs.is_empty() {
+            return self.discard(id);
+        }
+        let path = self.wanted[&id].path.clone();
+        if !self.temps.contains_key(&id) {
+            if self.broken.is_none() {
+                self.broken = Some(format!(
+                    "{path}: its partial file is kept ({runs:?}), but it was given up and removed"
+                ));
+            }
+            return;
+        }
+        if !self.holds(id, &runs) {
+            return self.discard(id);
+        }
+        let journal = Some(self.journal(id, runs).encode());
+        let t = self.temps.remove(&id).expect("checked above");
+        self.temp_bytes -= t.data.len().min(self.temp_bytes as usize) as u64;
+        self.log(|| format!("{path}: partial file kept"));
+        self.fs.partials.insert(path, Partial { data: t.data, journal });
+    }
+
+    /// The target's process is killed (or its machine crashes): its temporary files stay as
+    /// they are, each with its last saved journal; a crash loses some written chunks.
+    fn die(&mut self, crash: bool) {
+        let mut ids: Vec<FileId> = self.temps.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let mut t = self.temps.remove(&id).expect("listed");
+            if crash {
+                let chunk = CHUNK_BYTES as usize;
+                for i in 0..t.written.len() {
+                    if !t.written[i] || self.rng.u32(0..10) >= 3 {
+                        continue;
+                    }
+                    let at = i * chunk;
+                    let end = (at + chunk).min(t.data.len());
+                    // Never reached the disk: zeros, or what the blocks held before.
+                    let stale = self.rng.bool();
+                    let piece = &mut t.data[at..end];
+                    if stale {
+                        self.rng.fill(piece);
+                    } else {
+                        piece.fill(0);
+                    }
+                }
+            }
+            let path = self.wanted[&id].path.clone();
+            self.fs.partials.insert(path, Partial { data: t.data, journal: t.journal });
+        }
+    }
+
+    /// Reads a resumed file back before its commit (production's `verify`): every chunk must
+    /// hash as the source's did. A mismatch nothing explains (no change to its partial file
+    /// since it was hashed) means the session admitted something the source never vouched for.
+    fn read_back(&mut self, id: FileId, hashes: &[u64]) -> std::io::Result<()> {
+        let size = self.wanted[&id].size_bytes as usize;
+        let chunk = CHUNK_BYTES as usize;
+        let bad = match self.temps.get(&id) {
+            None => Some(0),
+            Some(t) => hashes.iter().enumerate().find_map(|(i, &want)| {
+                let at = i * chunk;
+                let end = (at + chunk).min(size);
+                (frame::checksum(&t.data[at.min(end)..end]) != want).then_some(at)
+            }),
+        };
+        let Some(at) = bad else { return Ok(()) };
+        let path = self.wanted[&id].path.clone();
+        if !self.rotted.contains(&id) && self.broken.is_none() {
+            self.broken = Some(format!(
+                "{path}: its read-back check failed at {at}, though nothing changed its partial \
+                 file: a chunk was admitted that the source did not vouch for"
+            ));
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the resumed file differs from the source's at offset {at}"),
+        ))
     }
 
     /// The end of a session that finished: what [`Planning`] kept for it, in its order.
@@ -1219,8 +1994,7 @@ impl Sim {
                         let id = f.header.file_id;
                         if create {
                             let size = self.wanted.get(&id).map_or(0, |e| e.size_bytes);
-                            // Preallocated, or extended and kept sparse: either way it reads zeros.
-                            self.temps.insert(id, vec![0; size as usize]);
+                            self.temps.insert(id, Temp::new(size));
                         }
                         self.writes_in_flight += 1;
                         let t = self.jitter(300);
@@ -1245,9 +2019,19 @@ impl Sim {
             .disk_bytes
             .is_some_and(|cap| self.temp_bytes + f.payload.len() as u64 > cap);
         let mut landed = false;
-        if h.kind != FrameKind::Hole && !full {
+        let index = (h.offset_bytes / u64::from(CHUNK_BYTES)) as usize;
+        let sound = frame::checksum(&f.payload) == h.checksum;
+        if h.kind == FrameKind::Hole {
+            // A hole's chunks read zeros in the temporary file already.
             if let Some(t) = self.temps.get_mut(&id) {
-                t[at..at + f.payload.len()].copy_from_slice(&f.payload);
+                let end = (index + h.hole_chunks() as usize).min(t.good.len());
+                t.good[index.min(end)..end].iter_mut().for_each(|g| *g = true);
+            }
+        } else if !full {
+            if let Some(t) = self.temps.get_mut(&id) {
+                t.data[at..at + f.payload.len()].copy_from_slice(&f.payload);
+                t.written[index] = true;
+                t.good[index] = sound;
                 self.temp_bytes += f.payload.len() as u64;
                 landed = true;
             } else if let Some(ino) = self.renamed.get(&id)
@@ -1261,7 +2045,7 @@ impl Sim {
             Written::Verified
         } else if full && self.temps.contains_key(&id) {
             Written::Failed(FileOp::Write, std::io::Error::from_raw_os_error(28))
-        } else if frame::checksum(&f.payload) != h.checksum {
+        } else if !sound {
             Written::Mismatch
         } else {
             if landed {
@@ -1323,17 +2107,23 @@ impl Sim {
     }
 
     fn commit_done(&mut self, id: FileId) {
-        if !self.committing.remove(&id) {
-            return;
-        }
+        let Some(verify) = self.committing.remove(&id) else { return };
         let mut steps = Vec::new();
-        let result = if self.rng.u32(0..1000) < self.faults.commit_fail {
+        let checked = match &verify {
+            Some(hashes) => self.read_back(id, hashes),
+            None => Ok(()),
+        };
+        let result = if let Err(e) = checked {
+            // The production shell removes the temporary file whose check failed.
+            self.discard(id);
+            Err(e)
+        } else if self.rng.u32(0..1000) < self.faults.commit_fail {
             Err(std::io::Error::from_raw_os_error(5))
         } else {
             // Truncated to its size, metadata applied, renamed into place.
             let e = &self.wanted[&id];
             let path = e.path.clone();
-            let mut data = self.temps.remove(&id).unwrap_or_default();
+            let mut data = self.temps.remove(&id).map(|t| t.data).unwrap_or_default();
             self.temp_bytes = self.temp_bytes.saturating_sub(data.len() as u64);
             data.truncate(e.size_bytes as usize);
             let c = content_of(e, &data);
@@ -1347,7 +2137,7 @@ impl Sim {
 
     fn discard(&mut self, id: FileId) {
         if let Some(t) = self.temps.remove(&id) {
-            self.temp_bytes -= t.len().min(self.temp_bytes as usize) as u64;
+            self.temp_bytes -= t.data.len().min(self.temp_bytes as usize) as u64;
         }
     }
 
@@ -1366,17 +2156,32 @@ impl Sim {
     fn steps_inner(&mut self, steps: Vec<Step<Handle>>) {
         for s in steps {
             match s {
-                Step::Commit { id, .. } => {
-                    self.committing.insert(id);
+                Step::Commit { id, verify, .. } => {
+                    self.committing.insert(id, verify);
                     let t = self.jitter(100);
                     self.schedule(t, Event::CommitDone(id));
                 }
                 Step::Discard { id, .. } => self.discard(id),
-                // Descriptors are not modelled: a parked file keeps its contents.
-                Step::Park { .. } => {}
-                // This simulator's sessions keep no partial files.
-                Step::Journal { .. } => {}
-                Step::Done { path, .. } => self.done.push(path),
+                // Descriptors are not modelled: a parked file keeps its contents. Its journal
+                // says it is complete (production's `save_complete`).
+                Step::Park { id, .. } => {
+                    if self.resume {
+                        let size = self.wanted.get(&id).map_or(0, |e| e.size_bytes);
+                        let total = size.div_ceil(u64::from(CHUNK_BYTES)).max(1);
+                        self.save_journal(id, vec![(0, total)]);
+                    }
+                }
+                Step::Journal { id, runs, .. } => self.save_journal(id, runs),
+                Step::Done { id, path, reused_bytes, .. } => {
+                    let recorded = self.adopted.get(&id).map_or(0, |a| a.journal_bytes);
+                    if reused_bytes > recorded && self.broken.is_none() {
+                        self.broken = Some(format!(
+                            "{path}: {reused_bytes} bytes reused, its journal recorded {recorded}"
+                        ));
+                    }
+                    self.reused_bytes += reused_bytes;
+                    self.done.push(path)
+                }
                 Step::Fail(e) => {
                     self.log(|| format!("{}: {e}", e.path));
                     self.failed_now.push(e.path.clone());
@@ -1387,8 +2192,16 @@ impl Sim {
     }
 }
 
-/// Checks the invariants of a finished run; `Err` names the first one broken.
+/// Checks the invariants of a finished run (and of the run before it, if any); `Err` names the
+/// first one broken.
 pub fn check(run: &Run) -> Result<(), String> {
+    if let Some(first) = &run.first {
+        check_one(first).map_err(|e| format!("the first run: {e}"))?;
+    }
+    check_one(run)
+}
+
+fn check_one(run: &Run) -> Result<(), String> {
     if let Ending::Violation(v) = &run.ending
         && v.starts_with("the session hung")
     {
@@ -1400,6 +2213,7 @@ pub fn check(run: &Run) -> Result<(), String> {
     if run.temps_left > 0 {
         return Err(format!("{} temporary files left behind", run.temps_left));
     }
+    check_partials(run)?;
     for (path, c) in &run.new {
         if !run.listed.contains(path) && run.old.get(path) != Some(c) {
             return Err(format!("{path} was written but never listed"));
@@ -1438,8 +2252,30 @@ pub fn check(run: &Run) -> Result<(), String> {
         if matches!(e.cause, Cause::Incomplete)
             && run.faults.drop == 0
             && run.faults.stall_after.is_none()
+            && !run.lost_control
         {
             return Err(format!("{}: incomplete without a lost frame or a stall", e.path));
+        }
+    }
+    Ok(())
+}
+
+/// Partial files left on the target: none without resume (the run before kept none either);
+/// with resume, only a session given up or killed leaves some, and a finished one leaves
+/// none where it wrote (each was taken over or removed); a clean one leaves none at all.
+fn check_partials(run: &Run) -> Result<(), String> {
+    let Some((path, _)) = run.new_fs.partials.iter().next() else { return Ok(()) };
+    if !run.resume && !matches!(run.kill, Some(Kill::Target | Kill::Crash)) {
+        return Err(format!("{path}: a partial file left without resume"));
+    }
+    if run.ending == Ending::Finished {
+        if run.errors.is_empty() {
+            return Err(format!("{path}: a partial file left by a clean run"));
+        }
+        for path in run.new_fs.partials.keys() {
+            if path.split_last().is_some_and(|(d, _)| run.wrote_dirs.contains(&d)) {
+                return Err(format!("{path}: a partial file left where a finished run wrote"));
+            }
         }
     }
     Ok(())
@@ -1569,5 +2405,38 @@ mod tests {
         }
         assert_eq!(endings.len(), 5, "finished, violation, idle, peer gone, cancelled");
         assert!(corrupted > 0 && incomplete > 0 && source > 0 && io > 0);
+    }
+
+    #[test]
+    fn kills_and_resumes_reach_every_path() {
+        // Across seeds, each kind of kill happens, files resume and reuse bytes, a rotted
+        // partial file fails its read-back check, malformed offers are refused, and a lost
+        // control message ends in the idle timeout: the resume faults reach the session.
+        let mut kills = HashSet::new();
+        let (mut resumed, mut reused, mut read_back, mut refused, mut idle) = (0, 0, 0, 0, 0);
+        for seed in 0..4000 {
+            let r = run(seed, false);
+            for one in r.runs() {
+                kills.extend(one.kill);
+                resumed += one.resumed;
+                reused += one.reused_bytes;
+                read_back += one
+                    .errors
+                    .iter()
+                    .filter(|e| {
+                        matches!(&e.cause, Cause::Io(io) if io.kind() == std::io::ErrorKind::InvalidData)
+                    })
+                    .count();
+                if let Ending::Violation(v) = &one.ending
+                    && v.starts_with("at the source")
+                    && one.faults.bad_offer.is_some()
+                {
+                    refused += 1;
+                }
+                idle += usize::from(one.lost_control && one.ending == Ending::Idle);
+            }
+        }
+        assert_eq!(kills.len(), 3, "{kills:?}");
+        assert!(resumed > 0 && reused > 0 && read_back > 0 && refused > 0 && idle > 0);
     }
 }

@@ -49,6 +49,12 @@ fn main() -> ExitCode {
         if trace {
             print!("{}", run.trace);
         }
+        if let Some(first) = &run.first {
+            println!(
+                "first run: {:?} (killed: {:?}, resume {}); faults {:?}",
+                first.ending, first.kill, first.resume, first.faults
+            );
+        }
         println!("seed {seed}: {:?}; faults {:?}", run.ending, run.faults);
         println!("done: {}, errors: {}", run.done.len(), run.errors.len());
         for e in &run.errors {
@@ -70,6 +76,8 @@ fn main() -> ExitCode {
     let mut endings = std::collections::BTreeMap::<String, u64>::new();
     let mut files_done = 0u64;
     let mut file_errors = 0u64;
+    let (mut killed, mut second_runs, mut lost) = (0u64, 0u64, 0u64);
+    let (mut resumed, mut reused_bytes, mut resent_bytes) = (0u64, 0u64, 0u64);
     for seed in from..from.saturating_add(count) {
         let run = blitx_sim::run(seed, false);
         if let Err(why) = blitx_sim::check(&run) {
@@ -80,12 +88,23 @@ fn main() -> ExitCode {
         let kind = format!("{:?}", run.ending);
         let kind = kind.split('(').next().unwrap_or_default().to_string();
         *endings.entry(kind).or_default() += 1;
-        files_done += run.done.len() as u64;
-        file_errors += run.errors.len() as u64;
+        killed += u64::from(run.runs().any(|r| r.kill.is_some()));
+        second_runs += u64::from(run.first.is_some());
+        for r in run.runs() {
+            files_done += r.done.len() as u64;
+            file_errors += r.errors.len() as u64;
+            lost += u64::from(r.lost_control);
+            resumed += r.resumed;
+            reused_bytes += r.reused_bytes;
+            resent_bytes += r.resent_bytes;
+        }
     }
     println!(
         "{count} seeds from {from} in {:.1} s: invariants held in every run; endings {endings:?}; \
-         {files_done} files done, {file_errors} file errors",
+         {files_done} files done, {file_errors} file errors; {killed} seeds killed a run, \
+         {second_runs} ran a second time; {lost} lost a control message; {resumed} files \
+         resumed: {reused_bytes} bytes reused, {resent_bytes} bytes their journals recorded \
+         sent again",
         started.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS
