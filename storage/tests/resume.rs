@@ -183,11 +183,11 @@ impl Scripted {
         seq: u64,
         entries: Vec<blitx_core::manifest::Entry>,
         last_part: bool,
-    ) -> blitx_core::session::TargetMsg {
+    ) -> Option<blitx_core::session::TargetMsg> {
         use blitx_core::session::SourceMsg;
         let dir = blitx_core::RelPath::root();
-        self.to_target.send(SourceMsg::Listing { seq, dir, entries, last_part }).unwrap();
-        self.from_target.recv_timeout(std::time::Duration::from_secs(10)).unwrap()
+        self.to_target.send(SourceMsg::Listing { seq, dir, entries, last_part }).ok()?;
+        self.from_target.recv_timeout(std::time::Duration::from_secs(10)).ok()
     }
 }
 
@@ -250,10 +250,10 @@ fn a_partial_file_swapped_after_its_journal_was_read_is_not_taken_over() {
     let mut offered = Vec::new();
     scripted_target(&dst, |s| {
         // The first part needs a chunked file: the directory is searched for partial files.
-        let first = s.listing(0, vec![file_entry(1, "a", 2 * CHUNK, big_mtime)], false);
+        let first = s.listing(0, vec![file_entry(1, "a", 2 * CHUNK, big_mtime)], false).unwrap();
         assert!(matches!(first, TargetMsg::Need { ref ids, .. } if ids == &[1]), "{first:?}");
         std::fs::rename(dst.join("secret"), &partial).unwrap();
-        match s.listing(1, vec![file_entry(2, "big", SIZE, big_mtime)], true) {
+        match s.listing(1, vec![file_entry(2, "big", SIZE, big_mtime)], true).unwrap() {
             TargetMsg::Need { ids, offers, .. } => {
                 assert_eq!(ids, vec![2]);
                 offered = offers;
@@ -269,4 +269,32 @@ fn a_partial_file_swapped_after_its_journal_was_read_is_not_taken_over() {
     assert_eq!(now.ino(), secret_ino, "the swapped-in file keeps its name");
     assert_eq!(now.mode() & 0o7777, 0o600, "the swapped-in file was chmod'ed");
     assert_eq!(std::fs::read(&partial).unwrap(), secret);
+}
+
+/// A source that lists a file under an id it used before (a protocol violation, found only
+/// once the file is wanted) ends the session; the partial file taken over for it by then is
+/// not left under this process's temporary name, which no later session of a daemon (the
+/// same process) would ever remove or take over again.
+#[test]
+fn a_partial_file_taken_over_for_a_refused_file_is_not_left_under_this_process_name() {
+    use blitx_core::session::TargetMsg;
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, bytes) = setup(t.path());
+    let partial = dst.join(".big.0.0.blit-tmp");
+    std::fs::write(&partial, &bytes).unwrap();
+    plant(&partial, &src, vec![(0, 8)]);
+    let big_mtime = mtime(&src.join("big"));
+    scripted_target(&dst, |s| {
+        let first = s.listing(0, vec![file_entry(1, "a", 2 * CHUNK, big_mtime)], false).unwrap();
+        assert!(matches!(first, TargetMsg::Need { ref ids, .. } if ids == &[1]), "{first:?}");
+        // `big` under the id `a` has: refused.
+        let second = s.listing(1, vec![file_entry(1, "big", SIZE, big_mtime)], true);
+        assert!(second.is_none(), "a repeated id was answered: {second:?}");
+    });
+    let ours = std::process::id();
+    let left: Vec<_> = testkit::temp_files(&dst)
+        .into_iter()
+        .filter(|p| fsys::temp_pid(p.file_name().unwrap().as_encoded_bytes()) == Some(ours))
+        .collect();
+    assert!(left.is_empty(), "left under this process's name: {left:?}");
 }

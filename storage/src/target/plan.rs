@@ -360,12 +360,15 @@ pub(super) fn need_file(
     let wanted_now = match resumed {
         Some((temp, offered)) => {
             *lock(&p.temp) = TempSlot::Open(temp);
-            lock(&shared.files).want_resumed(entry.id, wanted, p, offered)
+            lock(&shared.files).want_resumed(entry.id, wanted, Arc::clone(&p), offered)
         }
-        None if delta => lock(&shared.files).want_delta(entry.id, wanted, p),
-        None => lock(&shared.files).want(entry.id, wanted, p),
+        None if delta => lock(&shared.files).want_delta(entry.id, wanted, Arc::clone(&p)),
+        None => lock(&shared.files).want(entry.id, wanted, Arc::clone(&p)),
     };
     if let Err(v) = wanted_now {
+        // A partial file taken over for it must not stay under this process's name (which
+        // a daemon's later sessions neither sweep nor take over).
+        p.discard();
         shared.opts.limits.release(cost);
         return Err(TargetError::Protocol(v));
     }
