@@ -323,9 +323,9 @@ pub(super) fn need_file(
         && resumed.is_none()
         && params.delta
         && chunked
-        && let Some(b) = open_basis(dfd.as_fd(), entry.path.file_name())
+        && let Some((b, file)) = open_basis(dfd, entry.path.file_name())
     {
-        match sign(&b, needs.signature_bytes) {
+        match sign(&b, &file, needs.signature_bytes) {
             Ok(Some(messages)) => {
                 needs.signature_bytes += messages.iter().map(|m| m.len() as u64).sum::<u64>();
                 needs.signatures.extend(messages.into_iter().map(|m| (entry.id, m)));
