@@ -21,24 +21,49 @@ const SIGN_THREADS_MAX: usize = 4;
 /// Bytes read per `pread` while signing.
 const SIGN_READ_BYTES: usize = 1 << 20;
 
-/// The old copy of a file being sent as a delta against it.
+/// The old copy of a file being sent as a delta against it. It holds no descriptor while
+/// its file waits for data (a listing part's files, up to 4096, all wait at once): each
+/// recipe opens it again, and only the very file that was signed is read.
 pub(super) struct Basis {
-    pub(super) file: File,
+    dir: Arc<OwnedFd>,
+    name: Vec<u8>,
+    dev: u64,
+    ino: u64,
     pub(super) size_bytes: u64,
 }
 
+impl Basis {
+    /// The basis, opened again beneath its directory; an error if its name now holds
+    /// another file.
+    fn open(&self) -> io::Result<File> {
+        let fd = fsys::open_regular(self.dir.as_fd(), &self.name)?;
+        let st = rustix::fs::fstat(&fd)?;
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino) {
+            return Err(io::Error::other("the old copy was replaced since it was signed"));
+        }
+        Ok(File::from(fd))
+    }
+}
+
 /// Opens `name` in `dir` as the basis of a delta, if it is a regular file with a block to
-/// share; `None` otherwise (the file is sent whole).
-pub(super) fn open_basis(dir: BorrowedFd<'_>, name: &[u8]) -> Option<Basis> {
-    let fd = fsys::open_regular(dir, name).ok()?;
-    let size_bytes = rustix::fs::fstat(&fd).ok()?.st_size as u64;
-    (size_bytes >= u64::from(blitx_delta::BLOCK_BYTES_MIN))
-        .then(|| Basis { file: File::from(fd), size_bytes })
+/// share; `None` otherwise (the file is sent whole). The descriptor is for signing.
+pub(super) fn open_basis(dir: &Arc<OwnedFd>, name: &[u8]) -> Option<(Basis, File)> {
+    let fd = fsys::open_regular(dir.as_fd(), name).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    let size_bytes = st.st_size as u64;
+    let basis = Basis {
+        dir: Arc::clone(dir),
+        name: name.to_vec(),
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size_bytes,
+    };
+    (size_bytes >= u64::from(blitx_delta::BLOCK_BYTES_MIN)).then(|| (basis, File::from(fd)))
 }
 
 /// Signs `basis` (its ranges in parallel) into signature messages, if the answer has room for
 /// them (`held`: signature bytes this answer carries already).
-pub(super) fn sign(basis: &Basis, held: u64) -> io::Result<Option<Vec<Vec<u8>>>> {
+pub(super) fn sign(basis: &Basis, file: &File, held: u64) -> io::Result<Option<Vec<Vec<u8>>>> {
     let block = block_bytes_for(basis.size_bytes);
     // Picked afresh per signature: colliding blocks cannot be prepared in advance.
     let seed = std::collections::hash_map::RandomState::new().hash_one(basis.size_bytes);
@@ -59,7 +84,7 @@ pub(super) fn sign(basis: &Basis, held: u64) -> io::Result<Option<Vec<Vec<u8>>>>
         let mut at = range.start;
         while at < range.end {
             let n = (range.end - at).min(SIGN_READ_BYTES as u64) as usize;
-            basis.file.read_exact_at(&mut buf[..n], at)?;
+            file.read_exact_at(&mut buf[..n], at)?;
             b.update(&buf[..n]).map_err(io::Error::other)?;
             at += n as u64;
         }
@@ -109,8 +134,12 @@ pub(super) fn rebuild(
         why,
     };
     let recipe = Recipe::decode(payload, &bounds).map_err(|e| bad(e.to_string()))?;
+    let file = match basis.open() {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
+    };
     let mut out = vec![0u8; chunk_len as usize];
-    let read = |at: u64, buf: &mut [u8]| basis.file.read_exact_at(buf, at);
+    let read = |at: u64, buf: &mut [u8]| file.read_exact_at(buf, at);
     match recipe.apply(basis.size_bytes, read, &mut out) {
         Ok(()) => {}
         Err(blitx_delta::ApplyError::ReadBasis { source, .. }) => return Ok(Err(source)),

@@ -323,9 +323,9 @@ pub(super) fn need_file(
         && resumed.is_none()
         && params.delta
         && chunked
-        && let Some(b) = open_basis(dfd.as_fd(), entry.path.file_name())
+        && let Some((b, file)) = open_basis(dfd, entry.path.file_name())
     {
-        match sign(&b, needs.signature_bytes) {
+        match sign(&b, &file, needs.signature_bytes) {
             Ok(Some(messages)) => {
                 needs.signature_bytes += messages.iter().map(|m| m.len() as u64).sum::<u64>();
                 needs.signatures.extend(messages.into_iter().map(|m| (entry.id, m)));
@@ -360,12 +360,15 @@ pub(super) fn need_file(
     let wanted_now = match resumed {
         Some((temp, offered)) => {
             *lock(&p.temp) = TempSlot::Open(temp);
-            lock(&shared.files).want_resumed(entry.id, wanted, p, offered)
+            lock(&shared.files).want_resumed(entry.id, wanted, Arc::clone(&p), offered)
         }
-        None if delta => lock(&shared.files).want_delta(entry.id, wanted, p),
-        None => lock(&shared.files).want(entry.id, wanted, p),
+        None if delta => lock(&shared.files).want_delta(entry.id, wanted, Arc::clone(&p)),
+        None => lock(&shared.files).want(entry.id, wanted, Arc::clone(&p)),
     };
     if let Err(v) = wanted_now {
+        // A partial file taken over for it must not stay under this process's name (which
+        // a daemon's later sessions neither sweep nor take over).
+        p.discard();
         shared.opts.limits.release(cost);
         return Err(TargetError::Protocol(v));
     }

@@ -122,13 +122,20 @@ pub(super) fn adopt(
         remove();
         return None;
     }
-    let taken = take_over(shared, dfd, &found, entry, mode);
-    let Ok((temp, file)) = taken else {
-        if let Err(e) = taken {
-            tracing::debug!("partial file of {} not used: {e}", entry.path);
+    let (temp, file) = match take_over(shared, dfd, &found, entry, mode) {
+        Ok(Some(taken)) => taken,
+        Ok(None) => {
+            tracing::debug!(
+                "partial file of {} not used: its name was given to another file",
+                entry.path
+            );
+            return None;
         }
-        remove();
-        return None;
+        Err(e) => {
+            tracing::debug!("partial file of {} not used: {e}", entry.path);
+            remove();
+            return None;
+        }
     };
     // Hash what the journal says was written, as it is on disk now (a crash may have lost
     // some of it: those chunks then differ from the source's and are sent again).
@@ -158,20 +165,27 @@ pub(super) fn adopt(
 
 /// Opens a partial file to write on, only if it is a regular file this user owns with no
 /// other name (never someone's file linked in under a temporary name), renamed to a temporary
-/// name of this process and cut to the file's size.
+/// name of this process and cut to the file's size. `None`: the name now holds a file other
+/// than the one whose journal was read (left alone).
 fn take_over(
     shared: &Shared<'_>,
     dfd: &Arc<OwnedFd>,
     found: &Found,
     entry: &Entry,
     mode: u32,
-) -> io::Result<(Temp, Arc<File>)> {
+) -> io::Result<Option<(Temp, Arc<File>)>> {
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
     let fd = rustix::fs::openat(dfd, fsys::os(&found.temp_name), flags, Mode::empty())?;
     fsys::check_regular(&fd)?;
     let st = rustix::fs::fstat(&fd)?;
     if st.st_nlink != 1 || st.st_uid != rustix::process::geteuid().as_raw() {
         return Err(io::Error::other("not a partial file of this user's (owner or links)"));
+    }
+    // The journal was read through another descriptor (`scan`, maybe a listing part ago):
+    // whoever may rename in this directory could have swapped the name since. Only the file
+    // that carries that journal is taken over; any other is not hashed, written or chmod'ed.
+    if fsys::load_journal(fd.as_fd()).as_ref() != Some(&found.journal) {
+        return Ok(None);
     }
     let tmp = temp_name(entry.path.file_name());
     rustix::fs::renameat(dfd, fsys::os(&found.temp_name), dfd, fsys::os(&tmp))?;
@@ -196,7 +210,7 @@ fn take_over(
     };
     let temp =
         Temp { file: Arc::clone(&file), direct, widened: true, name: tmp, dir: Arc::clone(dfd) };
-    Ok((temp, file))
+    Ok(Some((temp, file)))
 }
 
 /// The journal of `p`'s partial file, holding `runs`.
