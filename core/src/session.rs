@@ -250,7 +250,10 @@ pub enum TargetMsg {
 
 /// The largest signature message (64 Ki blocks of 12 bytes and a header).
 pub const SIGNATURE_MESSAGE_BYTES_MAX: usize = (1 << 20) + 64;
-/// Signature bytes a source holds at most at once (signatures of files not yet read).
+/// Memory a source holds at most for signatures at once (of files not yet read): assembling,
+/// twice their bytes on the wire; indexed, 64 bytes per block (five times the wire's 12). A
+/// signature past it is declined (its file is sent whole); the index is also charged to the
+/// session's memory budget.
 pub const SIGNATURE_BYTES_HELD_MAX: u64 = 256 << 20;
 
 impl TargetMsg {

@@ -100,9 +100,19 @@ struct FileRef {
 /// A basis's index, counted against the signature bytes a source holds while it lives.
 struct HeldIndex {
     index: blitx_delta::Index,
+    /// Its memory, estimated ([`INDEX_BYTES_PER_BLOCK`]): counted in `held` and charged to the
+    /// session's budget while it lives.
     bytes: u64,
     held: Arc<AtomicU64>,
+    budget: Option<Arc<crate::limits::Budget>>,
 }
+
+/// Memory of an assembled signature per block (its entry and the assembler's overhead),
+/// counted per wire byte: a block is 12 bytes on the wire.
+const ASSEMBLING_BYTES_PER_WIRE_BYTE: u64 = 2;
+/// Memory of a basis's index per block, a generous estimate (`blitx_delta::Index`: the block's
+/// sums, a sorted entry, its share of the directory and the filter).
+const INDEX_BYTES_PER_BLOCK: u64 = 64;
 
 impl std::fmt::Debug for HeldIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +123,9 @@ impl std::fmt::Debug for HeldIndex {
 impl Drop for HeldIndex {
     fn drop(&mut self) {
         self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+        if let Some(b) = &self.budget {
+            b.release(self.bytes);
+        }
     }
 }
 
@@ -122,7 +135,8 @@ struct Signatures {
     building: IdMap<(blitx_delta::SignatureAssembler, u64)>,
     /// Files whose signature did not fit what a source holds: sent whole.
     declined: std::collections::HashSet<FileId>,
-    /// Signature bytes held now (assembling, and indexes of files not yet read).
+    /// Memory held now for signatures (assembling, and indexes of files not yet read), at
+    /// most `SIGNATURE_BYTES_HELD_MAX`.
     held: Arc<AtomicU64>,
 }
 
@@ -596,7 +610,7 @@ fn signature_part(shared: &Shared<'_>, id: FileId, part: &[u8]) -> Result<(), Vi
     {
         return Err(bad(format!("more than {SIGNED_FILES_MAX} signatures for one answer")));
     }
-    let bytes = part.len() as u64;
+    let bytes = part.len() as u64 * ASSEMBLING_BYTES_PER_WIRE_BYTE;
     if sigs.held.load(Ordering::Relaxed) + bytes > SIGNATURE_BYTES_HELD_MAX {
         if let Some((_, had)) = sigs.building.remove(&id) {
             sigs.held.fetch_sub(had, Ordering::Relaxed);
@@ -647,9 +661,26 @@ fn attach_signatures(shared: &Shared<'_>, files: &mut [FileRef]) -> Result<(), V
             return Err(bad("its file is also resumed".into()));
         }
         let signature = assembler.finish().map_err(|e| bad(e.to_string()))?;
-        let index = blitx_delta::Index::new(signature).map_err(|e| bad(e.to_string()))?;
-        std::mem::forget(release);
-        f.delta = Some(Arc::new(HeldIndex { index, bytes, held: Arc::clone(&held) }));
+        let mem = signature.blocks().len() as u64 * INDEX_BYTES_PER_BLOCK;
+        drop(release);
+        // The index in place of the assembled signature: past what a source holds, or past the
+        // session's budget, the file is sent whole (declined, not refused).
+        let limits = &shared.opts.limits;
+        let room =
+            held.load(Ordering::Relaxed) + mem <= blitx_core::session::SIGNATURE_BYTES_HELD_MAX;
+        if !room || limits.charge("delta signatures", mem).is_err() {
+            continue;
+        }
+        let index = match blitx_delta::Index::new(signature) {
+            Ok(i) => i,
+            Err(e) => {
+                limits.release(mem);
+                return Err(bad(e.to_string()));
+            }
+        };
+        held.fetch_add(mem, Ordering::Relaxed);
+        let budget = limits.budget.clone();
+        f.delta = Some(Arc::new(HeldIndex { index, bytes: mem, held: Arc::clone(&held), budget }));
     }
     Ok(())
 }

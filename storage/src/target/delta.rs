@@ -30,6 +30,8 @@ pub(super) struct Basis {
     dev: u64,
     ino: u64,
     pub(super) size_bytes: u64,
+    /// Its change time when it was signed: a write since changes it.
+    ctime: (i64, i64),
 }
 
 impl Basis {
@@ -57,6 +59,7 @@ pub(super) fn open_basis(dir: &Arc<OwnedFd>, name: &[u8]) -> Option<(Basis, File
         dev: st.st_dev,
         ino: st.st_ino,
         size_bytes,
+        ctime: (st.st_ctime, st.st_ctime_nsec as i64),
     };
     (size_bytes >= u64::from(blitx_delta::BLOCK_BYTES_MIN)).then(|| (basis, File::from(fd)))
 }
@@ -69,7 +72,9 @@ pub(super) fn sign(basis: &Basis, file: &File, held: u64) -> io::Result<Option<V
     let seed = std::collections::hash_map::RandomState::new().hash_one(basis.size_bytes);
     let params = SignatureParams::new(block, basis.size_bytes, seed).map_err(io::Error::other)?;
     let bytes = params.blocks() * blitx_delta::SIGNATURE_ENTRY_BYTES as u64;
-    if held + bytes > SIGNATURE_BYTES_HELD_MAX {
+    // What the source can hold: its index takes about five times the wire bytes (64 bytes a
+    // block against 12). Past that, the file goes whole rather than being signed for nothing.
+    if (held + bytes) * 6 > SIGNATURE_BYTES_HELD_MAX {
         return Ok(None);
     }
     let threads = (basis.size_bytes / (64 << 20)).clamp(1, SIGN_THREADS_MAX as u64);
@@ -146,6 +151,15 @@ pub(super) fn rebuild(
         Err(e) => return Err(bad(e.to_string())),
     }
     if frame::checksum(&out) != h.checksum {
+        // Say so if the old copy was written to since it was signed (not the network's fault).
+        if rustix::fs::fstat(&file).is_ok_and(|st| {
+            st.st_size as u64 != basis.size_bytes
+                || (st.st_ctime, st.st_ctime_nsec as i64) != basis.ctime
+        }) {
+            return Ok(Err(io::Error::other(
+                "the old copy changed after it was signed (the file is sent again next time)",
+            )));
+        }
         return Ok(Ok(Rebuilt::Mismatch));
     }
     Ok(Ok(Rebuilt::Bytes(out)))

@@ -358,8 +358,8 @@ pub(super) fn need_file(
         small: shared.opts.params.is_small(entry.size_bytes),
     };
     let wanted_now = match resumed {
-        Some((temp, offered)) => {
-            *lock(&p.temp) = TempSlot::Open(temp);
+        Some((parked, offered)) => {
+            *lock(&p.temp) = TempSlot::Parked(parked);
             lock(&shared.files).want_resumed(entry.id, wanted, Arc::clone(&p), offered)
         }
         None if delta => lock(&shared.files).want_delta(entry.id, wanted, Arc::clone(&p)),

@@ -101,7 +101,7 @@ pub(super) fn adopt(
     entry: &Entry,
     mode: u32,
     answer: &mut Answer,
-) -> Option<(Temp, Vec<(u64, u64)>)> {
+) -> Option<(Parked, Vec<(u64, u64)>)> {
     let (dir, name) = entry.path.split_last()?;
     let found = lock(&shared.partials).dirs.get_mut(&dir)?.remove(name)?;
     let params = &shared.opts.params;
@@ -122,7 +122,7 @@ pub(super) fn adopt(
         remove();
         return None;
     }
-    let (temp, file) = match take_over(shared, dfd, &found, entry, mode) {
+    let (parked, file) = match take_over(dfd, &found, entry, mode) {
         Ok(Some(taken)) => taken,
         Ok(None) => {
             tracing::debug!(
@@ -155,12 +155,15 @@ pub(super) fn adopt(
         }
     }
     if offered.is_empty() {
-        let _ = rustix::fs::unlinkat(dfd, fsys::os(&temp.name), AtFlags::empty());
+        let _ = rustix::fs::unlinkat(dfd, fsys::os(&parked.name), AtFlags::empty());
         return None;
     }
     answer.offered_chunks += offered.len();
     answer.offers.push(Offer { id: entry.id, chunks: offered.clone() });
-    Some((temp, offered))
+    // Its descriptor goes now: the first chunk written into it reopens it (`temp_of`), so
+    // files waiting for their data hold no descriptor each, however many resume.
+    drop(file);
+    Some((parked, offered))
 }
 
 /// Opens a partial file to write on, only if it is a regular file this user owns with no
@@ -168,12 +171,11 @@ pub(super) fn adopt(
 /// name of this process and cut to the file's size. `None`: the name now holds a file other
 /// than the one whose journal was read (left alone).
 fn take_over(
-    shared: &Shared<'_>,
     dfd: &Arc<OwnedFd>,
     found: &Found,
     entry: &Entry,
     mode: u32,
-) -> io::Result<Option<(Temp, Arc<File>)>> {
+) -> io::Result<Option<(Parked, File)>> {
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
     let fd = rustix::fs::openat(dfd, fsys::os(&found.temp_name), flags, Mode::empty())?;
     fsys::check_regular(&fd)?;
@@ -189,28 +191,27 @@ fn take_over(
     }
     let tmp = temp_name(entry.path.file_name());
     rustix::fs::renameat(dfd, fsys::os(&found.temp_name), dfd, fsys::os(&tmp))?;
-    let file = Arc::new(File::from(fd));
-    let setup = (|| -> io::Result<Option<Arc<DirectFile>>> {
+    let file = File::from(fd);
+    let setup = (|| -> io::Result<()> {
         // Writable by its owner until the commit applies the real mode (as a direct
         // descriptor's temporary file is).
-        rustix::fs::fchmod(&*file, Mode::from_raw_mode(mode | 0o200))?;
-        rustix::fs::ftruncate(&*file, entry.size_bytes)?;
-        let params = &shared.opts.params;
-        Ok(direct::wants_direct(params.io, entry.size_bytes, entry.sparse)
-            .then(|| DirectFile::open(dfd.as_fd(), &tmp, &file, params.io, params.io_depth, true))
-            .flatten()
-            .map(Arc::new))
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode | 0o200))?;
+        rustix::fs::ftruncate(&file, entry.size_bytes)?;
+        Ok(())
     })();
-    let direct = match setup {
-        Ok(d) => d,
-        Err(e) => {
-            let _ = rustix::fs::unlinkat(dfd, fsys::os(&tmp), AtFlags::empty());
-            return Err(e);
-        }
+    if let Err(e) = setup {
+        let _ = rustix::fs::unlinkat(dfd, fsys::os(&tmp), AtFlags::empty());
+        return Err(e);
+    }
+    let parked = Parked {
+        name: tmp,
+        dir: Arc::clone(dfd),
+        dev: st.st_dev,
+        ino: st.st_ino,
+        direct: false,
+        widened: true,
     };
-    let temp =
-        Temp { file: Arc::clone(&file), direct, widened: true, name: tmp, dir: Arc::clone(dfd) };
-    Ok(Some((temp, file)))
+    Ok(Some((parked, file)))
 }
 
 /// The journal of `p`'s partial file, holding `runs`.
@@ -269,13 +270,21 @@ pub(super) fn keep_or_discard(shared: &Shared<'_>, p: &Pending, runs: Vec<(u64, 
     // on serving finds it in its next session like any other process.
     *slot = TempSlot::Gone;
     let kept = kept_name(p.path.file_name());
-    let _ = rustix::fs::renameat_with(
+    let renamed = rustix::fs::renameat_with(
         &*dir,
         fsys::os(&name),
         &*dir,
         fsys::os(&kept),
         rustix::fs::RenameFlags::NOREPLACE,
     );
+    // A file system without RENAME_NOREPLACE (some network and FUSE ones): a plain rename,
+    // if nothing has the name. Left under this process's name, a daemon would never find it.
+    if let Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) = renamed
+        && let Err(rustix::io::Errno::NOENT) =
+            rustix::fs::statat(&*dir, fsys::os(&kept), AtFlags::SYMLINK_NOFOLLOW)
+    {
+        let _ = rustix::fs::renameat(&*dir, fsys::os(&name), &*dir, fsys::os(&kept));
+    }
 }
 
 /// `.NAME.0.N.blit-tmp`: a temporary name whose process id is 0, which no process has.

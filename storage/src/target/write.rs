@@ -354,6 +354,19 @@ pub(super) type TempFiles = (Arc<File>, Option<Arc<DirectFile>>);
 /// was given up meanwhile.
 pub(super) fn temp_of(shared: &Shared<'_>, p: &Pending) -> io::Result<Option<TempFiles>> {
     let mut slot = lock(&p.temp);
+    if let TempSlot::Parked(_) = *slot
+        && let TempSlot::Parked(pk) = std::mem::replace(&mut *slot, TempSlot::Gone)
+    {
+        // A resumed file's partial file (or, for a repeated chunk, a complete one): reopened to
+        // write, only if it is still the same file.
+        match reopen(shared, p, &pk) {
+            Ok(t) => *slot = TempSlot::Open(t),
+            Err(e) => {
+                *slot = TempSlot::Parked(pk);
+                return Err(e);
+            }
+        }
+    }
     if let TempSlot::NotYet = *slot {
         let t = create_temp(shared, p, true)?;
         if let Err(e) = preallocate(&t.file, p.size_bytes, p.sparse) {
@@ -365,6 +378,33 @@ pub(super) fn temp_of(shared: &Shared<'_>, p: &Pending) -> io::Result<Option<Tem
     Ok(match &*slot {
         TempSlot::Open(t) => Some((Arc::clone(&t.file), t.direct.clone())),
         _ => None,
+    })
+}
+
+/// Reopens a parked temporary file to write into it: beneath its directory handle, never
+/// through a symlink, and only if it is still the same file; with its direct descriptor if it
+/// may go direct.
+fn reopen(shared: &Shared<'_>, p: &Pending, pk: &Parked) -> io::Result<Temp> {
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = rustix::fs::openat(pk.dir.as_fd(), fsys::os(&pk.name), flags, Mode::empty())?;
+    let st = rustix::fs::fstat(&fd)?;
+    if (st.st_dev, st.st_ino) != (pk.dev, pk.ino) {
+        return Err(io::Error::other("its temporary file was replaced while it waited"));
+    }
+    let file = File::from(fd);
+    let params = &shared.opts.params;
+    let direct = (p.basis.is_none() && direct::wants_direct(params.io, p.size_bytes, p.sparse))
+        .then(|| {
+            DirectFile::open(pk.dir.as_fd(), &pk.name, &file, params.io, params.io_depth, true)
+        })
+        .flatten()
+        .map(Arc::new);
+    Ok(Temp {
+        file: Arc::new(file),
+        direct,
+        widened: pk.widened,
+        name: pk.name.clone(),
+        dir: Arc::clone(&pk.dir),
     })
 }
 
