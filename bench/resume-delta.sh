@@ -70,11 +70,12 @@ start_daemon() {
   echo "the daemon did not start:" >&2; cat "$D/daemon.log" >&2; exit 4
 }
 url="blit://$addr:$port/x"
-xfer() { "$BLIT" xfer --no-progress --json --transport "$transport" "$@"; }
-# journaled [WANT PID]: bytes the journal of the temporary file under $D/root/x records; with
+tgt=x   # the target directory under the daemon root
+xfer() { "$BLIT" xfer --no-progress --json --wait-lock --transport "$transport" "$@"; }
+# journaled [WANT PID]: bytes the journal of the temporary file under $D/root/$tgt records; with
 # WANT and PID, waits (polling every 2 ms) until it records WANT bytes or PID is gone
 journaled() {
-  python3 - "$D/root/x" "${1:-0}" "${2:-0}" <<'EOF'
+  python3 - "$D/root/$tgt" "${1:-0}" "${2:-0}" <<'EOF'
 import os, struct, sys, time
 def recorded(d):
     best = 0
@@ -98,6 +99,9 @@ def recorded(d):
 want, pid = int(sys.argv[2]), int(sys.argv[3])
 while pid and recorded(sys.argv[1]) < want and os.path.exists(f"/proc/{pid}"):
     time.sleep(0.002)
+if pid and not os.path.exists(f"/proc/{pid}"):
+    print(f"the client ({pid}) ended before its target's journal recorded {want} bytes",
+          file=sys.stderr)
 print(recorded(sys.argv[1]))
 EOF
 }
@@ -111,30 +115,39 @@ echo "| measurement | bytes moved | bytes reused | signature bytes | seconds | i
 echo "|---|---|---|---|---|---|"
 
 # --- resume: SIGKILL of the client, then of the daemon, at KILL_AT % journaled
-for who in client daemon; do
+for who in ${RESUME_CASES:-client daemon}; do
   [ "$resume" = 1 ] || break
-  rm -rf "$D/root/x"
+  # a fresh daemon for each case: the last one's session may still be ending (over RDMA a
+  # killed peer is noticed at the stall timeout)
+  kill "$dpid" 2>/dev/null || true; wait "$dpid" 2>/dev/null || true; start_daemon
+  tgt=x-$who; url="blit://$addr:$port/$tgt"   # a directory of its own
   # blit itself in the background ($! of a shell function would be a subshell's pid)
-  "$BLIT" xfer --no-progress --json --transport "$transport" "$D/src" "$url" \
+  "$BLIT" xfer --no-progress --json --wait-lock --transport "$transport" "$D/src" "$url" \
     > "$D/first.json" 2> "$D/first.err" &
   cpid=$!
   at=$(journaled "$((bytes * KILL_AT / 100))" "$cpid")
   if [ "$who" = client ]; then kill -9 "$cpid" 2>/dev/null || true; wait "$cpid" 2>/dev/null || true
   else kill -9 "$dpid"; wait "$dpid" 2>/dev/null || true; wait "$cpid" 2>/dev/null || true; start_daemon; fi
   sleep 0.5
+  [ "$at" -gt 0 ] || {
+    echo "the first run was not interrupted:" >&2; tail -3 "$D/first.err" >&2
+    ls -la "$D/root/$tgt" >&2 2>/dev/null; cat "$D/first.json" >&2 2>/dev/null | head -5; tail -3 "$D/daemon.log" >&2
+  }
   xfer "$D/src" "$url" > "$D/again.json"
-  read -r moved reused secs < <(json "$D/again.json" bytes_moved bytes_reused seconds)
-  same=$(cmp -s "$D/src/big" "$D/root/x/big" && echo yes || echo NO)
+  read -r moved reused secs <<< "$(json "$D/again.json" bytes_moved bytes_reused seconds)"
+  same=$(cmp -s "$D/src/big" "$D/root/$tgt/big" && echo yes || echo NO)
   echo "| resume after SIGKILL of the $who at $((at * 100 / bytes)) % journaled ($transport): the re-run | $moved ($((moved * 100 / bytes)) %) | $reused | 0 | $secs | $same |"
+  rm -rf "$D/root/$tgt"
 done
 
+tgt=x; url="blit://$addr:$port/x"
 # --- delta: the old copy on the target, --delta on against --delta off
 for mode in on off; do
   rm -rf "$D/root/x"; mkdir -p "$D/root/x"
   cp "$D/old" "$D/root/x/big"; touch -d 2020-01-01 "$D/root/x/big"
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
   xfer --delta "$mode" "$D/src" "$url" > "$D/delta.json"
-  read -r moved sig secs < <(json "$D/delta.json" bytes_moved signature_bytes seconds)
+  read -r moved sig secs <<< "$(json "$D/delta.json" bytes_moved signature_bytes seconds)"
   same=$(cmp -s "$D/src/big" "$D/root/x/big" && echo yes || echo NO)
   echo "| --delta $mode ($transport${cap:+, link capped at $cap}) | $moved ($(python3 -c "print(f'{($moved+$sig)*100/$bytes:.2f}')") % with the signature) | 0 | $sig | $secs | $same |"
 done
