@@ -336,8 +336,17 @@ fn source_seeds() -> Vec<(String, pb::SourceMsg)> {
 fn target_seeds() -> Vec<(String, pb::TargetMsg)> {
     use pb::target_msg::Msg;
     [
-        ("need", Msg::Need(pb::Need { ids: vec![1, 2, 300], listing: 0 })),
+        ("need", Msg::Need(pb::Need { ids: vec![1, 2, 300], listing: 0, offers: Vec::new() })),
+        (
+            "need-offers",
+            Msg::Need(pb::Need {
+                ids: vec![1, 2],
+                listing: 3,
+                offers: vec![pb::Offer { id: 2, chunks: vec![0, 1, 5], hashes: vec![7, 8, 9] }],
+            }),
+        ),
         ("need-end", Msg::NeedEnd(pb::Empty {})),
+        ("signature", Msg::Signature(pb::Signature { id: 2, part: b"BXS1\0\x10\0\0".to_vec() })),
     ]
     .into_iter()
     .map(|(name, m)| (format!("target-{name}"), pb::TargetMsg { msg: Some(m) }))
