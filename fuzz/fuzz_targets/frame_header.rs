@@ -47,15 +47,19 @@ fn header_encode(bytes: &[u8; FRAME_HEADER_BYTES], max_payload_bytes: u32) {
         a.copy_from_slice(&bytes[at..at + 8]);
         u64::from_le_bytes(a)
     };
-    let kind = match bytes[1] % 4 {
+    let kind = match bytes[1] % 6 {
         0 => FrameKind::Chunk,
         1 => FrameKind::Hole,
         2 => FrameKind::Bundle,
+        3 => FrameKind::Same,
+        4 => FrameKind::Delta,
         _ => FrameKind::End,
     };
     let len_bytes = match kind {
-        FrameKind::Hole | FrameKind::End => 0,
-        FrameKind::Chunk | FrameKind::Bundle => u32::from_le_bytes([bytes[4], bytes[5], 0, 0]),
+        FrameKind::Hole | FrameKind::Same | FrameKind::End => 0,
+        FrameKind::Chunk | FrameKind::Bundle | FrameKind::Delta => {
+            u32::from_le_bytes([bytes[4], bytes[5], 0, 0])
+        }
     };
     let h = FrameHeader {
         kind,

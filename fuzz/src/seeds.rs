@@ -55,6 +55,12 @@ fn frame_header() -> Vec<(String, Vec<u8>)> {
     for (name, h, payload) in [
         ("chunk", header(FrameKind::Chunk, 4096, 0x1234), vec![0x5a; 16]),
         ("hole", header(FrameKind::Hole, 0, 3), Vec::new()),
+        ("same", header(FrameKind::Same, 0, 0x77), Vec::new()),
+        (
+            "delta",
+            header(FrameKind::Delta, 24, 0x99),
+            vec![1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0],
+        ),
         ("end", FrameHeader::end(), Vec::new()),
         ("bundle", header(FrameKind::Bundle, bundle.len() as u32, checksum), bundle.clone()),
     ] {
