@@ -262,8 +262,27 @@ pub(super) fn keep_or_discard(shared: &Shared<'_>, p: &Pending, runs: Vec<(u64, 
             }
             (Arc::clone(&t.dir), t.name.clone())
         }
-        // Complete and parked: its journal was saved when it was parked.
-        TempSlot::Parked(pk) => (Arc::clone(&pk.dir), pk.name.clone()),
+        // Complete and parked (or resumed and not yet written): kept only if it carries a
+        // journal — saved when it was parked, or the one it was taken over with. A file system
+        // without user extended attributes has none: the file goes (nothing would ever find
+        // or remove it).
+        TempSlot::Parked(pk) => {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+            let journaled =
+                rustix::fs::openat(pk.dir.as_fd(), fsys::os(&pk.name), flags, Mode::empty())
+                    .ok()
+                    .filter(|fd| {
+                        rustix::fs::fstat(fd)
+                            .is_ok_and(|st| (st.st_dev, st.st_ino) == (pk.dev, pk.ino))
+                    })
+                    .and_then(|fd| fsys::load_journal(fd.as_fd()));
+            if journaled.is_none() {
+                drop(slot);
+                p.discard();
+                return;
+            }
+            (Arc::clone(&pk.dir), pk.name.clone())
+        }
         TempSlot::NotYet | TempSlot::Gone => return,
     };
     // Kept (closed with the slot), under a name that no live process has: a daemon that goes
