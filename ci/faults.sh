@@ -623,7 +623,7 @@ for c in $CASES; do
 done
 [ "$VM" = 1 ] && case " $CASES " in *" vm-delay-50ms "*) ;; *) CASES="$CASES vm-delay-50ms" ;; esac
 [ "$(id -u)" = 0 ] || die 3 "needs root (network namespaces, tc, iptables, mount)"
-for t in ip tc iptables timeout cmp diff split mountpoint; do
+for t in ip tc iptables timeout cmp diff split mountpoint getfattr; do
   command -v "$t" > /dev/null || die 3 "missing tool: $t"
 done
 SEED=${FAULTS_SEED:-$(( $(date +%s%N) % 1000000 ))}

@@ -195,28 +195,11 @@ pub fn cancel_midway(h: &dyn Harness) {
     let src = tempdir();
     let dst = tempdir();
     testkit::mixed_tree(src.path(), 4, 200, 64 << 10, 2 << 20);
-    let p = params();
-    let cancel = Cancel::new();
-    let c2 = cancel.clone();
-    let dst_path = dst.path().to_path_buf();
-    let watcher = std::thread::spawn(move || {
-        // Cancel as soon as the first file landed (or after a while regardless).
-        for _ in 0..400 {
-            if testkit::list(&dst_path).map(|l| l.len() > 3).unwrap_or(false) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        c2.fire();
-        std::time::Instant::now()
-    });
-    let p = SessionParams { resume: false, ..p };
-    let r = transfer(h, h.pair(&p), src.path(), dst.path(), &p, &cancel);
-    let returned = std::time::Instant::now();
-    let fired = watcher.join().unwrap_or_else(|_| panic!("{}: the watcher panicked", h.name()));
+    // Resuming off: nothing is left.
+    let p = SessionParams { resume: false, ..params() };
+    let (r, late) = cancelled_transfer(h, src.path(), dst.path(), &p);
     // Every wait of both halves is woken by the cancel: the transfer ends at once, not after a
     // tick or a timeout (the bound is generous for loaded CI machines).
-    let late = returned.saturating_duration_since(fired);
     assert!(late < Duration::from_secs(2), "{}: ended {late:?} after the cancel", h.name());
     assert!(r.is_err(), "{}: a cancelled transfer must not report success", h.name());
     assert!(
@@ -227,10 +210,22 @@ pub fn cancel_midway(h: &dyn Harness) {
     // Resuming on (the default): cancelled once data is flowing, the partial files stay and
     // the next transfer takes what they hold.
     let dst = tempdir();
-    let p = params();
+    let (r, _) = cancelled_transfer(h, src.path(), dst.path(), &params());
+    assert!(r.is_err(), "{}: a cancelled transfer must not report success", h.name());
+    resumes(h, src.path(), dst.path(), "cancelled");
+}
+
+/// A transfer cancelled as soon as the first files landed in `dst` (or after a while
+/// regardless); with how long it ran past the cancel.
+fn cancelled_transfer(
+    h: &dyn Harness,
+    src: &Path,
+    dst: &Path,
+    p: &SessionParams,
+) -> (Result<(SourceReport, TargetReport), LocalError>, Duration) {
     let cancel = Cancel::new();
     let c2 = cancel.clone();
-    let dst_path = dst.path().to_path_buf();
+    let dst_path = dst.to_path_buf();
     let watcher = std::thread::spawn(move || {
         for _ in 0..400 {
             if testkit::list(&dst_path).map(|l| l.len() > 3).unwrap_or(false) {
@@ -239,11 +234,12 @@ pub fn cancel_midway(h: &dyn Harness) {
             std::thread::sleep(Duration::from_millis(5));
         }
         c2.fire();
+        std::time::Instant::now()
     });
-    let r = transfer(h, h.pair(&p), src.path(), dst.path(), &p, &cancel);
-    watcher.join().unwrap_or_else(|_| panic!("{}: the watcher panicked", h.name()));
-    assert!(r.is_err(), "{}: a cancelled transfer must not report success", h.name());
-    resumes(h, src.path(), dst.path(), "cancelled");
+    let r = transfer(h, h.pair(p), src, dst, p, &cancel);
+    let returned = std::time::Instant::now();
+    let fired = watcher.join().unwrap_or_else(|_| panic!("{}: the watcher panicked", h.name()));
+    (r, returned.saturating_duration_since(fired))
 }
 
 /// The peer vanishes mid-transfer: an error, never a hang or a success; only resumable partial
