@@ -155,24 +155,40 @@ impl<'a> Recipe<'a> {
 
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.reserve(self.encoded_bytes());
+        let start = out.len();
+        out.resize(start + self.encoded_bytes(), 0);
+        self.encode_into(&mut out[start..]);
+    }
+
+    /// Encodes the recipe at the start of `out` (at least [`Recipe::encoded_bytes`] long: a
+    /// chunk's own buffer, for a recipe shorter than the chunk) and returns its length.
+    pub fn encode_into(&self, out: &mut [u8]) -> usize {
+        let n = self.encoded_bytes();
+        assert!(out.len() >= n, "a recipe of {n} bytes does not fit {} bytes", out.len());
+        let mut at = 0;
+        let mut put = |b: &[u8]| {
+            out[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        };
         // Both counts are bounded by the chunk's length, a u32.
-        out.extend_from_slice(&(self.ops.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(self.literals.len() as u32).to_le_bytes());
+        put(&(self.ops.len() as u32).to_le_bytes());
+        put(&(self.literals.len() as u32).to_le_bytes());
         for op in &self.ops {
             match *op {
                 Op::Copy { basis_offset, len_bytes } => {
-                    out.push(OP_COPY);
-                    out.extend_from_slice(&basis_offset.to_le_bytes());
-                    out.extend_from_slice(&len_bytes.to_le_bytes());
+                    put(&[OP_COPY]);
+                    put(&basis_offset.to_le_bytes());
+                    put(&len_bytes.to_le_bytes());
                 }
                 Op::Literal { len_bytes } => {
-                    out.push(OP_LITERAL);
-                    out.extend_from_slice(&len_bytes.to_le_bytes());
+                    put(&[OP_LITERAL]);
+                    put(&len_bytes.to_le_bytes());
                 }
             }
         }
-        out.extend_from_slice(&self.literals);
+        put(&self.literals);
+        debug_assert_eq!(at, n);
+        n
     }
 
     /// Decodes a peer's recipe for a chunk, checking it against `bounds` (see [`Recipe::check`]).

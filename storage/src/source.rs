@@ -1196,12 +1196,10 @@ fn read_chunk(
     {
         // Shorter than the chunk: the recipe replaces its bytes in the same buffer; the
         // checksum stays the chunk's, which the target checks the rebuilt chunk against.
-        let mut encoded = Vec::with_capacity(recipe.encoded_bytes());
-        recipe.encode(&mut encoded);
-        lease.full_mut()[..encoded.len()].copy_from_slice(&encoded);
-        lease.set_len(encoded.len());
+        let n = recipe.encode_into(lease.full_mut());
+        lease.set_len(n);
         header.kind = FrameKind::Delta;
-        header.len_bytes = encoded.len() as u32;
+        header.len_bytes = n as u32;
     }
     Ok(Some(out(header, Payload::Buffer(lease))))
 }
