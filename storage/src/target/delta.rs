@@ -114,8 +114,8 @@ pub(super) fn sign(basis: &Basis, file: &File, held: u64) -> io::Result<Option<V
 
 /// What rebuilding one chunk from its recipe came to.
 pub(super) enum Rebuilt {
-    /// The chunk's bytes, to be written at its offset.
-    Bytes(Vec<u8>),
+    /// The chunk's bytes are in the caller's buffer, to be written at its offset.
+    Bytes,
     /// The rebuilt chunk's checksum differs from the source's.
     Mismatch,
 }
@@ -128,6 +128,7 @@ pub(super) fn rebuild(
     h: &frame::FrameHeader,
     payload: &[u8],
     chunk_bytes: u32,
+    out: &mut Vec<u8>,
 ) -> Result<Result<Rebuilt, io::Error>, Violation> {
     let basis = p.basis.as_ref().ok_or_else(|| Violation::NotDelta(p.path.clone()))?;
     // The chunk's own length (Receiving checked that the offset is a chunk of the file).
@@ -143,14 +144,15 @@ pub(super) fn rebuild(
         Ok(f) => f,
         Err(e) => return Ok(Err(e)),
     };
-    let mut out = vec![0u8; chunk_len as usize];
+    // The writer thread's buffer, reused chunk after chunk (no allocation per chunk).
+    out.resize(chunk_len as usize, 0);
     let read = |at: u64, buf: &mut [u8]| file.read_exact_at(buf, at);
-    match recipe.apply(basis.size_bytes, read, &mut out) {
+    match recipe.apply(basis.size_bytes, read, out) {
         Ok(()) => {}
         Err(blitx_delta::ApplyError::ReadBasis { source, .. }) => return Ok(Err(source)),
         Err(e) => return Err(bad(e.to_string())),
     }
-    if frame::checksum(&out) != h.checksum {
+    if frame::checksum(out) != h.checksum {
         // Say so if the old copy was written to since it was signed (not the network's fault).
         if rustix::fs::fstat(&file).is_ok_and(|st| {
             st.st_size as u64 != basis.size_bytes
@@ -162,5 +164,5 @@ pub(super) fn rebuild(
         }
         return Ok(Ok(Rebuilt::Mismatch));
     }
-    Ok(Ok(Rebuilt::Bytes(out)))
+    Ok(Ok(Rebuilt::Bytes))
 }

@@ -333,17 +333,23 @@ fn write_delta(
             why: "not carried in a buffer".into(),
         }));
     };
+    thread_local! {
+        /// Each writer's buffer for rebuilt chunks (one chunk's size, kept between chunks).
+        static REBUILT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let chunk_bytes = shared.opts.params.chunk_bytes;
-    Ok(match rebuild(p, h, lease.data(), chunk_bytes).map_err(TargetError::Protocol)? {
-        Err(e) => Written::Failed(FileOp::ReadBasis, e),
-        Ok(Rebuilt::Mismatch) => Written::Mismatch,
-        Ok(Rebuilt::Bytes(out)) => {
-            let _one_at_a_time = lock(&p.writing);
-            match pwrite_all(temp, &out, h.offset_bytes) {
-                Ok(()) => Written::Verified,
-                Err(e) => Written::Failed(FileOp::Write, e),
+    REBUILT.with_borrow_mut(|out| {
+        Ok(match rebuild(p, h, lease.data(), chunk_bytes, out).map_err(TargetError::Protocol)? {
+            Err(e) => Written::Failed(FileOp::ReadBasis, e),
+            Ok(Rebuilt::Mismatch) => Written::Mismatch,
+            Ok(Rebuilt::Bytes) => {
+                let _one_at_a_time = lock(&p.writing);
+                match pwrite_all(temp, out, h.offset_bytes) {
+                    Ok(()) => Written::Verified,
+                    Err(e) => Written::Failed(FileOp::Write, e),
+                }
             }
-        }
+        })
     })
 }
 
