@@ -229,6 +229,16 @@ fn read_listings(sess: &mut blitx_hostile::raw::Session, count: usize) -> Vec<pb
     listings
 }
 
+/// The code of a session's fatal end (a summary with `fatal`, or an error); panics naming
+/// `what` on any other end.
+fn fatal_code(end: &blitx_hostile::raw::End, what: &str) -> i32 {
+    match end {
+        blitx_hostile::raw::End::Summary(s) if !s.fatal.is_empty() => s.fatal_code,
+        blitx_hostile::raw::End::Error(e) => e.code,
+        other => panic!("{what}: no fatal end: {}", other.describe()),
+    }
+}
+
 /// Reads until the daemon's ManifestEnd: a target says NeedEnd only after the whole manifest
 /// (sent earlier, it is a protocol violation — what a test must not provoke by racing the walk).
 fn read_manifest_end(sess: &mut blitx_hostile::raw::Session) {
@@ -279,11 +289,7 @@ fn a_need_naming_the_wrong_listing_or_a_foreign_file_is_a_protocol_violation() {
             sess.send_target(msg::need_for(first.seq, &[b])).unwrap();
         }
         let end = sess.finish(Duration::from_secs(10));
-        let code = match &end {
-            blitx_hostile::raw::End::Summary(s) if !s.fatal.is_empty() => s.fatal_code,
-            blitx_hostile::raw::End::Error(e) => e.code,
-            other => panic!("replay {replay}: no fatal end: {}", other.describe()),
-        };
+        let code = fatal_code(&end, &format!("replay {replay}"));
         assert_eq!(
             code,
             pb::ErrorCode::ProtocolViolation as i32,
@@ -373,11 +379,7 @@ fn offers_are_checked_by_the_source_and_answered_chunk_by_chunk() {
         let id = |name: &[u8]| listing.entries.iter().find(|e| e.path == name).unwrap().id;
         sess.send_target(need(listing.seq, id(b"big"), id(b"small"))).unwrap();
         let end = sess.finish(Duration::from_secs(10));
-        let code = match &end {
-            blitx_hostile::raw::End::Summary(s) if !s.fatal.is_empty() => s.fatal_code,
-            blitx_hostile::raw::End::Error(e) => e.code,
-            other => panic!("{what}: no fatal end: {}", other.describe()),
-        };
+        let code = fatal_code(&end, what);
         assert_eq!(code, pb::ErrorCode::ProtocolViolation as i32, "{what}: {}", end.describe());
         assert!(
             blitx_hostile::wait_until(Duration::from_secs(10), || readers.done()),
@@ -472,11 +474,7 @@ fn signatures_are_checked_by_the_source() {
             }
         }
         let end = sess.finish(Duration::from_secs(10));
-        let code = match &end {
-            blitx_hostile::raw::End::Summary(s) if !s.fatal.is_empty() => s.fatal_code,
-            blitx_hostile::raw::End::Error(e) => e.code,
-            other => panic!("{what}: no fatal end: {}", other.describe()),
-        };
+        let code = fatal_code(&end, what);
         assert_eq!(code, pb::ErrorCode::ProtocolViolation as i32, "{what}: {}", end.describe());
         assert!(blitx_hostile::wait_until(Duration::from_secs(10), || readers.done()), "{what}");
         let (frames, _) = readers.join();
