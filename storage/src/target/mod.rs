@@ -131,12 +131,13 @@ impl From<listing::Violation> for TargetError {
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn temp_name(name: &[u8]) -> Vec<u8> {
-    let tag = format!(
-        ".{}.{}{}",
-        std::process::id(),
-        TEMP_SEQ.fetch_add(1, Ordering::Relaxed),
-        fsys::TEMP_SUFFIX
-    );
+    temp_name_of(name, std::process::id())
+}
+
+/// A temporary name carrying process id `pid` (0 for partial files kept on purpose: no live
+/// process has it).
+fn temp_name_of(name: &[u8], pid: u32) -> Vec<u8> {
+    let tag = format!(".{pid}.{}{}", TEMP_SEQ.fetch_add(1, Ordering::Relaxed), fsys::TEMP_SUFFIX);
     // Keep within NAME_MAX: shorten the visible part of long names.
     let keep = name.len().min(blitx_core::path::NAME_BYTES_MAX - 1 - tag.len());
     let mut t = Vec::with_capacity(1 + keep + tag.len());

@@ -308,17 +308,7 @@ pub(super) fn keep_or_discard(shared: &Shared<'_>, p: &Pending, runs: Vec<(u64, 
 
 /// `.NAME.0.N.blit-tmp`: a temporary name whose process id is 0, which no process has.
 fn kept_name(name: &[u8]) -> Vec<u8> {
-    let ours = temp_name(name);
-    let pid = format!(".{}.", std::process::id());
-    // The last occurrence of ".PID." is the name's tag (the visible part may contain digits).
-    let at = ours
-        .windows(pid.len())
-        .rposition(|w| w == pid.as_bytes())
-        .expect("a temporary name carries the process id");
-    let mut kept = ours[..at].to_vec();
-    kept.extend_from_slice(b".0.");
-    kept.extend_from_slice(&ours[at + pid.len()..]);
-    kept
+    temp_name_of(name, 0)
 }
 
 /// Reads a resumed file back before its commit: every chunk must hash as the source's did.
