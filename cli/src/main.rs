@@ -5,6 +5,7 @@ mod bench;
 mod daemon;
 mod delta_auto;
 mod exit;
+mod manual;
 mod output;
 mod topo;
 mod units;
@@ -14,10 +15,14 @@ use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "blit", version, about = "Fast file transfer: RDMA first, zero-copy TCP fallback")]
-struct Cli {
+pub(crate) struct Cli {
     /// More log output (-v: info, -vv: debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Colours in log lines on stderr: auto (only when stderr is a terminal and NO_COLOR is
+    /// unset), always or never.
+    #[arg(long, value_name = "WHEN", default_value = "auto", global = true, value_parser = ["auto", "always", "never"])]
+    color: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,9 +39,23 @@ enum Command {
     /// Measure blit across transports, streams, chunk sizes and datasets, next to iperf3,
     /// ib_write_bw, rsync, cp and tar baselines; CPU cost per side; reports, plots, history.
     Bench(Box<bench::BenchArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(manual::CompletionsArgs),
+    /// Print blit's man page, or write one per subcommand with --out DIR.
+    Man(manual::ManArgs),
 }
 
-fn init_logging(verbose: u8) {
+/// Whether log lines on stderr get ANSI colours: a log file or a pipe gets plain text unless
+/// asked (`--color always`), and `NO_COLOR` (no-color.org) or `TERM=dumb` turn `auto` off.
+fn colours(when: &str, stderr_is_terminal: bool, no_color: bool, dumb: bool) -> bool {
+    match when {
+        "always" => true,
+        "never" => false,
+        _ => stderr_is_terminal && !no_color && !dumb,
+    }
+}
+
+fn init_logging(verbose: u8, ansi: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -47,8 +66,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| LogWriter)
-        // Colours only for a terminal: a log file or a pipe gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_target(false)
         .try_init();
 }
@@ -96,12 +114,20 @@ fn escape_log_line(buf: &[u8]) -> Vec<u8> {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let ansi = colours(
+        &cli.color,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+        std::env::var_os("TERM").is_some_and(|t| t == "dumb"),
+    );
+    init_logging(cli.verbose, ansi);
     let code = match cli.command {
         Command::Xfer(args) => xfer::run(args, cli.verbose),
         Command::Daemon(args) => daemon::run(args),
         Command::Topo(args) => topo::run(args),
         Command::Bench(args) => bench::run(*args),
+        Command::Completions(args) => manual::completions(&args),
+        Command::Man(args) => manual::man(&args),
     };
     std::process::exit(code.into());
 }
@@ -109,6 +135,16 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_only_for_a_terminal_unless_asked() {
+        assert!(colours("auto", true, false, false));
+        assert!(!colours("auto", false, false, false), "a pipe or a file gets no ANSI codes");
+        assert!(!colours("auto", true, true, false), "NO_COLOR");
+        assert!(!colours("auto", true, false, true), "TERM=dumb");
+        assert!(colours("always", false, true, true));
+        assert!(!colours("never", true, false, false));
+    }
 
     #[test]
     fn log_lines_cannot_be_split_by_a_logged_name() {

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use blitx_core::RelPath;
+use blitx_core::itemize::Changes;
+use blitx_core::manifest::EntryKind;
 use blitx_storage::report::{Event, EventKind, FileError, Progress, Reporter};
 use serde::Serialize;
 
@@ -14,6 +16,9 @@ use crate::units::human_bytes;
 /// Prints events as they happen: every change with -v or --dry-run, failures always.
 pub struct PrintReporter {
     pub verbose: bool,
+    /// `-i`: one rsync-style line per change on stdout instead of -v's lines; `Some(sent)`,
+    /// `sent` when this side is the source (a push: rsync's `<`).
+    pub itemize: Option<bool>,
     pub dry_run: bool,
     pub json: bool,
     pub bar: Option<indicatif::ProgressBar>,
@@ -30,6 +35,15 @@ impl Reporter for PrintReporter {
             return;
         }
         let failed = e.kind == EventKind::Failed;
+        if let Some(sent) = self.itemize
+            && !failed
+        {
+            if !self.json {
+                let line = itemize_line(&e, sent);
+                self.print(&line, false);
+            }
+            return;
+        }
         if !(self.verbose || self.dry_run || failed) || (self.json && !failed) {
             return;
         }
@@ -69,6 +83,58 @@ impl PrintReporter {
             }
         }
     }
+}
+
+/// rsync's `--itemize-changes` line: `YXcstpoguax PATH`. Y is `>` (received here), `<` (sent
+/// to the daemon), `c` (a directory or link created), `h` (a hard link), `.` (only attributes
+/// changed), or the whole code is `*deleting`; X is f, d, L or S; then checksum, size, time,
+/// permissions, owner, group, (unused), ACL and xattrs, each its letter when it changed, `.`
+/// when not, all `+` for a new entry.
+pub fn itemize_line(e: &Event, sent: bool) -> String {
+    let path = escaped(&e.path);
+    let c = e.changes;
+    let slash = if c.kind() == EntryKind::Dir { "/" } else { "" };
+    if e.kind == EventKind::Deleted {
+        return format!("*deleting   {path}{slash}");
+    }
+    let x = match c.kind() {
+        EntryKind::File => 'f',
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'L',
+        EntryKind::Special => 'S',
+    };
+    let y = match e.kind {
+        EventKind::Copied if sent => '<',
+        EventKind::Copied => '>',
+        EventKind::Hardlinked => 'h',
+        EventKind::DirCreated | EventKind::Symlinked => 'c',
+        _ => '.',
+    };
+    let attrs: String = if c.has(Changes::NEW) {
+        "+++++++++".into()
+    } else {
+        [
+            (Changes::CHECKSUM, 'c'),
+            (Changes::SIZE, 's'),
+            (Changes::TIME, 't'),
+            (Changes::PERMS, 'p'),
+            (Changes::OWNER, 'o'),
+            (Changes::GROUP, 'g'),
+            (0, 'u'),
+            (Changes::ACL, 'a'),
+            (Changes::XATTR, 'x'),
+        ]
+        .iter()
+        .map(|&(flag, letter)| if flag != 0 && c.has(flag) { letter } else { '.' })
+        .collect()
+    };
+    let mut line = format!("{y}{x}{attrs} {path}{slash}");
+    if e.kind == EventKind::Hardlinked
+        && let Some(m) = &e.message
+    {
+        line += &format!(" {}", escape_str(m));
+    }
+    line
 }
 
 /// A path for a human: see [`Escaped`].
@@ -154,6 +220,91 @@ pub fn drive_bar(bar: &indicatif::ProgressBar, progress: &Progress, done: &Atomi
         std::thread::park_timeout(Duration::from_millis(100));
     }
     bar.finish_and_clear();
+}
+
+/// How often `--progress` prints a line when stderr is not a terminal.
+pub const PROGRESS_LINE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// `--progress` without a terminal (a log file, a pipe, a CI job): one plain line every
+/// [`PROGRESS_LINE_INTERVAL`] and a last one at the end, like rsync's `--info=progress2`, never
+/// a bar's carriage returns and escape codes.
+pub fn drive_lines(progress: &Progress, done: &AtomicBool, start: std::time::Instant) {
+    let mut next = start + PROGRESS_LINE_INTERVAL;
+    let mut last = (start, 0u64);
+    loop {
+        let finished = done.load(Ordering::Acquire);
+        let now = std::time::Instant::now();
+        if finished || now >= next {
+            let snap = Snapshot::read(progress);
+            let dt = now.duration_since(last.0).as_secs_f64();
+            let rate =
+                if dt > 0.0 { snap.bytes_done.saturating_sub(last.1) as f64 / dt } else { 0.0 };
+            let line = snap.line(now.duration_since(start), rate, finished);
+            let _ = writeln!(std::io::stderr(), "{line}");
+            last = (now, snap.bytes_done);
+            next = now + PROGRESS_LINE_INTERVAL;
+        }
+        if finished {
+            return;
+        }
+        std::thread::park_timeout(next.saturating_duration_since(now));
+    }
+}
+
+/// The live counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub bytes_done: u64,
+    pub bytes_needed: u64,
+    pub files_done: u64,
+    pub files_needed: u64,
+    pub scanning: bool,
+}
+
+impl Snapshot {
+    pub fn read(p: &Progress) -> Snapshot {
+        let bytes_needed = Progress::read(&p.bytes_needed);
+        Snapshot {
+            bytes_done: Progress::read(&p.bytes_done).min(bytes_needed),
+            bytes_needed,
+            files_done: Progress::read(&p.files_done),
+            files_needed: Progress::read(&p.files_needed),
+            scanning: !p.walk_done.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `  1.5 GiB / 4.0 GiB  37%  512.0 MiB/s  files 3/10  0:00:07 ETA 0:00:05`: bytes, the
+    /// rate since the previous line, files, elapsed time and (while the walk is done and the
+    /// rate is known) the time left; the last line says `done`.
+    pub fn line(&self, elapsed: Duration, rate_bytes_per_sec: f64, last: bool) -> String {
+        let percent = match self.bytes_done.saturating_mul(100).checked_div(self.bytes_needed) {
+            Some(p) => p,
+            None if last => 100,
+            None => 0,
+        };
+        let mut line = format!(
+            "{:>10} / {} {percent:>3}% {:>10}/s  files {}/{}{}  {}",
+            human_bytes(self.bytes_done),
+            human_bytes(self.bytes_needed),
+            human_bytes(rate_bytes_per_sec as u64),
+            self.files_done,
+            self.files_needed,
+            if self.scanning { " (scanning)" } else { "" },
+            clock(elapsed.as_secs()),
+        );
+        if last {
+            line += " done";
+        } else if !self.scanning && rate_bytes_per_sec >= 1.0 {
+            let left = self.bytes_needed.saturating_sub(self.bytes_done) as f64;
+            line += &format!(" ETA {}", clock((left / rate_bytes_per_sec).ceil() as u64));
+        }
+        line
+    }
+}
+
+/// `H:MM:SS`.
+fn clock(secs: u64) -> String {
+    format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// The machine-readable summary (`--json`), also the basis of the text summary.
@@ -336,6 +487,63 @@ mod tests {
             errors: Vec::new(),
             profile: None,
         }
+    }
+
+    fn ev(kind: EventKind, path: &str, changes: Changes) -> Event {
+        Event {
+            kind,
+            path: RelPath::parse_str(path).expect("path"),
+            bytes: 0,
+            message: None,
+            changes,
+        }
+    }
+
+    #[test]
+    fn itemized_lines_read_like_rsyncs() {
+        let new_file = Changes::new(EntryKind::File, Changes::NEW);
+        assert_eq!(itemize_line(&ev(EventKind::Copied, "a/f", new_file), false), ">f+++++++++ a/f");
+        assert_eq!(itemize_line(&ev(EventKind::Copied, "a/f", new_file), true), "<f+++++++++ a/f");
+        let changed = Changes::new(EntryKind::File, Changes::SIZE | Changes::TIME);
+        assert_eq!(itemize_line(&ev(EventKind::Copied, "f", changed), false), ">f.st...... f");
+        let dir = Changes::new(EntryKind::Dir, Changes::NEW);
+        assert_eq!(itemize_line(&ev(EventKind::DirCreated, "d", dir), false), "cd+++++++++ d/");
+        let meta = Changes::new(EntryKind::File, Changes::PERMS | Changes::OWNER);
+        assert_eq!(itemize_line(&ev(EventKind::MetaUpdated, "f", meta), false), ".f...po.... f");
+        let link = Changes::new(EntryKind::Symlink, Changes::NEW);
+        assert_eq!(itemize_line(&ev(EventKind::Symlinked, "l", link), false), "cL+++++++++ l");
+        let gone = Changes::new(EntryKind::Dir, 0);
+        assert_eq!(itemize_line(&ev(EventKind::Deleted, "old", gone), false), "*deleting   old/");
+        let mut hard = ev(EventKind::Hardlinked, "b", EventKind::Hardlinked.default_changes());
+        hard.message = Some("=> a\n".into());
+        assert_eq!(itemize_line(&hard, false), "hf+++++++++ b => a\\n");
+        // A name cannot forge a second line.
+        let evil = ev(EventKind::Copied, "x\ny", new_file);
+        assert!(!itemize_line(&evil, false).contains('\n'));
+    }
+
+    #[test]
+    fn progress_lines_say_bytes_rate_files_and_eta() {
+        let s = Snapshot {
+            bytes_done: 1 << 30,
+            bytes_needed: 4 << 30,
+            files_done: 3,
+            files_needed: 10,
+            scanning: false,
+        };
+        let line = s.line(Duration::from_secs(7), f64::from(512u32 << 20), false);
+        assert!(line.contains("1.0 GiB / 4.0 GiB  25%"), "{line}");
+        assert!(line.contains("512.0 MiB/s  files 3/10  0:00:07 ETA 0:00:06"), "{line}");
+        assert!(!line.contains('\r') && !line.contains('\x1b'), "plain text for a pipe: {line}");
+        let scanning = Snapshot { scanning: true, ..s }.line(Duration::from_secs(61), 1e6, false);
+        assert!(
+            scanning.contains("(scanning)  0:01:01") && !scanning.contains("ETA"),
+            "{scanning}"
+        );
+        let done = Snapshot { bytes_done: 4 << 30, ..s }.line(Duration::from_secs(3600), 0.0, true);
+        assert!(done.contains("100%") && done.ends_with("1:00:00 done"), "{done}");
+        let empty = Snapshot { bytes_needed: 0, bytes_done: 0, ..s };
+        assert!(empty.line(Duration::ZERO, 0.0, true).contains("100%"));
     }
 
     #[test]

@@ -18,7 +18,16 @@ use blitx_storage::local::{LocalOptions, run_local};
 use blitx_storage::report::{FileError, SourceReport, TargetReport};
 
 use crate::exit::Exit;
-use crate::output::{PrintReporter, Summary, drive_bar, escape_str, make_bar};
+use crate::output::{PrintReporter, Summary, drive_bar, drive_lines, escape_str, make_bar};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProgressMode {
+    Off,
+    /// indicatif's bar on a terminal.
+    Bar,
+    /// A plain line every few seconds (`--progress` without a terminal).
+    Lines,
+}
 use crate::units::parse_bytes;
 
 #[derive(Debug, clap::Args)]
@@ -47,11 +56,17 @@ pub struct XferArgs {
     /// Leave out paths matching GLOB (repeatable). Without '/', matches names at any depth.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub excludes: Vec<String>,
-    /// Show a progress bar (default: on when stderr is a terminal).
+    /// Show progress: a bar on a terminal, else a line every 2 s (bytes, rate, files, ETA) and a
+    /// last one at the end (default: a bar when stderr is a terminal).
     #[arg(long, overrides_with = "no_progress")]
     pub progress: bool,
     #[arg(long, overrides_with = "progress")]
     pub no_progress: bool,
+    /// One line per change on stdout, like rsync's: `>f+++++++++ path` for a new file received,
+    /// `<f.st...... path` for a changed file sent, `cd` a directory made, `.f...p.....` only
+    /// permissions set, `*deleting` (letters: checksum size time perms owner group - acl xattr).
+    #[arg(short = 'i', long)]
+    pub itemize_changes: bool,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -87,14 +102,14 @@ pub struct XferArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub tcp_buffer: Option<u64>,
     /// Seconds without data-plane progress before a remote transfer fails.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub stall_timeout: u64,
     /// Seconds the daemon may take to connect, handshake and accept the session.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub connect_timeout: u64,
     /// End a remote transfer when the daemon sends nothing and no data moves for this long
     /// (0: wait as long as the daemon answers its keepalives).
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub idle_timeout: u64,
     /// When another blit transfer is writing into TARGET (or a directory above or below it),
     /// wait for it instead of failing.
@@ -103,12 +118,13 @@ pub struct XferArgs {
     /// Size of one chunk of a large file (e.g. 1M, 4M, 16M).
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_bytes)]
     pub chunk_size: u64,
-    /// Files up to this size are packed into bundles.
+    /// Files up to this size are packed into bundles (at most the bundle size less 4K: 1020K
+    /// with chunks of 1M or more).
     #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = parse_bytes)]
     pub small_file_max: u64,
-    /// I/O threads per side (default: the machine's cores, 2..=8).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// I/O threads per side (default: the machine's cores, 2..=8; at most 64).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: Option<u16>,
     /// Do not set owners even when running as root.
     #[arg(long)]
     pub no_owner: bool,
@@ -153,19 +169,47 @@ pub struct XferArgs {
     pub buffered: bool,
 }
 
+/// A value that parsed but does not fit (exit code 2, like clap's own usage errors): never
+/// clamped silently.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+macro_rules! usage {
+    ($($t:tt)*) => { return Err(UsageError(format!($($t)*)).into()) };
+}
+
 fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
-    let chunk = u32::try_from(args.chunk_size).context("--chunk-size is too large")?;
+    use blitx_core::session::{CHUNK_BYTES_MAX, CHUNK_BYTES_MIN};
+    let Some(chunk) = u32::try_from(args.chunk_size)
+        .ok()
+        .filter(|c| (CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX).contains(c) && c.is_multiple_of(4096))
+    else {
+        usage!("--chunk-size {} is outside 4K..=64M or not a multiple of 4K", args.chunk_size);
+    };
     let bundle = chunk.min(blitx_core::session::BUNDLE_BYTES_DEFAULT);
-    let small = u32::try_from(args.small_file_max)
-        .context("--small-file-max is too large")?
-        .min(bundle.saturating_sub(4096));
+    let small_max = bundle.saturating_sub(4096);
+    let Some(small) = u32::try_from(args.small_file_max).ok().filter(|s| *s <= small_max) else {
+        usage!(
+            "--small-file-max {} is above {small_max} bytes: a small file travels inside one \
+             bundle of {bundle} bytes (the chunk size, at most 1M) with its header",
+            args.small_file_max
+        );
+    };
     if let Some(n) = args.mem {
         if n == 0 {
-            bail!("--mem needs a size above 0");
+            usage!("--mem needs a size above 0");
         }
         for side in [&args.source, &args.target] {
             if !RemoteSpec::is_remote(side) && side != "-" {
-                bail!("with --mem the local side is `-` (memory), not {side:?}");
+                usage!("with --mem the local side is `-` (memory), not {side:?}");
             }
         }
     }
@@ -203,7 +247,7 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
                 }),
         },
     };
-    params.validate()?;
+    params.validate().map_err(|e| UsageError(e.to_string()))?;
     Ok(params)
 }
 
@@ -282,6 +326,7 @@ pub fn run(args: XferArgs, verbose: u8) -> Exit {
         Ok(code) => code,
         Err(e) => {
             let code = match e.downcast_ref::<ClientError>() {
+                _ if e.downcast_ref::<UsageError>().is_some() => Exit::Usage,
                 Some(c) if c.is_transport_unavailable() => Exit::TransportUnavailable,
                 Some(c) if c.is_stall() => Exit::Stalled,
                 _ => Exit::Fatal,
@@ -331,7 +376,7 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     let remote_source = RemoteSpec::is_remote(&args.source);
     let remote_target = RemoteSpec::is_remote(&args.target);
     if remote_source && remote_target {
-        bail!("SOURCE and TARGET are both remote; one side must be a local directory");
+        usage!("SOURCE and TARGET are both remote; one side must be a local directory");
     }
     if args.tcp_zero_copy && params.io == IoMode::Direct {
         eprintln!(
@@ -356,22 +401,25 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     // The handler sets the flag the engines look at and wakes every wait on the daemon.
     let cancel = Cancel::new();
     cancel.watch_signals().context("cannot install signal handler")?;
-    let show_bar = if args.progress {
-        true
-    } else if args.no_progress {
-        false
-    } else {
-        std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.dry_run
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // --progress: a bar on a terminal, lines every few seconds elsewhere; by default a bar
+    // only on a terminal.
+    let progress_mode = match (args.progress, args.no_progress, terminal) {
+        (true, _, true) => ProgressMode::Bar,
+        (true, _, false) => ProgressMode::Lines,
+        (false, false, true) if !args.dry_run => ProgressMode::Bar,
+        _ => ProgressMode::Off,
     };
-    let bar = make_bar(show_bar);
+    let bar = make_bar(progress_mode == ProgressMode::Bar);
     let reporter = PrintReporter {
         verbose: verbose > 0,
+        itemize: args.itemize_changes.then_some(remote_target),
         dry_run: args.dry_run,
         json: args.json,
         bar: bar.clone(),
         out: std::sync::Mutex::new(()),
     };
-    let threads = args.threads.unwrap_or_else(blitx_storage::default_io_threads);
+    let threads = args.threads.map_or_else(blitx_storage::default_io_threads, usize::from);
     // Placement first: every thread the transfer creates inherits it.
     let device = placement_device(args, remote_source || remote_target);
     let _placed = crate::topo::place_here(args.numa, device.as_deref())?;
@@ -382,7 +430,13 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
     let start = Instant::now();
     let done = AtomicBool::new(false);
     let outcome = std::thread::scope(|s| {
-        let bar_thread = bar.as_ref().map(|bar| s.spawn(|| drive_bar(bar, bar_progress, &done)));
+        let bar_thread = match (&bar, progress_mode) {
+            (Some(bar), _) => Some(s.spawn(|| drive_bar(bar, bar_progress, &done))),
+            (None, ProgressMode::Lines) => {
+                Some(s.spawn(|| drive_lines(bar_progress, &done, start)))
+            }
+            _ => None,
+        };
         let r = if remote_source || remote_target {
             run_remote(args, params, threads, &reporter, &progress, &cancel)
         } else {
@@ -616,9 +670,9 @@ fn run_remote(
         transport,
         streams: args.streams.unwrap_or(0),
         tcp_buffer_bytes: args.tcp_buffer.unwrap_or(0),
-        events: reporter.verbose || reporter.dry_run,
+        events: reporter.verbose || reporter.dry_run || reporter.itemize.is_some(),
         threads,
-        stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        stall_timeout: Duration::from_secs(args.stall_timeout),
         connect_timeout: Duration::from_secs(args.connect_timeout),
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         wait_lock: args.wait_lock,

@@ -733,6 +733,7 @@ pub fn event_to_pb(e: &Event) -> pb::Event {
         path: e.path.as_bytes().to_vec(),
         bytes: e.bytes,
         message: e.message.clone(),
+        changes: e.changes.bits(),
     }
 }
 
@@ -748,7 +749,17 @@ pub fn event_from_pb(e: &pb::Event) -> Result<Event, ConvertError> {
         Ok(pb::EventKind::Failed) => EventKind::Failed,
         Err(_) => return Err(bad("unknown event kind")),
     };
-    Ok(Event { kind, path: path(&e.path)?, bytes: e.bytes, message: e.message.clone() })
+    Ok(Event {
+        kind,
+        path: path(&e.path)?,
+        bytes: e.bytes,
+        message: e.message.clone(),
+        // Unknown bits dropped; an older daemon sends 0, read as the kind's default.
+        changes: match e.changes {
+            0 => kind.default_changes(),
+            bits => blitx_core::itemize::Changes::from_bits(bits),
+        },
+    })
 }
 
 fn errors_to_pb(errors: &[FileError]) -> Vec<pb::FileError> {

@@ -13,6 +13,7 @@
 pub mod cancel;
 pub mod frame;
 pub mod frame_suite;
+pub mod itemize;
 pub mod manifest;
 pub mod path;
 pub mod placer;

@@ -9,6 +9,7 @@ pub mod chunker;
 pub mod diff;
 pub mod exclude;
 pub mod hardlink;
+pub mod itemize;
 
 pub use chunker::{Chunker, NeededFile, Unit};
 pub use diff::{Action, Clear, Decision, DiffOptions, Differ, DirPlan};

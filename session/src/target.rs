@@ -28,6 +28,7 @@
 
 use blitx_core::RelPath;
 use blitx_core::frame::{FLAG_UNCHECKED, FrameHeader, FrameKind};
+use blitx_core::itemize::Changes;
 use blitx_core::manifest::{FileId, IdMap};
 
 use crate::chunkset::ChunkSet;
@@ -45,6 +46,8 @@ pub struct Wanted {
     pub sparse: bool,
     /// It travels in a bundle (one piece) rather than in chunks.
     pub small: bool,
+    /// What its commit changes at the target (reported with it, `--itemize-changes`).
+    pub changes: Changes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +112,7 @@ pub enum Step<M> {
     Park { id: FileId, shell: M },
     /// The file is complete (committed, or verified in a memory session); `reused_bytes` of
     /// it came from its partial file rather than over the wire.
-    Done { id: FileId, path: RelPath, size_bytes: u64, reused_bytes: u64 },
+    Done { id: FileId, path: RelPath, size_bytes: u64, reused_bytes: u64, changes: Changes },
     /// Save the journal of the file's temporary file: it holds the chunks `runs` (see
     /// [`Journal`]). Skip it if the temporary file is gone (committed or discarded); saved
     /// out of order it only records fewer chunks than there are.
@@ -593,6 +596,7 @@ impl<M> Receiving<M> {
                 path: f.wanted.path,
                 size_bytes: f.wanted.size_bytes,
                 reused_bytes,
+                changes: f.wanted.changes,
             });
         }
     }
@@ -613,7 +617,13 @@ mod tests {
     const CHUNK: u32 = 4096;
 
     fn wanted(size_bytes: u64) -> Wanted {
-        Wanted { path: RelPath::parse(b"d/f").unwrap(), size_bytes, sparse: false, small: false }
+        Wanted {
+            path: RelPath::parse(b"d/f").unwrap(),
+            size_bytes,
+            sparse: false,
+            small: false,
+            changes: Changes::default(),
+        }
     }
 
     fn chunk(id: FileId, index: u64, size_bytes: u64) -> FrameHeader {

@@ -1539,6 +1539,7 @@ impl Sim {
                             size_bytes: e.size_bytes,
                             sparse: e.sparse,
                             small: e.size_bytes <= u64::from(SMALL_FILE_BYTES),
+                            changes: Default::default(),
                         };
                         let handle = Handle { path: e.path.clone() };
                         let adopted = if self.resume && !wanted.small && !wanted.sparse {

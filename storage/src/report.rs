@@ -4,6 +4,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use blitx_core::RelPath;
+use blitx_core::itemize::Changes;
+use blitx_core::manifest::EntryKind as Kind;
 use serde::Serialize;
 
 /// Errors kept verbatim in a report; beyond this only the count grows (bounded memory).
@@ -31,6 +33,22 @@ pub struct Event {
     pub path: RelPath,
     pub bytes: u64,
     pub message: Option<String>,
+    /// What changed, attribute by attribute (`--itemize-changes`).
+    pub changes: Changes,
+}
+
+impl EventKind {
+    /// What an event of this kind changed when nothing more precise is known: a new file,
+    /// directory or link; nothing for the rest.
+    pub fn default_changes(self) -> Changes {
+        match self {
+            EventKind::Copied | EventKind::Hardlinked => Changes::new(Kind::File, Changes::NEW),
+            EventKind::DirCreated => Changes::new(Kind::Dir, Changes::NEW),
+            EventKind::Symlinked => Changes::new(Kind::Symlink, Changes::NEW),
+            EventKind::Unsupported => Changes::new(Kind::Special, 0),
+            EventKind::MetaUpdated | EventKind::Deleted | EventKind::Failed => Changes::default(),
+        }
+    }
 }
 
 /// Receives events as they happen (printing, JSON, or the control plane).

@@ -2,8 +2,9 @@
 //! a complete file's metadata applied and its temporary file renamed into place, a given-up
 //! file's temporary file removed, files done counted, errors reported.
 
-#[allow(clippy::wildcard_imports)]
 use super::*;
+#[allow(clippy::wildcard_imports)]
+use blitx_core::itemize::Changes;
 
 /// The session failed or was cancelled: every file not committed is given up (no error per
 /// file) and its temporary file removed.
@@ -51,10 +52,10 @@ pub(super) fn carry_out(shared: &Shared<'_>, mut steps: Vec<Step<Arc<Pending>>>)
                 Step::Discard { shell: p, .. } => p.discard(),
                 Step::Park { shell: p, .. } => park(shared, &p),
                 Step::Journal { shell: p, runs, .. } => save(shared, &p, runs),
-                Step::Done { path, size_bytes, reused_bytes, .. } => {
+                Step::Done { path, size_bytes, reused_bytes, changes, .. } => {
                     shared.counters.bytes_reused.fetch_add(reused_bytes, Ordering::Relaxed);
                     shared.opts.limits.release(pending_cost(&path));
-                    file_done(shared, &path, size_bytes);
+                    file_done(shared, &path, size_bytes, changes);
                 }
                 Step::Fail(e) => shared.error(e),
             }
@@ -90,12 +91,12 @@ pub(super) fn commit(shared: &Shared<'_>, p: &Pending, temp: &Temp) -> io::Resul
     Ok(())
 }
 
-pub(super) fn file_done(shared: &Shared<'_>, path: &RelPath, size_bytes: u64) {
+pub(super) fn file_done(shared: &Shared<'_>, path: &RelPath, size_bytes: u64, changes: Changes) {
     Progress::add(&shared.progress.files_done, 1);
     let c = &shared.counters;
     c.files_copied.fetch_add(1, Ordering::Relaxed);
     c.bytes_copied.fetch_add(size_bytes, Ordering::Relaxed);
-    shared.event(EventKind::Copied, path, size_bytes, None);
+    shared.event_changed(EventKind::Copied, path, size_bytes, None, changes);
 }
 
 /// Closes the descriptors of a complete file that waits for its verdict (see [`Step::Park`]).

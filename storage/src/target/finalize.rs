@@ -33,8 +33,9 @@ pub(super) fn finalize(shared: &Shared<'_>, plan: &mut Plan, not_done: &[FileId]
             }
         }
         Deletions::Delete(deletions) => {
-            for (path, _kind) in &deletions {
-                shared.event(EventKind::Deleted, path, 0, None);
+            for (path, kind) in &deletions {
+                let what = blitx_core::itemize::Changes::new(*kind, 0);
+                shared.event_changed(EventKind::Deleted, path, 0, None, what);
                 if dry {
                     c.deleted.fetch_add(1, Ordering::Relaxed);
                     continue;

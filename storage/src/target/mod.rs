@@ -19,6 +19,7 @@
 //! By job: [`plan`] (listings → actions and needs), [`write`] (frames → temporary files),
 //! [`commit`] (the steps: rename, discard, count, report), [`finalize`] (the end).
 
+use blitx_core::itemize::Changes;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
@@ -394,7 +395,18 @@ impl Shared<'_> {
     }
 
     fn event(&self, kind: EventKind, path: &RelPath, bytes: u64, message: Option<String>) {
-        self.reporter.event(Event { kind, path: path.clone(), bytes, message });
+        self.event_changed(kind, path, bytes, message, kind.default_changes());
+    }
+
+    fn event_changed(
+        &self,
+        kind: EventKind,
+        path: &RelPath,
+        bytes: u64,
+        message: Option<String>,
+        changes: Changes,
+    ) {
+        self.reporter.event(Event { kind, path: path.clone(), bytes, message, changes });
     }
 
     fn error(&self, e: FileError) {
@@ -457,6 +469,9 @@ fn control_loop(
                 shared.error(FileError::source(path, message));
             }
             SourceMsg::ManifestEnd => {
+                // The whole listing is known: totals stop growing (progress shows no
+                // "scanning" on this side either).
+                shared.progress.walk_done.store(true, std::sync::atomic::Ordering::Release);
                 send_to_source(shared, to_source, TargetMsg::NeedEnd)?;
             }
             SourceMsg::FileFailed { id, message, .. } => {

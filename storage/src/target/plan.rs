@@ -4,8 +4,9 @@
 //! in the way cleared, the files whose data is needed registered with
 //! [`Receiving`](blitx_session::target::Receiving), directories listed for `--mirror`.
 
-#[allow(clippy::wildcard_imports)]
 use super::*;
+#[allow(clippy::wildcard_imports)]
+use blitx_core::itemize::Changes;
 
 /// Listings at least this long are stat'ed by two threads.
 pub(super) const PARALLEL_STAT_MIN: usize = 256;
@@ -111,6 +112,12 @@ pub(super) fn handle_listing(
             }
         };
         let decision = plan.entry(entry, target.as_ref());
+        let changes = blitx_planner::itemize::changes(
+            entry,
+            target.as_ref(),
+            compare,
+            shared.owners && shared.id.root,
+        );
         // Partial files of interrupted transfers, searched for once the first file that could
         // resume is needed (a run that writes nothing pays nothing).
         let params = &shared.opts.params;
@@ -124,7 +131,7 @@ pub(super) fn handle_listing(
         {
             scan(shared, plan, dir, fd);
         }
-        apply(shared, plan, dfd.as_deref(), entry, decision, &mut needs)?;
+        apply(shared, plan, dfd.as_deref(), entry, decision, changes, &mut needs)?;
     }
     // Crash debris goes when a transfer writes into its directory again (or, with --mirror,
     // when the directory is read for deletions); a run that writes nothing pays nothing.
@@ -215,6 +222,7 @@ pub(super) fn apply(
     dfd: Option<&OwnedFd>,
     entry: &Entry,
     decision: blitx_planner::Decision,
+    changes: Changes,
     needs: &mut Answer,
 ) -> Result<(), TargetError> {
     let path = &entry.path;
@@ -244,7 +252,7 @@ pub(super) fn apply(
         }
         Action::MakeDir => {
             c.dirs_created.fetch_add(1, Ordering::Relaxed);
-            shared.event(EventKind::DirCreated, path, 0, None);
+            shared.event_changed(EventKind::DirCreated, path, 0, None, changes);
             let made = match dfd {
                 Some(fd) if !dry => {
                     // Owner-writable until finalization sets the real mode.
@@ -261,7 +269,7 @@ pub(super) fn apply(
         }
         Action::MakeSymlink => {
             c.symlinks.fetch_add(1, Ordering::Relaxed);
-            shared.event(EventKind::Symlinked, path, 0, None);
+            shared.event_changed(EventKind::Symlinked, path, 0, None, changes);
             match dfd {
                 Some(fd) if !dry => {
                     shared.touched(path);
@@ -272,7 +280,7 @@ pub(super) fn apply(
         }
         Action::FixMeta => {
             c.meta_updated.fetch_add(1, Ordering::Relaxed);
-            shared.event(EventKind::MetaUpdated, path, 0, None);
+            shared.event_changed(EventKind::MetaUpdated, path, 0, None, changes);
             match dfd {
                 Some(fd) if !dry => {
                     meta::apply_at(fd.as_fd(), name, entry.kind, &meta, &shared.id, shared.owners)
@@ -287,9 +295,9 @@ pub(super) fn apply(
             if dry {
                 c.files_copied.fetch_add(1, Ordering::Relaxed);
                 c.bytes_copied.fetch_add(entry.size_bytes, Ordering::Relaxed);
-                shared.event(EventKind::Copied, path, entry.size_bytes, None);
+                shared.event_changed(EventKind::Copied, path, entry.size_bytes, None, changes);
             } else {
-                need_file(shared, entry, meta, needs)?;
+                need_file(shared, entry, meta, changes, needs)?;
             }
             Ok(())
         }
@@ -307,6 +315,7 @@ pub(super) fn need_file(
     shared: &Shared<'_>,
     entry: &Entry,
     meta: Meta,
+    changes: Changes,
     needs: &mut Answer,
 ) -> Result<(), TargetError> {
     let params = &shared.opts.params;
@@ -356,6 +365,7 @@ pub(super) fn need_file(
         size_bytes: entry.size_bytes,
         sparse: entry.sparse,
         small: shared.opts.params.is_small(entry.size_bytes),
+        changes,
     };
     let wanted_now = match resumed {
         Some((parked, offered)) => {
@@ -389,7 +399,8 @@ pub(super) fn sink_listing(
     for e in entries {
         let small = shared.opts.params.is_small(e.size_bytes);
         if plan.sink_entry(e, small).map_err(TargetError::Protocol)? {
-            need_file(shared, e, Meta::of(e), &mut needs)?;
+            let changes = Changes::new(e.kind, Changes::NEW);
+            need_file(shared, e, Meta::of(e), changes, &mut needs)?;
         }
     }
     Ok(needs)
