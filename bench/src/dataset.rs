@@ -62,11 +62,12 @@ pub struct DatasetParams {
 }
 
 impl DatasetParams {
-    /// Defaults for a full run: about 1 GiB per dataset (raise them on 100 GbE).
+    /// Defaults for a full run: 0.4–2 GiB per dataset, each run a second or more here (raise
+    /// them on 100 GbE).
     pub fn full() -> DatasetParams {
         DatasetParams {
-            large_bytes: 1 << 30,
-            small_files: 20_000,
+            large_bytes: 2 << 30,
+            small_files: 100_000,
             small_file_bytes: 4 << 10,
             mixed_files: 1000,
             mixed_max_bytes: 8 << 20,
@@ -74,14 +75,17 @@ impl DatasetParams {
         }
     }
 
-    /// Tiny datasets for `--quick` (tens of MB in all).
+    /// Datasets for `--quick`, sized so that each run lasts at least half a second on a
+    /// two-core machine with tmpfs (blit copies ~2 GB/s of large files and ~80,000 small files
+    /// per second there; docs/benchmarks.md): shorter runs time the start-up, not the link.
+    /// About 2.5 GB in all; the report marks any run under 0.5 s.
     pub fn quick() -> DatasetParams {
         DatasetParams {
-            large_bytes: 32 << 20,
-            small_files: 500,
+            large_bytes: 1536 << 20,
+            small_files: 40_000,
             small_file_bytes: 4 << 10,
-            mixed_files: 100,
-            mixed_max_bytes: 1 << 20,
+            mixed_files: 1000,
+            mixed_max_bytes: 8 << 20,
             seed: 1,
         }
     }

@@ -102,6 +102,9 @@ fn dataset_rank(d: &Option<String>) -> usize {
 }
 
 /// The paste-ready Markdown summary.
+/// Runs shorter than this are marked in the table (`--quick` datasets are sized to exceed it).
+pub const SHORT_RUN_S: f64 = 0.5;
+
 pub fn render_markdown(r: &Report) -> String {
     let mut s = format!("# blit bench — {} — {}\n\n", r.host, r.started_utc);
     let c = &r.config;
@@ -160,11 +163,17 @@ pub fn render_markdown(r: &Report) -> String {
     let mut cells: Vec<&CellSummary> = r.cells.iter().collect();
     // Stable: within a dataset, blit cells (matrix order) come before baselines.
     cells.sort_by_key(|x| (dataset_rank(&x.key.dataset), !x.key.is_blit()));
+    let mut short = false;
     for x in &cells {
         let sp = x.seconds;
+        // A run this short measures start-up (process, daemon handshake, data connections)
+        // more than the link: marked, never silently mixed with real rates.
+        let brief = x.key.dataset.is_some() && sp.is_some_and(|v| v.median < SHORT_RUN_S);
+        short |= brief;
         s.push_str(&format!(
-            "| {} | {} | {}/{} | {} | {} | {} | {} | {} | {} |",
+            "| {}{} | {} | {}/{} | {} | {} | {} | {} | {} | {} |",
             cell_text(&x.label),
+            if brief { " †" } else { "" },
             x.key.dataset.as_deref().unwrap_or("(link)"),
             x.ok_runs,
             x.runs,
@@ -202,6 +211,12 @@ pub fn render_markdown(r: &Report) -> String {
                 g(x.server_cache_misses_per_gb),
             ));
         }
+    }
+    if short {
+        s.push_str(&format!(
+            "\n† : median run under {SHORT_RUN_S} s: start-up (process, handshake, connections) \
+             weighs on its rate; raise --large-size / --small-files / --mixed-files.\n"
+        ));
     }
     if coarse {
         s.push_str(&format!(
@@ -363,5 +378,23 @@ mod tests {
         assert!(md.contains("- baseline ib_write_bw: no verbs device"));
         assert!(md.contains("hardware counters unavailable: off for the test"));
         assert!(!md.contains("ctx-sw/GB"), "no counter columns without counters");
+        assert!(!md.contains('†'), "0.5 s runs are not short: {md}");
+    }
+
+    #[test]
+    fn runs_shorter_than_half_a_second_are_marked() {
+        let mut r = sample_report();
+        let mut runs = sample_runs();
+        for run in &mut runs {
+            run.seconds = 0.02;
+        }
+        r.cells = summarize(&runs);
+        let md = render_markdown(&r);
+        assert!(md.contains("| blit tcp push, 4 streams, chunk 1M † | small |"), "{md}");
+        assert!(
+            md.contains("| baseline: iperf3 -Z, 1 stream | (link) |"),
+            "a link test is timed by itself"
+        );
+        assert!(md.contains("† : median run under 0.5 s"), "{md}");
     }
 }

@@ -53,20 +53,20 @@ pub struct BenchArgs {
     /// Keep the generated datasets for the next run (reused when the sizes match).
     #[arg(long)]
     pub keep: bool,
-    /// Size of the large dataset's one file. [default: 1G; quick: 32M]
+    /// Size of the large dataset's one file. [default: 2G; quick: 1536M]
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub large_size: Option<u64>,
-    /// Files in the small dataset. [default: 20000; quick: 500]
+    /// Files in the small dataset. [default: 100000; quick: 40000]
     #[arg(long, value_name = "N")]
     pub small_files: Option<u64>,
     /// Size of each small file. [default: 4K]
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub small_size: Option<u64>,
     /// Files in the mixed dataset (log-uniform sizes from 1K to --mixed-max).
-    /// [default: 1000; quick: 100]
+    /// [default: 1000; quick: 1000]
     #[arg(long, value_name = "N")]
     pub mixed_files: Option<u64>,
-    /// Largest file of the mixed dataset. [default: 8M; quick: 1M]
+    /// Largest file of the mixed dataset. [default: 8M; quick: 8M]
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub mixed_max: Option<u64>,
     /// Seed of the dataset contents and sizes.

@@ -283,8 +283,24 @@ fn quick_bench_end_to_end() {
     let out = tmp.path().join("out");
     let work = tmp.path().join("work");
     let history = tmp.path().join("history.jsonl");
+    // The quick matrix with tiny datasets: this is a debug build under test, not a measurement
+    // (the real --quick sizes are measured in docs/benchmarks.md).
     let run = bench(
-        &["--quick", "--out", out.to_str().unwrap(), "--dir", work.to_str().unwrap()],
+        &[
+            "--quick",
+            "--large-size",
+            "32M",
+            "--small-files",
+            "500",
+            "--mixed-files",
+            "100",
+            "--mixed-max",
+            "1M",
+            "--out",
+            out.to_str().unwrap(),
+            "--dir",
+            work.to_str().unwrap(),
+        ],
         &history,
     );
     let stderr = String::from_utf8_lossy(&run.stderr);
