@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use blitx_core::rate::Pacer;
+use blitx_core::session::SessionParams;
+
 use crate::report::Progress;
 
 /// Approximate bytes a target keeps per file whose data has not arrived (bookkeeping, without
@@ -102,6 +105,9 @@ pub struct Limits {
     /// End the session when nothing arrives on the control channel and no data moves for this
     /// long; `None`: wait as long as the peer stays connected.
     pub idle_timeout: Option<Duration>,
+    /// A daemon's `--bwlimit`: one bucket shared by all its sessions, paced on what each sends
+    /// and what each receives; `None`: no cap.
+    pub pacer: Option<Pacer>,
 }
 
 impl Limits {
@@ -115,6 +121,12 @@ impl Limits {
             Some(b) => b.charge(what, bytes),
             None => Ok(()),
         }
+    }
+
+    /// What a sending half waits for: the session's own limit (`--bwlimit`, a bucket of its
+    /// own) and this side's cap.
+    pub fn pacers(&self, params: &SessionParams) -> Vec<Pacer> {
+        params.bwlimit_bytes_per_s.map(Pacer::new).into_iter().chain(self.pacer.clone()).collect()
     }
 
     pub fn release(&self, bytes: u64) {

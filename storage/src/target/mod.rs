@@ -275,6 +275,14 @@ pub fn run_target(
         .dup()
         .map_err(|e| TargetError::OpenRoot { path: opts.root.display().to_string(), source: e })?;
     let id = Identity::current();
+    // A daemon's cap also holds what it receives: frames wait for it before the writers take
+    // them, so the transport's window closes and the peer slows down.
+    let paced = blitx_core::rate::PacedReceiver::new(
+        transport,
+        opts.limits.pacer.iter().cloned().collect(),
+        cancel.clone(),
+    );
+    let transport: &dyn FrameReceiver = &paced;
     let shared = Shared {
         opts,
         dirs: DirCache::new(root_fd, opts.confine),
