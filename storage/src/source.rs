@@ -505,7 +505,8 @@ fn dispatch(
     from_target: &Receiver<TargetMsg>,
     pending: &Unanswered,
 ) -> Result<(), SourceError> {
-    let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
+    let mut idle =
+        IdleClock::new(shared.opts.limits.idle_timeout_for(&shared.opts.params), shared.progress);
     let mut timer = idle.timer();
     loop {
         // Woken by the target's message, the cancel (a failure of this half fires it too), or

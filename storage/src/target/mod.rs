@@ -422,7 +422,8 @@ fn control_loop(
     from_source: &Receiver<SourceMsg>,
     to_source: &Sender<TargetMsg>,
 ) -> Result<(), TargetError> {
-    let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
+    let mut idle =
+        IdleClock::new(shared.opts.limits.idle_timeout_for(&shared.opts.params), shared.progress);
     let mut timer = idle.timer();
     loop {
         // Woken by the source's message, the cancel (a failure of this half fires it too), or
