@@ -297,9 +297,11 @@ mod tests {
 
     #[test]
     fn a_bandwidth_limit_must_move_a_chunk_within_the_frame_time() {
-        let with = |rate, chunk| SessionParams {
+        let with = |rate, chunk: u32| SessionParams {
             bwlimit_bytes_per_s: Some(rate),
             chunk_bytes: chunk,
+            bundle_bytes: chunk.min(BUNDLE_BYTES_DEFAULT),
+            small_file_bytes_max: 0,
             ..SessionParams::default()
         };
         assert!(with(0, 4 << 20).validate().is_err());
