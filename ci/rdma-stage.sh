@@ -32,7 +32,8 @@
 #      blit uses two QPs by default), with MiB/s, client + daemon CPU
 #      and the RDMA counters (WRs/MiB, payload copies) from both sides' logs,
 #      and once as a memory session (--mem 256M: generated, verified,
-#      discarded). Then --io direct: the file pushed over rdma into an ext4 on
+#      discarded), and a memory push and pull at --bwlimit 20M that must land
+#      within 5 % of 20 MB/s (paced over rdma). Then --io direct: the file pushed over rdma into an ext4 on
 #      a loop device and pulled back into it; no payload copy, nothing of the
 #      written files in the page cache (fincore), the bytes equal.
 #   3. two VMs (ci/rxe/rxe-pair, two rxe devices on a private link):
@@ -158,6 +159,16 @@ blit_xfer() {  # LABEL WANT_TRANSPORT XFER_ARGS...: exit 0, the transport wanted
       -v b="$(json_num "$j" bytes)" -v sec="$(json_num "$j" seconds)" 'BEGIN {
     printf "ok: %s: transport %s (%d stream/QP), %d files, %.1f MiB in %.2f s = %.1f MiB/s\n",
            l, t, s, f, b / 1048576, sec, (sec > 0 ? b / 1048576 / sec : 0) }'
+}
+
+blit_paced() {  # LABEL XFER_ARGS...: an rdma transfer at --bwlimit 20M lands within 5 % of 20 MB/s
+  local label=$1; shift
+  blit_xfer "$label" rdma "$@" --transport rdma --bwlimit 20M || return 1
+  local j=$OUT/blit-$label.json
+  awk -v l="$label" -v b="$(json_num "$j" bytes_moved)" -v sec="$(json_num "$j" seconds)" 'BEGIN {
+    r = (sec > 0 ? b / sec : 0); d = 100 * (r / 20e6 - 1)
+    printf "%s: %s: %.2f MB/s at --bwlimit 20M (%+.1f %%)\n", (d < -5 || d > 5 ? "FAIL" : "ok"), l, r / 1e6, d
+    exit (d < -5 || d > 5) }'
 }
 
 daemon_start() {  # ROOT ADDR LOG [ARGS...]: background blit daemon, DPID; waits for its listener
@@ -354,6 +365,9 @@ guest_blit_loopback() {
   blit_bench tcp tcp --transport tcp || rc=1
   section "blit push --transport rdma --mem 256M (generated data, verified and discarded: no file on either side)"
   blit_bench rdma-4M-mem rdma --transport rdma --mem 256M || rc=1
+  section "blit --bwlimit 20M over rdma, --mem 256M push and pull (~13 s each): within 5 % of 20 MB/s"
+  blit_paced rdma-bwlimit-push --mem 256M - "blit://$RXE_VM_IP:9031/bwlimit" || rc=1
+  blit_paced rdma-bwlimit-pull --mem 256M "blit://$RXE_VM_IP:9031/bwlimit" - || rc=1
   echo "guest load after: $(cat /proc/loadavg)"
   section ""
   daemon_stop "$DPID"

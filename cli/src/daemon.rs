@@ -68,12 +68,22 @@ pub struct DaemonArgs {
     /// End a session when the client sends nothing and no data moves for this long.
     #[arg(long, value_name = "SECS", default_value_t = server::IDLE_TIMEOUT_SECS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub idle_timeout: u64,
+    /// Bytes per second all sessions together move, sending and receiving (one shared cap):
+    /// 200M is 200 MB/s (decimal; 200MiB for binary). At least a 4 MiB chunk in 5 s.
+    #[arg(long, value_name = "RATE", value_parser = crate::units::parse_rate)]
+    pub bwlimit: Option<u64>,
 }
 
 pub fn run(args: DaemonArgs) -> Exit {
     if !args.root.is_dir() {
         eprintln!("blit: error: --root {} is not a directory", args.root.display());
         return Exit::Fatal;
+    }
+    if let Some(rate) = args.bwlimit
+        && let Err(e) = blitx_core::rate::check_rate(rate, blitx_core::session::CHUNK_BYTES_DEFAULT)
+    {
+        eprintln!("blit: error: --bwlimit: {e}");
+        return Exit::Usage;
     }
     let mut cfg = DaemonConfig::new(args.root, args.listen);
     cfg.read_only = args.read_only;
@@ -92,6 +102,7 @@ pub fn run(args: DaemonArgs) -> Exit {
     cfg.memory_bytes = args.memory;
     cfg.open_timeout = Duration::from_secs(args.open_timeout);
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout);
+    cfg.bwlimit_bytes_per_s = args.bwlimit;
     let shutdown = blitx_control::cancel::Cancel::new();
     match run_daemon(cfg, shutdown, |addr| eprintln!("blit daemon listening on {addr}")) {
         Ok(()) => Exit::Ok,

@@ -101,6 +101,11 @@ pub struct XferArgs {
     /// Socket buffer per TCP stream (default: sized by the kernel's autotuning / BDP).
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub tcp_buffer: Option<u64>,
+    /// Move at most RATE bytes per second, on every transport and all streams together: 200M
+    /// is 200 MB/s (decimal; 200MiB for binary). One chunk must fit in 5 s of it (lower
+    /// --chunk-size for slow rates). Pulls: the daemon sends at this rate.
+    #[arg(long, value_name = "RATE", value_parser = crate::units::parse_rate)]
+    pub bwlimit: Option<u64>,
     /// Seconds without data-plane progress before a remote transfer fails.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub stall_timeout: u64,
@@ -246,6 +251,7 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
                     d.on
                 }),
         },
+        bwlimit_bytes_per_s: args.bwlimit,
     };
     params.validate().map_err(|e| UsageError(e.to_string()))?;
     Ok(params)
@@ -329,6 +335,13 @@ pub fn run(args: XferArgs, verbose: u8) -> Exit {
                 _ if e.downcast_ref::<UsageError>().is_some() => Exit::Usage,
                 Some(c) if c.is_transport_unavailable() => Exit::TransportUnavailable,
                 Some(c) if c.is_stall() => Exit::Stalled,
+                _ if matches!(
+                    e.downcast_ref::<blitx_core::session::ParamsError>(),
+                    Some(blitx_core::session::ParamsError::BwLimit(_))
+                ) =>
+                {
+                    Exit::Usage
+                }
                 _ => Exit::Fatal,
             };
             eprintln!("blit: error: {}", escape_str(&error_chain(&e)));

@@ -200,6 +200,7 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
         mem_bytes: p.mem_bytes.unwrap_or(0),
         no_resume: !p.resume,
         delta: p.delta,
+        bwlimit_bytes_per_s: p.bwlimit_bytes_per_s.unwrap_or(0),
     }
 }
 
@@ -233,6 +234,7 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         mem_bytes: (p.mem_bytes > 0).then_some(p.mem_bytes),
         resume: !p.no_resume,
         delta: p.delta,
+        bwlimit_bytes_per_s: (p.bwlimit_bytes_per_s > 0).then_some(p.bwlimit_bytes_per_s),
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use blitx_core::rate::Pacer;
 use blitx_core::session::{SourceMsg, TargetMsg};
 use blitx_storage::RootDir;
 use blitx_storage::limits::{Budget, Limits};
@@ -96,6 +97,9 @@ pub struct DaemonConfig {
     pub open_timeout: Duration,
     /// A session in which nothing arrives and no data moves for this long is ended.
     pub idle_timeout: Duration,
+    /// `--bwlimit`: bytes per second all sessions together send and receive (one token bucket);
+    /// `None`: no cap.
+    pub bwlimit_bytes_per_s: Option<u64>,
 }
 
 /// Defaults of the daemon's limits (`blit daemon --help` shows the same values).
@@ -129,6 +133,7 @@ impl DaemonConfig {
             memory_bytes: 4 << 30,         // MEMORY_DEFAULT
             open_timeout: Duration::from_secs(OPEN_TIMEOUT_SECS_DEFAULT),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS_DEFAULT),
+            bwlimit_bytes_per_s: None,
         }
     }
 }
@@ -161,6 +166,8 @@ struct Daemon {
     sessions: Arc<tokio::sync::Semaphore>,
     /// Memory of all sessions together.
     budget: Arc<Budget>,
+    /// The `--bwlimit` bucket of all sessions together.
+    pacer: Option<Pacer>,
     conns: Arc<crate::conns::Registry>,
     privileges: Privileges,
 }
@@ -269,6 +276,7 @@ pub fn run_daemon(
         next_session: AtomicU64::new(1),
         sessions: Arc::new(tokio::sync::Semaphore::new(cfg.max_sessions.max(1))),
         budget: Budget::new("for all sessions (--memory)", cfg.memory_bytes, None),
+        pacer: cfg.bwlimit_bytes_per_s.map(Pacer::new),
         conns: Arc::clone(&conns),
         privileges,
     };
@@ -457,6 +465,7 @@ impl Blit for Daemon {
             shutdown: self.shutdown.clone(),
             rt: tokio::runtime::Handle::current(),
             budget: Arc::clone(&self.budget),
+            pacer: self.pacer.clone(),
             privileges: self.privileges,
         };
         let active = self.active.clone();
@@ -509,6 +518,8 @@ struct SessionCtx {
     rt: tokio::runtime::Handle,
     /// The daemon's memory budget; each session draws on it through one of its own.
     budget: Arc<Budget>,
+    /// The daemon's `--bwlimit` bucket, shared with every other session.
+    pacer: Option<Pacer>,
     privileges: Privileges,
 }
 
@@ -838,6 +849,7 @@ impl SessionCtx {
             entries_max: self.cfg.max_entries,
             budget: Some(Arc::clone(&budget)),
             idle_timeout: Some(self.cfg.idle_timeout),
+            pacer: self.pacer.clone(),
         };
         std::thread::scope(|s| {
             // Client → engine.

@@ -5,7 +5,8 @@
 //! ([`session`]), the data-plane frame format ([`frame`]) and the one validation of received
 //! frames, the bounded pool of aligned buffers ([`pool`]), the NUMA [`placer`] hook, the
 //! [`transport`] seam (frames: [`transport`]; set-up: [`plane`]; cancellation and the first
-//! failure: [`cancel`]) with its in-process implementation, and the frame-level conformance
+//! failure: [`cancel`]) with its in-process implementation, bandwidth limits ([`rate`]: a token
+//! bucket and the pacing wrappers of a transport's halves), and the frame-level conformance
 //! suite every backend runs ([`frame_suite`]). It performs no file or network I/O of its own (the pool maps anonymous
 //! memory, nothing else).
 #![deny(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod placer;
 pub mod plane;
 #[allow(unsafe_code)]
 pub mod pool;
+pub mod rate;
 pub mod session;
 pub mod transport;
 

@@ -89,6 +89,11 @@ pub struct SessionParams {
     /// target sends the copy's block signature ([`TargetMsg::Signature`]) and the source sends
     /// each chunk as a recipe of copies from it and literal bytes where that is shorter.
     pub delta: bool,
+    /// `--bwlimit`: the most bytes per second the sending half moves (frame headers and
+    /// payloads), shared by all its streams; `None`: no limit. At least one chunk per
+    /// [`crate::rate::FRAME_SECS_MAX`] s ([`crate::rate::check_rate`]).
+    #[serde(default)]
+    pub bwlimit_bytes_per_s: Option<u64>,
 }
 
 impl Default for SessionParams {
@@ -108,6 +113,7 @@ impl Default for SessionParams {
             mem_bytes: None,
             resume: true,
             delta: false,
+            bwlimit_bytes_per_s: None,
         }
     }
 }
@@ -128,6 +134,8 @@ pub enum ParamsError {
         "a memory session moves one chunked file: {0} bytes is empty or within the small-file limit"
     )]
     MemBytes(u64),
+    #[error(transparent)]
+    BwLimit(#[from] crate::rate::RateError),
 }
 
 impl SessionParams {
@@ -150,6 +158,9 @@ impl SessionParams {
             && (n == 0 || self.is_small(n))
         {
             return Err(ParamsError::MemBytes(n));
+        }
+        if let Some(rate) = self.bwlimit_bytes_per_s {
+            crate::rate::check_rate(rate, chunk)?;
         }
         if self.small_file_bytes_max > self.bundle_bytes {
             return Err(ParamsError::SmallFile {
@@ -282,6 +293,22 @@ mod tests {
         assert_eq!(p.validate(), Err(ParamsError::ChunkBytes(1000)));
         let p = SessionParams { bundle_bytes: 8 << 20, ..SessionParams::default() };
         assert!(matches!(p.validate(), Err(ParamsError::Bundle { .. })));
+    }
+
+    #[test]
+    fn a_bandwidth_limit_must_move_a_chunk_within_the_frame_time() {
+        let with = |rate, chunk: u32| SessionParams {
+            bwlimit_bytes_per_s: Some(rate),
+            chunk_bytes: chunk,
+            bundle_bytes: chunk.min(BUNDLE_BYTES_DEFAULT),
+            small_file_bytes_max: 0,
+            ..SessionParams::default()
+        };
+        assert!(with(0, 4 << 20).validate().is_err());
+        assert!(matches!(with(100_000, 4 << 20).validate(), Err(ParamsError::BwLimit(_))));
+        assert!(with(100_000, 256 << 10).validate().is_ok());
+        assert!(with(u64::MAX, 64 << 20).validate().is_ok());
+        assert!(SessionParams { bwlimit_bytes_per_s: None, ..with(1, 4096) }.validate().is_ok());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! copies real trees through it with the real source and target halves and compares the result
 //! byte for byte and by metadata. Scenarios: one large file, many small files, empty files and
 //! directories, a mixed tree, cancellation mid-way, a peer that disappears, a file that changes
-//! while it is read, and a chunk damaged after its checksum was computed. A backend is done when
+//! while it is read, a chunk damaged after its checksum was computed, and a rate-limited copy
+//! (paced at the source and at the target). A backend is done when
 //! it passes all of them.
 
 use std::path::Path;
@@ -473,6 +474,65 @@ pub fn delta_against_an_old_copy(h: &dyn Harness) {
     );
 }
 
+/// `--bwlimit` over this backend: the source's frames wait for the session's bucket before the
+/// transport takes them, and a target with a cap (a daemon's) takes frames only as its bucket
+/// allows, which closes the transport's window (TCP stops reading, RDMA returns credits later).
+/// Either way the tree arrives whole, and no sooner than its bytes allow at the rate (less one
+/// burst): a lower bound, which load cannot break.
+pub fn rate_limited(h: &dyn Harness) {
+    const RATE_BYTES_PER_S: u64 = 20_000_000;
+    let size = 8_000_000u64;
+    // Bytes at the rate, less the bucket's burst (1/20 s) and a margin for the clock.
+    let at_least = Duration::from_millis(300);
+    let src = tempdir();
+    testkit::write_random(&src.path().join("big"), size, &mut testkit::Rng::new(65));
+    testkit::mixed_tree(&src.path().join("small"), 66, 20, 1, 20_000);
+    for side in ["source", "target"] {
+        let dst = tempdir();
+        let mut p = params();
+        let mut target = TargetOptions::new(
+            RootDir::open(dst.path()).unwrap_or_else(|e| panic!("{}: {e}", dst.path().display())),
+            p.clone(),
+            2,
+        );
+        if side == "source" {
+            p.bwlimit_bytes_per_s = Some(RATE_BYTES_PER_S);
+        } else {
+            target.limits.pacer = Some(blitx_core::rate::Pacer::new(RATE_BYTES_PER_S));
+        }
+        let source = SourceOptions {
+            root: RootDir::open(src.path()).unwrap_or_else(|e| panic!("source root: {e}")),
+            params: p.clone(),
+            walk_threads: 2,
+            read_threads: 2,
+            confine: false,
+            limits: crate::limits::Limits::none(),
+        };
+        let (tx, rx) = h.pair(&p);
+        let started = std::time::Instant::now();
+        let (_, t) = run_pair(
+            &source,
+            &target,
+            tx.as_ref(),
+            rx.as_ref(),
+            &Quiet,
+            &PairProgress::default(),
+            &Cancel::new(),
+        )
+        .unwrap_or_else(|e| panic!("{}: paced at the {side}: transfer failed: {e:?}", h.name()));
+        let took = started.elapsed();
+        assert_eq!(t.error_count, 0, "{}: paced at the {side}: {:?}", h.name(), t.errors);
+        testkit::compare_trees(src.path(), dst.path())
+            .unwrap_or_else(|e| panic!("{}: paced at the {side}: trees differ: {e}", h.name()));
+        assert!(
+            took >= at_least,
+            "{}: {size} bytes paced at {RATE_BYTES_PER_S} bytes/s at the {side} took {took:?}",
+            h.name()
+        );
+        eprintln!("{}: paced at the {side}: {size} bytes in {took:?}", h.name());
+    }
+}
+
 /// Runs every scenario against one backend.
 pub fn run_suite(h: &dyn Harness) {
     large_file(h);
@@ -485,4 +545,5 @@ pub fn run_suite(h: &dyn Harness) {
     corrupted_chunk(h);
     memory_session(h);
     delta_against_an_old_copy(h);
+    rate_limited(h);
 }

@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use blitx_core::rate::{FRAME_SECS_MAX, Pacer};
+use blitx_core::session::SessionParams;
+
 use crate::report::Progress;
 
 /// Approximate bytes a target keeps per file whose data has not arrived (bookkeeping, without
@@ -21,6 +24,9 @@ pub const PENDING_FILE_BYTES: u64 = 256;
 pub const DIR_BYTES: u64 = 96;
 /// Approximate bytes per name while a directory's listing is still arriving in parts.
 pub const NAME_BYTES: u64 = 48;
+
+/// The shortest idle timeout of a paced session: twice the longest a chunk may take at its limit.
+pub const PACED_IDLE_MIN: Duration = Duration::from_secs(2 * FRAME_SECS_MAX);
 
 /// A limit was reached; the session is refused or ended (gRPC RESOURCE_EXHAUSTED).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,6 +108,9 @@ pub struct Limits {
     /// End the session when nothing arrives on the control channel and no data moves for this
     /// long; `None`: wait as long as the peer stays connected.
     pub idle_timeout: Option<Duration>,
+    /// A daemon's `--bwlimit`: one bucket shared by all its sessions, paced on what each sends
+    /// and what each receives; `None`: no cap.
+    pub pacer: Option<Pacer>,
 }
 
 impl Limits {
@@ -115,6 +124,20 @@ impl Limits {
             Some(b) => b.charge(what, bytes),
             None => Ok(()),
         }
+    }
+
+    /// The idle timeout this half applies: a paced session (its own `--bwlimit` or this side's
+    /// cap) moves a chunk at most every [`FRAME_SECS_MAX`] s by design, so its limit is at
+    /// least [`PACED_IDLE_MIN`] — the user's limit must not look like a dead peer.
+    pub fn idle_timeout_for(&self, params: &SessionParams) -> Option<Duration> {
+        let paced = params.bwlimit_bytes_per_s.is_some() || self.pacer.is_some();
+        self.idle_timeout.map(|t| if paced { t.max(PACED_IDLE_MIN) } else { t })
+    }
+
+    /// What a sending half waits for: the session's own limit (`--bwlimit`, a bucket of its
+    /// own) and this side's cap.
+    pub fn pacers(&self, params: &SessionParams) -> Vec<Pacer> {
+        params.bwlimit_bytes_per_s.map(Pacer::new).into_iter().chain(self.pacer.clone()).collect()
     }
 
     pub fn release(&self, bytes: u64) {
@@ -193,6 +216,20 @@ mod tests {
         assert_eq!(daemon.used_bytes(), 0);
         b.charge("buffers", 55).unwrap();
         assert_eq!(daemon.used_bytes(), 55);
+    }
+
+    #[test]
+    fn a_paced_session_never_has_an_idle_timeout_below_twice_a_chunks_time() {
+        let short = Limits { idle_timeout: Some(Duration::from_secs(1)), ..Limits::none() };
+        let plain = SessionParams::default();
+        let limited = SessionParams { bwlimit_bytes_per_s: Some(1 << 20), ..plain.clone() };
+        assert_eq!(short.idle_timeout_for(&plain), Some(Duration::from_secs(1)));
+        assert_eq!(short.idle_timeout_for(&limited), Some(PACED_IDLE_MIN));
+        let capped = Limits { pacer: Some(Pacer::new(1 << 20)), ..short.clone() };
+        assert_eq!(capped.idle_timeout_for(&plain), Some(PACED_IDLE_MIN));
+        let long = Limits { idle_timeout: Some(Duration::from_secs(300)), ..capped };
+        assert_eq!(long.idle_timeout_for(&limited), Some(Duration::from_secs(300)));
+        assert_eq!(Limits::none().idle_timeout_for(&limited), None);
     }
 
     #[test]

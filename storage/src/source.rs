@@ -332,6 +332,11 @@ pub fn run_source(
         path: opts.root.display().to_string(),
         source: e,
     })?;
+    // `--bwlimit` and the daemon's cap: every frame waits for them before the transport takes
+    // it, whichever transport it is (one bucket per session, shared by every reader).
+    let pacers = opts.limits.pacers(&opts.params);
+    let paced = blitx_core::rate::PacedSender::new(transport, pacers, cancel.clone());
+    let transport: &dyn FrameSender = &paced;
     let shared = Shared {
         opts,
         dirs: DirCache::new(root_fd, opts.confine),
@@ -500,7 +505,8 @@ fn dispatch(
     from_target: &Receiver<TargetMsg>,
     pending: &Unanswered,
 ) -> Result<(), SourceError> {
-    let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
+    let mut idle =
+        IdleClock::new(shared.opts.limits.idle_timeout_for(&shared.opts.params), shared.progress);
     let mut timer = idle.timer();
     loop {
         // Woken by the target's message, the cancel (a failure of this half fires it too), or

@@ -276,6 +276,14 @@ pub fn run_target(
         .dup()
         .map_err(|e| TargetError::OpenRoot { path: opts.root.display().to_string(), source: e })?;
     let id = Identity::current();
+    // A daemon's cap also holds what it receives: frames wait for it before the writers take
+    // them, so the transport's window closes and the peer slows down.
+    let paced = blitx_core::rate::PacedReceiver::new(
+        transport,
+        opts.limits.pacer.iter().cloned().collect(),
+        cancel.clone(),
+    );
+    let transport: &dyn FrameReceiver = &paced;
     let shared = Shared {
         opts,
         dirs: DirCache::new(root_fd, opts.confine),
@@ -426,7 +434,8 @@ fn control_loop(
     from_source: &Receiver<SourceMsg>,
     to_source: &Sender<TargetMsg>,
 ) -> Result<(), TargetError> {
-    let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
+    let mut idle =
+        IdleClock::new(shared.opts.limits.idle_timeout_for(&shared.opts.params), shared.progress);
     let mut timer = idle.timer();
     loop {
         // Woken by the source's message, the cancel (a failure of this half fires it too), or
