@@ -66,8 +66,8 @@ pub struct SessionParams {
     /// Delete target paths that the source lacks (after everything else succeeded).
     pub mirror: bool,
     pub dry_run: bool,
-    /// Glob patterns of paths to leave out (and, in mirror mode, to leave alone on the target).
-    pub excludes: Vec<String>,
+    /// What is transferred (and, in mirror mode, what is left alone on the target).
+    pub filter: crate::filter::FilterParams,
     /// Apply owner and group (only effective when the target runs as root).
     pub preserve_owner: bool,
     /// Make each file's data durable (`fsync`) before it is renamed into place, and the
@@ -100,7 +100,7 @@ impl Default for SessionParams {
             compare: Compare::SizeMtime,
             mirror: false,
             dry_run: false,
-            excludes: Vec::new(),
+            filter: crate::filter::FilterParams::default(),
             preserve_owner: true,
             fsync: false,
             io: IoMode::Auto,
@@ -128,6 +128,8 @@ pub enum ParamsError {
         "a memory session moves one chunked file: {0} bytes is empty or within the small-file limit"
     )]
     MemBytes(u64),
+    #[error(transparent)]
+    Filter(#[from] crate::filter::FilterBoundError),
 }
 
 impl SessionParams {
@@ -151,6 +153,7 @@ impl SessionParams {
         {
             return Err(ParamsError::MemBytes(n));
         }
+        self.filter.validate()?;
         if self.small_file_bytes_max > self.bundle_bytes {
             return Err(ParamsError::SmallFile {
                 small: self.small_file_bytes_max,
