@@ -5,12 +5,14 @@ mod bench;
 mod daemon;
 mod delta_auto;
 mod exit;
+mod filters;
 mod output;
 mod topo;
 mod units;
 mod xfer;
 
 use clap::{Parser, Subcommand};
+
 
 #[derive(Debug, Parser)]
 #[command(name = "blit", version, about = "Fast file transfer: RDMA first, zero-copy TCP fallback")]
@@ -95,7 +97,13 @@ fn escape_log_line(buf: &[u8]) -> Vec<u8> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+        .unwrap_or_else(|e| e.exit());
+    // Filter rules keep their command-line order across flags (first match wins).
+    if let (Command::Xfer(args), Some(("xfer", sub))) = (&mut cli.command, matches.subcommand()) {
+        args.filters.order(sub);
+    }
     init_logging(cli.verbose);
     let code = match cli.command {
         Command::Xfer(args) => xfer::run(args, cli.verbose),

@@ -44,9 +44,8 @@ pub struct XferArgs {
     /// Compare file contents (xxh3-128) instead of size and modification time.
     #[arg(short = 'c', long)]
     pub checksum: bool,
-    /// Leave out paths matching GLOB (repeatable). Without '/', matches names at any depth.
-    #[arg(long = "exclude", value_name = "GLOB")]
-    pub excludes: Vec<String>,
+    #[command(flatten)]
+    pub filters: crate::filters::FilterArgs,
     /// Show a progress bar (default: on when stderr is a terminal).
     #[arg(long, overrides_with = "no_progress")]
     pub progress: bool,
@@ -177,7 +176,10 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
         compare: if args.checksum { Compare::Checksum } else { Compare::SizeMtime },
         mirror: args.mirror,
         dry_run: args.dry_run,
-        excludes: args.excludes.clone(),
+        filter: args.filters.params(
+            (!RemoteSpec::is_remote(&args.source) && args.mem.is_none())
+                .then(|| Path::new(&args.source)),
+        )?,
         preserve_owner: !args.no_owner,
         fsync: args.fsync,
         io: match args.io.as_str() {
@@ -284,6 +286,7 @@ pub fn run(args: XferArgs, verbose: u8) -> Exit {
             let code = match e.downcast_ref::<ClientError>() {
                 Some(c) if c.is_transport_unavailable() => Exit::TransportUnavailable,
                 Some(c) if c.is_stall() => Exit::Stalled,
+                _ if e.is::<crate::filters::UsageError>() => Exit::Usage,
                 _ => Exit::Fatal,
             };
             eprintln!("blit: error: {}", escape_str(&error_chain(&e)));
@@ -295,7 +298,7 @@ pub fn run(args: XferArgs, verbose: u8) -> Exit {
 /// `context: cause: cause`, each cause once. Some errors print their source in their own
 /// message as well (`#[error("... {0}")]` next to `#[source]`), which anyhow's `{:#}` would
 /// repeat; a cause already contained in the message before it is left out.
-fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut previous = String::new();
     for cause in e.chain() {
