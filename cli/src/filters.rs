@@ -25,10 +25,10 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 pub struct FilterArgs {
     /// Leave out paths matching PATTERN (rsync syntax, repeatable; the first matching
     /// --include/--exclude rule decides). Without '/', matches names at any depth.
-    #[arg(long = "exclude", value_name = "PATTERN")]
+    #[arg(long = "exclude", value_name = "PATTERN", allow_hyphen_values = true)]
     pub excludes: Vec<String>,
     /// Transfer paths matching PATTERN even if a later --exclude matches them.
-    #[arg(long = "include", value_name = "PATTERN")]
+    #[arg(long = "include", value_name = "PATTERN", allow_hyphen_values = true)]
     pub includes: Vec<String>,
     /// Read exclude patterns from FILE ('-': stdin), one a line; blank lines and lines
     /// starting with ';' or '#' are ignored; '+ '/'- ' prefixes choose the rule's kind.
@@ -38,7 +38,7 @@ pub struct FilterArgs {
     #[arg(long, value_name = "FILE")]
     pub include_from: Vec<String>,
     /// A filter rule: '+ PATTERN' (include) or '- PATTERN' (exclude).
-    #[arg(long = "filter", short = 'f', value_name = "RULE")]
+    #[arg(long = "filter", short = 'f', value_name = "RULE", allow_hyphen_values = true)]
     pub filter_rules: Vec<String>,
     /// Transfer only the paths listed in FILE ('-': stdin), relative to SOURCE, one a line
     /// (a directory with everything below it); the directories leading to them are made.
