@@ -60,15 +60,15 @@ pub struct FilterArgs {
 }
 
 /// The ids of the rule flags, as clap names them.
-const RULE_FLAGS: [&str; 5] = ["excludes", "includes", "exclude_from", "include_from", "filter_rules"];
+const RULE_FLAGS: [&str; 5] =
+    ["excludes", "includes", "exclude_from", "include_from", "filter_rules"];
 
 impl FilterArgs {
     /// Records the command-line order of the rule flags from `matches` (the `xfer` matches).
     pub fn order(&mut self, matches: &clap::ArgMatches) {
         let mut order = Vec::new();
         for id in RULE_FLAGS {
-            let (Some(idx), Some(vals)) =
-                (matches.indices_of(id), matches.get_many::<String>(id))
+            let (Some(idx), Some(vals)) = (matches.indices_of(id), matches.get_many::<String>(id))
             else {
                 continue;
             };

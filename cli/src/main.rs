@@ -13,7 +13,6 @@ mod xfer;
 
 use clap::{Parser, Subcommand};
 
-
 #[derive(Debug, Parser)]
 #[command(name = "blit", version, about = "Fast file transfer: RDMA first, zero-copy TCP fallback")]
 struct Cli {
@@ -98,8 +97,8 @@ fn escape_log_line(buf: &[u8]) -> Vec<u8> {
 
 fn main() {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
-        .unwrap_or_else(|e| e.exit());
+    let mut cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Filter rules keep their command-line order across flags (first match wins).
     if let (Command::Xfer(args), Some(("xfer", sub))) = (&mut cli.command, matches.subcommand()) {
         args.filters.order(sub);

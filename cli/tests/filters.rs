@@ -155,7 +155,12 @@ fn cases(dir: &Path) -> Vec<Vec<String>> {
         s(&["--min-size", "10", "--max-size", "1K"]),
         s(&["--filter", "+ */", "--filter", "- *.h", "--exclude", "x/"]),
         vec!["--exclude-from".into(), from.to_str().unwrap().into()],
-        vec!["--include-from".into(), from.to_str().unwrap().into(), "--exclude".into(), "*".into()],
+        vec![
+            "--include-from".into(),
+            from.to_str().unwrap().into(),
+            "--exclude".into(),
+            "*".into(),
+        ],
     ]
 }
 
@@ -193,7 +198,14 @@ fn files_from_equals_rsync_and_implies_directories() {
     std::fs::write(&list, "src/lib/util.c\ndoc\n./a.txt\n# not a path\n").unwrap();
     let l = list.to_str().unwrap();
     let want: BTreeSet<PathBuf> = [
-        ".", "a.txt", "src", "src/lib", "src/lib/util.c", "doc", "doc/a.pdf", "doc/sub",
+        ".",
+        "a.txt",
+        "src",
+        "src/lib",
+        "src/lib/util.c",
+        "doc",
+        "doc/a.pdf",
+        "doc/sub",
         "doc/sub/b.pdf",
     ]
     .iter()
@@ -261,7 +273,10 @@ fn mirror_deletions_respect_filters_like_rsync_and_dry_runs_count_the_same() {
             let real = ok(&xfer(mode, &d, &root, &src, &dst, &a));
             let removed = before.difference(&paths(&dst)).count() as u64;
             assert_eq!(real["deleted"], removed, "{mode:?} {extra:?}: {real}");
-            assert_eq!(dry["deleted"], real["deleted"], "{mode:?} {extra:?}: dry {dry} real {real}");
+            assert_eq!(
+                dry["deleted"], real["deleted"],
+                "{mode:?} {extra:?}: dry {dry} real {real}"
+            );
             assert!(removed > 0, "{mode:?} {extra:?}");
             if let Some(want) = &want {
                 assert_eq!(&paths(&dst), want, "{mode:?} {extra:?} against rsync --delete");

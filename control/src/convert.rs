@@ -265,7 +265,9 @@ fn filters_from_pb(p: &pb::Params) -> Result<FilterParams, ConvertError> {
     let mut rules = Vec::with_capacity(p.filters_rules.len());
     for r in &p.filters_rules {
         if r.pattern.len() > FILTER_PATTERN_BYTES_MAX {
-            return Err(bad(format!("a filter pattern longer than {FILTER_PATTERN_BYTES_MAX} bytes")));
+            return Err(bad(format!(
+                "a filter pattern longer than {FILTER_PATTERN_BYTES_MAX} bytes"
+            )));
         }
         let kind = match pb::FiltersRuleKind::try_from(r.kind) {
             Ok(pb::FiltersRuleKind::FiltersInclude) => RuleKind::Include,
@@ -282,8 +284,8 @@ fn filters_from_pb(p: &pb::Params) -> Result<FilterParams, ConvertError> {
             }
             let mut paths = Vec::with_capacity(list.paths.len());
             for raw in &list.paths {
-                let path = RelPath::parse(raw)
-                    .map_err(|e| bad(format!("a --files-from path: {e}")))?;
+                let path =
+                    RelPath::parse(raw).map_err(|e| bad(format!("a --files-from path: {e}")))?;
                 if path.is_root() {
                     return Err(bad("a --files-from path names the root itself"));
                 }

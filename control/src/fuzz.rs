@@ -92,7 +92,10 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     use pb::client_frame::Msg as C;
     let mut params = convert::params_to_pb(&SessionParams::default());
     params.filters_rules = ["*.tmp", "build/**"]
-        .map(|p| pb::FiltersRule { kind: pb::FiltersRuleKind::FiltersExclude as i32, pattern: p.into() })
+        .map(|p| pb::FiltersRule {
+            kind: pb::FiltersRuleKind::FiltersExclude as i32,
+            pattern: p.into(),
+        })
         .into();
     let open = pb::Open {
         protocol_version: crate::PROTOCOL_VERSION,

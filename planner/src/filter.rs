@@ -163,7 +163,11 @@ impl Filters {
             }
             p = q.split_last().map(|(d, _)| d);
         }
-        if kind == EntryKind::Dir && ff.implied.contains(path) { Listed::Implied } else { Listed::No }
+        if kind == EntryKind::Dir && ff.implied.contains(path) {
+            Listed::Implied
+        } else {
+            Listed::No
+        }
     }
 
     /// True when the source sends `path` (of this kind and size).
@@ -171,9 +175,7 @@ impl Filters {
         match self.listed(path, kind) {
             Listed::No => false,
             Listed::Implied => true,
-            Listed::Yes => {
-                !self.rule_excludes(path, kind) && !self.size_excludes(kind, size_bytes)
-            }
+            Listed::Yes => !self.rule_excludes(path, kind) && !self.size_excludes(kind, size_bytes),
         }
     }
 
@@ -275,8 +277,8 @@ fn class(p: &[u8], start: usize, re: &mut String) -> Result<usize, &'static str>
                 let end = rest.windows(2).position(|w| w == b":]").ok_or("unmatched '[:'")?;
                 let name = &rest[..end];
                 const NAMES: [&[u8]; 12] = [
-                    b"alnum", b"alpha", b"blank", b"cntrl", b"digit", b"graph", b"lower",
-                    b"print", b"punct", b"space", b"upper", b"xdigit",
+                    b"alnum", b"alpha", b"blank", b"cntrl", b"digit", b"graph", b"lower", b"print",
+                    b"punct", b"space", b"upper", b"xdigit",
                 ];
                 if !NAMES.contains(&name) {
                     return Err("unknown character class name");
