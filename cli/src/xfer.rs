@@ -45,7 +45,7 @@ pub struct XferArgs {
     #[arg(short = 'c', long)]
     pub checksum: bool,
     #[command(flatten)]
-    pub filters: crate::filters::FilterArgs,
+    pub filters: Box<crate::filters::FilterArgs>,
     /// Show a progress bar (default: on when stderr is a terminal).
     #[arg(long, overrides_with = "no_progress")]
     pub progress: bool,
@@ -176,10 +176,12 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
         compare: if args.checksum { Compare::Checksum } else { Compare::SizeMtime },
         mirror: args.mirror,
         dry_run: args.dry_run,
-        filter: args.filters.params(
-            (!RemoteSpec::is_remote(&args.source) && args.mem.is_none())
-                .then(|| Path::new(&args.source)),
-        )?,
+        filter: Box::new(
+            args.filters.params(
+                (!RemoteSpec::is_remote(&args.source) && args.mem.is_none())
+                    .then(|| Path::new(&args.source)),
+            )?,
+        ),
         preserve_owner: !args.no_owner,
         fsync: args.fsync,
         io: match args.io.as_str() {

@@ -235,7 +235,7 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         Ok(pb::IoKind::IoDirect) => IoMode::Direct,
         Err(_) => return Err(bad("unknown I/O kind")),
     };
-    let filter = filters_from_pb(p)?;
+    let filter = Box::new(filters_from_pb(p)?);
     let params = SessionParams {
         chunk_bytes: p.chunk_bytes,
         small_file_bytes_max: p.small_file_bytes_max,

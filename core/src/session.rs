@@ -66,8 +66,9 @@ pub struct SessionParams {
     /// Delete target paths that the source lacks (after everything else succeeded).
     pub mirror: bool,
     pub dry_run: bool,
-    /// What is transferred (and, in mirror mode, what is left alone on the target).
-    pub filter: crate::filter::FilterParams,
+    /// What is transferred (and, in mirror mode, what is left alone on the target). Boxed:
+    /// rarely set, and it would double the size of every message that carries the params.
+    pub filter: Box<crate::filter::FilterParams>,
     /// Apply owner and group (only effective when the target runs as root).
     pub preserve_owner: bool,
     /// Make each file's data durable (`fsync`) before it is renamed into place, and the
@@ -100,7 +101,7 @@ impl Default for SessionParams {
             compare: Compare::SizeMtime,
             mirror: false,
             dry_run: false,
-            filter: crate::filter::FilterParams::default(),
+            filter: Box::default(),
             preserve_owner: true,
             fsync: false,
             io: IoMode::Auto,

@@ -554,3 +554,37 @@ pub(super) fn make_symlink(
     }
     done
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_counts_what_a_deletion_removes_and_protected_names_stay() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        for p in ["gone/a", "gone/sub/b", "half/x.keep", "half/y", "half/deep/z"] {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"1").unwrap();
+        }
+        let filters = blitx_planner::Filters::excluding(&["*.keep"]).unwrap();
+        let dir = std::fs::File::open(root).unwrap();
+        let run = |name: &str, dry| {
+            let path = RelPath::parse_str(name).unwrap();
+            remove_unprotected(dir.as_fd(), name.as_bytes(), &path, &filters, dry).unwrap()
+        };
+        // gone, gone/a, gone/sub, gone/sub/b.
+        let dry = run("gone", true);
+        assert_eq!(dry, Removed { entries: 4, kept: 0 });
+        assert!(root.join("gone/sub/b").exists());
+        assert_eq!(run("gone", false), dry);
+        assert!(!root.join("gone").exists());
+        // half/y, half/deep, half/deep/z go; half/x.keep and so half stay.
+        let dry = run("half", true);
+        assert_eq!(dry, Removed { entries: 3, kept: 1 });
+        assert_eq!(run("half", false), dry);
+        assert!(root.join("half/x.keep").exists() && !root.join("half/y").exists());
+        assert_eq!(run("missing", false), Removed::default());
+    }
+}
