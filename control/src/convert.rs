@@ -957,6 +957,28 @@ mod tests {
     }
 
     #[test]
+    fn filters_round_trip_and_bad_ones_are_refused() {
+        let filter = FilterParams {
+            rules: vec![Rule::include("*/"), Rule::include("*.c"), Rule::exclude("*")],
+            min_size_bytes: Some(1),
+            max_size_bytes: None,
+            delete_excluded: true,
+            files_from: Some(vec![RelPath::parse_str("a/b").unwrap()]),
+        };
+        let params = SessionParams { filter: Box::new(filter), ..SessionParams::default() };
+        assert_eq!(params_from_pb(&params_to_pb(&params)).unwrap(), params);
+        let mut pb = params_to_pb(&params);
+        pb.filters_rules[0].pattern = "[x".into();
+        assert!(params_from_pb(&pb).is_err());
+        let mut pb = params_to_pb(&params);
+        pb.filters_files_from = Some(pb::FiltersFilesFrom { paths: vec![b"../x".to_vec()] });
+        assert!(params_from_pb(&pb).is_err());
+        let mut pb = params_to_pb(&params);
+        pb.filters_rules[1].kind = 0;
+        assert!(params_from_pb(&pb).is_err());
+    }
+
+    #[test]
     fn entries_round_trip() {
         let e = entry();
         assert_eq!(entry_from_pb(&entry_to_pb(&e)).unwrap(), e);

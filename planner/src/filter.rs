@@ -454,6 +454,16 @@ mod tests {
     }
 
     #[test]
+    fn a_thousand_ordinary_rules_fit() {
+        let rules = (0..blitx_core::filter::FILTER_RULES_MAX)
+            .map(|i| Rule::exclude(format!("/src/**/build-{i}/*.[oa]")))
+            .collect();
+        let f = Filters::new(&FilterParams { rules, ..FilterParams::default() }).unwrap();
+        assert!(!f.selects(&p("src/x/y/build-77/z.o"), EntryKind::File, 1));
+        assert!(f.selects(&p("src/x/y/build-77/z.c"), EntryKind::File, 1));
+    }
+
+    #[test]
     fn hostile_rules_are_bounded() {
         // Many nested wildcards: compiled within the cap or refused, never unbounded.
         let pattern = "**a*?*[a-z]*".repeat(300);
