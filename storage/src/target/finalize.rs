@@ -37,7 +37,6 @@ pub(super) fn finalize(shared: &Shared<'_>, plan: &mut Plan, not_done: &[FileId]
             // (everything below a deleted directory, less what the filters protect), so both
             // report the same count.
             for (path, _kind) in &deletions {
-                shared.event(EventKind::Deleted, path, 0, None);
                 let Some((dir, name)) = path.split_last() else { continue };
                 if !dry {
                     shared.touched(path);
@@ -51,7 +50,9 @@ pub(super) fn finalize(shared: &Shared<'_>, plan: &mut Plan, not_done: &[FileId]
                 match r {
                     Ok(removed) => {
                         c.deleted.fetch_add(removed.entries, Ordering::Relaxed);
-                        if removed.kept > 0 {
+                        if removed.kept == 0 {
+                            shared.event(EventKind::Deleted, path, 0, None);
+                        } else {
                             tracing::warn!(
                                 "{path}: {} entries below it are excluded (protected); \
                                  the directory stays",
