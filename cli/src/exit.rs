@@ -32,3 +32,9 @@ impl From<Exit> for i32 {
         }
     }
 }
+
+/// A value that parsed but does not fit, or a filter-file mistake (exit code 2, like clap's own
+/// usage errors): found before anything is transferred, never clamped silently.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

@@ -5,6 +5,7 @@ mod bench;
 mod daemon;
 mod delta_auto;
 mod exit;
+mod filters;
 mod manual;
 mod output;
 mod topo;
@@ -113,7 +114,13 @@ fn escape_log_line(buf: &[u8]) -> Vec<u8> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Filter rules keep their command-line order across flags (first match wins).
+    if let (Command::Xfer(args), Some(("xfer", sub))) = (&mut cli.command, matches.subcommand()) {
+        args.filters.order(sub);
+    }
     let ansi = colours(
         &cli.color,
         std::io::IsTerminal::is_terminal(&std::io::stderr()),

@@ -17,7 +17,7 @@ use blitx_storage::local::PairProgress;
 use blitx_storage::local::{LocalOptions, run_local};
 use blitx_storage::report::{FileError, SourceReport, TargetReport};
 
-use crate::exit::Exit;
+use crate::exit::{Exit, UsageError};
 use crate::output::{PrintReporter, Summary, drive_bar, drive_lines, escape_str, make_bar};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +53,8 @@ pub struct XferArgs {
     /// Compare file contents (xxh3-128) instead of size and modification time.
     #[arg(short = 'c', long)]
     pub checksum: bool,
-    /// Leave out paths matching GLOB (repeatable). Without '/', matches names at any depth.
-    #[arg(long = "exclude", value_name = "GLOB")]
-    pub excludes: Vec<String>,
+    #[command(flatten)]
+    pub filters: Box<crate::filters::FilterArgs>,
     /// Show progress: a bar on a terminal, else a line every 2 s (bytes, rate, files, ETA) and a
     /// last one at the end (default: a bar when stderr is a terminal).
     #[arg(long, overrides_with = "no_progress")]
@@ -174,18 +173,6 @@ pub struct XferArgs {
     pub buffered: bool,
 }
 
-/// A value that parsed but does not fit (exit code 2, like clap's own usage errors): never
-/// clamped silently.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 macro_rules! usage {
     ($($t:tt)*) => { return Err(UsageError(format!($($t)*)).into()) };
@@ -226,7 +213,12 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
         compare: if args.checksum { Compare::Checksum } else { Compare::SizeMtime },
         mirror: args.mirror,
         dry_run: args.dry_run,
-        excludes: args.excludes.clone(),
+        filter: Box::new(
+            args.filters.params(
+                (!RemoteSpec::is_remote(&args.source) && args.mem.is_none())
+                    .then(|| Path::new(&args.source)),
+            )?,
+        ),
         preserve_owner: !args.no_owner,
         fsync: args.fsync,
         io: match args.io.as_str() {
@@ -353,7 +345,7 @@ pub fn run(args: XferArgs, verbose: u8) -> Exit {
 /// `context: cause: cause`, each cause once. Some errors print their source in their own
 /// message as well (`#[error("... {0}")]` next to `#[source]`), which anyhow's `{:#}` would
 /// repeat; a cause already contained in the message before it is left out.
-fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut previous = String::new();
     for cause in e.chain() {

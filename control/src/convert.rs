@@ -5,6 +5,9 @@
 use std::net::SocketAddr;
 
 use blitx_core::RelPath;
+use blitx_core::filter::{
+    FILES_FROM_PATHS_MAX, FILTER_PATTERN_BYTES_MAX, FILTER_RULES_MAX, FilterParams, Rule, RuleKind,
+};
 use blitx_core::manifest::{Entry, EntryKind, InodeKey, Timestamp};
 use blitx_core::session::{
     Compare, IO_DEPTH_DEFAULT, IoMode, Offer, SessionParams, SourceMsg, TargetMsg,
@@ -188,7 +191,24 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
         },
         mirror: p.mirror,
         dry_run: p.dry_run,
-        excludes: p.excludes.clone(),
+        filters_rules: p
+            .filter
+            .rules
+            .iter()
+            .map(|r| pb::FiltersRule {
+                kind: match r.kind {
+                    RuleKind::Include => pb::FiltersRuleKind::FiltersInclude as i32,
+                    RuleKind::Exclude => pb::FiltersRuleKind::FiltersExclude as i32,
+                },
+                pattern: r.pattern.clone(),
+            })
+            .collect(),
+        filters_min_size_bytes: p.filter.min_size_bytes,
+        filters_max_size_bytes: p.filter.max_size_bytes,
+        filters_delete_excluded: p.filter.delete_excluded,
+        filters_files_from: p.filter.files_from.as_ref().map(|paths| pb::FiltersFilesFrom {
+            paths: paths.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        }),
         preserve_owner: p.preserve_owner,
         fsync: p.fsync,
         io: match p.io {
@@ -216,9 +236,7 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         Ok(pb::IoKind::IoDirect) => IoMode::Direct,
         Err(_) => return Err(bad("unknown I/O kind")),
     };
-    if p.excludes.len() > 10_000 {
-        return Err(bad("too many exclude patterns"));
-    }
+    let filter = Box::new(filters_from_pb(p)?);
     let params = SessionParams {
         chunk_bytes: p.chunk_bytes,
         small_file_bytes_max: p.small_file_bytes_max,
@@ -226,7 +244,7 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         compare,
         mirror: p.mirror,
         dry_run: p.dry_run,
-        excludes: p.excludes.clone(),
+        filter,
         preserve_owner: p.preserve_owner,
         fsync: p.fsync,
         io,
@@ -238,6 +256,55 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)
+}
+
+/// The peer's filters, bounded before anything is copied and compiled once to refuse what does
+/// not compile (the session compiles them again; the cost is bounded by the same caps).
+fn filters_from_pb(p: &pb::Params) -> Result<FilterParams, ConvertError> {
+    if p.filters_rules.len() > FILTER_RULES_MAX {
+        return Err(bad(format!("more than {FILTER_RULES_MAX} filter rules")));
+    }
+    let mut rules = Vec::with_capacity(p.filters_rules.len());
+    for r in &p.filters_rules {
+        if r.pattern.len() > FILTER_PATTERN_BYTES_MAX {
+            return Err(bad(format!(
+                "a filter pattern longer than {FILTER_PATTERN_BYTES_MAX} bytes"
+            )));
+        }
+        let kind = match pb::FiltersRuleKind::try_from(r.kind) {
+            Ok(pb::FiltersRuleKind::FiltersInclude) => RuleKind::Include,
+            Ok(pb::FiltersRuleKind::FiltersExclude) => RuleKind::Exclude,
+            _ => return Err(bad("missing or unknown filter rule kind")),
+        };
+        rules.push(Rule { kind, pattern: r.pattern.clone() });
+    }
+    let files_from = match &p.filters_files_from {
+        None => None,
+        Some(list) => {
+            if list.paths.len() > FILES_FROM_PATHS_MAX {
+                return Err(bad(format!("more than {FILES_FROM_PATHS_MAX} --files-from paths")));
+            }
+            let mut paths = Vec::with_capacity(list.paths.len());
+            for raw in &list.paths {
+                let path =
+                    RelPath::parse(raw).map_err(|e| bad(format!("a --files-from path: {e}")))?;
+                if path.is_root() {
+                    return Err(bad("a --files-from path names the root itself"));
+                }
+                paths.push(path);
+            }
+            Some(paths)
+        }
+    };
+    let filter = FilterParams {
+        rules,
+        min_size_bytes: p.filters_min_size_bytes,
+        max_size_bytes: p.filters_max_size_bytes,
+        delete_excluded: p.filters_delete_excluded,
+        files_from,
+    };
+    blitx_planner::Filters::new(&filter).map_err(|e| bad(e.to_string()))?;
+    Ok(filter)
 }
 
 // ----- open / accept / error
@@ -900,6 +967,28 @@ mod tests {
             sparse: true,
             content_hash: Some(u128::MAX - 3),
         }
+    }
+
+    #[test]
+    fn filters_round_trip_and_bad_ones_are_refused() {
+        let filter = FilterParams {
+            rules: vec![Rule::include("*/"), Rule::include("*.c"), Rule::exclude("*")],
+            min_size_bytes: Some(1),
+            max_size_bytes: None,
+            delete_excluded: true,
+            files_from: Some(vec![RelPath::parse_str("a/b").unwrap()]),
+        };
+        let params = SessionParams { filter: Box::new(filter), ..SessionParams::default() };
+        assert_eq!(params_from_pb(&params_to_pb(&params)).unwrap(), params);
+        let mut pb = params_to_pb(&params);
+        pb.filters_rules[0].pattern = "[x".into();
+        assert!(params_from_pb(&pb).is_err());
+        let mut pb = params_to_pb(&params);
+        pb.filters_files_from = Some(pb::FiltersFilesFrom { paths: vec![b"../x".to_vec()] });
+        assert!(params_from_pb(&pb).is_err());
+        let mut pb = params_to_pb(&params);
+        pb.filters_rules[1].kind = 0;
+        assert!(params_from_pb(&pb).is_err());
     }
 
     #[test]

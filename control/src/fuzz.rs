@@ -91,7 +91,12 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     };
     use pb::client_frame::Msg as C;
     let mut params = convert::params_to_pb(&SessionParams::default());
-    params.excludes = vec!["*.tmp".into(), "build/**".into()];
+    params.filters_rules = ["*.tmp", "build/**"]
+        .map(|p| pb::FiltersRule {
+            kind: pb::FiltersRuleKind::FiltersExclude as i32,
+            pattern: p.into(),
+        })
+        .into();
     let open = pb::Open {
         protocol_version: crate::PROTOCOL_VERSION,
         client_version: crate::BUILD_VERSION.into(),

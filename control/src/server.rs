@@ -686,11 +686,22 @@ impl SessionCtx {
             let ev = match cmd {
                 DaemonCmd::OpenRoot { create } => {
                     self.log_open(&open);
+                    // A pull's --files-from paths are checked before Accept: one that is
+                    // missing or leads through a symlink refuses the session, nothing sent.
+                    let files_from = open.params.filter.files_from.as_deref().filter(|_| !push);
                     match RootDir::beneath(&self.root, &open.path, create) {
-                        Ok(r) => {
-                            root = Some(r);
-                            DaemonEvent::Root(Ok(()))
-                        }
+                        Ok(r) => match files_from.map_or(Ok(()), |paths| {
+                            blitx_storage::source::check_files_from(r.fd(), paths)
+                        }) {
+                            Ok(()) => {
+                                root = Some(r);
+                                DaemonEvent::Root(Ok(()))
+                            }
+                            Err(e) => DaemonEvent::Root(Err(RootFailure {
+                                not_found: false,
+                                message: describe(&e),
+                            })),
+                        },
                         Err(e) => DaemonEvent::Root(Err(RootFailure {
                             not_found: e.kind() == std::io::ErrorKind::NotFound,
                             message: bad_path_message(&open.path, &e),

@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod cancel;
+pub mod filter;
 pub mod frame;
 pub mod frame_suite;
 pub mod itemize;

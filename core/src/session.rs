@@ -66,8 +66,9 @@ pub struct SessionParams {
     /// Delete target paths that the source lacks (after everything else succeeded).
     pub mirror: bool,
     pub dry_run: bool,
-    /// Glob patterns of paths to leave out (and, in mirror mode, to leave alone on the target).
-    pub excludes: Vec<String>,
+    /// What is transferred (and, in mirror mode, what is left alone on the target). Boxed:
+    /// rarely set, and it would double the size of every message that carries the params.
+    pub filter: Box<crate::filter::FilterParams>,
     /// Apply owner and group (only effective when the target runs as root).
     pub preserve_owner: bool,
     /// Make each file's data durable (`fsync`) before it is renamed into place, and the
@@ -105,7 +106,7 @@ impl Default for SessionParams {
             compare: Compare::SizeMtime,
             mirror: false,
             dry_run: false,
-            excludes: Vec::new(),
+            filter: Box::default(),
             preserve_owner: true,
             fsync: false,
             io: IoMode::Auto,
@@ -136,6 +137,8 @@ pub enum ParamsError {
     MemBytes(u64),
     #[error(transparent)]
     BwLimit(#[from] crate::rate::RateError),
+    #[error(transparent)]
+    Filter(#[from] crate::filter::FilterBoundError),
 }
 
 impl SessionParams {
@@ -162,6 +165,7 @@ impl SessionParams {
         if let Some(rate) = self.bwlimit_bytes_per_s {
             crate::rate::check_rate(rate, chunk)?;
         }
+        self.filter.validate()?;
         if self.small_file_bytes_max > self.bundle_bytes {
             return Err(ParamsError::SmallFile {
                 small: self.small_file_bytes_max,

@@ -10,7 +10,7 @@ use blitx_core::RelPath;
 use blitx_core::manifest::{Entry, EntryKind, TargetEntry};
 use blitx_core::session::Compare;
 
-use crate::exclude::Excludes;
+use crate::filter::Filters;
 use crate::hardlink::{HardlinkTracker, LinkRole};
 
 /// Answers whether a name is in the source's complete listing of a directory.
@@ -69,7 +69,8 @@ pub struct Decision {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirPlan {
     pub decisions: Vec<Decision>,
-    /// Mirror mode: target names absent from the source (and not excluded), with their kinds.
+    /// Mirror mode: target names absent from the source (and not protected by the filters),
+    /// with their kinds.
     pub deletions: Vec<(Vec<u8>, EntryKind)>,
 }
 
@@ -84,17 +85,23 @@ pub fn needs_target_hash(compare: Compare, source: &Entry, target: &TargetEntry)
 #[derive(Debug)]
 pub struct Differ {
     opts: DiffOptions,
-    excludes: Excludes,
+    filters: Filters,
     links: HardlinkTracker,
 }
 
 impl Differ {
-    pub fn new(opts: DiffOptions, excludes: Excludes) -> Self {
-        Differ { opts, excludes, links: HardlinkTracker::default() }
+    pub fn new(opts: DiffOptions, filters: Filters) -> Self {
+        Differ { opts, filters, links: HardlinkTracker::default() }
     }
 
     pub fn options(&self) -> DiffOptions {
         self.opts
+    }
+
+    /// The session's filters (the deletions' shell asks them about what lies below a deleted
+    /// directory).
+    pub fn filters(&self) -> &Filters {
+        &self.filters
     }
 
     /// Decides for every entry of `source` (a listing of `dir`, or one part of a longer one)
@@ -124,7 +131,7 @@ impl Differ {
                     continue;
                 }
                 let Ok(path) = dir.join(&t.name) else { continue };
-                if self.excludes.matches(&path) {
+                if !self.filters.deletable(&path, t.kind, t.size_bytes) {
                     continue;
                 }
                 deletions.push((t.name.clone(), t.kind));
@@ -250,7 +257,7 @@ mod tests {
     }
 
     fn differ(compare: Compare, mirror: bool) -> Differ {
-        Differ::new(DiffOptions { compare, mirror, owner: true }, Excludes::default())
+        Differ::new(DiffOptions { compare, mirror, owner: true }, Filters::default())
     }
 
     #[test]
@@ -355,7 +362,7 @@ mod tests {
 
     #[test]
     fn excluded_target_paths_are_not_deleted() {
-        let ex = Excludes::new(&["*.keep".into()]).unwrap();
+        let ex = Filters::excluding(&["*.keep"]).unwrap();
         let mut d = Differ::new(
             DiffOptions { compare: Compare::SizeMtime, mirror: true, owner: false },
             ex,

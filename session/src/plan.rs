@@ -357,6 +357,11 @@ impl<D> Planning<D> {
         Deletions::Delete(deletions)
     }
 
+    /// The session's filters (what a deletion below a deleted directory must leave alone).
+    pub fn filters(&self) -> &blitx_planner::Filters {
+        self.differ.filters()
+    }
+
     /// Whether `--mirror` deletions were held back by errors.
     pub fn deletions_skipped(&self) -> bool {
         self.deletions_skipped
@@ -384,7 +389,7 @@ mod tests {
     use super::*;
     use blitx_core::manifest::{InodeKey, Timestamp};
     use blitx_core::session::Compare;
-    use blitx_planner::Excludes;
+    use blitx_planner::Filters;
     use blitx_planner::diff::{Clear, DiffOptions};
 
     fn p(s: &str) -> RelPath {
@@ -410,10 +415,9 @@ mod tests {
     }
 
     fn planning(mirror: bool, excludes: &[&str]) -> Planning<u32> {
-        let patterns: Vec<String> = excludes.iter().map(|s| s.to_string()).collect();
         let differ = Differ::new(
             DiffOptions { compare: Compare::SizeMtime, mirror, owner: false },
-            Excludes::new(&patterns).unwrap(),
+            Filters::excluding(excludes).unwrap(),
         );
         Planning::new(differ, 0, false, 48)
     }
@@ -620,7 +624,7 @@ mod tests {
     fn a_memory_session_needs_chunked_files_only_and_refuses_the_rest() {
         let differ = Differ::new(
             DiffOptions { compare: Compare::SizeMtime, mirror: false, owner: false },
-            Excludes::default(),
+            Filters::default(),
         );
         let mut pl: Planning<u32> = Planning::new(differ, 0, true, 48);
         let entries = [e(1, "d", EntryKind::Dir), e(2, "f", EntryKind::File)];

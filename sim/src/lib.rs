@@ -58,7 +58,7 @@ use blitx_core::frame::{self, FLAG_FILE_VERIFIED, FrameHeader, FrameKind};
 use blitx_core::manifest::{Entry, EntryKind, FileId, InodeKey, TargetEntry, Timestamp};
 use blitx_core::session::{NEED_OFFERED_CHUNKS_MAX, Offer};
 use blitx_planner::diff::{Action, DiffOptions, Differ};
-use blitx_planner::{Chunker, Excludes, NeededFile, Unit};
+use blitx_planner::{Chunker, Filters, NeededFile, Unit};
 use blitx_session::idle::Idle;
 use blitx_session::listing::Verdict;
 use blitx_session::plan::{Deletions, Planning};
@@ -734,7 +734,7 @@ fn session(rng: &mut fastrand::Rng, setup: Setup<'_>) -> (Run, Vec<SourceFile>, 
         })
         .collect();
     let opts = DiffOptions { compare: Default::default(), mirror, owner: false };
-    let excludes = Excludes::new(&[]).expect("no patterns");
+    let excludes = Filters::default();
     let journal_every = u64::from(CHUNK_BYTES) * rng.u64(1..4);
     let mut sim = Sim {
         rng: rng.fork(),

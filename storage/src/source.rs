@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
@@ -35,7 +35,7 @@ use blitx_core::transport::{
     FileRegion, Frame, FrameSender, Payload, PayloadPref, ReadDone, TransportError,
 };
 use blitx_core::{BufLease, RelPath};
-use blitx_planner::{Chunker, Excludes, NeededFile, Unit};
+use blitx_planner::{Chunker, Filters, NeededFile, Unit};
 use blitx_session::resume::check_offer;
 use blitx_session::source::{
     self as machine, Answers, Begin, Counted, Listed, Reading, Seen, Step,
@@ -66,7 +66,10 @@ pub enum SourceError {
     #[error(transparent)]
     Walk(#[from] walk::WalkError),
     #[error(transparent)]
-    Exclude(#[from] blitx_planner::exclude::ExcludeError),
+    Filter(#[from] blitx_planner::FilterError),
+    /// A `--files-from` path that is missing or leads through a symlink (out of the source).
+    #[error("--files-from path {path}: {why}")]
+    FilesFrom { path: RelPath, why: &'static str, source: std::io::Error },
     #[error("data transport failed")]
     Transport(#[source] TransportError),
     #[error("the target half went away before the transfer finished")]
@@ -311,6 +314,30 @@ impl Verdicts {
     }
 }
 
+/// Every `--files-from` path must exist beneath the source root, reached through directories
+/// only: a symlink on the way could lead out of the root (the walk would never follow it, so
+/// the path would silently not be sent). Checked before anything is listed, so a bad list
+/// transfers nothing.
+pub fn check_files_from(root: BorrowedFd<'_>, paths: &[RelPath]) -> Result<(), SourceError> {
+    for path in paths {
+        let Some((dir, name)) = path.split_last() else { continue };
+        let fail = |why, source| SourceError::FilesFrom { path: path.clone(), why, source };
+        let fd = crate::fsys::open_dir_beneath(root, &dir, true).map_err(|e| {
+            use rustix::io::Errno;
+            let why = match Errno::from_io_error(&e) {
+                Some(Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => {
+                    "a directory on the way is a symlink or not a directory"
+                }
+                Some(Errno::NOENT) => "no such directory in SOURCE",
+                _ => "cannot open its directory",
+            };
+            fail(why, e)
+        })?;
+        crate::fsys::stat_at(fd.as_fd(), name).map_err(|e| fail("no such path in SOURCE", e))?;
+    }
+    Ok(())
+}
+
 /// Runs the source half to completion. Returns when every needed file was sent (or failed) and
 /// the transport was finished, or on the first fatal error.
 pub fn run_source(
@@ -321,10 +348,17 @@ pub fn run_source(
     progress: &Progress,
     cancel: &Cancel,
 ) -> Result<SourceReport, SourceError> {
-    let excludes = Excludes::new(&opts.params.excludes)?;
+    let filters = Filters::new(&opts.params.filter)?;
+    if let Some(paths) = &opts.params.filter.files_from {
+        let root = opts.root.dup().map_err(|e| walk::WalkError::OpenRoot {
+            path: opts.root.display().to_string(),
+            source: e,
+        })?;
+        check_files_from(root.as_fd(), paths)?;
+    }
     let walk_opts = WalkOptions {
         threads: opts.walk_threads,
-        excludes,
+        filters,
         checksum: opts.params.compare == blitx_core::session::Compare::Checksum,
         confine: opts.confine,
     };

@@ -18,7 +18,7 @@ use blitx_core::session::SourceMsg;
 use crossbeam_channel::Sender;
 
 use crate::fsys;
-use blitx_planner::Excludes;
+use blitx_planner::Filters;
 
 /// Largest number of entries in one listing message; bigger directories are sent in parts.
 pub const LISTING_ENTRIES_MAX: usize = 4096;
@@ -26,7 +26,7 @@ pub const LISTING_ENTRIES_MAX: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct WalkOptions {
     pub threads: usize,
-    pub excludes: Excludes,
+    pub filters: Filters,
     /// Compute content hashes (`--checksum`).
     pub checksum: bool,
     /// Refuse to resolve through symlinks or out of the root (daemon exports).
@@ -199,9 +199,6 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
             });
             continue;
         };
-        if shared.opts.excludes.matches(&path) {
-            continue;
-        }
         // A transfer that crashed left its temporary file here: never send it as a file.
         if fsys::is_debris(fd.as_fd(), &name) {
             tracing::debug!(%path, "skipping a temporary file left by an interrupted transfer");
@@ -218,6 +215,11 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
                 continue;
             }
         };
+        // After the stat: a rule may be for directories only, a size limit for files only.
+        let kind = fsys::kind_of(u32::from(st.stx_mode));
+        if !shared.opts.filters.selects(&path, kind, st.stx_size) {
+            continue;
+        }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let mut entry = match fsys::entry_from_stat(fd.as_fd(), id, path.clone(), &name, &st) {
             Ok(e) => e,
@@ -303,7 +305,7 @@ mod tests {
         std::os::unix::fs::symlink("nowhere", root.join("dangling")).unwrap();
         let opts = WalkOptions {
             threads: 2,
-            excludes: Excludes::new(&["*.tmp".into()]).unwrap(),
+            filters: Filters::excluding(&["*.tmp"]).unwrap(),
             checksum: true,
             confine: true,
         };

@@ -33,22 +33,33 @@ pub(super) fn finalize(shared: &Shared<'_>, plan: &mut Plan, not_done: &[FileId]
             }
         }
         Deletions::Delete(deletions) => {
+            // A dry run walks what each deletion would remove exactly as the real run does
+            // (everything below a deleted directory, less what the filters protect), so both
+            // report the same count.
             for (path, kind) in &deletions {
-                let what = blitx_core::itemize::Changes::new(*kind, 0);
-                shared.event_changed(EventKind::Deleted, path, 0, None, what);
-                if dry {
-                    c.deleted.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
                 let Some((dir, name)) = path.split_last() else { continue };
-                shared.touched(path);
+                if !dry {
+                    shared.touched(path);
+                }
                 let r = shared.dirs.get(&dir).and_then(|fd| {
-                    shared.dirs.forget(path);
-                    remove_tree(fd.as_fd(), name)
+                    if !dry {
+                        shared.dirs.forget(path);
+                    }
+                    remove_unprotected(fd.as_fd(), name, path, plan.filters(), dry)
                 });
                 match r {
-                    Ok(n) => {
-                        c.deleted.fetch_add(n, Ordering::Relaxed);
+                    Ok(removed) => {
+                        c.deleted.fetch_add(removed.entries, Ordering::Relaxed);
+                        if removed.kept == 0 {
+                            let what = blitx_core::itemize::Changes::new(*kind, 0);
+                            shared.event_changed(EventKind::Deleted, path, 0, None, what);
+                        } else {
+                            tracing::warn!(
+                                "{path}: {} entries below it are excluded (protected); \
+                                 the directory stays",
+                                removed.kept
+                            );
+                        }
                     }
                     Err(e) => shared.error(FileError::io(path.clone(), FileOp::Delete, e)),
                 }

@@ -35,7 +35,7 @@ use blitx_core::frame::{self, FrameKind};
 use blitx_core::manifest::{Entry, EntryKind, FileId, TargetEntry};
 use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
 use blitx_core::transport::{Frame, FrameReceiver, Payload, PayloadStream, TransportError};
-use blitx_planner::Excludes;
+use blitx_planner::Filters;
 use blitx_planner::diff::{Action, Clear, DiffOptions, Differ, needs_target_hash};
 use crossbeam_channel::{Receiver, Sender};
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -99,7 +99,7 @@ pub enum TargetError {
     #[error("cannot open target root {path}")]
     OpenRoot { path: String, source: io::Error },
     #[error(transparent)]
-    Exclude(#[from] blitx_planner::exclude::ExcludeError),
+    Filter(#[from] blitx_planner::FilterError),
     #[error("data transport failed")]
     Transport(#[source] TransportError),
     #[error("the source half went away before the transfer finished")]
@@ -270,7 +270,7 @@ pub fn run_target(
     progress: &Progress,
     cancel: &Cancel,
 ) -> Result<TargetReport, TargetError> {
-    let excludes = Excludes::new(&opts.params.excludes)?;
+    let filters = Filters::new(&opts.params.filter)?;
     let root_fd = opts
         .root
         .dup()
@@ -309,7 +309,7 @@ pub fn run_target(
         owner: shared.owners && id.root,
     };
     let mut plan = Planning::new(
-        Differ::new(diff_opts, excludes),
+        Differ::new(diff_opts, filters),
         opts.limits.entries_max,
         opts.params.mem_bytes.is_some(),
         limits::NAME_BYTES,

@@ -470,6 +470,78 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
     Ok(removed)
 }
 
+/// What [`remove_unprotected`] removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Removed {
+    /// Entries removed, the named one included when it went.
+    pub entries: u64,
+    /// Entries below it that the filters protect (and so the directories above them stay).
+    pub kept: u64,
+}
+
+/// `--mirror`'s deletion of `name` in `dir` (the target's `path`): it and everything below it
+/// that the filters do not protect (rsync's rule: an excluded name inside a deleted directory
+/// stays, and so does the directory). With `dry`, nothing is removed and the same walk counts
+/// what would be, so a dry run reports the real run's numbers. Never follows a symlink.
+pub fn remove_unprotected(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    path: &RelPath,
+    filters: &blitx_planner::Filters,
+    dry: bool,
+) -> io::Result<Removed> {
+    let os = fsys::os(name);
+    let st = match fsys::stat_at(dir, name) {
+        Ok(st) => st,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removed::default()),
+        Err(e) => return Err(e),
+    };
+    if fsys::kind_of(u32::from(st.stx_mode)) != EntryKind::Dir {
+        if !dry {
+            match rustix::fs::unlinkat(dir, os, AtFlags::empty()) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::NOENT) => return Ok(Removed::default()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Ok(Removed { entries: 1, kept: 0 });
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        os,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut removed = Removed::default();
+    for child in fsys::read_dir_names(&sub)? {
+        let protected = match (path.join(&child), fsys::stat_at(sub.as_fd(), &child)) {
+            (Ok(p), Ok(cst)) => {
+                let kind = fsys::kind_of(u32::from(cst.stx_mode));
+                if filters.deletable(&p, kind, cst.stx_size) {
+                    let r = remove_unprotected(sub.as_fd(), &child, &p, filters, dry)?;
+                    removed.entries += r.entries;
+                    removed.kept += r.kept;
+                    false
+                } else {
+                    true
+                }
+            }
+            (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => false,
+            (_, Err(e)) => return Err(e),
+            // A name no path can hold is not the filters' to judge: it stays.
+            (Err(_), Ok(_)) => true,
+        };
+        removed.kept += u64::from(protected);
+    }
+    if removed.kept == 0 {
+        if !dry {
+            rustix::fs::unlinkat(dir, os, AtFlags::REMOVEDIR)?;
+        }
+        removed.entries += 1;
+    }
+    Ok(removed)
+}
+
 pub(super) fn make_symlink(
     shared: &Shared<'_>,
     fd: &OwnedFd,
@@ -492,4 +564,38 @@ pub(super) fn make_symlink(
         let _ = rustix::fs::unlinkat(fd, fsys::os(&tmp), AtFlags::empty());
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_counts_what_a_deletion_removes_and_protected_names_stay() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        for p in ["gone/a", "gone/sub/b", "half/x.keep", "half/y", "half/deep/z"] {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"1").unwrap();
+        }
+        let filters = blitx_planner::Filters::excluding(&["*.keep"]).unwrap();
+        let dir = std::fs::File::open(root).unwrap();
+        let run = |name: &str, dry| {
+            let path = RelPath::parse_str(name).unwrap();
+            remove_unprotected(dir.as_fd(), name.as_bytes(), &path, &filters, dry).unwrap()
+        };
+        // gone, gone/a, gone/sub, gone/sub/b.
+        let dry = run("gone", true);
+        assert_eq!(dry, Removed { entries: 4, kept: 0 });
+        assert!(root.join("gone/sub/b").exists());
+        assert_eq!(run("gone", false), dry);
+        assert!(!root.join("gone").exists());
+        // half/y, half/deep, half/deep/z go; half/x.keep and so half stay.
+        let dry = run("half", true);
+        assert_eq!(dry, Removed { entries: 3, kept: 1 });
+        assert_eq!(run("half", false), dry);
+        assert!(root.join("half/x.keep").exists() && !root.join("half/y").exists());
+        assert_eq!(run("missing", false), Removed::default());
+    }
 }
