@@ -119,6 +119,8 @@ pub struct OpenRequest {
     pub wait_lock: bool,
     /// TCP: sendfile on the sending end, splice on the receiving end.
     pub tcp_zero_copy: bool,
+    /// Push of one regular file: `path` is the directory it lands in, or its new name.
+    pub single_file: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +139,8 @@ pub struct Accepted {
     pub reason: String,
     pub tcp: Option<TcpEndpoint>,
     pub rdma: Option<RdmaPeer>,
+    /// Pull: the daemon's source is one regular file.
+    pub single_file: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +266,7 @@ pub fn open_to_pb(o: &OpenRequest) -> pb::ClientFrame {
             rdma_event_cq: o.rdma_event_cq,
             wait_lock: o.wait_lock,
             tcp_zero_copy: o.tcp_zero_copy,
+            single_file: o.single_file,
         })),
     }
 }
@@ -314,6 +319,7 @@ pub fn open_from_pb(o: &pb::Open) -> Result<OpenRequest, ConvertError> {
         rdma_event_cq: o.rdma_event_cq,
         wait_lock: o.wait_lock,
         tcp_zero_copy: o.tcp_zero_copy,
+        single_file: o.single_file,
     })
 }
 
@@ -456,6 +462,7 @@ pub fn accept_to_pb(a: &Accepted) -> pb::ServerFrame {
                 buffer_bytes: t.buffer_bytes,
             }),
             rdma: a.rdma.as_ref().map(rdma_peer_to_pb),
+            single_file: a.single_file,
         })),
     }
 }
@@ -481,6 +488,7 @@ pub fn accept_from_pb(a: &pb::Accept) -> Result<Accepted, ConvertError> {
         reason: a.reason.chars().take(1024).collect(),
         tcp,
         rdma: a.rdma.as_ref().map(rdma_peer_from_pb).transpose()?,
+        single_file: a.single_file,
     })
 }
 

@@ -55,6 +55,7 @@ fn transfer(
     cancel: &Cancel,
 ) -> Result<(SourceReport, TargetReport), LocalError> {
     let source = SourceOptions {
+        single: None,
         root: RootDir::open(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())),
         params: params.clone(),
         walk_threads: 2,
@@ -335,6 +336,7 @@ fn meddled(h: &dyn Harness, what: impl FnOnce(&Path) -> Meddle) -> (Vec<String>,
     let tx =
         Meddler { inner, what: what(&src.path().join("big.bin")), done: AtomicBool::new(false) };
     let source = SourceOptions {
+        single: None,
         root: RootDir::open(src.path()).unwrap_or_else(|e| panic!("{e}")),
         params: p.clone(),
         walk_threads: 2,
@@ -410,6 +412,7 @@ pub fn memory_session(h: &dyn Harness) {
             inner
         };
         let source = SourceOptions {
+            single: None,
             root: RootDir::open(src.path()).unwrap_or_else(|e| panic!("{e}")),
             params: p.clone(),
             walk_threads: 1,

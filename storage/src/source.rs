@@ -59,6 +59,8 @@ pub struct SourceOptions {
     /// Keep every path inside `root` (daemon exports).
     pub confine: bool,
     pub limits: Limits,
+    /// A single-file session: send only this regular file of `root` (`blit xfer FILE TARGET`).
+    pub single: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -327,6 +329,7 @@ pub fn run_source(
         excludes,
         checksum: opts.params.compare == blitx_core::session::Compare::Checksum,
         confine: opts.confine,
+        single: opts.single.clone(),
     };
     let root_fd = opts.root.dup().map_err(|e| walk::WalkError::OpenRoot {
         path: opts.root.display().to_string(),

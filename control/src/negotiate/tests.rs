@@ -59,6 +59,7 @@ fn open(direction: Direction) -> OpenRequest {
         rdma_event_cq: false,
         wait_lock: false,
         tcp_zero_copy: false,
+        single_file: false,
     }
 }
 

@@ -77,6 +77,16 @@ pub struct TargetOptions {
     /// Which owners and mode bits a source may ask for.
     pub privileges: Privileges,
     pub limits: Limits,
+    /// A single-file session (`blit xfer FILE TARGET`): the source sends one regular file of
+    /// its root and nothing else, and it lands in `root`.
+    pub single: Option<SingleFile>,
+}
+
+/// Where a single-file session's one file lands: in the target root, under `name` (`None`:
+/// the source's name). See [`Planning::single_file`] for what the target then refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SingleFile {
+    pub name: Option<Vec<u8>>,
 }
 
 impl TargetOptions {
@@ -89,6 +99,7 @@ impl TargetOptions {
             confine: true,
             privileges: Privileges::local(),
             limits: Limits::none(),
+            single: None,
         }
     }
 }
@@ -305,6 +316,9 @@ pub fn run_target(
         opts.params.mem_bytes.is_some(),
         limits::NAME_BYTES,
     );
+    if let Some(single) = &opts.single {
+        plan = plan.single_file(single.name.clone());
+    }
 
     std::thread::scope(|s| {
         let writers: Vec<_> = (0..opts.write_threads.max(1))
@@ -439,7 +453,8 @@ fn control_loop(
                 p.restrict(&mut entry, &shared.id, shared.opts.params.preserve_owner);
                 plan.root(entry.kind, Meta::of(&entry))?;
             }
-            SourceMsg::Listing { seq, dir, entries, last_part } => {
+            SourceMsg::Listing { seq, dir, mut entries, last_part } => {
+                plan.single_entry(&dir, &mut entries)?;
                 let planning = Instant::now();
                 let mut answer = handle_listing(shared, plan, &dir, entries, last_part)?;
                 shared.progress.stages.add(Stage::Plan, planning);
