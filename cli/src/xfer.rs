@@ -39,6 +39,12 @@ pub struct XferArgs {
     /// Also delete what is in TARGET but not in SOURCE (only after everything else succeeded).
     #[arg(long)]
     pub mirror: bool,
+    /// Move instead of copy (rsync's flag): remove each source file once the target reported
+    /// it committed (or already up to date there), if it is still the file that was listed
+    /// (same inode, size and times). Directories stay. A daemon removes its files only if it is
+    /// not --read-only.
+    #[arg(long)]
+    pub remove_source_files: bool,
     /// Show what would be copied and deleted; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
@@ -189,6 +195,7 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
         io_depth: args.io_depth,
         mem_bytes: args.mem,
         resume: !args.no_resume,
+        remove_source_files: args.remove_source_files,
         delta: match args.delta.as_str() {
             "on" => true,
             "off" => false,
@@ -515,6 +522,18 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         profile: args.profile.then(|| profile_rows(&progress)),
     };
     summary.print(args.json);
+    if params_moved(args) {
+        let s = &outcome.source;
+        eprintln!(
+            "removed {} source files{}",
+            s.files_removed,
+            if s.files_kept > 0 {
+                format!("; kept {} (changed since they were sent, or not copied)", s.files_kept)
+            } else {
+                String::new()
+            }
+        );
+    }
     if args.profile {
         if !args.json {
             print_profile(&progress, seconds);
@@ -522,6 +541,11 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         record_history(args, &summary, &progress);
     }
     Ok(if t.error_count > 0 { Exit::Partial } else { Exit::Ok })
+}
+
+/// Whether this run removes what it copied (`--remove-source-files`, not a dry run).
+fn params_moved(args: &XferArgs) -> bool {
+    args.remove_source_files && !args.dry_run && args.mem.is_none()
 }
 
 fn profile_rows(progress: &PairProgress) -> Vec<crate::output::ProfileRow> {

@@ -204,6 +204,7 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
         mem_bytes: p.mem_bytes.unwrap_or(0),
         no_resume: !p.resume,
         delta: p.delta,
+        remove_source_files: p.remove_source_files,
     }
 }
 
@@ -237,6 +238,7 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         mem_bytes: (p.mem_bytes > 0).then_some(p.mem_bytes),
         resume: !p.no_resume,
         delta: p.delta,
+        remove_source_files: p.remove_source_files,
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)
@@ -695,6 +697,9 @@ pub fn target_msg_to_pb(m: &TargetMsg) -> pb::TargetMsg {
         TargetMsg::Signature { id, part } => {
             Msg::Signature(pb::Signature { id: *id, part: part.clone() })
         }
+        TargetMsg::Committed { ids, last } => {
+            Msg::Committed(pb::SingleCommitted { ids: ids.clone(), last: *last })
+        }
     };
     pb::TargetMsg { msg: Some(msg) }
 }
@@ -717,6 +722,16 @@ pub fn target_msg_from_pb(m: &pb::TargetMsg) -> Result<TargetMsg, ConvertError> 
         }
         Msg::NeedEnd(_) => TargetMsg::NeedEnd,
         Msg::Signature(sg) => TargetMsg::Signature { id: sg.id, part: sg.part.clone() },
+        Msg::Committed(c) => {
+            if c.ids.len() > blitx_core::session::COMMITTED_IDS_MAX {
+                return Err(bad(format!(
+                    "a committed list of {} ids (at most {})",
+                    c.ids.len(),
+                    blitx_core::session::COMMITTED_IDS_MAX
+                )));
+            }
+            TargetMsg::Committed { ids: c.ids.clone(), last: c.last }
+        }
     })
 }
 
@@ -795,6 +810,8 @@ pub fn source_summary_to_pb(s: &SourceReport) -> pb::ServerFrame {
         bytes_reused: s.bytes_reused,
         errors: errors_to_pb(&s.errors),
         error_count: s.error_count,
+        files_removed: s.files_removed,
+        files_kept: s.files_kept,
         ..Default::default()
     })
 }
@@ -842,6 +859,8 @@ pub fn summary_from_pb(s: &pb::Summary) -> Result<RemoteSummary, ConvertError> {
             bytes_reused: s.bytes_reused,
             errors,
             error_count: s.error_count,
+            files_removed: s.files_removed,
+            files_kept: s.files_kept,
         },
         fatal: (!s.fatal.is_empty()).then(|| RemoteError {
             code: code_from_pb(s.fatal_code),

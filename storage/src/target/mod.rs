@@ -267,6 +267,9 @@ struct Shared<'a> {
     touched_dirs: Mutex<HashSet<RelPath>>,
     /// Partial files found, waiting for their files' listings.
     partials: Mutex<Partials>,
+    /// `--remove-source-files`: the files committed or found up to date, reported to the
+    /// source at the end (8 bytes per file; bounded by the session's entry limit).
+    committed: Mutex<Vec<FileId>>,
 }
 
 /// Runs the target half to completion.
@@ -304,6 +307,7 @@ pub fn run_target(
         owners: opts.privileges.applies_owners(opts.params.preserve_owner),
         touched_dirs: Mutex::default(),
         partials: Mutex::default(),
+        committed: Mutex::default(),
     };
     let diff_opts = DiffOptions {
         compare: opts.params.compare,
@@ -358,6 +362,9 @@ pub fn run_target(
         finalize(&shared, &mut plan, &not_done);
     }
     progress.stages.add(Stage::Finalize, finalizing);
+    if opts.params.reports_commits() {
+        report_commits(&shared, &to_source);
+    }
 
     let c = &shared.counters;
     let (errors, error_count) = shared.errors.take();
@@ -379,7 +386,33 @@ pub fn run_target(
     })
 }
 
+/// `--remove-source-files`: tells the source which files are at the target now, in bounded
+/// messages, the last one marked. A source that went away keeps its files.
+fn report_commits(shared: &Shared<'_>, to_source: &Sender<TargetMsg>) {
+    use blitx_core::session::COMMITTED_IDS_MAX;
+    let ids = std::mem::take(&mut *lock(&shared.committed));
+    let mut parts = ids.chunks(COMMITTED_IDS_MAX).peekable();
+    if parts.peek().is_none() {
+        let _ =
+            send_to_source(shared, to_source, TargetMsg::Committed { ids: Vec::new(), last: true });
+        return;
+    }
+    while let Some(part) = parts.next() {
+        let msg = TargetMsg::Committed { ids: part.to_vec(), last: parts.peek().is_none() };
+        if send_to_source(shared, to_source, msg).is_err() {
+            return;
+        }
+    }
+}
+
 impl Shared<'_> {
+    /// `--remove-source-files`: file `id` is at the target (committed, or up to date).
+    fn committed(&self, id: FileId) {
+        if self.opts.params.reports_commits() {
+            lock(&self.committed).push(id);
+        }
+    }
+
     /// With `--fsync`, remembers that `path`'s directory gained or lost a name.
     fn touched(&self, path: &RelPath) {
         if self.opts.params.fsync
