@@ -239,19 +239,116 @@ fn daemon_side_of_a_single_file_stays_confined() {
     }
     assert!(names(&local).is_empty());
     // Pushes: through a symlinked directory, into a missing directory: refused; onto a
-    // symlink: the symlink is replaced, what it pointed to is untouched.
-    for path in ["escape/new", "escape", "missing/new"] {
+    // symlink (to a file or a directory): the symlink is replaced, never followed.
+    for path in ["escape/new", "escape/secret", "missing/new"] {
         let out = xfer(&small, &d.url(path), &[]);
         assert_ne!(out.status.code(), Some(0), "{path}");
     }
-    assert_eq!(names(&outside), ["secret"]);
     assert!(!root.join("missing").exists());
-    ok(&xfer(&small, &d.url("dir/file-link"), &[]));
-    assert!(std::fs::symlink_metadata(root.join("dir/file-link")).unwrap().is_file());
+    for link in ["dir/file-link", "escape"] {
+        ok(&xfer(&small, &d.url(link), &[]));
+        assert!(std::fs::symlink_metadata(root.join(link)).unwrap().is_file(), "{link}");
+    }
+    assert_eq!(names(&outside), ["secret"]);
     assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
     // A read-only daemon refuses a push of one file too.
     let ro = Daemon::start(&root, &["--read-only"]);
     let out = xfer(&small, &ro.url("dir"), &[]);
     assert_ne!(out.status.code(), Some(0));
     assert!(!root.join("dir/small").exists());
+}
+
+// ---- --remove-source-files (a move)
+
+/// A tree with two files up to date at the target already and the rest new.
+fn move_tree(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let src = root.join("msrc");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    let mut rng = Rng::new(3);
+    write_random(&src.join("big.bin"), 2 * (1 << 20) + 5, &mut rng);
+    for n in ["a", "sub/b", "sub/deeper/c", "same"] {
+        std::fs::write(src.join(n), n.as_bytes()).unwrap();
+    }
+    let dst = root.join("mdst");
+    std::fs::create_dir(&dst).unwrap();
+    (src, dst)
+}
+
+/// What is left below `dir`, as relative paths (directories end with `/`).
+fn left(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                out.push(format!("{rel}/"));
+                stack.push(p);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+const MOVE: &str = "--remove-source-files";
+
+#[test]
+fn local_move_removes_files_committed_or_up_to_date_and_keeps_directories() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = move_tree(t.path());
+    // "same" is up to date at the target already: removed too (rsync does the same).
+    ok(&xfer(s(&src.join("same")), s(&dst), &[]));
+    // A dry run removes nothing.
+    ok(&xfer(s(&src), s(&dst), &[MOVE, "--dry-run"]));
+    assert_eq!(left(&src).len(), 7);
+    let out = xfer(s(&src), s(&dst), &[MOVE, "--chunk-size", "1M"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed 5 source files"));
+    assert_eq!(left(&src), ["sub/", "sub/deeper/"]);
+    assert_eq!(
+        left(&dst),
+        ["a", "big.bin", "same", "sub/", "sub/b", "sub/deeper/", "sub/deeper/c"]
+    );
+    // One file moved under a new name.
+    std::fs::write(src.join("one"), b"one").unwrap();
+    ok(&xfer(s(&src.join("one")), s(&dst.join("renamed")), &[MOVE]));
+    assert!(!src.join("one").exists());
+    assert_eq!(std::fs::read(dst.join("renamed")).unwrap(), b"one");
+}
+
+#[test]
+fn push_and_pull_move() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, _) = move_tree(t.path());
+    let root = t.path().join("export");
+    std::fs::create_dir(&root).unwrap();
+    let d = Daemon::start(&root, &[]);
+    // Push: the client removes its files once the daemon reported them committed.
+    ok(&xfer(s(&src), &d.url("moved"), &[MOVE, "--dry-run"]));
+    assert_eq!(left(&src).len(), 7);
+    ok(&xfer(s(&src), &d.url("moved"), &[MOVE, "--chunk-size", "1M"]));
+    assert_eq!(left(&src), ["sub/", "sub/deeper/"]);
+    assert_eq!(left(&root.join("moved")).len(), 7);
+    // Pull: the daemon removes its files below its root.
+    let back = t.path().join("back");
+    ok(&xfer(&d.url("moved"), s(&back), &[MOVE, "--chunk-size", "1M"]));
+    assert_eq!(left(&root.join("moved")), ["sub/", "sub/deeper/"]);
+    assert_eq!(left(&back).len(), 7);
+    // One file, pulled and moved.
+    std::fs::write(root.join("one"), b"one").unwrap();
+    ok(&xfer(&d.url("one"), s(&back), &[MOVE]));
+    assert!(!root.join("one").exists());
+    assert_eq!(std::fs::read(back.join("one")).unwrap(), b"one");
+    // A read-only daemon refuses a moving pull, and keeps everything.
+    std::fs::write(root.join("kept"), b"kept").unwrap();
+    let ro = Daemon::start(&root, &["--read-only"]);
+    let out = xfer(&ro.url("kept"), s(&back), &[MOVE]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("read-only"), "{err}");
+    assert!(root.join("kept").exists() && !back.join("kept").exists());
 }

@@ -151,3 +151,95 @@ fn remove_one(dirs: &DirCache, r: &Recorded) -> std::io::Result<bool> {
     rustix::fs::unlinkat(fd.as_fd(), fsys::os(name), AtFlags::empty())?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::limits::Budget;
+    use std::sync::Arc;
+
+    fn entry(root: &std::path::Path, id: FileId, name: &str) -> Entry {
+        let dir = std::fs::File::open(root).unwrap();
+        let st = fsys::stat_at(dir.as_fd(), name.as_bytes()).unwrap();
+        let path = RelPath::parse_str(name).unwrap();
+        fsys::entry_from_stat(dir.as_fd(), id, path, name.as_bytes(), &st).unwrap()
+    }
+
+    /// Files replaced, swapped, edited behind a restored mtime or turned into a directory
+    /// between their listing and the target's report are kept; ids never listed (a hostile
+    /// target's) remove nothing; the rest is removed, and the memory is given back.
+    #[test]
+    fn only_the_files_listed_and_unchanged_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        for name in ["same", "swapped", "edited", "gone", "sub/nested", "dir"] {
+            std::fs::write(root.join(name), name.as_bytes()).unwrap();
+        }
+        let ids = ["same", "swapped", "edited", "gone", "sub/nested", "dir"];
+        let entries: Vec<Entry> =
+            ids.iter().enumerate().map(|(i, n)| entry(root, i as u64 + 1, n)).collect();
+        let dirs = DirCache::new(
+            rustix::fs::open(
+                root,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap(),
+            true,
+        );
+        let budget = Budget::new("test", 1 << 20, None);
+        let limits = Limits { budget: Some(Arc::clone(&budget)), ..Limits::none() };
+        let removals = Removals::default();
+        removals.record(&dirs, &limits, &entries);
+        assert!(budget.used_bytes() > 0);
+        // Swapped: another file of the same size and mtime renamed over it.
+        std::fs::write(root.join("other"), b"SWAPPED").unwrap();
+        let mtime = std::fs::metadata(root.join("swapped")).unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(root.join("other"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::fs::rename(root.join("other"), root.join("swapped")).unwrap();
+        // Edited in place, its mtime put back: its change time tells.
+        let mtime = std::fs::metadata(root.join("edited")).unwrap().modified().unwrap();
+        std::fs::write(root.join("edited"), b"EDITED").unwrap();
+        let f = std::fs::File::options().write(true).open(root.join("edited")).unwrap();
+        f.set_modified(mtime).unwrap();
+        std::fs::remove_file(root.join("gone")).unwrap();
+        std::fs::remove_file(root.join("dir")).unwrap();
+        std::fs::create_dir(root.join("dir")).unwrap();
+        let r = removals.remove(&dirs, &limits, &[1, 2, 3, 4, 5, 6, 99, 1]);
+        assert_eq!(r, Removed { removed: 2, kept: 4 });
+        assert!(!root.join("same").exists() && !root.join("sub/nested").exists());
+        assert_eq!(std::fs::read(root.join("swapped")).unwrap(), b"SWAPPED");
+        assert_eq!(std::fs::read(root.join("edited")).unwrap(), b"EDITED");
+        assert!(root.join("dir").is_dir() && root.join("sub").is_dir());
+        assert_eq!(removals.left(&limits), 0);
+        assert_eq!(budget.used_bytes(), 0);
+    }
+
+    /// A file that changed before it was even recorded (size or mtime no longer the
+    /// listing's) is never recorded.
+    #[test]
+    fn a_file_changed_since_its_listing_is_not_recorded() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"one").unwrap();
+        let e = entry(t.path(), 1, "f");
+        std::fs::write(t.path().join("f"), b"longer").unwrap();
+        let fd = rustix::fs::open(
+            t.path(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let dirs = DirCache::new(fd, true);
+        let removals = Removals::default();
+        removals.record(&dirs, &Limits::none(), &[e]);
+        assert_eq!(removals.remove(&dirs, &Limits::none(), &[1]), Removed::default());
+        assert!(t.path().join("f").exists());
+    }
+}
