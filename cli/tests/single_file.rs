@@ -222,7 +222,7 @@ fn daemon_side_of_a_single_file_stays_confined() {
     std::os::unix::fs::symlink(outside.join("secret"), root.join("dir/file-link")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("dir/fifo"),
+        root.join("dir/fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,

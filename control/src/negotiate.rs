@@ -745,6 +745,9 @@ pub enum ClientOutcome {
     Local,
 }
 
+// The summary arrives once per session, moved straight into the outcome: its size costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
     /// Answers [`ClientCmd::ProbeRdma`]: the local device, or why there is none.

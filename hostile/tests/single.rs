@@ -26,7 +26,7 @@ fn a_single_file_pull_that_lists_more_writes_nothing() {
     let scripts = [
         vec![msg::file(1, "f", 5, 0o644), msg::file(2, ".bashrc", 5, 0o644)],
         vec![msg::dir(1, "d", 0o755)],
-        vec![msg::symlink(1, ".bashrc", b"/etc/passwd".to_vec())],
+        vec![msg::symlink(1, ".bashrc", b"/etc/passwd")],
     ];
     for listing in scripts {
         let script = PullScript {
@@ -78,4 +78,30 @@ fn a_read_only_daemon_refuses_a_raw_moving_pull() {
     let r = xfer(&[&format!("blit://{}/f", d.addr), s(&t.path().join("out"))], WAIT);
     assert_eq!(r.code(), Some(0), "{}", r.describe());
     assert!(root.join("f").exists());
+}
+
+/// A moving pull's client that reports files committed before the data ended (here, before it
+/// answered a single listing) breaks the protocol: the daemon's session fails and removes
+/// nothing.
+#[test]
+fn a_commit_report_before_the_data_ended_removes_nothing() {
+    let t = scratch("early-commit");
+    let root = t.path().join("export");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("f"), b"keep").unwrap();
+    let d = DaemonProc::start(&root, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let c = RawClient::connect(&d.addr).unwrap();
+    let mut open = msg::open_pull("");
+    open.params.as_mut().unwrap().remove_source_files = true;
+    let (mut sess, _data) = c.open_with_data(open).unwrap();
+    let committed = pb::TargetMsg {
+        msg: Some(pb::target_msg::Msg::Committed(pb::SingleCommitted {
+            ids: (0..16).collect(),
+            last: true,
+        })),
+    };
+    sess.send_target(committed).unwrap();
+    let end = sess.finish(WAIT);
+    assert!(end.is_refusal(), "{}", end.describe());
+    assert_eq!(std::fs::read(root.join("f")).unwrap(), b"keep");
 }
