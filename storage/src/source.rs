@@ -404,7 +404,12 @@ fn source_session(
             };
             progress.stages.add(Stage::Walk, started);
             drop(walk_tx);
-            r
+            // A walk that cannot start (its root, or a single file that is not one) ends the
+            // session at once: the target would wait for listings that never come.
+            r.or_else(|e| {
+                shared.fail(SourceError::Walk(e));
+                Ok::<_, walk::WalkError>(walk::WalkStats::default())
+            })
         });
         let forwarder =
             s.spawn(|| forward(shared, &walk_rx, &pending, to_target, progress, cancel));
