@@ -16,6 +16,7 @@ use blitx_storage::RootDir;
 use blitx_storage::local::PairProgress;
 use blitx_storage::local::{LocalOptions, run_local};
 use blitx_storage::report::{FileError, SourceReport, TargetReport};
+use blitx_storage::target::SingleFile;
 
 use crate::exit::{Exit, UsageError};
 use crate::output::{PrintReporter, Summary, drive_bar, drive_lines, escape_str, make_bar};
@@ -47,6 +48,12 @@ pub struct XferArgs {
     /// Also delete what is in TARGET but not in SOURCE (only after everything else succeeded).
     #[arg(long)]
     pub mirror: bool,
+    /// Move instead of copy (rsync's flag): remove each source file once the target reported
+    /// it committed (or already up to date there), if it is still the file that was listed
+    /// (same inode, size and times). Directories stay. A daemon removes its files only if it is
+    /// not --read-only.
+    #[arg(long)]
+    pub remove_source_files: bool,
     /// Show what would be copied and deleted; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
@@ -229,6 +236,7 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
         io_depth: args.io_depth,
         mem_bytes: args.mem,
         resume: !args.no_resume,
+        remove_source_files: args.remove_source_files,
         delta: match args.delta.as_str() {
             "on" => true,
             "off" => false,
@@ -285,6 +293,80 @@ fn check_source(source: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// SOURCE when it is one regular file: its directory and its name (`None` for a directory). A
+/// symlink named on the command line is followed, as it is for a directory SOURCE; a FIFO,
+/// socket or device is refused.
+fn file_source(source: &Path) -> anyhow::Result<Option<(PathBuf, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let meta = std::fs::metadata(source)
+        .with_context(|| format!("cannot read SOURCE {}", source.display()))?;
+    if meta.is_dir() {
+        return Ok(None);
+    }
+    if !meta.is_file() {
+        bail!(
+            "SOURCE {} is a special file (FIFO, socket or device): blit copies regular files and directories",
+            source.display()
+        );
+    }
+    let real = source
+        .canonicalize()
+        .with_context(|| format!("cannot resolve SOURCE {}", source.display()))?;
+    match (real.parent(), real.file_name()) {
+        (Some(dir), Some(name)) => Ok(Some((dir.to_path_buf(), name.as_bytes().to_vec()))),
+        _ => bail!("SOURCE {} has no file name", source.display()),
+    }
+}
+
+/// Where a file SOURCE lands (cp's and rsync's rule): in TARGET under the source's name when
+/// TARGET is a directory (or ends with `/`: then it is made if missing, like a directory
+/// TARGET); otherwise TARGET is the file's new name, replacing what stands there (a file, or a
+/// symlink, which is replaced, never followed), and its directory must exist — no parents are
+/// made for a file.
+fn file_target(target: &str) -> anyhow::Result<(PathBuf, Option<Vec<u8>>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = Path::new(target);
+    if path.is_dir() || target.ends_with('/') {
+        return Ok((path.to_path_buf(), None));
+    }
+    let Some(name) = path.file_name() else {
+        bail!("TARGET {target} names no file");
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "the directory of TARGET {target} does not exist (blit makes no parent directories for a file; end TARGET with / to make it a directory)"
+        );
+    }
+    Ok((dir, Some(name.as_bytes().to_vec())))
+}
+
+/// A local copy of one file: where it is read and where it lands.
+struct LocalFile {
+    source_dir: PathBuf,
+    source_name: Vec<u8>,
+    target_dir: PathBuf,
+    target_name: Option<Vec<u8>>,
+}
+
+/// A local copy whose SOURCE is one file, checked: `None` when SOURCE is a directory.
+fn local_file(args: &XferArgs) -> anyhow::Result<Option<LocalFile>> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some((source_dir, source_name)) = file_source(Path::new(&args.source))? else {
+        return Ok(None);
+    };
+    let (target_dir, target_name) = file_target(&args.target)?;
+    let name = target_name.as_deref().unwrap_or(&source_name);
+    let landing = resolve_lexically(&target_dir)?.join(std::ffi::OsStr::from_bytes(name));
+    if landing == source_dir.join(std::ffi::OsStr::from_bytes(&source_name)) {
+        bail!("SOURCE {} and TARGET {} are the same file", args.source, args.target);
+    }
+    Ok(Some(LocalFile { source_dir, source_name, target_dir, target_name }))
 }
 
 fn check_target(target: &Path) -> anyhow::Result<()> {
@@ -393,6 +475,7 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         // Loading libibverbs overlaps the topology discovery and placement below.
         blitx_control::dataplane::preload_rdma();
     }
+    let mut local_one = None;
     if !remote_source && !remote_target {
         if args.transport != "auto" || args.streams.is_some() {
             tracing::info!(
@@ -400,7 +483,10 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
             );
         }
         if args.mem.is_none() {
-            check_paths(Path::new(&args.source), Path::new(&args.target))?;
+            local_one = local_file(args)?;
+            if local_one.is_none() {
+                check_paths(Path::new(&args.source), Path::new(&args.target))?;
+            }
         }
     }
     // The handler sets the flag the engines look at and wakes every wait on the daemon.
@@ -445,7 +531,7 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         let r = if remote_source || remote_target {
             run_remote(args, params, threads, &reporter, &progress, &cancel)
         } else {
-            run_local_copy(args, params, threads, &reporter, &progress, cancel.plane())
+            run_local_copy(args, local_one, params, threads, &reporter, &progress, cancel.plane())
         };
         done.store(true, Ordering::Release);
         if let Some(t) = &bar_thread {
@@ -495,6 +581,18 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         profile: args.profile.then(|| profile_rows(&progress)),
     };
     summary.print(args.json);
+    if params_moved(args) {
+        let s = &outcome.source;
+        eprintln!(
+            "removed {} source files{}",
+            s.files_removed,
+            if s.files_kept > 0 {
+                format!("; kept {} (changed since they were sent, or not copied)", s.files_kept)
+            } else {
+                String::new()
+            }
+        );
+    }
     if args.profile {
         if !args.json {
             print_profile(&progress, seconds);
@@ -502,6 +600,11 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         record_history(args, &summary, &progress);
     }
     Ok(if t.error_count > 0 { Exit::Partial } else { Exit::Ok })
+}
+
+/// Whether this run removes what it copied (`--remove-source-files`, not a dry run).
+fn params_moved(args: &XferArgs) -> bool {
+    args.remove_source_files && !args.dry_run && args.mem.is_none()
 }
 
 fn profile_rows(progress: &PairProgress) -> Vec<crate::output::ProfileRow> {
@@ -605,13 +708,14 @@ struct Outcome {
 
 fn run_local_copy(
     args: &XferArgs,
+    one: Option<LocalFile>,
     params: SessionParams,
     threads: usize,
     reporter: &PrintReporter,
     progress: &PairProgress,
     cancel: &blitx_core::cancel::Cancel,
 ) -> anyhow::Result<Outcome> {
-    let target = Path::new(&args.target);
+    let target = one.as_ref().map_or(Path::new(&args.target), |f| f.target_dir.as_path());
     let mem = params.mem_bytes.is_some();
     // A dry run never creates TARGET; a memory session has none.
     let target_root = if mem { mem_stand_in()? } else { open_target(target, args.dry_run)? };
@@ -619,7 +723,7 @@ fn run_local_copy(
     // Direct I/O and generated data need buffers.
     let direct = params.io == IoMode::Direct || mem;
     let opts = LocalOptions {
-        source: PathBuf::from(&args.source),
+        source: one.as_ref().map_or_else(|| PathBuf::from(&args.source), |f| f.source_dir.clone()),
         target: target.to_path_buf(),
         target_root: Some(target_root),
         params,
@@ -631,6 +735,7 @@ fn run_local_copy(
             PayloadPref::FileRegion
         },
         faults: MemFaults::default(),
+        single: one.map(|f| (f.source_name, SingleFile { name: f.target_name })),
     };
     let (source, target) = run_local(&opts, reporter, progress, cancel)?;
     Ok(Outcome { transport: "local".into(), streams: 1, frame_checksums: false, source, target })
@@ -688,18 +793,32 @@ fn run_remote(
         tcp_zero_copy: args.tcp_zero_copy,
     };
     // Held until the transfer is over (a pull writes into TARGET).
-    let _lock;
+    let lock = std::sync::Mutex::new(None);
     let (remote, local) = if RemoteSpec::is_remote(&args.source) {
         let remote = RemoteSpec::parse(&args.source)?;
         if args.mem.is_some() {
-            _lock = None;
             (remote, Local::Target(mem_stand_in()?))
         } else {
-            let target = Path::new(&args.target);
-            check_target(target)?;
-            let root = open_target(target, args.dry_run)?;
-            _lock = lock_target(&root, args, cancel.plane())?;
-            (remote, Local::Target(root))
+            // The daemon's Accept says whether its source is a directory or one file, and
+            // so what TARGET means.
+            let lock = &lock;
+            let open = move |single: bool| -> anyhow::Result<(RootDir, Option<SingleFile>)> {
+                let (dir, one) = if single {
+                    let (dir, name) = file_target(&args.target)?;
+                    (dir, Some(SingleFile { name }))
+                } else {
+                    let target = PathBuf::from(&args.target);
+                    check_target(&target)?;
+                    (target, None)
+                };
+                let root = open_target(&dir, args.dry_run)?;
+                *lock.lock().unwrap_or_else(|p| p.into_inner()) =
+                    lock_target(&root, args, cancel.plane())?;
+                Ok((root, one))
+            };
+            let open: client::OpenTarget<'_> =
+                Box::new(move |single| open(single).map_err(|e| error_chain(&e)));
+            (remote, Local::TargetOnAccept(open))
         }
     } else {
         let remote = RemoteSpec::parse(&args.target)?;
@@ -707,15 +826,23 @@ fn run_remote(
             (remote, Local::Source(mem_stand_in()?))
         } else {
             let source = Path::new(&args.source);
-            check_source(source)?;
-            let root = RootDir::open(source)
-                .with_context(|| format!("cannot open SOURCE {}", source.display()))?;
-            (remote, Local::Source(root))
+            match file_source(source)? {
+                Some((dir, name)) => {
+                    let root = RootDir::open(&dir)
+                        .with_context(|| format!("cannot open SOURCE {}", source.display()))?;
+                    (remote, Local::SourceFile(root, name))
+                }
+                None => {
+                    let root = RootDir::open(source)
+                        .with_context(|| format!("cannot open SOURCE {}", source.display()))?;
+                    (remote, Local::Source(root))
+                }
+            }
         }
     };
     let half = match local {
-        Local::Source(_) => &progress.source,
-        Local::Target(_) => &progress.target,
+        Local::Source(_) | Local::SourceFile(..) => &progress.source,
+        Local::Target(_) | Local::TargetOnAccept(_) => &progress.target,
     };
     let report = client::transfer(&remote, local, &opts, reporter, half, cancel)?;
     tracing::info!(transport = %report.transport, streams = report.streams, reason = %report.reason, "data plane");

@@ -12,7 +12,7 @@ use blitx_storage::RootDir;
 use blitx_storage::limits::Limits;
 use blitx_storage::report::{Progress, Reporter, SourceReport, TargetReport};
 use blitx_storage::source::{SourceError, SourceOptions, run_source};
-use blitx_storage::target::{TargetError, TargetOptions, run_target};
+use blitx_storage::target::{SingleFile, TargetError, TargetOptions, run_target};
 use tokio::sync::mpsc;
 
 use crate::cancel::{Cancel, Interrupted, next_or_cancel};
@@ -97,6 +97,8 @@ pub enum ClientError {
     Cancelled,
     #[error("RDMA is not available on this machine: {0}")]
     RdmaUnavailable(DataPlaneError),
+    #[error("{0}")]
+    OpenTarget(String),
 }
 
 impl ClientError {
@@ -192,12 +194,23 @@ pub fn hello(remote: &RemoteSpec) -> Result<HelloInfo, ClientError> {
 }
 
 /// What the local half works on.
-pub enum Local {
+pub enum Local<'a> {
     /// Push: the local directory to send.
     Source(RootDir),
+    /// Push of one regular file: its directory and its name there.
+    SourceFile(RootDir, Vec<u8>),
     /// Pull: the local directory to write (must exist; may be an empty stand-in for dry runs).
+    /// A daemon whose source is one file puts it in here under its own name.
     Target(RootDir),
+    /// Pull whose target is opened once the daemon's Accept said whether its source is one
+    /// file (`true`) or a directory: the directory to write, and where a single file lands.
+    TargetOnAccept(OpenTarget<'a>),
 }
+
+/// Opens a pull's target given whether the daemon's source is one file; an error is the
+/// message the transfer fails with.
+pub type OpenTarget<'a> =
+    Box<dyn FnOnce(bool) -> Result<(RootDir, Option<SingleFile>), String> + 'a>;
 
 /// The client's session machine, shared by the threads that feed it events: the inbound
 /// relay, the caller's cancel, and the thread running the local half.
@@ -317,9 +330,10 @@ pub fn transfer(
 ) -> Result<ClientReport, ClientError> {
     let rt = runtime()?;
     let direction = match local {
-        Local::Source(_) => Direction::Push,
-        Local::Target(_) => Direction::Pull,
+        Local::Source(_) | Local::SourceFile(..) => Direction::Push,
+        Local::Target(_) | Local::TargetOnAccept(_) => Direction::Pull,
     };
+    let single_file = matches!(local, Local::SourceFile(..));
     let role = if direction == Direction::Push { Role::Send } else { Role::Receive };
     let mut dp_opts = DataPlaneOptions {
         streams: 1, // TCP: the daemon's offer decides
@@ -417,6 +431,7 @@ pub fn transfer(
                     rdma_event_cq: opts.rdma_event_cq,
                     wait_lock: opts.wait_lock,
                     tcp_zero_copy: opts.tcp_zero_copy,
+                    single_file,
                 };
                 let (Some(connecting), Some(out_rx)) = (connecting.take(), out_rx.take()) else {
                     // The machine asks for one Open; a second finds the stream in use.
@@ -667,10 +682,27 @@ pub fn transfer(
                 }
             }
         });
+        // A pull learns from the Accept whether the daemon sends one file or a directory.
+        let single_pull = !push && accepted.single_file;
+        let local = match local {
+            Local::TargetOnAccept(open) => {
+                open(single_pull).map(|(root, single)| (root, single, None))
+            }
+            Local::Target(root) => {
+                Ok((root, single_pull.then_some(SingleFile { name: None }), None))
+            }
+            Local::Source(root) => Ok((root, None, Some(None))),
+            Local::SourceFile(root, name) => Ok((root, None, Some(Some(name)))),
+        };
         let result = match local {
-            Local::Source(root) => {
+            Err(why) => {
+                drop((engine_out_src, engine_out_tgt));
+                Err(ClientError::OpenTarget(why))
+            }
+            Ok((root, _, Some(single))) => {
                 drop(engine_out_tgt);
                 let o = SourceOptions {
+                    single,
                     root,
                     params: opts.params.clone(),
                     walk_threads: opts.threads,
@@ -687,11 +719,12 @@ pub fn transfer(
                         })
                 })
             }
-            Local::Target(root) => {
+            Ok((root, single, None)) => {
                 drop(engine_out_src);
                 // Confined like a daemon's: the daemon is as untrusted as a client.
                 let mut o = TargetOptions::new(root, opts.params.clone(), opts.threads);
                 o.limits.idle_timeout = opts.idle_timeout;
+                o.single = single;
                 plane.receiver().map_err(ClientError::DataPlane).and_then(|rx| {
                     run_target(&o, engine_src, engine_out_tgt, rx, reporter, progress, stop.plane())
                         .map(|r| (None, Some(r)))
@@ -800,6 +833,7 @@ pub fn raw_open_for_tests(
             rdma_event_cq: false,
             wait_lock: false,
             tcp_zero_copy: false,
+            single_file: false,
         };
         let mut frame = convert::open_to_pb(&open);
         if let Some(pb::client_frame::Msg::Open(o)) = frame.msg.as_mut() {

@@ -122,6 +122,8 @@ pub struct OpenRequest {
     pub wait_lock: bool,
     /// TCP: sendfile on the sending end, splice on the receiving end.
     pub tcp_zero_copy: bool,
+    /// Push of one regular file: `path` is the directory it lands in, or its new name.
+    pub single_file: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,8 @@ pub struct Accepted {
     pub reason: String,
     pub tcp: Option<TcpEndpoint>,
     pub rdma: Option<RdmaPeer>,
+    /// Pull: the daemon's source is one regular file.
+    pub single_file: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +225,7 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
         no_resume: !p.resume,
         delta: p.delta,
         bwlimit_bytes_per_s: p.bwlimit_bytes_per_s.unwrap_or(0),
+        remove_source_files: p.remove_source_files,
     }
 }
 
@@ -253,6 +258,7 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         resume: !p.no_resume,
         delta: p.delta,
         bwlimit_bytes_per_s: (p.bwlimit_bytes_per_s > 0).then_some(p.bwlimit_bytes_per_s),
+        remove_source_files: p.remove_source_files,
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)
@@ -331,6 +337,7 @@ pub fn open_to_pb(o: &OpenRequest) -> pb::ClientFrame {
             rdma_event_cq: o.rdma_event_cq,
             wait_lock: o.wait_lock,
             tcp_zero_copy: o.tcp_zero_copy,
+            single_file: o.single_file,
         })),
     }
 }
@@ -383,6 +390,7 @@ pub fn open_from_pb(o: &pb::Open) -> Result<OpenRequest, ConvertError> {
         rdma_event_cq: o.rdma_event_cq,
         wait_lock: o.wait_lock,
         tcp_zero_copy: o.tcp_zero_copy,
+        single_file: o.single_file,
     })
 }
 
@@ -525,6 +533,7 @@ pub fn accept_to_pb(a: &Accepted) -> pb::ServerFrame {
                 buffer_bytes: t.buffer_bytes,
             }),
             rdma: a.rdma.as_ref().map(rdma_peer_to_pb),
+            single_file: a.single_file,
         })),
     }
 }
@@ -550,6 +559,7 @@ pub fn accept_from_pb(a: &pb::Accept) -> Result<Accepted, ConvertError> {
         reason: a.reason.chars().take(1024).collect(),
         tcp,
         rdma: a.rdma.as_ref().map(rdma_peer_from_pb).transpose()?,
+        single_file: a.single_file,
     })
 }
 
@@ -756,6 +766,9 @@ pub fn target_msg_to_pb(m: &TargetMsg) -> pb::TargetMsg {
         TargetMsg::Signature { id, part } => {
             Msg::Signature(pb::Signature { id: *id, part: part.clone() })
         }
+        TargetMsg::Committed { ids, last } => {
+            Msg::Committed(pb::SingleCommitted { ids: ids.clone(), last: *last })
+        }
     };
     pb::TargetMsg { msg: Some(msg) }
 }
@@ -778,6 +791,16 @@ pub fn target_msg_from_pb(m: &pb::TargetMsg) -> Result<TargetMsg, ConvertError> 
         }
         Msg::NeedEnd(_) => TargetMsg::NeedEnd,
         Msg::Signature(sg) => TargetMsg::Signature { id: sg.id, part: sg.part.clone() },
+        Msg::Committed(c) => {
+            if c.ids.len() > blitx_core::session::COMMITTED_IDS_MAX {
+                return Err(bad(format!(
+                    "a committed list of {} ids (at most {})",
+                    c.ids.len(),
+                    blitx_core::session::COMMITTED_IDS_MAX
+                )));
+            }
+            TargetMsg::Committed { ids: c.ids.clone(), last: c.last }
+        }
     })
 }
 
@@ -867,6 +890,8 @@ pub fn source_summary_to_pb(s: &SourceReport) -> pb::ServerFrame {
         bytes_reused: s.bytes_reused,
         errors: errors_to_pb(&s.errors),
         error_count: s.error_count,
+        files_removed: s.files_removed,
+        files_kept: s.files_kept,
         ..Default::default()
     })
 }
@@ -914,6 +939,8 @@ pub fn summary_from_pb(s: &pb::Summary) -> Result<RemoteSummary, ConvertError> {
             bytes_reused: s.bytes_reused,
             errors,
             error_count: s.error_count,
+            files_removed: s.files_removed,
+            files_kept: s.files_kept,
         },
         fatal: (!s.fatal.is_empty()).then(|| RemoteError {
             code: code_from_pb(s.fatal_code),

@@ -582,6 +582,13 @@ impl DaemonSession {
             return self
                 .refuse(ErrorCode::ReadOnly, "this daemon exports its root read-only (pull only)");
         }
+        // A pull that removes what it sent changes the export: a write like any other.
+        if !push && self.facts.read_only && open.params.remove_source_files {
+            return self.refuse(
+                ErrorCode::ReadOnly,
+                "this daemon exports its root read-only: --remove-source-files would remove its files",
+            );
+        }
         if mem {
             // A memory session generates or discards its data: its path is never touched.
             self.phase = DaemonPhase::StandIn;
@@ -738,6 +745,9 @@ pub enum ClientOutcome {
     Local,
 }
 
+// The summary arrives once per session, moved straight into the outcome: its size costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
     /// Answers [`ClientCmd::ProbeRdma`]: the local device, or why there is none.

@@ -30,7 +30,7 @@ use blitx_storage::lock::{LockError, TargetLock};
 use blitx_storage::meta::Privileges;
 use blitx_storage::report::{Event, EventKind, Progress, Reporter};
 use blitx_storage::source::{SourceError, SourceOptions, run_source};
-use blitx_storage::target::{TargetError, TargetOptions, run_target};
+use blitx_storage::target::{SingleFile, TargetError, TargetOptions, run_target};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -659,6 +659,8 @@ impl SessionCtx {
         );
         let mut inbound = inbound;
         let mut root = None;
+        // A single file: its name in `root` (a pull's source; a push's target when renamed).
+        let mut single: Option<Option<Vec<u8>>> = None;
         let mut _lock = None;
         let mut rdma = None;
         let mut peer = None;
@@ -689,12 +691,13 @@ impl SessionCtx {
                     // A pull's --files-from paths are checked before Accept: one that is
                     // missing or leads through a symlink refuses the session, nothing sent.
                     let files_from = open.params.filter.files_from.as_deref().filter(|_| !push);
-                    match RootDir::beneath(&self.root, &open.path, create) {
-                        Ok(r) => match files_from.map_or(Ok(()), |paths| {
+                    match open_session_root(&self.root, &open, create) {
+                        Ok((r, one)) => match files_from.map_or(Ok(()), |paths| {
                             blitx_storage::source::check_files_from(r.fd(), paths)
                         }) {
                             Ok(()) => {
                                 root = Some(r);
+                                single = one;
                                 DaemonEvent::Root(Ok(()))
                             }
                             Err(e) => DaemonEvent::Root(Err(RootFailure {
@@ -715,6 +718,11 @@ impl SessionCtx {
                     match dataplane::empty_stand_in() {
                         Ok(r) => {
                             root = Some(r);
+                            // A dry-run push of one file into a missing directory.
+                            if open.single_file && push {
+                                let name = open.path.split_last().map(|(_, n)| n.to_vec());
+                                single = Some(name);
+                            }
                             DaemonEvent::StandIn(Ok(()))
                         }
                         Err(e) => DaemonEvent::StandIn(Err(e.to_string())),
@@ -764,6 +772,7 @@ impl SessionCtx {
                         reason,
                         tcp: listening.as_ref().map(|l| l.endpoint()),
                         rdma: rdma.as_ref().map(|(_, mine)| mine.clone()),
+                        single_file: !push && single.is_some(),
                     };
                     if send(out, convert::accept_to_pb(&accepted)) {
                         continue;
@@ -944,6 +953,7 @@ impl SessionCtx {
                 let mut opts = TargetOptions::new(root.clone(), params.clone(), threads);
                 opts.privileges = self.privileges;
                 opts.limits = limits.clone();
+                opts.single = single.clone().map(|name| SingleFile { name });
                 let flag = cancel.plane();
                 plane.receiver().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(
                     |rx| {
@@ -963,6 +973,7 @@ impl SessionCtx {
             } else {
                 drop(engine_out_tgt);
                 let opts = SourceOptions {
+                    single: single.clone().flatten(),
                     root: root.clone(),
                     params: params.clone(),
                     walk_threads: threads,
@@ -1045,7 +1056,62 @@ fn placeholder_open() -> OpenRequest {
         rdma_event_cq: false,
         wait_lock: false,
         tcp_zero_copy: false,
+        single_file: false,
     }
+}
+
+/// Opens a session's directory below the export root (never leaving it, never following a
+/// symlink), and says whether the session moves one file named there:
+///
+/// - a pull of a path that is a regular file: its directory, and its name (the source sends
+///   that file alone; a symlink or a special file is refused like any non-directory);
+/// - a push of one file (`Open.single_file`): the path when it is a directory (the file keeps
+///   the source's name, `Some(None)`); otherwise its parent, which must exist, and the path's
+///   last component as the file's name — whatever stands there now (a file, a symlink) is
+///   replaced by the rename, never written through;
+/// - anything else: the directory (created with `create`), `None`.
+fn open_session_root(
+    base: &RootDir,
+    open: &OpenRequest,
+    create: bool,
+) -> std::io::Result<(RootDir, Option<Option<Vec<u8>>>)> {
+    use rustix::io::Errno;
+    let push = open.direction == Direction::Push;
+    if push && !open.single_file {
+        return RootDir::beneath(base, &open.path, create).map(|r| (r, None));
+    }
+    let err = match RootDir::beneath(base, &open.path, false) {
+        Ok(r) => return Ok((r, push.then_some(None))),
+        Err(e) => e,
+    };
+    let errno = err.raw_os_error().map(Errno::from_raw_os_error);
+    let Some((parent, name)) = open.path.split_last() else { return Err(err) };
+    if push {
+        if err.kind() != std::io::ErrorKind::NotFound
+            && !matches!(errno, Some(Errno::NOTDIR | Errno::LOOP))
+        {
+            return Err(err);
+        }
+        let dir = RootDir::beneath(base, &parent, false)?;
+        return Ok((dir, Some(Some(name.to_vec()))));
+    }
+    // A pull: a regular file where a directory was asked for opens with ENOTDIR.
+    if errno != Some(Errno::NOTDIR) {
+        return Err(err);
+    }
+    let dir = RootDir::beneath(base, &parent, false)?;
+    let st = rustix::fs::statx(
+        dir.fd(),
+        blitx_storage::fsys::os(name),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        rustix::fs::StatxFlags::TYPE,
+    )?;
+    if rustix::fs::FileType::from_raw_mode(u32::from(st.stx_mode))
+        != rustix::fs::FileType::RegularFile
+    {
+        return Err(err);
+    }
+    Ok((dir, Some(Some(name.to_vec()))))
 }
 
 /// Why a path was refused, in words (a symlink on the way reads "Not a directory" or "Too many

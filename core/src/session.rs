@@ -95,6 +95,10 @@ pub struct SessionParams {
     /// [`crate::rate::FRAME_SECS_MAX`] s ([`crate::rate::check_rate`]).
     #[serde(default)]
     pub bwlimit_bytes_per_s: Option<u64>,
+    /// `--remove-source-files` (a move): the target reports the files it committed or found
+    /// up to date ([`TargetMsg::Committed`], after the source's `DataEnd`), and the source
+    /// removes each of them that is still the file it listed. Never in a dry run.
+    pub remove_source_files: bool,
 }
 
 impl Default for SessionParams {
@@ -115,6 +119,7 @@ impl Default for SessionParams {
             resume: true,
             delta: false,
             bwlimit_bytes_per_s: None,
+            remove_source_files: false,
         }
     }
 }
@@ -173,6 +178,12 @@ impl SessionParams {
             });
         }
         Ok(())
+    }
+
+    /// True when the target reports what it committed ([`TargetMsg::Committed`]) and the
+    /// source removes it: `--remove-source-files`, unless the session writes nothing.
+    pub fn reports_commits(&self) -> bool {
+        self.remove_source_files && !self.dry_run && self.mem_bytes.is_none()
     }
 
     /// True when a file of this size travels inside a bundle rather than as chunks.
@@ -261,7 +272,15 @@ pub enum TargetMsg {
     /// part of a file's signature comes before the `Need` that names the file, and a `Need`
     /// must name every file whose signature came since the last one.
     Signature { id: FileId, part: Vec<u8> },
+    /// `--remove-source-files` only, after the source's `DataEnd`: these files of the source's
+    /// listings are at the target (committed in this session, or found up to date), at most
+    /// [`COMMITTED_IDS_MAX`] per message; `last` ends the list. The source removes each that
+    /// is still the file it listed.
+    Committed { ids: Vec<FileId>, last: bool },
 }
+
+/// File ids one [`TargetMsg::Committed`] may carry (512 KiB on the wire).
+pub const COMMITTED_IDS_MAX: usize = 64 * 1024;
 
 /// The largest signature message (64 Ki blocks of 12 bytes and a header).
 pub const SIGNATURE_MESSAGE_BYTES_MAX: usize = (1 << 20) + 64;
@@ -278,6 +297,7 @@ impl TargetMsg {
             TargetMsg::Need { .. } => "need",
             TargetMsg::NeedEnd => "need-end",
             TargetMsg::Signature { .. } => "signature",
+            TargetMsg::Committed { .. } => "committed",
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct PullScript {
     /// TCP streams to offer (0: what the client asked for, at least 1).
     pub streams: u32,
     pub finish: bool,
+    /// Say in the Accept that the source is one file (a single-file pull).
+    pub single_file: bool,
 }
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -270,6 +272,7 @@ fn run_pull(
             streams,
             ..Default::default()
         }),
+        single_file: script.single_file,
         ..Default::default()
     };
     if !send(pb::ServerFrame { msg: Some(pb::server_frame::Msg::Accept(accept)) }) {

@@ -220,6 +220,9 @@ pub fn describe_server(f: &pb::ServerFrame) -> String {
             Some(pb::target_msg::Msg::Signature(sg)) => {
                 format!("Signature(file {}, {} bytes)", sg.id, sg.part.len())
             }
+            Some(pb::target_msg::Msg::Committed(c)) => {
+                format!("Committed({} ids, last {})", c.ids.len(), c.last)
+            }
             None => "Target(empty)".into(),
         },
         Some(Msg::Events(e)) => format!(

@@ -46,6 +46,7 @@ fn hostile_daemon_serves_a_benign_pull() {
         contents: HashMap::from([(1, small.clone()), (2, big.clone()), (4, nested.clone())]),
         streams: 2,
         finish: true,
+        single_file: false,
     };
     let hd = HostileDaemon::start(Behaviour::Pull(script)).unwrap();
     let r = xfer(&[&hd.url("x"), s(&local)], Duration::from_secs(20));

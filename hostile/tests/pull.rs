@@ -50,6 +50,7 @@ fn pull_from_hostile_daemon_stays_inside_target() {
         contents: HashMap::from([(3, b"owned".to_vec())]),
         streams: 1,
         finish: true,
+        single_file: false,
     };
     let (r, log) = pull(script, &local, &[]);
     let ctx = format!("client: {}\ndaemon log: {log:?}", r.describe());
@@ -77,6 +78,7 @@ fn pull_from_hostile_daemon_stays_inside_target_with_mirror() {
         contents: HashMap::new(),
         streams: 1,
         finish: true,
+        single_file: false,
     };
     let (r, log) = pull(script, &local, &["--mirror"]);
     let ctx = format!("client: {}\ndaemon log: {log:?}", r.describe());
@@ -110,6 +112,7 @@ fn pull_from_hostile_daemon_stays_inside_target_modes() {
             contents: HashMap::new(),
             streams: 1,
             finish: true,
+            single_file: false,
         };
         let (r, log) = pull(script, &local, &[]);
         let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;

@@ -169,6 +169,10 @@ impl std::error::Error for FileError {
 /// Something the peer sent that no correct peer sends: the session ends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
+    /// `--remove-source-files`' report before the session's data ended, or in a session
+    /// that did not ask for it.
+    #[error("a report of committed files before the end of the data, or unasked for")]
+    CommittedEarly,
     #[error("data for file {0}, which was not needed")]
     NotNeeded(FileId),
     #[error("file id {id} of {path} was already used by another file")]

@@ -38,6 +38,10 @@ pub enum Violation {
     SecondRoot,
     #[error("the source root is not a directory")]
     RootNotDir,
+    /// A single-file session (`blit xfer FILE TARGET`) whose source listed anything but one
+    /// regular file in its root.
+    #[error("the source of a single-file transfer listed {0}, not one regular file in its root")]
+    NotSingleFile(RelPath),
     /// The operator's limit on a session's entries (the shell reports it as a limit, not as
     /// a protocol violation).
     #[error("the source listed more than {limit} entries (the limit for one session)")]

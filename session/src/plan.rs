@@ -139,6 +139,11 @@ pub struct Planning<D> {
     deletions: Vec<(RelPath, EntryKind)>,
     walk_errors: u64,
     deletions_skipped: bool,
+    /// A single-file session: `Some(name)` renames the one file (`None` inside: it keeps the
+    /// source's name).
+    single: Option<Option<Vec<u8>>>,
+    /// The single file's listing arrived.
+    single_seen: bool,
 }
 
 impl<D> Planning<D> {
@@ -160,6 +165,45 @@ impl<D> Planning<D> {
             deletions: Vec::new(),
             walk_errors: 0,
             deletions_skipped: false,
+            single: None,
+            single_seen: false,
+        }
+    }
+
+    /// Makes this a single-file session (`blit xfer FILE TARGET`): the source lists exactly
+    /// one regular file in its root and nothing else (anything more is a violation: a hostile
+    /// source must not write other names into a directory the user named as a file's home);
+    /// `name`, when given, is the file's name on the target. The root's metadata is never
+    /// applied (the target directory is not a copy of the source's parent) and `--mirror`
+    /// deletes nothing: a file source mirrors only itself.
+    pub fn single_file(mut self, name: Option<Vec<u8>>) -> Self {
+        self.single = Some(name);
+        self.mirror = false;
+        self
+    }
+
+    /// In a single-file session, checks a listing before [`Planning::listing`] and gives its
+    /// one entry the target's name; in any other session it does nothing.
+    pub fn single_entry(
+        &mut self,
+        dir: &RelPath,
+        entries: &mut [Entry],
+    ) -> Result<(), listing::Violation> {
+        let Some(name) = &self.single else { return Ok(()) };
+        let first = self.single_seen;
+        match entries {
+            [] if dir.is_root() => Ok(()),
+            [e] if dir.is_root() && !first && e.kind == EntryKind::File => {
+                self.single_seen = true;
+                if let Some(name) = name {
+                    e.path = RelPath::root()
+                        .join(name)
+                        .map_err(|_| listing::Violation::NotSingleFile(e.path.clone()))?;
+                }
+                Ok(())
+            }
+            [e, ..] => Err(listing::Violation::NotSingleFile(e.path.clone())),
+            [] => Err(listing::Violation::NotSingleFile(dir.clone())),
         }
     }
 
@@ -169,7 +213,9 @@ impl<D> Planning<D> {
         if kind != EntryKind::Dir {
             return Err(listing::Violation::RootNotDir);
         }
-        self.root_meta = Some(meta);
+        if self.single.is_none() {
+            self.root_meta = Some(meta);
+        }
         Ok(())
     }
 
@@ -639,6 +685,48 @@ mod tests {
         let mut sparse = e(3, "s", EntryKind::File);
         sparse.sparse = true;
         assert!(matches!(pl.sink_entry(&sparse, false), Err(Violation::SparseInMemorySession(_))));
+    }
+
+    #[test]
+    fn a_single_file_session_takes_one_file_renamed_and_nothing_else() {
+        let single = || planning(true, &[]).single_file(Some(b"new".to_vec()));
+        let root = RelPath::root();
+        let mut pl = single();
+        pl.root(EntryKind::Dir, 1).unwrap();
+        let mut entries = [e(1, "f", EntryKind::File)];
+        pl.single_entry(&root, &mut entries).unwrap();
+        assert_eq!(entries[0].path, p("new"));
+        // The target's directory is no copy of the source's: neither its metadata nor,
+        // under --mirror, its other names are touched.
+        let actions = apply(&mut pl, "", &entries, &[t("sibling", EntryKind::File)]);
+        assert_eq!(actions, [Action::CopyFile]);
+        assert_eq!(pl.deletions(0), Deletions::Delete(Vec::new()));
+        assert_eq!(pl.directories().1, None);
+        // A second file, a directory, a symlink, a listing below the root: violations.
+        let mut pl = single();
+        pl.single_entry(&root, &mut [e(1, "f", EntryKind::File)]).unwrap();
+        let again = pl.single_entry(&root, &mut [e(2, "g", EntryKind::File)]);
+        assert!(matches!(again, Err(listing::Violation::NotSingleFile(_))));
+        for bad in [
+            vec![e(1, "f", EntryKind::File), e(2, "g", EntryKind::File)],
+            vec![e(1, "d", EntryKind::Dir)],
+            vec![e(1, "l", EntryKind::Symlink)],
+        ] {
+            let mut bad = bad;
+            let r = single().single_entry(&root, &mut bad);
+            assert!(matches!(r, Err(listing::Violation::NotSingleFile(_))), "{bad:?}");
+        }
+        let below = single().single_entry(&p("d"), &mut [e(1, "d/f", EntryKind::File)]);
+        assert!(matches!(below, Err(listing::Violation::NotSingleFile(_))));
+        // Without a new name the file keeps the source's.
+        let mut pl = planning(false, &[]).single_file(None);
+        let mut entries = [e(1, "f", EntryKind::File)];
+        pl.single_entry(&root, &mut entries).unwrap();
+        assert_eq!(entries[0].path, p("f"));
+        // Not a single-file session: nothing checked.
+        let mut pl = planning(false, &[]);
+        pl.single_entry(&root, &mut [e(1, "d", EntryKind::Dir), e(2, "g", EntryKind::File)])
+            .unwrap();
     }
 
     #[test]

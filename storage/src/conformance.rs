@@ -56,6 +56,7 @@ fn transfer(
     cancel: &Cancel,
 ) -> Result<(SourceReport, TargetReport), LocalError> {
     let source = SourceOptions {
+        single: None,
         root: RootDir::open(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())),
         params: params.clone(),
         walk_threads: 2,
@@ -336,6 +337,7 @@ fn meddled(h: &dyn Harness, what: impl FnOnce(&Path) -> Meddle) -> (Vec<String>,
     let tx =
         Meddler { inner, what: what(&src.path().join("big.bin")), done: AtomicBool::new(false) };
     let source = SourceOptions {
+        single: None,
         root: RootDir::open(src.path()).unwrap_or_else(|e| panic!("{e}")),
         params: p.clone(),
         walk_threads: 2,
@@ -411,6 +413,7 @@ pub fn memory_session(h: &dyn Harness) {
             inner
         };
         let source = SourceOptions {
+            single: None,
             root: RootDir::open(src.path()).unwrap_or_else(|e| panic!("{e}")),
             params: p.clone(),
             walk_threads: 1,
@@ -501,6 +504,7 @@ pub fn rate_limited(h: &dyn Harness) {
             target.limits.pacer = Some(blitx_core::rate::Pacer::new(RATE_BYTES_PER_S));
         }
         let source = SourceOptions {
+            single: None,
             root: RootDir::open(src.path()).unwrap_or_else(|e| panic!("source root: {e}")),
             params: p.clone(),
             walk_threads: 2,
@@ -533,6 +537,99 @@ pub fn rate_limited(h: &dyn Harness) {
     }
 }
 
+/// A single-file session (`blit xfer FILE TARGET`): `name` of `src` lands in `dst` as
+/// `new_name`.
+fn transfer_single(
+    pair: Pair,
+    src: &Path,
+    dst: &Path,
+    names: (&str, Option<&str>),
+    params: &SessionParams,
+) -> Result<(SourceReport, TargetReport), LocalError> {
+    let source = SourceOptions {
+        single: Some(names.0.as_bytes().to_vec()),
+        root: RootDir::open(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())),
+        params: params.clone(),
+        walk_threads: 2,
+        read_threads: 2,
+        confine: true,
+        limits: crate::limits::Limits::none(),
+    };
+    let mut target = TargetOptions::new(
+        RootDir::open(dst).unwrap_or_else(|e| panic!("{}: {e}", dst.display())),
+        params.clone(),
+        2,
+    );
+    target.single =
+        Some(crate::target::SingleFile { name: names.1.map(|n| n.as_bytes().to_vec()) });
+    let (tx, rx) = pair;
+    run_pair(
+        &source,
+        &target,
+        tx.as_ref(),
+        rx.as_ref(),
+        &Quiet,
+        &PairProgress::default(),
+        &Cancel::new(),
+    )
+}
+
+/// One file of a directory, renamed on the way, with `--mirror`: nothing else of the source
+/// is sent, nothing else of the target's directory is touched (its metadata neither), a second
+/// run sends nothing, and a run broken mid-way resumes from its partial file.
+pub fn single_file(h: &dyn Harness) {
+    let src = tempdir();
+    let dst = tempdir();
+    let mut rng = testkit::Rng::new(19);
+    let size = 12 * 1024 * 1024 + 77;
+    testkit::write_random(&src.path().join("one.bin"), size, &mut rng);
+    testkit::write_random(&src.path().join("other"), 1000, &mut rng);
+    std::fs::write(dst.path().join("sibling"), b"stays").unwrap_or_else(|e| panic!("{e}"));
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(p).unwrap_or_else(|e| panic!("{e}")).permissions(),
+        )
+    };
+    std::fs::set_permissions(dst.path(), std::os::unix::fs::PermissionsExt::from_mode(0o751))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = SessionParams { mirror: true, ..params() };
+    let names = ("one.bin", Some("two.bin"));
+    // Broken mid-way first: the partial file is kept under the target's name.
+    let broken = transfer_single(h.breaking_pair(&p, 4), src.path(), dst.path(), names, &p);
+    assert!(broken.is_err(), "{}: a broken link must fail the transfer", h.name());
+    let (s, t) = transfer_single(h.pair(&p), src.path(), dst.path(), names, &p)
+        .unwrap_or_else(|e| panic!("{}: single file: {e:?}", h.name()));
+    assert_eq!(t.error_count, 0, "{}: {:?}", h.name(), t.errors);
+    assert_eq!((t.files_copied, t.deleted), (1, 0), "{}", h.name());
+    assert_eq!(s.bytes_reused, t.bytes_reused, "{}: both halves count reuse", h.name());
+    let copied = std::fs::read(dst.path().join("two.bin")).unwrap_or_else(|e| panic!("{e}"));
+    let original = std::fs::read(src.path().join("one.bin")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(copied == original, "{}: the single file differs", h.name());
+    let mut names_left: Vec<String> = std::fs::read_dir(dst.path())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{e}"));
+    names_left.sort();
+    assert_eq!(names_left, ["sibling", "two.bin"], "{}", h.name());
+    assert_eq!(std::fs::read(dst.path().join("sibling")).ok().as_deref(), Some(&b"stays"[..]));
+    assert_eq!(
+        mode(dst.path()) & 0o7777,
+        0o751,
+        "{}: the target directory's mode changed",
+        h.name()
+    );
+    // Quick check: nothing to send the second time.
+    let (_, t) = transfer_single(h.pair(&p), src.path(), dst.path(), names, &p)
+        .unwrap_or_else(|e| panic!("{}: single file again: {e:?}", h.name()));
+    assert_eq!(t.files_copied, 0, "{}: a file up to date was sent again", h.name());
+    // A directory where a file was named: the source refuses, nothing lands.
+    std::fs::create_dir(src.path().join("d")).unwrap_or_else(|e| panic!("{e}"));
+    let r = transfer_single(h.pair(&p), src.path(), dst.path(), ("d", None), &p);
+    assert!(r.is_err(), "{}: a directory sent as a single file", h.name());
+    assert!(!dst.path().join("d").exists());
+}
+
 /// Runs every scenario against one backend.
 pub fn run_suite(h: &dyn Harness) {
     large_file(h);
@@ -546,4 +643,5 @@ pub fn run_suite(h: &dyn Harness) {
     memory_session(h);
     delta_against_an_old_copy(h);
     rate_limited(h);
+    single_file(h);
 }

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod local;
 pub mod lock;
 pub mod meta;
+mod remove;
 pub mod report;
 pub mod root;
 pub mod source;

@@ -36,6 +36,9 @@ pub struct LocalOptions {
     pub payload: PayloadPref,
     /// Fault injection (tests only; default none).
     pub faults: MemFaults,
+    /// A single-file copy: `source` is the file's directory and this its name; the target
+    /// side says where it lands.
+    pub single: Option<(Vec<u8>, crate::target::SingleFile)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,7 @@ pub fn run_local(
         RootDir::open(p).map_err(|e| LocalError::Open { path: p.display().to_string(), source: e })
     };
     let source = SourceOptions {
+        single: opts.single.as_ref().map(|(name, _)| name.clone()),
         // A memory session (`--mem`) generates its data: the source has nothing to open.
         root: if opts.params.mem_bytes.is_some() {
             RootDir::empty_stand_in()
@@ -132,6 +136,7 @@ pub fn run_local(
         Some(r) => r.clone(),
         None => open(&opts.target)?,
     };
-    let target = TargetOptions::new(target_root, opts.params.clone(), threads);
+    let mut target = TargetOptions::new(target_root, opts.params.clone(), threads);
+    target.single = opts.single.as_ref().map(|(_, single)| single.clone());
     run_pair(&source, &target, &tx, &rx, reporter, progress, cancel)
 }

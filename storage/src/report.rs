@@ -226,6 +226,10 @@ pub struct SourceReport {
     pub bytes_reused: u64,
     pub errors: Vec<FileError>,
     pub error_count: u64,
+    /// `--remove-source-files`: source files removed after the target reported them, and
+    /// those kept (changed since they were listed, or never reported).
+    pub files_removed: u64,
+    pub files_kept: u64,
 }
 
 /// What the target half did.

@@ -59,6 +59,8 @@ pub struct SourceOptions {
     /// Keep every path inside `root` (daemon exports).
     pub confine: bool,
     pub limits: Limits,
+    /// A single-file session: send only this regular file of `root` (`blit xfer FILE TARGET`).
+    pub single: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +237,8 @@ struct Shared<'a> {
     /// Signatures for the next answer (delta).
     signatures: Mutex<Signatures>,
     bundle_seq: AtomicU64,
+    /// `--remove-source-files`: the listed files that may be removed at the end.
+    removals: crate::remove::Removals,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -361,6 +365,7 @@ pub fn run_source(
         filters,
         checksum: opts.params.compare == blitx_core::session::Compare::Checksum,
         confine: opts.confine,
+        single: opts.single.clone(),
     };
     let root_fd = opts.root.dup().map_err(|e| walk::WalkError::OpenRoot {
         path: opts.root.display().to_string(),
@@ -393,6 +398,7 @@ pub fn run_source(
         bytes_reused: AtomicU64::new(0),
         signatures: Mutex::default(),
         bundle_seq: AtomicU64::new(0),
+        removals: crate::remove::Removals::default(),
     };
     let next_id = AtomicU64::new(1);
     // Every condition variable a thread of this half waits on is woken by the cancel.
@@ -437,9 +443,15 @@ fn source_session(
             };
             progress.stages.add(Stage::Walk, started);
             drop(walk_tx);
-            r
+            // A walk that cannot start (its root, or a single file that is not one) ends the
+            // session at once: the target would wait for listings that never come.
+            r.or_else(|e| {
+                shared.fail(SourceError::Walk(e));
+                Ok::<_, walk::WalkError>(walk::WalkStats::default())
+            })
         });
-        let forwarder = s.spawn(|| forward(&walk_rx, &pending, to_target, progress, cancel));
+        let forwarder =
+            s.spawn(|| forward(shared, &walk_rx, &pending, to_target, progress, cancel));
         let readers: Vec<_> = (0..opts.read_threads.max(1))
             .map(|_| {
                 s.spawn(blitx_core::placer::worker(blitx_core::placer::WorkerRole::Reader, || {
@@ -482,6 +494,11 @@ fn source_session(
     if crate::send_or_cancel(to_target, SourceMsg::DataEnd, cancel).is_err() {
         return Err(SourceError::ControlClosed);
     }
+    let moved = if opts.params.reports_commits() {
+        remove_committed(shared, from_target)?
+    } else {
+        crate::remove::Removed::default()
+    };
     let (errors, error_count) = shared.errors.take();
     let t = transport.stats();
     Ok(SourceReport {
@@ -493,11 +510,61 @@ fn source_session(
         bytes_sent: t.payload_bytes,
         errors,
         error_count: error_count + stats.errors,
+        files_removed: moved.removed,
+        files_kept: moved.kept,
     })
+}
+
+/// `--remove-source-files`, after `DataEnd`: takes the target's reports of what it committed
+/// until the last one, removing each file that is still what was listed. A target that goes
+/// away first leaves the rest kept.
+fn remove_committed(
+    shared: &Shared<'_>,
+    from_target: &Receiver<TargetMsg>,
+) -> Result<crate::remove::Removed, SourceError> {
+    let mut idle = IdleClock::new(shared.opts.limits.idle_timeout, shared.progress);
+    let mut timer = idle.timer();
+    let mut done = crate::remove::Removed::default();
+    let limits = &shared.opts.limits;
+    loop {
+        let msg = match crate::recv_woken(from_target, shared.cancel, &timer) {
+            crate::Heard::Msg(m) => m,
+            crate::Heard::Cancelled => return Err(SourceError::Cancelled),
+            crate::Heard::Closed => break,
+            crate::Heard::Timer => {
+                if let Some(secs) = idle.expired(shared.progress) {
+                    return Err(SourceError::Idle { secs });
+                }
+                timer = idle.timer();
+                continue;
+            }
+        };
+        idle.heard();
+        match msg {
+            TargetMsg::Committed { ids, last } => {
+                let r = shared.removals.remove(&shared.dirs, limits, &ids);
+                done.removed += r.removed;
+                done.kept += r.kept;
+                if last {
+                    break;
+                }
+            }
+            other => {
+                tracing::warn!(
+                    kind = other.kind(),
+                    "unexpected after the data ended; moving stops"
+                );
+                break;
+            }
+        }
+    }
+    done.kept += shared.removals.left(limits);
+    Ok(done)
 }
 
 /// Records each listing's files (in the order the target will answer) and passes it on.
 fn forward(
+    shared: &Shared<'_>,
     walk_rx: &Receiver<SourceMsg>,
     pending: &Unanswered,
     to_target: &Sender<SourceMsg>,
@@ -521,6 +588,10 @@ fn forward(
                 answers = pending.answered.wait(answers).unwrap_or_else(|p| p.into_inner());
             }
             *seq = answers.sent(entries);
+            drop(answers);
+            if shared.opts.params.reports_commits() {
+                shared.removals.record(&shared.dirs, &shared.opts.limits, entries);
+            }
         }
         if matches!(msg, SourceMsg::ManifestEnd) {
             lock(&pending.answers).manifest_end();
@@ -585,6 +656,9 @@ fn dispatch(
             }
             TargetMsg::Signature { id, part } => {
                 signature_part(shared, id, &part).map_err(SourceError::Protocol)?;
+            }
+            TargetMsg::Committed { .. } => {
+                return Err(SourceError::Protocol(Violation::CommittedEarly));
             }
             TargetMsg::NeedEnd => {
                 lock(&pending.answers).need_end().map_err(SourceError::Protocol)?;

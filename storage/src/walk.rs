@@ -31,6 +31,9 @@ pub struct WalkOptions {
     pub checksum: bool,
     /// Refuse to resolve through symlinks or out of the root (daemon exports).
     pub confine: bool,
+    /// A single-file session (`blit xfer FILE TARGET`): list only this name of the root, which
+    /// must be a regular file (never followed if it is a symlink), and nothing below.
+    pub single: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,10 @@ pub enum WalkError {
     OpenRoot { path: String, source: std::io::Error },
     #[error("source root {path} is not a directory")]
     RootNotDir { path: String },
+    #[error("cannot read the source file {path}")]
+    SingleFile { path: String, source: std::io::Error },
+    #[error("the source {path} is {what}: a single-file transfer copies one regular file")]
+    NotAFile { path: String, what: &'static str },
 }
 
 /// What the walk saw, for the summary.
@@ -108,6 +115,13 @@ pub fn walk(
     if crate::send_or_cancel(out, SourceMsg::Root(root_entry), cancel).is_err() {
         return Ok(WalkStats::default());
     }
+    if let Some(name) = &opts.single {
+        let stats = walk_single(root_fd.as_fd(), name, opts, out, cancel, next_id)?;
+        if !cancel.is_fired() {
+            let _ = crate::send_or_cancel(out, SourceMsg::ManifestEnd, cancel);
+        }
+        return Ok(stats);
+    }
     let shared = Shared {
         root: root_fd,
         opts,
@@ -133,6 +147,45 @@ pub fn walk(
     let stats = *shared.stats.lock().unwrap_or_else(|p| p.into_inner());
     if !cancel.is_fired() {
         let _ = crate::send_or_cancel(out, SourceMsg::ManifestEnd, cancel);
+    }
+    Ok(stats)
+}
+
+/// A single-file session's listing: the root's one file `name`, unless excluded.
+fn walk_single(
+    root: BorrowedFd<'_>,
+    name: &[u8],
+    opts: &WalkOptions,
+    out: &Sender<SourceMsg>,
+    cancel: &Cancel,
+    next_id: &AtomicU64,
+) -> Result<WalkStats, WalkError> {
+    let shown = String::from_utf8_lossy(name).into_owned();
+    let not_a_file = |what| WalkError::NotAFile { path: shown.clone(), what };
+    let path = RelPath::root().join(name).map_err(|_| not_a_file("an unusable name"))?;
+    let fail = |source: std::io::Error| WalkError::SingleFile { path: shown.clone(), source };
+    let st = fsys::stat_at(root, name).map_err(fail)?;
+    match fsys::kind_of(u32::from(st.stx_mode)) {
+        EntryKind::File => {}
+        EntryKind::Dir => return Err(not_a_file("a directory")),
+        EntryKind::Symlink => return Err(not_a_file("a symlink")),
+        EntryKind::Special => return Err(not_a_file("a special file")),
+    }
+    let mut entries = Vec::with_capacity(1);
+    let mut stats = WalkStats { dirs: 1, ..WalkStats::default() };
+    if opts.filters.selects(&path, EntryKind::File, st.stx_size) {
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let mut entry = fsys::entry_from_stat(root, id, path, name, &st).map_err(fail)?;
+        if opts.checksum {
+            entry.content_hash = Some(fsys::hash_file(root, name).map_err(fail)?);
+        }
+        stats.entries = 1;
+        stats.file_bytes = entry.size_bytes;
+        entries.push(entry);
+    }
+    let msg = SourceMsg::Listing { seq: 0, dir: RelPath::root(), entries, last_part: true };
+    if crate::send_or_cancel(out, msg, cancel).is_err() {
+        cancel.fire();
     }
     Ok(stats)
 }
@@ -308,6 +361,7 @@ mod tests {
             filters: Filters::excluding(&["*.tmp"]).unwrap(),
             checksum: true,
             confine: true,
+            single: None,
         };
         let (tx, rx) = crossbeam_channel::bounded(4);
         let cancel = Cancel::new();

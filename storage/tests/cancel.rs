@@ -77,6 +77,7 @@ fn a_source_blocked_on_a_full_queue_and_a_silent_target_ends_at_the_cancel() {
     let pool = BufferPool::new(8, p.chunk_bytes as usize, false).unwrap();
     let (tx, _rx) = mem_pair(pool, PayloadPref::Buffer, p.chunk_bytes, 4, MemFaults::default());
     let opts = SourceOptions {
+        single: None,
         root: RootDir::open(src.path()).unwrap(),
         params: p,
         walk_threads: 2,

@@ -50,6 +50,7 @@ fn many_changed_files_with_delta_fit_an_ordinary_descriptor_limit() {
     let pool = BufferPool::new(16, p.chunk_bytes as usize, false).unwrap();
     let (tx, rx) = mem_pair(pool, PayloadPref::Buffer, p.chunk_bytes, 8, MemFaults::default());
     let source = SourceOptions {
+        single: None,
         root: RootDir::open(&src).unwrap(),
         params: p.clone(),
         walk_threads: 2,

@@ -38,6 +38,7 @@ fn copy(src: &Path, dst: &Path) -> (SourceReport, TargetReport) {
     let pool = BufferPool::new(16, p.chunk_bytes as usize, false).unwrap();
     let (tx, rx) = mem_pair(pool, PayloadPref::FileRegion, p.chunk_bytes, 8, MemFaults::default());
     let source = SourceOptions {
+        single: None,
         root: RootDir::open(src).unwrap(),
         params: p.clone(),
         walk_threads: 2,

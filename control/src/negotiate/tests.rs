@@ -59,6 +59,7 @@ fn open(direction: Direction) -> OpenRequest {
         rdma_event_cq: false,
         wait_lock: false,
         tcp_zero_copy: false,
+        single_file: false,
     }
 }
 
@@ -196,6 +197,11 @@ fn daemon_refuses_too_many_streams_and_a_read_only_push() {
     let mut f = facts();
     f.read_only = true;
     let (_, cmds) = opened(f.clone(), open(Direction::Push), t0);
+    assert_eq!(refusal(&cmds).map(|e| e.code), Some(ErrorCode::ReadOnly));
+    // A pull that would remove the daemon's files is a write too.
+    let mut o = open(Direction::Pull);
+    o.params.remove_source_files = true;
+    let (_, cmds) = opened(f.clone(), o, t0);
     assert_eq!(refusal(&cmds).map(|e| e.code), Some(ErrorCode::ReadOnly));
     // A dry run or a memory session writes nothing: allowed.
     let mut o = open(Direction::Push);

@@ -52,7 +52,8 @@ pub(super) fn carry_out(shared: &Shared<'_>, mut steps: Vec<Step<Arc<Pending>>>)
                 Step::Discard { shell: p, .. } => p.discard(),
                 Step::Park { shell: p, .. } => park(shared, &p),
                 Step::Journal { shell: p, runs, .. } => save(shared, &p, runs),
-                Step::Done { path, size_bytes, reused_bytes, changes, .. } => {
+                Step::Done { id, path, size_bytes, reused_bytes, changes } => {
+                    shared.committed(id);
                     shared.counters.bytes_reused.fetch_add(reused_bytes, Ordering::Relaxed);
                     shared.opts.limits.release(pending_cost(&path));
                     file_done(shared, &path, size_bytes, changes);

@@ -78,6 +78,16 @@ pub struct TargetOptions {
     /// Which owners and mode bits a source may ask for.
     pub privileges: Privileges,
     pub limits: Limits,
+    /// A single-file session (`blit xfer FILE TARGET`): the source sends one regular file of
+    /// its root and nothing else, and it lands in `root`.
+    pub single: Option<SingleFile>,
+}
+
+/// Where a single-file session's one file lands: in the target root, under `name` (`None`:
+/// the source's name). See [`Planning::single_file`] for what the target then refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SingleFile {
+    pub name: Option<Vec<u8>>,
 }
 
 impl TargetOptions {
@@ -90,6 +100,7 @@ impl TargetOptions {
             confine: true,
             privileges: Privileges::local(),
             limits: Limits::none(),
+            single: None,
         }
     }
 }
@@ -257,6 +268,9 @@ struct Shared<'a> {
     touched_dirs: Mutex<HashSet<RelPath>>,
     /// Partial files found, waiting for their files' listings.
     partials: Mutex<Partials>,
+    /// `--remove-source-files`: the files committed or found up to date, reported to the
+    /// source at the end (8 bytes per file; bounded by the session's entry limit).
+    committed: Mutex<Vec<FileId>>,
 }
 
 /// Runs the target half to completion.
@@ -302,6 +316,7 @@ pub fn run_target(
         owners: opts.privileges.applies_owners(opts.params.preserve_owner),
         touched_dirs: Mutex::default(),
         partials: Mutex::default(),
+        committed: Mutex::default(),
     };
     let diff_opts = DiffOptions {
         compare: opts.params.compare,
@@ -314,6 +329,9 @@ pub fn run_target(
         opts.params.mem_bytes.is_some(),
         limits::NAME_BYTES,
     );
+    if let Some(single) = &opts.single {
+        plan = plan.single_file(single.name.clone());
+    }
 
     std::thread::scope(|s| {
         let writers: Vec<_> = (0..opts.write_threads.max(1))
@@ -353,6 +371,9 @@ pub fn run_target(
         finalize(&shared, &mut plan, &not_done);
     }
     progress.stages.add(Stage::Finalize, finalizing);
+    if opts.params.reports_commits() {
+        report_commits(&shared, &to_source);
+    }
 
     let c = &shared.counters;
     let (errors, error_count) = shared.errors.take();
@@ -374,7 +395,33 @@ pub fn run_target(
     })
 }
 
+/// `--remove-source-files`: tells the source which files are at the target now, in bounded
+/// messages, the last one marked. A source that went away keeps its files.
+fn report_commits(shared: &Shared<'_>, to_source: &Sender<TargetMsg>) {
+    use blitx_core::session::COMMITTED_IDS_MAX;
+    let ids = std::mem::take(&mut *lock(&shared.committed));
+    let mut parts = ids.chunks(COMMITTED_IDS_MAX).peekable();
+    if parts.peek().is_none() {
+        let _ =
+            send_to_source(shared, to_source, TargetMsg::Committed { ids: Vec::new(), last: true });
+        return;
+    }
+    while let Some(part) = parts.next() {
+        let msg = TargetMsg::Committed { ids: part.to_vec(), last: parts.peek().is_none() };
+        if send_to_source(shared, to_source, msg).is_err() {
+            return;
+        }
+    }
+}
+
 impl Shared<'_> {
+    /// `--remove-source-files`: file `id` is at the target (committed, or up to date).
+    fn committed(&self, id: FileId) {
+        if self.opts.params.reports_commits() {
+            lock(&self.committed).push(id);
+        }
+    }
+
     /// With `--fsync`, remembers that `path`'s directory gained or lost a name.
     fn touched(&self, path: &RelPath) {
         if self.opts.params.fsync
@@ -460,7 +507,8 @@ fn control_loop(
                 p.restrict(&mut entry, &shared.id, shared.opts.params.preserve_owner);
                 plan.root(entry.kind, Meta::of(&entry))?;
             }
-            SourceMsg::Listing { seq, dir, entries, last_part } => {
+            SourceMsg::Listing { seq, dir, mut entries, last_part } => {
+                plan.single_entry(&dir, &mut entries)?;
                 let planning = Instant::now();
                 let mut answer = handle_listing(shared, plan, &dir, entries, last_part)?;
                 shared.progress.stages.add(Stage::Plan, planning);

@@ -239,6 +239,10 @@ pub(super) fn apply(
         plan.failed(path);
         return Ok(());
     }
+    // A file already up to date (or needing only metadata) is at the target as much as one
+    // copied: `--remove-source-files` removes its source too, as rsync does.
+    let up_to_date =
+        entry.kind == EntryKind::File && matches!(decision.action, Action::Skip | Action::FixMeta);
     let res: Result<(), (FileOp, io::Error)> = match decision.action {
         Action::Skip => Ok(()),
         Action::Unsupported => {
@@ -302,9 +306,13 @@ pub(super) fn apply(
             Ok(())
         }
     };
-    if let Err((op, e)) = res {
-        shared.error(FileError::io(path.clone(), op, e));
-        plan.failed(path);
+    match res {
+        Err((op, e)) => {
+            shared.error(FileError::io(path.clone(), op, e));
+            plan.failed(path);
+        }
+        Ok(()) if up_to_date => shared.committed(entry.id),
+        Ok(()) => {}
     }
     Ok(())
 }
