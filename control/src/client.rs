@@ -130,6 +130,20 @@ pub struct HelloInfo {
     pub server_version: String,
     pub transports: Vec<String>,
     pub read_only: bool,
+    /// What a push to it keeps of metadata (`None`: a daemon that does not say).
+    pub meta: Option<MetaSupport>,
+}
+
+/// What a daemon's target half sets of a source's metadata (`HelloReply.meta_support`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetaSupport {
+    pub xattrs_user: bool,
+    /// `trusted.*` and `security.*`.
+    pub xattrs_privileged: bool,
+    pub acls: bool,
+    /// FIFOs and sockets.
+    pub specials: bool,
+    pub devices: bool,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
@@ -187,6 +201,13 @@ pub fn hello(remote: &RemoteSpec) -> Result<HelloInfo, ClientError> {
             server_version: reply.server_version,
             transports: reply.transports,
             read_only: reply.read_only,
+            meta: reply.meta_support.map(|m| MetaSupport {
+                xattrs_user: m.xattrs_user,
+                xattrs_privileged: m.xattrs_privileged,
+                acls: m.acls,
+                specials: m.specials,
+                devices: m.devices,
+            }),
         })
     })
 }

@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 
 use blitx_core::RelPath;
-use blitx_core::manifest::{Entry, EntryKind, InodeKey, Timestamp};
+use blitx_core::manifest::{
+    Entry, EntryKind, InodeKey, Special, Timestamp, XATTR_ENTRY_BYTES_MAX, XATTRS_PER_ENTRY_MAX,
+    Xattr, check_xattrs,
+};
 use blitx_core::session::{
     Compare, IO_DEPTH_DEFAULT, IoMode, Offer, SessionParams, SourceMsg, TargetMsg,
 };
@@ -200,6 +203,8 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
         mem_bytes: p.mem_bytes.unwrap_or(0),
         no_resume: !p.resume,
         delta: p.delta,
+        no_xattrs: !p.xattrs,
+        no_acls: !p.acls,
     }
 }
 
@@ -233,6 +238,8 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         mem_bytes: (p.mem_bytes > 0).then_some(p.mem_bytes),
         resume: !p.no_resume,
         delta: p.delta,
+        xattrs: !p.no_xattrs,
+        acls: !p.no_acls,
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)
@@ -564,7 +571,64 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
         inode: e.inode.map(|k| pb::InodeKey { dev: k.dev, ino: k.ino }),
         sparse: e.sparse,
         content_hash: e.content_hash.map(|h| h.to_le_bytes().to_vec()),
+        xattrs: e
+            .xattrs
+            .iter()
+            .map(|x| pb::MetaXattr { name: x.name.clone(), value: x.value.clone() })
+            .collect(),
+        special: special_to_pb(e.special) as i32,
+        rdev: match e.special {
+            Some(Special::Char { rdev } | Special::Block { rdev }) => rdev,
+            _ => 0,
+        },
     }
+}
+
+fn special_to_pb(s: Option<Special>) -> pb::MetaSpecial {
+    match s {
+        None => pb::MetaSpecial::None,
+        Some(Special::Fifo) => pb::MetaSpecial::Fifo,
+        Some(Special::Socket) => pb::MetaSpecial::Socket,
+        Some(Special::Char { .. }) => pb::MetaSpecial::Char,
+        Some(Special::Block { .. }) => pb::MetaSpecial::Block,
+    }
+}
+
+fn special_from_pb(kind: EntryKind, s: i32, rdev: u64) -> Result<Option<Special>, ConvertError> {
+    let special = match pb::MetaSpecial::try_from(s) {
+        Ok(pb::MetaSpecial::None) => None,
+        Ok(pb::MetaSpecial::Fifo) => Some(Special::Fifo),
+        Ok(pb::MetaSpecial::Socket) => Some(Special::Socket),
+        Ok(pb::MetaSpecial::Char) => Some(Special::Char { rdev }),
+        Ok(pb::MetaSpecial::Block) => Some(Special::Block { rdev }),
+        Err(_) => return Err(bad("unknown special file type")),
+    };
+    if special.is_some() != (kind == EntryKind::Special) {
+        return Err(bad(
+            "a special file type on an entry that is not special (or none on one that is)",
+        ));
+    }
+    if rdev != 0 && !special.is_some_and(Special::is_device) {
+        return Err(bad("a device number on an entry that is not a device"));
+    }
+    Ok(special)
+}
+
+/// A peer's attributes, checked against the bounds of [`check_xattrs`] (sizes are checked
+/// before anything is copied).
+fn xattrs_from_pb(xs: &[pb::MetaXattr]) -> Result<Vec<Xattr>, ConvertError> {
+    let fail = |e: blitx_core::manifest::XattrError| bad(e.to_string());
+    if xs.len() > XATTRS_PER_ENTRY_MAX {
+        return Err(fail(blitx_core::manifest::XattrError::TooMany));
+    }
+    let total: usize = xs.iter().map(|x| x.name.len() + x.value.len()).sum();
+    if total > XATTR_ENTRY_BYTES_MAX {
+        return Err(fail(blitx_core::manifest::XattrError::TooBig));
+    }
+    let out: Vec<Xattr> =
+        xs.iter().map(|x| Xattr { name: x.name.clone(), value: x.value.clone() }).collect();
+    check_xattrs(&out).map_err(fail)?;
+    Ok(out)
 }
 
 pub fn entry_from_pb(e: &pb::Entry) -> Result<Entry, ConvertError> {
@@ -607,6 +671,8 @@ pub fn entry_from_pb(e: &pb::Entry) -> Result<Entry, ConvertError> {
         inode: e.inode.as_ref().map(|k| InodeKey { dev: k.dev, ino: k.ino }),
         sparse: e.sparse,
         content_hash,
+        xattrs: xattrs_from_pb(&e.xattrs)?,
+        special: special_from_pb(kind, e.special, e.rdev)?,
     })
 }
 
@@ -720,6 +786,7 @@ fn event_kind_to_pb(k: EventKind) -> i32 {
         EventKind::MetaUpdated => pb::EventKind::MetaUpdated,
         EventKind::DirCreated => pb::EventKind::DirCreated,
         EventKind::Symlinked => pb::EventKind::Symlinked,
+        EventKind::SpecialMade => pb::EventKind::SpecialMade,
         EventKind::Hardlinked => pb::EventKind::Hardlinked,
         EventKind::Deleted => pb::EventKind::Deleted,
         EventKind::Unsupported => pb::EventKind::Unsupported,
@@ -742,6 +809,7 @@ pub fn event_from_pb(e: &pb::Event) -> Result<Event, ConvertError> {
         Ok(pb::EventKind::MetaUpdated) => EventKind::MetaUpdated,
         Ok(pb::EventKind::DirCreated) => EventKind::DirCreated,
         Ok(pb::EventKind::Symlinked) => EventKind::Symlinked,
+        Ok(pb::EventKind::SpecialMade) => EventKind::SpecialMade,
         Ok(pb::EventKind::Hardlinked) => EventKind::Hardlinked,
         Ok(pb::EventKind::Deleted) => EventKind::Deleted,
         Ok(pb::EventKind::Unsupported) => EventKind::Unsupported,
@@ -768,6 +836,8 @@ pub fn target_summary_to_pb(t: &TargetReport) -> pb::ServerFrame {
         hardlinks: t.hardlinks,
         deleted: t.deleted,
         unsupported: t.unsupported,
+        specials: t.specials,
+        xattrs_dropped: t.xattrs_dropped,
         deletions_skipped: t.deletions_skipped,
         bytes_reused: t.bytes_reused,
         signature_bytes: t.signature_bytes,
@@ -819,6 +889,8 @@ pub fn summary_from_pb(s: &pb::Summary) -> Result<RemoteSummary, ConvertError> {
             hardlinks: s.hardlinks,
             deleted: s.deleted,
             unsupported: s.unsupported,
+            specials: s.specials,
+            xattrs_dropped: s.xattrs_dropped,
             deletions_skipped: s.deletions_skipped,
             bytes_reused: s.bytes_reused,
             signature_bytes: s.signature_bytes,

@@ -89,6 +89,11 @@ pub struct SessionParams {
     /// target sends the copy's block signature ([`TargetMsg::Signature`]) and the source sends
     /// each chunk as a recipe of copies from it and literal bytes where that is shorter.
     pub delta: bool,
+    /// Carry extended attributes (`user.*`; `trusted.*`/`security.*` where the target may set
+    /// them), unset by `--no-xattrs`.
+    pub xattrs: bool,
+    /// Carry POSIX ACLs (as their `system.posix_acl_*` attributes), unset by `--no-acls`.
+    pub acls: bool,
 }
 
 impl Default for SessionParams {
@@ -108,6 +113,8 @@ impl Default for SessionParams {
             mem_bytes: None,
             resume: true,
             delta: false,
+            xattrs: true,
+            acls: true,
         }
     }
 }

@@ -18,9 +18,11 @@ pub enum EventKind {
     MetaUpdated,
     DirCreated,
     Symlinked,
+    /// A FIFO, socket or device node was made.
+    SpecialMade,
     Hardlinked,
     Deleted,
-    /// Not copied: special file (FIFO, socket, device).
+    /// Not copied: a device node this target may not make, a special file of unknown type.
     Unsupported,
     Failed,
 }
@@ -220,7 +222,12 @@ pub struct TargetReport {
     pub symlinks: u64,
     pub hardlinks: u64,
     pub deleted: u64,
+    /// Special files not made (device nodes where not allowed or not root).
     pub unsupported: u64,
+    /// FIFOs, sockets and device nodes made.
+    pub specials: u64,
+    /// Extended attributes (and ACLs) of the source this half did not set.
+    pub xattrs_dropped: u64,
     /// Bytes of copied files that partial files kept by an interrupted transfer already held
     /// (confirmed by the source, not sent again).
     pub bytes_reused: u64,

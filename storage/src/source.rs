@@ -327,6 +327,11 @@ pub fn run_source(
         excludes,
         checksum: opts.params.compare == blitx_core::session::Compare::Checksum,
         confine: opts.confine,
+        xattrs: crate::xattr::XattrSel {
+            user: opts.params.xattrs,
+            privileged: opts.params.xattrs,
+            acls: opts.params.acls,
+        },
     };
     let root_fd = opts.root.dup().map_err(|e| walk::WalkError::OpenRoot {
         path: opts.root.display().to_string(),
@@ -1254,6 +1259,8 @@ fn generate_listing(
         inode: None,
         sparse: false,
         content_hash: None,
+        xattrs: Vec::new(),
+        special: None,
     };
     let root = entry(RelPath::root(), EntryKind::Dir, 0, 0o755);
     let file = match RelPath::root().join(MEM_FILE_NAME) {

@@ -18,6 +18,7 @@ use blitx_core::session::SourceMsg;
 use crossbeam_channel::Sender;
 
 use crate::fsys;
+use crate::xattr::{self, XattrSel};
 use blitx_planner::Excludes;
 
 /// Largest number of entries in one listing message; bigger directories are sent in parts.
@@ -31,6 +32,8 @@ pub struct WalkOptions {
     pub checksum: bool,
     /// Refuse to resolve through symlinks or out of the root (daemon exports).
     pub confine: bool,
+    /// Extended attributes and ACLs to list with each entry (none: no syscall spent on them).
+    pub xattrs: XattrSel,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +108,13 @@ pub fn walk(
     )
     .map_err(fail)?;
     root_entry.inode = None;
+    match xattr::read(xattr::On::Fd(root_fd.as_fd()), opts.xattrs) {
+        Ok(x) => root_entry.xattrs = x,
+        Err(e) => {
+            let msg = SourceMsg::WalkError { path: RelPath::root(), message: e.to_string() };
+            let _ = crate::send_or_cancel(out, msg, cancel);
+        }
+    }
     if crate::send_or_cancel(out, SourceMsg::Root(root_entry), cancel).is_err() {
         return Ok(WalkStats::default());
     }
@@ -230,6 +240,17 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
                 continue;
             }
         };
+        if entry.kind != EntryKind::Symlink && shared.opts.xattrs.any() {
+            match xattr::read(xattr::On::At(fd.as_fd(), &name), shared.opts.xattrs) {
+                Ok(x) => entry.xattrs = x,
+                // The entry goes without them (its data and other metadata still count).
+                Err(e) => {
+                    local.errors += 1;
+                    let _ = shared
+                        .send(SourceMsg::WalkError { path: path.clone(), message: e.to_string() });
+                }
+            }
+        }
         if shared.opts.checksum && entry.kind == EntryKind::File {
             match fsys::hash_file(fd.as_fd(), &name) {
                 Ok(h) => entry.content_hash = Some(h),
@@ -306,6 +327,7 @@ mod tests {
             excludes: Excludes::new(&["*.tmp".into()]).unwrap(),
             checksum: true,
             confine: true,
+            xattrs: XattrSel::default(),
         };
         let (tx, rx) = crossbeam_channel::bounded(4);
         let cancel = Cancel::new();
