@@ -283,6 +283,13 @@ fn a_default_daemon_drops_privileged_attributes_and_devices() {
         Command::new(BLIT).args(["xfer", s(&src), &d.url("q"), "--no-progress"]).output().unwrap();
     let line = String::from_utf8_lossy(&text.stderr);
     assert!(line.contains("dropped 2 extended attributes"), "{line}");
+    // Nor does it serve its root-only attributes to whoever pulls.
+    meta_tree(&export.join("served"));
+    let pulled = t.path().join("pulled");
+    ok(&xfer(&d.url("served"), s(&pulled), &[]));
+    let snap = snapshot(&pulled);
+    assert!(!snap.contains("trusted.") && !snap.contains("security.capability"), "{snap}");
+    assert!(snap.contains("user.color"), "{snap}");
 }
 
 /// An unprivileged user copies FIFOs and sockets and user.* attributes; device nodes it

@@ -697,6 +697,7 @@ pub fn transfer(
                     walk_threads: opts.threads,
                     read_threads: opts.threads,
                     confine: false,
+                    privileged_xattrs: true,
                     limits: Limits { idle_timeout: opts.idle_timeout, ..Limits::none() },
                 };
                 plane.sender().map_err(ClientError::DataPlane).and_then(|tx| {

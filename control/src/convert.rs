@@ -958,6 +958,8 @@ mod tests {
             inode: Some(InodeKey { dev: 3, ino: 4 }),
             sparse: true,
             content_hash: Some(u128::MAX - 3),
+            xattrs: Vec::new(),
+            special: None,
         }
     }
 
@@ -1005,5 +1007,58 @@ mod tests {
         let mut params = params_to_pb(&SessionParams::default());
         params.chunk_bytes = 3;
         assert!(params_from_pb(&params).is_err());
+    }
+
+    /// Issue 19: a peer's attributes and special types within the bounds round-trip; beyond
+    /// them, or inconsistent, they are refused before anything is held.
+    #[test]
+    fn metadata_round_trips_and_hostile_metadata_is_refused() {
+        let x =
+            |n: &str, v: &[u8]| pb::MetaXattr { name: n.as_bytes().to_vec(), value: v.to_vec() };
+        let mut e = entry();
+        e.xattrs = vec![
+            Xattr { name: b"system.posix_acl_access".to_vec(), value: vec![2, 0, 0, 0] },
+            Xattr { name: b"user.a".to_vec(), value: vec![0; 65536] },
+        ];
+        assert_eq!(entry_from_pb(&entry_to_pb(&e)).unwrap(), e);
+        let mut dev = Entry { kind: EntryKind::Special, size_bytes: 0, ..entry() };
+        for s in [
+            Special::Fifo,
+            Special::Socket,
+            Special::Char { rdev: 259 },
+            Special::Block { rdev: 2048 },
+        ] {
+            dev.special = Some(s);
+            assert_eq!(entry_from_pb(&entry_to_pb(&dev)).unwrap(), dev);
+        }
+        let bad: Vec<Vec<pb::MetaXattr>> = vec![
+            (0..129).map(|i| x(&format!("user.{i:03}"), b"")).collect(),
+            (0..5).map(|i| x(&format!("user.{i}"), &[0; 60_000])).collect(),
+            vec![x("user.v", &[0; 65537])],
+            vec![x(&"u".repeat(256), b"")],
+            vec![x("", b"")],
+            vec![x("user.a\0b", b"")],
+            vec![x("user.b", b""), x("user.a", b"")],
+            vec![x("user.a", b"1"), x("user.a", b"2")],
+        ];
+        for xs in bad {
+            let mut p = entry_to_pb(&entry());
+            p.xattrs = xs;
+            assert!(entry_from_pb(&p).is_err());
+        }
+        let mut p = entry_to_pb(&entry());
+        p.special = pb::MetaSpecial::Fifo as i32;
+        assert!(entry_from_pb(&p).is_err(), "a file with a special type");
+        let mut p = entry_to_pb(&Entry { special: Some(Special::Fifo), ..dev.clone() });
+        p.rdev = 1;
+        assert!(entry_from_pb(&p).is_err(), "a FIFO with a device number");
+        p.rdev = 0;
+        p.special = 77;
+        assert!(entry_from_pb(&p).is_err(), "an unknown special type");
+        let mut params = SessionParams::default();
+        params.xattrs = false;
+        assert_eq!(params_from_pb(&params_to_pb(&params)).unwrap(), params);
+        params.acls = false;
+        assert_eq!(params_from_pb(&params_to_pb(&params)).unwrap(), params);
     }
 }

@@ -959,6 +959,7 @@ impl SessionCtx {
                     walk_threads: threads,
                     read_threads: threads,
                     confine: true,
+                    privileged_xattrs: self.privileges.xattrs_privileged,
                     limits: limits.clone(),
                 };
                 plane.sender().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(|tx| {

@@ -60,6 +60,7 @@ fn transfer(
         walk_threads: 2,
         read_threads: 2,
         confine: false,
+        privileged_xattrs: true,
         limits: crate::limits::Limits::none(),
     };
     let target = TargetOptions::new(
@@ -340,6 +341,7 @@ fn meddled(h: &dyn Harness, what: impl FnOnce(&Path) -> Meddle) -> (Vec<String>,
         walk_threads: 2,
         read_threads: 2,
         confine: false,
+        privileged_xattrs: true,
         limits: crate::limits::Limits::none(),
     };
     let target = TargetOptions::new(
@@ -415,6 +417,7 @@ pub fn memory_session(h: &dyn Harness) {
             walk_threads: 1,
             read_threads: 2,
             confine: false,
+            privileged_xattrs: true,
             limits: crate::limits::Limits::none(),
         };
         let root = RootDir::open(dst.path()).unwrap_or_else(|e| panic!("{e}"));

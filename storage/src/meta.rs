@@ -172,6 +172,25 @@ impl Identity {
     }
 }
 
+/// Makes the attributes equal to `meta`'s; an owner that is not root and whose file is not
+/// writable (a read-only file or directory kept in place) gets write permission for as long as
+/// it takes (`chmod` sets the real mode afterwards). Returns whether an ACL changed.
+fn sync_xattrs(
+    on: On<'_>,
+    meta: &Meta,
+    id: &Identity,
+    chmod: impl Fn(u32) -> io::Result<()>,
+) -> io::Result<bool> {
+    match xattr::sync(on, meta.xattrs(), meta.xattr_sel) {
+        Err(e) if e.is_access_denied() && !id.root => {
+            chmod(meta.mode | 0o200)?;
+            xattr::sync(on, meta.xattrs(), meta.xattr_sel)?;
+            Ok(true)
+        }
+        other => Ok(other?),
+    }
+}
+
 fn times(mtime: Timestamp) -> Timestamps {
     Timestamps {
         last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
@@ -188,7 +207,8 @@ pub fn apply_to_fd(fd: BorrowedFd<'_>, meta: &Meta, id: &Identity, owners: bool)
     }
     // After the chown (which clears security.capability), before the chmod (user.* needs a
     // writable mode of a process that is not root).
-    let acl = xattr::sync(On::Fd(fd), meta.xattrs(), meta.xattr_sel)?;
+    let chmod = |mode| Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?);
+    let acl = sync_xattrs(On::Fd(fd), meta, id, chmod)?;
     if id.chmod_needed(meta.mode) || chown || acl {
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
     }
@@ -283,7 +303,12 @@ impl Pinned {
             )?;
         }
         if kind != EntryKind::Symlink {
-            xattr::sync(On::Pinned(fd), meta.xattrs(), meta.xattr_sel)?;
+            let path = self.proc_path();
+            let chmod = |mode| {
+                let mode = Mode::from_raw_mode(mode);
+                Ok(rustix::fs::chmodat(rustix::fs::CWD, path.as_str(), mode, AtFlags::empty())?)
+            };
+            sync_xattrs(On::Pinned(fd), meta, id, chmod)?;
         }
         if kind != EntryKind::Symlink {
             rustix::fs::chmodat(
@@ -342,7 +367,8 @@ pub fn apply_to_dir_fd(
     if owners && id.root {
         rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
     }
-    xattr::sync(On::Fd(fd), meta.xattrs(), meta.xattr_sel)?;
+    let chmod = |mode| Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?);
+    sync_xattrs(On::Fd(fd), meta, id, chmod)?;
     rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
     rustix::fs::futimens(fd, &times(meta.mtime))?;
     Ok(())

@@ -58,6 +58,9 @@ pub struct SourceOptions {
     pub read_threads: usize,
     /// Keep every path inside `root` (daemon exports).
     pub confine: bool,
+    /// List `trusted.*` and `security.*` attributes (a daemon only with
+    /// `--allow-xattrs-privileged`: root-only attributes are not served to anyone who asks).
+    pub privileged_xattrs: bool,
     pub limits: Limits,
 }
 
@@ -329,7 +332,7 @@ pub fn run_source(
         confine: opts.confine,
         xattrs: crate::xattr::XattrSel {
             user: opts.params.xattrs,
-            privileged: opts.params.xattrs,
+            privileged: opts.params.xattrs && opts.privileged_xattrs,
             acls: opts.params.acls,
         },
     };

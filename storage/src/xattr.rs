@@ -72,6 +72,14 @@ pub enum XattrIoError {
     Bounds(#[from] XattrError),
 }
 
+impl XattrIoError {
+    /// Setting `user.*` needs write permission on the inode (not only a writable descriptor).
+    pub fn is_access_denied(&self) -> bool {
+        matches!(self, XattrIoError::Set { source, .. } | XattrIoError::Remove { source, .. }
+            if source.raw_os_error() == Some(Errno::ACCESS.raw_os_error()))
+    }
+}
+
 impl From<XattrIoError> for io::Error {
     fn from(e: XattrIoError) -> Self {
         io::Error::other(e)
