@@ -73,8 +73,10 @@ pub const XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
 /// with more per file is not what a copy tool meets (and a peer may not make a target hold it).
 pub const XATTRS_PER_ENTRY_MAX: usize = 128;
 pub const XATTR_ENTRY_BYTES_MAX: usize = 256 << 10;
-/// The journal of a kept partial file (the target's own; never copied, never taken from a peer).
+/// The journal of a kept partial file and the mark of a temporary file (the target's own; never
+/// copied, never taken from a peer: a forged mark would make a file look like crash debris).
 pub const XATTR_RESUME_JOURNAL: &[u8] = b"user.blit.part";
+pub const XATTR_TEMP_MARK: &[u8] = b"user.blit.tmp";
 pub const XATTR_ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 pub const XATTR_ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
@@ -93,7 +95,7 @@ pub enum XattrClass {
 
 impl XattrClass {
     pub fn of(name: &[u8]) -> Self {
-        if name == XATTR_RESUME_JOURNAL {
+        if name == XATTR_RESUME_JOURNAL || name == XATTR_TEMP_MARK {
             XattrClass::Other
         } else if name.starts_with(b"user.") {
             XattrClass::User
@@ -289,3 +291,35 @@ impl std::hash::Hasher for IdHasher {
 
 /// A map keyed by file id.
 pub type IdMap<V> = std::collections::HashMap<FileId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_classes_keep_blit_s_own_out() {
+        assert_eq!(XattrClass::of(b"user.color"), XattrClass::User);
+        assert_eq!(XattrClass::of(b"trusted.x"), XattrClass::Privileged);
+        assert_eq!(XattrClass::of(b"security.capability"), XattrClass::Privileged);
+        assert_eq!(XattrClass::of(b"system.posix_acl_default"), XattrClass::Acl);
+        for own in [XATTR_RESUME_JOURNAL, XATTR_TEMP_MARK, b"system.nfs4_acl", b"usr.x"] {
+            assert_eq!(XattrClass::of(own), XattrClass::Other);
+        }
+    }
+
+    #[test]
+    fn attribute_bounds() {
+        let x = |n: &[u8], len: usize| Xattr { name: n.to_vec(), value: vec![0; len] };
+        assert_eq!(check_xattrs(&[x(b"user.a", 0), x(b"user.b", XATTR_VALUE_BYTES_MAX)]), Ok(()));
+        assert_eq!(check_xattrs(&[x(b"user.b", 0), x(b"user.a", 0)]), Err(XattrError::Order));
+        assert_eq!(check_xattrs(&[x(b"user.a", 0), x(b"user.a", 0)]), Err(XattrError::Order));
+        assert_eq!(check_xattrs(&[x(b"", 0)]), Err(XattrError::BadName));
+        assert_eq!(check_xattrs(&[x(&[b'u'; 256], 0)]), Err(XattrError::BadName));
+        assert_eq!(check_xattrs(&[x(b"user.a", 65537)]), Err(XattrError::BadValue));
+        let many: Vec<Xattr> =
+            (0..=XATTRS_PER_ENTRY_MAX).map(|i| x(format!("user.{i:04}").as_bytes(), 0)).collect();
+        assert_eq!(check_xattrs(&many), Err(XattrError::TooMany));
+        let big: Vec<Xattr> = (0..5).map(|i| x(format!("user.{i}").as_bytes(), 60_000)).collect();
+        assert_eq!(check_xattrs(&big), Err(XattrError::TooBig));
+    }
+}
