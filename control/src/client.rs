@@ -318,9 +318,9 @@ fn negotiation_event(
             },
             Some(Msg::Error(e)) => ClientEvent::Refused(convert::error_from_pb(&e)),
             Some(Msg::Rdma(e)) if e.ready => ClientEvent::RdmaReady,
-            Some(Msg::Summary(sm)) => {
-                ClientEvent::Summary(convert::summary_from_pb(&sm).map_err(|e| e.to_string()))
-            }
+            Some(Msg::Summary(sm)) => ClientEvent::Summary(Box::new(
+                convert::summary_from_pb(&sm).map_err(|e| e.to_string()),
+            )),
             _ => ClientEvent::Violation("unexpected message from the daemon".into()),
         },
     }
@@ -648,7 +648,7 @@ pub fn transfer(
                     Some(Msg::Summary(sm)) => {
                         tracing::debug!("the daemon's summary arrived");
                         let r = convert::summary_from_pb(&sm).map_err(|e| e.to_string());
-                        driver.handle(ClientEvent::Summary(r));
+                        driver.handle(ClientEvent::Summary(Box::new(r)));
                         break;
                     }
                     Some(Msg::Error(e)) => {

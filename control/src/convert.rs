@@ -1055,8 +1055,7 @@ mod tests {
         p.rdev = 0;
         p.special = 77;
         assert!(entry_from_pb(&p).is_err(), "an unknown special type");
-        let mut params = SessionParams::default();
-        params.xattrs = false;
+        let mut params = SessionParams { xattrs: false, ..SessionParams::default() };
         assert_eq!(params_from_pb(&params_to_pb(&params)).unwrap(), params);
         params.acls = false;
         assert_eq!(params_from_pb(&params_to_pb(&params)).unwrap(), params);

@@ -48,7 +48,7 @@ fn push_one(
     contents: &[(u64, &[u8])],
 ) -> (End, Vec<String>) {
     let mut notes = Vec::new();
-    let mut run = |notes: &mut Vec<String>| -> Result<(), String> {
+    let run = |notes: &mut Vec<String>| -> Result<(), String> {
         s.send_source(msg::root(msg::root_entry(0o755)))?;
         s.send_source(msg::listing("", entries, true))?;
         let ids = s.need(STEP)?;
@@ -109,7 +109,7 @@ fn a_default_daemon_drops_capabilities_trusted_attributes_and_device_nodes() {
         x("user.blit.part", b"forged journal"),
         x("user.ok", b"1"),
     ];
-    let entries = vec![f, device(2, "sda", (8 << 8) | 0), fifo(3, "pipe")];
+    let entries = vec![f, device(2, "sda", 8 << 8), fifo(3, "pipe")];
     let (end, notes) = push_one(&mut sess, &mut data, entries, &[(1, b"#!/x")]);
     let ctx = format!("session end: {}; {notes:?}", end.describe());
     let End::Summary(sum) = &end else { panic!("no summary: {ctx}") };
