@@ -15,7 +15,7 @@ pkgs=(
   strace                    # syscall checks in tests (--fsync) and payload-path measurements
   g++                       # libFuzzer's C++ sources (the cargo-fuzz targets, ci/fuzz.sh)
   perl                      # ci/sim-mutants.sh applies its mutants with perl -0pi
-  attr                      # ci/faults.sh reads the journal of a kept partial file (getfattr)
+  attr acl                  # getfattr (ci/faults.sh: a kept partial file's journal; cli/tests/meta.rs), getfacl/setfacl (cli/tests/meta.rs)
 )
 missing=()
 for p in "${pkgs[@]}"; do

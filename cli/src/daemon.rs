@@ -46,6 +46,14 @@ pub struct DaemonArgs {
     /// Keep setuid/setgid bits clients send on files (stripped by default).
     #[arg(long)]
     pub allow_setid: bool,
+    /// Set the trusted.* and security.* extended attributes clients send (a root daemon;
+    /// dropped by default: security.capability would make a client's file privileged).
+    #[arg(long)]
+    pub allow_xattrs_privileged: bool,
+    /// Make the device nodes clients send (a root daemon; refused by default: a client's node
+    /// for a disk would give it the disk).
+    #[arg(long)]
+    pub allow_devices: bool,
     /// Sessions served at once; more are refused (RESOURCE_EXHAUSTED).
     #[arg(long, value_name = "N", default_value_t = server::MAX_SESSIONS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_sessions: u64,
@@ -95,6 +103,8 @@ pub fn run(args: DaemonArgs) -> Exit {
     cfg.no_rdma = args.no_rdma;
     cfg.allow_owners = args.allow_owners;
     cfg.allow_setid = args.allow_setid;
+    cfg.allow_xattrs_privileged = args.allow_xattrs_privileged;
+    cfg.allow_devices = args.allow_devices;
     cfg.max_sessions = usize::try_from(args.max_sessions).unwrap_or(usize::MAX);
     cfg.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
     cfg.max_entries = args.max_entries;

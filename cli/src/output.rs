@@ -30,7 +30,8 @@ impl Reporter for PrintReporter {
         if e.kind == EventKind::Unsupported {
             // Always said, like rsync's "skipping non-regular file": the copy is not complete.
             let verb = if self.dry_run { "would skip" } else { "skipped" };
-            let line = format!("blit: {verb} special file (not copied): {}", escaped(&e.path));
+            let why = e.message.as_deref().map(escape_str).unwrap_or_else(|| "not copied".into());
+            let line = format!("blit: {verb} special file ({why}): {}", escaped(&e.path));
             self.print(&line, true);
             return;
         }
@@ -53,6 +54,7 @@ impl Reporter for PrintReporter {
             EventKind::MetaUpdated => "update metadata of",
             EventKind::DirCreated => "create directory",
             EventKind::Symlinked => "create symlink",
+            EventKind::SpecialMade => "make",
             EventKind::Hardlinked => "hard-link",
             EventKind::Deleted => "delete",
             EventKind::Unsupported => "skip",
@@ -107,7 +109,7 @@ pub fn itemize_line(e: &Event, sent: bool) -> String {
         EventKind::Copied if sent => '<',
         EventKind::Copied => '>',
         EventKind::Hardlinked => 'h',
-        EventKind::DirCreated | EventKind::Symlinked => 'c',
+        EventKind::DirCreated | EventKind::Symlinked | EventKind::SpecialMade => 'c',
         _ => '.',
     };
     let attrs: String = if c.has(Changes::NEW) {
@@ -339,6 +341,10 @@ pub struct Summary {
     pub hardlinks: u64,
     pub deleted: u64,
     pub unsupported: u64,
+    /// FIFOs, sockets and device nodes made.
+    pub specials: u64,
+    /// Extended attributes (and ACLs) the target did not set.
+    pub xattrs_dropped: u64,
     pub deletions_skipped: bool,
     pub error_count: u64,
     pub errors: Vec<FileError>,
@@ -395,9 +401,18 @@ impl Summary {
             let verb = if dry { "would delete" } else { "deleted" };
             line += &format!(", {verb} {}", self.deleted);
         }
+        if self.specials > 0 {
+            let verb = if dry { "would make" } else { "made" };
+            line += &format!(", {verb} {}", count(self.specials, "special file"));
+        }
         if self.unsupported > 0 {
             let verb = if dry { "would skip" } else { "skipped" };
             line += &format!(", {verb} {} (not copied)", count(self.unsupported, "special file"));
+        }
+        if self.xattrs_dropped > 0 {
+            let verb = if dry { "would drop" } else { "dropped" };
+            let what = count(self.xattrs_dropped, "extended attribute");
+            line += &format!(", {verb} {what} the target may not set");
         }
         if self.error_count > 0 {
             line += &format!(", {}", count(self.error_count, "error"));
@@ -482,6 +497,8 @@ mod tests {
             hardlinks: 0,
             deleted: 3,
             unsupported: 2,
+            specials: 0,
+            xattrs_dropped: 0,
             deletions_skipped: false,
             error_count: 1,
             errors: Vec::new(),

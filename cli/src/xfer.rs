@@ -139,6 +139,13 @@ pub struct XferArgs {
     /// Do not set owners even when running as root.
     #[arg(long)]
     pub no_owner: bool,
+    /// Do not copy extended attributes (copied by default: user.*; trusted.*/security.* as
+    /// root, like rsync -X).
+    #[arg(long)]
+    pub no_xattrs: bool,
+    /// Do not copy POSIX ACLs (copied by default, like rsync -A).
+    #[arg(long)]
+    pub no_acls: bool,
     /// Make every file durable before it is renamed into place (fsync of its data), and every
     /// directory that received new names durable before success is reported: after a crash or
     /// power loss a target file is the old or the complete new one (rsync --fsync).
@@ -227,6 +234,8 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
             )?,
         ),
         preserve_owner: !args.no_owner,
+        xattrs: !args.no_xattrs,
+        acls: !args.no_acls,
         fsync: args.fsync,
         io: match args.io.as_str() {
             "buffered" => IoMode::Buffered,
@@ -575,6 +584,8 @@ fn run_inner(args: &XferArgs, verbose: u8) -> anyhow::Result<Exit> {
         hardlinks: t.hardlinks,
         deleted: t.deleted,
         unsupported: t.unsupported,
+        specials: t.specials,
+        xattrs_dropped: t.xattrs_dropped,
         deletions_skipped: t.deletions_skipped,
         error_count: t.error_count,
         errors,

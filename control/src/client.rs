@@ -132,6 +132,20 @@ pub struct HelloInfo {
     pub server_version: String,
     pub transports: Vec<String>,
     pub read_only: bool,
+    /// What a push to it keeps of metadata (`None`: a daemon that does not say).
+    pub meta: Option<MetaSupport>,
+}
+
+/// What a daemon's target half sets of a source's metadata (`HelloReply.meta_support`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetaSupport {
+    pub xattrs_user: bool,
+    /// `trusted.*` and `security.*`.
+    pub xattrs_privileged: bool,
+    pub acls: bool,
+    /// FIFOs and sockets.
+    pub specials: bool,
+    pub devices: bool,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
@@ -189,6 +203,13 @@ pub fn hello(remote: &RemoteSpec) -> Result<HelloInfo, ClientError> {
             server_version: reply.server_version,
             transports: reply.transports,
             read_only: reply.read_only,
+            meta: reply.meta_support.map(|m| MetaSupport {
+                xattrs_user: m.xattrs_user,
+                xattrs_privileged: m.xattrs_privileged,
+                acls: m.acls,
+                specials: m.specials,
+                devices: m.devices,
+            }),
         })
     })
 }
@@ -310,9 +331,9 @@ fn negotiation_event(
             },
             Some(Msg::Error(e)) => ClientEvent::Refused(convert::error_from_pb(&e)),
             Some(Msg::Rdma(e)) if e.ready => ClientEvent::RdmaReady,
-            Some(Msg::Summary(sm)) => {
-                ClientEvent::Summary(convert::summary_from_pb(&sm).map_err(|e| e.to_string()))
-            }
+            Some(Msg::Summary(sm)) => ClientEvent::Summary(Box::new(
+                convert::summary_from_pb(&sm).map_err(|e| e.to_string()),
+            )),
             _ => ClientEvent::Violation("unexpected message from the daemon".into()),
         },
     }
@@ -642,7 +663,7 @@ pub fn transfer(
                     Some(Msg::Summary(sm)) => {
                         tracing::debug!("the daemon's summary arrived");
                         let r = convert::summary_from_pb(&sm).map_err(|e| e.to_string());
-                        driver.handle(ClientEvent::Summary(r));
+                        driver.handle(ClientEvent::Summary(Box::new(r)));
                         break;
                     }
                     Some(Msg::Error(e)) => {
@@ -708,6 +729,7 @@ pub fn transfer(
                     walk_threads: opts.threads,
                     read_threads: opts.threads,
                     confine: false,
+                    privileged_xattrs: true,
                     limits: Limits { idle_timeout: opts.idle_timeout, ..Limits::none() },
                 };
                 plane.sender().map_err(ClientError::DataPlane).and_then(|tx| {

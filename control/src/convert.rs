@@ -8,7 +8,10 @@ use blitx_core::RelPath;
 use blitx_core::filter::{
     FILES_FROM_PATHS_MAX, FILTER_PATTERN_BYTES_MAX, FILTER_RULES_MAX, FilterParams, Rule, RuleKind,
 };
-use blitx_core::manifest::{Entry, EntryKind, InodeKey, Timestamp};
+use blitx_core::manifest::{
+    Entry, EntryKind, InodeKey, Special, Timestamp, XATTR_ENTRY_BYTES_MAX, XATTRS_PER_ENTRY_MAX,
+    Xattr, check_xattrs,
+};
 use blitx_core::session::{
     Compare, IO_DEPTH_DEFAULT, IoMode, Offer, SessionParams, SourceMsg, TargetMsg,
 };
@@ -226,6 +229,8 @@ pub fn params_to_pb(p: &SessionParams) -> pb::Params {
         delta: p.delta,
         bwlimit_bytes_per_s: p.bwlimit_bytes_per_s.unwrap_or(0),
         remove_source_files: p.remove_source_files,
+        no_xattrs: !p.xattrs,
+        no_acls: !p.acls,
     }
 }
 
@@ -259,6 +264,8 @@ pub fn params_from_pb(p: &pb::Params) -> Result<SessionParams, ConvertError> {
         delta: p.delta,
         bwlimit_bytes_per_s: (p.bwlimit_bytes_per_s > 0).then_some(p.bwlimit_bytes_per_s),
         remove_source_files: p.remove_source_files,
+        xattrs: !p.no_xattrs,
+        acls: !p.no_acls,
     };
     params.validate().map_err(|e| bad(e.to_string()))?;
     Ok(params)
@@ -643,7 +650,64 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
         inode: e.inode.map(|k| pb::InodeKey { dev: k.dev, ino: k.ino }),
         sparse: e.sparse,
         content_hash: e.content_hash.map(|h| h.to_le_bytes().to_vec()),
+        xattrs: e
+            .xattrs
+            .iter()
+            .map(|x| pb::MetaXattr { name: x.name.clone(), value: x.value.clone() })
+            .collect(),
+        special: special_to_pb(e.special) as i32,
+        rdev: match e.special {
+            Some(Special::Char { rdev } | Special::Block { rdev }) => rdev,
+            _ => 0,
+        },
     }
+}
+
+fn special_to_pb(s: Option<Special>) -> pb::MetaSpecial {
+    match s {
+        None => pb::MetaSpecial::None,
+        Some(Special::Fifo) => pb::MetaSpecial::Fifo,
+        Some(Special::Socket) => pb::MetaSpecial::Socket,
+        Some(Special::Char { .. }) => pb::MetaSpecial::Char,
+        Some(Special::Block { .. }) => pb::MetaSpecial::Block,
+    }
+}
+
+fn special_from_pb(kind: EntryKind, s: i32, rdev: u64) -> Result<Option<Special>, ConvertError> {
+    let special = match pb::MetaSpecial::try_from(s) {
+        Ok(pb::MetaSpecial::None) => None,
+        Ok(pb::MetaSpecial::Fifo) => Some(Special::Fifo),
+        Ok(pb::MetaSpecial::Socket) => Some(Special::Socket),
+        Ok(pb::MetaSpecial::Char) => Some(Special::Char { rdev }),
+        Ok(pb::MetaSpecial::Block) => Some(Special::Block { rdev }),
+        Err(_) => return Err(bad("unknown special file type")),
+    };
+    if special.is_some() != (kind == EntryKind::Special) {
+        return Err(bad(
+            "a special file type on an entry that is not special (or none on one that is)",
+        ));
+    }
+    if rdev != 0 && !special.is_some_and(Special::is_device) {
+        return Err(bad("a device number on an entry that is not a device"));
+    }
+    Ok(special)
+}
+
+/// A peer's attributes, checked against the bounds of [`check_xattrs`] (sizes are checked
+/// before anything is copied).
+fn xattrs_from_pb(xs: &[pb::MetaXattr]) -> Result<Vec<Xattr>, ConvertError> {
+    let fail = |e: blitx_core::manifest::XattrError| bad(e.to_string());
+    if xs.len() > XATTRS_PER_ENTRY_MAX {
+        return Err(fail(blitx_core::manifest::XattrError::TooMany));
+    }
+    let total: usize = xs.iter().map(|x| x.name.len() + x.value.len()).sum();
+    if total > XATTR_ENTRY_BYTES_MAX {
+        return Err(fail(blitx_core::manifest::XattrError::TooBig));
+    }
+    let out: Vec<Xattr> =
+        xs.iter().map(|x| Xattr { name: x.name.clone(), value: x.value.clone() }).collect();
+    check_xattrs(&out).map_err(fail)?;
+    Ok(out)
 }
 
 pub fn entry_from_pb(e: &pb::Entry) -> Result<Entry, ConvertError> {
@@ -686,6 +750,8 @@ pub fn entry_from_pb(e: &pb::Entry) -> Result<Entry, ConvertError> {
         inode: e.inode.as_ref().map(|k| InodeKey { dev: k.dev, ino: k.ino }),
         sparse: e.sparse,
         content_hash,
+        xattrs: xattrs_from_pb(&e.xattrs)?,
+        special: special_from_pb(kind, e.special, e.rdev)?,
     })
 }
 
@@ -812,6 +878,7 @@ fn event_kind_to_pb(k: EventKind) -> i32 {
         EventKind::MetaUpdated => pb::EventKind::MetaUpdated,
         EventKind::DirCreated => pb::EventKind::DirCreated,
         EventKind::Symlinked => pb::EventKind::Symlinked,
+        EventKind::SpecialMade => pb::EventKind::SpecialMade,
         EventKind::Hardlinked => pb::EventKind::Hardlinked,
         EventKind::Deleted => pb::EventKind::Deleted,
         EventKind::Unsupported => pb::EventKind::Unsupported,
@@ -835,6 +902,7 @@ pub fn event_from_pb(e: &pb::Event) -> Result<Event, ConvertError> {
         Ok(pb::EventKind::MetaUpdated) => EventKind::MetaUpdated,
         Ok(pb::EventKind::DirCreated) => EventKind::DirCreated,
         Ok(pb::EventKind::Symlinked) => EventKind::Symlinked,
+        Ok(pb::EventKind::SpecialMade) => EventKind::SpecialMade,
         Ok(pb::EventKind::Hardlinked) => EventKind::Hardlinked,
         Ok(pb::EventKind::Deleted) => EventKind::Deleted,
         Ok(pb::EventKind::Unsupported) => EventKind::Unsupported,
@@ -871,6 +939,8 @@ pub fn target_summary_to_pb(t: &TargetReport) -> pb::ServerFrame {
         hardlinks: t.hardlinks,
         deleted: t.deleted,
         unsupported: t.unsupported,
+        specials: t.specials,
+        xattrs_dropped: t.xattrs_dropped,
         deletions_skipped: t.deletions_skipped,
         bytes_reused: t.bytes_reused,
         signature_bytes: t.signature_bytes,
@@ -924,6 +994,8 @@ pub fn summary_from_pb(s: &pb::Summary) -> Result<RemoteSummary, ConvertError> {
             hardlinks: s.hardlinks,
             deleted: s.deleted,
             unsupported: s.unsupported,
+            specials: s.specials,
+            xattrs_dropped: s.xattrs_dropped,
             deletions_skipped: s.deletions_skipped,
             bytes_reused: s.bytes_reused,
             signature_bytes: s.signature_bytes,
@@ -993,6 +1065,8 @@ mod tests {
             inode: Some(InodeKey { dev: 3, ino: 4 }),
             sparse: true,
             content_hash: Some(u128::MAX - 3),
+            xattrs: Vec::new(),
+            special: None,
         }
     }
 
@@ -1062,5 +1136,57 @@ mod tests {
         let mut params = params_to_pb(&SessionParams::default());
         params.chunk_bytes = 3;
         assert!(params_from_pb(&params).is_err());
+    }
+
+    /// Issue 19: a peer's attributes and special types within the bounds round-trip; beyond
+    /// them, or inconsistent, they are refused before anything is held.
+    #[test]
+    fn metadata_round_trips_and_hostile_metadata_is_refused() {
+        let x =
+            |n: &str, v: &[u8]| pb::MetaXattr { name: n.as_bytes().to_vec(), value: v.to_vec() };
+        let mut e = entry();
+        e.xattrs = vec![
+            Xattr { name: b"system.posix_acl_access".to_vec(), value: vec![2, 0, 0, 0] },
+            Xattr { name: b"user.a".to_vec(), value: vec![0; 65536] },
+        ];
+        assert_eq!(entry_from_pb(&entry_to_pb(&e)).unwrap(), e);
+        let mut dev = Entry { kind: EntryKind::Special, size_bytes: 0, ..entry() };
+        for s in [
+            Special::Fifo,
+            Special::Socket,
+            Special::Char { rdev: 259 },
+            Special::Block { rdev: 2048 },
+        ] {
+            dev.special = Some(s);
+            assert_eq!(entry_from_pb(&entry_to_pb(&dev)).unwrap(), dev);
+        }
+        let bad: Vec<Vec<pb::MetaXattr>> = vec![
+            (0..129).map(|i| x(&format!("user.{i:03}"), b"")).collect(),
+            (0..5).map(|i| x(&format!("user.{i}"), &[0; 60_000])).collect(),
+            vec![x("user.v", &[0; 65537])],
+            vec![x(&"u".repeat(256), b"")],
+            vec![x("", b"")],
+            vec![x("user.a\0b", b"")],
+            vec![x("user.b", b""), x("user.a", b"")],
+            vec![x("user.a", b"1"), x("user.a", b"2")],
+        ];
+        for xs in bad {
+            let mut p = entry_to_pb(&entry());
+            p.xattrs = xs;
+            assert!(entry_from_pb(&p).is_err());
+        }
+        let mut p = entry_to_pb(&entry());
+        p.special = pb::MetaSpecial::Fifo as i32;
+        assert!(entry_from_pb(&p).is_err(), "a file with a special type");
+        let mut p = entry_to_pb(&Entry { special: Some(Special::Fifo), ..dev.clone() });
+        p.rdev = 1;
+        assert!(entry_from_pb(&p).is_err(), "a FIFO with a device number");
+        p.rdev = 0;
+        p.special = 77;
+        assert!(entry_from_pb(&p).is_err(), "an unknown special type");
+        let mut params = SessionParams { xattrs: false, ..SessionParams::default() };
+        assert_eq!(params_from_pb(&params_to_pb(&params)).unwrap(), params);
+        params.acls = false;
+        assert_eq!(params_from_pb(&params_to_pb(&params)).unwrap(), params);
     }
 }

@@ -769,8 +769,8 @@ pub enum ClientEvent {
     Prepared(Result<(), String>),
     /// Answers [`ClientCmd::Connect`]: the data plane is up (or failed).
     DataPlane(Result<(), String>),
-    /// The daemon's summary (or why it does not decode).
-    Summary(Result<RemoteSummary, String>),
+    /// The daemon's summary (or why it does not decode); boxed, it is the largest event.
+    Summary(Box<Result<RemoteSummary, String>>),
     /// The daemon closed its side of the stream.
     InboundEnded,
     /// The control stream broke (or a send found it closed).
@@ -981,7 +981,7 @@ impl ClientSession {
                 self.out.push_back(ClientCmd::Connect(Offer::Rdma));
             }
             (P::AwaitRdmaReady, E::Summary(s)) => {
-                let why = s.ok().and_then(|s| s.fatal).unwrap_or_else(|| {
+                let why = (*s).ok().and_then(|s| s.fatal).unwrap_or_else(|| {
                     error(ErrorCode::Internal, "RDMA set-up failed on the daemon")
                 });
                 self.finish(ClientOutcome::Remote(why));
@@ -1002,6 +1002,7 @@ impl ClientSession {
                 self.finish(ClientOutcome::DataPlane)
             }
             (P::Running | P::AwaitSummary, E::Summary(s)) => {
+                let s = *s;
                 let fatal = s.as_ref().is_ok_and(|s| s.fatal.is_some());
                 self.summary.get_or_insert(s);
                 if fatal {

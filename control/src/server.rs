@@ -85,6 +85,12 @@ pub struct DaemonConfig {
     pub allow_owners: bool,
     /// Keep setuid/setgid bits clients send (default: stripped).
     pub allow_setid: bool,
+    /// Set the `trusted.*` and `security.*` attributes clients send (a root daemon; default:
+    /// dropped, as `security.capability` would make a client's file privileged).
+    pub allow_xattrs_privileged: bool,
+    /// Make the device nodes clients send (a root daemon; default: refused, as a client's
+    /// node for a disk would give it the disk).
+    pub allow_devices: bool,
     /// Concurrent sessions, control connections.
     pub max_sessions: usize,
     pub max_connections: usize,
@@ -126,6 +132,8 @@ impl DaemonConfig {
             no_rdma: false,
             allow_owners: false,
             allow_setid: false,
+            allow_xattrs_privileged: false,
+            allow_devices: false,
             max_sessions: MAX_SESSIONS_DEFAULT as usize,
             max_connections: MAX_CONNECTIONS_DEFAULT as usize,
             max_entries: MAX_ENTRIES_DEFAULT,
@@ -264,6 +272,11 @@ pub fn run_daemon(
         },
         if privileges.keep_setid { "kept (--allow-setid)" } else { "stripped" }
     );
+    tracing::info!(
+        "clients' trusted.*/security.* attributes: {}; device nodes: {}",
+        if privileges.xattrs_privileged { "set (--allow-xattrs-privileged)" } else { "dropped" },
+        if privileges.devices { "made (--allow-devices)" } else { "refused" }
+    );
     let conns = crate::conns::Registry::new(cfg.max_connections, CONNECTION_IDLE);
     let daemon = Daemon {
         cfg: cfg.clone(),
@@ -391,6 +404,7 @@ impl Blit for Daemon {
             transports,
             read_only: self.cfg.read_only,
             rdma_devices: rdma.into_iter().map(convert::rdma_device_to_pb).collect(),
+            meta_support: Some(meta_support(&self.privileges, &self.root, self.cfg.read_only)),
         }))
     }
 
@@ -979,6 +993,7 @@ impl SessionCtx {
                     walk_threads: threads,
                     read_threads: threads,
                     confine: true,
+                    privileged_xattrs: self.privileges.xattrs_privileged,
                     limits: limits.clone(),
                 };
                 plane.sender().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(|tx| {
@@ -1172,7 +1187,37 @@ fn daemon_privileges(cfg: &DaemonConfig, root: &RootDir) -> Privileges {
         .then(|| rustix::fs::fstat(root.fd()).ok())
         .flatten()
         .map(|st| (st.st_uid, st.st_gid));
-    Privileges { take_owners: cfg.allow_owners, keep_setid: cfg.allow_setid, owner }
+    Privileges {
+        take_owners: cfg.allow_owners,
+        keep_setid: cfg.allow_setid,
+        owner,
+        xattrs_privileged: cfg.allow_xattrs_privileged,
+        devices: cfg.allow_devices,
+    }
+}
+
+/// What a push to this daemon keeps of a client's metadata: its privileges and policy, and
+/// what the export's file system holds (probed on the root: "not supported" means none).
+fn meta_support(privileges: &Privileges, root: &RootDir, read_only: bool) -> pb::MetaSupport {
+    use rustix::io::Errno;
+    if read_only {
+        return pb::MetaSupport::default();
+    }
+    let id = blitx_storage::meta::Identity::current();
+    let unsupported = |r: Result<usize, Errno>| matches!(r, Err(Errno::NOTSUP));
+    let xattrs = !unsupported(rustix::fs::flistxattr(root.fd(), &mut [0u8; 0][..]));
+    let acls = !unsupported(rustix::fs::fgetxattr(
+        root.fd(),
+        "system.posix_acl_access",
+        &mut [0u8; 0][..],
+    ));
+    pb::MetaSupport {
+        xattrs_user: xattrs,
+        xattrs_privileged: xattrs && privileges.xattrs_privileged && id.root,
+        acls,
+        specials: true,
+        devices: privileges.makes_devices(&id),
+    }
 }
 
 /// The causes of an error, joined (the top-level message is printed separately).

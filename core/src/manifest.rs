@@ -13,8 +13,147 @@ pub enum EntryKind {
     File,
     Dir,
     Symlink,
-    /// FIFOs, sockets and device nodes: listed so they can be reported, never copied.
+    /// FIFOs, sockets and device nodes: which one is in [`Entry::special`].
     Special,
+}
+
+/// What a [`EntryKind::Special`] entry is (`rsync -D`): FIFOs and sockets are made by anyone,
+/// device nodes only by a root target that allows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Special {
+    Fifo,
+    Socket,
+    /// A character device and its `st_rdev`.
+    Char {
+        rdev: u64,
+    },
+    /// A block device and its `st_rdev`.
+    Block {
+        rdev: u64,
+    },
+}
+
+impl Special {
+    pub fn is_device(self) -> bool {
+        matches!(self, Special::Char { .. } | Special::Block { .. })
+    }
+
+    /// The `S_IFMT` bits and the device number `mknod` takes.
+    pub fn mknod_args(self) -> (u32, u64) {
+        match self {
+            Special::Fifo => (0o010000, 0),
+            Special::Socket => (0o140000, 0),
+            Special::Char { rdev } => (0o020000, rdev),
+            Special::Block { rdev } => (0o060000, rdev),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Special::Fifo => "FIFO",
+            Special::Socket => "socket",
+            Special::Char { .. } => "character device",
+            Special::Block { .. } => "block device",
+        }
+    }
+}
+
+/// One extended attribute (ACLs travel as `system.posix_acl_access`/`_default`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Xattr {
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// Linux's limits: a name of at most 255 bytes, a value of at most 64 KiB.
+pub const XATTR_NAME_BYTES_MAX: usize = 255;
+pub const XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
+/// Extended attributes of one entry: at most this many, of at most this many bytes (names
+/// and values) together. ext4 fits one block's worth; XFS and tmpfs allow more, but a tree
+/// with more per file is not what a copy tool meets (and a peer may not make a target hold it).
+pub const XATTRS_PER_ENTRY_MAX: usize = 128;
+pub const XATTR_ENTRY_BYTES_MAX: usize = 256 << 10;
+/// The journal of a kept partial file and the mark of a temporary file (the target's own; never
+/// copied, never taken from a peer: a forged mark would make a file look like crash debris).
+pub const XATTR_RESUME_JOURNAL: &[u8] = b"user.blit.part";
+pub const XATTR_TEMP_MARK: &[u8] = b"user.blit.tmp";
+pub const XATTR_ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+pub const XATTR_ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
+
+/// The namespaces of extended attributes, for the decision of who may set which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrClass {
+    /// `user.*`: anyone who may write the file (regular files and directories only).
+    User,
+    /// `trusted.*` and `security.*` (file capabilities!): root only.
+    Privileged,
+    /// `system.posix_acl_access` / `system.posix_acl_default`.
+    Acl,
+    /// Everything else (other `system.*`, blit's own journal, unknown namespaces): never copied.
+    Other,
+}
+
+impl XattrClass {
+    pub fn of(name: &[u8]) -> Self {
+        if name == XATTR_RESUME_JOURNAL || name == XATTR_TEMP_MARK {
+            XattrClass::Other
+        } else if name.starts_with(b"user.") {
+            XattrClass::User
+        } else if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
+            XattrClass::Privileged
+        } else if name == XATTR_ACL_ACCESS || name == XATTR_ACL_DEFAULT {
+            XattrClass::Acl
+        } else {
+            XattrClass::Other
+        }
+    }
+}
+
+/// Why a set of extended attributes is refused (a peer's listing).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum XattrError {
+    #[error("more than {XATTRS_PER_ENTRY_MAX} extended attributes")]
+    TooMany,
+    #[error("extended attributes of more than {XATTR_ENTRY_BYTES_MAX} bytes together")]
+    TooBig,
+    #[error(
+        "an extended attribute name that is empty, longer than {XATTR_NAME_BYTES_MAX} bytes or holds a NUL"
+    )]
+    BadName,
+    #[error("an extended attribute value longer than {XATTR_VALUE_BYTES_MAX} bytes")]
+    BadValue,
+    #[error("extended attribute names not strictly ascending (a name twice?)")]
+    Order,
+}
+
+/// Checks a set of extended attributes against the bounds above: names valid and strictly
+/// ascending (one value per name), sizes within Linux's limits and the entry's budget.
+pub fn check_xattrs(xattrs: &[Xattr]) -> Result<(), XattrError> {
+    if xattrs.len() > XATTRS_PER_ENTRY_MAX {
+        return Err(XattrError::TooMany);
+    }
+    let mut total = 0usize;
+    for (i, x) in xattrs.iter().enumerate() {
+        if x.name.is_empty() || x.name.len() > XATTR_NAME_BYTES_MAX || x.name.contains(&0) {
+            return Err(XattrError::BadName);
+        }
+        if x.value.len() > XATTR_VALUE_BYTES_MAX {
+            return Err(XattrError::BadValue);
+        }
+        if i > 0 && xattrs[i - 1].name >= x.name {
+            return Err(XattrError::Order);
+        }
+        total += x.name.len() + x.value.len();
+    }
+    if total > XATTR_ENTRY_BYTES_MAX {
+        return Err(XattrError::TooBig);
+    }
+    Ok(())
+}
+
+/// Bytes a set of extended attributes holds (what a target charges to its memory budget).
+pub fn xattr_bytes(xattrs: &[Xattr]) -> u64 {
+    xattrs.iter().map(|x| (x.name.len() + x.value.len() + 48) as u64).sum()
 }
 
 /// Modification time as seconds and nanoseconds since the epoch.
@@ -53,6 +192,11 @@ pub struct Entry {
     pub sparse: bool,
     /// Content hash (xxh3-128), present only in `--checksum` sessions.
     pub content_hash: Option<u128>,
+    /// Extended attributes (and ACLs as theirs), names strictly ascending; empty when the
+    /// session carries none.
+    pub xattrs: Vec<Xattr>,
+    /// What a [`EntryKind::Special`] entry is; `None` for every other kind.
+    pub special: Option<Special>,
 }
 
 impl Entry {
@@ -73,6 +217,8 @@ impl Entry {
             inode: None,
             sparse: false,
             content_hash: None,
+            xattrs: Vec::new(),
+            special: None,
         }
     }
 
@@ -97,6 +243,10 @@ pub struct TargetEntry {
     pub link_target: Option<Vec<u8>>,
     pub inode: Option<InodeKey>,
     pub content_hash: Option<u128>,
+    /// The path's extended attributes as the target would compare them with the source's
+    /// (only the classes the session carries); `None` when not read.
+    pub xattrs: Option<Vec<Xattr>>,
+    pub special: Option<Special>,
 }
 
 impl TargetEntry {
@@ -113,6 +263,8 @@ impl TargetEntry {
             link_target: None,
             inode: None,
             content_hash: None,
+            xattrs: None,
+            special: None,
         }
     }
 }
@@ -139,3 +291,35 @@ impl std::hash::Hasher for IdHasher {
 
 /// A map keyed by file id.
 pub type IdMap<V> = std::collections::HashMap<FileId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_classes_keep_blit_s_own_out() {
+        assert_eq!(XattrClass::of(b"user.color"), XattrClass::User);
+        assert_eq!(XattrClass::of(b"trusted.x"), XattrClass::Privileged);
+        assert_eq!(XattrClass::of(b"security.capability"), XattrClass::Privileged);
+        assert_eq!(XattrClass::of(b"system.posix_acl_default"), XattrClass::Acl);
+        for own in [XATTR_RESUME_JOURNAL, XATTR_TEMP_MARK, b"system.nfs4_acl", b"usr.x"] {
+            assert_eq!(XattrClass::of(own), XattrClass::Other);
+        }
+    }
+
+    #[test]
+    fn attribute_bounds() {
+        let x = |n: &[u8], len: usize| Xattr { name: n.to_vec(), value: vec![0; len] };
+        assert_eq!(check_xattrs(&[x(b"user.a", 0), x(b"user.b", XATTR_VALUE_BYTES_MAX)]), Ok(()));
+        assert_eq!(check_xattrs(&[x(b"user.b", 0), x(b"user.a", 0)]), Err(XattrError::Order));
+        assert_eq!(check_xattrs(&[x(b"user.a", 0), x(b"user.a", 0)]), Err(XattrError::Order));
+        assert_eq!(check_xattrs(&[x(b"", 0)]), Err(XattrError::BadName));
+        assert_eq!(check_xattrs(&[x(&[b'u'; 256], 0)]), Err(XattrError::BadName));
+        assert_eq!(check_xattrs(&[x(b"user.a", 65537)]), Err(XattrError::BadValue));
+        let many: Vec<Xattr> =
+            (0..=XATTRS_PER_ENTRY_MAX).map(|i| x(format!("user.{i:04}").as_bytes(), 0)).collect();
+        assert_eq!(check_xattrs(&many), Err(XattrError::TooMany));
+        let big: Vec<Xattr> = (0..5).map(|i| x(format!("user.{i}").as_bytes(), 60_000)).collect();
+        assert_eq!(check_xattrs(&big), Err(XattrError::TooBig));
+    }
+}

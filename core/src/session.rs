@@ -99,6 +99,11 @@ pub struct SessionParams {
     /// up to date ([`TargetMsg::Committed`], after the source's `DataEnd`), and the source
     /// removes each of them that is still the file it listed. Never in a dry run.
     pub remove_source_files: bool,
+    /// Carry extended attributes (`user.*`; `trusted.*`/`security.*` where the target may set
+    /// them), unset by `--no-xattrs`.
+    pub xattrs: bool,
+    /// Carry POSIX ACLs (as their `system.posix_acl_*` attributes), unset by `--no-acls`.
+    pub acls: bool,
 }
 
 impl Default for SessionParams {
@@ -120,6 +125,8 @@ impl Default for SessionParams {
             delta: false,
             bwlimit_bytes_per_s: None,
             remove_source_files: false,
+            xattrs: true,
+            acls: true,
         }
     }
 }

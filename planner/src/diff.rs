@@ -42,7 +42,10 @@ pub enum Action {
     Hardlink {
         leader: RelPath,
     },
-    /// Not copied (FIFOs, sockets, devices); reported.
+    /// A FIFO, socket or device node (made by `mknod`, as `rsync -D` does; whether a device
+    /// node may be made is the target's decision).
+    MakeSpecial,
+    /// Not copied (a special file of no known type); reported.
     Unsupported,
 }
 
@@ -145,7 +148,20 @@ impl Differ {
         let clear_dir = Clear::Dir { recursive: self.opts.mirror };
         let d = |action, clear| Decision { action, clear };
         match source.kind {
-            EntryKind::Special => d(Action::Unsupported, Clear::Nothing),
+            EntryKind::Special if source.special.is_none() => {
+                d(Action::Unsupported, Clear::Nothing)
+            }
+            EntryKind::Special => match target {
+                Some(t) if t.kind == EntryKind::Special && t.special == source.special => {
+                    if self.meta_matches(source, t) {
+                        d(Action::Skip, Clear::Nothing)
+                    } else {
+                        d(Action::FixMeta, Clear::Nothing)
+                    }
+                }
+                Some(t) if t.kind == EntryKind::Dir => d(Action::MakeSpecial, clear_dir),
+                _ => d(Action::MakeSpecial, Clear::Nothing),
+            },
             EntryKind::Dir => match target {
                 None => d(Action::MakeDir, Clear::Nothing),
                 Some(t) if t.kind == EntryKind::Dir => d(Action::KeepDir, Clear::Nothing),
@@ -204,12 +220,20 @@ impl Differ {
         };
         if !content_same {
             d(Action::CopyFile, Clear::Nothing)
-        } else if t.mtime == source.mtime && t.mode == source.mode && self.owner_matches(source, t)
-        {
+        } else if self.meta_matches(source, t) {
             d(Action::Skip, Clear::Nothing)
         } else {
             d(Action::FixMeta, Clear::Nothing)
         }
+    }
+
+    /// Times, mode, owner and extended attributes (when the target read its own: a change of
+    /// attributes alone is a metadata update, as with `rsync -X`).
+    fn meta_matches(&self, source: &Entry, t: &TargetEntry) -> bool {
+        t.mtime == source.mtime
+            && t.mode == source.mode
+            && self.owner_matches(source, t)
+            && t.xattrs.as_ref().is_none_or(|x| *x == source.xattrs)
     }
 
     fn owner_matches(&self, source: &Entry, target: &TargetEntry) -> bool {
@@ -238,6 +262,8 @@ mod tests {
             inode: None,
             sparse: false,
             content_hash: None,
+            xattrs: Vec::new(),
+            special: None,
         }
     }
 
@@ -253,6 +279,8 @@ mod tests {
             link_target: (kind == EntryKind::Symlink).then(|| b"t".to_vec()),
             inode: None,
             content_hash: None,
+            xattrs: None,
+            special: None,
         }
     }
 
@@ -271,6 +299,44 @@ mod tests {
         let mut t = tgt("f", EntryKind::File, 10, 5);
         t.mode = 0o600;
         assert_eq!(d.decide(&s, Some(&t)).action, Action::FixMeta);
+    }
+
+    /// Issue 19: a change of extended attributes alone is a metadata update (rsync -X), and
+    /// a target that did not read its attributes is not taken to differ.
+    #[test]
+    fn xattr_only_changes_fix_metadata() {
+        use blitx_core::manifest::Xattr;
+        let mut d = differ(Compare::SizeMtime, false);
+        let mut s = src("f", EntryKind::File, 10, 5);
+        s.xattrs = vec![Xattr { name: b"user.a".to_vec(), value: b"1".to_vec() }];
+        let mut t = tgt("f", EntryKind::File, 10, 5);
+        assert_eq!(d.decide(&s, Some(&t)).action, Action::Skip);
+        t.xattrs = Some(Vec::new());
+        assert_eq!(d.decide(&s, Some(&t)).action, Action::FixMeta);
+        t.xattrs = Some(s.xattrs.clone());
+        assert_eq!(d.decide(&s, Some(&t)).action, Action::Skip);
+    }
+
+    #[test]
+    fn special_files_are_made_and_kept() {
+        use blitx_core::manifest::Special;
+        let mut d = differ(Compare::SizeMtime, false);
+        let mut s = src("p", EntryKind::Special, 0, 5);
+        assert_eq!(d.decide(&s, None).action, Action::Unsupported);
+        s.special = Some(Special::Fifo);
+        assert_eq!(d.decide(&s, None).action, Action::MakeSpecial);
+        let mut t = tgt("p", EntryKind::Special, 0, 5);
+        t.special = Some(Special::Fifo);
+        assert_eq!(d.decide(&s, Some(&t)).action, Action::Skip);
+        t.mtime.sec = 6;
+        assert_eq!(d.decide(&s, Some(&t)).action, Action::FixMeta);
+        t.special = Some(Special::Char { rdev: 259 });
+        assert_eq!(d.decide(&s, Some(&t)).action, Action::MakeSpecial);
+        let r = d.decide(&s, Some(&tgt("p", EntryKind::Dir, 0, 5)));
+        assert_eq!(
+            r,
+            Decision { action: Action::MakeSpecial, clear: Clear::Dir { recursive: false } }
+        );
     }
 
     #[test]

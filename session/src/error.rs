@@ -56,6 +56,8 @@ pub enum FileOp {
     SyncDir,
     /// Reading the target's old copy of a file to rebuild a chunk from its recipe (delta).
     ReadBasis,
+    /// Making a FIFO, socket or device node (`mknod`) and renaming it into place.
+    MakeSpecial,
 }
 
 impl FileOp {
@@ -73,6 +75,7 @@ impl FileOp {
             FileOp::Stat => "cannot stat target",
             FileOp::ListDir => "cannot list target directory for --mirror",
             FileOp::MakeDir => "cannot create directory",
+            FileOp::MakeSpecial => "cannot make special file",
             FileOp::Metadata => "cannot update metadata",
             FileOp::ClearFile => "cannot remove the file in the way",
             FileOp::ClearDir => "cannot remove the directory in the way",

@@ -294,6 +294,8 @@ impl Fs {
             inode,
             link_target,
             content_hash: None,
+            xattrs: None,
+            special: None,
         };
         if let Some(&ino) = self.files.get(path) {
             let c = &self.inodes[&ino];
@@ -1577,6 +1579,7 @@ impl Sim {
                     Action::Skip
                     | Action::Hardlink { .. }
                     | Action::MakeSymlink
+                    | Action::MakeSpecial
                     | Action::Unsupported => {}
                 }
             }

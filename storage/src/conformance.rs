@@ -62,6 +62,7 @@ fn transfer(
         walk_threads: 2,
         read_threads: 2,
         confine: false,
+        privileged_xattrs: true,
         limits: crate::limits::Limits::none(),
     };
     let target = TargetOptions::new(
@@ -343,6 +344,7 @@ fn meddled(h: &dyn Harness, what: impl FnOnce(&Path) -> Meddle) -> (Vec<String>,
         walk_threads: 2,
         read_threads: 2,
         confine: false,
+        privileged_xattrs: true,
         limits: crate::limits::Limits::none(),
     };
     let target = TargetOptions::new(
@@ -419,6 +421,7 @@ pub fn memory_session(h: &dyn Harness) {
             walk_threads: 1,
             read_threads: 2,
             confine: false,
+            privileged_xattrs: true,
             limits: crate::limits::Limits::none(),
         };
         let root = RootDir::open(dst.path()).unwrap_or_else(|e| panic!("{e}"));
@@ -505,6 +508,7 @@ pub fn rate_limited(h: &dyn Harness) {
         }
         let source = SourceOptions {
             single: None,
+            privileged_xattrs: true,
             root: RootDir::open(src.path()).unwrap_or_else(|e| panic!("source root: {e}")),
             params: p.clone(),
             walk_threads: 2,
@@ -548,6 +552,7 @@ fn transfer_single(
 ) -> Result<(SourceReport, TargetReport), LocalError> {
     let source = SourceOptions {
         single: Some(names.0.as_bytes().to_vec()),
+        privileged_xattrs: true,
         root: RootDir::open(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())),
         params: params.clone(),
         walk_threads: 2,

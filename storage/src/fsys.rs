@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use blitx_core::RelPath;
-use blitx_core::manifest::{Entry, EntryKind, InodeKey, TargetEntry, Timestamp};
+use blitx_core::manifest::{Entry, EntryKind, InodeKey, Special, TargetEntry, Timestamp};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Statx, StatxFlags};
 
 /// Opens directory `rel` below the directory `root`. With `confine`, the kernel refuses any
@@ -49,6 +49,18 @@ pub fn kind_of(mode: u32) -> EntryKind {
         libc_s::S_IFDIR => EntryKind::Dir,
         libc_s::S_IFLNK => EntryKind::Symlink,
         _ => EntryKind::Special,
+    }
+}
+
+/// What a special file is (`None` for files, directories and symlinks).
+pub fn special_of(st: &Statx) -> Option<Special> {
+    let rdev = || rustix::fs::makedev(st.stx_rdev_major, st.stx_rdev_minor);
+    match u32::from(st.stx_mode) & libc_s::S_IFMT {
+        0o010000 => Some(Special::Fifo),
+        0o140000 => Some(Special::Socket),
+        0o020000 => Some(Special::Char { rdev: rdev() }),
+        0o060000 => Some(Special::Block { rdev: rdev() }),
+        _ => None,
     }
 }
 
@@ -99,6 +111,8 @@ pub fn entry_from_stat(
         inode: inode_of(st),
         sparse: kind == EntryKind::File && st.stx_blocks.saturating_mul(512) < st.stx_size,
         content_hash: None,
+        xattrs: Vec::new(),
+        special: special_of(st),
     })
 }
 
@@ -118,6 +132,8 @@ pub fn target_from_stat(dir: BorrowedFd<'_>, name: &[u8], st: &Statx) -> io::Res
         link_target,
         inode: (kind == EntryKind::File).then(|| InodeKey { dev: dev_of(st), ino: st.stx_ino }),
         content_hash: None,
+        xattrs: None,
+        special: special_of(st),
     })
 }
 

@@ -31,6 +31,7 @@ pub mod testkit;
 #[allow(unsafe_code)]
 pub mod uring;
 pub mod walk;
+pub mod xattr;
 
 pub use report::{Event, EventKind, Progress, Reporter, SourceReport, TargetReport};
 pub use root::RootDir;

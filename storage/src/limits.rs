@@ -145,7 +145,37 @@ impl Limits {
             b.release(bytes);
         }
     }
+
+    /// Charges `bytes` for as long as `value` is held (released when the [`Held`] drops).
+    pub fn hold<T>(&self, what: &'static str, bytes: u64, value: T) -> Result<Held<T>, Exhausted> {
+        self.charge(what, bytes)?;
+        Ok(Held { value, bytes, budget: self.budget.clone() })
+    }
 }
+
+/// A value whose bytes are charged to a budget while it lives.
+#[derive(Debug)]
+pub struct Held<T> {
+    pub value: T,
+    bytes: u64,
+    budget: Option<Arc<Budget>>,
+}
+
+impl<T> Drop for Held<T> {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(self.bytes);
+        }
+    }
+}
+
+impl<T: PartialEq> PartialEq for Held<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl<T: Eq> Eq for Held<T> {}
 
 /// Tells when a half has heard nothing from its peer and moved no data for its idle timeout:
 /// [`blitx_session::idle::Idle`] read with this process's clock.

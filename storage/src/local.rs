@@ -130,6 +130,7 @@ pub fn run_local(
         walk_threads: threads,
         read_threads: threads,
         confine: false,
+        privileged_xattrs: true,
         limits: crate::limits::Limits::none(),
     };
     let target_root = match &opts.target_root {

@@ -9,22 +9,49 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use std::sync::Arc;
+
 use crate::fsys::{self, os};
-use blitx_core::manifest::{Entry, EntryKind, Timestamp};
+use crate::limits::Held;
+use crate::xattr::{self, On, XattrSel};
+use blitx_core::manifest::{Entry, EntryKind, Timestamp, Xattr, XattrClass};
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, UTIME_OMIT, Uid};
 
 /// The metadata a target path ends up with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
     pub mtime: Timestamp,
+    /// The attributes it gets (names ascending; charged to the session's budget while held) ...
+    pub xattrs: Option<Arc<Held<Vec<Xattr>>>>,
+    /// ... in these classes: others it has are left alone, these it lacks are removed.
+    pub xattr_sel: XattrSel,
 }
 
 impl Meta {
-    pub fn of(entry: &Entry) -> Self {
-        Meta { mode: entry.mode, uid: entry.uid, gid: entry.gid, mtime: entry.mtime }
+    /// The attributes to set.
+    pub fn xattrs(&self) -> &[Xattr] {
+        self.xattrs.as_deref().map_or(&[], |h| &h.value)
+    }
+
+    /// `xattr_sel`: the classes the target half carries (see [`Privileges::xattr_sel`]); the
+    /// attributes themselves are added by the caller, which charges them ([`Limits::hold`]).
+    pub fn of(entry: &Entry, xattr_sel: XattrSel) -> Self {
+        Meta {
+            mode: entry.mode,
+            uid: entry.uid,
+            gid: entry.gid,
+            mtime: entry.mtime,
+            xattrs: None,
+            // Linux keeps no attributes of ours on symlinks (user.* is refused there).
+            xattr_sel: if entry.kind == EntryKind::Symlink {
+                XattrSel::default()
+            } else {
+                xattr_sel
+            },
+        }
     }
 }
 
@@ -44,12 +71,50 @@ pub struct Privileges {
     /// Owner and group of what this half creates when owners are not taken; `None`: this
     /// process's own.
     pub owner: Option<(u32, u32)>,
+    /// Set `trusted.*` and `security.*` attributes (`security.capability` makes a file
+    /// privileged), when this process is root.
+    pub xattrs_privileged: bool,
+    /// Make device nodes (`mknod`), when this process is root.
+    pub devices: bool,
 }
 
 impl Privileges {
     /// Local copies and pulls: the user's own transfer, with the user's own rights.
     pub fn local() -> Self {
-        Privileges { take_owners: true, keep_setid: true, owner: None }
+        Privileges {
+            take_owners: true,
+            keep_setid: true,
+            owner: None,
+            xattrs_privileged: true,
+            devices: true,
+        }
+    }
+
+    /// The attribute classes this half sets in a session with `params`.
+    pub fn xattr_sel(&self, id: &Identity, xattrs: bool, acls: bool) -> XattrSel {
+        XattrSel { user: xattrs, privileged: xattrs && self.xattrs_privileged && id.root, acls }
+    }
+
+    /// Device nodes can be made: allowed, and this process may (`CAP_MKNOD`: root).
+    pub fn makes_devices(&self, id: &Identity) -> bool {
+        self.devices && id.root
+    }
+
+    /// Drops the attributes of `entry` this half will not set (classes outside `sel`, blit's
+    /// own journal, `user.*` where Linux refuses it: on symlinks and special files). Returns
+    /// how many were dropped (the summary reports them).
+    pub fn restrict_xattrs(entry: &mut Entry, sel: XattrSel) -> u64 {
+        if entry.xattrs.is_empty() {
+            return 0;
+        }
+        let before = entry.xattrs.len();
+        let kind = entry.kind;
+        entry.xattrs.retain(|x| {
+            sel.wants(&x.name)
+                && kind != EntryKind::Symlink
+                && !(kind == EntryKind::Special && XattrClass::of(&x.name) == XattrClass::User)
+        });
+        (before - entry.xattrs.len()) as u64
     }
 
     /// Rewrites a peer's entry to what this side will actually apply. Called on every entry at
@@ -107,6 +172,25 @@ impl Identity {
     }
 }
 
+/// Makes the attributes equal to `meta`'s; an owner that is not root and whose file is not
+/// writable (a read-only file or directory kept in place) gets write permission for as long as
+/// it takes (`chmod` sets the real mode afterwards). Returns whether an ACL changed.
+fn sync_xattrs(
+    on: On<'_>,
+    meta: &Meta,
+    id: &Identity,
+    chmod: impl Fn(u32) -> io::Result<()>,
+) -> io::Result<bool> {
+    match xattr::sync(on, meta.xattrs(), meta.xattr_sel) {
+        Err(e) if e.is_access_denied() && !id.root => {
+            chmod(meta.mode | 0o200)?;
+            xattr::sync(on, meta.xattrs(), meta.xattr_sel)?;
+            Ok(true)
+        }
+        other => Ok(other?),
+    }
+}
+
 fn times(mtime: Timestamp) -> Timestamps {
     Timestamps {
         last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
@@ -121,7 +205,11 @@ pub fn apply_to_fd(fd: BorrowedFd<'_>, meta: &Meta, id: &Identity, owners: bool)
     if chown {
         rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
     }
-    if id.chmod_needed(meta.mode) || chown {
+    // After the chown (which clears security.capability), before the chmod (user.* needs a
+    // writable mode of a process that is not root).
+    let chmod = |mode| Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?);
+    let acl = sync_xattrs(On::Fd(fd), meta, id, chmod)?;
+    if id.chmod_needed(meta.mode) || chown || acl {
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
     }
     rustix::fs::futimens(fd, &times(meta.mtime))?;
@@ -215,6 +303,14 @@ impl Pinned {
             )?;
         }
         if kind != EntryKind::Symlink {
+            let path = self.proc_path();
+            let chmod = |mode| {
+                let mode = Mode::from_raw_mode(mode);
+                Ok(rustix::fs::chmodat(rustix::fs::CWD, path.as_str(), mode, AtFlags::empty())?)
+            };
+            sync_xattrs(On::Pinned(fd), meta, id, chmod)?;
+        }
+        if kind != EntryKind::Symlink {
             rustix::fs::chmodat(
                 rustix::fs::CWD,
                 self.proc_path().as_str(),
@@ -271,6 +367,8 @@ pub fn apply_to_dir_fd(
     if owners && id.root {
         rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
     }
+    let chmod = |mode| Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?);
+    sync_xattrs(On::Fd(fd), meta, id, chmod)?;
     rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
     rustix::fs::futimens(fd, &times(meta.mtime))?;
     Ok(())
@@ -297,7 +395,14 @@ mod tests {
 
     fn meta(mode: u32) -> Meta {
         let id = Identity::current();
-        Meta { mode, uid: id.euid, gid: id.egid, mtime: Timestamp { sec: 1_000_000, nsec: 5 } }
+        Meta {
+            mode,
+            uid: id.euid,
+            gid: id.egid,
+            mtime: Timestamp { sec: 1_000_000, nsec: 5 },
+            xattrs: None,
+            xattr_sel: XattrSel::default(),
+        }
     }
 
     /// Row 1 of the hardening review: chmodat(dir, name) followed a symlink swapped in for a
@@ -365,8 +470,16 @@ mod tests {
             inode: None,
             sparse: false,
             content_hash: None,
+            xattrs: Vec::new(),
+            special: None,
         };
-        let daemon = Privileges { take_owners: false, keep_setid: false, owner: Some((7, 8)) };
+        let daemon = Privileges {
+            take_owners: false,
+            keep_setid: false,
+            owner: Some((7, 8)),
+            xattrs_privileged: false,
+            devices: false,
+        };
         let mut d = e.clone();
         daemon.restrict(&mut d, &id, true);
         assert_eq!((d.mode, d.uid, d.gid), (0o755, 7, 8));

@@ -20,9 +20,11 @@ pub enum EventKind {
     MetaUpdated,
     DirCreated,
     Symlinked,
+    /// A FIFO, socket or device node was made.
+    SpecialMade,
     Hardlinked,
     Deleted,
-    /// Not copied: special file (FIFO, socket, device).
+    /// Not copied: a device node this target may not make, a special file of unknown type.
     Unsupported,
     Failed,
 }
@@ -45,6 +47,7 @@ impl EventKind {
             EventKind::Copied | EventKind::Hardlinked => Changes::new(Kind::File, Changes::NEW),
             EventKind::DirCreated => Changes::new(Kind::Dir, Changes::NEW),
             EventKind::Symlinked => Changes::new(Kind::Symlink, Changes::NEW),
+            EventKind::SpecialMade => Changes::new(Kind::Special, Changes::NEW),
             EventKind::Unsupported => Changes::new(Kind::Special, 0),
             EventKind::MetaUpdated | EventKind::Deleted | EventKind::Failed => Changes::default(),
         }
@@ -242,7 +245,12 @@ pub struct TargetReport {
     pub symlinks: u64,
     pub hardlinks: u64,
     pub deleted: u64,
+    /// Special files not made (device nodes where not allowed or not root).
     pub unsupported: u64,
+    /// FIFOs, sockets and device nodes made.
+    pub specials: u64,
+    /// Extended attributes (and ACLs) of the source this half did not set.
+    pub xattrs_dropped: u64,
     /// Bytes of copied files that partial files kept by an interrupted transfer already held
     /// (confirmed by the source, not sent again).
     pub bytes_reused: u64,

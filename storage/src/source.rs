@@ -58,6 +58,9 @@ pub struct SourceOptions {
     pub read_threads: usize,
     /// Keep every path inside `root` (daemon exports).
     pub confine: bool,
+    /// List `trusted.*` and `security.*` attributes (a daemon only with
+    /// `--allow-xattrs-privileged`: root-only attributes are not served to anyone who asks).
+    pub privileged_xattrs: bool,
     pub limits: Limits,
     /// A single-file session: send only this regular file of `root` (`blit xfer FILE TARGET`).
     pub single: Option<Vec<u8>>,
@@ -366,6 +369,11 @@ pub fn run_source(
         checksum: opts.params.compare == blitx_core::session::Compare::Checksum,
         confine: opts.confine,
         single: opts.single.clone(),
+        xattrs: crate::xattr::XattrSel {
+            user: opts.params.xattrs,
+            privileged: opts.params.xattrs && opts.privileged_xattrs,
+            acls: opts.params.acls,
+        },
     };
     let root_fd = opts.root.dup().map_err(|e| walk::WalkError::OpenRoot {
         path: opts.root.display().to_string(),
@@ -1368,6 +1376,8 @@ fn generate_listing(
         inode: None,
         sparse: false,
         content_hash: None,
+        xattrs: Vec::new(),
+        special: None,
     };
     let root = entry(RelPath::root(), EntryKind::Dir, 0, 0o755);
     let file = match RelPath::root().join(MEM_FILE_NAME) {

@@ -19,6 +19,7 @@ use crossbeam_channel::Sender;
 
 use crate::fsys;
 use blitx_planner::Filters;
+use crate::xattr::{self, XattrSel};
 
 /// Largest number of entries in one listing message; bigger directories are sent in parts.
 pub const LISTING_ENTRIES_MAX: usize = 4096;
@@ -34,6 +35,8 @@ pub struct WalkOptions {
     /// A single-file session (`blit xfer FILE TARGET`): list only this name of the root, which
     /// must be a regular file (never followed if it is a symlink), and nothing below.
     pub single: Option<Vec<u8>>,
+    /// Extended attributes and ACLs to list with each entry (none: no syscall spent on them).
+    pub xattrs: XattrSel,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +115,13 @@ pub fn walk(
     )
     .map_err(fail)?;
     root_entry.inode = None;
+    match xattr::read(xattr::On::Fd(root_fd.as_fd()), opts.xattrs) {
+        Ok(x) => root_entry.xattrs = x,
+        Err(e) => {
+            let msg = SourceMsg::WalkError { path: RelPath::root(), message: e.to_string() };
+            let _ = crate::send_or_cancel(out, msg, cancel);
+        }
+    }
     if crate::send_or_cancel(out, SourceMsg::Root(root_entry), cancel).is_err() {
         return Ok(WalkStats::default());
     }
@@ -285,6 +295,17 @@ fn read_one(shared: &Shared<'_>, dir: &RelPath) -> Vec<RelPath> {
                 continue;
             }
         };
+        if entry.kind != EntryKind::Symlink && shared.opts.xattrs.any() {
+            match xattr::read(xattr::On::At(fd.as_fd(), &name), shared.opts.xattrs) {
+                Ok(x) => entry.xattrs = x,
+                // The entry goes without them (its data and other metadata still count).
+                Err(e) => {
+                    local.errors += 1;
+                    let _ = shared
+                        .send(SourceMsg::WalkError { path: path.clone(), message: e.to_string() });
+                }
+            }
+        }
         if shared.opts.checksum && entry.kind == EntryKind::File {
             match fsys::hash_file(fd.as_fd(), &name) {
                 Ok(h) => entry.content_hash = Some(h),
@@ -362,6 +383,7 @@ mod tests {
             checksum: true,
             confine: true,
             single: None,
+            xattrs: XattrSel::default(),
         };
         let (tx, rx) = crossbeam_channel::bounded(4);
         let cancel = Cancel::new();

@@ -83,6 +83,7 @@ fn a_source_blocked_on_a_full_queue_and_a_silent_target_ends_at_the_cancel() {
         walk_threads: 2,
         read_threads: 2,
         confine: false,
+        privileged_xattrs: true,
         limits: Limits { idle_timeout: HOUR, ..Limits::none() },
     };
     // The target half: its queue holds one message and it never reads or answers.

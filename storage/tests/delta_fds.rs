@@ -56,6 +56,7 @@ fn many_changed_files_with_delta_fit_an_ordinary_descriptor_limit() {
         walk_threads: 2,
         read_threads: 2,
         confine: false,
+        privileged_xattrs: true,
         limits: blitx_storage::limits::Limits::none(),
     };
     let target = TargetOptions::new(RootDir::open(&dst).unwrap(), p, 2);

@@ -44,6 +44,7 @@ fn copy(src: &Path, dst: &Path) -> (SourceReport, TargetReport) {
         walk_threads: 2,
         read_threads: 2,
         confine: false,
+        privileged_xattrs: true,
         limits: blitx_storage::limits::Limits::none(),
     };
     let target = TargetOptions::new(RootDir::open(dst).unwrap(), p, 2);

@@ -527,7 +527,7 @@ fn client_push_over_tcp_ends_with_the_daemons_summary() {
     c.handle(t0, ClientEvent::LocalDone(true));
     assert!(matches!(drain_c(&mut c)[..], [ClientCmd::CloseOutbound]));
     assert_eq!(c.deadline(), Some(t0 + SUMMARY_TIMEOUT));
-    c.handle(t0 + SEC, ClientEvent::Summary(Ok(RemoteSummary::default())));
+    c.handle(t0 + SEC, ClientEvent::Summary(Box::new(Ok(RemoteSummary::default()))));
     assert!(matches!(finished(&drain_c(&mut c)), Some(ClientOutcome::Done(_))));
 }
 
@@ -535,7 +535,7 @@ fn client_push_over_tcp_ends_with_the_daemons_summary() {
 fn client_summary_before_the_local_half_ends_is_kept() {
     let t0 = Instant::now();
     let mut c = client_running(Direction::Pull, t0);
-    c.handle(t0, ClientEvent::Summary(Ok(RemoteSummary::default())));
+    c.handle(t0, ClientEvent::Summary(Box::new(Ok(RemoteSummary::default()))));
     c.handle(t0, ClientEvent::InboundEnded);
     assert!(drain_c(&mut c).is_empty(), "the daemon ending after its summary is normal");
     c.handle(t0, ClientEvent::LocalDone(true));
@@ -567,7 +567,7 @@ fn client_pull_over_rdma_connects_after_the_daemon_is_ready() {
     drain_c(&mut c);
     let fatal = error(ErrorCode::Internal, "no QPs");
     let s = RemoteSummary { fatal: Some(fatal.clone()), ..Default::default() };
-    c.handle(t0, ClientEvent::Summary(Ok(s)));
+    c.handle(t0, ClientEvent::Summary(Box::new(Ok(s))));
     assert!(matches!(finished(&drain_c(&mut c)), Some(ClientOutcome::Remote(e)) if *e == fatal));
 }
 
@@ -728,7 +728,7 @@ fn client_the_daemons_fatal_error_outranks_the_local_one() {
     let mut c = client_running(Direction::Pull, t0);
     let fatal = error(ErrorCode::Stalled, "no data for 30 s");
     let s = RemoteSummary { fatal: Some(fatal.clone()), ..Default::default() };
-    c.handle(t0, ClientEvent::Summary(Ok(s)));
+    c.handle(t0, ClientEvent::Summary(Box::new(Ok(s))));
     assert!(matches!(drain_c(&mut c)[..], [ClientCmd::StopLocal]));
     c.handle(t0, ClientEvent::Violation("late garbage".into()));
     c.handle(t0, ClientEvent::LocalDone(false));
@@ -739,7 +739,7 @@ fn client_the_daemons_fatal_error_outranks_the_local_one() {
 fn client_a_summary_that_does_not_decode_is_lost() {
     let t0 = Instant::now();
     let mut c = client_running(Direction::Push, t0);
-    c.handle(t0, ClientEvent::Summary(Err("bad error code".into())));
+    c.handle(t0, ClientEvent::Summary(Box::new(Err("bad error code".into()))));
     c.handle(t0, ClientEvent::LocalDone(true));
     assert!(matches!(
         finished(&drain_c(&mut c)),

@@ -29,10 +29,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::fsys;
+use crate::xattr::{self, XattrSel};
 use blitx_core::RelPath;
 use blitx_core::cancel::Cancel;
 use blitx_core::frame::{self, FrameKind};
-use blitx_core::manifest::{Entry, EntryKind, FileId, TargetEntry};
+use blitx_core::manifest::{Entry, EntryKind, FileId, Special, TargetEntry};
 use blitx_core::session::{SessionParams, SourceMsg, TargetMsg};
 use blitx_core::transport::{Frame, FrameReceiver, Payload, PayloadStream, TransportError};
 use blitx_planner::Filters;
@@ -243,6 +244,10 @@ struct Counters {
     hardlinks: AtomicU64,
     deleted: AtomicU64,
     unsupported: AtomicU64,
+    /// FIFOs, sockets and device nodes made.
+    specials: AtomicU64,
+    /// Extended attributes of the source's entries this half did not set.
+    xattrs_dropped: AtomicU64,
     /// Bytes of resumed files their partial files already held.
     bytes_reused: AtomicU64,
     /// Signature bytes sent (delta).
@@ -264,6 +269,8 @@ struct Shared<'a> {
     transport: &'a dyn FrameReceiver,
     /// Owners are applied (taken from the source, or the operator's configured owner).
     owners: bool,
+    /// The classes of extended attributes this half sets.
+    xattr_sel: XattrSel,
     /// With `--fsync`: the directories that gained or lost names, made durable at the end.
     touched_dirs: Mutex<HashSet<RelPath>>,
     /// Partial files found, waiting for their files' listings.
@@ -314,6 +321,7 @@ pub fn run_target(
         fatal: Mutex::new(None),
         transport,
         owners: opts.privileges.applies_owners(opts.params.preserve_owner),
+        xattr_sel: opts.privileges.xattr_sel(&id, opts.params.xattrs, opts.params.acls),
         touched_dirs: Mutex::default(),
         partials: Mutex::default(),
         committed: Mutex::default(),
@@ -387,6 +395,8 @@ pub fn run_target(
         hardlinks: c.hardlinks.load(Ordering::Relaxed),
         deleted: c.deleted.load(Ordering::Relaxed),
         unsupported: c.unsupported.load(Ordering::Relaxed),
+        specials: c.specials.load(Ordering::Relaxed),
+        xattrs_dropped: c.xattrs_dropped.load(Ordering::Relaxed),
         bytes_reused: c.bytes_reused.load(Ordering::Relaxed),
         signature_bytes: c.signature_bytes.load(Ordering::Relaxed),
         deletions_skipped: mirror_skipped,
@@ -419,6 +429,32 @@ impl Shared<'_> {
     fn committed(&self, id: FileId) {
         if self.opts.params.reports_commits() {
             lock(&self.committed).push(id);
+        }
+    }
+
+    /// The metadata `entry` gets, its attributes charged to the session's budget while held.
+    fn meta(&self, entry: &Entry) -> Result<Meta, TargetError> {
+        let mut meta = Meta::of(entry, self.xattr_sel);
+        if !entry.xattrs.is_empty() {
+            let bytes = blitx_core::manifest::xattr_bytes(&entry.xattrs);
+            let held = self
+                .opts
+                .limits
+                .hold("extended attributes", bytes, entry.xattrs.clone())
+                .map_err(TargetError::Limit)?;
+            meta.xattrs = Some(Arc::new(held));
+        }
+        Ok(meta)
+    }
+
+    /// Rewrites a peer's entry to what this half will apply (owners, setid bits, the
+    /// attributes it may set), counting the attributes dropped.
+    fn restrict(&self, entry: &mut Entry) {
+        let p = &self.opts.privileges;
+        p.restrict(entry, &self.id, self.opts.params.preserve_owner);
+        let dropped = Privileges::restrict_xattrs(entry, self.xattr_sel);
+        if dropped > 0 {
+            self.counters.xattrs_dropped.fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
@@ -503,9 +539,8 @@ fn control_loop(
         idle.heard();
         match msg {
             SourceMsg::Root(mut entry) => {
-                let p = &shared.opts.privileges;
-                p.restrict(&mut entry, &shared.id, shared.opts.params.preserve_owner);
-                plan.root(entry.kind, Meta::of(&entry))?;
+                shared.restrict(&mut entry);
+                plan.root(entry.kind, shared.meta(&entry)?)?;
             }
             SourceMsg::Listing { seq, dir, mut entries, last_part } => {
                 plan.single_entry(&dir, &mut entries)?;

@@ -60,7 +60,7 @@ pub(super) fn handle_listing(
         return Ok(needs);
     }
     for e in &mut entries {
-        shared.opts.privileges.restrict(e, &shared.id, shared.opts.params.preserve_owner);
+        shared.restrict(e);
     }
     let entries = &entries[..];
     let fresh = started.fresh;
@@ -87,6 +87,15 @@ pub(super) fn handle_listing(
             && needs_target_hash(compare, entry, t)
         {
             t.content_hash = fsys::hash_file(fd.as_fd(), name).ok();
+        }
+        // Attributes decide "up to date" for files and special files (directories get theirs
+        // at the end in any case); unreadable ones are not taken for a difference.
+        if let Some(t) = t.as_mut()
+            && shared.xattr_sel.any()
+            && t.kind == entry.kind
+            && matches!(t.kind, EntryKind::File | EntryKind::Special)
+        {
+            t.xattrs = xattr::read(xattr::On::At(fd.as_fd(), name), shared.xattr_sel).ok();
         }
         Ok(t)
     };
@@ -227,7 +236,7 @@ pub(super) fn apply(
 ) -> Result<(), TargetError> {
     let path = &entry.path;
     let name = entry.path.file_name();
-    let meta = Meta::of(entry);
+    let meta = shared.meta(entry)?;
     let dry = shared.dry_run();
     let c = &shared.counters;
     if !dry
@@ -250,6 +259,31 @@ pub(super) fn apply(
             shared.event(EventKind::Unsupported, path, 0, Some("special file not copied".into()));
             Ok(())
         }
+        Action::MakeSpecial => match entry.special {
+            Some(s) if s.is_device() && !shared.opts.privileges.makes_devices(&shared.id) => {
+                c.unsupported.fetch_add(1, Ordering::Relaxed);
+                let why = if shared.id.root {
+                    "device node not made (this daemon does not allow them: --allow-devices)"
+                } else {
+                    "device node not made (only root can)"
+                };
+                shared.event(EventKind::Unsupported, path, 0, Some(why.into()));
+                Ok(())
+            }
+            Some(s) => {
+                c.specials.fetch_add(1, Ordering::Relaxed);
+                shared.event(EventKind::SpecialMade, path, 0, Some(s.name().into()));
+                match dfd {
+                    Some(fd) if !dry => {
+                        shared.touched(path);
+                        make_special(shared, fd, entry, s, &meta)
+                    }
+                    _ => Ok(()),
+                }
+            }
+            // The planner decides Unsupported for these.
+            None => Ok(()),
+        },
         Action::KeepDir => {
             keep_dir(shared, plan, path, meta, false)?;
             Ok(())
@@ -408,7 +442,7 @@ pub(super) fn sink_listing(
         let small = shared.opts.params.is_small(e.size_bytes);
         if plan.sink_entry(e, small).map_err(TargetError::Protocol)? {
             let changes = Changes::new(e.kind, Changes::NEW);
-            need_file(shared, e, Meta::of(e), changes, &mut needs)?;
+            need_file(shared, e, shared.meta(e)?, changes, &mut needs)?;
         }
     }
     Ok(needs)
@@ -548,6 +582,39 @@ pub fn remove_unprotected(
         removed.entries += 1;
     }
     Ok(removed)
+}
+
+/// Makes a FIFO, socket or device node under a temporary name, applies its metadata through a
+/// pinned descriptor, and renames it into place (over a file or symlink there).
+pub(super) fn make_special(
+    shared: &Shared<'_>,
+    fd: &OwnedFd,
+    entry: &Entry,
+    special: Special,
+    meta: &Meta,
+) -> Result<(), (FileOp, io::Error)> {
+    let name = entry.path.file_name();
+    let tmp = temp_name(name);
+    let (format, dev) = special.mknod_args();
+    rustix::fs::mknodat(
+        fd,
+        fsys::os(&tmp),
+        rustix::fs::FileType::from_raw_mode(format),
+        Mode::from_raw_mode(0o600),
+        dev,
+    )
+    .map_err(|e| (FileOp::MakeSpecial, e.into()))?;
+    let done =
+        meta::apply_at(fd.as_fd(), &tmp, EntryKind::Special, meta, &shared.id, shared.owners)
+            .map_err(|e| (FileOp::Metadata, e))
+            .and_then(|()| {
+                rustix::fs::renameat(fd, fsys::os(&tmp), fd, fsys::os(name))
+                    .map_err(|e| (FileOp::MakeSpecial, e.into()))
+            });
+    if done.is_err() {
+        let _ = rustix::fs::unlinkat(fd, fsys::os(&tmp), AtFlags::empty());
+    }
+    done
 }
 
 pub(super) fn make_symlink(
