@@ -21,6 +21,7 @@ pub mod limits;
 pub mod local;
 pub mod lock;
 pub mod meta;
+pub mod ops;
 pub mod report;
 pub mod root;
 pub mod source;
