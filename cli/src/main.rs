@@ -5,6 +5,7 @@ mod bench;
 mod daemon;
 mod delta_auto;
 mod exit;
+mod ops;
 mod output;
 mod topo;
 mod units;
@@ -34,6 +35,14 @@ enum Command {
     /// Measure blit across transports, streams, chunk sizes and datasets, next to iperf3,
     /// ib_write_bw, rsync, cp and tar baselines; CPU cost per side; reports, plots, history.
     Bench(Box<bench::BenchArgs>),
+    /// List what a daemon holds: blit://HOST[:PORT]/path (-l long, -R recursive).
+    Ls(ops::LsArgs),
+    /// Disk usage below blit://HOST[:PORT]/path (-s total only, -b apparent bytes).
+    Du(ops::DuArgs),
+    /// Remove blit://HOST[:PORT]/path from a daemon (-r for a directory and its contents).
+    Rm(ops::RmArgs),
+    /// Make a directory on a daemon: blit://HOST[:PORT]/path (-p with parents).
+    Mkdir(ops::MkdirArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -102,6 +111,10 @@ fn main() {
         Command::Daemon(args) => daemon::run(args),
         Command::Topo(args) => topo::run(args),
         Command::Bench(args) => bench::run(*args),
+        Command::Ls(args) => ops::ls(args),
+        Command::Du(args) => ops::du(args),
+        Command::Rm(args) => ops::rm(args),
+        Command::Mkdir(args) => ops::mkdir(args),
     };
     std::process::exit(code.into());
 }

@@ -46,7 +46,7 @@ const _: () = assert!(PAGE_ENTRIES_MAX * (255 + 4096 + 128) < 64 << 20);
 
 /// File types as `ls -l` tells them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FileType {
     File,
     Dir,
