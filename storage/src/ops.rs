@@ -541,13 +541,21 @@ pub fn make_dir(
             path: show(rel),
             source: io::Error::other(e),
         })?;
-        cur = fsys::open_dir_beneath(cur.as_fd(), &name, true).map_err(|e| {
-            if e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) {
-                OpError::NotDirectory { path: show(&walked) }
-            } else {
-                resolved(&walked, e)
+        cur = match fsys::open_dir_beneath(cur.as_fd(), &name, true) {
+            Ok(fd) => fd,
+            // O_NOFOLLOW | O_DIRECTORY says ENOTDIR for a symlink too: tell them apart.
+            Err(e) if e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) => {
+                let link = fsys::stat_at(cur.as_fd(), c).is_ok_and(|st| {
+                    FileType::from_mode(u32::from(st.stx_mode)) == Some(FileType::Symlink)
+                });
+                return Err(if link {
+                    OpError::Resolve { path: show(&walked), source: Errno::LOOP.into() }
+                } else {
+                    OpError::NotDirectory { path: show(&walked) }
+                });
             }
-        })?;
+            Err(e) => return Err(resolved(&walked, e)),
+        };
     }
     Ok(made)
 }
