@@ -595,7 +595,8 @@ impl Remover {
     /// Resolves `rel` beneath `root` and checks what can be checked before anything is removed:
     /// not the root, present, a directory only with `recursive`, and (for a directory) not
     /// written into by a transfer: its target lock is taken and held until the end. A file's
-    /// directory is locked too, so a transfer writing there never sees its files vanish.
+    /// directory is locked shared, so a transfer writing into it (or above it) excludes the
+    /// removal, and one writing beside or below it does not.
     pub fn new(
         root: &RootDir,
         rel: &RelPath,
@@ -620,7 +621,7 @@ impl Remover {
             stack.push(Level { fd, path: rel.clone(), names: Vec::new() });
             lock
         } else {
-            TargetLock::acquire(top.as_fd(), None, &limits.cancel).map_err(locked)?
+            TargetLock::acquire_shared(top.as_fd(), None, &limits.cancel).map_err(locked)?
         };
         let mut r = Remover {
             top,
@@ -921,9 +922,14 @@ mod tests {
             Mode::empty(),
         )
         .unwrap();
+        std::fs::write(t.path().join("d/busy/f"), b"x").unwrap();
+        std::fs::write(t.path().join("top"), b"x").unwrap();
         let held = TargetLock::acquire(fd.as_fd(), None, &Cancel::new()).unwrap();
         assert!(matches!(remove(&root, "d", true), Err(OpError::Locked { .. })));
-        assert!(t.path().join("d/busy").is_dir());
+        assert!(matches!(remove(&root, "d/busy/f", false), Err(OpError::Locked { .. })));
+        assert!(t.path().join("d/busy/f").exists());
+        // A file beside (above) the transfer's directory is not in its way.
+        remove(&root, "top", false).unwrap();
         drop(held);
         remove(&root, "d", true).unwrap();
     }
