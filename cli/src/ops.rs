@@ -88,8 +88,21 @@ fn prepare(cmd: &str, url: &str) -> Result<(RemoteSpec, Cancel), Exit> {
         eprintln!("blit {cmd}: cannot install the signal handler: {e}");
         return Err(Exit::Fatal);
     }
+    // The output is written from inside the call: a write blocked on a full pipe whose reader
+    // stopped reading (`blit ls -R ... | less`) cannot see the cancel. Once cancelled, the
+    // command gets a short grace to end on its own, then the process ends here (the daemon
+    // stops the operation when the connection closes).
+    let watch = cancel.plane().clone();
+    let _ = std::thread::Builder::new().name("blit-interrupt".into()).spawn(move || {
+        let _ = watch.wake().recv();
+        std::thread::sleep(INTERRUPT_GRACE);
+        std::process::exit(Exit::Interrupted.into());
+    });
     Ok((spec, cancel))
 }
+
+/// How long an interrupted command may take to end by itself.
+const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reports a failed operation; the exit code by the error's type.
 fn failed(cmd: &str, spec: &RemoteSpec, e: &OpError) -> Exit {

@@ -219,3 +219,39 @@ fn sigint_cancels_a_waiting_operation() {
         assert_eq!(status.code(), Some(130), "{cmd:?}");
     }
 }
+
+/// SIGINT while the output blocks on a pipe nobody reads (`blit ls -R ... | less`, paused):
+/// the command still ends with exit code 130.
+#[test]
+fn sigint_ends_a_listing_blocked_on_its_output() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("export");
+    std::fs::create_dir_all(&root).unwrap();
+    for i in 0..3000 {
+        std::fs::write(root.join(format!("{i:05}-{}", "n".repeat(60))), b"").unwrap();
+    }
+    let d = Daemon::start(&root, &[]);
+    let mut child = Command::new(BLIT)
+        .args(["ls", "-l", &d.url("")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env_remove("RUST_LOG")
+        .spawn()
+        .unwrap();
+    // The first bytes arrived: the listing runs; the rest fills the pipe and blocks.
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "did not end on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    drop(out);
+}
