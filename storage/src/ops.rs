@@ -298,12 +298,20 @@ fn sorted_names(
     path: &RelPath,
     budget: &mut Budget,
 ) -> Result<Vec<Vec<u8>>, OpError> {
-    let mut names = fsys::read_dir_names(fd).map_err(|source| OpError::Io {
-        op: "read directory",
-        path: show(path),
-        source,
-    })?;
-    budget.take(names.len())?;
+    let failed =
+        |e: Errno| OpError::Io { op: "read directory", path: show(path), source: e.into() };
+    let mut names = Vec::new();
+    let mut d = rustix::fs::Dir::read_from(fd.as_fd()).map_err(failed)?;
+    while let Some(item) = d.read() {
+        let item = item.map_err(failed)?;
+        let name = item.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        // Counted as read: a huge directory stops at the limit, not after it was held whole.
+        budget.take(1)?;
+        names.push(name.to_vec());
+    }
     names.sort_unstable();
     Ok(names)
 }
