@@ -7,6 +7,7 @@ mod delta_auto;
 mod exit;
 mod filters;
 mod manual;
+mod ops;
 mod output;
 mod topo;
 mod units;
@@ -40,6 +41,14 @@ enum Command {
     /// Measure blit across transports, streams, chunk sizes and datasets, next to iperf3,
     /// ib_write_bw, rsync, cp and tar baselines; CPU cost per side; reports, plots, history.
     Bench(Box<bench::BenchArgs>),
+    /// List what a daemon holds: blit://HOST[:PORT]/path (-l long, -R recursive).
+    Ls(ops::LsArgs),
+    /// Disk usage below blit://HOST[:PORT]/path (-s total only, -b apparent bytes).
+    Du(ops::DuArgs),
+    /// Remove blit://HOST[:PORT]/path from a daemon (-r for a directory and its contents).
+    Rm(ops::RmArgs),
+    /// Make a directory on a daemon: blit://HOST[:PORT]/path (-p with parents).
+    Mkdir(ops::MkdirArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(manual::CompletionsArgs),
     /// Print blit's man page, or write one per subcommand with --out DIR.
@@ -133,6 +142,10 @@ fn main() {
         Command::Daemon(args) => daemon::run(args),
         Command::Topo(args) => topo::run(args),
         Command::Bench(args) => bench::run(*args),
+        Command::Ls(args) => ops::ls(args),
+        Command::Du(args) => ops::du(args),
+        Command::Rm(args) => ops::rm(args),
+        Command::Mkdir(args) => ops::mkdir(args),
         Command::Completions(args) => manual::completions(&args),
         Command::Man(args) => manual::man(&args),
     };

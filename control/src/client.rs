@@ -148,7 +148,7 @@ pub struct MetaSupport {
     pub devices: bool,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("blit-grpc")
@@ -157,7 +157,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
         .map_err(ClientError::Runtime)
 }
 
-async fn connect(
+pub(crate) async fn connect(
     remote: &RemoteSpec,
     timeout: Duration,
 ) -> Result<BlitClient<tonic::transport::Channel>, ClientError> {

@@ -82,6 +82,27 @@ pub fn message(bytes: &[u8]) {
     }
 }
 
+/// Decodes `bytes` as the remote operations' replies (a listing page, a usage page; what the
+/// client of `blit ls`/`du` receives) and converts them: never panics, and an accepted page is
+/// within its bound and survives a round trip through our own encoder.
+pub fn remote_reply(bytes: &[u8]) {
+    let asked = RelPath::root();
+    if let Ok(p) = pb::RemoteListPage::decode(bytes)
+        && let Ok(page) = crate::ops::page_from_pb(&p, &asked)
+    {
+        assert!(page.entries.len() <= blitx_storage::ops::PAGE_ENTRIES_MAX);
+        let again = crate::ops::page_from_pb(&crate::ops::page_to_pb(&page), &asked);
+        assert_eq!(again.ok().as_ref(), Some(&page), "a listing page changed in a round trip");
+    }
+    if let Ok(p) = pb::RemoteUsagePage::decode(bytes) {
+        for t in &p.totals {
+            if let Ok((path, _)) = crate::ops::usage_from_pb(t, &asked) {
+                assert!(path.as_bytes().len() <= PATH_BYTES_MAX);
+            }
+        }
+    }
+}
+
 /// Valid frames of every kind, encoded: a seed corpus that gets the fuzzer past the protobuf
 /// framing at once. Names say what each one is.
 pub fn seeds() -> Vec<(String, Vec<u8>)> {

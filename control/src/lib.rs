@@ -17,6 +17,7 @@ pub mod dataplane;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod negotiate;
+pub mod ops;
 pub mod server;
 pub mod url;
 

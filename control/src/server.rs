@@ -48,6 +48,8 @@ use crate::pb;
 use crate::pb::blit_server::{Blit, BlitServer};
 use crate::{BUILD_VERSION, CONTROL_MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
 
+mod ops;
+
 /// Frames queued towards one client at most.
 const OUTBOUND_QUEUE_MAX: usize = 64;
 /// How long shutdown waits for cancelled sessions to clean up.
@@ -406,6 +408,37 @@ impl Blit for Daemon {
             rdma_devices: rdma.into_iter().map(convert::rdma_device_to_pb).collect(),
             meta_support: Some(meta_support(&self.privileges, &self.root, self.cfg.read_only)),
         }))
+    }
+
+    type RemoteListStream = ops::ListStream;
+    type RemoteUsageStream = ops::UsageStream;
+
+    async fn remote_list(
+        &self,
+        request: Request<pb::RemoteListRequest>,
+    ) -> Result<Response<Self::RemoteListStream>, Status> {
+        self.serve_list(request)
+    }
+
+    async fn remote_usage(
+        &self,
+        request: Request<pb::RemoteUsageRequest>,
+    ) -> Result<Response<Self::RemoteUsageStream>, Status> {
+        self.serve_usage(request)
+    }
+
+    async fn remote_remove(
+        &self,
+        request: Request<pb::RemoteRemoveRequest>,
+    ) -> Result<Response<pb::RemoteRemoveReply>, Status> {
+        self.serve_remove(request).await
+    }
+
+    async fn remote_make_dir(
+        &self,
+        request: Request<pb::RemoteMakeDirRequest>,
+    ) -> Result<Response<pb::RemoteMakeDirReply>, Status> {
+        self.serve_make_dir(request).await
     }
 
     type SessionStream = SessionStream;

@@ -15,4 +15,5 @@ fuzz_target!(|data: &[u8]| {
     blitx_control::fuzz::client_frame(data);
     blitx_control::fuzz::server_frame(data);
     blitx_control::fuzz::message(data);
+    blitx_control::fuzz::remote_reply(data);
 });

@@ -144,6 +144,40 @@ impl pb::blit_server::Blit for Svc {
         }))
     }
 
+    type RemoteListStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::RemoteListPage, Status>>;
+    type RemoteUsageStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::RemoteUsagePage, Status>>;
+
+    // Remote operations are not scripted: the stock client must report "not offered" clearly.
+    async fn remote_list(
+        &self,
+        _request: Request<pb::RemoteListRequest>,
+    ) -> Result<Response<Self::RemoteListStream>, Status> {
+        Err(Status::unimplemented("remote operations are not scripted"))
+    }
+
+    async fn remote_usage(
+        &self,
+        _request: Request<pb::RemoteUsageRequest>,
+    ) -> Result<Response<Self::RemoteUsageStream>, Status> {
+        Err(Status::unimplemented("remote operations are not scripted"))
+    }
+
+    async fn remote_remove(
+        &self,
+        _request: Request<pb::RemoteRemoveRequest>,
+    ) -> Result<Response<pb::RemoteRemoveReply>, Status> {
+        Err(Status::unimplemented("remote operations are not scripted"))
+    }
+
+    async fn remote_make_dir(
+        &self,
+        _request: Request<pb::RemoteMakeDirRequest>,
+    ) -> Result<Response<pb::RemoteMakeDirReply>, Status> {
+        Err(Status::unimplemented("remote operations are not scripted"))
+    }
+
     type SessionStream = SessionStream;
 
     async fn session(

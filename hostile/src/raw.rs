@@ -73,6 +73,12 @@ impl RawClient {
         Ok(c)
     }
 
+    /// The generated client itself, for unary and server-streaming calls (the remote
+    /// operations); run its futures on [`runtime`].
+    pub fn grpc(&self) -> BlitClient<tonic::transport::Channel> {
+        self.client.clone()
+    }
+
     /// The protocol version the daemon announced in Hello (None: it did not answer).
     pub fn daemon_version(&self) -> Option<u32> {
         self.daemon_version

@@ -22,6 +22,7 @@ pub mod local;
 pub mod lock;
 pub mod meta;
 mod remove;
+pub mod ops;
 pub mod report;
 pub mod root;
 pub mod source;

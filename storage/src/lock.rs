@@ -82,9 +82,29 @@ impl TargetLock {
         wait: Option<Duration>,
         cancel: &Cancel,
     ) -> Result<Self, LockError> {
+        Self::acquire_as(dir, FlockOperation::LockExclusive, wait, cancel)
+    }
+
+    /// Locks `dir` shared (and every directory above it): excludes a transfer writing into
+    /// `dir` or above it, not one writing into a directory below it or beside it. Removing one
+    /// file (`blit rm`) takes this on the file's directory.
+    pub fn acquire_shared(
+        dir: BorrowedFd<'_>,
+        wait: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Result<Self, LockError> {
+        Self::acquire_as(dir, FlockOperation::LockShared, wait, cancel)
+    }
+
+    fn acquire_as(
+        dir: BorrowedFd<'_>,
+        own_op: FlockOperation,
+        wait: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Result<Self, LockError> {
         let deadline = wait.map(|w| Instant::now() + w);
         loop {
-            let (busy, op) = match Self::try_once(dir) {
+            let (busy, op) = match Self::try_once(dir, own_op) {
                 Ok(lock) => return Ok(lock),
                 Err(Attempt::Busy(fd, op)) => (fd, op),
                 Err(Attempt::Failed(e)) => return Err(e),
@@ -113,14 +133,14 @@ impl TargetLock {
         }
     }
 
-    fn try_once(dir: BorrowedFd<'_>) -> Result<Self, Attempt> {
+    fn try_once(dir: BorrowedFd<'_>, own_op: FlockOperation) -> Result<Self, Attempt> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         // A fresh open file of its own: flock locks belong to open files, and the caller's
         // handle may be shared.
         let own = rustix::fs::openat(dir, ".", flags, Mode::empty())
             .map_err(|e| LockError::Io(e.into()))?;
         let mut held = Vec::new();
-        let own = lock(own, FlockOperation::LockExclusive)?;
+        let own = lock(own, own_op)?;
         let mut st = rustix::fs::fstat(&own).map_err(|e| LockError::Io(e.into()))?;
         held.push(own);
         for _ in 0..ANCESTORS_MAX {
