@@ -68,6 +68,10 @@ pub struct DaemonArgs {
     /// End a session when the client sends nothing and no data moves for this long.
     #[arg(long, value_name = "SECS", default_value_t = server::IDLE_TIMEOUT_SECS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub idle_timeout: u64,
+    /// Serve Prometheus metrics (/metrics) and a status page (/) over HTTP on this address
+    /// (unauthenticated and read-only; default: not served).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 pub fn run(args: DaemonArgs) -> Exit {
@@ -93,7 +97,14 @@ pub fn run(args: DaemonArgs) -> Exit {
     cfg.open_timeout = Duration::from_secs(args.open_timeout);
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout);
     let shutdown = blitx_control::cancel::Cancel::new();
-    match run_daemon(cfg, shutdown, |addr| eprintln!("blit daemon listening on {addr}")) {
+    cfg.metrics = args.metrics;
+    let on_listening = |bound: server::Bound| {
+        if let Some(m) = bound.metrics {
+            eprintln!("blit daemon metrics on http://{m}/");
+        }
+        eprintln!("blit daemon listening on {}", bound.control);
+    };
+    match run_daemon(cfg, shutdown, on_listening) {
         Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("blit: error: {e}: {}", blitx_control::server::source_chain(&e));

@@ -40,6 +40,7 @@ use crate::convert::{
     TransportChoice,
 };
 use crate::dataplane::{self, Role};
+use crate::metrics::{ErrorKind, Metrics};
 use crate::negotiate::{
     DaemonCmd, DaemonEvent, DaemonFacts, DaemonSession, LockResult, Rejection, RootFailure,
 };
@@ -96,6 +97,8 @@ pub struct DaemonConfig {
     pub open_timeout: Duration,
     /// A session in which nothing arrives and no data moves for this long is ended.
     pub idle_timeout: Duration,
+    /// Where to serve metrics and the status page (`--metrics`; None: nowhere).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Defaults of the daemon's limits (`blit daemon --help` shows the same values).
@@ -129,6 +132,7 @@ impl DaemonConfig {
             memory_bytes: 4 << 30,         // MEMORY_DEFAULT
             open_timeout: Duration::from_secs(OPEN_TIMEOUT_SECS_DEFAULT),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS_DEFAULT),
+            metrics: None,
         }
     }
 }
@@ -139,6 +143,8 @@ pub enum DaemonError {
     Root { path: String, source: std::io::Error },
     #[error("cannot listen on {addr}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot serve metrics on {addr} (--metrics)")]
+    MetricsListen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("the gRPC server failed")]
@@ -163,6 +169,7 @@ struct Daemon {
     budget: Arc<Budget>,
     conns: Arc<crate::conns::Registry>,
     privileges: Privileges,
+    metrics: Arc<Metrics>,
 }
 
 /// The daemon's RDMA domain ([`dataplane::rdma_daemon_domain`]) with its ring registered on the
@@ -192,12 +199,20 @@ fn placed_rdma_domain(
     dataplane::rdma_daemon_domain(cfg.rdma_device.as_deref())
 }
 
+/// The addresses a daemon listens on (their ports chosen when port 0 was asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub control: SocketAddr,
+    /// The metrics listener (`--metrics`), when asked for.
+    pub metrics: Option<SocketAddr>,
+}
+
 /// Runs the daemon until SIGINT/SIGTERM (or `shutdown` is cancelled). `on_listening` receives
-/// the bound address (useful with port 0).
+/// the bound addresses (useful with port 0).
 pub fn run_daemon(
     cfg: DaemonConfig,
     shutdown: Cancel,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Bound),
 ) -> Result<(), DaemonError> {
     let root = RootDir::open(&cfg.root)
         .map_err(|source| DaemonError::Root { path: cfg.root.display().to_string(), source })?;
@@ -258,6 +273,7 @@ pub fn run_daemon(
         if privileges.keep_setid { "kept (--allow-setid)" } else { "stripped" }
     );
     let conns = crate::conns::Registry::new(cfg.max_connections, CONNECTION_IDLE);
+    let metrics = Metrics::new(Instant::now(), rdma.as_ref().ok().map(|d| d.name.clone()));
     let daemon = Daemon {
         cfg: cfg.clone(),
         rdma: rdma.clone(),
@@ -271,13 +287,27 @@ pub fn run_daemon(
         budget: Budget::new("for all sessions (--memory)", cfg.memory_bytes, None),
         conns: Arc::clone(&conns),
         privileges,
+        metrics: Arc::clone(&metrics),
     };
     rt.block_on(async move {
+        // Only where the operator asked, and before the control port, so that a client never
+        // meets a daemon whose metrics are not being served yet.
+        let metrics_at = match cfg.metrics {
+            None => None,
+            Some(addr) => {
+                let failed = |source| DaemonError::MetricsListen { addr, source };
+                let l = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+                let at = l.local_addr().map_err(failed)?;
+                tracing::info!("metrics and status page on http://{at}/");
+                tokio::spawn(crate::metrics_http::serve(l, metrics, shutdown.clone()));
+                Some(at)
+            }
+        };
         let listener = listen(cfg.listen)
             .map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
         let local = listener.local_addr().map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
         tracing::info!(root = %cfg.root.display(), "blit daemon listening on {local}");
-        on_listening(local);
+        on_listening(Bound { control: local, metrics: metrics_at });
         let (conn_tx, conn_rx) = mpsc::channel(16);
         tokio::spawn(crate::conns::accept_loop(listener, conns, conn_tx));
         let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
@@ -417,7 +447,10 @@ impl Blit for Daemon {
         machine.handle(now, first);
         match machine.poll() {
             Some(DaemonCmd::TakeSlot) => {}
-            Some(DaemonCmd::Reject(r)) => return Err(rejection(&peer, &r)),
+            Some(DaemonCmd::Reject(r)) => {
+                self.metrics.error(ErrorKind::of_rejection(&r));
+                return Err(rejection(&peer, &r));
+            }
             other => {
                 return Err(Status::internal(format!("unexpected {other:?} before a session")));
             }
@@ -427,7 +460,10 @@ impl Blit for Daemon {
         machine.handle(Instant::now(), DaemonEvent::Slot(permit.is_some()));
         let Some(permit) = permit else {
             return Err(match machine.poll() {
-                Some(DaemonCmd::Reject(r)) => rejection(&peer, &r),
+                Some(DaemonCmd::Reject(r)) => {
+                    self.metrics.error(ErrorKind::of_rejection(&r));
+                    rejection(&peer, &r)
+                }
                 other => Status::internal(format!("unexpected {other:?} without a session slot")),
             });
         };
@@ -458,6 +494,7 @@ impl Blit for Daemon {
             rt: tokio::runtime::Handle::current(),
             budget: Arc::clone(&self.budget),
             privileges: self.privileges,
+            metrics: Arc::clone(&self.metrics),
         };
         let active = self.active.clone();
         active.send_modify(|n| *n += 1);
@@ -510,6 +547,7 @@ struct SessionCtx {
     /// The daemon's memory budget; each session draws on it through one of its own.
     budget: Arc<Budget>,
     privileges: Privileges,
+    metrics: Arc<Metrics>,
 }
 
 fn send(out: &Out, frame: pb::ServerFrame) -> bool {
@@ -619,6 +657,10 @@ impl SessionCtx {
         let driver = Driver { machine: Mutex::new(machine), stop: self.shutdown.child(&self.rt) };
         let end = self.serve(&driver, inbound, &out);
         driver.stop.cancel();
+        match &end {
+            End::Refused(e) | End::Failed(e) => self.metrics.error(ErrorKind::Code(e.code)),
+            End::Done => {}
+        }
         match end {
             End::Refused(e) => refuse(&out, e.code, e.message),
             End::Failed(fatal) => {
@@ -632,13 +674,26 @@ impl SessionCtx {
     /// Carries out the negotiation's commands, then runs the daemon's half.
     fn serve(&self, driver: &Driver, inbound: Streaming<pb::ClientFrame>, out: &Out) -> End {
         let cancel = &driver.stop;
-        let (open, push) = {
+        let (open, push, opened) = {
             let m = driver.machine.lock().unwrap_or_else(|p| p.into_inner());
             match m.open() {
-                Some(o) => (o.clone(), o.direction == Direction::Push),
-                None => (placeholder_open(), false),
+                Some(o) => (o.clone(), o.direction == Direction::Push, true),
+                None => (placeholder_open(), false, false),
             }
         };
+        // The engine's own progress counters are what the metrics read: nothing is added to
+        // the data path.
+        let progress = Arc::new(Progress::default());
+        let session_metrics = opened.then(|| {
+            self.metrics.open_session(
+                Instant::now(),
+                self.id,
+                &self.peer,
+                open.direction,
+                &open.path.to_string(),
+                Arc::clone(&progress),
+            )
+        });
         let role = if push { Role::Receive } else { Role::Send };
         // Everything this session holds in memory is charged here, then to the daemon's total.
         let budget = Budget::new(
@@ -784,6 +839,9 @@ impl SessionCtx {
                     match connected {
                         Ok(p) => {
                             tracing::debug!(session = self.id, "data plane connected");
+                            if let Some(m) = &session_metrics {
+                                m.plane(&p);
+                            }
                             plane = Some(p);
                             DaemonEvent::DataPlane(Ok(()))
                         }
@@ -817,7 +875,6 @@ impl SessionCtx {
             }
         }
 
-        let progress = Progress::default();
         let reporter = RemoteReporter {
             rt: self.rt.clone(),
             out: out.clone(),
@@ -972,6 +1029,9 @@ impl SessionCtx {
             }
             // Stop waiting for the client's half-close.
             cancel.cancel();
+            if let Some(m) = &session_metrics {
+                m.plane_done(&plane);
+            }
             end
         })
     }
