@@ -16,6 +16,7 @@ pkgs=(
   g++                       # libFuzzer's C++ sources (the cargo-fuzz targets, ci/fuzz.sh)
   perl                      # ci/sim-mutants.sh applies its mutants with perl -0pi
   attr                      # ci/faults.sh reads the journal of a kept partial file (getfattr)
+  chromium                  # ci/metrics-page.sh loads the daemon's status page headless
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -311,7 +311,7 @@ table { border-collapse: collapse; margin-top: .5em; }
 td, th { padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: left; }
 td.path { font-family: monospace; white-space: pre; }
 svg { border: 1px solid #ccc; background: #fafafa; }
-.push { stroke: #1f77b4; } .pull { stroke: #d62728; }
+.push { stroke: #1f77b4; color: #1f77b4; } .pull { stroke: #d62728; color: #d62728; }
 </style></head>
 <body>
 <h1>blit daemon <small>{VERSION}</small></h1>
