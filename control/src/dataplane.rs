@@ -536,6 +536,42 @@ mod tests {
     }
 
     #[test]
+    fn tcp_halves_count_retransmits_and_their_probe_lets_go() {
+        let opts = DataPlaneOptions {
+            streams: 2,
+            chunk_bytes: 1 << 16,
+            socket_buffer_bytes: 0,
+            stall_timeout: Duration::from_secs(10),
+            threads: 1,
+            qps: 1,
+            rdma_device: None,
+            rdma_frame_checksums: false,
+            rdma_event_cq: false,
+            tcp_zero_copy: false,
+        };
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let listening = tcp_listen(ip, Role::Receive, &opts).expect("listen");
+        let ep = listening.endpoint();
+        let cancel = Cancel::new();
+        let accepting = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || listening.accept(&cancel))
+        };
+        let send = tcp_connect(&ep, Role::Send, &opts, &cancel).expect("connect");
+        let receive = accepting.join().expect("join").expect("accept");
+        // Loopback loses nothing: readable, and nothing retransmitted.
+        assert_eq!(send.counters().tcp_retransmits, Some(0));
+        assert_eq!(receive.counters().tcp_retransmits, Some(0));
+        assert_eq!(send.counters().rdma_work_requests, 0);
+        let probe = send.probe();
+        assert_eq!(probe(), Some(send.counters()));
+        send.sender().expect("sender").abort();
+        receive.receiver().expect("receiver").abort();
+        drop(send);
+        assert_eq!(probe(), None, "the probe kept the half alive");
+    }
+
+    #[test]
     fn unavailable_is_decided_on_the_type() {
         assert!(DataPlaneError::RdmaDisabled.is_unavailable());
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));

@@ -786,6 +786,32 @@ mod tests {
     }
 
     #[test]
+    fn rdma_work_requests_per_mib_are_over_all_sessions() {
+        let m = Metrics::new(Instant::now(), None);
+        let rdma = |wrs, mib: u64| PlaneCounters {
+            tcp_retransmits: None,
+            rdma_work_requests: wrs,
+            rdma_payload_bytes: mib << 20,
+            rdma_send_waits: 1,
+        };
+        lock(&m.folded).add_plane(0, Transport::Rdma, Some(rdma(300, 100)));
+        lock(&m.folded).add_plane(0, Transport::Rdma, Some(rdma(100, 100)));
+        lock(&m.folded).add_plane(1, Transport::Tcp, None);
+        lock(&m.folded).add_plane(
+            1,
+            Transport::Tcp,
+            Some(PlaneCounters { tcp_retransmits: Some(7), ..PlaneCounters::default() }),
+        );
+        let text = m.render_prometheus(Instant::now());
+        assert_eq!(value(&text, "blit_rdma_work_requests_total{direction=\"push\"}"), 400.0);
+        assert_eq!(value(&text, "blit_rdma_work_requests_per_mebibyte{direction=\"push\"}"), 2.0);
+        assert_eq!(value(&text, "blit_rdma_work_requests_per_mebibyte{direction=\"pull\"}"), 0.0);
+        assert_eq!(value(&text, "blit_rdma_send_waits_total{direction=\"push\"}"), 2.0);
+        assert_eq!(value(&text, "blit_tcp_retransmits_total{direction=\"pull\"}"), 7.0);
+        assert_eq!(value(&text, "blit_tcp_info_unreadable_sessions_total"), 1.0);
+    }
+
+    #[test]
     fn every_series_has_help_and_type() {
         let m = Metrics::new(Instant::now(), Some("no-such-device".into()));
         let text = m.render_prometheus(Instant::now());
