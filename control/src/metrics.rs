@@ -169,6 +169,8 @@ struct Folded {
     rdma_work_requests: [u64; 2],
     rdma_payload_bytes: [u64; 2],
     rdma_send_waits: [u64; 2],
+    /// Files that failed in sessions that otherwise ended well, per direction.
+    file_errors: [u64; 2],
 }
 
 impl Folded {
@@ -395,6 +397,7 @@ impl Metrics {
                 rdma_work_requests: f.rdma_work_requests,
                 rdma_payload_bytes: f.rdma_payload_bytes,
                 rdma_send_waits: f.rdma_send_waits,
+                file_errors: f.file_errors,
             }
         };
         let mut active = [[0u64; 3]; 2];
@@ -475,6 +478,13 @@ impl Metrics {
                 self.errors[i].load(Ordering::Relaxed)
             );
         }
+        per_direction(
+            &mut out,
+            "blit_file_errors_total",
+            "counter",
+            "Files that failed (each reported to the client) in sessions that completed.",
+            folded_plane.file_errors.map(|n| n.to_string()),
+        );
         let rate = self.throughput();
         let f = &folded_plane;
         per_direction(
@@ -682,6 +692,11 @@ impl SessionMetrics {
         }
     }
 
+    /// The daemon's half finished with `n` files that failed.
+    pub fn file_errors(&self, n: u64) {
+        lock(&self.metrics.folded).file_errors[direction_index(self.live.direction)] += n;
+    }
+
     /// The transfer is over: keeps the plane's last counters (the plane is dropped next).
     pub fn plane_done(&self, half: &Half) {
         let mut st = lock(&self.live.state);
@@ -753,8 +768,11 @@ mod tests {
         assert_eq!(value(&text, bytes), 1000.0);
         assert_eq!(value(&text, active), 1.0);
         assert_eq!(value(&text, total), 0.0);
+        s.file_errors(2);
         drop(s);
         let text = m.render_prometheus(t0);
+        assert_eq!(value(&text, "blit_file_errors_total{direction=\"push\"}"), 2.0);
+        assert_eq!(value(&text, "blit_file_errors_total{direction=\"pull\"}"), 0.0);
         assert_eq!(value(&text, bytes), 1000.0);
         assert_eq!(value(&text, active), 0.0);
         assert_eq!(value(&text, total), 1.0);

@@ -990,7 +990,12 @@ impl SessionCtx {
                             &progress,
                             flag,
                         )
-                        .map(|r| convert::target_summary_to_pb(&r))
+                        .map(|r| {
+                            if let Some(m) = &session_metrics {
+                                m.file_errors(r.error_count);
+                            }
+                            convert::target_summary_to_pb(&r)
+                        })
                         .map_err(|e| fail(target_code(&e), describe(&e)))
                     },
                 )
@@ -1006,7 +1011,12 @@ impl SessionCtx {
                 };
                 plane.sender().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(|tx| {
                     run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel.plane())
-                        .map(|r| convert::source_summary_to_pb(&r))
+                        .map(|r| {
+                            if let Some(m) = &session_metrics {
+                                m.file_errors(r.error_count);
+                            }
+                            convert::source_summary_to_pb(&r)
+                        })
                         .map_err(|e| fail(source_code(&e), describe(&e)))
                 })
             };
