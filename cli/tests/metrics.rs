@@ -93,9 +93,14 @@ impl Drop for Daemon {
 
 /// One HTTP/1.1 request; the status code and the body.
 fn get(addr: &str, method: &str, path: &str) -> (u16, String, String) {
+    get_as(addr, addr, method, path)
+}
+
+/// One HTTP/1.1 request naming `host` in its Host header.
+fn get_as(addr: &str, host: &str, method: &str, path: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -142,6 +147,25 @@ fn xfer(src: &str, dst: &str, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A scrape once no session is active.
+fn ended(d: &Daemon) -> String {
+    let idle = |t: &str| {
+        ["push", "pull"].iter().all(|dir| {
+            ["tcp", "rdma", "none"].iter().all(|tr| {
+                let series =
+                    format!("blit_sessions_active{{direction=\"{dir}\",transport=\"{tr}\"}}");
+                value(t, &series) == 0.0
+            })
+        })
+    };
+    let mut text = String::new();
+    wait_for(Duration::from_secs(20), "the daemon's sessions to end", || {
+        text = scrape(d);
+        idle(&text)
+    });
+    text
+}
+
 fn push_pull_series(direction: &str, what: &str) -> String {
     format!("blit_{what}{{direction=\"{direction}\",transport=\"tcp\"}}")
 }
@@ -164,7 +188,8 @@ fn push_and_pull_move_the_counters_by_what_they_moved() {
 
     let out = xfer(src.to_str().unwrap(), &d.url("tree"), &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let after_push = scrape(&d);
+    // The client is done once it has the summary; the daemon's session ends just after.
+    let after_push = ended(&d);
     assert_eq!(value(&after_push, &push_pull_series("push", "sessions_total")), 1.0);
     assert_eq!(
         value(&after_push, &push_pull_series("push", "transferred_bytes_total")),
@@ -180,7 +205,7 @@ fn push_and_pull_move_the_counters_by_what_they_moved() {
     let back = local.path().join("back");
     let out = xfer(&d.url("tree"), back.to_str().unwrap(), &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let after_pull = scrape(&d);
+    let after_pull = ended(&d);
     assert_eq!(value(&after_pull, &push_pull_series("pull", "sessions_total")), 1.0);
     assert_eq!(
         value(&after_pull, &push_pull_series("pull", "transferred_bytes_total")),
@@ -205,7 +230,7 @@ fn a_refused_push_counts_under_its_error_kind() {
     let d = Daemon::start(root.path(), &["--metrics", "127.0.0.1:0", "--read-only"]);
     let out = xfer(src.path().to_str().unwrap(), &d.url("x"), &[]);
     assert!(!out.status.success());
-    let text = scrape(&d);
+    let text = ended(&d);
     assert_eq!(value(&text, "blit_session_errors_total{kind=\"read_only\"}"), 1.0);
     assert_eq!(value(&text, "blit_session_errors_total{kind=\"internal\"}"), 0.0);
     // It never had a data plane: counted as a session of transport "none", nothing moved.
@@ -294,6 +319,14 @@ fn only_get_of_the_listed_paths_is_answered() {
     assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"));
     assert!(body.contains("# TYPE blit_sessions_total counter"));
     assert_eq!(get(d.metrics(), "HEAD", "/").0, 200);
+    // A DNS name rebound to this address does not get the page or its JSON; scrapers by name
+    // still get the counters (no paths or peers in them).
+    let port = d.metrics().rsplit_once(':').unwrap().1;
+    let rebound = format!("attacker.example:{port}");
+    assert_eq!(get_as(d.metrics(), &rebound, "GET", "/").0, 421);
+    assert_eq!(get_as(d.metrics(), &rebound, "GET", "/api/status").0, 421);
+    assert_eq!(get_as(d.metrics(), &rebound, "GET", "/metrics").0, 200);
+    assert_eq!(get_as(d.metrics(), &format!("localhost:{port}"), "GET", "/").0, 200);
 }
 
 /// Whether the server closed `s` (EOF or reset) within `limit`.

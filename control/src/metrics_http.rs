@@ -115,6 +115,17 @@ async fn respond(req: Request<Incoming>, metrics: Arc<Metrics>) -> Response<Full
             );
         }
     };
+    // A web page elsewhere must not read who transfers what through a DNS name rebound to
+    // this address: the browser-facing pages answer only to an address or `localhost`.
+    if matches!(page, Page::Status | Page::Json) {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        if !host.is_some_and(host_is_address) {
+            return plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the status page answers only to an IP address or localhost in Host\n".into(),
+            );
+        }
+    }
     let nonce = match nonce() {
         Ok(n) => n,
         Err(e) => {
@@ -180,6 +191,21 @@ fn secure(r: &mut Response<Full<Bytes>>, nonce: &str) {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+}
+
+/// Whether a Host header names an IP address or `localhost` (with or without a port), not a
+/// DNS name that someone else could point at this listener.
+fn host_is_address(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, rest)) if rest.is_empty() || rest.starts_with(':') => {
+                return addr.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        },
+        None => host.split_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// 128 random bits, hex: the CSP nonce of one response.
@@ -416,6 +442,25 @@ mod tests {
         assert_eq!(push, format!("{:.1},150.0 600.0,80.0", PLOT_W - step));
         assert_eq!(pull, format!("{:.1},10.0 600.0,150.0", PLOT_W - step));
         assert_eq!(plot_points(&[]), [String::new(), String::new()]);
+    }
+
+    #[test]
+    fn only_addresses_and_localhost_are_hosts_of_the_page() {
+        for ok in ["127.0.0.1:9100", "127.0.0.1", "[::1]:9100", "[::1]", "localhost:1", "LOCALHOST"]
+        {
+            assert!(host_is_address(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9100",
+            "127.0.0.1.evil.example",
+            "[::1",
+            "[::1]x",
+            "",
+            "localhost.evil",
+        ] {
+            assert!(!host_is_address(bad), "{bad}");
+        }
     }
 
     #[test]

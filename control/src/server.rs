@@ -40,7 +40,7 @@ use crate::convert::{
     TransportChoice,
 };
 use crate::dataplane::{self, Role};
-use crate::metrics::{ErrorKind, Metrics};
+use crate::metrics::{ErrorKind, Metrics, SessionMetrics};
 use crate::negotiate::{
     DaemonCmd, DaemonEvent, DaemonFacts, DaemonSession, LockResult, Rejection, RootFailure,
 };
@@ -654,13 +654,27 @@ impl SessionCtx {
             blitx_topology::enter_placement(p)
         });
         // Daemon shutdown cancels every session; the forwarding ends with the session.
+        // The engine's own progress counters are what the metrics read: nothing is added to
+        // the data path. A session leaves the metrics' live set only after its error counted.
+        let progress = Arc::new(Progress::default());
+        let session_metrics = machine.open().map(|o| {
+            self.metrics.open_session(
+                Instant::now(),
+                self.id,
+                &self.peer,
+                o.direction,
+                &o.path.to_string(),
+                Arc::clone(&progress),
+            )
+        });
         let driver = Driver { machine: Mutex::new(machine), stop: self.shutdown.child(&self.rt) };
-        let end = self.serve(&driver, inbound, &out);
+        let end = self.serve(&driver, inbound, &out, &progress, session_metrics.as_ref());
         driver.stop.cancel();
         match &end {
             End::Refused(e) | End::Failed(e) => self.metrics.error(ErrorKind::Code(e.code)),
             End::Done => {}
         }
+        drop(session_metrics);
         match end {
             End::Refused(e) => refuse(&out, e.code, e.message),
             End::Failed(fatal) => {
@@ -672,28 +686,22 @@ impl SessionCtx {
     }
 
     /// Carries out the negotiation's commands, then runs the daemon's half.
-    fn serve(&self, driver: &Driver, inbound: Streaming<pb::ClientFrame>, out: &Out) -> End {
+    fn serve(
+        &self,
+        driver: &Driver,
+        inbound: Streaming<pb::ClientFrame>,
+        out: &Out,
+        progress: &Progress,
+        session_metrics: Option<&SessionMetrics>,
+    ) -> End {
         let cancel = &driver.stop;
-        let (open, push, opened) = {
+        let (open, push) = {
             let m = driver.machine.lock().unwrap_or_else(|p| p.into_inner());
             match m.open() {
-                Some(o) => (o.clone(), o.direction == Direction::Push, true),
-                None => (placeholder_open(), false, false),
+                Some(o) => (o.clone(), o.direction == Direction::Push),
+                None => (placeholder_open(), false),
             }
         };
-        // The engine's own progress counters are what the metrics read: nothing is added to
-        // the data path.
-        let progress = Arc::new(Progress::default());
-        let session_metrics = opened.then(|| {
-            self.metrics.open_session(
-                Instant::now(),
-                self.id,
-                &self.peer,
-                open.direction,
-                &open.path.to_string(),
-                Arc::clone(&progress),
-            )
-        });
         let role = if push { Role::Receive } else { Role::Send };
         // Everything this session holds in memory is charged here, then to the daemon's total.
         let budget = Budget::new(
@@ -839,7 +847,7 @@ impl SessionCtx {
                     match connected {
                         Ok(p) => {
                             tracing::debug!(session = self.id, "data plane connected");
-                            if let Some(m) = &session_metrics {
+                            if let Some(m) = session_metrics {
                                 m.plane(&p);
                             }
                             plane = Some(p);
@@ -981,22 +989,14 @@ impl SessionCtx {
                 let flag = cancel.plane();
                 plane.receiver().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(
                     |rx| {
-                        run_target(
-                            &opts,
-                            engine_src,
-                            engine_out_tgt,
-                            rx,
-                            &reporter,
-                            &progress,
-                            flag,
-                        )
-                        .map(|r| {
-                            if let Some(m) = &session_metrics {
-                                m.file_errors(r.error_count);
-                            }
-                            convert::target_summary_to_pb(&r)
-                        })
-                        .map_err(|e| fail(target_code(&e), describe(&e)))
+                        run_target(&opts, engine_src, engine_out_tgt, rx, &reporter, progress, flag)
+                            .map(|r| {
+                                if let Some(m) = session_metrics {
+                                    m.file_errors(r.error_count);
+                                }
+                                convert::target_summary_to_pb(&r)
+                            })
+                            .map_err(|e| fail(target_code(&e), describe(&e)))
                     },
                 )
             } else {
@@ -1010,9 +1010,9 @@ impl SessionCtx {
                     limits: limits.clone(),
                 };
                 plane.sender().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(|tx| {
-                    run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel.plane())
+                    run_source(&opts, engine_out_src, engine_tgt, tx, progress, cancel.plane())
                         .map(|r| {
-                            if let Some(m) = &session_metrics {
+                            if let Some(m) = session_metrics {
                                 m.file_errors(r.error_count);
                             }
                             convert::source_summary_to_pb(&r)
@@ -1039,7 +1039,7 @@ impl SessionCtx {
             }
             // Stop waiting for the client's half-close.
             cancel.cancel();
-            if let Some(m) = &session_metrics {
+            if let Some(m) = session_metrics {
                 m.plane_done(&plane);
             }
             end
