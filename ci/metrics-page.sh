@@ -10,9 +10,15 @@ cd "$(dirname "$0")/.."
 out=ci-artifacts
 mkdir -p "$out"
 command -v chromium >/dev/null || { echo "ci/metrics-page.sh: chromium is missing (ci/deps.sh installs it)" >&2; exit 1; }
-cargo build -q --locked -p blitx-cli
-target=$(cargo metadata -q --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-blit="$target/debug/blit"
+# The binary `ci/test.sh` built (the same build command: nothing to do after that stage), or
+# BLIT_BIN.
+if [ -n "${BLIT_BIN:-}" ]; then
+  blit=$BLIT_BIN
+else
+  cargo test -q --workspace --locked --no-run
+  target=$(cargo metadata -q --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  blit="$target/debug/blit"
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
