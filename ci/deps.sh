@@ -16,6 +16,7 @@ pkgs=(
   g++                       # libFuzzer's C++ sources (the cargo-fuzz targets, ci/fuzz.sh)
   perl                      # ci/sim-mutants.sh applies its mutants with perl -0pi
   attr acl                  # getfattr (ci/faults.sh: a kept partial file's journal; cli/tests/meta.rs), getfacl/setfacl (cli/tests/meta.rs)
+  chromium                  # ci/metrics-page.sh loads the daemon's status page headless
 )
 missing=()
 for p in "${pkgs[@]}"; do

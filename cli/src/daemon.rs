@@ -80,6 +80,10 @@ pub struct DaemonArgs {
     /// 200M is 200 MB/s (decimal; 200MiB for binary). At least a 4 MiB chunk in 5 s.
     #[arg(long, value_name = "RATE", value_parser = crate::units::parse_rate)]
     pub bwlimit: Option<u64>,
+    /// Serve Prometheus metrics (/metrics) and a status page (/) over HTTP on this address
+    /// (unauthenticated and read-only; default: not served).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 pub fn run(args: DaemonArgs) -> Exit {
@@ -114,7 +118,14 @@ pub fn run(args: DaemonArgs) -> Exit {
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout);
     cfg.bwlimit_bytes_per_s = args.bwlimit;
     let shutdown = blitx_control::cancel::Cancel::new();
-    match run_daemon(cfg, shutdown, |addr| eprintln!("blit daemon listening on {addr}")) {
+    cfg.metrics = args.metrics;
+    let on_listening = |bound: server::Bound| {
+        if let Some(m) = bound.metrics {
+            eprintln!("blit daemon metrics on http://{m}/");
+        }
+        eprintln!("blit daemon listening on {}", bound.control);
+    };
+    match run_daemon(cfg, shutdown, on_listening) {
         Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("blit: error: {e}: {}", blitx_control::server::source_chain(&e));

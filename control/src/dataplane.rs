@@ -8,11 +8,12 @@
 //! ([`DataPlaneError::Role`]), never a panic.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use blitx_core::cancel::Cancel;
 use blitx_core::plane::{DataPlane, Dialer, Listener};
-use blitx_core::transport::{FrameReceiver, FrameSender};
+use blitx_core::transport::{FrameReceiver, FrameSender, TransportError};
 use blitx_storage::RootDir;
 use blitx_transport_tcp as tcp;
 
@@ -124,21 +125,169 @@ pub fn pool_bytes(opts: &DataPlaneOptions, rdma: bool) -> u64 {
 /// This side's half of a negotiated data plane: a sender or a receiver, with the transport's
 /// name and parallelism (TCP streams or RDMA queue pairs).
 pub enum Half {
-    Send { half: Box<dyn FrameSender>, transport: &'static str, streams: u32 },
-    Receive { half: Box<dyn FrameReceiver>, transport: &'static str, streams: u32 },
+    Send {
+        half: Box<dyn FrameSender>,
+        transport: &'static str,
+        streams: u32,
+        counted: Arc<dyn Counted>,
+    },
+    Receive {
+        half: Box<dyn FrameReceiver>,
+        transport: &'static str,
+        streams: u32,
+        counted: Arc<dyn Counted>,
+    },
+}
+
+/// What a data plane's half counted so far that the session's progress does not show: TCP
+/// retransmits (from the kernel) and RDMA work requests (from the transport's own counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlaneCounters {
+    /// TCP: segments retransmitted on the session's streams; `None` where `TCP_INFO` could not
+    /// be read (or the plane is not TCP).
+    pub tcp_retransmits: Option<u64>,
+    /// RDMA: work requests posted (WRITE_WITH_IMM, SEND and RECV).
+    pub rdma_work_requests: u64,
+    /// RDMA: payload bytes carried (the denominator of work requests per MiB).
+    pub rdma_payload_bytes: u64,
+    /// RDMA: times the sender waited for a credit or a send-queue entry.
+    pub rdma_send_waits: u64,
+}
+
+/// A backend's half that can say what it counted ([`PlaneCounters`]); read from another thread
+/// while the half works, so it only loads atomics or asks the kernel.
+pub trait Counted: Send + Sync {
+    fn plane_counters(&self) -> PlaneCounters;
+}
+
+/// Reads a half's counters while the half lives; `None` once it is gone (the probe never keeps
+/// a session's sockets or queue pairs alive).
+pub type Probe = Arc<dyn Fn() -> Option<PlaneCounters> + Send + Sync>;
+
+fn tcp_counters(retransmits: std::io::Result<u64>) -> PlaneCounters {
+    PlaneCounters { tcp_retransmits: retransmits.ok(), ..PlaneCounters::default() }
+}
+
+fn rdma_counters(c: &rdma::RdmaCounters) -> PlaneCounters {
+    PlaneCounters {
+        tcp_retransmits: None,
+        rdma_work_requests: c.wr_write_imm + c.wr_send + c.wr_recv,
+        rdma_payload_bytes: c.payload_bytes,
+        rdma_send_waits: c.send_waits,
+    }
+}
+
+impl Counted for tcp::TcpSender {
+    fn plane_counters(&self) -> PlaneCounters {
+        tcp_counters(self.retransmits())
+    }
+}
+
+impl Counted for tcp::TcpReceiver {
+    fn plane_counters(&self) -> PlaneCounters {
+        tcp_counters(self.retransmits())
+    }
+}
+
+impl Counted for rdma::RdmaSender {
+    fn plane_counters(&self) -> PlaneCounters {
+        rdma_counters(&self.counters())
+    }
+}
+
+impl Counted for rdma::RdmaReceiver {
+    fn plane_counters(&self) -> PlaneCounters {
+        rdma_counters(&self.counters())
+    }
+}
+
+/// The in-process plane (tests): nothing beyond its frames to count.
+impl Counted for blitx_core::transport::MemSender {
+    fn plane_counters(&self) -> PlaneCounters {
+        PlaneCounters::default()
+    }
+}
+
+impl Counted for blitx_core::transport::MemReceiver {
+    fn plane_counters(&self) -> PlaneCounters {
+        PlaneCounters::default()
+    }
+}
+
+/// A half shared between the session (which moves frames through it) and its counters' probe.
+struct SharedHalf<T>(Arc<T>);
+
+impl<T: FrameSender> FrameSender for SharedHalf<T> {
+    fn payload_pref(&self) -> blitx_core::transport::PayloadPref {
+        self.0.payload_pref()
+    }
+    fn pool(&self) -> &blitx_core::pool::BufferPool {
+        self.0.pool()
+    }
+    fn frame_bytes_max(&self) -> u32 {
+        self.0.frame_bytes_max()
+    }
+    fn needs_checksums(&self) -> bool {
+        self.0.needs_checksums()
+    }
+    fn send(&self, frame: blitx_core::transport::Frame) -> Result<(), TransportError> {
+        self.0.send(frame)
+    }
+    fn finish(&self) -> Result<(), TransportError> {
+        self.0.finish()
+    }
+    fn abort(&self) {
+        self.0.abort()
+    }
+    fn stats(&self) -> blitx_core::transport::TransportStats {
+        self.0.stats()
+    }
+}
+
+impl<T: FrameReceiver> FrameReceiver for SharedHalf<T> {
+    fn recv(&self) -> Result<Option<blitx_core::transport::Frame>, TransportError> {
+        self.0.recv()
+    }
+    fn abort(&self) {
+        self.0.abort()
+    }
 }
 
 impl Half {
-    fn sending(half: impl FrameSender + 'static, transport: &'static str, streams: u32) -> Self {
-        Half::Send { half: Box::new(half), transport, streams }
-    }
-
-    fn receiving(
-        half: impl FrameReceiver + 'static,
+    fn sending<T: FrameSender + Counted + 'static>(
+        half: T,
         transport: &'static str,
         streams: u32,
     ) -> Self {
-        Half::Receive { half: Box::new(half), transport, streams }
+        let half = Arc::new(half);
+        let counted = Arc::clone(&half) as Arc<dyn Counted>;
+        Half::Send { half: Box::new(SharedHalf(half)), transport, streams, counted }
+    }
+
+    fn receiving<T: FrameReceiver + Counted + 'static>(
+        half: T,
+        transport: &'static str,
+        streams: u32,
+    ) -> Self {
+        let half = Arc::new(half);
+        let counted = Arc::clone(&half) as Arc<dyn Counted>;
+        Half::Receive { half: Box::new(SharedHalf(half)), transport, streams, counted }
+    }
+
+    /// What the half counted so far.
+    pub fn counters(&self) -> PlaneCounters {
+        match self {
+            Half::Send { counted, .. } | Half::Receive { counted, .. } => counted.plane_counters(),
+        }
+    }
+
+    /// A probe of [`Half::counters`] for another thread (the daemon's metrics) that does not
+    /// keep the half alive.
+    pub fn probe(&self) -> Probe {
+        let weak = match self {
+            Half::Send { counted, .. } | Half::Receive { counted, .. } => Arc::downgrade(counted),
+        };
+        Arc::new(move || weak.upgrade().map(|c| c.plane_counters()))
     }
 
     /// The sending half; a typed error if this side receives (the session's direction fixes
@@ -384,6 +533,42 @@ mod tests {
             Err(DataPlaneError::Role { has: Role::Receive, wanted: Role::Send })
         ));
         assert_eq!(send.describe(), ("in-process", 1));
+    }
+
+    #[test]
+    fn tcp_halves_count_retransmits_and_their_probe_lets_go() {
+        let opts = DataPlaneOptions {
+            streams: 2,
+            chunk_bytes: 1 << 16,
+            socket_buffer_bytes: 0,
+            stall_timeout: Duration::from_secs(10),
+            threads: 1,
+            qps: 1,
+            rdma_device: None,
+            rdma_frame_checksums: false,
+            rdma_event_cq: false,
+            tcp_zero_copy: false,
+        };
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let listening = tcp_listen(ip, Role::Receive, &opts).expect("listen");
+        let ep = listening.endpoint();
+        let cancel = Cancel::new();
+        let accepting = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || listening.accept(&cancel))
+        };
+        let send = tcp_connect(&ep, Role::Send, &opts, &cancel).expect("connect");
+        let receive = accepting.join().expect("join").expect("accept");
+        // Loopback loses nothing: readable, and nothing retransmitted.
+        assert_eq!(send.counters().tcp_retransmits, Some(0));
+        assert_eq!(receive.counters().tcp_retransmits, Some(0));
+        assert_eq!(send.counters().rdma_work_requests, 0);
+        let probe = send.probe();
+        assert_eq!(probe(), Some(send.counters()));
+        send.sender().expect("sender").abort();
+        receive.receiver().expect("receiver").abort();
+        drop(send);
+        assert_eq!(probe(), None, "the probe kept the half alive");
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub mod dataplane;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
+pub mod metrics;
+pub mod metrics_http;
 pub mod negotiate;
 pub mod ops;
 pub mod server;

@@ -41,6 +41,7 @@ use crate::convert::{
     TransportChoice,
 };
 use crate::dataplane::{self, Role};
+use crate::metrics::{ErrorKind, Metrics, SessionMetrics};
 use crate::negotiate::{
     DaemonCmd, DaemonEvent, DaemonFacts, DaemonSession, LockResult, Rejection, RootFailure,
 };
@@ -108,6 +109,8 @@ pub struct DaemonConfig {
     /// `--bwlimit`: bytes per second all sessions together send and receive (one token bucket);
     /// `None`: no cap.
     pub bwlimit_bytes_per_s: Option<u64>,
+    /// Where to serve metrics and the status page (`--metrics`; None: nowhere).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Defaults of the daemon's limits (`blit daemon --help` shows the same values).
@@ -144,6 +147,7 @@ impl DaemonConfig {
             open_timeout: Duration::from_secs(OPEN_TIMEOUT_SECS_DEFAULT),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS_DEFAULT),
             bwlimit_bytes_per_s: None,
+            metrics: None,
         }
     }
 }
@@ -154,6 +158,8 @@ pub enum DaemonError {
     Root { path: String, source: std::io::Error },
     #[error("cannot listen on {addr}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot serve metrics on {addr} (--metrics)")]
+    MetricsListen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("the gRPC server failed")]
@@ -180,6 +186,7 @@ struct Daemon {
     pacer: Option<Pacer>,
     conns: Arc<crate::conns::Registry>,
     privileges: Privileges,
+    metrics: Arc<Metrics>,
 }
 
 /// The daemon's RDMA domain ([`dataplane::rdma_daemon_domain`]) with its ring registered on the
@@ -209,12 +216,20 @@ fn placed_rdma_domain(
     dataplane::rdma_daemon_domain(cfg.rdma_device.as_deref())
 }
 
+/// The addresses a daemon listens on (their ports chosen when port 0 was asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub control: SocketAddr,
+    /// The metrics listener (`--metrics`), when asked for.
+    pub metrics: Option<SocketAddr>,
+}
+
 /// Runs the daemon until SIGINT/SIGTERM (or `shutdown` is cancelled). `on_listening` receives
-/// the bound address (useful with port 0).
+/// the bound addresses (useful with port 0).
 pub fn run_daemon(
     cfg: DaemonConfig,
     shutdown: Cancel,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Bound),
 ) -> Result<(), DaemonError> {
     let root = RootDir::open(&cfg.root)
         .map_err(|source| DaemonError::Root { path: cfg.root.display().to_string(), source })?;
@@ -280,6 +295,7 @@ pub fn run_daemon(
         if privileges.devices { "made (--allow-devices)" } else { "refused" }
     );
     let conns = crate::conns::Registry::new(cfg.max_connections, CONNECTION_IDLE);
+    let metrics = Metrics::new(Instant::now(), rdma.as_ref().ok().map(|d| d.name.clone()));
     let daemon = Daemon {
         cfg: cfg.clone(),
         rdma: rdma.clone(),
@@ -294,13 +310,27 @@ pub fn run_daemon(
         pacer: cfg.bwlimit_bytes_per_s.map(Pacer::new),
         conns: Arc::clone(&conns),
         privileges,
+        metrics: Arc::clone(&metrics),
     };
     rt.block_on(async move {
+        // Only where the operator asked, and before the control port, so that a client never
+        // meets a daemon whose metrics are not being served yet.
+        let metrics_at = match cfg.metrics {
+            None => None,
+            Some(addr) => {
+                let failed = |source| DaemonError::MetricsListen { addr, source };
+                let l = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+                let at = l.local_addr().map_err(failed)?;
+                tracing::info!("metrics and status page on http://{at}/");
+                tokio::spawn(crate::metrics_http::serve(l, metrics, shutdown.clone()));
+                Some(at)
+            }
+        };
         let listener = listen(cfg.listen)
             .map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
         let local = listener.local_addr().map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
         tracing::info!(root = %cfg.root.display(), "blit daemon listening on {local}");
-        on_listening(local);
+        on_listening(Bound { control: local, metrics: metrics_at });
         let (conn_tx, conn_rx) = mpsc::channel(16);
         tokio::spawn(crate::conns::accept_loop(listener, conns, conn_tx));
         let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
@@ -472,7 +502,10 @@ impl Blit for Daemon {
         machine.handle(now, first);
         match machine.poll() {
             Some(DaemonCmd::TakeSlot) => {}
-            Some(DaemonCmd::Reject(r)) => return Err(rejection(&peer, &r)),
+            Some(DaemonCmd::Reject(r)) => {
+                self.metrics.error(ErrorKind::of_rejection(&r));
+                return Err(rejection(&peer, &r));
+            }
             other => {
                 return Err(Status::internal(format!("unexpected {other:?} before a session")));
             }
@@ -482,7 +515,10 @@ impl Blit for Daemon {
         machine.handle(Instant::now(), DaemonEvent::Slot(permit.is_some()));
         let Some(permit) = permit else {
             return Err(match machine.poll() {
-                Some(DaemonCmd::Reject(r)) => rejection(&peer, &r),
+                Some(DaemonCmd::Reject(r)) => {
+                    self.metrics.error(ErrorKind::of_rejection(&r));
+                    rejection(&peer, &r)
+                }
                 other => Status::internal(format!("unexpected {other:?} without a session slot")),
             });
         };
@@ -514,6 +550,7 @@ impl Blit for Daemon {
             budget: Arc::clone(&self.budget),
             pacer: self.pacer.clone(),
             privileges: self.privileges,
+            metrics: Arc::clone(&self.metrics),
         };
         let active = self.active.clone();
         active.send_modify(|n| *n += 1);
@@ -568,6 +605,7 @@ struct SessionCtx {
     /// The daemon's `--bwlimit` bucket, shared with every other session.
     pacer: Option<Pacer>,
     privileges: Privileges,
+    metrics: Arc<Metrics>,
 }
 
 fn send(out: &Out, frame: pb::ServerFrame) -> bool {
@@ -674,9 +712,27 @@ impl SessionCtx {
             blitx_topology::enter_placement(p)
         });
         // Daemon shutdown cancels every session; the forwarding ends with the session.
+        // The engine's own progress counters are what the metrics read: nothing is added to
+        // the data path. A session leaves the metrics' live set only after its error counted.
+        let progress = Arc::new(Progress::default());
+        let session_metrics = machine.open().map(|o| {
+            self.metrics.open_session(
+                Instant::now(),
+                self.id,
+                &self.peer,
+                o.direction,
+                &o.path.to_string(),
+                Arc::clone(&progress),
+            )
+        });
         let driver = Driver { machine: Mutex::new(machine), stop: self.shutdown.child(&self.rt) };
-        let end = self.serve(&driver, inbound, &out);
+        let end = self.serve(&driver, inbound, &out, &progress, session_metrics.as_ref());
         driver.stop.cancel();
+        match &end {
+            End::Refused(e) | End::Failed(e) => self.metrics.error(ErrorKind::Code(e.code)),
+            End::Done => {}
+        }
+        drop(session_metrics);
         match end {
             End::Refused(e) => refuse(&out, e.code, e.message),
             End::Failed(fatal) => {
@@ -688,7 +744,14 @@ impl SessionCtx {
     }
 
     /// Carries out the negotiation's commands, then runs the daemon's half.
-    fn serve(&self, driver: &Driver, inbound: Streaming<pb::ClientFrame>, out: &Out) -> End {
+    fn serve(
+        &self,
+        driver: &Driver,
+        inbound: Streaming<pb::ClientFrame>,
+        out: &Out,
+        progress: &Progress,
+        session_metrics: Option<&SessionMetrics>,
+    ) -> End {
         let cancel = &driver.stop;
         let (open, push) = {
             let m = driver.machine.lock().unwrap_or_else(|p| p.into_inner());
@@ -862,6 +925,9 @@ impl SessionCtx {
                     match connected {
                         Ok(p) => {
                             tracing::debug!(session = self.id, "data plane connected");
+                            if let Some(m) = session_metrics {
+                                m.plane(&p);
+                            }
                             plane = Some(p);
                             DaemonEvent::DataPlane(Ok(()))
                         }
@@ -895,7 +961,6 @@ impl SessionCtx {
             }
         }
 
-        let progress = Progress::default();
         let reporter = RemoteReporter {
             rt: self.rt.clone(),
             out: out.clone(),
@@ -1004,17 +1069,14 @@ impl SessionCtx {
                 let flag = cancel.plane();
                 plane.receiver().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(
                     |rx| {
-                        run_target(
-                            &opts,
-                            engine_src,
-                            engine_out_tgt,
-                            rx,
-                            &reporter,
-                            &progress,
-                            flag,
-                        )
-                        .map(|r| convert::target_summary_to_pb(&r))
-                        .map_err(|e| fail(target_code(&e), describe(&e)))
+                        run_target(&opts, engine_src, engine_out_tgt, rx, &reporter, progress, flag)
+                            .map(|r| {
+                                if let Some(m) = session_metrics {
+                                    m.file_errors(r.error_count);
+                                }
+                                convert::target_summary_to_pb(&r)
+                            })
+                            .map_err(|e| fail(target_code(&e), describe(&e)))
                     },
                 )
             } else {
@@ -1030,8 +1092,13 @@ impl SessionCtx {
                     limits: limits.clone(),
                 };
                 plane.sender().map_err(|e| fail(ErrorCode::Internal, describe(&e))).and_then(|tx| {
-                    run_source(&opts, engine_out_src, engine_tgt, tx, &progress, cancel.plane())
-                        .map(|r| convert::source_summary_to_pb(&r))
+                    run_source(&opts, engine_out_src, engine_tgt, tx, progress, cancel.plane())
+                        .map(|r| {
+                            if let Some(m) = session_metrics {
+                                m.file_errors(r.error_count);
+                            }
+                            convert::source_summary_to_pb(&r)
+                        })
                         .map_err(|e| fail(source_code(&e), describe(&e)))
                 })
             };
@@ -1054,6 +1121,9 @@ impl SessionCtx {
             }
             // Stop waiting for the client's half-close.
             cancel.cancel();
+            if let Some(m) = session_metrics {
+                m.plane_done(&plane);
+            }
             end
         })
     }

@@ -157,6 +157,12 @@ impl TcpReceiver {
         }
     }
 
+    /// Segments the kernel retransmitted on this session's streams so far (`TCP_INFO`'s
+    /// `tcpi_total_retrans`, summed); an error where the option cannot be read.
+    pub fn retransmits(&self) -> std::io::Result<u64> {
+        crate::sys::retransmits(&self.shared.sockets)
+    }
+
     /// The pool frames' payloads are leased from (for tests and diagnostics).
     pub fn pool(&self) -> &BufferPool {
         &self.shared.pool

@@ -192,6 +192,12 @@ impl TcpSender {
     pub fn streams(&self) -> u32 {
         self.queues.len() as u32
     }
+
+    /// Segments the kernel retransmitted on this session's streams so far (`TCP_INFO`'s
+    /// `tcpi_total_retrans`, summed); an error where the option cannot be read.
+    pub fn retransmits(&self) -> std::io::Result<u64> {
+        crate::sys::retransmits(&self.shared.sockets)
+    }
 }
 
 impl FrameSender for TcpSender {

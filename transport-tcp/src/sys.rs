@@ -11,6 +11,14 @@ pub(crate) struct TcpInfo {
     /// Window scale this end advertised at connect time: the receive window can never exceed
     /// `65535 << rcv_wscale`, whatever SO_RCVBUF is set to later.
     pub rcv_wscale: u8,
+    /// Segments retransmitted over the connection's life (`tcpi_total_retrans`).
+    pub total_retrans: u32,
+}
+
+/// Segments the kernel retransmitted on these connections together (their `TCP_INFO`).
+pub(crate) fn retransmits(sockets: &[std::net::TcpStream]) -> io::Result<u64> {
+    use std::os::fd::AsFd;
+    sockets.iter().try_fold(0u64, |sum, s| Ok(sum + u64::from(tcp_info(s.as_fd())?.total_retrans)))
 }
 
 pub(crate) fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<TcpInfo> {
@@ -31,7 +39,11 @@ pub(crate) fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<TcpInfo> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(TcpInfo { rtt_us: info.tcpi_rtt, rcv_wscale: info.tcpi_snd_rcv_wscale >> 4 })
+    Ok(TcpInfo {
+        rtt_us: info.tcpi_rtt,
+        rcv_wscale: info.tcpi_snd_rcv_wscale >> 4,
+        total_retrans: info.tcpi_total_retrans,
+    })
 }
 
 #[cfg(test)]
@@ -48,5 +60,7 @@ mod tests {
         let info = tcp_info(c.as_fd()).unwrap();
         assert!(info.rtt_us < 1_000_000, "{info:?}");
         assert!(info.rcv_wscale <= 14, "{info:?}");
+        // Nothing was sent on a fresh loopback connection: nothing can have been retransmitted.
+        assert_eq!(info.total_retrans, 0, "{info:?}");
     }
 }
