@@ -187,7 +187,6 @@ pub struct XferArgs {
     pub buffered: bool,
 }
 
-
 macro_rules! usage {
     ($($t:tt)*) => { return Err(UsageError(format!($($t)*)).into()) };
 }

@@ -37,7 +37,11 @@ mod pb {
 /// checksum fails discards its file instead of ending the session.
 /// Version 4: listings carry their number (`Listing.seq`) and each `Need` names the listing it
 /// answers (`Need.listing`); the source refuses an answer out of order.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// Version 5: resume (offers, `Same` frames) and delta (signatures, `Delta` frames).
+/// Version 6: single files, moves (`TargetMsg.committed`), filter rules replacing `excludes`,
+/// `bwlimit`, extended attributes, ACLs and special files in entries, itemized changes in
+/// events, and the remote `ls`/`du`/`rm`/`mkdir` calls.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The daemon's default control port.
 pub const DEFAULT_PORT: u16 = 9031;

@@ -30,7 +30,7 @@ pub mod pb {
 
 /// The protocol version this suite speaks by default (docs/protocol.md). A [`raw::RawClient`]
 /// sends the version its daemon announces instead, so the suite also runs against older builds.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest control message either side accepts (as the daemon does).
 pub const CONTROL_MESSAGE_BYTES_MAX: usize = 64 << 20;

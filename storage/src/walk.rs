@@ -18,8 +18,8 @@ use blitx_core::session::SourceMsg;
 use crossbeam_channel::Sender;
 
 use crate::fsys;
-use blitx_planner::Filters;
 use crate::xattr::{self, XattrSel};
+use blitx_planner::Filters;
 
 /// Largest number of entries in one listing message; bigger directories are sent in parts.
 pub const LISTING_ENTRIES_MAX: usize = 4096;
