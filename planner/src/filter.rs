@@ -332,11 +332,14 @@ mod tests {
         Filters::new(&FilterParams { rules, ..FilterParams::default() }).unwrap()
     }
 
+    /// Rules as (`+`/`-`, pattern), a path, its kind, and whether rsync selects it.
+    type Case<'a> = (&'a [(char, &'a str)], &'a str, EntryKind, bool);
+
     /// (rules, path, is a directory, selected) — each row is what rsync 3.x does.
     #[test]
     fn rsync_behaviours() {
         use EntryKind::{Dir, File};
-        let table: &[(&[(char, &str)], &str, EntryKind, bool)] = &[
+        let table: &[Case<'_>] = &[
             (&[('-', "*.o")], "a.o", File, false),
             (&[('-', "*.o")], "x/y/a.o", File, false),
             (&[('-', "*.o")], "a.oo", File, true),
