@@ -131,8 +131,9 @@ pub struct XferArgs {
     pub chunk_size: u64,
     /// Files up to this size are packed into bundles (at most the bundle size less 4K: 1020K
     /// with chunks of 1M or more).
-    #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = parse_bytes)]
-    pub small_file_max: u64,
+    /// [default: 256K, or less when the chunk size leaves a bundle less room]
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub small_file_max: Option<u64>,
     /// I/O threads per side (default: the machine's cores, 2..=8; at most 64).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: Option<u16>,
@@ -201,12 +202,16 @@ fn session_params(args: &XferArgs) -> anyhow::Result<SessionParams> {
     };
     let bundle = chunk.min(blitx_core::session::BUNDLE_BYTES_DEFAULT);
     let small_max = bundle.saturating_sub(4096);
-    let Some(small) = u32::try_from(args.small_file_max).ok().filter(|s| *s <= small_max) else {
-        usage!(
-            "--small-file-max {} is above {small_max} bytes: a small file travels inside one \
-             bundle of {bundle} bytes (the chunk size, at most 1M) with its header",
-            args.small_file_max
-        );
+    // The default shrinks to fit a small bundle; a value the user gave never does.
+    let small = match args.small_file_max {
+        None => blitx_core::session::SMALL_FILE_BYTES_DEFAULT.min(small_max),
+        Some(asked) => match u32::try_from(asked).ok().filter(|s| *s <= small_max) {
+            Some(s) => s,
+            None => usage!(
+                "--small-file-max {asked} is above {small_max} bytes: a small file travels \
+                 inside one bundle of {bundle} bytes (the chunk size, at most 1M) with its header"
+            ),
+        },
     };
     if let Some(n) = args.mem {
         if n == 0 {

@@ -405,8 +405,12 @@ fn quick_bench_end_to_end() {
     assert!(md.contains(
         "| cell | dataset | ok/runs | median s | min s | max s | Gb/s | client CPU s/GB | server CPU s/GB |"
     ));
-    assert!(md.contains("| blit tcp push, 4 streams, chunk 1M | large | 1/1 |"), "{md}");
-    assert!(md.contains("| blit local, chunk 4M | mixed | 1/1 |"), "{md}");
+    // Runs of these tiny datasets are short: marked (†) and explained, never silently mixed in.
+    let short = report.runs.iter().any(|r| r.dataset.is_some() && r.ok && r.seconds < 0.5);
+    assert_eq!(md.contains("† : median run under 0.5 s"), short, "{md}");
+    let plain = md.replace(" †", "");
+    assert!(plain.contains("| blit tcp push, 4 streams, chunk 1M | large | 1/1 |"), "{md}");
+    assert!(plain.contains("| blit local, chunk 4M | mixed | 1/1 |"), "{md}");
     for s in &report.skipped {
         assert!(md.contains(&format!("- {}: {}", s.what, s.reason)), "{md}");
     }

@@ -582,9 +582,9 @@ fn memory_sessions_push_and_pull_without_files() {
     assert_eq!(j["bytes"].as_u64(), Some(n), "{j}");
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "the daemon's root changed");
     let out = xfer(s(t.path()), &d.url("x"), &["--mem", &size]);
-    assert_eq!(out.status.code(), Some(1), "a directory as the local side of --mem");
+    assert_eq!(out.status.code(), Some(2), "a directory as the local side of --mem: usage");
     let out = xfer("-", &d.url("x"), &["--mem", "0"]);
-    assert_eq!(out.status.code(), Some(1), "--mem 0");
+    assert_eq!(out.status.code(), Some(2), "--mem 0: usage");
 }
 
 /// `--tcp-zero-copy` (issue 16, item 2): both ends take the zero-copy paths — in a push the
