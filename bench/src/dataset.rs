@@ -82,7 +82,7 @@ impl DatasetParams {
     pub fn quick() -> DatasetParams {
         DatasetParams {
             large_bytes: 1536 << 20,
-            small_files: 40_000,
+            small_files: 50_000,
             small_file_bytes: 4 << 10,
             mixed_files: 1000,
             mixed_max_bytes: 8 << 20,

@@ -56,7 +56,7 @@ pub struct BenchArgs {
     /// Size of the large dataset's one file. [default: 2G; quick: 1536M]
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub large_size: Option<u64>,
-    /// Files in the small dataset. [default: 100000; quick: 40000]
+    /// Files in the small dataset. [default: 100000; quick: 50000]
     #[arg(long, value_name = "N")]
     pub small_files: Option<u64>,
     /// Size of each small file. [default: 4K]
