@@ -914,11 +914,8 @@ pub fn event_from_pb(e: &pb::Event) -> Result<Event, ConvertError> {
         path: path(&e.path)?,
         bytes: e.bytes,
         message: e.message.clone(),
-        // Unknown bits dropped; an older daemon sends 0, read as the kind's default.
-        changes: match e.changes {
-            0 => kind.default_changes(),
-            bits => blitx_core::itemize::Changes::from_bits(bits),
-        },
+        // Unknown bits dropped (both ends speak the same version, so 0 means nothing changed).
+        changes: blitx_core::itemize::Changes::from_bits(e.changes),
     })
 }
 
@@ -1068,6 +1065,39 @@ mod tests {
             xattrs: Vec::new(),
             special: None,
         }
+    }
+
+    /// Found by the control_messages fuzzer: a decoder that read 0 as "the kind's default"
+    /// turned an event that changed nothing into a new file on its way back.
+    #[test]
+    fn itemized_events_round_trip_whatever_they_changed() {
+        use blitx_core::itemize::Changes;
+        for changes in [
+            Changes::default(),
+            Changes::new(EntryKind::File, Changes::NEW),
+            Changes::new(EntryKind::Dir, Changes::TIME | Changes::PERMS),
+            Changes::from_bits(u32::MAX),
+        ] {
+            let e = Event {
+                kind: EventKind::Copied,
+                path: RelPath::root(),
+                bytes: 0,
+                message: None,
+                changes,
+            };
+            assert_eq!(event_from_pb(&event_to_pb(&e)).unwrap(), e);
+        }
+        let hostile = pb::Event {
+            changes: u32::MAX,
+            ..event_to_pb(&Event {
+                kind: EventKind::Deleted,
+                path: RelPath::root(),
+                bytes: 0,
+                message: None,
+                changes: Changes::default(),
+            })
+        };
+        assert_eq!(event_from_pb(&hostile).unwrap().changes.bits() & !0x3fff, 0);
     }
 
     #[test]
