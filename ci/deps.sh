@@ -16,7 +16,9 @@ pkgs=(
   g++                       # libFuzzer's C++ sources (the cargo-fuzz targets, ci/fuzz.sh)
   perl                      # ci/sim-mutants.sh applies its mutants with perl -0pi
   attr acl                  # getfattr (ci/faults.sh: a kept partial file's journal; cli/tests/meta.rs), getfacl/setfacl (cli/tests/meta.rs)
-  chromium                  # ci/metrics-page.sh loads the daemon's status page headless
+  chromium fonts-dejavu-core  # ci/metrics-page.sh loads the daemon's status page headless (fonts: a readable screenshot)
+  python3                   # ci/metrics-page.sh checks the DOM and the metrics; bench/*.py
+  groff-base                # .ci/run checks the generated man pages (groff -ww)
 )
 missing=()
 for p in "${pkgs[@]}"; do
